@@ -1,0 +1,374 @@
+//! The engine: builder, shared state, lifecycle.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use crate::admission::Admission;
+use crate::error::{BuildError, RegisterError, TokenError};
+use crate::lanes::{self, LaneConfig, LaneInfo, LaneStats, Lanes, MAX_LANES};
+use crate::operation::Operation;
+use crate::router::{Router, StaticRouter, Weight};
+
+/// State shared by the engine, its operations and its tokens' jobs.
+pub(crate) struct Shared {
+    pub(crate) admission: Arc<Admission>,
+    pub(crate) lanes: Arc<Lanes>,
+    pub(crate) router: Arc<dyn Router>,
+    pub(crate) next_token_id: AtomicU64,
+    /// Tokens per `submit_many` chunk: one slot allocation and one permit CAS each.
+    pub(crate) chunk_len: usize,
+    names: Mutex<HashMap<String, u32>>,
+}
+
+/// Configures an [`Engine`]. Every option is checked once, in [`EngineBuilder::build`].
+#[derive(Debug, Clone)]
+pub struct EngineBuilder {
+    workers: Option<usize>,
+    cores: Option<Vec<usize>>,
+    heavy_lanes: Option<usize>,
+    light_batch: u32,
+    capacity: usize,
+    pin: bool,
+    isolate_heavy: bool,
+    router: Option<Arc<dyn Router>>,
+}
+
+impl Default for EngineBuilder {
+    fn default() -> Self {
+        EngineBuilder {
+            workers: None,
+            cores: None,
+            heavy_lanes: None,
+            light_batch: 128,
+            capacity: 1 << 16,
+            pin: true,
+            isolate_heavy: false,
+            router: None,
+        }
+    }
+}
+
+impl EngineBuilder {
+    /// Number of lanes (worker threads). Default: one per core in the process's
+    /// affinity mask (as `taskset` sets it). With pinning on, asking for more lanes
+    /// than usable cores runs one lane per core and logs a warning.
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.workers = Some(workers);
+        self
+    }
+
+    /// Restricts the engine to these core ids (each must be in the affinity mask).
+    pub fn cores(mut self, cores: impl IntoIterator<Item = usize>) -> Self {
+        self.cores = Some(cores.into_iter().collect());
+        self
+    }
+
+    /// Lanes reserved for heavy work. Default: 1 when there are at least 2 lanes,
+    /// else 0 (the single lane serves everything).
+    pub fn heavy_lanes(mut self, heavy_lanes: usize) -> Self {
+        self.heavy_lanes = Some(heavy_lanes);
+        self
+    }
+
+    /// Tokens per batch for light operations under the tag router (default 128;
+    /// medium operations use an eighth of it, heavy ones 1).
+    pub fn light_batch(mut self, light_batch: u32) -> Self {
+        self.light_batch = light_batch;
+        self
+    }
+
+    /// Admitted-but-unprocessed tokens the engine holds at most (default 65,536).
+    /// When full, `submit` waits and `try_submit` is rejected as overloaded.
+    pub fn capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity;
+        self
+    }
+
+    /// Pin each lane's thread to its own core (default true).
+    pub fn pin(mut self, pin: bool) -> Self {
+        self.pin = pin;
+        self
+    }
+
+    /// When true, light lanes never run heavy work, even when idle (default false:
+    /// work-conserving).
+    pub fn isolate_heavy(mut self, isolate: bool) -> Self {
+        self.isolate_heavy = isolate;
+        self
+    }
+
+    /// Replaces the tag router.
+    pub fn router(mut self, router: Arc<dyn Router>) -> Self {
+        self.router = Some(router);
+        self
+    }
+
+    /// Checks every option, starts the lanes (pinned) and the engine's tokio runtime.
+    pub fn build(self) -> Result<Engine, BuildError> {
+        let valid = self.check()?;
+        let admission = Arc::new(Admission::new(valid.capacity));
+        let lanes = Arc::new(Lanes::new(LaneConfig {
+            cores: valid.cores,
+            heavy_lanes: valid.heavy_lanes,
+            isolate_heavy: self.isolate_heavy,
+        }));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("tokengate-io")
+            .enable_all()
+            .build()
+            .map_err(BuildError::io)?;
+        let threads = lanes::spawn_workers(&lanes, &admission, self.pin).map_err(BuildError::io)?;
+        let router = self
+            .router
+            .unwrap_or_else(|| Arc::new(StaticRouter::new(self.light_batch)));
+        let shared = Arc::new(Shared {
+            chunk_len: valid.capacity.min(4096),
+            admission,
+            lanes,
+            router,
+            next_token_id: AtomicU64::new(1),
+            names: Mutex::new(HashMap::new()),
+        });
+        Ok(Engine {
+            shared,
+            threads: Mutex::new(threads),
+            runtime: Some(runtime),
+        })
+    }
+
+    fn check(&self) -> Result<ValidConfig, BuildError> {
+        if self.light_batch == 0 || self.light_batch > 65_536 {
+            return Err(BuildError::invalid(format!(
+                "light_batch must be 1..=65536, got {}",
+                self.light_batch
+            )));
+        }
+        if self.capacity == 0 || self.capacity > 1 << 32 {
+            return Err(BuildError::invalid(format!(
+                "capacity must be 1..=2^32, got {}",
+                self.capacity
+            )));
+        }
+        let usable: Vec<usize> = core_affinity::get_core_ids()
+            .map(|ids| ids.into_iter().map(|id| id.id).collect())
+            .unwrap_or_default();
+        let mut cores = match &self.cores {
+            None => usable.clone(),
+            Some(wanted) => {
+                if wanted.is_empty() {
+                    return Err(BuildError::invalid("cores: the list is empty"));
+                }
+                let mut wanted = wanted.clone();
+                wanted.sort_unstable();
+                wanted.dedup();
+                if let Some(bad) = wanted.iter().find(|core| !usable.contains(core)) {
+                    return Err(BuildError::invalid(format!(
+                        "cores: core {bad} is not in this process's affinity mask {usable:?}"
+                    )));
+                }
+                wanted
+            }
+        };
+        let pin = self.pin && !cores.is_empty();
+        if self.pin && cores.is_empty() {
+            tracing::warn!("could not read the process's affinity mask; running unpinned");
+        }
+        let fallback = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(MAX_LANES);
+        let default_workers = if cores.is_empty() {
+            fallback
+        } else {
+            cores.len().min(MAX_LANES)
+        };
+        let mut workers = self.workers.unwrap_or(default_workers);
+        if workers == 0 || workers > MAX_LANES {
+            return Err(BuildError::invalid(format!(
+                "workers must be 1..={MAX_LANES}, got {workers}"
+            )));
+        }
+        if pin && workers > cores.len() {
+            tracing::warn!(
+                "asked for {workers} pinned lanes but only {} cores are usable; running {}",
+                cores.len(),
+                cores.len()
+            );
+            workers = cores.len();
+        }
+        cores.truncate(workers);
+        let heavy_lanes = self.heavy_lanes.unwrap_or(usize::from(workers >= 2));
+        if heavy_lanes >= workers && !(workers == 1 && heavy_lanes == 0) {
+            return Err(BuildError::invalid(format!(
+                "heavy_lanes must leave at least one light lane: {heavy_lanes} of {workers} lanes"
+            )));
+        }
+        let lane_cores = (0..workers)
+            .map(|i| pin.then(|| core_affinity::CoreId { id: cores[i] }))
+            .collect();
+        Ok(ValidConfig {
+            cores: lane_cores,
+            heavy_lanes,
+            capacity: self.capacity,
+        })
+    }
+}
+
+struct ValidConfig {
+    cores: Vec<Option<core_affinity::CoreId>>,
+    heavy_lanes: usize,
+    capacity: usize,
+}
+
+/// Runs registered operations as tokens on core-pinned lanes.
+///
+/// Dropping the engine drains it: everything admitted runs, new work is rejected,
+/// and the lane threads are joined.
+pub struct Engine {
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Engine {
+    /// A builder with the defaults: one pinned lane per usable core, one of them heavy.
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder::default()
+    }
+
+    /// Registers an infallible function as an operation.
+    ///
+    /// A panic inside `f` resolves that token as [`TokenError::Panicked`]; the lane
+    /// keeps serving.
+    pub fn register<A, R, F>(
+        &self,
+        name: &str,
+        weight: Weight,
+        f: F,
+    ) -> Result<Operation<A, R>, RegisterError>
+    where
+        A: Send + 'static,
+        R: Send + 'static,
+        F: Fn(A) -> R + Send + Sync + 'static,
+    {
+        let id = self.claim_name(name)?;
+        Ok(Operation::new(
+            Arc::clone(&self.shared),
+            id,
+            name,
+            weight,
+            Box::new(move |a| Ok(f(a))),
+        ))
+    }
+
+    /// Registers a function that returns `Result`; an `Err(e)` resolves the token as
+    /// [`TokenError::Failed`] with `e.to_string()`.
+    pub fn register_fallible<A, R, E, F>(
+        &self,
+        name: &str,
+        weight: Weight,
+        f: F,
+    ) -> Result<Operation<A, R>, RegisterError>
+    where
+        A: Send + 'static,
+        R: Send + 'static,
+        E: std::fmt::Display,
+        F: Fn(A) -> Result<R, E> + Send + Sync + 'static,
+    {
+        let id = self.claim_name(name)?;
+        let f = move |a| f(a).map_err(|e| TokenError::Failed(e.to_string()));
+        Ok(Operation::new(
+            Arc::clone(&self.shared),
+            id,
+            name,
+            weight,
+            Box::new(f),
+        ))
+    }
+
+    fn claim_name(&self, name: &str) -> Result<u32, RegisterError> {
+        if name.is_empty() || name.len() > 64 {
+            return Err(RegisterError::BadName(name.to_string()));
+        }
+        let mut names = self.shared.names.lock().unwrap_or_else(|e| e.into_inner());
+        if names.contains_key(name) {
+            return Err(RegisterError::DuplicateName(name.to_string()));
+        }
+        let id = names.len() as u32;
+        names.insert(name.to_string(), id);
+        Ok(id)
+    }
+
+    /// How each lane was set up (core, pinning, affinity mask read back in the thread).
+    pub fn lanes(&self) -> Vec<LaneInfo> {
+        self.shared.lanes.infos()
+    }
+
+    /// Tokens and batches each lane has processed so far.
+    pub fn lane_stats(&self) -> Vec<LaneStats> {
+        self.shared.lanes.stats()
+    }
+
+    /// The admission capacity.
+    pub fn capacity(&self) -> usize {
+        self.shared.admission.capacity()
+    }
+
+    /// Tokens admitted and not yet processed.
+    pub fn in_flight(&self) -> usize {
+        self.shared.admission.in_flight()
+    }
+
+    /// A handle to the engine's own tokio runtime (one thread), for async callers that
+    /// have none and for the engine's background services.
+    pub fn handle(&self) -> &tokio::runtime::Handle {
+        self.runtime
+            .as_ref()
+            .expect("runtime lives until drop")
+            .handle()
+    }
+
+    /// Runs a future to completion on the engine's runtime, blocking this thread.
+    ///
+    /// # Panics
+    /// When called from inside an async context (tokio forbids nested `block_on`).
+    pub fn block_on<F: Future>(&self, future: F) -> F::Output {
+        self.handle().block_on(future)
+    }
+
+    /// Drains and stops: rejects new work, lets every admitted token finish, joins the
+    /// lanes. Idempotent; also run by `Drop`.
+    pub fn shutdown(&self) {
+        self.shared.admission.close();
+        self.shared.lanes.begin_shutdown();
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for thread in threads {
+            // A lane thread only ends by returning; user panics are caught per token.
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown();
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("lanes", &self.shared.lanes.len())
+            .field("capacity", &self.capacity())
+            .field("in_flight", &self.in_flight())
+            .field("router", &self.shared.router)
+            .finish()
+    }
+}

@@ -1,0 +1,341 @@
+//! Lanes: one worker thread per usable core, pinned, fed by two shared queues.
+//!
+//! # Queues and hand-off
+//!
+//! The light and heavy lane sets each have one lock-free FIFO (`crossbeam_deque::Injector`)
+//! of *batches*: a submit pushes one batch per queue operation, never one token. Every
+//! worker pops from its own set's queue first; when that is empty it takes from the
+//! other set's queue (work-conserving), except that light workers never take heavy
+//! batches when the engine isolates heavy work.
+//!
+//! # Sleeping without losing a wake-up
+//!
+//! An idle worker spins briefly, then sets its bit in `idle`, re-checks the queues and
+//! parks. A pusher pushes, issues a `SeqCst` fence, then reads `idle`; if a suitable
+//! worker's bit is set it clears it and unparks that thread. Either the worker's
+//! re-check sees the batch or the pusher sees the bit (the classic store-fence-load
+//! pairing on both sides). Parking also has a timeout, as a backstop.
+
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier, OnceLock};
+use std::thread::{self, JoinHandle, Thread};
+use std::time::Duration;
+
+use crossbeam_deque::{Injector, Steal};
+
+use crate::admission::Admission;
+use crate::router::LaneSet;
+
+/// The most lanes one engine runs (one bit each in the idle mask).
+pub(crate) const MAX_LANES: usize = 64;
+const SPIN_CHECKS: u32 = 64;
+const YIELD_CHECKS: u32 = 8;
+const PARK_TIMEOUT: Duration = Duration::from_millis(20);
+
+/// A batch of tokens of one operation, type-erased for the queues.
+pub(crate) trait Job: Send {
+    /// Runs (or skips, if resolved elsewhere) every token of the batch; returns how many
+    /// tokens it held.
+    fn run(self: Box<Self>, lane: usize) -> usize;
+}
+
+pub(crate) type BoxJob = Box<dyn Job>;
+
+/// How a lane was set up, as seen from inside its thread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaneInfo {
+    /// The lane's index (0-based).
+    pub index: usize,
+    /// The set it serves first.
+    pub set: LaneSet,
+    /// The core it was assigned, when pinning was requested.
+    pub core: Option<usize>,
+    /// Whether pinning succeeded.
+    pub pinned: bool,
+    /// The cores in the thread's affinity mask, read back after pinning.
+    pub affinity: Vec<usize>,
+}
+
+struct Lane {
+    set: LaneSet,
+    core: Option<core_affinity::CoreId>,
+    executed: AtomicU64,
+    batches: AtomicU64,
+    thread: OnceLock<Thread>,
+    info: OnceLock<LaneInfo>,
+}
+
+/// Counters of one lane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LaneStats {
+    /// Tokens processed (run, or skipped because already resolved).
+    pub tokens: u64,
+    /// Batches processed.
+    pub batches: u64,
+}
+
+pub(crate) struct Lanes {
+    queues: [Injector<BoxJob>; 2],
+    lanes: Box<[Lane]>,
+    /// Bit i set: lane i is (about to be) parked.
+    idle: AtomicU64,
+    /// Per queue: the lanes that serve it first.
+    primary: [u64; 2],
+    /// Per queue: every lane allowed to take from it.
+    takers: [u64; 2],
+    /// Heavy batches go to the light queue when there is no heavy lane.
+    has_heavy: bool,
+    shutdown: AtomicBool,
+}
+
+pub(crate) struct LaneConfig {
+    pub cores: Vec<Option<core_affinity::CoreId>>,
+    pub heavy_lanes: usize,
+    pub isolate_heavy: bool,
+}
+
+impl Lanes {
+    pub(crate) fn new(config: LaneConfig) -> Self {
+        let count = config.cores.len();
+        assert!((1..=MAX_LANES).contains(&count));
+        let first_heavy = count - config.heavy_lanes;
+        let lanes: Box<[Lane]> = config
+            .cores
+            .into_iter()
+            .enumerate()
+            .map(|(index, core)| Lane {
+                set: if index >= first_heavy {
+                    LaneSet::Heavy
+                } else {
+                    LaneSet::Light
+                },
+                core,
+                executed: AtomicU64::new(0),
+                batches: AtomicU64::new(0),
+                thread: OnceLock::new(),
+                info: OnceLock::new(),
+            })
+            .collect();
+        let mut primary = [0u64; 2];
+        for (index, lane) in lanes.iter().enumerate() {
+            primary[lane.set.index()] |= 1 << index;
+        }
+        let all = primary[0] | primary[1];
+        // Heavy lanes may always help with light work; light lanes help with heavy work
+        // unless isolation is strict (or they are the only lanes there are).
+        let light_takers = all;
+        let heavy_takers = if config.isolate_heavy && primary[1] != 0 {
+            primary[1]
+        } else {
+            all
+        };
+        Lanes {
+            queues: [Injector::new(), Injector::new()],
+            lanes,
+            idle: AtomicU64::new(0),
+            primary,
+            takers: [light_takers, heavy_takers],
+            has_heavy: config.heavy_lanes > 0,
+            shutdown: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.lanes.len()
+    }
+
+    fn queue_index(&self, set: LaneSet) -> usize {
+        if self.has_heavy {
+            set.index()
+        } else {
+            LaneSet::Light.index()
+        }
+    }
+
+    /// Queues one batch and wakes a lane that can run it, if one is parked.
+    pub(crate) fn push(&self, set: LaneSet, job: BoxJob) {
+        let queue = self.queue_index(set);
+        self.queues[queue].push(job);
+        fence(Ordering::SeqCst);
+        let idle = self.idle.load(Ordering::SeqCst);
+        if idle != 0 {
+            self.wake_one(queue, idle);
+        }
+    }
+
+    fn wake_one(&self, queue: usize, mut idle: u64) {
+        loop {
+            let candidates = match idle & self.primary[queue] {
+                0 => idle & self.takers[queue],
+                some => some,
+            };
+            if candidates == 0 {
+                return;
+            }
+            let bit = 1u64 << candidates.trailing_zeros();
+            // Claim the sleeper so the next push wakes a different one.
+            let before = self.idle.fetch_and(!bit, Ordering::SeqCst);
+            if before & bit != 0 {
+                if let Some(thread) = self.lanes[bit.trailing_zeros() as usize].thread.get() {
+                    thread.unpark();
+                }
+                return;
+            }
+            idle = before & !bit;
+        }
+    }
+
+    fn wake_all(&self) {
+        self.idle.store(0, Ordering::SeqCst);
+        for lane in self.lanes.iter() {
+            if let Some(thread) = lane.thread.get() {
+                thread.unpark();
+            }
+        }
+    }
+
+    pub(crate) fn begin_shutdown(&self) {
+        self.shutdown.store(true, Ordering::SeqCst);
+        self.wake_all();
+    }
+
+    pub(crate) fn infos(&self) -> Vec<LaneInfo> {
+        self.lanes
+            .iter()
+            .filter_map(|lane| lane.info.get().cloned())
+            .collect()
+    }
+
+    pub(crate) fn stats(&self) -> Vec<LaneStats> {
+        self.lanes
+            .iter()
+            .map(|lane| LaneStats {
+                tokens: lane.executed.load(Ordering::Relaxed),
+                batches: lane.batches.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    fn may_take(&self, lane: usize, queue: usize) -> bool {
+        self.takers[queue] & (1 << lane) != 0
+    }
+
+    fn next_job(&self, lane: usize) -> Option<BoxJob> {
+        let own = self.queue_index(self.lanes[lane].set);
+        if let Some(job) = steal(&self.queues[own]) {
+            return Some(job);
+        }
+        let other = 1 - own;
+        if self.may_take(lane, other) {
+            return steal(&self.queues[other]);
+        }
+        None
+    }
+
+    fn has_work(&self, lane: usize) -> bool {
+        let own = self.queue_index(self.lanes[lane].set);
+        !self.queues[own].is_empty()
+            || (self.may_take(lane, 1 - own) && !self.queues[1 - own].is_empty())
+    }
+
+    fn worker_loop(&self, index: usize, admission: &Admission) {
+        let lane = &self.lanes[index];
+        let bit = 1u64 << index;
+        let mut misses = 0u32;
+        loop {
+            if let Some(job) = self.next_job(index) {
+                misses = 0;
+                let tokens = job.run(index);
+                lane.executed.fetch_add(tokens as u64, Ordering::Relaxed);
+                lane.batches.fetch_add(1, Ordering::Relaxed);
+                admission.release(tokens);
+                continue;
+            }
+            if self.shutdown.load(Ordering::SeqCst) && admission.in_flight() == 0 {
+                break;
+            }
+            misses += 1;
+            if misses <= SPIN_CHECKS {
+                std::hint::spin_loop();
+                continue;
+            }
+            if misses <= SPIN_CHECKS + YIELD_CHECKS {
+                thread::yield_now();
+                continue;
+            }
+            self.idle.fetch_or(bit, Ordering::SeqCst);
+            if !self.has_work(index) && !self.shutdown.load(Ordering::SeqCst) {
+                thread::park_timeout(PARK_TIMEOUT);
+            }
+            self.idle.fetch_and(!bit, Ordering::SeqCst);
+            misses = SPIN_CHECKS; // after a park, check a few times by yielding, then park again
+        }
+        // Others may be parked waiting for the last batch this lane just finished.
+        self.wake_all();
+    }
+}
+
+fn steal(queue: &Injector<BoxJob>) -> Option<BoxJob> {
+    loop {
+        match queue.steal() {
+            Steal::Success(job) => return Some(job),
+            Steal::Empty => return None,
+            Steal::Retry => continue,
+        }
+    }
+}
+
+/// Starts one thread per lane, pins each, and waits until all have reported in.
+pub(crate) fn spawn_workers(
+    lanes: &Arc<Lanes>,
+    admission: &Arc<Admission>,
+    pin: bool,
+) -> std::io::Result<Vec<JoinHandle<()>>> {
+    let ready = Arc::new(Barrier::new(lanes.len() + 1));
+    let mut handles = Vec::with_capacity(lanes.len());
+    for index in 0..lanes.len() {
+        let lanes = Arc::clone(lanes);
+        let admission = Arc::clone(admission);
+        let ready = Arc::clone(&ready);
+        let handle = thread::Builder::new()
+            .name(format!("tokengate-lane-{index}"))
+            .spawn(move || {
+                let lane = &lanes.lanes[index];
+                let _ = lane.thread.set(thread::current());
+                let info = pin_current(index, lane, pin);
+                let _ = lane.info.set(info);
+                ready.wait();
+                lanes.worker_loop(index, &admission);
+            })?;
+        handles.push(handle);
+    }
+    ready.wait();
+    Ok(handles)
+}
+
+static PIN_WARNING: std::sync::Once = std::sync::Once::new();
+
+fn pin_current(index: usize, lane: &Lane, pin: bool) -> LaneInfo {
+    let pinned = match (pin, lane.core) {
+        (true, Some(core)) => {
+            let ok = core_affinity::set_for_current(core);
+            if !ok {
+                PIN_WARNING.call_once(|| {
+                    tracing::warn!("could not pin lane threads to cores; running unpinned");
+                });
+            }
+            ok
+        }
+        _ => false,
+    };
+    let affinity = core_affinity::get_core_ids()
+        .map(|ids| ids.into_iter().map(|id| id.id).collect())
+        .unwrap_or_default();
+    LaneInfo {
+        index,
+        set: lane.set,
+        core: lane.core.map(|c| c.id),
+        pinned,
+        affinity,
+    }
+}

@@ -1,0 +1,420 @@
+//! The token: a handle to one call that resolves exactly once.
+//!
+//! # State machine
+//!
+//! Each token owns one [`Slot`] inside a shared [`Chunk`] (one allocation serves every
+//! token of a `submit_many` chunk). The slot's `state` byte is the only thing that
+//! decides who may write the result:
+//!
+//! ```text
+//!  QUEUED ──claim (worker)──► RUNNING ──finish (worker)──┐
+//!    │                          │                        ▼
+//!    └──cancel (caller)─────────┴──timeout (engine)──► WRITING ──► COMPLETED | FAILED |
+//!                                                                  CANCELLED | TIMED_OUT
+//! ```
+//!
+//! Whoever wins the compare-and-swap into `WRITING` writes the result, then publishes
+//! the terminal state with `Release`; everyone else backs off (a worker that loses the
+//! race drops its late value). The handle reads the result only after seeing a terminal
+//! state with `Acquire`, and marks it `TAKEN` so it is moved out once and the chunk's
+//! destructor knows not to drop it again. A token can therefore never resolve twice.
+
+use std::cell::UnsafeCell;
+use std::future::Future;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread::{self, Thread};
+
+use atomic_waker::AtomicWaker;
+
+use crate::error::{CancelSource, RejectReason, TokenError};
+
+const QUEUED: u8 = 0;
+const RUNNING: u8 = 1;
+const WRITING: u8 = 2;
+const COMPLETED: u8 = 3;
+const FAILED: u8 = 4;
+const CANCELLED: u8 = 5;
+const TIMED_OUT: u8 = 6;
+const REJECTED: u8 = 7;
+/// Set on a terminal state once the handle has moved the result out.
+const TAKEN: u8 = 0x80;
+
+/// Where a token is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TokenState {
+    /// Admitted and queued on a lane, not started.
+    Admitted,
+    /// A worker is running it.
+    Running,
+    /// Finished with a value.
+    Completed,
+    /// The operation panicked or returned an error.
+    Failed,
+    /// Cancelled before it started.
+    Cancelled,
+    /// Its deadline passed.
+    TimedOut,
+    /// The engine did not admit it.
+    Rejected,
+}
+
+impl TokenState {
+    /// True for the states a token never leaves.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, TokenState::Admitted | TokenState::Running)
+    }
+}
+
+/// The outcome a worker reports for each token of a batch it processed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Completed,
+    Failed,
+    /// Resolved by someone else before the worker got to it (cancelled, timed out).
+    Skipped,
+}
+
+pub(crate) struct Slot<R> {
+    state: AtomicU8,
+    waker: AtomicWaker,
+    result: UnsafeCell<MaybeUninit<Result<R, TokenError>>>,
+}
+
+// SAFETY: `result` is written only by the single thread that won the CAS into
+// `WRITING`, and read only by the unique `Token` handle after it observed a terminal
+// state with `Acquire` (which pairs with the writer's `Release` store). No two threads
+// ever touch `result` at the same time, so sharing a `Slot` is sound whenever the
+// value itself may be sent between threads.
+unsafe impl<R: Send> Sync for Slot<R> {}
+
+impl<R> Slot<R> {
+    fn new() -> Self {
+        Slot {
+            state: AtomicU8::new(QUEUED),
+            waker: AtomicWaker::new(),
+            result: UnsafeCell::new(MaybeUninit::uninit()),
+        }
+    }
+
+    /// A worker claims the token before running it. False if it was already resolved.
+    #[inline]
+    pub(crate) fn claim(&self) -> bool {
+        self.state
+            .compare_exchange(QUEUED, RUNNING, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Resolves the token if it is still in state `from`. Returns the value back if
+    /// somebody else resolved it first.
+    #[inline]
+    fn resolve_from(
+        &self,
+        from: u8,
+        result: Result<R, TokenError>,
+    ) -> Result<(), Result<R, TokenError>> {
+        if self
+            .state
+            .compare_exchange(from, WRITING, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return Err(result);
+        }
+        let terminal = terminal_code(&result);
+        // SAFETY: we won the CAS into WRITING, so we are the only writer, and no reader
+        // looks at `result` before it sees the terminal state stored below.
+        unsafe { (*self.result.get()).write(result) };
+        self.state.store(terminal, Ordering::Release);
+        self.waker.wake();
+        Ok(())
+    }
+
+    /// The worker finished running the token.
+    #[inline]
+    pub(crate) fn finish(&self, result: Result<R, TokenError>) -> Outcome {
+        let outcome = if result.is_ok() {
+            Outcome::Completed
+        } else {
+            Outcome::Failed
+        };
+        match self.resolve_from(RUNNING, result) {
+            Ok(()) => outcome,
+            // A deadline resolved it while it ran: the late value is dropped here.
+            Err(_late) => Outcome::Skipped,
+        }
+    }
+
+    /// Resolves a token that has not started. False if it had already started.
+    pub(crate) fn cancel(&self, by: CancelSource) -> bool {
+        self.resolve_from(QUEUED, Err(TokenError::Cancelled { by }))
+            .is_ok()
+    }
+
+    fn state(&self) -> TokenState {
+        match self.state.load(Ordering::Acquire) & !TAKEN {
+            QUEUED => TokenState::Admitted,
+            RUNNING | WRITING => TokenState::Running,
+            COMPLETED => TokenState::Completed,
+            FAILED => TokenState::Failed,
+            CANCELLED => TokenState::Cancelled,
+            TIMED_OUT => TokenState::TimedOut,
+            _ => TokenState::Rejected,
+        }
+    }
+
+    /// Moves the result out if the token has resolved.
+    ///
+    /// # Safety
+    /// Only the slot's unique `Token` handle may call this (it is not `Sync`-shared:
+    /// callers hold `&mut Token`).
+    #[inline]
+    unsafe fn try_take(&self) -> Option<Result<R, TokenError>> {
+        let state = self.state.load(Ordering::Acquire);
+        if state < COMPLETED {
+            return None;
+        }
+        assert!(
+            state & TAKEN == 0,
+            "a token's result was taken twice (polled after it resolved)"
+        );
+        // SAFETY: a terminal state was published with Release after the write, we loaded
+        // it with Acquire, and TAKEN is clear, so the value is initialised and unread.
+        let result = unsafe { (*self.result.get()).assume_init_read() };
+        self.state.store(state | TAKEN, Ordering::Relaxed);
+        Some(result)
+    }
+}
+
+fn terminal_code<R>(result: &Result<R, TokenError>) -> u8 {
+    match result {
+        Ok(_) => COMPLETED,
+        Err(TokenError::Cancelled { .. }) => CANCELLED,
+        Err(TokenError::TimedOut) => TIMED_OUT,
+        Err(TokenError::Rejected { .. }) => REJECTED,
+        Err(_) => FAILED,
+    }
+}
+
+/// The slots of the tokens admitted together; one allocation for many tokens.
+pub(crate) struct Chunk<R> {
+    base_id: u64,
+    slots: Box<[Slot<R>]>,
+}
+
+impl<R> Chunk<R> {
+    pub(crate) fn new(base_id: u64, len: usize) -> Arc<Self> {
+        Arc::new(Chunk {
+            base_id,
+            slots: (0..len).map(|_| Slot::new()).collect(),
+        })
+    }
+
+    #[inline]
+    pub(crate) fn slot(&self, index: u32) -> &Slot<R> {
+        &self.slots[index as usize]
+    }
+
+    /// Hands out the token for slot `index`. Called once per slot.
+    #[inline]
+    pub(crate) fn token(self: &Arc<Self>, index: u32) -> Token<R> {
+        Token {
+            chunk: Arc::clone(self),
+            index,
+        }
+    }
+}
+
+impl<R> Drop for Chunk<R> {
+    fn drop(&mut self) {
+        for slot in self.slots.iter_mut() {
+            let state = *slot.state.get_mut();
+            if state >= COMPLETED && state & TAKEN == 0 {
+                // SAFETY: terminal and not taken, so the value is initialised; we have
+                // `&mut self`, so nobody else can observe it.
+                unsafe { slot.result.get_mut().assume_init_drop() };
+            }
+        }
+    }
+}
+
+/// A handle to one submitted call.
+///
+/// It resolves exactly once, to the operation's value or a [`TokenError`]. Wait for it
+/// with [`Token::wait`] (blocking) or `.await` it (it implements [`Future`]). Dropping a
+/// token does not cancel the call; use [`Token::cancel`] for that.
+pub struct Token<R> {
+    chunk: Arc<Chunk<R>>,
+    index: u32,
+}
+
+impl<R> Token<R> {
+    /// A token that is already resolved as rejected.
+    pub(crate) fn rejected(id: u64, reason: RejectReason) -> Self {
+        let chunk = Chunk::new(id, 1);
+        let _ = chunk.slots[0].resolve_from(QUEUED, Err(TokenError::Rejected { reason }));
+        chunk.token(0)
+    }
+
+    #[inline]
+    fn slot(&self) -> &Slot<R> {
+        self.chunk.slot(self.index)
+    }
+
+    /// This token's engine-wide unique id.
+    pub fn id(&self) -> u64 {
+        self.chunk.base_id + u64::from(self.index)
+    }
+
+    /// Where the token is now. A snapshot: it may change right after.
+    pub fn state(&self) -> TokenState {
+        self.slot().state()
+    }
+
+    /// True once the token has resolved (its result may already have been taken).
+    pub fn is_finished(&self) -> bool {
+        self.state().is_terminal()
+    }
+
+    /// Cancels the token if it has not started; it then resolves as
+    /// `Err(TokenError::Cancelled { by: CancelSource::Caller })`.
+    ///
+    /// Returns false if it had already started or resolved: a running call is never
+    /// interrupted.
+    pub fn cancel(&self) -> bool {
+        self.slot().cancel(CancelSource::Caller)
+    }
+
+    /// Blocks the calling thread until the token resolves.
+    ///
+    /// Do not call this from inside an async task; `.await` the token instead.
+    pub fn wait(mut self) -> Result<R, TokenError> {
+        // SAFETY: we own the handle.
+        if let Some(result) = unsafe { self.slot().try_take() } {
+            return result;
+        }
+        block_on(&mut self)
+    }
+}
+
+impl<R> Future for Token<R> {
+    type Output = Result<R, TokenError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let slot = self.slot();
+        // SAFETY (both calls): `Pin<&mut Token>` is exclusive access to the unique handle.
+        if let Some(result) = unsafe { slot.try_take() } {
+            return Poll::Ready(result);
+        }
+        slot.waker.register(cx.waker());
+        // Re-check: the worker may have resolved it between the first check and the
+        // registration, and then it woke nobody.
+        match unsafe { slot.try_take() } {
+            Some(result) => Poll::Ready(result),
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl<R> std::fmt::Debug for Token<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Token")
+            .field("id", &self.id())
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+struct ThreadWaker(Thread);
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+thread_local! {
+    static THREAD_WAKER: Waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
+}
+
+/// Runs a future to completion on the calling thread, parking between polls.
+pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    THREAD_WAKER.with(|waker| {
+        let mut cx = Context::from_waker(waker);
+        loop {
+            if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+                return output;
+            }
+            thread::park();
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_once_and_drops_untaken_values() {
+        let chunk = Chunk::<String>::new(10, 3);
+        let (a, b, c) = (chunk.token(0), chunk.token(1), chunk.token(2));
+        assert_eq!(a.id(), 10);
+        assert_eq!(c.id(), 12);
+        assert!(chunk.slot(0).claim());
+        assert_eq!(chunk.slot(0).finish(Ok("a".into())), Outcome::Completed);
+        assert!(!a.cancel(), "a resolved token cannot be cancelled");
+        assert!(b.cancel());
+        assert!(!chunk.slot(1).claim(), "a cancelled token is not run");
+        assert!(chunk.slot(2).claim());
+        assert_eq!(
+            chunk.slot(2).finish(Ok("never taken".into())),
+            Outcome::Completed
+        );
+        drop(chunk);
+        assert_eq!(a.wait().unwrap(), "a");
+        assert_eq!(
+            b.wait(),
+            Err(TokenError::Cancelled {
+                by: CancelSource::Caller
+            })
+        );
+        assert_eq!(c.state(), TokenState::Completed);
+        drop(c); // the untaken String is dropped by the chunk (checked under Miri/ASan)
+    }
+
+    #[test]
+    fn late_result_after_external_resolution_is_dropped() {
+        let chunk = Chunk::<u32>::new(0, 1);
+        let token = chunk.token(0);
+        assert!(chunk.slot(0).claim());
+        assert!(chunk
+            .slot(0)
+            .resolve_from(RUNNING, Err(TokenError::TimedOut))
+            .is_ok());
+        assert_eq!(chunk.slot(0).finish(Ok(7)), Outcome::Skipped);
+        assert_eq!(token.wait(), Err(TokenError::TimedOut));
+    }
+
+    #[test]
+    fn wait_blocks_until_another_thread_resolves() {
+        let chunk = Chunk::<u64>::new(0, 1);
+        let token = chunk.token(0);
+        let worker = {
+            let chunk = Arc::clone(&chunk);
+            thread::spawn(move || {
+                thread::sleep(std::time::Duration::from_millis(20));
+                assert!(chunk.slot(0).claim());
+                chunk.slot(0).finish(Ok(42))
+            })
+        };
+        assert_eq!(token.wait(), Ok(42));
+        assert_eq!(worker.join().unwrap(), Outcome::Completed);
+    }
+}

@@ -1,0 +1,3 @@
+//! Built-in workloads, for demos, data and benches.
+
+pub mod leibniz;
