@@ -34,9 +34,10 @@ const PARK_TIMEOUT: Duration = Duration::from_millis(20);
 
 /// A batch of tokens of one operation, type-erased for the queues.
 pub(crate) trait Job: Send {
-    /// Runs (or skips, if resolved elsewhere) every token of the batch; returns how many
-    /// tokens it held.
-    fn run(self: Box<Self>, lane: usize) -> usize;
+    /// Tokens in the batch.
+    fn len(&self) -> usize;
+    /// Runs (or skips, if resolved elsewhere) every token of the batch.
+    fn run(self: Box<Self>, lane: usize);
 }
 
 pub(crate) type BoxJob = Box<dyn Job>;
@@ -68,7 +69,7 @@ struct Lane {
 /// Counters of one lane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LaneStats {
-    /// Tokens processed (run, or skipped because already resolved).
+    /// Tokens taken by this lane (run, or skipped because already resolved).
     pub tokens: u64,
     /// Batches processed.
     pub batches: u64,
@@ -245,9 +246,12 @@ impl Lanes {
         loop {
             if let Some(job) = self.next_job(index) {
                 misses = 0;
-                let tokens = job.run(index);
+                // Counted before running, so the counts are complete by the time the
+                // batch's last token resolves.
+                let tokens = job.len();
                 lane.executed.fetch_add(tokens as u64, Ordering::Relaxed);
                 lane.batches.fetch_add(1, Ordering::Relaxed);
+                job.run(index);
                 admission.release(tokens);
                 continue;
             }

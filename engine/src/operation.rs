@@ -278,9 +278,12 @@ struct Batch<A, R> {
 }
 
 impl<A: Send + 'static, R: Send + 'static> Job for Batch<A, R> {
-    fn run(self: Box<Self>, _lane: usize) -> usize {
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    fn run(self: Box<Self>, _lane: usize) {
         let Batch { op, chunk, items } = *self;
-        let len = items.len();
         let (mut completed, mut failed, mut skipped) = (0u64, 0u64, 0u64);
         for (index, arg) in items {
             let slot = chunk.slot(index);
@@ -308,7 +311,6 @@ impl<A: Send + 'static, R: Send + 'static> Job for Batch<A, R> {
         if skipped > 0 {
             counters.skipped.fetch_add(skipped, Relaxed);
         }
-        len
     }
 }
 

@@ -292,7 +292,7 @@ impl<R> Token<R> {
     ///
     /// Do not call this from inside an async task; `.await` the token instead.
     pub fn wait(mut self) -> Result<R, TokenError> {
-        // SAFETY: we own the handle.
+        // SAFETY: `self` is the slot's unique handle, owned here.
         if let Some(result) = unsafe { self.slot().try_take() } {
             return result;
         }
@@ -305,13 +305,14 @@ impl<R> Future for Token<R> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let slot = self.slot();
-        // SAFETY (both calls): `Pin<&mut Token>` is exclusive access to the unique handle.
+        // SAFETY: `Pin<&mut Token>` is exclusive access to the slot's unique handle.
         if let Some(result) = unsafe { slot.try_take() } {
             return Poll::Ready(result);
         }
         slot.waker.register(cx.waker());
         // Re-check: the worker may have resolved it between the first check and the
         // registration, and then it woke nobody.
+        // SAFETY: as above, exclusive access to the unique handle.
         match unsafe { slot.try_take() } {
             Some(result) => Poll::Ready(result),
             None => Poll::Pending,

@@ -1,1 +1,45 @@
+//! End-to-end tests of the engine through its public API. One binary, many modules.
 
+mod admission;
+mod lanes;
+mod leibniz;
+mod tokens;
+
+use std::sync::mpsc;
+
+use tokengate::{Engine, Operation, Weight};
+
+/// An engine with a single unpinned lane, so a test can hold the lane and be sure
+/// that everything submitted after stays queued.
+pub fn one_lane(capacity: usize) -> Engine {
+    Engine::builder()
+        .workers(1)
+        .pin(false)
+        .capacity(capacity)
+        .build()
+        .expect("engine")
+}
+
+/// An operation that blocks its lane until the returned sender is sent to (or dropped).
+pub fn gate(engine: &Engine, name: &str) -> (Operation<(), ()>, mpsc::SyncSender<()>) {
+    let (release, wait) = mpsc::sync_channel::<()>(0);
+    let wait = std::sync::Mutex::new(wait);
+    let op = engine
+        .register(name, Weight::Heavy, move |()| {
+            let _ = wait.lock().unwrap().recv();
+        })
+        .expect("register gate");
+    (op, release)
+}
+
+/// Spins until `cond` holds (bounded, so a broken engine fails instead of hanging).
+pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}

@@ -1,0 +1,147 @@
+//! Lanes: pinning, heavy/light sets, work conservation, builder validation.
+
+use tokengate::{Engine, LaneSet, TokenState, Weight};
+
+use crate::{eventually, gate};
+
+/// The cores in the calling thread's affinity mask, read with `sched_getaffinity`.
+fn current_affinity() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; zeroed is a valid empty set, and the kernel
+    // writes at most size_of::<cpu_set_t>() bytes into it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let rc = libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set);
+        assert_eq!(rc, 0, "sched_getaffinity failed");
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .collect()
+    }
+}
+
+#[test]
+fn pinned_lanes_run_on_exactly_one_core_each() {
+    let engine = Engine::builder().pin(true).build().unwrap();
+    let lanes = engine.lanes();
+    assert!(!lanes.is_empty());
+    let mut cores = Vec::new();
+    for lane in &lanes {
+        assert!(lane.pinned, "lane {} did not pin", lane.index);
+        let core = lane.core.expect("a pinned lane has a core");
+        assert_eq!(
+            lane.affinity,
+            vec![core],
+            "lane {} mask read back in its thread",
+            lane.index
+        );
+        cores.push(core);
+    }
+    cores.sort_unstable();
+    cores.dedup();
+    assert_eq!(cores.len(), lanes.len(), "one core per lane");
+
+    // And from inside user code, with the kernel's own answer.
+    let mask = engine
+        .register("mask", Weight::Light, |_: u32| current_affinity())
+        .unwrap();
+    for token in mask.submit_many(0..2_000u32) {
+        let seen = token.wait().unwrap();
+        assert_eq!(
+            seen.len(),
+            1,
+            "a token ran on a thread whose mask is {seen:?}"
+        );
+        assert!(cores.contains(&seen[0]));
+    }
+}
+
+#[test]
+fn unpinned_lanes_keep_the_process_mask() {
+    let engine = Engine::builder().pin(false).build().unwrap();
+    for lane in engine.lanes() {
+        assert!(!lane.pinned);
+        assert_eq!(lane.core, None);
+        assert_eq!(lane.affinity, current_affinity());
+    }
+}
+
+#[test]
+fn heavy_lane_is_the_last_and_a_held_lane_leaves_work_to_the_other() {
+    let engine = Engine::builder().workers(2).pin(false).build().unwrap();
+    let sets: Vec<_> = engine.lanes().iter().map(|l| l.set).collect();
+    assert_eq!(sets, vec![LaneSet::Light, LaneSet::Heavy]);
+    let (hold, release) = gate(&engine, "hold");
+    let holding = hold.submit(());
+    eventually("the gate runs", || holding.state() == TokenState::Running);
+    let echo = engine.register("echo", Weight::Light, |x: u32| x).unwrap();
+    let before = engine.lane_stats();
+    for token in echo.submit_many(0..10_000u32) {
+        token.wait().unwrap();
+    }
+    let after = engine.lane_stats();
+    let mut deltas: Vec<u64> = after
+        .iter()
+        .zip(&before)
+        .map(|(a, b)| a.tokens - b.tokens)
+        .collect();
+    deltas.sort_unstable();
+    // Whichever lane took the gate is stuck in it; the other ran every echo token.
+    assert_eq!(deltas, vec![0, 10_000]);
+    release.send(()).unwrap();
+    holding.wait().unwrap();
+}
+
+#[test]
+fn light_lanes_take_heavy_work_unless_isolated() {
+    // Hold the heavy lane, then submit more heavy work: a work-conserving light lane
+    // runs it; an isolating engine leaves it queued for the heavy lane.
+    for isolate in [false, true] {
+        let engine = Engine::builder()
+            .workers(2)
+            .pin(false)
+            .isolate_heavy(isolate)
+            .build()
+            .unwrap();
+        let (hold, release) = gate(&engine, "hold");
+        let holding = hold.submit(());
+        eventually("the gate runs", || holding.state() == TokenState::Running);
+        let heavy = engine.register("heavy", Weight::Heavy, |x: u32| x).unwrap();
+        let token = heavy.submit(1);
+        if isolate {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            assert_eq!(
+                token.state(),
+                TokenState::Admitted,
+                "isolated heavy work waits"
+            );
+        } else {
+            eventually("a light lane runs the heavy token", || token.is_finished());
+        }
+        release.send(()).unwrap();
+        assert_eq!(token.wait(), Ok(1));
+        holding.wait().unwrap();
+    }
+}
+
+#[test]
+fn bad_options_are_clear_errors() {
+    let cases: Vec<(tokengate::EngineBuilder, &str)> = vec![
+        (Engine::builder().workers(0), "workers"),
+        (Engine::builder().workers(1000).pin(false), "workers"),
+        (
+            Engine::builder().workers(2).pin(false).heavy_lanes(2),
+            "heavy_lanes",
+        ),
+        (
+            Engine::builder().workers(1).pin(false).heavy_lanes(1),
+            "heavy_lanes",
+        ),
+        (Engine::builder().light_batch(0), "light_batch"),
+        (Engine::builder().capacity(0), "capacity"),
+        (Engine::builder().cores([100_000]), "core 100000"),
+        (Engine::builder().cores(Vec::new()), "cores"),
+    ];
+    for (builder, names) in cases {
+        let err = builder.build().expect_err(names).to_string();
+        assert!(err.contains(names), "error {err:?} should name {names:?}");
+    }
+}
