@@ -2,15 +2,18 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
 use crate::admission::Admission;
 use crate::error::{BuildError, RegisterError, TokenError};
 use crate::lanes::{self, LaneConfig, LaneInfo, LaneStats, Lanes, MAX_LANES};
-use crate::operation::Operation;
-use crate::router::{Router, StaticRouter, Weight};
+use crate::model::Model;
+use crate::operation::{BoxFn, Operation, SizeHint};
+use crate::router::{LearnedRouter, Router, StaticRouter, Weight};
+use crate::telemetry::{SinkKind, Telemetry, TelemetryStats, TokenRecord};
 
 /// State shared by the engine, its operations and its tokens' jobs.
 pub(crate) struct Shared {
@@ -21,6 +24,8 @@ pub(crate) struct Shared {
     /// Tokens per `submit_many` chunk: one slot allocation and one permit CAS each.
     pub(crate) chunk_len: usize,
     names: Mutex<HashMap<String, u32>>,
+    /// Op id → name, for telemetry.
+    op_names: Arc<RwLock<Vec<String>>>,
 }
 
 /// Configures an [`Engine`]. Every option is checked once, in [`EngineBuilder::build`].
@@ -34,6 +39,9 @@ pub struct EngineBuilder {
     pin: bool,
     isolate_heavy: bool,
     router: Option<Arc<dyn Router>>,
+    model: Option<PathBuf>,
+    sink: Option<SinkKind>,
+    sample_every: u64,
 }
 
 impl Default for EngineBuilder {
@@ -47,6 +55,9 @@ impl Default for EngineBuilder {
             pin: true,
             isolate_heavy: false,
             router: None,
+            model: None,
+            sink: None,
+            sample_every: 1,
         }
     }
 }
@@ -106,14 +117,63 @@ impl EngineBuilder {
         self
     }
 
+    /// Routes with the learned cost model in this file (see [`crate::model`]). A file
+    /// that is missing, corrupt, or fitted on another feature schema fails `build()`.
+    pub fn model(mut self, path: impl Into<PathBuf>) -> Self {
+        self.model = Some(path.into());
+        self
+    }
+
+    /// Logs one record per finished token to Parquet segments in `dir` (created if
+    /// needed): a new file every 262,144 rows or 10 s.
+    pub fn log_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.sink = Some(SinkKind::Parquet {
+            dir: dir.into(),
+            segment_rows: 1 << 18,
+            segment_secs: 10,
+        });
+        self
+    }
+
+    /// Keeps the records in memory instead, for [`Engine::take_records`] after shutdown.
+    pub fn log_in_memory(mut self) -> Self {
+        self.sink = Some(SinkKind::Memory);
+        self
+    }
+
+    /// Logs only tokens whose id is a multiple of `every` (default 1: all).
+    pub fn log_sample(mut self, every: u64) -> Self {
+        self.sample_every = every;
+        self
+    }
+
     /// Checks every option, starts the lanes (pinned) and the engine's tokio runtime.
     pub fn build(self) -> Result<Engine, BuildError> {
         let valid = self.check()?;
+        let fallback = StaticRouter::new(self.light_batch);
+        let router: Arc<dyn Router> = match (&self.router, &self.model) {
+            (Some(router), _) => Arc::clone(router),
+            (None, Some(path)) => {
+                let model = Model::load(path)
+                    .map_err(|e| BuildError::model(path.display().to_string(), e))?;
+                Arc::new(LearnedRouter::new(model, fallback))
+            }
+            (None, None) => Arc::new(fallback),
+        };
+        let op_names = Arc::new(RwLock::new(Vec::new()));
+        let telemetry = match self.sink.clone() {
+            Some(sink) => Some(Arc::new(
+                Telemetry::start(sink, self.sample_every, Arc::clone(&op_names))
+                    .map_err(BuildError::io)?,
+            )),
+            None => None,
+        };
         let admission = Arc::new(Admission::new(valid.capacity));
         let lanes = Arc::new(Lanes::new(LaneConfig {
             cores: valid.cores,
             heavy_lanes: valid.heavy_lanes,
             isolate_heavy: self.isolate_heavy,
+            telemetry,
         }));
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -122,9 +182,6 @@ impl EngineBuilder {
             .build()
             .map_err(BuildError::io)?;
         let threads = lanes::spawn_workers(&lanes, &admission, self.pin).map_err(BuildError::io)?;
-        let router = self
-            .router
-            .unwrap_or_else(|| Arc::new(StaticRouter::new(self.light_batch)));
         let shared = Arc::new(Shared {
             chunk_len: valid.capacity.min(4096),
             admission,
@@ -132,6 +189,7 @@ impl EngineBuilder {
             router,
             next_token_id: AtomicU64::new(1),
             names: Mutex::new(HashMap::new()),
+            op_names,
         });
         Ok(Engine {
             shared,
@@ -146,6 +204,9 @@ impl EngineBuilder {
                 "light_batch must be 1..=65536, got {}",
                 self.light_batch
             )));
+        }
+        if self.sample_every == 0 {
+            return Err(BuildError::invalid("log_sample must be at least 1"));
         }
         if self.capacity == 0 || self.capacity > 1 << 32 {
             return Err(BuildError::invalid(format!(
@@ -224,6 +285,47 @@ struct ValidConfig {
     capacity: usize,
 }
 
+/// Registers one operation with options; from [`Engine::operation`].
+#[derive(Debug)]
+pub struct OperationBuilder<'e, A> {
+    engine: &'e Engine,
+    name: String,
+    weight: Weight,
+    size_hint: Option<SizeHint<A>>,
+}
+
+impl<A: Send + 'static> OperationBuilder<'_, A> {
+    /// A cheap function giving each argument's size (bytes, elements, iterations…):
+    /// the learned router's main input besides the operation itself.
+    pub fn size_hint(mut self, hint: SizeHint<A>) -> Self {
+        self.size_hint = Some(hint);
+        self
+    }
+
+    /// Registers an infallible function (see [`Engine::register`]).
+    pub fn register<R, F>(self, f: F) -> Result<Operation<A, R>, RegisterError>
+    where
+        R: Send + 'static,
+        F: Fn(A) -> R + Send + Sync + 'static,
+    {
+        let f: BoxFn<A, R> = Box::new(move |a| Ok(f(a)));
+        self.engine
+            .add_operation(&self.name, self.weight, self.size_hint, f)
+    }
+
+    /// Registers a function returning `Result` (see [`Engine::register_fallible`]).
+    pub fn register_fallible<R, E, F>(self, f: F) -> Result<Operation<A, R>, RegisterError>
+    where
+        R: Send + 'static,
+        E: std::fmt::Display,
+        F: Fn(A) -> Result<R, E> + Send + Sync + 'static,
+    {
+        let f: BoxFn<A, R> = Box::new(move |a| f(a).map_err(|e| TokenError::Failed(e.to_string())));
+        self.engine
+            .add_operation(&self.name, self.weight, self.size_hint, f)
+    }
+}
+
 /// Runs registered operations as tokens on core-pinned lanes.
 ///
 /// Dropping the engine drains it: everything admitted runs, new work is rejected,
@@ -243,7 +345,8 @@ impl Engine {
     /// Registers an infallible function as an operation.
     ///
     /// A panic inside `f` resolves that token as [`TokenError::Panicked`]; the lane
-    /// keeps serving.
+    /// keeps serving. For options (a size hint for the router), use
+    /// [`Engine::operation`].
     pub fn register<A, R, F>(
         &self,
         name: &str,
@@ -255,14 +358,7 @@ impl Engine {
         R: Send + 'static,
         F: Fn(A) -> R + Send + Sync + 'static,
     {
-        let id = self.claim_name(name)?;
-        Ok(Operation::new(
-            Arc::clone(&self.shared),
-            id,
-            name,
-            weight,
-            Box::new(move |a| Ok(f(a))),
-        ))
+        self.operation(name, weight).register(f)
     }
 
     /// Registers a function that returns `Result`; an `Err(e)` resolves the token as
@@ -279,14 +375,49 @@ impl Engine {
         E: std::fmt::Display,
         F: Fn(A) -> Result<R, E> + Send + Sync + 'static,
     {
+        self.operation(name, weight).register_fallible(f)
+    }
+
+    /// Starts registering an operation with options.
+    ///
+    /// ```
+    /// # let engine = tokengate::Engine::builder().build()?;
+    /// let sort = engine
+    ///     .operation("sort", tokengate::Weight::Medium)
+    ///     .size_hint(|v: &Vec<u32>| v.len() as u64) // what the learned router sees
+    ///     .register(|mut v: Vec<u32>| { v.sort_unstable(); v })?;
+    /// assert_eq!(sort.submit(vec![3, 1, 2]).wait()?, vec![1, 2, 3]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn operation<A>(&self, name: &str, weight: Weight) -> OperationBuilder<'_, A> {
+        OperationBuilder {
+            engine: self,
+            name: name.to_string(),
+            weight,
+            size_hint: None,
+        }
+    }
+
+    fn add_operation<A, R>(
+        &self,
+        name: &str,
+        weight: Weight,
+        size_hint: Option<SizeHint<A>>,
+        f: BoxFn<A, R>,
+    ) -> Result<Operation<A, R>, RegisterError>
+    where
+        A: Send + 'static,
+        R: Send + 'static,
+    {
         let id = self.claim_name(name)?;
-        let f = move |a| f(a).map_err(|e| TokenError::Failed(e.to_string()));
+        self.shared.router.register_op(id, name);
         Ok(Operation::new(
             Arc::clone(&self.shared),
             id,
             name,
             weight,
-            Box::new(f),
+            size_hint,
+            f,
         ))
     }
 
@@ -300,7 +431,32 @@ impl Engine {
         }
         let id = names.len() as u32;
         names.insert(name.to_string(), id);
+        self.shared
+            .op_names
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(name.to_string());
         Ok(id)
+    }
+
+    /// What the telemetry has recorded, dropped and written so far (final after
+    /// [`Engine::shutdown`]); `None` when logging is off.
+    pub fn telemetry_stats(&self) -> Option<TelemetryStats> {
+        self.shared.lanes.telemetry().map(|t| t.stats())
+    }
+
+    /// The records kept by [`EngineBuilder::log_in_memory`], available after shutdown.
+    pub fn take_records(&self) -> Vec<TokenRecord> {
+        self.shared
+            .lanes
+            .telemetry()
+            .map(|t| t.take_records())
+            .unwrap_or_default()
+    }
+
+    /// The router's model fingerprint (0 when routing without a model).
+    pub fn model_version(&self) -> u32 {
+        self.shared.router.model_version()
     }
 
     /// How each lane was set up (core, pinning, affinity mask read back in the thread).
@@ -346,9 +502,16 @@ impl Engine {
         self.shared.admission.close();
         self.shared.lanes.begin_shutdown();
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        let joined = !threads.is_empty();
         for thread in threads {
             // A lane thread only ends by returning; user panics are caught per token.
             let _ = thread.join();
+        }
+        if joined {
+            // Every lane has flushed its records; let the writer finish the last segment.
+            if let Some(telemetry) = self.shared.lanes.telemetry() {
+                telemetry.finish();
+            }
         }
     }
 }

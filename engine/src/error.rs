@@ -87,6 +87,7 @@ pub struct BuildError {
 pub(crate) enum BuildErrorKind {
     Invalid(String),
     Io(std::io::Error),
+    Model(String, crate::model::ModelError),
 }
 
 impl BuildError {
@@ -100,6 +101,11 @@ impl BuildError {
             kind: BuildErrorKind::Io(err),
         }
     }
+    pub(crate) fn model(path: String, err: crate::model::ModelError) -> Self {
+        BuildError {
+            kind: BuildErrorKind::Model(path, err),
+        }
+    }
 }
 
 impl fmt::Display for BuildError {
@@ -109,6 +115,7 @@ impl fmt::Display for BuildError {
                 write!(f, "invalid engine configuration: {message}")
             }
             BuildErrorKind::Io(err) => write!(f, "could not start the engine: {err}"),
+            BuildErrorKind::Model(path, err) => write!(f, "cost model {path}: {err}"),
         }
     }
 }
@@ -117,6 +124,7 @@ impl std::error::Error for BuildError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match &self.kind {
             BuildErrorKind::Io(err) => Some(err),
+            BuildErrorKind::Model(_, err) => Some(err),
             BuildErrorKind::Invalid(_) => None,
         }
     }

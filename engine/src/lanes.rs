@@ -23,8 +23,11 @@ use std::time::Duration;
 
 use crossbeam_deque::{Injector, Steal};
 
+use crossbeam_channel::Sender;
+
 use crate::admission::Admission;
 use crate::router::LaneSet;
+use crate::telemetry::{Telemetry, TokenRecord, FLUSH_ROWS};
 
 /// The most lanes one engine runs (one bit each in the idle mask).
 pub(crate) const MAX_LANES: usize = 64;
@@ -37,10 +40,67 @@ pub(crate) trait Job: Send {
     /// Tokens in the batch.
     fn len(&self) -> usize;
     /// Runs (or skips, if resolved elsewhere) every token of the batch.
-    fn run(self: Box<Self>, lane: usize);
+    fn run(self: Box<Self>, lane: &mut LaneCtx);
 }
 
 pub(crate) type BoxJob = Box<dyn Job>;
+
+/// A lane's own state, handed to each batch it runs.
+pub(crate) struct LaneCtx {
+    pub(crate) index: u16,
+    /// The pinned core, or -1.
+    pub(crate) core: i32,
+    batches: u64,
+    records: Vec<TokenRecord>,
+    telemetry: Option<(Arc<Telemetry>, Sender<Vec<TokenRecord>>)>,
+}
+
+impl LaneCtx {
+    fn new(index: usize, core: i32, telemetry: Option<&Arc<Telemetry>>) -> Self {
+        let telemetry = telemetry.and_then(|t| t.sender().map(|sender| (Arc::clone(t), sender)));
+        let records = if telemetry.is_some() {
+            Vec::with_capacity(FLUSH_ROWS)
+        } else {
+            Vec::new()
+        };
+        LaneCtx {
+            index: index as u16,
+            core,
+            batches: 0,
+            records,
+            telemetry,
+        }
+    }
+
+    /// An engine-unique batch id: the lane in the top 16 bits, a lane-local sequence below.
+    pub(crate) fn next_batch_id(&mut self) -> u64 {
+        self.batches += 1;
+        (u64::from(self.index) << 48) | self.batches
+    }
+
+    /// Log one token in `sample_every` (by token id).
+    pub(crate) fn sample_every(&self) -> u64 {
+        self.telemetry.as_ref().map_or(1, |(t, _)| t.sample_every)
+    }
+
+    pub(crate) fn record(&mut self, record: TokenRecord) {
+        self.records.push(record);
+        if self.records.len() >= FLUSH_ROWS {
+            self.flush();
+        }
+    }
+
+    /// Hands buffered records to the writer (never blocks).
+    fn flush(&mut self) {
+        if self.records.is_empty() {
+            return;
+        }
+        if let Some((telemetry, sender)) = &self.telemetry {
+            let full = std::mem::replace(&mut self.records, Vec::with_capacity(FLUSH_ROWS));
+            telemetry.submit(sender, full);
+        }
+    }
+}
 
 /// How a lane was set up, as seen from inside its thread.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,12 +147,14 @@ pub(crate) struct Lanes {
     /// Heavy batches go to the light queue when there is no heavy lane.
     has_heavy: bool,
     shutdown: AtomicBool,
+    telemetry: Option<Arc<Telemetry>>,
 }
 
 pub(crate) struct LaneConfig {
     pub cores: Vec<Option<core_affinity::CoreId>>,
     pub heavy_lanes: usize,
     pub isolate_heavy: bool,
+    pub telemetry: Option<Arc<Telemetry>>,
 }
 
 impl Lanes {
@@ -138,7 +200,17 @@ impl Lanes {
             takers: [light_takers, heavy_takers],
             has_heavy: config.heavy_lanes > 0,
             shutdown: AtomicBool::new(false),
+            telemetry: config.telemetry,
         }
+    }
+
+    pub(crate) fn telemetry(&self) -> Option<&Arc<Telemetry>> {
+        self.telemetry.as_ref()
+    }
+
+    /// Batches waiting in the queue that serves `set` (a telemetry feature).
+    pub(crate) fn queued_batches(&self, set: LaneSet) -> usize {
+        self.queues[self.queue_index(set)].len()
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -239,7 +311,7 @@ impl Lanes {
             || (self.may_take(lane, 1 - own) && !self.queues[1 - own].is_empty())
     }
 
-    fn worker_loop(&self, index: usize, admission: &Admission) {
+    fn worker_loop(&self, index: usize, admission: &Admission, ctx: &mut LaneCtx) {
         let lane = &self.lanes[index];
         let bit = 1u64 << index;
         let mut misses = 0u32;
@@ -251,7 +323,7 @@ impl Lanes {
                 let tokens = job.len();
                 lane.executed.fetch_add(tokens as u64, Ordering::Relaxed);
                 lane.batches.fetch_add(1, Ordering::Relaxed);
-                job.run(index);
+                job.run(ctx);
                 admission.release(tokens);
                 continue;
             }
@@ -267,6 +339,7 @@ impl Lanes {
                 thread::yield_now();
                 continue;
             }
+            ctx.flush();
             self.idle.fetch_or(bit, Ordering::SeqCst);
             if !self.has_work(index) && !self.shutdown.load(Ordering::SeqCst) {
                 thread::park_timeout(PARK_TIMEOUT);
@@ -274,6 +347,7 @@ impl Lanes {
             self.idle.fetch_and(!bit, Ordering::SeqCst);
             misses = SPIN_CHECKS; // after a park, check a few times by yielding, then park again
         }
+        ctx.flush();
         // Others may be parked waiting for the last batch this lane just finished.
         self.wake_all();
     }
@@ -307,9 +381,15 @@ pub(crate) fn spawn_workers(
                 let lane = &lanes.lanes[index];
                 let _ = lane.thread.set(thread::current());
                 let info = pin_current(index, lane, pin);
+                let core = if info.pinned {
+                    info.core.map_or(-1, |c| c as i32)
+                } else {
+                    -1
+                };
                 let _ = lane.info.set(info);
+                let mut ctx = LaneCtx::new(index, core, lanes.telemetry.as_ref());
                 ready.wait();
-                lanes.worker_loop(index, &admission);
+                lanes.worker_loop(index, &admission, &mut ctx);
             })?;
         handles.push(handle);
     }

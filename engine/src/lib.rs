@@ -43,16 +43,22 @@
 mod admission;
 mod engine;
 mod error;
+pub mod features;
 mod lanes;
+pub mod model;
 mod operation;
 mod router;
 pub mod sys;
+pub mod telemetry;
 mod token;
 pub mod workloads;
 
-pub use engine::{Engine, EngineBuilder};
+pub use engine::{Engine, EngineBuilder, OperationBuilder};
 pub use error::{BuildError, CancelSource, RegisterError, RejectReason, TokenError};
 pub use lanes::{LaneInfo, LaneStats};
-pub use operation::{OpStats, Operation};
-pub use router::{Features, LaneSet, Placement, RouteSource, Router, StaticRouter, Weight};
+pub use operation::{OpStats, Operation, SizeHint};
+pub use router::{
+    EwmaRouter, Features, LaneSet, LearnedRouter, Placement, RouteSource, Router, StaticRouter,
+    Weight,
+};
 pub use token::{Token, TokenState};

@@ -3,22 +3,30 @@
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::engine::Shared;
 use crate::error::{RejectReason, TokenError};
-use crate::lanes::Job;
-use crate::router::{Features, LaneSet, Weight};
+use crate::lanes::{Job, LaneCtx};
+use crate::router::{Features, LaneSet, RouteSource, Weight};
+use crate::telemetry::{RecordOutcome, TokenRecord};
 use crate::token::{block_on, Chunk, Outcome, Token};
 
-type BoxFn<A, R> = Box<dyn Fn(A) -> Result<R, TokenError> + Send + Sync>;
+pub(crate) type BoxFn<A, R> = Box<dyn Fn(A) -> Result<R, TokenError> + Send + Sync>;
 
-struct OpShared<A, R> {
+/// A cheap function from an argument to its size hint (a router feature).
+pub type SizeHint<A> = fn(&A) -> u64;
+
+pub(crate) struct OpShared<A, R> {
     engine: Arc<Shared>,
     id: u32,
     name: String,
     weight: Weight,
+    size_hint: Option<SizeHint<A>>,
     f: BoxFn<A, R>,
     counters: OpCounters,
+    /// Running average runtime per token (ns), updated once per batch.
+    recent_ns: AtomicU64,
 }
 
 #[derive(Default)]
@@ -45,11 +53,14 @@ pub struct OpStats {
     /// Tokens resolved before a worker reached them (cancelled), as counted by the
     /// worker that skipped them.
     pub skipped: u64,
+    /// The running-average runtime per token (ns; 0 before the first batch).
+    pub recent_ns: u64,
 }
 
 /// A registered function. Cheap to clone; every clone submits to the same engine.
 ///
-/// Created by [`Engine::register`](crate::Engine::register).
+/// Created by [`Engine::register`](crate::Engine::register) or
+/// [`Engine::operation`](crate::Engine::operation).
 pub struct Operation<A, R> {
     inner: Arc<OpShared<A, R>>,
 }
@@ -77,6 +88,7 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
         id: u32,
         name: &str,
         weight: Weight,
+        size_hint: Option<SizeHint<A>>,
         f: BoxFn<A, R>,
     ) -> Self {
         let inner = OpShared {
@@ -84,8 +96,10 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
             id,
             name: name.to_string(),
             weight,
+            size_hint,
             f,
             counters: OpCounters::default(),
+            recent_ns: AtomicU64::new(0),
         };
         Operation {
             inner: Arc::new(inner),
@@ -111,6 +125,7 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
             completed: c.completed.load(Relaxed),
             failed: c.failed.load(Relaxed),
             skipped: c.skipped.load(Relaxed),
+            recent_ns: self.inner.recent_ns.load(Relaxed),
         }
     }
 
@@ -119,11 +134,7 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
     ///
     /// From async code use [`Operation::submit_async`], which waits without blocking.
     pub fn submit(&self, arg: A) -> Token<R> {
-        let admitted = self.inner.engine.admission.try_acquire(1);
-        let admitted = match admitted {
-            Err(RejectReason::Overloaded) => block_on(self.inner.engine.admission.acquire(1)),
-            other => other,
-        };
+        let admitted = self.acquire_blocking(1);
         self.admit_one(admitted, arg)
     }
 
@@ -149,20 +160,26 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
     /// a time (one permit update, one slot allocation) and queued a batch at a time.
     /// Blocks while the engine is at capacity. The tokens come back in argument order.
     pub fn submit_many<I: IntoIterator<Item = A>>(&self, args: I) -> Vec<Token<R>> {
+        let weight = self.inner.weight;
+        self.submit_many_tagged(args.into_iter().map(|arg| (arg, weight)))
+    }
+
+    /// [`Operation::submit_many`] where each call declares its own weight (overriding
+    /// the operation's for that token). Tags are what the tag router trusts; a learned
+    /// router does not look at them.
+    pub fn submit_many_tagged<I: IntoIterator<Item = (A, Weight)>>(
+        &self,
+        args: I,
+    ) -> Vec<Token<R>> {
         let mut args = args.into_iter();
         let mut tokens = Vec::with_capacity(args.size_hint().0);
-        let chunk_len = self.inner.engine.chunk_len;
         loop {
-            let chunk: Vec<A> = args.by_ref().take(chunk_len).collect();
+            let chunk: Vec<(A, Weight)> = args.by_ref().take(self.inner.engine.chunk_len).collect();
             if chunk.is_empty() {
                 return tokens;
             }
-            let admission = &self.inner.engine.admission;
-            let admitted = match admission.try_acquire(chunk.len()) {
-                Err(RejectReason::Overloaded) => block_on(admission.acquire(chunk.len())),
-                other => other,
-            };
-            self.admit_chunk(admitted, chunk, &mut tokens);
+            let admitted = self.acquire_blocking(chunk.len());
+            self.admit_chunk(admitted, chunk.len(), chunk.into_iter(), &mut tokens);
         }
     }
 
@@ -173,32 +190,46 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
     {
         let mut args = args.into_iter();
         let mut tokens = Vec::with_capacity(args.size_hint().0);
-        let chunk_len = self.inner.engine.chunk_len;
+        let weight = self.inner.weight;
         loop {
-            let chunk: Vec<A> = args.by_ref().take(chunk_len).collect();
+            let chunk: Vec<A> = args.by_ref().take(self.inner.engine.chunk_len).collect();
             if chunk.is_empty() {
                 return tokens;
             }
             let admitted = self.inner.engine.admission.acquire(chunk.len()).await;
-            self.admit_chunk(admitted, chunk, &mut tokens);
+            let items = chunk.into_iter().map(|arg| (arg, weight));
+            self.admit_chunk(admitted, items.len(), items, &mut tokens);
+        }
+    }
+
+    fn acquire_blocking(&self, n: usize) -> Result<(), RejectReason> {
+        let admission = &self.inner.engine.admission;
+        match admission.try_acquire(n) {
+            Err(RejectReason::Overloaded) => block_on(admission.acquire(n)),
+            other => other,
         }
     }
 
     fn admit_one(&self, admitted: Result<(), RejectReason>, arg: A) -> Token<R> {
         let mut tokens = Vec::with_capacity(1);
-        self.admit_chunk(admitted, vec![arg], &mut tokens);
+        self.admit_chunk(
+            admitted,
+            1,
+            std::iter::once((arg, self.inner.weight)),
+            &mut tokens,
+        );
         tokens.pop().expect("one token per argument")
     }
 
-    /// Routes and queues `args`, for which permits are held when `admitted` is Ok.
+    /// Routes and queues `len` items, for which permits are held when `admitted` is Ok.
     fn admit_chunk(
         &self,
         admitted: Result<(), RejectReason>,
-        args: Vec<A>,
+        len: usize,
+        items: impl Iterator<Item = (A, Weight)>,
         tokens: &mut Vec<Token<R>>,
     ) {
         let engine = &self.inner.engine;
-        let len = args.len();
         let base_id = engine.next_token_id.fetch_add(len as u64, Relaxed);
         if let Err(reason) = admitted {
             self.inner.counters.rejected.fetch_add(len as u64, Relaxed);
@@ -207,17 +238,38 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
         }
         self.inner.counters.submitted.fetch_add(len as u64, Relaxed);
         let chunk = Chunk::new(base_id, len);
-        let features = Features {
+        let logging = engine.lanes.telemetry().is_some();
+        let now = logging.then(Instant::now);
+        let mut features = Features {
             op: self.inner.id,
             declared: self.inner.weight,
             arg_size: 0,
             queue_depth: engine.admission.in_flight() as u64,
+            op_recent_ns: self.inner.recent_ns.load(Relaxed),
         };
         let mut pending: [Pending<A>; 2] = [Pending::new(), Pending::new()];
-        for (index, arg) in args.into_iter().enumerate() {
+        for (index, (arg, declared)) in items.enumerate() {
+            features.declared = declared;
+            features.arg_size = self.inner.size_hint.map_or(0, |hint| hint(&arg));
             let placement = engine.router.route(&features);
             let set = placement.lanes;
             let open = &mut pending[set.index()];
+            if let (Some(admitted_at), None) = (now, open.meta.as_ref()) {
+                open.meta = Some(Box::new(BatchMeta::new(
+                    admitted_at,
+                    &features,
+                    engine,
+                    set,
+                )));
+            }
+            if let Some(meta) = open.meta.as_mut() {
+                meta.tokens.push(TokenMeta {
+                    arg_size: features.arg_size,
+                    declared,
+                    source: placement.source,
+                    class: placement.class,
+                });
+            }
             open.push(index as u32, arg, placement.batch, len - index);
             if open.is_full() {
                 self.flush(set, open, &chunk);
@@ -236,6 +288,7 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
             op: Arc::clone(&self.inner),
             chunk: Arc::clone(chunk),
             items: std::mem::take(&mut open.items),
+            meta: open.meta.take(),
         };
         self.inner.engine.lanes.push(set, Box::new(batch));
     }
@@ -245,6 +298,7 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
 struct Pending<A> {
     items: Vec<(u32, A)>,
     limit: usize,
+    meta: Option<Box<BatchMeta>>,
 }
 
 impl<A> Pending<A> {
@@ -252,6 +306,7 @@ impl<A> Pending<A> {
         Pending {
             items: Vec::new(),
             limit: usize::MAX,
+            meta: None,
         }
     }
 
@@ -270,11 +325,42 @@ impl<A> Pending<A> {
     }
 }
 
+/// What telemetry needs from admission; built only when logging is on.
+struct BatchMeta {
+    admitted_at: Instant,
+    queue_depth: u64,
+    lane_load: u64,
+    op_recent_ns: u64,
+    model_version: u32,
+    tokens: Vec<TokenMeta>,
+}
+
+impl BatchMeta {
+    fn new(admitted_at: Instant, features: &Features, engine: &Shared, set: LaneSet) -> Self {
+        BatchMeta {
+            admitted_at,
+            queue_depth: features.queue_depth,
+            lane_load: engine.lanes.queued_batches(set) as u64,
+            op_recent_ns: features.op_recent_ns,
+            model_version: engine.router.model_version(),
+            tokens: Vec::new(),
+        }
+    }
+}
+
+struct TokenMeta {
+    arg_size: u64,
+    declared: Weight,
+    source: RouteSource,
+    class: Option<u8>,
+}
+
 /// Tokens of one operation queued together; one queue operation runs them all.
 struct Batch<A, R> {
     op: Arc<OpShared<A, R>>,
     chunk: Arc<Chunk<R>>,
     items: Vec<(u32, A)>,
+    meta: Option<Box<BatchMeta>>,
 }
 
 impl<A: Send + 'static, R: Send + 'static> Job for Batch<A, R> {
@@ -282,26 +368,90 @@ impl<A: Send + 'static, R: Send + 'static> Job for Batch<A, R> {
         self.items.len()
     }
 
-    fn run(self: Box<Self>, _lane: usize) {
-        let Batch { op, chunk, items } = *self;
+    fn run(self: Box<Self>, lane: &mut LaneCtx) {
+        let Batch {
+            op,
+            chunk,
+            items,
+            meta,
+        } = *self;
+        let batch_size = items.len() as u32;
+        let batch_id = lane.next_batch_id();
+        let sample_every = lane.sample_every();
+        let started = Instant::now();
+        let mut last = started;
         let (mut completed, mut failed, mut skipped) = (0u64, 0u64, 0u64);
-        for (index, arg) in items {
+        for (position, (index, arg)) in items.into_iter().enumerate() {
             let slot = chunk.slot(index);
             if !slot.claim() {
                 skipped += 1;
                 continue;
             }
+            let token_id = chunk.id_of(index);
+            let logged = meta.is_some() && token_id % sample_every == 0;
+            // Logging every token costs one clock read each: a token's start is the
+            // previous one's end. Sampled logging reads the clock around each sample.
+            let start = if logged && sample_every != 1 {
+                Instant::now()
+            } else {
+                last
+            };
             let result = match panic::catch_unwind(AssertUnwindSafe(|| (op.f)(arg))) {
                 Ok(result) => result,
                 Err(payload) => Err(TokenError::Panicked {
                     message: panic_message(&*payload),
                 }),
             };
-            match slot.finish(result) {
+            let outcome = slot.finish(result);
+            match outcome {
                 Outcome::Completed => completed += 1,
                 Outcome::Failed => failed += 1,
                 Outcome::Skipped => skipped += 1,
             }
+            let Some(meta) = meta
+                .as_deref()
+                .filter(|_| logged && outcome != Outcome::Skipped)
+            else {
+                continue;
+            };
+            let end = Instant::now();
+            last = end;
+            let token = &meta.tokens[position];
+            lane.record(TokenRecord {
+                token_id,
+                op: op.id,
+                declared: token.declared,
+                route_source: token.source,
+                predicted_class: token.class,
+                model_version: meta.model_version,
+                lane: lane.index,
+                core: lane.core,
+                batch_id,
+                batch_size,
+                arg_size: token.arg_size,
+                queue_depth: meta.queue_depth,
+                lane_load: meta.lane_load,
+                op_recent_ns: meta.op_recent_ns,
+                queue_wait_ns: nanos(start.saturating_duration_since(meta.admitted_at)),
+                run_ns: nanos(end.saturating_duration_since(start)),
+                end_to_end_ns: nanos(end.saturating_duration_since(meta.admitted_at)),
+                outcome: if outcome == Outcome::Completed {
+                    RecordOutcome::Completed
+                } else {
+                    RecordOutcome::Failed
+                },
+                attempt: 1,
+            });
+        }
+        let ran = completed + failed;
+        if let Some(per_token) = nanos(started.elapsed()).checked_div(ran) {
+            let old = op.recent_ns.load(Relaxed);
+            let new = if old == 0 {
+                per_token.max(1)
+            } else {
+                ((old * 7 + per_token) / 8).max(1)
+            };
+            op.recent_ns.store(new, Relaxed);
         }
         let counters = &op.counters;
         counters.completed.fetch_add(completed, Relaxed);
@@ -312,6 +462,10 @@ impl<A: Send + 'static, R: Send + 'static> Job for Batch<A, R> {
             counters.skipped.fetch_add(skipped, Relaxed);
         }
     }
+}
+
+fn nanos(duration: std::time::Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {

@@ -6,6 +6,10 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::features::model_inputs;
+use crate::model::{policy_for, Model};
 
 /// The cost a user declares for an operation when registering it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -51,12 +55,24 @@ impl FromStr for Weight {
 
 /// A set of lanes (worker threads): the light set serves short work, the heavy set
 /// keeps long work away from it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LaneSet {
     /// Lanes that serve light and medium work.
     Light,
     /// Lanes reserved for heavy work.
     Heavy,
+}
+
+impl RouteSource {
+    /// The lower-case name (`override`, `model`, `tag`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteSource::Override => "override",
+            RouteSource::Model => "model",
+            RouteSource::Tag => "tag",
+        }
+    }
 }
 
 impl LaneSet {
@@ -99,6 +115,8 @@ pub struct Features {
     pub arg_size: u64,
     /// Tokens admitted and not yet processed, engine-wide, when the token arrived.
     pub queue_depth: u64,
+    /// The operation's recent average runtime per token (ns; 0 before its first batch).
+    pub op_recent_ns: u64,
 }
 
 /// Where and how a token runs.
@@ -119,6 +137,119 @@ pub struct Placement {
 pub trait Router: Send + Sync + fmt::Debug + 'static {
     /// The placement for one token.
     fn route(&self, features: &Features) -> Placement;
+
+    /// Called once per operation at registration, before any of its tokens is routed.
+    fn register_op(&self, _op: u32, _name: &str) {}
+
+    /// The model fingerprint logged with each decision (0 when there is no model).
+    fn model_version(&self) -> u32 {
+        0
+    }
+}
+
+/// Most operations a learned router maps (ids beyond it fall back to tags).
+pub const MAX_OPS: usize = 4_096;
+const UNKNOWN_OP: u32 = u32::MAX;
+
+/// Places each token by the class a fitted cost model predicts from its features;
+/// operations the model never saw fall back to their tags.
+#[derive(Debug)]
+pub struct LearnedRouter {
+    model: Model,
+    /// Engine op id → the model's vocabulary index.
+    op_index: Box<[AtomicU32]>,
+    /// Class id → placement, copied out of the header for a short hot path.
+    placements: Box<[(LaneSet, u32)]>,
+    fallback: StaticRouter,
+}
+
+impl LearnedRouter {
+    /// A router over `model`, with `fallback` for unknown operations.
+    pub fn new(model: Model, fallback: StaticRouter) -> Self {
+        let placements = model
+            .header()
+            .classes
+            .iter()
+            .map(|c| (c.lanes, c.batch))
+            .collect();
+        let op_index = (0..MAX_OPS).map(|_| AtomicU32::new(UNKNOWN_OP)).collect();
+        LearnedRouter {
+            model,
+            op_index,
+            placements,
+            fallback,
+        }
+    }
+
+    /// The model it predicts with.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+}
+
+impl Router for LearnedRouter {
+    #[inline]
+    fn route(&self, features: &Features) -> Placement {
+        let index = match self.op_index.get(features.op as usize) {
+            Some(slot) => slot.load(Ordering::Relaxed),
+            None => UNKNOWN_OP,
+        };
+        if index == UNKNOWN_OP {
+            return self.fallback.route(features);
+        }
+        let class = self.model.predict(&model_inputs(index, features.arg_size));
+        let (lanes, batch) = self.placements[class];
+        Placement {
+            lanes,
+            batch,
+            class: Some(class as u8),
+            source: RouteSource::Model,
+        }
+    }
+
+    fn register_op(&self, op: u32, name: &str) {
+        if let (Some(slot), Some(index)) =
+            (self.op_index.get(op as usize), self.model.op_index(name))
+        {
+            slot.store(index, Ordering::Relaxed);
+        }
+    }
+
+    fn model_version(&self) -> u32 {
+        self.model.version()
+    }
+}
+
+/// The no-model heuristic: places each token by its operation's running average
+/// runtime (an exponentially weighted mean kept by the lanes), using the same policy
+/// the trainer derives for a class with that typical runtime. Before an operation's
+/// first batch finishes it uses the tag.
+#[derive(Debug, Clone, Copy)]
+pub struct EwmaRouter {
+    fallback: StaticRouter,
+}
+
+impl EwmaRouter {
+    /// A running-average router with `fallback` for operations not yet measured.
+    pub fn new(fallback: StaticRouter) -> Self {
+        EwmaRouter { fallback }
+    }
+}
+
+impl Router for EwmaRouter {
+    #[inline]
+    fn route(&self, features: &Features) -> Placement {
+        if features.op_recent_ns == 0 {
+            return self.fallback.route(features);
+        }
+        let (lanes, batch) = policy_for(features.op_recent_ns);
+        Placement {
+            lanes,
+            batch,
+            class: None,
+            source: RouteSource::Tag,
+        }
+    }
 }
 
 /// Places by declared weight: light and medium on the light lanes (batched), heavy on
@@ -168,6 +299,7 @@ mod tests {
             declared,
             arg_size: 0,
             queue_depth: 0,
+            op_recent_ns: 0,
         }
     }
 

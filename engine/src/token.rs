@@ -218,6 +218,12 @@ impl<R> Chunk<R> {
         &self.slots[index as usize]
     }
 
+    /// The id of the token in slot `index`.
+    #[inline]
+    pub(crate) fn id_of(&self, index: u32) -> u64 {
+        self.base_id + u64::from(index)
+    }
+
     /// Hands out the token for slot `index`. Called once per slot.
     #[inline]
     pub(crate) fn token(self: &Arc<Self>, index: u32) -> Token<R> {

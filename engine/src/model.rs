@@ -1,0 +1,403 @@
+//! The cost-model file: a versioned header, then the bincode-encoded linfa-trees tree.
+//!
+//! ```text
+//! 0..8    magic "TKGMODEL"
+//! 8..10   format version (u16 LE)
+//! 10..12  feature-schema version (u16 LE)
+//! 12..16  header length (u32 LE)
+//! …       header: ModelHeader (bincode 2, standard config)
+//! …       tree: linfa_trees::DecisionTree<f64, usize> (bincode 2, serde)
+//! ```
+//!
+//! This module is the only place that encodes or decodes it. On load the tree is
+//! compiled to a flat node array ([`FlatTree`]): prediction is a loop over a slice,
+//! with no allocation and no ndarray on the hot path.
+
+use std::path::Path;
+
+use linfa_trees::{DecisionTree, TreeNode};
+use serde::{Deserialize, Serialize};
+
+use crate::features::{FEATURE_SCHEMA_VERSION, MODEL_FEATURES};
+use crate::router::LaneSet;
+
+const MAGIC: &[u8; 8] = b"TKGMODEL";
+/// Version of the file layout.
+pub const FORMAT_VERSION: u16 = 1;
+const PREFIX_LEN: usize = 16;
+const DECODE_LIMIT: usize = 64 << 20;
+/// Deepest tree the engine accepts (fits bound theirs far below this).
+pub const MAX_TREE_DEPTH: usize = 64;
+/// A class whose typical token runs this long or longer goes to the heavy lanes.
+pub const HEAVY_NS: u64 = 200_000;
+/// Batches are sized so that one takes about this long.
+pub const TARGET_BATCH_NS: u64 = 50_000;
+/// The largest batch a policy asks for.
+pub const MAX_BATCH: u32 = 1_024;
+
+/// Everything in a model file besides the tree.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelHeader {
+    /// The feature-schema version the tree was fitted with.
+    pub feature_schema: u16,
+    /// The model's input names, in column order.
+    pub feature_names: Vec<String>,
+    /// The operation vocabulary: the `op` input is an index into this list.
+    pub ops: Vec<String>,
+    /// One entry per class id: its runtime range and the placement derived for it.
+    pub classes: Vec<ClassPolicy>,
+    /// How and on what the model was fitted.
+    pub training: TrainingInfo,
+}
+
+/// A cost class and the placement the router uses for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassPolicy {
+    /// Lowest runtime in the class (ns, inclusive).
+    pub min_ns: u64,
+    /// Upper bound of the class (ns, exclusive); `u64::MAX` for the last class.
+    pub max_ns: u64,
+    /// Median runtime of the class's training rows (ns); the range midpoint if none.
+    pub median_ns: u64,
+    /// Training rows in the class.
+    pub rows: u64,
+    /// Where tokens of this class run.
+    pub lanes: LaneSet,
+    /// Tokens per batch for this class.
+    pub batch: u32,
+}
+
+/// Provenance of a model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingInfo {
+    /// Rows read.
+    pub rows: u64,
+    /// Rows the tree was fitted on.
+    pub train_rows: u64,
+    /// Rows held out.
+    pub validation_rows: u64,
+    /// Accuracy on the held-out rows.
+    pub validation_accuracy: f64,
+    /// The depth bound of the fit.
+    pub max_depth: u32,
+    /// Seconds since the Unix epoch when it was fitted.
+    pub created_unix: u64,
+    /// The files it was fitted on.
+    pub sources: Vec<String>,
+}
+
+/// The placement policy for a class whose typical token takes `median_ns`: heavy lanes
+/// from [`HEAVY_NS`] up, and a batch that takes about [`TARGET_BATCH_NS`].
+///
+/// Shared by the trainer (to write class tables) and the running-average router.
+pub fn policy_for(median_ns: u64) -> (LaneSet, u32) {
+    let lanes = if median_ns >= HEAVY_NS {
+        LaneSet::Heavy
+    } else {
+        LaneSet::Light
+    };
+    let batch = (TARGET_BATCH_NS / median_ns.max(1)).clamp(1, u64::from(MAX_BATCH)) as u32;
+    (lanes, batch)
+}
+
+/// Why a model file could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ModelError {
+    /// The file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file does not start with the model magic bytes.
+    #[error("not a tokengate model file (bad magic bytes)")]
+    NotAModel,
+    /// The file layout version is not one this build reads.
+    #[error("model format version {found} is not supported (this build reads {FORMAT_VERSION})")]
+    UnsupportedFormat {
+        /// Version in the file.
+        found: u16,
+    },
+    /// The model was fitted on another feature schema.
+    #[error("model was fitted on feature schema v{found}, this engine computes v{expected}: refit it with `trainer fit`")]
+    FeatureSchema {
+        /// Version in the file.
+        found: u16,
+        /// Version this build computes.
+        expected: u16,
+    },
+    /// The file is truncated or inconsistent.
+    #[error("corrupt model file: {0}")]
+    Corrupt(String),
+}
+
+/// A loaded, checked model, compiled for prediction.
+#[derive(Debug, Clone)]
+pub struct Model {
+    header: ModelHeader,
+    tree: FlatTree,
+    version: u32,
+}
+
+impl Model {
+    /// Reads and checks a model file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, ModelError> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_bytes(&bytes)
+    }
+
+    /// Checks and compiles a model from its file bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, ModelError> {
+        let (header, tree) = decode(bytes)?;
+        let flat = FlatTree::compile(&tree, header.classes.len())?;
+        Ok(Model {
+            header,
+            tree: flat,
+            version: fnv1a(bytes),
+        })
+    }
+
+    /// The header: vocabulary, class table, provenance.
+    pub fn header(&self) -> &ModelHeader {
+        &self.header
+    }
+
+    /// A short fingerprint of the file (FNV-1a of its bytes), logged with every decision.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// The compiled tree.
+    pub fn tree(&self) -> &FlatTree {
+        &self.tree
+    }
+
+    /// The operation's index in the vocabulary.
+    pub fn op_index(&self, name: &str) -> Option<u32> {
+        self.header
+            .ops
+            .iter()
+            .position(|op| op == name)
+            .map(|i| i as u32)
+    }
+
+    /// The predicted class for one input vector.
+    #[inline]
+    pub fn predict(&self, inputs: &[f64; MODEL_FEATURES.len()]) -> usize {
+        self.tree.predict(inputs)
+    }
+}
+
+/// Encodes a model file.
+pub fn encode(
+    header: &ModelHeader,
+    tree: &DecisionTree<f64, usize>,
+) -> Result<Vec<u8>, ModelError> {
+    let config = bincode::config::standard();
+    let header_bytes = bincode::serde::encode_to_vec(header, config)
+        .map_err(|e| ModelError::Corrupt(format!("encoding the header: {e}")))?;
+    let tree_bytes = bincode::serde::encode_to_vec(tree, config)
+        .map_err(|e| ModelError::Corrupt(format!("encoding the tree: {e}")))?;
+    let mut out = Vec::with_capacity(PREFIX_LEN + header_bytes.len() + tree_bytes.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&header.feature_schema.to_le_bytes());
+    out.extend_from_slice(&(header_bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(&header_bytes);
+    out.extend_from_slice(&tree_bytes);
+    Ok(out)
+}
+
+/// Decodes and checks a model file's header and tree (the trainer's `eval` and
+/// `inspect` use the linfa tree itself).
+pub fn decode(bytes: &[u8]) -> Result<(ModelHeader, DecisionTree<f64, usize>), ModelError> {
+    if bytes.len() < PREFIX_LEN || &bytes[..8] != MAGIC {
+        return Err(ModelError::NotAModel);
+    }
+    let format = u16::from_le_bytes([bytes[8], bytes[9]]);
+    if format != FORMAT_VERSION {
+        return Err(ModelError::UnsupportedFormat { found: format });
+    }
+    let schema = u16::from_le_bytes([bytes[10], bytes[11]]);
+    if schema != FEATURE_SCHEMA_VERSION {
+        return Err(ModelError::FeatureSchema {
+            found: schema,
+            expected: FEATURE_SCHEMA_VERSION,
+        });
+    }
+    let header_len = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]) as usize;
+    let rest = &bytes[PREFIX_LEN..];
+    if header_len > rest.len() {
+        return Err(ModelError::Corrupt("truncated header".into()));
+    }
+    let config = bincode::config::standard().with_limit::<DECODE_LIMIT>();
+    let (header, used): (ModelHeader, usize) =
+        bincode::serde::decode_from_slice(&rest[..header_len], config)
+            .map_err(|e| ModelError::Corrupt(format!("header: {e}")))?;
+    if used != header_len {
+        return Err(ModelError::Corrupt("header length mismatch".into()));
+    }
+    check_header(&header)?;
+    let (tree, used): (DecisionTree<f64, usize>, usize) =
+        bincode::serde::decode_from_slice(&rest[header_len..], config)
+            .map_err(|e| ModelError::Corrupt(format!("tree: {e}")))?;
+    if used != rest.len() - header_len {
+        return Err(ModelError::Corrupt("trailing bytes after the tree".into()));
+    }
+    Ok((header, tree))
+}
+
+fn check_header(header: &ModelHeader) -> Result<(), ModelError> {
+    if header.feature_schema != FEATURE_SCHEMA_VERSION {
+        return Err(ModelError::FeatureSchema {
+            found: header.feature_schema,
+            expected: FEATURE_SCHEMA_VERSION,
+        });
+    }
+    if header.feature_names != MODEL_FEATURES {
+        return Err(ModelError::Corrupt(format!(
+            "feature names {:?} differ from {:?}",
+            header.feature_names, MODEL_FEATURES
+        )));
+    }
+    if header.classes.is_empty() || header.classes.len() > 64 {
+        return Err(ModelError::Corrupt(format!(
+            "{} classes",
+            header.classes.len()
+        )));
+    }
+    if header
+        .classes
+        .iter()
+        .any(|c| c.batch == 0 || c.batch > MAX_BATCH)
+    {
+        return Err(ModelError::Corrupt(
+            "a class has a batch size outside 1..=1024".into(),
+        ));
+    }
+    Ok(())
+}
+
+const LEAF: u32 = u32::MAX;
+
+#[derive(Debug, Clone, Copy)]
+struct FlatNode {
+    threshold: f64,
+    /// Input index, or `LEAF`.
+    feature: u32,
+    /// Left child index; for a leaf, the class.
+    left: u32,
+    right: u32,
+}
+
+/// A decision tree as a flat node array: node 0 is the root, and an input goes left
+/// when `input[feature] < threshold` (linfa's prediction rule).
+#[derive(Debug, Clone)]
+pub struct FlatTree {
+    nodes: Box<[FlatNode]>,
+    depth: usize,
+}
+
+impl FlatTree {
+    /// Compiles a linfa tree, checking every index it will follow.
+    pub fn compile(tree: &DecisionTree<f64, usize>, classes: usize) -> Result<Self, ModelError> {
+        let mut nodes = Vec::new();
+        let depth = visit(tree.root_node(), 0, classes, &mut nodes)?;
+        Ok(FlatTree {
+            nodes: nodes.into_boxed_slice(),
+            depth,
+        })
+    }
+
+    /// Nodes in the tree.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Always false: a tree has at least its root.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Longest root-to-leaf path (edges).
+    pub fn depth(&self) -> usize {
+        self.depth
+    }
+
+    /// The class for one input vector: at most `depth` steps over the node slice.
+    #[inline]
+    pub fn predict(&self, inputs: &[f64; MODEL_FEATURES.len()]) -> usize {
+        let mut index = 0usize;
+        loop {
+            let node = self.nodes[index];
+            if node.feature == LEAF {
+                return node.left as usize;
+            }
+            let go_left = inputs[node.feature as usize] < node.threshold;
+            index = if go_left { node.left } else { node.right } as usize;
+        }
+    }
+}
+
+fn visit(
+    node: &TreeNode<f64, usize>,
+    depth: usize,
+    classes: usize,
+    nodes: &mut Vec<FlatNode>,
+) -> Result<usize, ModelError> {
+    if depth > MAX_TREE_DEPTH {
+        return Err(ModelError::Corrupt(format!(
+            "tree deeper than {MAX_TREE_DEPTH}"
+        )));
+    }
+    let index = nodes.len();
+    nodes.push(FlatNode {
+        threshold: 0.0,
+        feature: LEAF,
+        left: 0,
+        right: 0,
+    });
+    if let Some(class) = node.prediction() {
+        if class >= classes {
+            return Err(ModelError::Corrupt(format!(
+                "leaf predicts class {class} of {classes}"
+            )));
+        }
+        nodes[index].left = class as u32;
+        return Ok(depth);
+    }
+    let (feature, threshold, _) = node.split();
+    if feature >= MODEL_FEATURES.len() || !threshold.is_finite() {
+        return Err(ModelError::Corrupt(format!(
+            "split on input {feature} at {threshold}"
+        )));
+    }
+    let children = node.children();
+    let (Some(left), Some(right)) = (children[0].as_deref(), children[1].as_deref()) else {
+        return Err(ModelError::Corrupt("an internal node lacks a child".into()));
+    };
+    let left_depth = visit(left, depth + 1, classes, nodes)?;
+    let left_index = index + 1;
+    let right_index = nodes.len();
+    let right_depth = visit(right, depth + 1, classes, nodes)?;
+    nodes[index] = FlatNode {
+        threshold,
+        feature: feature as u32,
+        left: left_index as u32,
+        right: right_index as u32,
+    };
+    Ok(left_depth.max(right_depth))
+}
+
+fn fnv1a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5u32, |hash, &b| {
+        (hash ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}

@@ -1,0 +1,370 @@
+//! Telemetry: one record per finished token, written to Parquet segments in the
+//! background.
+//!
+//! Lanes fill a local buffer and hand it over whole (one channel operation per 1,024
+//! records) with `try_send` on a bounded channel: when the writer falls behind, the
+//! buffer is dropped and counted, and the lane never waits. The writer thread turns
+//! buffers into columns and writes a segment every `segment_rows` rows or
+//! `segment_secs` seconds, each to a temporary name renamed into place once complete,
+//! so a killed run leaves only whole Parquet files (it loses at most the open segment).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use polars::prelude::*;
+
+use crate::features::TELEMETRY_SCHEMA_VERSION;
+use crate::router::{RouteSource, Weight};
+
+/// Records a lane collects before handing them to the writer.
+pub(crate) const FLUSH_ROWS: usize = 1_024;
+/// Buffers the channel holds before lanes start dropping.
+const CHANNEL_BUFFERS: usize = 256;
+
+/// How a token ended, as logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordOutcome {
+    /// Returned a value.
+    Completed,
+    /// Panicked or returned an error.
+    Failed,
+}
+
+impl RecordOutcome {
+    /// The logged name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordOutcome::Completed => "completed",
+            RecordOutcome::Failed => "failed",
+        }
+    }
+}
+
+/// One finished token: what the router saw, what it decided, what happened.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TokenRecord {
+    /// The token's id.
+    pub token_id: u64,
+    /// The operation's engine-local id (names are written to Parquet).
+    pub op: u32,
+    /// The weight the token declared.
+    pub declared: Weight,
+    /// Who made the placement.
+    pub route_source: RouteSource,
+    /// The class the model predicted, if a model decided.
+    pub predicted_class: Option<u8>,
+    /// The model fingerprint (0 without a model).
+    pub model_version: u32,
+    /// The lane that ran it.
+    pub lane: u16,
+    /// That lane's core (-1 when unpinned).
+    pub core: i32,
+    /// Engine-unique id of its batch.
+    pub batch_id: u64,
+    /// Tokens in its batch.
+    pub batch_size: u32,
+    /// Argument-size hint.
+    pub arg_size: u64,
+    /// Tokens in flight engine-wide at admission.
+    pub queue_depth: u64,
+    /// Batches waiting in its lane set's queue at admission.
+    pub lane_load: u64,
+    /// Its operation's running-average runtime at admission (ns).
+    pub op_recent_ns: u64,
+    /// Admission → start (ns).
+    pub queue_wait_ns: u64,
+    /// Start → finish on the lane (ns).
+    pub run_ns: u64,
+    /// Admission → resolved (ns).
+    pub end_to_end_ns: u64,
+    /// How it ended.
+    pub outcome: RecordOutcome,
+    /// Attempt number (1 = first).
+    pub attempt: u8,
+}
+
+/// What the telemetry did over the engine's life, final after shutdown.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TelemetryStats {
+    /// Records handed to the writer.
+    pub recorded: u64,
+    /// Records dropped because the writer fell behind.
+    pub dropped: u64,
+    /// Rows written to Parquet.
+    pub written: u64,
+    /// Segment files written.
+    pub files: Vec<PathBuf>,
+    /// Write errors (the first few), if any.
+    pub errors: Vec<String>,
+}
+
+/// Where records go.
+#[derive(Debug, Clone)]
+pub(crate) enum SinkKind {
+    Parquet {
+        dir: PathBuf,
+        segment_rows: usize,
+        segment_secs: u64,
+    },
+    Memory,
+}
+
+pub(crate) struct Telemetry {
+    sender: Mutex<Option<Sender<Vec<TokenRecord>>>>,
+    pub(crate) sample_every: u64,
+    recorded: AtomicU64,
+    dropped: AtomicU64,
+    writer: Mutex<Option<JoinHandle<WriterOutput>>>,
+    finished: Mutex<Option<WriterOutput>>,
+}
+
+#[derive(Default)]
+struct WriterOutput {
+    written: u64,
+    files: Vec<PathBuf>,
+    errors: Vec<String>,
+    memory: Vec<TokenRecord>,
+}
+
+impl Telemetry {
+    pub(crate) fn start(
+        sink: SinkKind,
+        sample_every: u64,
+        op_names: Arc<RwLock<Vec<String>>>,
+    ) -> std::io::Result<Self> {
+        if let SinkKind::Parquet { dir, .. } = &sink {
+            std::fs::create_dir_all(dir)?;
+        }
+        let (sender, receiver) = crossbeam_channel::bounded(CHANNEL_BUFFERS);
+        let run_id = run_id();
+        let writer = std::thread::Builder::new()
+            .name("tokengate-telemetry".into())
+            .spawn(move || write_loop(receiver, sink, run_id, sample_every.max(1), op_names))?;
+        Ok(Telemetry {
+            sender: Mutex::new(Some(sender)),
+            sample_every: sample_every.max(1),
+            recorded: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            writer: Mutex::new(Some(writer)),
+            finished: Mutex::new(None),
+        })
+    }
+
+    pub(crate) fn sender(&self) -> Option<Sender<Vec<TokenRecord>>> {
+        self.sender
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Hands a full buffer to the writer, or drops and counts it. Never blocks.
+    pub(crate) fn submit(&self, sender: &Sender<Vec<TokenRecord>>, buffer: Vec<TokenRecord>) {
+        let rows = buffer.len() as u64;
+        match sender.try_send(buffer) {
+            Ok(()) => self.recorded.fetch_add(rows, Ordering::Relaxed),
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(rows, Ordering::Relaxed)
+            }
+        };
+    }
+
+    /// Closes the channel (after the lanes have flushed and exited) and waits for the
+    /// writer to write the last segment.
+    pub(crate) fn finish(&self) {
+        drop(self.sender.lock().unwrap_or_else(|e| e.into_inner()).take());
+        let handle = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(handle) = handle {
+            let output = handle.join().unwrap_or_else(|_| WriterOutput {
+                errors: vec!["the telemetry writer panicked".into()],
+                ..WriterOutput::default()
+            });
+            *self.finished.lock().unwrap_or_else(|e| e.into_inner()) = Some(output);
+        }
+    }
+
+    pub(crate) fn stats(&self) -> TelemetryStats {
+        let finished = self.finished.lock().unwrap_or_else(|e| e.into_inner());
+        let (written, files, errors) = match finished.as_ref() {
+            Some(out) => (out.written, out.files.clone(), out.errors.clone()),
+            None => (0, Vec::new(), Vec::new()),
+        };
+        TelemetryStats {
+            recorded: self.recorded.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+            written,
+            files,
+            errors,
+        }
+    }
+
+    pub(crate) fn take_records(&self) -> Vec<TokenRecord> {
+        let mut finished = self.finished.lock().unwrap_or_else(|e| e.into_inner());
+        finished
+            .as_mut()
+            .map(|out| std::mem::take(&mut out.memory))
+            .unwrap_or_default()
+    }
+}
+
+fn run_id() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    nanos ^ (u64::from(std::process::id()) << 32)
+}
+
+fn write_loop(
+    receiver: Receiver<Vec<TokenRecord>>,
+    sink: SinkKind,
+    run_id: u64,
+    sample_every: u64,
+    op_names: Arc<RwLock<Vec<String>>>,
+) -> WriterOutput {
+    let mut out = WriterOutput::default();
+    let (dir, segment_rows, segment_secs) = match sink {
+        SinkKind::Memory => {
+            for buffer in receiver {
+                out.memory.extend(buffer);
+            }
+            return out;
+        }
+        SinkKind::Parquet {
+            dir,
+            segment_rows,
+            segment_secs,
+        } => (dir, segment_rows, segment_secs),
+    };
+    let mut open: Vec<TokenRecord> = Vec::new();
+    let mut opened = Instant::now();
+    let mut seq = 0u32;
+    loop {
+        let closed = match receiver.recv_timeout(Duration::from_millis(250)) {
+            Ok(buffer) => {
+                if open.is_empty() {
+                    opened = Instant::now();
+                }
+                open.extend(buffer);
+                false
+            }
+            Err(RecvTimeoutError::Timeout) => false,
+            Err(RecvTimeoutError::Disconnected) => true,
+        };
+        let due = open.len() >= segment_rows
+            || (!open.is_empty() && opened.elapsed() >= Duration::from_secs(segment_secs));
+        if due || (closed && !open.is_empty()) {
+            let path = dir.join(format!("tokens-{run_id:016x}-{seq:05}.parquet"));
+            seq += 1;
+            let names = op_names.read().unwrap_or_else(|e| e.into_inner()).clone();
+            match write_segment(&path, run_id, &open, &names, sample_every) {
+                Ok(()) => {
+                    out.written += open.len() as u64;
+                    out.files.push(path);
+                }
+                Err(e) if out.errors.len() < 8 => {
+                    out.errors.push(format!("{}: {e}", path.display()))
+                }
+                Err(_) => {}
+            }
+            open.clear();
+        }
+        if closed {
+            return out;
+        }
+    }
+}
+
+/// The Parquet columns, in order (see ARCHITECTURE.md "Telemetry").
+pub const COLUMNS: [&str; 22] = [
+    "schema_version",
+    "run_id",
+    "token_id",
+    "op",
+    "declared_weight",
+    "route_source",
+    "predicted_class",
+    "model_version",
+    "lane",
+    "core",
+    "batch_id",
+    "batch_size",
+    "arg_size",
+    "queue_depth",
+    "lane_load",
+    "op_recent_ns",
+    "queue_wait_ns",
+    "run_ns",
+    "end_to_end_ns",
+    "outcome",
+    "attempt",
+    "sample_every",
+];
+
+/// Builds the segment's frame from records.
+pub fn records_to_frame(
+    run_id: u64,
+    records: &[TokenRecord],
+    op_names: &[String],
+    sample_every: u64,
+) -> PolarsResult<DataFrame> {
+    fn col<T, I>(name: &str, values: I) -> Column
+    where
+        I: Iterator<Item = T>,
+        Series: NamedFrom<Vec<T>, [T]>,
+    {
+        Column::new(name.into(), values.collect::<Vec<T>>())
+    }
+    let r = records;
+    let op_name = |op: u32| op_names.get(op as usize).map(String::as_str).unwrap_or("?");
+    let columns = vec![
+        col("schema_version", r.iter().map(|_| TELEMETRY_SCHEMA_VERSION)),
+        col("run_id", r.iter().map(|_| run_id)),
+        col("token_id", r.iter().map(|x| x.token_id)),
+        col("op", r.iter().map(|x| op_name(x.op))),
+        col("declared_weight", r.iter().map(|x| x.declared.as_str())),
+        col("route_source", r.iter().map(|x| x.route_source.as_str())),
+        col(
+            "predicted_class",
+            r.iter().map(|x| x.predicted_class.map_or(-1, i32::from)),
+        ),
+        col("model_version", r.iter().map(|x| x.model_version)),
+        col("lane", r.iter().map(|x| u32::from(x.lane))),
+        col("core", r.iter().map(|x| x.core)),
+        col("batch_id", r.iter().map(|x| x.batch_id)),
+        col("batch_size", r.iter().map(|x| x.batch_size)),
+        col("arg_size", r.iter().map(|x| x.arg_size)),
+        col("queue_depth", r.iter().map(|x| x.queue_depth)),
+        col("lane_load", r.iter().map(|x| x.lane_load)),
+        col("op_recent_ns", r.iter().map(|x| x.op_recent_ns)),
+        col("queue_wait_ns", r.iter().map(|x| x.queue_wait_ns)),
+        col("run_ns", r.iter().map(|x| x.run_ns)),
+        col("end_to_end_ns", r.iter().map(|x| x.end_to_end_ns)),
+        col("outcome", r.iter().map(|x| x.outcome.as_str())),
+        col("attempt", r.iter().map(|x| u32::from(x.attempt))),
+        col("sample_every", r.iter().map(|_| sample_every)),
+    ];
+    DataFrame::new(records.len(), columns)
+}
+
+fn write_segment(
+    path: &Path,
+    run_id: u64,
+    records: &[TokenRecord],
+    op_names: &[String],
+    sample_every: u64,
+) -> PolarsResult<()> {
+    let mut frame = records_to_frame(run_id, records, op_names, sample_every)?;
+    let file_name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("segment");
+    let tmp = path.with_file_name(format!(".{file_name}.tmp"));
+    let file = std::fs::File::create(&tmp)?;
+    ParquetWriter::new(file).finish(&mut frame)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
