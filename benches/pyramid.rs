@@ -92,53 +92,34 @@ where
 
 async fn tokio_pyramid(n: u64, blocking: bool) -> Decimal {
     let terms = tokio_level((0..n).collect(), blocking, term).await;
-    let chunk_inputs: Vec<Vec<Decimal>> = terms
-        .chunks(CHUNK_TERMS as usize)
-        .map(<[Decimal]>::to_vec)
-        .collect();
+    let chunk_inputs: Vec<Vec<Decimal>> =
+        terms.chunks(CHUNK_TERMS as usize).map(<[Decimal]>::to_vec).collect();
     let chunks = tokio_level(chunk_inputs, blocking, |v: Vec<Decimal>| sum(&v)).await;
-    let partial_inputs: Vec<Vec<Decimal>> = chunks
-        .chunks(PARTIAL_CHUNKS)
-        .map(<[Decimal]>::to_vec)
-        .collect();
+    let partial_inputs: Vec<Vec<Decimal>> =
+        chunks.chunks(PARTIAL_CHUNKS).map(<[Decimal]>::to_vec).collect();
     let partials = tokio_level(partial_inputs, blocking, |v: Vec<Decimal>| sum(&v)).await;
-    tokio_level(vec![partials], blocking, |v: Vec<Decimal>| {
-        sum(&v) * Decimal::from(4)
-    })
-    .await[0]
+    tokio_level(vec![partials], blocking, |v: Vec<Decimal>| sum(&v) * Decimal::from(4)).await[0]
 }
 
 fn pyramid(c: &mut Criterion) {
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .build()
-        .unwrap();
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(workers)
-        .build_global()
-        .ok();
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(workers).build().unwrap();
+    rayon::ThreadPoolBuilder::new().num_threads(workers).build_global().ok();
     let engine = Engine::builder().build().unwrap();
     let pyramid = Pyramid::register(&engine).unwrap();
     let expected = serial(N);
     assert_eq!(rayon_par_iter(N), expected);
     assert_eq!(rayon_scope_spawn(N), expected);
     assert_eq!(runtime.block_on(tokio_pyramid(N, false)), expected);
-    assert_eq!(
-        pyramid.run(&engine, N, WINDOW, |_| {}).unwrap().pi,
-        expected
-    );
+    assert_eq!(pyramid.run(&engine, N, WINDOW, |_| {}).unwrap().pi, expected);
 
     let mut group = c.benchmark_group("leibniz_pyramid_1M");
     group.sample_size(10).warm_up_time(Duration::from_secs(1));
     group.bench_function("serial", |b| b.iter(|| serial(N)));
     group.bench_function("rayon_par_iter", |b| b.iter(|| rayon_par_iter(N)));
     group.bench_function("rayon_scope_spawn", |b| b.iter(|| rayon_scope_spawn(N)));
-    group.bench_function("tokio_spawn", |b| {
-        b.iter(|| runtime.block_on(tokio_pyramid(N, false)))
-    });
+    group.bench_function("tokio_spawn", |b| b.iter(|| runtime.block_on(tokio_pyramid(N, false))));
     group.bench_function("tokengate", |b| {
         b.iter(|| pyramid.run(&engine, N, WINDOW, |_| {}).unwrap().pi)
     });

@@ -60,10 +60,7 @@ impl Admission {
             if current + n > self.capacity {
                 return Err(RejectReason::Overloaded);
             }
-            match self
-                .in_flight
-                .compare_exchange_weak(current, current + n, SeqCst, SeqCst)
-            {
+            match self.in_flight.compare_exchange_weak(current, current + n, SeqCst, SeqCst) {
                 Ok(_) => break,
                 Err(actual) => current = actual,
             }

@@ -13,7 +13,7 @@ use crate::lanes::{self, LaneConfig, LaneInfo, LaneStats, Lanes, MAX_LANES};
 use crate::model::Model;
 use crate::operation::{BoxFn, Operation, SizeHint};
 use crate::router::{LearnedRouter, Router, StaticRouter, Weight};
-use crate::telemetry::{SinkKind, Telemetry, TelemetryStats, TokenRecord};
+use crate::telemetry::{Sink, Telemetry, TelemetryStats, TokenRecord};
 
 /// State shared by the engine, its operations and its tokens' jobs.
 pub(crate) struct Shared {
@@ -38,9 +38,11 @@ pub struct EngineBuilder {
     capacity: usize,
     pin: bool,
     isolate_heavy: bool,
+    steal_backlog: usize,
     router: Option<Arc<dyn Router>>,
     model: Option<PathBuf>,
-    sink: Option<SinkKind>,
+    log_dir: Option<PathBuf>,
+    log_memory: bool,
     sample_every: u64,
 }
 
@@ -54,9 +56,11 @@ impl Default for EngineBuilder {
             capacity: 1 << 16,
             pin: true,
             isolate_heavy: false,
+            steal_backlog: 1,
             router: None,
             model: None,
-            sink: None,
+            log_dir: None,
+            log_memory: false,
             sample_every: 1,
         }
     }
@@ -111,6 +115,14 @@ impl EngineBuilder {
         self
     }
 
+    /// Light lanes take heavy work only once at least `batches` heavy batches are
+    /// waiting (default 1: fully work-conserving). A deeper threshold keeps short
+    /// bursts of heavy work off the light lanes while still sharing a real backlog.
+    pub fn steal_backlog(mut self, batches: usize) -> Self {
+        self.steal_backlog = batches;
+        self
+    }
+
     /// Replaces the tag router.
     pub fn router(mut self, router: Arc<dyn Router>) -> Self {
         self.router = Some(router);
@@ -127,17 +139,14 @@ impl EngineBuilder {
     /// Logs one record per finished token to Parquet segments in `dir` (created if
     /// needed): a new file every 262,144 rows or 10 s.
     pub fn log_dir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.sink = Some(SinkKind::Parquet {
-            dir: dir.into(),
-            segment_rows: 1 << 18,
-            segment_secs: 10,
-        });
+        self.log_dir = Some(dir.into());
         self
     }
 
-    /// Keeps the records in memory instead, for [`Engine::take_records`] after shutdown.
+    /// Also keeps the records in memory, for [`Engine::take_records`] after shutdown
+    /// (memory grows with every token: for bounded runs such as benchmarks).
     pub fn log_in_memory(mut self) -> Self {
-        self.sink = Some(SinkKind::Memory);
+        self.log_memory = true;
         self
     }
 
@@ -161,7 +170,13 @@ impl EngineBuilder {
             (None, None) => Arc::new(fallback),
         };
         let op_names = Arc::new(RwLock::new(Vec::new()));
-        let telemetry = match self.sink.clone() {
+        let sink = (self.log_dir.is_some() || self.log_memory).then(|| Sink {
+            dir: self.log_dir.clone(),
+            memory: self.log_memory,
+            segment_rows: 1 << 18,
+            segment_secs: 10,
+        });
+        let telemetry = match sink {
             Some(sink) => Some(Arc::new(
                 Telemetry::start(sink, self.sample_every, Arc::clone(&op_names))
                     .map_err(BuildError::io)?,
@@ -173,6 +188,7 @@ impl EngineBuilder {
             cores: valid.cores,
             heavy_lanes: valid.heavy_lanes,
             isolate_heavy: self.isolate_heavy,
+            steal_backlog: self.steal_backlog,
             telemetry,
         }));
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -191,11 +207,7 @@ impl EngineBuilder {
             names: Mutex::new(HashMap::new()),
             op_names,
         });
-        Ok(Engine {
-            shared,
-            threads: Mutex::new(threads),
-            runtime: Some(runtime),
-        })
+        Ok(Engine { shared, threads: Mutex::new(threads), runtime: Some(runtime) })
     }
 
     fn check(&self) -> Result<ValidConfig, BuildError> {
@@ -204,6 +216,9 @@ impl EngineBuilder {
                 "light_batch must be 1..=65536, got {}",
                 self.light_batch
             )));
+        }
+        if self.steal_backlog == 0 {
+            return Err(BuildError::invalid("steal_backlog must be at least 1"));
         }
         if self.sample_every == 0 {
             return Err(BuildError::invalid("log_sample must be at least 1"));
@@ -238,15 +253,9 @@ impl EngineBuilder {
         if self.pin && cores.is_empty() {
             tracing::warn!("could not read the process's affinity mask; running unpinned");
         }
-        let fallback = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-            .min(MAX_LANES);
-        let default_workers = if cores.is_empty() {
-            fallback
-        } else {
-            cores.len().min(MAX_LANES)
-        };
+        let fallback =
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(MAX_LANES);
+        let default_workers = if cores.is_empty() { fallback } else { cores.len().min(MAX_LANES) };
         let mut workers = self.workers.unwrap_or(default_workers);
         if workers == 0 || workers > MAX_LANES {
             return Err(BuildError::invalid(format!(
@@ -268,14 +277,9 @@ impl EngineBuilder {
                 "heavy_lanes must leave at least one light lane: {heavy_lanes} of {workers} lanes"
             )));
         }
-        let lane_cores = (0..workers)
-            .map(|i| pin.then(|| core_affinity::CoreId { id: cores[i] }))
-            .collect();
-        Ok(ValidConfig {
-            cores: lane_cores,
-            heavy_lanes,
-            capacity: self.capacity,
-        })
+        let lane_cores =
+            (0..workers).map(|i| pin.then(|| core_affinity::CoreId { id: cores[i] })).collect();
+        Ok(ValidConfig { cores: lane_cores, heavy_lanes, capacity: self.capacity })
     }
 }
 
@@ -309,8 +313,7 @@ impl<A: Send + 'static> OperationBuilder<'_, A> {
         F: Fn(A) -> R + Send + Sync + 'static,
     {
         let f: BoxFn<A, R> = Box::new(move |a| Ok(f(a)));
-        self.engine
-            .add_operation(&self.name, self.weight, self.size_hint, f)
+        self.engine.add_operation(&self.name, self.weight, self.size_hint, f)
     }
 
     /// Registers a function returning `Result` (see [`Engine::register_fallible`]).
@@ -321,8 +324,7 @@ impl<A: Send + 'static> OperationBuilder<'_, A> {
         F: Fn(A) -> Result<R, E> + Send + Sync + 'static,
     {
         let f: BoxFn<A, R> = Box::new(move |a| f(a).map_err(|e| TokenError::Failed(e.to_string())));
-        self.engine
-            .add_operation(&self.name, self.weight, self.size_hint, f)
+        self.engine.add_operation(&self.name, self.weight, self.size_hint, f)
     }
 }
 
@@ -390,12 +392,7 @@ impl Engine {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn operation<A>(&self, name: &str, weight: Weight) -> OperationBuilder<'_, A> {
-        OperationBuilder {
-            engine: self,
-            name: name.to_string(),
-            weight,
-            size_hint: None,
-        }
+        OperationBuilder { engine: self, name: name.to_string(), weight, size_hint: None }
     }
 
     fn add_operation<A, R>(
@@ -411,14 +408,7 @@ impl Engine {
     {
         let id = self.claim_name(name)?;
         self.shared.router.register_op(id, name);
-        Ok(Operation::new(
-            Arc::clone(&self.shared),
-            id,
-            name,
-            weight,
-            size_hint,
-            f,
-        ))
+        Ok(Operation::new(Arc::clone(&self.shared), id, name, weight, size_hint, f))
     }
 
     fn claim_name(&self, name: &str) -> Result<u32, RegisterError> {
@@ -431,11 +421,7 @@ impl Engine {
         }
         let id = names.len() as u32;
         names.insert(name.to_string(), id);
-        self.shared
-            .op_names
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(name.to_string());
+        self.shared.op_names.write().unwrap_or_else(|e| e.into_inner()).push(name.to_string());
         Ok(id)
     }
 
@@ -447,11 +433,7 @@ impl Engine {
 
     /// The records kept by [`EngineBuilder::log_in_memory`], available after shutdown.
     pub fn take_records(&self) -> Vec<TokenRecord> {
-        self.shared
-            .lanes
-            .telemetry()
-            .map(|t| t.take_records())
-            .unwrap_or_default()
+        self.shared.lanes.telemetry().map(|t| t.take_records()).unwrap_or_default()
     }
 
     /// The router's model fingerprint (0 when routing without a model).
@@ -482,10 +464,7 @@ impl Engine {
     /// A handle to the engine's own tokio runtime (one thread), for async callers that
     /// have none and for the engine's background services.
     pub fn handle(&self) -> &tokio::runtime::Handle {
-        self.runtime
-            .as_ref()
-            .expect("runtime lives until drop")
-            .handle()
+        self.runtime.as_ref().expect("runtime lives until drop").handle()
     }
 
     /// Runs a future to completion on the engine's runtime, blocking this thread.

@@ -92,19 +92,13 @@ pub(crate) enum BuildErrorKind {
 
 impl BuildError {
     pub(crate) fn invalid(message: impl Into<String>) -> Self {
-        BuildError {
-            kind: BuildErrorKind::Invalid(message.into()),
-        }
+        BuildError { kind: BuildErrorKind::Invalid(message.into()) }
     }
     pub(crate) fn io(err: std::io::Error) -> Self {
-        BuildError {
-            kind: BuildErrorKind::Io(err),
-        }
+        BuildError { kind: BuildErrorKind::Io(err) }
     }
     pub(crate) fn model(path: String, err: crate::model::ModelError) -> Self {
-        BuildError {
-            kind: BuildErrorKind::Model(path, err),
-        }
+        BuildError { kind: BuildErrorKind::Model(path, err) }
     }
 }
 

@@ -28,13 +28,17 @@ pub fn model_inputs(op_index: u32, arg_size: u64) -> [f64; MODEL_FEATURES.len()]
 /// Version of the telemetry (Parquet) schema.
 pub const TELEMETRY_SCHEMA_VERSION: u32 = 1;
 
-/// Cost classes are log-scale runtime buckets: class `k` holds runtimes in
-/// `[edge(k-1), edge(k))`, with edges at 1 µs × 10^k. With `classes` classes, the last
-/// one is open-ended.
+/// The first class edge: runtimes below it are the cheapest class.
+pub const FIRST_EDGE_NS: u64 = 10_000;
+/// Each class edge is this many times the previous one.
+pub const EDGE_RATIO: u64 = 20;
+
+/// Cost classes are log-scale runtime buckets: edges at 10 µs × 20^k, so with the
+/// default 4 classes: < 10 µs, 10–200 µs, 200 µs–4 ms, ≥ 4 ms. The 200 µs edge is the
+/// heavy-lane threshold ([`crate::model::HEAVY_NS`]), so a class never mixes tokens the
+/// router must place apart. The last class is open-ended.
 pub fn class_edges_ns(classes: usize) -> Vec<u64> {
-    (0..classes.saturating_sub(1))
-        .map(|k| 1_000 * 10u64.pow(k as u32))
-        .collect()
+    (0..classes.saturating_sub(1) as u32).map(|k| FIRST_EDGE_NS * EDGE_RATIO.pow(k)).collect()
 }
 
 /// The class of a runtime given the edges from [`class_edges_ns`].
@@ -48,13 +52,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn classes_are_decades_from_one_microsecond() {
-        let edges = class_edges_ns(5);
-        assert_eq!(edges, vec![1_000, 10_000, 100_000, 1_000_000]);
-        assert_eq!(class_of(999, &edges), 0);
-        assert_eq!(class_of(1_000, &edges), 1);
-        assert_eq!(class_of(50_000, &edges), 2);
-        assert_eq!(class_of(5_000_000_000, &edges), 4);
+    fn classes_grow_twentyfold_from_ten_microseconds() {
+        let edges = class_edges_ns(4);
+        assert_eq!(edges, vec![10_000, 200_000, 4_000_000]);
+        assert_eq!(edges[1], crate::model::HEAVY_NS);
+        assert_eq!(class_of(9_999, &edges), 0);
+        assert_eq!(class_of(10_000, &edges), 1);
+        assert_eq!(class_of(250_000, &edges), 2);
+        assert_eq!(class_of(5_000_000_000, &edges), 3);
     }
 
     #[test]

@@ -58,18 +58,8 @@ pub(crate) struct LaneCtx {
 impl LaneCtx {
     fn new(index: usize, core: i32, telemetry: Option<&Arc<Telemetry>>) -> Self {
         let telemetry = telemetry.and_then(|t| t.sender().map(|sender| (Arc::clone(t), sender)));
-        let records = if telemetry.is_some() {
-            Vec::with_capacity(FLUSH_ROWS)
-        } else {
-            Vec::new()
-        };
-        LaneCtx {
-            index: index as u16,
-            core,
-            batches: 0,
-            records,
-            telemetry,
-        }
+        let records = if telemetry.is_some() { Vec::with_capacity(FLUSH_ROWS) } else { Vec::new() };
+        LaneCtx { index: index as u16, core, batches: 0, records, telemetry }
     }
 
     /// An engine-unique batch id: the lane in the top 16 bits, a lane-local sequence below.
@@ -146,6 +136,8 @@ pub(crate) struct Lanes {
     takers: [u64; 2],
     /// Heavy batches go to the light queue when there is no heavy lane.
     has_heavy: bool,
+    /// Light lanes take heavy batches only when at least this many are queued.
+    steal_backlog: usize,
     shutdown: AtomicBool,
     telemetry: Option<Arc<Telemetry>>,
 }
@@ -154,6 +146,7 @@ pub(crate) struct LaneConfig {
     pub cores: Vec<Option<core_affinity::CoreId>>,
     pub heavy_lanes: usize,
     pub isolate_heavy: bool,
+    pub steal_backlog: usize,
     pub telemetry: Option<Arc<Telemetry>>,
 }
 
@@ -167,11 +160,7 @@ impl Lanes {
             .into_iter()
             .enumerate()
             .map(|(index, core)| Lane {
-                set: if index >= first_heavy {
-                    LaneSet::Heavy
-                } else {
-                    LaneSet::Light
-                },
+                set: if index >= first_heavy { LaneSet::Heavy } else { LaneSet::Light },
                 core,
                 executed: AtomicU64::new(0),
                 batches: AtomicU64::new(0),
@@ -187,11 +176,7 @@ impl Lanes {
         // Heavy lanes may always help with light work; light lanes help with heavy work
         // unless isolation is strict (or they are the only lanes there are).
         let light_takers = all;
-        let heavy_takers = if config.isolate_heavy && primary[1] != 0 {
-            primary[1]
-        } else {
-            all
-        };
+        let heavy_takers = if config.isolate_heavy && primary[1] != 0 { primary[1] } else { all };
         Lanes {
             queues: [Injector::new(), Injector::new()],
             lanes,
@@ -199,6 +184,7 @@ impl Lanes {
             primary,
             takers: [light_takers, heavy_takers],
             has_heavy: config.heavy_lanes > 0,
+            steal_backlog: config.steal_backlog.max(1),
             shutdown: AtomicBool::new(false),
             telemetry: config.telemetry,
         }
@@ -239,6 +225,12 @@ impl Lanes {
     fn wake_one(&self, queue: usize, mut idle: u64) {
         loop {
             let candidates = match idle & self.primary[queue] {
+                0 if queue == LaneSet::Heavy.index()
+                    && self.steal_backlog > 1
+                    && self.queues[queue].len() < self.steal_backlog =>
+                {
+                    0
+                }
                 0 => idle & self.takers[queue],
                 some => some,
             };
@@ -273,10 +265,7 @@ impl Lanes {
     }
 
     pub(crate) fn infos(&self) -> Vec<LaneInfo> {
-        self.lanes
-            .iter()
-            .filter_map(|lane| lane.info.get().cloned())
-            .collect()
+        self.lanes.iter().filter_map(|lane| lane.info.get().cloned()).collect()
     }
 
     pub(crate) fn stats(&self) -> Vec<LaneStats> {
@@ -289,8 +278,16 @@ impl Lanes {
             .collect()
     }
 
+    /// Whether `lane` may take from `queue` now: its own set's queue always; the other
+    /// set's if allowed, and for heavy work by a light lane only once the backlog is
+    /// deep enough that the heavy lanes will not soon reach it themselves.
     fn may_take(&self, lane: usize, queue: usize) -> bool {
-        self.takers[queue] & (1 << lane) != 0
+        if self.takers[queue] & (1 << lane) == 0 {
+            return false;
+        }
+        let stealing_heavy =
+            queue == LaneSet::Heavy.index() && self.primary[queue] & (1 << lane) == 0;
+        !stealing_heavy || self.steal_backlog <= 1 || self.queues[queue].len() >= self.steal_backlog
     }
 
     fn next_job(&self, lane: usize) -> Option<BoxJob> {
@@ -375,17 +372,12 @@ pub(crate) fn spawn_workers(
         let lanes = Arc::clone(lanes);
         let admission = Arc::clone(admission);
         let ready = Arc::clone(&ready);
-        let handle = thread::Builder::new()
-            .name(format!("tokengate-lane-{index}"))
-            .spawn(move || {
+        let handle =
+            thread::Builder::new().name(format!("tokengate-lane-{index}")).spawn(move || {
                 let lane = &lanes.lanes[index];
                 let _ = lane.thread.set(thread::current());
                 let info = pin_current(index, lane, pin);
-                let core = if info.pinned {
-                    info.core.map_or(-1, |c| c as i32)
-                } else {
-                    -1
-                };
+                let core = if info.pinned { info.core.map_or(-1, |c| c as i32) } else { -1 };
                 let _ = lane.info.set(info);
                 let mut ctx = LaneCtx::new(index, core, lanes.telemetry.as_ref());
                 ready.wait();
@@ -415,11 +407,5 @@ fn pin_current(index: usize, lane: &Lane, pin: bool) -> LaneInfo {
     let affinity = core_affinity::get_core_ids()
         .map(|ids| ids.into_iter().map(|id| id.id).collect())
         .unwrap_or_default();
-    LaneInfo {
-        index,
-        set: lane.set,
-        core: lane.core.map(|c| c.id),
-        pinned,
-        affinity,
-    }
+    LaneInfo { index, set: lane.set, core: lane.core.map(|c| c.id), pinned, affinity }
 }

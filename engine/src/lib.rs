@@ -59,6 +59,7 @@ pub use lanes::{LaneInfo, LaneStats};
 pub use operation::{OpStats, Operation, SizeHint};
 pub use router::{
     EwmaRouter, Features, LaneSet, LearnedRouter, Placement, RouteSource, Router, StaticRouter,
-    Weight,
+    Weight, MAX_OPS,
 };
+pub use telemetry::{TelemetryStats, TokenRecord};
 pub use token::{Token, TokenState};

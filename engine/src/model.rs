@@ -91,11 +91,7 @@ pub struct TrainingInfo {
 ///
 /// Shared by the trainer (to write class tables) and the running-average router.
 pub fn policy_for(median_ns: u64) -> (LaneSet, u32) {
-    let lanes = if median_ns >= HEAVY_NS {
-        LaneSet::Heavy
-    } else {
-        LaneSet::Light
-    };
+    let lanes = if median_ns >= HEAVY_NS { LaneSet::Heavy } else { LaneSet::Light };
     let batch = (TARGET_BATCH_NS / median_ns.max(1)).clamp(1, u64::from(MAX_BATCH)) as u32;
     (lanes, batch)
 }
@@ -146,10 +142,8 @@ impl Model {
     /// Reads and checks a model file.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, ModelError> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let bytes = std::fs::read(path)
+            .map_err(|source| ModelError::Io { path: path.display().to_string(), source })?;
         Self::from_bytes(&bytes)
     }
 
@@ -157,11 +151,7 @@ impl Model {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, ModelError> {
         let (header, tree) = decode(bytes)?;
         let flat = FlatTree::compile(&tree, header.classes.len())?;
-        Ok(Model {
-            header,
-            tree: flat,
-            version: fnv1a(bytes),
-        })
+        Ok(Model { header, tree: flat, version: fnv1a(bytes) })
     }
 
     /// The header: vocabulary, class table, provenance.
@@ -181,11 +171,7 @@ impl Model {
 
     /// The operation's index in the vocabulary.
     pub fn op_index(&self, name: &str) -> Option<u32> {
-        self.header
-            .ops
-            .iter()
-            .position(|op| op == name)
-            .map(|i| i as u32)
+        self.header.ops.iter().position(|op| op == name).map(|i| i as u32)
     }
 
     /// The predicted class for one input vector.
@@ -227,10 +213,7 @@ pub fn decode(bytes: &[u8]) -> Result<(ModelHeader, DecisionTree<f64, usize>), M
     }
     let schema = u16::from_le_bytes([bytes[10], bytes[11]]);
     if schema != FEATURE_SCHEMA_VERSION {
-        return Err(ModelError::FeatureSchema {
-            found: schema,
-            expected: FEATURE_SCHEMA_VERSION,
-        });
+        return Err(ModelError::FeatureSchema { found: schema, expected: FEATURE_SCHEMA_VERSION });
     }
     let header_len = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]) as usize;
     let rest = &bytes[PREFIX_LEN..];
@@ -268,19 +251,10 @@ fn check_header(header: &ModelHeader) -> Result<(), ModelError> {
         )));
     }
     if header.classes.is_empty() || header.classes.len() > 64 {
-        return Err(ModelError::Corrupt(format!(
-            "{} classes",
-            header.classes.len()
-        )));
+        return Err(ModelError::Corrupt(format!("{} classes", header.classes.len())));
     }
-    if header
-        .classes
-        .iter()
-        .any(|c| c.batch == 0 || c.batch > MAX_BATCH)
-    {
-        return Err(ModelError::Corrupt(
-            "a class has a batch size outside 1..=1024".into(),
-        ));
+    if header.classes.iter().any(|c| c.batch == 0 || c.batch > MAX_BATCH) {
+        return Err(ModelError::Corrupt("a class has a batch size outside 1..=1024".into()));
     }
     Ok(())
 }
@@ -310,10 +284,7 @@ impl FlatTree {
     pub fn compile(tree: &DecisionTree<f64, usize>, classes: usize) -> Result<Self, ModelError> {
         let mut nodes = Vec::new();
         let depth = visit(tree.root_node(), 0, classes, &mut nodes)?;
-        Ok(FlatTree {
-            nodes: nodes.into_boxed_slice(),
-            depth,
-        })
+        Ok(FlatTree { nodes: nodes.into_boxed_slice(), depth })
     }
 
     /// Nodes in the tree.
@@ -353,31 +324,20 @@ fn visit(
     nodes: &mut Vec<FlatNode>,
 ) -> Result<usize, ModelError> {
     if depth > MAX_TREE_DEPTH {
-        return Err(ModelError::Corrupt(format!(
-            "tree deeper than {MAX_TREE_DEPTH}"
-        )));
+        return Err(ModelError::Corrupt(format!("tree deeper than {MAX_TREE_DEPTH}")));
     }
     let index = nodes.len();
-    nodes.push(FlatNode {
-        threshold: 0.0,
-        feature: LEAF,
-        left: 0,
-        right: 0,
-    });
+    nodes.push(FlatNode { threshold: 0.0, feature: LEAF, left: 0, right: 0 });
     if let Some(class) = node.prediction() {
         if class >= classes {
-            return Err(ModelError::Corrupt(format!(
-                "leaf predicts class {class} of {classes}"
-            )));
+            return Err(ModelError::Corrupt(format!("leaf predicts class {class} of {classes}")));
         }
         nodes[index].left = class as u32;
         return Ok(depth);
     }
     let (feature, threshold, _) = node.split();
     if feature >= MODEL_FEATURES.len() || !threshold.is_finite() {
-        return Err(ModelError::Corrupt(format!(
-            "split on input {feature} at {threshold}"
-        )));
+        return Err(ModelError::Corrupt(format!("split on input {feature} at {threshold}")));
     }
     let children = node.children();
     let (Some(left), Some(right)) = (children[0].as_deref(), children[1].as_deref()) else {
@@ -397,7 +357,5 @@ fn visit(
 }
 
 fn fnv1a(bytes: &[u8]) -> u32 {
-    bytes.iter().fold(0x811c_9dc5u32, |hash, &b| {
-        (hash ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    })
+    bytes.iter().fold(0x811c_9dc5u32, |hash, &b| (hash ^ u32::from(b)).wrapping_mul(0x0100_0193))
 }

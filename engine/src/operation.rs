@@ -67,9 +67,7 @@ pub struct Operation<A, R> {
 
 impl<A, R> Clone for Operation<A, R> {
     fn clone(&self) -> Self {
-        Operation {
-            inner: Arc::clone(&self.inner),
-        }
+        Operation { inner: Arc::clone(&self.inner) }
     }
 }
 
@@ -101,9 +99,7 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
             counters: OpCounters::default(),
             recent_ns: AtomicU64::new(0),
         };
-        Operation {
-            inner: Arc::new(inner),
-        }
+        Operation { inner: Arc::new(inner) }
     }
 
     /// The name given at registration.
@@ -212,12 +208,7 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
 
     fn admit_one(&self, admitted: Result<(), RejectReason>, arg: A) -> Token<R> {
         let mut tokens = Vec::with_capacity(1);
-        self.admit_chunk(
-            admitted,
-            1,
-            std::iter::once((arg, self.inner.weight)),
-            &mut tokens,
-        );
+        self.admit_chunk(admitted, 1, std::iter::once((arg, self.inner.weight)), &mut tokens);
         tokens.pop().expect("one token per argument")
     }
 
@@ -255,12 +246,7 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
             let set = placement.lanes;
             let open = &mut pending[set.index()];
             if let (Some(admitted_at), None) = (now, open.meta.as_ref()) {
-                open.meta = Some(Box::new(BatchMeta::new(
-                    admitted_at,
-                    &features,
-                    engine,
-                    set,
-                )));
+                open.meta = Some(Box::new(BatchMeta::new(admitted_at, &features, engine, set)));
             }
             if let Some(meta) = open.meta.as_mut() {
                 meta.tokens.push(TokenMeta {
@@ -303,11 +289,7 @@ struct Pending<A> {
 
 impl<A> Pending<A> {
     fn new() -> Self {
-        Pending {
-            items: Vec::new(),
-            limit: usize::MAX,
-            meta: None,
-        }
+        Pending { items: Vec::new(), limit: usize::MAX, meta: None }
     }
 
     fn push(&mut self, index: u32, arg: A, batch: u32, remaining: usize) {
@@ -369,12 +351,7 @@ impl<A: Send + 'static, R: Send + 'static> Job for Batch<A, R> {
     }
 
     fn run(self: Box<Self>, lane: &mut LaneCtx) {
-        let Batch {
-            op,
-            chunk,
-            items,
-            meta,
-        } = *self;
+        let Batch { op, chunk, items, meta } = *self;
         let batch_size = items.len() as u32;
         let batch_id = lane.next_batch_id();
         let sample_every = lane.sample_every();
@@ -391,16 +368,10 @@ impl<A: Send + 'static, R: Send + 'static> Job for Batch<A, R> {
             let logged = meta.is_some() && token_id % sample_every == 0;
             // Logging every token costs one clock read each: a token's start is the
             // previous one's end. Sampled logging reads the clock around each sample.
-            let start = if logged && sample_every != 1 {
-                Instant::now()
-            } else {
-                last
-            };
+            let start = if logged && sample_every != 1 { Instant::now() } else { last };
             let result = match panic::catch_unwind(AssertUnwindSafe(|| (op.f)(arg))) {
                 Ok(result) => result,
-                Err(payload) => Err(TokenError::Panicked {
-                    message: panic_message(&*payload),
-                }),
+                Err(payload) => Err(TokenError::Panicked { message: panic_message(&*payload) }),
             };
             let outcome = slot.finish(result);
             match outcome {
@@ -408,9 +379,7 @@ impl<A: Send + 'static, R: Send + 'static> Job for Batch<A, R> {
                 Outcome::Failed => failed += 1,
                 Outcome::Skipped => skipped += 1,
             }
-            let Some(meta) = meta
-                .as_deref()
-                .filter(|_| logged && outcome != Outcome::Skipped)
+            let Some(meta) = meta.as_deref().filter(|_| logged && outcome != Outcome::Skipped)
             else {
                 continue;
             };
@@ -446,11 +415,7 @@ impl<A: Send + 'static, R: Send + 'static> Job for Batch<A, R> {
         let ran = completed + failed;
         if let Some(per_token) = nanos(started.elapsed()).checked_div(ran) {
             let old = op.recent_ns.load(Relaxed);
-            let new = if old == 0 {
-                per_token.max(1)
-            } else {
-                ((old * 7 + per_token) / 8).max(1)
-            };
+            let new = if old == 0 { per_token.max(1) } else { ((old * 7 + per_token) / 8).max(1) };
             op.recent_ns.store(new, Relaxed);
         }
         let counters = &op.counters;

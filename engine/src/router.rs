@@ -46,9 +46,7 @@ impl FromStr for Weight {
             "light" => Ok(Weight::Light),
             "medium" => Ok(Weight::Medium),
             "heavy" => Ok(Weight::Heavy),
-            other => Err(format!(
-                "unknown weight {other:?}: expected light, medium or heavy"
-            )),
+            other => Err(format!("unknown weight {other:?}: expected light, medium or heavy")),
         }
     }
 }
@@ -166,19 +164,9 @@ pub struct LearnedRouter {
 impl LearnedRouter {
     /// A router over `model`, with `fallback` for unknown operations.
     pub fn new(model: Model, fallback: StaticRouter) -> Self {
-        let placements = model
-            .header()
-            .classes
-            .iter()
-            .map(|c| (c.lanes, c.batch))
-            .collect();
+        let placements = model.header().classes.iter().map(|c| (c.lanes, c.batch)).collect();
         let op_index = (0..MAX_OPS).map(|_| AtomicU32::new(UNKNOWN_OP)).collect();
-        LearnedRouter {
-            model,
-            op_index,
-            placements,
-            fallback,
-        }
+        LearnedRouter { model, op_index, placements, fallback }
     }
 
     /// The model it predicts with.
@@ -199,12 +187,7 @@ impl Router for LearnedRouter {
         }
         let class = self.model.predict(&model_inputs(index, features.arg_size));
         let (lanes, batch) = self.placements[class];
-        Placement {
-            lanes,
-            batch,
-            class: Some(class as u8),
-            source: RouteSource::Model,
-        }
+        Placement { lanes, batch, class: Some(class as u8), source: RouteSource::Model }
     }
 
     fn register_op(&self, op: u32, name: &str) {
@@ -243,12 +226,7 @@ impl Router for EwmaRouter {
             return self.fallback.route(features);
         }
         let (lanes, batch) = policy_for(features.op_recent_ns);
-        Placement {
-            lanes,
-            batch,
-            class: None,
-            source: RouteSource::Tag,
-        }
+        Placement { lanes, batch, class: None, source: RouteSource::Tag }
     }
 }
 
@@ -265,10 +243,7 @@ impl StaticRouter {
     /// eighth of that (at least 1).
     pub fn new(light_batch: u32) -> Self {
         let light_batch = light_batch.max(1);
-        StaticRouter {
-            light_batch,
-            medium_batch: (light_batch / 8).max(1),
-        }
+        StaticRouter { light_batch, medium_batch: (light_batch / 8).max(1) }
     }
 }
 
@@ -280,12 +255,7 @@ impl Router for StaticRouter {
             Weight::Medium => (LaneSet::Light, self.medium_batch),
             Weight::Heavy => (LaneSet::Heavy, 1),
         };
-        Placement {
-            lanes,
-            batch,
-            class: None,
-            source: RouteSource::Tag,
-        }
+        Placement { lanes, batch, class: None, source: RouteSource::Tag }
     }
 }
 
@@ -294,13 +264,7 @@ mod tests {
     use super::*;
 
     fn features(declared: Weight) -> Features {
-        Features {
-            op: 0,
-            declared,
-            arg_size: 0,
-            queue_depth: 0,
-            op_recent_ns: 0,
-        }
+        Features { op: 0, declared, arg_size: 0, queue_depth: 0, op_recent_ns: 0 }
     }
 
     #[test]
@@ -310,10 +274,7 @@ mod tests {
         assert_eq!(router.route(&features(Weight::Light)).batch, 64);
         assert_eq!(router.route(&features(Weight::Medium)).batch, 8);
         let heavy = router.route(&features(Weight::Heavy));
-        assert_eq!(
-            (heavy.lanes, heavy.batch, heavy.source),
-            (LaneSet::Heavy, 1, RouteSource::Tag)
-        );
+        assert_eq!((heavy.lanes, heavy.batch, heavy.source), (LaneSet::Heavy, 1, RouteSource::Tag));
     }
 
     #[test]

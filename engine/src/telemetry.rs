@@ -102,15 +102,13 @@ pub struct TelemetryStats {
     pub errors: Vec<String>,
 }
 
-/// Where records go.
+/// Where records go: Parquet segments in `dir`, memory, or both.
 #[derive(Debug, Clone)]
-pub(crate) enum SinkKind {
-    Parquet {
-        dir: PathBuf,
-        segment_rows: usize,
-        segment_secs: u64,
-    },
-    Memory,
+pub(crate) struct Sink {
+    pub(crate) dir: Option<PathBuf>,
+    pub(crate) memory: bool,
+    pub(crate) segment_rows: usize,
+    pub(crate) segment_secs: u64,
 }
 
 pub(crate) struct Telemetry {
@@ -132,11 +130,11 @@ struct WriterOutput {
 
 impl Telemetry {
     pub(crate) fn start(
-        sink: SinkKind,
+        sink: Sink,
         sample_every: u64,
         op_names: Arc<RwLock<Vec<String>>>,
     ) -> std::io::Result<Self> {
-        if let SinkKind::Parquet { dir, .. } = &sink {
+        if let Some(dir) = &sink.dir {
             std::fs::create_dir_all(dir)?;
         }
         let (sender, receiver) = crossbeam_channel::bounded(CHANNEL_BUFFERS);
@@ -155,10 +153,7 @@ impl Telemetry {
     }
 
     pub(crate) fn sender(&self) -> Option<Sender<Vec<TokenRecord>>> {
-        self.sender
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.sender.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Hands a full buffer to the writer, or drops and counts it. Never blocks.
@@ -203,10 +198,7 @@ impl Telemetry {
 
     pub(crate) fn take_records(&self) -> Vec<TokenRecord> {
         let mut finished = self.finished.lock().unwrap_or_else(|e| e.into_inner());
-        finished
-            .as_mut()
-            .map(|out| std::mem::take(&mut out.memory))
-            .unwrap_or_default()
+        finished.as_mut().map(|out| std::mem::take(&mut out.memory)).unwrap_or_default()
     }
 }
 
@@ -220,25 +212,19 @@ fn run_id() -> u64 {
 
 fn write_loop(
     receiver: Receiver<Vec<TokenRecord>>,
-    sink: SinkKind,
+    sink: Sink,
     run_id: u64,
     sample_every: u64,
     op_names: Arc<RwLock<Vec<String>>>,
 ) -> WriterOutput {
     let mut out = WriterOutput::default();
-    let (dir, segment_rows, segment_secs) = match sink {
-        SinkKind::Memory => {
-            for buffer in receiver {
-                out.memory.extend(buffer);
-            }
-            return out;
+    let Some(dir) = sink.dir else {
+        for buffer in receiver {
+            out.memory.extend(buffer);
         }
-        SinkKind::Parquet {
-            dir,
-            segment_rows,
-            segment_secs,
-        } => (dir, segment_rows, segment_secs),
+        return out;
     };
+    let (segment_rows, segment_secs) = (sink.segment_rows, sink.segment_secs);
     let mut open: Vec<TokenRecord> = Vec::new();
     let mut opened = Instant::now();
     let mut seq = 0u32;
@@ -257,6 +243,12 @@ fn write_loop(
         let due = open.len() >= segment_rows
             || (!open.is_empty() && opened.elapsed() >= Duration::from_secs(segment_secs));
         if due || (closed && !open.is_empty()) {
+            if sink.memory {
+                out.memory.extend_from_slice(&open);
+            }
+            if sink.memory {
+                out.memory.extend_from_slice(&open);
+            }
             let path = dir.join(format!("tokens-{run_id:016x}-{seq:05}.parquet"));
             seq += 1;
             let names = op_names.read().unwrap_or_else(|e| e.into_inner()).clone();
@@ -327,10 +319,7 @@ pub fn records_to_frame(
         col("op", r.iter().map(|x| op_name(x.op))),
         col("declared_weight", r.iter().map(|x| x.declared.as_str())),
         col("route_source", r.iter().map(|x| x.route_source.as_str())),
-        col(
-            "predicted_class",
-            r.iter().map(|x| x.predicted_class.map_or(-1, i32::from)),
-        ),
+        col("predicted_class", r.iter().map(|x| x.predicted_class.map_or(-1, i32::from))),
         col("model_version", r.iter().map(|x| x.model_version)),
         col("lane", r.iter().map(|x| u32::from(x.lane))),
         col("core", r.iter().map(|x| x.core)),
@@ -358,10 +347,7 @@ fn write_segment(
     sample_every: u64,
 ) -> PolarsResult<()> {
     let mut frame = records_to_frame(run_id, records, op_names, sample_every)?;
-    let file_name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("segment");
+    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("segment");
     let tmp = path.with_file_name(format!(".{file_name}.tmp"));
     let file = std::fs::File::create(&tmp)?;
     ParquetWriter::new(file).finish(&mut frame)?;

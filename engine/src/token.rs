@@ -104,9 +104,7 @@ impl<R> Slot<R> {
     /// A worker claims the token before running it. False if it was already resolved.
     #[inline]
     pub(crate) fn claim(&self) -> bool {
-        self.state
-            .compare_exchange(QUEUED, RUNNING, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
+        self.state.compare_exchange(QUEUED, RUNNING, Ordering::Acquire, Ordering::Relaxed).is_ok()
     }
 
     /// Resolves the token if it is still in state `from`. Returns the value back if
@@ -117,10 +115,7 @@ impl<R> Slot<R> {
         from: u8,
         result: Result<R, TokenError>,
     ) -> Result<(), Result<R, TokenError>> {
-        if self
-            .state
-            .compare_exchange(from, WRITING, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
+        if self.state.compare_exchange(from, WRITING, Ordering::Acquire, Ordering::Relaxed).is_err()
         {
             return Err(result);
         }
@@ -136,11 +131,7 @@ impl<R> Slot<R> {
     /// The worker finished running the token.
     #[inline]
     pub(crate) fn finish(&self, result: Result<R, TokenError>) -> Outcome {
-        let outcome = if result.is_ok() {
-            Outcome::Completed
-        } else {
-            Outcome::Failed
-        };
+        let outcome = if result.is_ok() { Outcome::Completed } else { Outcome::Failed };
         match self.resolve_from(RUNNING, result) {
             Ok(()) => outcome,
             // A deadline resolved it while it ran: the late value is dropped here.
@@ -150,8 +141,7 @@ impl<R> Slot<R> {
 
     /// Resolves a token that has not started. False if it had already started.
     pub(crate) fn cancel(&self, by: CancelSource) -> bool {
-        self.resolve_from(QUEUED, Err(TokenError::Cancelled { by }))
-            .is_ok()
+        self.resolve_from(QUEUED, Err(TokenError::Cancelled { by })).is_ok()
     }
 
     fn state(&self) -> TokenState {
@@ -177,10 +167,7 @@ impl<R> Slot<R> {
         if state < COMPLETED {
             return None;
         }
-        assert!(
-            state & TAKEN == 0,
-            "a token's result was taken twice (polled after it resolved)"
-        );
+        assert!(state & TAKEN == 0, "a token's result was taken twice (polled after it resolved)");
         // SAFETY: a terminal state was published with Release after the write, we loaded
         // it with Acquire, and TAKEN is clear, so the value is initialised and unread.
         let result = unsafe { (*self.result.get()).assume_init_read() };
@@ -207,10 +194,7 @@ pub(crate) struct Chunk<R> {
 
 impl<R> Chunk<R> {
     pub(crate) fn new(base_id: u64, len: usize) -> Arc<Self> {
-        Arc::new(Chunk {
-            base_id,
-            slots: (0..len).map(|_| Slot::new()).collect(),
-        })
+        Arc::new(Chunk { base_id, slots: (0..len).map(|_| Slot::new()).collect() })
     }
 
     #[inline]
@@ -227,10 +211,7 @@ impl<R> Chunk<R> {
     /// Hands out the token for slot `index`. Called once per slot.
     #[inline]
     pub(crate) fn token(self: &Arc<Self>, index: u32) -> Token<R> {
-        Token {
-            chunk: Arc::clone(self),
-            index,
-        }
+        Token { chunk: Arc::clone(self), index }
     }
 }
 
@@ -328,10 +309,7 @@ impl<R> Future for Token<R> {
 
 impl<R> std::fmt::Debug for Token<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Token")
-            .field("id", &self.id())
-            .field("state", &self.state())
-            .finish()
+        f.debug_struct("Token").field("id", &self.id()).field("state", &self.state()).finish()
     }
 }
 
@@ -380,18 +358,10 @@ mod tests {
         assert!(b.cancel());
         assert!(!chunk.slot(1).claim(), "a cancelled token is not run");
         assert!(chunk.slot(2).claim());
-        assert_eq!(
-            chunk.slot(2).finish(Ok("never taken".into())),
-            Outcome::Completed
-        );
+        assert_eq!(chunk.slot(2).finish(Ok("never taken".into())), Outcome::Completed);
         drop(chunk);
         assert_eq!(a.wait().unwrap(), "a");
-        assert_eq!(
-            b.wait(),
-            Err(TokenError::Cancelled {
-                by: CancelSource::Caller
-            })
-        );
+        assert_eq!(b.wait(), Err(TokenError::Cancelled { by: CancelSource::Caller }));
         assert_eq!(c.state(), TokenState::Completed);
         drop(c); // the untaken String is dropped by the chunk (checked under Miri/ASan)
     }
@@ -401,10 +371,7 @@ mod tests {
         let chunk = Chunk::<u32>::new(0, 1);
         let token = chunk.token(0);
         assert!(chunk.slot(0).claim());
-        assert!(chunk
-            .slot(0)
-            .resolve_from(RUNNING, Err(TokenError::TimedOut))
-            .is_ok());
+        assert!(chunk.slot(0).resolve_from(RUNNING, Err(TokenError::TimedOut)).is_ok());
         assert_eq!(chunk.slot(0).finish(Ok(7)), Outcome::Skipped);
         assert_eq!(token.wait(), Err(TokenError::TimedOut));
     }

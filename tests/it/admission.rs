@@ -19,9 +19,7 @@ fn full_engine_rejects_try_submit_and_blocks_submit_until_room() {
 
     assert_eq!(
         echo.try_submit(9).unwrap_err(),
-        TokenError::Rejected {
-            reason: RejectReason::Overloaded
-        }
+        TokenError::Rejected { reason: RejectReason::Overloaded }
     );
     assert_eq!(echo.stats().rejected, 1);
 
@@ -38,21 +36,13 @@ fn full_engine_rejects_try_submit_and_blocks_submit_until_room() {
     let waiting_async = {
         let echo = echo.clone();
         std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .build()
-                .unwrap();
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
             runtime.block_on(async { echo.submit_async(8).await.await })
         })
     };
     std::thread::sleep(std::time::Duration::from_millis(50));
-    assert!(
-        !admitted.load(Ordering::SeqCst),
-        "submit waits while the engine is full"
-    );
-    assert!(
-        !waiting_async.is_finished(),
-        "submit_async waits while the engine is full"
-    );
+    assert!(!admitted.load(Ordering::SeqCst), "submit waits while the engine is full");
+    assert!(!waiting_async.is_finished(), "submit_async waits while the engine is full");
     assert!(engine.in_flight() <= engine.capacity());
 
     release.send(()).unwrap();

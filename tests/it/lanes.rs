@@ -12,9 +12,7 @@ fn current_affinity() -> Vec<usize> {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         let rc = libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set);
         assert_eq!(rc, 0, "sched_getaffinity failed");
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
-            .collect()
+        (0..libc::CPU_SETSIZE as usize).filter(|&cpu| libc::CPU_ISSET(cpu, &set)).collect()
     }
 }
 
@@ -27,12 +25,7 @@ fn pinned_lanes_run_on_exactly_one_core_each() {
     for lane in &lanes {
         assert!(lane.pinned, "lane {} did not pin", lane.index);
         let core = lane.core.expect("a pinned lane has a core");
-        assert_eq!(
-            lane.affinity,
-            vec![core],
-            "lane {} mask read back in its thread",
-            lane.index
-        );
+        assert_eq!(lane.affinity, vec![core], "lane {} mask read back in its thread", lane.index);
         cores.push(core);
     }
     cores.sort_unstable();
@@ -40,16 +33,10 @@ fn pinned_lanes_run_on_exactly_one_core_each() {
     assert_eq!(cores.len(), lanes.len(), "one core per lane");
 
     // And from inside user code, with the kernel's own answer.
-    let mask = engine
-        .register("mask", Weight::Light, |_: u32| current_affinity())
-        .unwrap();
+    let mask = engine.register("mask", Weight::Light, |_: u32| current_affinity()).unwrap();
     for token in mask.submit_many(0..2_000u32) {
         let seen = token.wait().unwrap();
-        assert_eq!(
-            seen.len(),
-            1,
-            "a token ran on a thread whose mask is {seen:?}"
-        );
+        assert_eq!(seen.len(), 1, "a token ran on a thread whose mask is {seen:?}");
         assert!(cores.contains(&seen[0]));
     }
 }
@@ -78,11 +65,8 @@ fn heavy_lane_is_the_last_and_a_held_lane_leaves_work_to_the_other() {
         token.wait().unwrap();
     }
     let after = engine.lane_stats();
-    let mut deltas: Vec<u64> = after
-        .iter()
-        .zip(&before)
-        .map(|(a, b)| a.tokens - b.tokens)
-        .collect();
+    let mut deltas: Vec<u64> =
+        after.iter().zip(&before).map(|(a, b)| a.tokens - b.tokens).collect();
     deltas.sort_unstable();
     // Whichever lane took the gate is stuck in it; the other ran every echo token.
     assert_eq!(deltas, vec![0, 10_000]);
@@ -95,12 +79,8 @@ fn light_lanes_take_heavy_work_unless_isolated() {
     // Hold the heavy lane, then submit more heavy work: a work-conserving light lane
     // runs it; an isolating engine leaves it queued for the heavy lane.
     for isolate in [false, true] {
-        let engine = Engine::builder()
-            .workers(2)
-            .pin(false)
-            .isolate_heavy(isolate)
-            .build()
-            .unwrap();
+        let engine =
+            Engine::builder().workers(2).pin(false).isolate_heavy(isolate).build().unwrap();
         let (hold, release) = gate(&engine, "hold");
         let holding = hold.submit(());
         eventually("the gate runs", || holding.state() == TokenState::Running);
@@ -108,11 +88,7 @@ fn light_lanes_take_heavy_work_unless_isolated() {
         let token = heavy.submit(1);
         if isolate {
             std::thread::sleep(std::time::Duration::from_millis(50));
-            assert_eq!(
-                token.state(),
-                TokenState::Admitted,
-                "isolated heavy work waits"
-            );
+            assert_eq!(token.state(), TokenState::Admitted, "isolated heavy work waits");
         } else {
             eventually("a light lane runs the heavy token", || token.is_finished());
         }
@@ -127,14 +103,8 @@ fn bad_options_are_clear_errors() {
     let cases: Vec<(tokengate::EngineBuilder, &str)> = vec![
         (Engine::builder().workers(0), "workers"),
         (Engine::builder().workers(1000).pin(false), "workers"),
-        (
-            Engine::builder().workers(2).pin(false).heavy_lanes(2),
-            "heavy_lanes",
-        ),
-        (
-            Engine::builder().workers(1).pin(false).heavy_lanes(1),
-            "heavy_lanes",
-        ),
+        (Engine::builder().workers(2).pin(false).heavy_lanes(2), "heavy_lanes"),
+        (Engine::builder().workers(1).pin(false).heavy_lanes(1), "heavy_lanes"),
         (Engine::builder().light_batch(0), "light_batch"),
         (Engine::builder().capacity(0), "capacity"),
         (Engine::builder().cores([100_000]), "core 100000"),

@@ -8,21 +8,11 @@ fn one_million_terms_give_the_expected_pi() {
     let engine = Engine::builder().build().unwrap();
     let pyramid = Pyramid::register(&engine).unwrap();
     let mut last = 0;
-    let outcome = pyramid
-        .run(&engine, 1_000_000, 32, |done| last = done)
-        .unwrap();
-    assert!(
-        outcome.pi.to_string().starts_with("3.14159165358979"),
-        "pi = {}",
-        outcome.pi
-    );
+    let outcome = pyramid.run(&engine, 1_000_000, 32, |done| last = done).unwrap();
+    assert!(outcome.pi.to_string().starts_with("3.14159165358979"), "pi = {}", outcome.pi);
     assert_eq!(last, 1_000_000);
     assert_eq!(outcome.tokens, 1_001_011);
-    assert_eq!(
-        outcome.per_lane.iter().sum::<u64>(),
-        1_001_011,
-        "every token ran on a lane"
-    );
+    assert_eq!(outcome.per_lane.iter().sum::<u64>(), 1_001_011, "every token ran on a lane");
 }
 
 #[test]
@@ -30,10 +20,9 @@ fn odd_sizes_and_a_window_of_one() {
     let engine = Engine::builder().workers(1).pin(false).build().unwrap();
     let pyramid = Pyramid::register(&engine).unwrap();
     let outcome = pyramid.run(&engine, 123_457, 1, |_| {}).unwrap();
-    let expected: rust_decimal::Decimal = (0..123_457u64)
-        .map(tokengate::workloads::leibniz::term)
-        .sum::<rust_decimal::Decimal>()
-        * rust_decimal::Decimal::from(4);
+    let expected: rust_decimal::Decimal =
+        (0..123_457u64).map(tokengate::workloads::leibniz::term).sum::<rust_decimal::Decimal>()
+            * rust_decimal::Decimal::from(4);
     assert_eq!(outcome.pi, expected);
     assert_eq!(outcome.tokens, token_count(123_457));
 }

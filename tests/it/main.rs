@@ -12,12 +12,7 @@ use tokengate::{Engine, Operation, Weight};
 /// An engine with a single unpinned lane, so a test can hold the lane and be sure
 /// that everything submitted after stays queued.
 pub fn one_lane(capacity: usize) -> Engine {
-    Engine::builder()
-        .workers(1)
-        .pin(false)
-        .capacity(capacity)
-        .build()
-        .expect("engine")
+    Engine::builder().workers(1).pin(false).capacity(capacity).build().expect("engine")
 }
 
 /// An operation that blocks its lane until the returned sender is sent to (or dropped).
@@ -36,10 +31,7 @@ pub fn gate(engine: &Engine, name: &str) -> (Operation<(), ()>, mpsc::SyncSender
 pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while !cond() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting until {what}"
-        );
+        assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}");
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }

@@ -12,11 +12,8 @@ fn every_token_runs_and_resolves_exactly_once_under_concurrent_submitters() {
     const THREADS: usize = 4;
     const PER_THREAD: usize = 20_000;
     let engine = Engine::builder().capacity(4_096).build().unwrap();
-    let runs: Arc<Vec<AtomicU8>> = Arc::new(
-        (0..THREADS * PER_THREAD)
-            .map(|_| AtomicU8::new(0))
-            .collect(),
-    );
+    let runs: Arc<Vec<AtomicU8>> =
+        Arc::new((0..THREADS * PER_THREAD).map(|_| AtomicU8::new(0)).collect());
     let counter = Arc::clone(&runs);
     let op = engine
         .register("mark", Weight::Light, move |i: usize| {
@@ -32,23 +29,17 @@ fn every_token_runs_and_resolves_exactly_once_under_concurrent_submitters() {
                 // Half in bulk, half one by one, to cover both admission paths.
                 let half = PER_THREAD / 2;
                 let bulk = op.submit_many(base..base + half);
-                let single: Vec<_> = (base + half..base + PER_THREAD)
-                    .map(|i| op.submit(i))
-                    .collect();
+                let single: Vec<_> =
+                    (base + half..base + PER_THREAD).map(|i| op.submit(i)).collect();
                 for (offset, token) in bulk.into_iter().chain(single).enumerate() {
                     assert_eq!(token.wait(), Ok((base + offset) * 2));
                 }
             });
         }
     });
-    assert!(
-        runs.iter().all(|r| r.load(Ordering::Relaxed) == 1),
-        "every call ran exactly once"
-    );
+    assert!(runs.iter().all(|r| r.load(Ordering::Relaxed) == 1), "every call ran exactly once");
     // Counters are published per batch, just after its last token resolves.
-    eventually("the counters catch up", || {
-        op.stats().completed == (THREADS * PER_THREAD) as u64
-    });
+    eventually("the counters catch up", || op.stats().completed == (THREADS * PER_THREAD) as u64);
     let stats = op.stats();
     assert_eq!(stats.submitted, (THREADS * PER_THREAD) as u64);
     assert_eq!(stats.failed + stats.skipped + stats.rejected, 0);
@@ -57,9 +48,7 @@ fn every_token_runs_and_resolves_exactly_once_under_concurrent_submitters() {
 #[test]
 fn wait_and_await_both_resolve() {
     let engine = Engine::builder().build().unwrap();
-    let double = engine
-        .register("double", Weight::Light, |x: u32| x * 2)
-        .unwrap();
+    let double = engine.register("double", Weight::Light, |x: u32| x * 2).unwrap();
     assert_eq!(double.submit(21).wait(), Ok(42));
 
     // Awaited on the engine's runtime...
@@ -74,9 +63,7 @@ fn wait_and_await_both_resolve() {
     assert_eq!(sum, (0..100u32).map(|x| x * 2).sum());
 
     // ...and on a caller's own runtime.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
     let value = runtime.block_on(async { double.submit_async(5).await.await });
     assert_eq!(value, Ok(10));
 }
@@ -103,11 +90,7 @@ fn panics_become_errors_and_the_lane_keeps_serving() {
             Err(other) => panic!("unexpected {other:?}"),
         }
     }
-    assert_eq!(
-        picky.submit(4).wait(),
-        Ok(4),
-        "tokens after a panic still run"
-    );
+    assert_eq!(picky.submit(4).wait(), Ok(4), "tokens after a panic still run");
     eventually("the counters catch up", || {
         let stats = picky.stats();
         (stats.completed, stats.failed) == (91, 10)
@@ -117,9 +100,8 @@ fn panics_become_errors_and_the_lane_keeps_serving() {
 #[test]
 fn fallible_operations_resolve_as_failed() {
     let engine = Engine::builder().build().unwrap();
-    let parse = engine
-        .register_fallible("parse", Weight::Light, |s: String| s.parse::<i32>())
-        .unwrap();
+    let parse =
+        engine.register_fallible("parse", Weight::Light, |s: String| s.parse::<i32>()).unwrap();
     assert_eq!(parse.submit("12".into()).wait(), Ok(12));
     match parse.submit("twelve".into()).wait() {
         Err(TokenError::Failed(message)) => assert!(message.contains("invalid digit")),
@@ -151,12 +133,7 @@ fn cancel_before_start_resolves_cancelled_and_never_runs() {
     holding.wait().unwrap();
     for (x, token) in (0..10u32).zip(queued) {
         if x % 2 == 0 {
-            assert_eq!(
-                token.wait(),
-                Err(TokenError::Cancelled {
-                    by: CancelSource::Caller
-                })
-            );
+            assert_eq!(token.wait(), Err(TokenError::Cancelled { by: CancelSource::Caller }));
         } else {
             assert_eq!(token.wait(), Ok(x));
         }
@@ -186,21 +163,14 @@ fn shutdown_drains_admitted_work_and_rejects_new_work() {
         .unwrap();
     let tokens = slow.submit_many(0..5_000u64);
     engine.shutdown();
-    assert!(
-        tokens.iter().all(|t| t.state() == TokenState::Completed),
-        "drained"
-    );
+    assert!(tokens.iter().all(|t| t.state() == TokenState::Completed), "drained");
     assert_eq!(
         slow.submit(1).wait(),
-        Err(TokenError::Rejected {
-            reason: RejectReason::ShuttingDown
-        })
+        Err(TokenError::Rejected { reason: RejectReason::ShuttingDown })
     );
     assert_eq!(
         slow.try_submit(1).unwrap_err(),
-        TokenError::Rejected {
-            reason: RejectReason::ShuttingDown
-        }
+        TokenError::Rejected { reason: RejectReason::ShuttingDown }
     );
     drop(engine); // dropping after an explicit shutdown is fine
     assert_eq!(slow.stats().completed, 5_000);
@@ -210,9 +180,7 @@ fn shutdown_drains_admitted_work_and_rejects_new_work() {
 fn registration_rejects_duplicate_and_bad_names() {
     let engine = one_lane(16);
     engine.register("same", Weight::Light, |x: u8| x).unwrap();
-    let err = engine
-        .register("same", Weight::Heavy, |x: u8| x)
-        .unwrap_err();
+    let err = engine.register("same", Weight::Heavy, |x: u8| x).unwrap_err();
     assert!(err.to_string().contains("already registered"));
     assert!(engine.register("", Weight::Light, |x: u8| x).is_err());
 }

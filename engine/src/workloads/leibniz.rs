@@ -133,10 +133,12 @@ impl Pyramid {
             };
             done += chunk.len() as u64;
             values = wait_all(chunk, values)?;
-            chunk_sums.push(self.chunk.submit(std::mem::replace(
-                &mut values,
-                Vec::with_capacity(CHUNK_TERMS as usize),
-            )));
+            chunk_sums.push(
+                self.chunk.submit(std::mem::replace(
+                    &mut values,
+                    Vec::with_capacity(CHUNK_TERMS as usize),
+                )),
+            );
             if chunk_sums.len() == PARTIAL_CHUNKS {
                 full_groups.push_back(std::mem::take(&mut chunk_sums));
             }
@@ -150,12 +152,7 @@ impl Pyramid {
         let pi = self.finish.submit(partial_values).wait()?;
         let wall = started.elapsed();
         let per_lane = lane_delta(&lanes_before, &engine.lane_stats());
-        Ok(Outcome {
-            pi,
-            tokens: token_count(terms),
-            wall,
-            per_lane,
-        })
+        Ok(Outcome { pi, tokens: token_count(terms), wall, per_lane })
     }
 }
 
@@ -172,11 +169,7 @@ fn wait_all(
 }
 
 fn lane_delta(before: &[LaneStats], after: &[LaneStats]) -> Vec<u64> {
-    after
-        .iter()
-        .zip(before)
-        .map(|(a, b)| a.tokens - b.tokens)
-        .collect()
+    after.iter().zip(before).map(|(a, b)| a.tokens - b.tokens).collect()
 }
 
 #[cfg(test)]

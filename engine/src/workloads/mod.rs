@@ -1,3 +1,4 @@
 //! Built-in workloads, for demos, data and benches.
 
 pub mod leibniz;
+pub mod mixed;

@@ -1,19 +1,23 @@
-//! The `tokengate` command line: run the built-in workloads on the engine.
+//! The `tokengate` command line: run the built-in workloads on the engine, and compare
+//! routers on them.
 
 use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use serde_json::json;
+use serde_json::{json, Value};
+use tokengate::model::Model;
 use tokengate::workloads::leibniz::Pyramid;
-use tokengate::{Engine, LaneInfo};
+use tokengate::workloads::mixed::{self, MixedConfig, MixedOps, OracleRouter};
+use tokengate::{
+    Engine, EngineBuilder, EwmaRouter, LaneInfo, LearnedRouter, Router, StaticRouter,
+    TelemetryStats, Weight,
+};
 
 #[derive(Parser)]
-#[command(
-    name = "tokengate",
-    version,
-    about = "Run functions as tokens on core-pinned lanes"
-)]
+#[command(name = "tokengate", version, about = "Run functions as tokens on core-pinned lanes")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -21,14 +25,70 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a built-in workload and report throughput.
+    /// Run a built-in workload and report throughput (and latency for mixed streams).
     Run(RunArgs),
+    /// Run the same stream under the tag, running-average, learned and oracle routers.
+    Compare(CompareArgs),
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Workload {
     /// The Leibniz-π pyramid: N term tokens, chunk sums, partial sums, final ×4.
     Leibniz,
+    /// Four CPU operations whose cost follows their argument, correctly tagged.
+    Mixed,
+    /// `mixed` with a share of tokens declaring the wrong weight.
+    Mislabeled,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum RouterChoice {
+    /// The learned cost model (`--model`, or the shipped default).
+    Model,
+    /// The declared weights only.
+    Tags,
+    /// Each operation's running-average runtime (no model).
+    Ewma,
+}
+
+#[derive(Args)]
+struct EngineArgs {
+    /// Lanes (worker threads); default one per usable core.
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Lanes reserved for heavy work (default 1 when there are 2 or more lanes).
+    #[arg(long)]
+    heavy_lanes: Option<usize>,
+    /// Tokens per batch for light operations under the tag router.
+    #[arg(long, default_value_t = 128)]
+    batch: u32,
+    /// Do not pin lanes to cores.
+    #[arg(long)]
+    no_pin: bool,
+    /// Light lanes never run heavy work.
+    #[arg(long)]
+    isolate_heavy: bool,
+    /// Light lanes take heavy work only when this many heavy batches wait (default: 1,
+    /// fully work-conserving, for `run`; 4 for `compare`, so that routing rather than
+    /// stealing decides where heavy work runs).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    steal_backlog: Option<u64>,
+}
+
+#[derive(Args)]
+struct StreamArgs {
+    /// Tokens in a mixed stream.
+    #[arg(long, default_value_t = 20_000)]
+    tokens: usize,
+    /// Seed of the stream (sizes, order, mislabels).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Arrival rate of a mixed stream, tokens per second.
+    #[arg(long, default_value_t = 8_000.0)]
+    rate: f64,
+    /// Share of tokens declaring the wrong weight (`mislabeled` only).
+    #[arg(long, default_value_t = 0.25)]
+    mislabel_share: f64,
 }
 
 #[derive(Args)]
@@ -38,21 +98,44 @@ struct RunArgs {
     /// Leibniz terms (term tokens).
     #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
     terms: u64,
-    /// Lanes (worker threads); default one per usable core.
-    #[arg(long)]
-    workers: Option<usize>,
-    /// Lanes reserved for heavy work (default 1 when there are 2 or more lanes).
-    #[arg(long)]
-    heavy_lanes: Option<usize>,
-    /// Tokens per batch for light operations.
-    #[arg(long, default_value_t = 128)]
-    batch: u32,
-    /// Chunks of 1,000 term tokens kept in flight by the driver.
+    /// Chunks of 1,000 term tokens the Leibniz driver keeps in flight.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=4096))]
     window: u64,
-    /// Do not pin lanes to cores.
+    #[command(flatten)]
+    stream: StreamArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// Which router places tokens.
+    #[arg(long, value_enum, default_value_t = RouterChoice::Model)]
+    router: RouterChoice,
+    /// Cost model file (default: the shipped models/default.bin).
     #[arg(long)]
-    no_pin: bool,
+    model: Option<PathBuf>,
+    /// Write one Parquet record per finished token into this directory.
+    #[arg(long)]
+    log: Option<PathBuf>,
+    /// Log one token in K.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    log_sample: u64,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct CompareArgs {
+    /// The stream to compare on.
+    workload: Workload,
+    #[command(flatten)]
+    stream: StreamArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// Cost model file (default: the shipped models/default.bin).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Runs per router (interleaved); latencies are pooled, makespans averaged.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=100))]
+    repeat: u64,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -66,89 +149,346 @@ fn main() -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
-    match cli.command {
+    match Cli::parse().command {
         Command::Run(args) => run(args),
+        Command::Compare(args) => compare(args),
     }
 }
 
-fn build_engine(args: &RunArgs) -> Result<Engine> {
-    let mut builder = Engine::builder().pin(!args.no_pin).light_batch(args.batch);
+/// The shipped model: `models/default.bin` under the working directory, else the one
+/// in the source tree this binary was built from.
+fn default_model_path() -> Option<PathBuf> {
+    let local = PathBuf::from("models/default.bin");
+    if local.exists() {
+        return Some(local);
+    }
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/default.bin");
+    shipped.exists().then_some(shipped)
+}
+
+/// Loads `--model` (an error if it fails) or the default (a warning if it fails).
+fn load_model(explicit: Option<&Path>) -> Result<Option<Model>> {
+    if let Some(path) = explicit {
+        let model =
+            Model::load(path).with_context(|| format!("loading the model {}", path.display()))?;
+        return Ok(Some(model));
+    }
+    let Some(path) = default_model_path() else {
+        eprintln!("warning: no shipped model found (models/default.bin); routing by tags");
+        return Ok(None);
+    };
+    match Model::load(&path) {
+        Ok(model) => Ok(Some(model)),
+        Err(e) => {
+            eprintln!("warning: default model {} unusable ({e}); routing by tags", path.display());
+            Ok(None)
+        }
+    }
+}
+
+fn builder(args: &EngineArgs) -> EngineBuilder {
+    let mut builder = Engine::builder()
+        .pin(!args.no_pin)
+        .light_batch(args.batch)
+        .isolate_heavy(args.isolate_heavy)
+        .steal_backlog(args.steal_backlog.unwrap_or(1) as usize);
     if let Some(workers) = args.workers {
         builder = builder.workers(workers);
     }
     if let Some(heavy) = args.heavy_lanes {
         builder = builder.heavy_lanes(heavy);
     }
-    builder.build().context("starting the engine")
+    builder
+}
+
+fn make_router(choice: RouterChoice, model: Option<&Path>, batch: u32) -> Result<Arc<dyn Router>> {
+    let tags = StaticRouter::new(batch);
+    Ok(match choice {
+        RouterChoice::Tags => Arc::new(tags),
+        RouterChoice::Ewma => Arc::new(EwmaRouter::new(tags)),
+        RouterChoice::Model => match load_model(model)? {
+            Some(model) => Arc::new(LearnedRouter::new(model, tags)),
+            None => Arc::new(tags),
+        },
+    })
 }
 
 fn run(args: RunArgs) -> Result<()> {
-    match args.workload {
-        Workload::Leibniz => run_leibniz(&args),
+    if args.model.is_some() && args.router != RouterChoice::Model {
+        bail!("--model only applies with --router model");
+    }
+    let router = make_router(args.router, args.model.as_deref(), args.engine.batch)?;
+    let mut builder = builder(&args.engine).router(router).log_sample(args.log_sample);
+    if let Some(dir) = &args.log {
+        builder = builder.log_dir(dir);
+    }
+    if args.workload != Workload::Leibniz {
+        builder = builder.log_in_memory();
+    }
+    let engine = builder.build().context("starting the engine")?;
+    let (mut report, truths) = match args.workload {
+        Workload::Leibniz => (run_leibniz(&engine, &args)?, Vec::new()),
+        Workload::Mixed | Workload::Mislabeled => run_stream(&engine, &args)?,
+    };
+    let lanes = engine.lanes();
+    let per_lane: Vec<u64> = engine.lane_stats().iter().map(|s| s.tokens).collect();
+    engine.shutdown();
+    if !truths.is_empty() {
+        let records = engine.take_records();
+        report["light"] = latency_json(mixed::latency_of(&records, &truths, Weight::Light));
+        report["heavy"] = latency_json(mixed::latency_of(&records, &truths, Weight::Heavy));
+    }
+    report["router"] = json!(router_name(args.router, engine.model_version()));
+    report["lanes"] = lanes_json(&lanes, &per_lane);
+    if let Some(stats) = engine.telemetry_stats().filter(|_| args.log.is_some()) {
+        report["telemetry"] = telemetry_json(&stats);
+    }
+    report["peak_rss_mib"] = json!(peak_rss_mib());
+    if args.json {
+        println!("{report}");
+    } else {
+        print_report(&report, &lanes, &per_lane);
+    }
+    Ok(())
+}
+
+fn router_name(choice: RouterChoice, model_version: u32) -> String {
+    match choice {
+        RouterChoice::Model if model_version != 0 => format!("model {model_version:08x}"),
+        RouterChoice::Model | RouterChoice::Tags => "tags".into(),
+        RouterChoice::Ewma => "ewma".into(),
     }
 }
 
-fn run_leibniz(args: &RunArgs) -> Result<()> {
-    let engine = build_engine(args)?;
-    let pyramid = Pyramid::register(&engine)?;
-    let bar = progress_bar(args.terms, args.json);
+fn run_leibniz(engine: &Engine, args: &RunArgs) -> Result<Value> {
+    let pyramid = Pyramid::register(engine)?;
+    let bar = progress_bar(args.terms, args.json || args.terms < 1_000_000, "terms");
     let outcome = pyramid
-        .run(&engine, args.terms, args.window as usize, |done| {
-            bar.set_position(done)
-        })
+        .run(engine, args.terms, args.window as usize, |done| bar.set_position(done))
         .context("running the leibniz pyramid")?;
     bar.finish_and_clear();
-    let lanes = engine.lanes();
-    let peak_rss_mib = tokengate::sys::peak_rss_bytes().map(|b| b as f64 / (1 << 20) as f64);
-    if args.json {
-        let lanes_json: Vec<_> = lanes
-            .iter()
-            .zip(&outcome.per_lane)
-            .map(|(lane, tokens)| {
-                json!({
-                    "lane": lane.index, "set": lane.set.as_str(), "core": lane.core,
-                    "pinned": lane.pinned, "tokens": tokens,
-                })
-            })
-            .collect();
-        let report = json!({
-            "workload": "leibniz",
-            "terms": args.terms,
-            "tokens": outcome.tokens,
-            "wall_s": outcome.wall.as_secs_f64(),
-            "tokens_per_s": outcome.tokens_per_s(),
-            "pi": outcome.pi.to_string(),
-            "correct_digits": outcome.correct_digits(),
-            "lanes": lanes_json,
-            "peak_rss_mib": peak_rss_mib,
-        });
-        println!("{report}");
-    } else {
-        println!(
-            "pi        {}  ({} correct digits)",
-            outcome.pi,
-            outcome.correct_digits()
-        );
-        println!("tokens    {}", group(outcome.tokens));
-        println!("wall      {:.3} s", outcome.wall.as_secs_f64());
-        println!(
-            "rate      {} tokens/s",
-            group(outcome.tokens_per_s() as u64)
-        );
-        for (lane, tokens) in lanes.iter().zip(&outcome.per_lane) {
-            println!(
-                "lane {:<4} {}  {}",
-                lane.index,
-                describe(lane),
-                group(*tokens)
-            );
-        }
-        if let Some(mib) = peak_rss_mib {
-            println!("peak RSS  {mib:.0} MiB");
+    Ok(json!({
+        "workload": "leibniz",
+        "terms": args.terms,
+        "tokens": outcome.tokens,
+        "wall_s": outcome.wall.as_secs_f64(),
+        "tokens_per_s": outcome.tokens_per_s(),
+        "pi": outcome.pi.to_string(),
+        "correct_digits": outcome.correct_digits(),
+    }))
+}
+
+fn stream_config(workload: Workload, stream: &StreamArgs) -> Result<MixedConfig> {
+    if !(0.0..=1.0).contains(&stream.mislabel_share) {
+        bail!("--mislabel-share must be between 0 and 1, got {}", stream.mislabel_share);
+    }
+    if !(stream.rate.is_finite() && stream.rate >= 1.0) {
+        bail!("--rate must be at least 1 token/s, got {}", stream.rate);
+    }
+    if stream.tokens == 0 {
+        bail!("--tokens must be at least 1");
+    }
+    let mislabel_share = if workload == Workload::Mislabeled { stream.mislabel_share } else { 0.0 };
+    Ok(MixedConfig { tokens: stream.tokens, seed: stream.seed, mislabel_share, rate: stream.rate })
+}
+
+fn workload_name(workload: Workload) -> &'static str {
+    match workload {
+        Workload::Leibniz => "leibniz",
+        Workload::Mixed => "mixed",
+        Workload::Mislabeled => "mislabeled",
+    }
+}
+
+/// Runs the stream; returns the report and each token's true weight.
+fn run_stream(engine: &Engine, args: &RunArgs) -> Result<(Value, Vec<(u64, Weight)>)> {
+    let config = stream_config(args.workload, &args.stream)?;
+    let ops = MixedOps::register(engine)?;
+    let plan = mixed::plan(&config);
+    let run = mixed::drive(&ops, &plan, config.rate);
+    let report = json!({
+        "workload": workload_name(args.workload),
+        "tokens": plan.len(),
+        "seed": config.seed,
+        "rate": config.rate,
+        "mislabel_share": config.mislabel_share,
+        "wall_s": run.makespan.as_secs_f64(),
+        "tokens_per_s": plan.len() as f64 / run.makespan.as_secs_f64(),
+        "failed": run.failures,
+    });
+    Ok((report, run.truths))
+}
+
+fn latency_json(latency: mixed::Latency) -> Value {
+    json!({ "tokens": latency.count, "p50_ms": latency.p50_ms, "p99_ms": latency.p99_ms })
+}
+
+/// `compare`'s default: light lanes help with heavy work only once 4 batches wait.
+const COMPARE_STEAL_BACKLOG: u64 = 4;
+
+fn compare(mut args: CompareArgs) -> Result<()> {
+    args.engine.steal_backlog.get_or_insert(COMPARE_STEAL_BACKLOG);
+    if args.workload == Workload::Leibniz {
+        bail!("compare runs a mixed stream: use `compare mislabeled` or `compare mixed`");
+    }
+    let config = stream_config(args.workload, &args.stream)?;
+    let plan = mixed::plan(&config);
+    let model = load_model(args.model.as_deref())?
+        .context("compare needs a model: pass --model or restore models/default.bin")?;
+    let model_version = model.version();
+    let tags = StaticRouter::new(args.engine.batch);
+    let routers: Vec<(&str, Arc<dyn Router>)> = vec![
+        ("tags", Arc::new(tags)),
+        ("ewma", Arc::new(EwmaRouter::new(tags))),
+        ("learned", Arc::new(LearnedRouter::new(model, tags))),
+        ("oracle", Arc::new(OracleRouter::default())),
+    ];
+    let mut runs: Vec<Vec<mixed::RouterRun>> = vec![Vec::new(); routers.len()];
+    // Interleaved repeats, so a slow patch of a shared machine hits every router alike.
+    for repeat in 0..args.repeat {
+        for ((name, router), runs) in routers.iter().zip(&mut runs) {
+            let builder = builder(&args.engine).router(Arc::clone(router));
+            let run = mixed::run_with(builder, &plan, config.rate)
+                .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+            runs.push(run);
+            if !args.json {
+                eprint!("\r{name} run {}/{}   ", repeat + 1, args.repeat);
+            }
         }
     }
+    if !args.json {
+        eprint!("\r{:30}\r", "");
+    }
+    let mut results = serde_json::Map::new();
+    for ((name, _), runs) in routers.iter().zip(runs) {
+        let makespan =
+            runs.iter().map(|r| r.makespan.as_secs_f64()).sum::<f64>() / runs.len() as f64;
+        let light =
+            mixed::Latency::of(runs.iter().flat_map(|r| r.light_ns.iter().copied()).collect());
+        let (heavy, on_heavy) =
+            runs.iter().fold((0, 0), |(h, o), r| (h + r.heavy.0, o + r.heavy.1));
+        results.insert(
+            name.to_string(),
+            json!({
+                "makespan_s": makespan,
+                "light_p50_ms": light.p50_ms,
+                "light_p99_ms": light.p99_ms,
+                "light_tokens": light.count,
+                "heavy_on_heavy_lane": if heavy == 0 { 0.0 } else { on_heavy as f64 / heavy as f64 },
+                "failed": runs.iter().map(|r| r.failures).sum::<usize>(),
+            }),
+        );
+    }
+    let report = json!({
+        "workload": workload_name(args.workload),
+        "tokens": plan.len(),
+        "repeat": args.repeat,
+        "seed": config.seed,
+        "rate": config.rate,
+        "mislabel_share": config.mislabel_share,
+        "lanes": lanes_mode(&args.engine),
+        "model_version": format!("{model_version:08x}"),
+        "routers": results,
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        print_compare(&report);
+    }
     Ok(())
+}
+
+fn lanes_mode(engine: &EngineArgs) -> String {
+    if engine.isolate_heavy {
+        "isolated".into()
+    } else {
+        format!("steal-backlog {}", engine.steal_backlog.unwrap_or(1))
+    }
+}
+
+fn print_compare(report: &Value) {
+    println!(
+        "{} tokens of `{}` at {} tokens/s, {:.0}% mislabelled, {} runs each, lanes: {}, model {}",
+        report["tokens"],
+        report["workload"].as_str().unwrap_or("?"),
+        report["rate"],
+        report["mislabel_share"].as_f64().unwrap_or(0.0) * 100.0,
+        report["repeat"],
+        report["lanes"].as_str().unwrap_or("?"),
+        report["model_version"].as_str().unwrap_or("?"),
+    );
+    println!(
+        "{:<8} {:>11} {:>13} {:>13} {:>16}",
+        "router", "makespan s", "light p50 ms", "light p99 ms", "heavy on heavy"
+    );
+    for name in ["tags", "ewma", "learned", "oracle"] {
+        let r = &report["routers"][name];
+        println!(
+            "{:<8} {:>11.3} {:>13.3} {:>13.3} {:>15.0}%",
+            name,
+            r["makespan_s"].as_f64().unwrap_or(f64::NAN),
+            r["light_p50_ms"].as_f64().unwrap_or(f64::NAN),
+            r["light_p99_ms"].as_f64().unwrap_or(f64::NAN),
+            r["heavy_on_heavy_lane"].as_f64().unwrap_or(f64::NAN) * 100.0,
+        );
+    }
+}
+
+fn lanes_json(lanes: &[LaneInfo], per_lane: &[u64]) -> Value {
+    lanes
+        .iter()
+        .zip(per_lane)
+        .map(|(lane, tokens)| {
+            json!({
+                "lane": lane.index, "set": lane.set.as_str(), "core": lane.core,
+                "pinned": lane.pinned, "tokens": tokens,
+            })
+        })
+        .collect()
+}
+
+fn telemetry_json(stats: &TelemetryStats) -> Value {
+    json!({
+        "recorded": stats.recorded,
+        "dropped": stats.dropped,
+        "written": stats.written,
+        "files": stats.files.len(),
+        "errors": stats.errors,
+    })
+}
+
+fn peak_rss_mib() -> Option<f64> {
+    tokengate::sys::peak_rss_bytes().map(|b| b as f64 / (1 << 20) as f64)
+}
+
+fn print_report(report: &Value, lanes: &[LaneInfo], per_lane: &[u64]) {
+    let num = |key: &str| report[key].as_f64().unwrap_or(0.0);
+    if let Some(pi) = report["pi"].as_str() {
+        println!("pi        {pi}  ({} correct digits)", report["correct_digits"]);
+    }
+    println!("workload  {}", report["workload"].as_str().unwrap_or("?"));
+    println!("router    {}", report["router"].as_str().unwrap_or("?"));
+    println!("tokens    {}", group(num("tokens") as u64));
+    println!("wall      {:.3} s", num("wall_s"));
+    println!("rate      {} tokens/s", group(num("tokens_per_s") as u64));
+    for kind in ["light", "heavy"] {
+        if let Some(l) = report.get(kind) {
+            let ms = |k: &str| l[k].as_f64().unwrap_or(f64::NAN);
+            println!("{kind:<9} p50 {:.3} ms  p99 {:.3} ms", ms("p50_ms"), ms("p99_ms"));
+        }
+    }
+    for (lane, tokens) in lanes.iter().zip(per_lane) {
+        println!("lane {:<4} {}  {}", lane.index, describe(lane), group(*tokens));
+    }
+    if let Some(t) = report.get("telemetry") {
+        println!(
+            "log       {} records in {} files, {} dropped",
+            t["written"], t["files"], t["dropped"]
+        );
+    }
+    if let Some(mib) = report["peak_rss_mib"].as_f64() {
+        println!("peak RSS  {mib:.0} MiB");
+    }
 }
 
 fn describe(lane: &LaneInfo) -> String {
@@ -158,15 +498,13 @@ fn describe(lane: &LaneInfo) -> String {
     }
 }
 
-fn progress_bar(total: u64, quiet: bool) -> indicatif::ProgressBar {
-    if quiet || !std::io::stderr().is_terminal() || total < 1_000_000 {
+fn progress_bar(total: u64, quiet: bool, unit: &str) -> indicatif::ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} terms {per_sec} {eta}")
-            .expect("static template"),
-    );
+    let template = format!("{{bar:40}} {{pos}}/{{len}} {unit} {{per_sec}} {{eta}}");
+    bar.set_style(indicatif::ProgressStyle::with_template(&template).expect("valid template"));
     bar
 }
 

@@ -1,0 +1,124 @@
+//! Parquet telemetry → rows the model can learn from.
+//!
+//! Files are read eagerly, one at a time, with polars' `ParquetReader` (the lazy
+//! engine would double the build for no gain here: the trainer reads four columns
+//! and keeps them in plain vectors).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use polars::prelude::*;
+use tokengate::features::TELEMETRY_SCHEMA_VERSION;
+
+use crate::TrainError;
+
+/// One usable record: a completed token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Row {
+    /// Index into [`Data::ops`].
+    pub op: u32,
+    /// The argument-size hint.
+    pub arg_size: u64,
+    /// Measured runtime (ns).
+    pub run_ns: u64,
+}
+
+/// Rows from one or more files, with the operation names they use.
+#[derive(Debug, Clone, Default)]
+pub struct Data {
+    /// Operation names, in first-seen order.
+    pub ops: Vec<String>,
+    /// The rows.
+    pub rows: Vec<Row>,
+    /// The files read.
+    pub files: Vec<PathBuf>,
+    /// Rows skipped (failed tokens).
+    pub skipped: usize,
+}
+
+/// Expands directories (their `*.parquet` files), files and glob patterns, sorted and
+/// without duplicates.
+pub fn collect_files(inputs: &[String]) -> Result<Vec<PathBuf>, TrainError> {
+    let mut files = Vec::new();
+    for input in inputs {
+        let path = Path::new(input);
+        if path.is_dir() {
+            let pattern = path.join("*.parquet").to_string_lossy().into_owned();
+            files.extend(glob_files(&pattern)?);
+        } else if path.is_file() {
+            files.push(path.to_path_buf());
+        } else {
+            files.extend(glob_files(input)?);
+        }
+    }
+    files.sort();
+    files.dedup();
+    if files.is_empty() {
+        return Err(TrainError::NoFiles(inputs.to_vec()));
+    }
+    Ok(files)
+}
+
+fn glob_files(pattern: &str) -> Result<Vec<PathBuf>, TrainError> {
+    let paths = glob::glob(pattern).map_err(|e| TrainError::BadPattern {
+        pattern: pattern.to_string(),
+        message: e.to_string(),
+    })?;
+    Ok(paths.filter_map(Result::ok).filter(|p| p.is_file()).collect())
+}
+
+/// Reads every file, checking its schema; `progress(i)` after file `i`.
+pub fn load(files: &[PathBuf], mut progress: impl FnMut(usize)) -> Result<Data, TrainError> {
+    let mut data = Data::default();
+    let mut vocab: HashMap<String, u32> = HashMap::new();
+    for (i, path) in files.iter().enumerate() {
+        read_file(path, &mut data, &mut vocab)?;
+        data.files.push(path.clone());
+        progress(i + 1);
+    }
+    Ok(data)
+}
+
+fn read_file(
+    path: &Path,
+    data: &mut Data,
+    vocab: &mut HashMap<String, u32>,
+) -> Result<(), TrainError> {
+    let unreadable = |message: String| TrainError::Unreadable { path: path.to_path_buf(), message };
+    let schema = |message: String| TrainError::Schema { path: path.to_path_buf(), message };
+    let file = File::open(path).map_err(|e| unreadable(e.to_string()))?;
+    let frame = ParquetReader::new(file).finish().map_err(|e| unreadable(e.to_string()))?;
+    let column =
+        |name: &str| frame.column(name).map_err(|_| schema(format!("missing column {name:?}")));
+    let versions = column("schema_version")?
+        .u32()
+        .map_err(|_| schema("column \"schema_version\" is not u32".into()))?;
+    if let Some(bad) = versions.iter().flatten().find(|&v| v != TELEMETRY_SCHEMA_VERSION) {
+        return Err(schema(format!(
+            "telemetry schema v{bad}, this trainer reads v{TELEMETRY_SCHEMA_VERSION}"
+        )));
+    }
+    let typed = |name: &str, what: &str| schema(format!("column {name:?} is not {what}"));
+    let op = column("op")?.str().map_err(|_| typed("op", "a string"))?;
+    let arg_size = column("arg_size")?.u64().map_err(|_| typed("arg_size", "u64"))?;
+    let run_ns = column("run_ns")?.u64().map_err(|_| typed("run_ns", "u64"))?;
+    let outcome = column("outcome")?.str().map_err(|_| typed("outcome", "a string"))?;
+    for (((op, arg_size), run_ns), outcome) in
+        op.iter().zip(arg_size.iter()).zip(run_ns.iter()).zip(outcome.iter())
+    {
+        let (Some(op), Some(arg_size), Some(run_ns), Some("completed")) =
+            (op, arg_size, run_ns, outcome)
+        else {
+            data.skipped += 1;
+            continue;
+        };
+        let next = vocab.len() as u32;
+        let index = *vocab.entry(op.to_string()).or_insert_with(|| {
+            data.ops.push(op.to_string());
+            next
+        });
+        data.rows.push(Row { op: index, arg_size, run_ns });
+    }
+    Ok(())
+}

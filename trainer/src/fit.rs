@@ -1,0 +1,209 @@
+//! Labels rows with cost classes, fits a bounded-depth tree, derives each class's
+//! placement, and packs it all into a model file.
+
+use linfa::prelude::*;
+use linfa_trees::DecisionTree;
+use ndarray::{Array1, Array2};
+use rand::rngs::SmallRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use tokengate::features::{
+    class_edges_ns, class_of, model_inputs, FEATURE_SCHEMA_VERSION, MODEL_FEATURES,
+};
+use tokengate::model::{self, policy_for, ClassPolicy, Model, ModelHeader, TrainingInfo};
+
+use crate::dataset::{Data, Row};
+use crate::report::{ns, Metrics};
+use crate::TrainError;
+
+/// How to fit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FitOptions {
+    /// Depth bound of the tree (1..=32; default 8).
+    pub max_depth: usize,
+    /// Cost classes (2..=8; default 4: < 10 µs, < 200 µs, < 4 ms, ≥ 4 ms), ignored
+    /// when `edges_ns` is given.
+    pub classes: usize,
+    /// Explicit class edges (ns, strictly increasing) instead of the default scheme.
+    pub edges_ns: Option<Vec<u64>>,
+    /// Share of rows held out for validation (default 0.2).
+    pub validation_share: f64,
+    /// Seed of the train/validation shuffle.
+    pub seed: u64,
+    /// Fewest usable rows accepted (default 100).
+    pub min_rows: usize,
+}
+
+impl Default for FitOptions {
+    fn default() -> Self {
+        FitOptions {
+            max_depth: 8,
+            classes: 4,
+            edges_ns: None,
+            validation_share: 0.2,
+            seed: 42,
+            min_rows: 100,
+        }
+    }
+}
+
+/// A fitted model: its file bytes and how well it did on held-out rows.
+#[derive(Debug, Clone)]
+pub struct Fitted {
+    /// The header written into the file.
+    pub header: ModelHeader,
+    /// The whole model file.
+    pub bytes: Vec<u8>,
+    /// Held-out metrics, predicted through the engine's flat tree.
+    pub metrics: Metrics,
+    /// Held-out rows where linfa's own predict disagrees with the flat tree (should be 0).
+    pub flat_mismatches: usize,
+}
+
+/// Fits a model on `data`.
+pub fn fit(data: &Data, options: &FitOptions) -> Result<Fitted, TrainError> {
+    check(options)?;
+    let rows = &data.rows;
+    if rows.len() < options.min_rows {
+        return Err(TrainError::TooFewRows { rows: rows.len(), needed: options.min_rows });
+    }
+    let edges = options.edges_ns.clone().unwrap_or_else(|| class_edges_ns(options.classes));
+    let classes = edges.len() + 1;
+    let labels: Vec<usize> = rows.iter().map(|r| class_of(r.run_ns, &edges)).collect();
+    if labels.iter().all(|&l| l == labels[0]) {
+        return Err(TrainError::SingleClass {
+            rows: rows.len(),
+            class: labels[0],
+            range: class_range(&edges, labels[0]),
+        });
+    }
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    order.shuffle(&mut SmallRng::seed_from_u64(options.seed));
+    let held_out = ((rows.len() as f64 * options.validation_share) as usize).max(1);
+    let (validation, train) = order.split_at(held_out);
+
+    let (x_train, y_train) = matrix(rows, &labels, train);
+    let dataset = Dataset::new(x_train, y_train).with_feature_names(MODEL_FEATURES.to_vec());
+    let tree: DecisionTree<f64, usize> = DecisionTree::params()
+        .max_depth(Some(options.max_depth))
+        .fit(&dataset)
+        .map_err(|e| TrainError::Fit(e.to_string()))?;
+
+    let mut header = ModelHeader {
+        feature_schema: FEATURE_SCHEMA_VERSION,
+        feature_names: MODEL_FEATURES.iter().map(|s| s.to_string()).collect(),
+        ops: data.ops.clone(),
+        classes: class_table(rows, &labels, train, &edges),
+        training: TrainingInfo {
+            rows: rows.len() as u64,
+            train_rows: train.len() as u64,
+            validation_rows: validation.len() as u64,
+            validation_accuracy: 0.0,
+            max_depth: options.max_depth as u32,
+            created_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            sources: data.files.iter().map(|p| p.display().to_string()).collect(),
+        },
+    };
+    // Score through the engine's own inference path, then check linfa agrees with it.
+    let compiled = Model::from_bytes(&model::encode(&header, &tree)?)?;
+    let predicted: Vec<usize> = validation
+        .iter()
+        .map(|&i| compiled.predict(&model_inputs(rows[i].op, rows[i].arg_size)))
+        .collect();
+    let (x_val, _) = matrix(rows, &labels, validation);
+    let linfa_predicted = tree.predict(&x_val);
+    let flat_mismatches = linfa_predicted.iter().zip(&predicted).filter(|(a, b)| a != b).count();
+    let metrics = Metrics::score(
+        &data.ops,
+        classes,
+        validation.iter().zip(&predicted).map(|(&i, &p)| (rows[i].op, labels[i], p)),
+        tree.feature_importance(),
+    );
+    header.training.validation_accuracy = metrics.accuracy;
+    let bytes = model::encode(&header, &tree)?;
+    Ok(Fitted { header, bytes, metrics, flat_mismatches })
+}
+
+fn check(options: &FitOptions) -> Result<(), TrainError> {
+    if !(1..=32).contains(&options.max_depth) {
+        return Err(TrainError::Invalid(format!(
+            "max depth must be 1..=32, got {}",
+            options.max_depth
+        )));
+    }
+    if !(2..=8).contains(&options.classes) {
+        return Err(TrainError::Invalid(format!("classes must be 2..=8, got {}", options.classes)));
+    }
+    if let Some(edges) = &options.edges_ns {
+        if edges.is_empty() || edges.len() > 7 || edges.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(TrainError::Invalid(format!(
+                "class edges must be 1 to 7 strictly increasing runtimes, got {edges:?}"
+            )));
+        }
+    }
+    if !(options.validation_share > 0.0 && options.validation_share < 0.9) {
+        return Err(TrainError::Invalid(format!(
+            "validation share must be in (0, 0.9), got {}",
+            options.validation_share
+        )));
+    }
+    Ok(())
+}
+
+/// The feature matrix and labels of the rows at `indices`.
+pub(crate) fn matrix(
+    rows: &[Row],
+    labels: &[usize],
+    indices: &[usize],
+) -> (Array2<f64>, Array1<usize>) {
+    let mut x = Array2::zeros((indices.len(), MODEL_FEATURES.len()));
+    let mut y = Array1::zeros(indices.len());
+    for (out, &i) in indices.iter().enumerate() {
+        let inputs = model_inputs(rows[i].op, rows[i].arg_size);
+        for (column, value) in inputs.into_iter().enumerate() {
+            x[(out, column)] = value;
+        }
+        y[out] = labels[i];
+    }
+    (x, y)
+}
+
+/// Each class's runtime range, median and derived placement, from the training rows.
+fn class_table(rows: &[Row], labels: &[usize], train: &[usize], edges: &[u64]) -> Vec<ClassPolicy> {
+    let classes = edges.len() + 1;
+    let mut runtimes: Vec<Vec<u64>> = vec![Vec::new(); classes];
+    for &i in train {
+        runtimes[labels[i]].push(rows[i].run_ns);
+    }
+    runtimes
+        .into_iter()
+        .enumerate()
+        .map(|(k, mut ns)| {
+            let min_ns = if k == 0 { 0 } else { edges[k - 1] };
+            let max_ns = edges.get(k).copied().unwrap_or(u64::MAX);
+            let median_ns = if ns.is_empty() {
+                // No rows: the range's geometric middle (×3 past the last edge).
+                if max_ns == u64::MAX {
+                    min_ns.saturating_mul(3)
+                } else {
+                    ((min_ns.max(1) as f64) * (max_ns as f64)).sqrt() as u64
+                }
+            } else {
+                let middle = ns.len() / 2;
+                *ns.select_nth_unstable(middle).1
+            };
+            let (lanes, batch) = policy_for(median_ns);
+            ClassPolicy { min_ns, max_ns, median_ns, rows: ns.len() as u64, lanes, batch }
+        })
+        .collect()
+}
+
+fn class_range(edges: &[u64], class: usize) -> String {
+    let low = if class == 0 { 0 } else { edges[class - 1] };
+    match edges.get(class) {
+        Some(&high) => format!("{} to {}", ns(low), ns(high)),
+        None => format!("{} and up", ns(low)),
+    }
+}

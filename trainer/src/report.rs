@@ -1,0 +1,172 @@
+//! Metrics and human-readable views of a model.
+
+use std::fmt::{self, Write as _};
+
+use linfa_trees::{DecisionTree, TreeNode};
+use tokengate::features::MODEL_FEATURES;
+use tokengate::model::ModelHeader;
+
+/// Classification quality on a set of rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Metrics {
+    /// Rows scored.
+    pub rows: u64,
+    /// Share predicted right.
+    pub accuracy: f64,
+    /// `confusion[truth][predicted]` row counts.
+    pub confusion: Vec<Vec<u64>>,
+    /// Per operation: name, rows right, rows.
+    pub per_op: Vec<(String, u64, u64)>,
+    /// Per model input: name, share of the tree's impurity decrease.
+    pub importance: Vec<(String, f64)>,
+}
+
+impl Metrics {
+    /// Scores `(op, truth, predicted)` triples.
+    pub fn score(
+        ops: &[String],
+        classes: usize,
+        outcomes: impl IntoIterator<Item = (u32, usize, usize)>,
+        importance: Vec<f64>,
+    ) -> Self {
+        let mut confusion = vec![vec![0u64; classes]; classes];
+        let mut per_op = vec![(0u64, 0u64); ops.len()];
+        for (op, truth, predicted) in outcomes {
+            confusion[truth][predicted] += 1;
+            let entry = &mut per_op[op as usize];
+            entry.0 += u64::from(truth == predicted);
+            entry.1 += 1;
+        }
+        let rows: u64 = confusion.iter().flatten().sum();
+        let right: u64 = (0..classes).map(|k| confusion[k][k]).sum();
+        Metrics {
+            rows,
+            accuracy: if rows == 0 { 0.0 } else { right as f64 / rows as f64 },
+            confusion,
+            per_op: ops
+                .iter()
+                .zip(per_op)
+                .filter(|(_, (_, total))| *total > 0)
+                .map(|(name, (right, total))| (name.clone(), right, total))
+                .collect(),
+            importance: MODEL_FEATURES.iter().map(|s| s.to_string()).zip(importance).collect(),
+        }
+    }
+}
+
+impl fmt::Display for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "accuracy {:.2}% on {} rows", self.accuracy * 100.0, self.rows)?;
+        writeln!(f, "confusion (rows: true class, columns: predicted class)")?;
+        write!(f, "{:>8}", "")?;
+        for k in 0..self.confusion.len() {
+            write!(f, "{:>10}", format!("p{k}"))?;
+        }
+        writeln!(f)?;
+        for (k, row) in self.confusion.iter().enumerate() {
+            write!(f, "{:>8}", format!("t{k}"))?;
+            for count in row {
+                write!(f, "{count:>10}")?;
+            }
+            writeln!(f)?;
+        }
+        writeln!(f, "per operation")?;
+        for (name, right, total) in &self.per_op {
+            let share = *right as f64 / *total as f64 * 100.0;
+            writeln!(f, "  {name:<16} {share:>6.2}%  ({right}/{total})")?;
+        }
+        writeln!(f, "feature importance")?;
+        for (name, share) in &self.importance {
+            writeln!(f, "  {name:<16} {:.3}", share)?;
+        }
+        Ok(())
+    }
+}
+
+/// Header, class table, the tree as text and feature importance.
+pub fn describe(header: &ModelHeader, tree: &DecisionTree<f64, usize>) -> String {
+    let mut out = String::new();
+    let t = &header.training;
+    let _ = writeln!(out, "tokengate cost model (feature schema v{})", header.feature_schema);
+    let _ = writeln!(out, "inputs      {}", header.feature_names.join(", "));
+    let _ = writeln!(out, "operations  {}", header.ops.join(", "));
+    let _ = writeln!(
+        out,
+        "trained on  {} rows ({} fit, {} held out) from {} files; max depth {}; held-out accuracy {:.2}%",
+        t.rows,
+        t.train_rows,
+        t.validation_rows,
+        t.sources.len(),
+        t.max_depth,
+        t.validation_accuracy * 100.0
+    );
+    let _ = writeln!(out, "\nclass  runtime range           median      rows  lanes  batch");
+    for (k, c) in header.classes.iter().enumerate() {
+        let max = if c.max_ns == u64::MAX { "∞".to_string() } else { ns(c.max_ns) };
+        let _ = writeln!(
+            out,
+            "{k:>5}  [{:>9}, {:>9})  {:>9}  {:>8}  {:<5}  {:>5}",
+            ns(c.min_ns),
+            max,
+            ns(c.median_ns),
+            c.rows,
+            c.lanes.as_str(),
+            c.batch
+        );
+    }
+    let _ = writeln!(out, "\ntree ({} leaves, depth {})", tree.num_leaves(), tree.max_depth());
+    write_node(&mut out, tree.root_node(), header, 0);
+    let _ = writeln!(out, "\nfeature importance");
+    for (name, share) in MODEL_FEATURES.iter().zip(tree.feature_importance()) {
+        let _ = writeln!(out, "  {name:<16} {share:.3}");
+    }
+    out
+}
+
+fn write_node(out: &mut String, node: &TreeNode<f64, usize>, header: &ModelHeader, depth: usize) {
+    let indent = "  ".repeat(depth);
+    if let Some(class) = node.prediction() {
+        let policy = header.classes.get(class);
+        let place = policy
+            .map_or(String::new(), |p| format!(" → {} lanes, batch {}", p.lanes.as_str(), p.batch));
+        let _ = writeln!(out, "{indent}class {class}{place}");
+        return;
+    }
+    let (feature, threshold, _) = node.split();
+    let condition = match MODEL_FEATURES.get(feature).copied() {
+        Some("op") => {
+            let left: Vec<&str> = header
+                .ops
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| (*i as f64) < threshold)
+                .map(|(_, name)| name.as_str())
+                .collect();
+            format!("op in {{{}}}", left.join(", "))
+        }
+        Some("arg_size_log2") => {
+            format!("arg_size < {:.0} (log2 {threshold:.2})", threshold.exp2() - 1.0)
+        }
+        Some(name) => format!("{name} < {threshold:.3}"),
+        None => format!("input {feature} < {threshold:.3}"),
+    };
+    let children = node.children();
+    let _ = writeln!(out, "{indent}if {condition}:");
+    if let Some(left) = children[0].as_deref() {
+        write_node(out, left, header, depth + 1);
+    }
+    let _ = writeln!(out, "{indent}else:");
+    if let Some(right) = children[1].as_deref() {
+        write_node(out, right, header, depth + 1);
+    }
+}
+
+/// Nanoseconds with a readable unit.
+pub fn ns(value: u64) -> String {
+    match value {
+        v if v >= 1_000_000_000 => format!("{:.2} s", v as f64 / 1e9),
+        v if v >= 1_000_000 => format!("{:.2} ms", v as f64 / 1e6),
+        v if v >= 1_000 => format!("{:.2} µs", v as f64 / 1e3),
+        v => format!("{v} ns"),
+    }
+}
