@@ -9,20 +9,29 @@
 pub const FEATURE_SCHEMA_VERSION: u16 = 1;
 
 /// Names of the model's inputs, in column order.
-pub const MODEL_FEATURES: [&str; 2] = ["op", "arg_size_log2"];
+pub const MODEL_FEATURES: [&str; 2] = ["op_size", "arg_size_log2"];
+
+/// The span of `arg_size_log2` (sizes are `u64`, so `log2(size + 1) <= 64`).
+pub const OP_STRIDE: f64 = 65.0;
 
 /// The model's input vector for one token.
 ///
-/// * `op`: the operation's index in the model's vocabulary (names, saved in the model
-///   file, because ids are not stable across processes).
+/// * `op_size`: the operation's index in the model's vocabulary (names, saved in the
+///   model file, because ids are not stable across processes) times [`OP_STRIDE`],
+///   plus `arg_size_log2`. One ordered axis, operation-major: a tree carves any
+///   operation's own size range out of it with two splits. (A bare operation index
+///   would be one huge tie per operation, and linfa-trees 0.8 only evaluates a split
+///   between tied values at nodes that hold the globally last row of the tie, so it
+///   almost never splits on it below the root.)
 /// * `arg_size_log2`: `log2(arg_size + 1)`; costs grow with the argument by orders of
-///   magnitude, so the log keeps the tree's splits few.
+///   magnitude, and this axis lets one split serve every operation.
 ///
 /// The declared weight is deliberately *not* an input: tags can be wrong, and a model
 /// that learned to trust them would break exactly where it is needed.
 #[inline]
 pub fn model_inputs(op_index: u32, arg_size: u64) -> [f64; MODEL_FEATURES.len()] {
-    [f64::from(op_index), ((arg_size as f64) + 1.0).log2()]
+    let size = ((arg_size as f64) + 1.0).log2();
+    [f64::from(op_index) * OP_STRIDE + size, size]
 }
 
 /// Version of the telemetry (Parquet) schema.
@@ -63,8 +72,10 @@ mod tests {
     }
 
     #[test]
-    fn inputs_are_log_scaled() {
-        assert_eq!(model_inputs(3, 0), [3.0, 0.0]);
-        assert_eq!(model_inputs(0, 1023), [0.0, 10.0]);
+    fn inputs_are_log_scaled_and_op_major() {
+        assert_eq!(model_inputs(3, 0), [3.0 * OP_STRIDE, 0.0]);
+        assert_eq!(model_inputs(0, 1023), [10.0, 10.0]);
+        // The largest size of one operation stays below the smallest of the next.
+        assert!(model_inputs(0, u64::MAX)[0] < model_inputs(1, 0)[0]);
     }
 }

@@ -350,7 +350,7 @@ fn write_segment(
     let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("segment");
     let tmp = path.with_file_name(format!(".{file_name}.tmp"));
     let file = std::fs::File::create(&tmp)?;
-    ParquetWriter::new(file).finish(&mut frame)?;
+    ParquetWriter::new(file).with_compression(ParquetCompression::Lz4Raw).finish(&mut frame)?;
     std::fs::rename(&tmp, path)?;
     Ok(())
 }

@@ -32,6 +32,9 @@ pub struct FitOptions {
     pub seed: u64,
     /// Fewest usable rows accepted (default 100).
     pub min_rows: usize,
+    /// Fewest training rows in a leaf (default 20): keeps the tree from spending its
+    /// depth on runtime noise at a class edge.
+    pub min_leaf_rows: usize,
 }
 
 impl Default for FitOptions {
@@ -43,6 +46,7 @@ impl Default for FitOptions {
             validation_share: 0.2,
             seed: 42,
             min_rows: 100,
+            min_leaf_rows: 20,
         }
     }
 }
@@ -86,6 +90,8 @@ pub fn fit(data: &Data, options: &FitOptions) -> Result<Fitted, TrainError> {
     let dataset = Dataset::new(x_train, y_train).with_feature_names(MODEL_FEATURES.to_vec());
     let tree: DecisionTree<f64, usize> = DecisionTree::params()
         .max_depth(Some(options.max_depth))
+        .min_weight_leaf(options.min_leaf_rows as f32)
+        .min_weight_split(2.0 * options.min_leaf_rows as f32)
         .fit(&dataset)
         .map_err(|e| TrainError::Fit(e.to_string()))?;
 

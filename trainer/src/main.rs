@@ -42,6 +42,9 @@ enum Command {
         /// Seed of the train/validation split.
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// Fewest training rows in a leaf.
+        #[arg(long, default_value_t = 20)]
+        min_leaf_rows: usize,
     },
     /// Score a saved model on (other) telemetry.
     Eval {
@@ -65,7 +68,16 @@ enum Command {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
-        Command::Fit { data, out, max_depth, classes, edges_ns, validation_share, seed } => {
+        Command::Fit {
+            data,
+            out,
+            max_depth,
+            classes,
+            edges_ns,
+            validation_share,
+            seed,
+            min_leaf_rows,
+        } => {
             let data = read(&data)?;
             let options = fit::FitOptions {
                 max_depth,
@@ -73,6 +85,7 @@ fn main() -> Result<()> {
                 edges_ns,
                 validation_share,
                 seed,
+                min_leaf_rows,
                 ..Default::default()
             };
             let spinner = spinner(format!("fitting on {} rows", data.rows.len()));

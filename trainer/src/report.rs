@@ -3,7 +3,7 @@
 use std::fmt::{self, Write as _};
 
 use linfa_trees::{DecisionTree, TreeNode};
-use tokengate::features::MODEL_FEATURES;
+use tokengate::features::{MODEL_FEATURES, OP_STRIDE};
 use tokengate::model::ModelHeader;
 
 /// Classification quality on a set of rows.
@@ -134,15 +134,11 @@ fn write_node(out: &mut String, node: &TreeNode<f64, usize>, header: &ModelHeade
     }
     let (feature, threshold, _) = node.split();
     let condition = match MODEL_FEATURES.get(feature).copied() {
-        Some("op") => {
-            let left: Vec<&str> = header
-                .ops
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| (*i as f64) < threshold)
-                .map(|(_, name)| name.as_str())
-                .collect();
-            format!("op in {{{}}}", left.join(", "))
+        Some("op_size") => {
+            let op = (threshold / OP_STRIDE).floor();
+            let size = (threshold - op * OP_STRIDE).exp2() - 1.0;
+            let name = header.ops.get(op as usize).map_or("?", String::as_str);
+            format!("(op, arg_size) < ({name}, {size:.0})")
         }
         Some("arg_size_log2") => {
             format!("arg_size < {:.0} (log2 {threshold:.2})", threshold.exp2() - 1.0)
