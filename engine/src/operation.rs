@@ -254,6 +254,7 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
                     declared,
                     source: placement.source,
                     class: placement.class,
+                    lanes: set,
                 });
             }
             open.push(index as u32, arg, placement.batch, len - index);
@@ -335,6 +336,7 @@ struct TokenMeta {
     declared: Weight,
     source: RouteSource,
     class: Option<u8>,
+    lanes: LaneSet,
 }
 
 /// Tokens of one operation queued together; one queue operation runs them all.
@@ -391,6 +393,7 @@ impl<A: Send + 'static, R: Send + 'static> Job for Batch<A, R> {
                 op: op.id,
                 declared: token.declared,
                 route_source: token.source,
+                lane_set: token.lanes,
                 predicted_class: token.class,
                 model_version: meta.model_version,
                 lane: lane.index,

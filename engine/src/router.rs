@@ -117,6 +117,14 @@ pub struct Features {
     pub op_recent_ns: u64,
 }
 
+impl Features {
+    /// Features of a token of operation `op` with this weight and size hint, arriving at
+    /// an idle engine (for custom routers' tests and benches).
+    pub fn new(op: u32, declared: Weight, arg_size: u64) -> Self {
+        Features { op, declared, arg_size, queue_depth: 0, op_recent_ns: 0 }
+    }
+}
+
 /// Where and how a token runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Placement {

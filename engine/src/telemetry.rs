@@ -18,7 +18,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use polars::prelude::*;
 
 use crate::features::TELEMETRY_SCHEMA_VERSION;
-use crate::router::{RouteSource, Weight};
+use crate::router::{LaneSet, RouteSource, Weight};
 
 /// Records a lane collects before handing them to the writer.
 pub(crate) const FLUSH_ROWS: usize = 1_024;
@@ -55,6 +55,9 @@ pub struct TokenRecord {
     pub declared: Weight,
     /// Who made the placement.
     pub route_source: RouteSource,
+    /// The lane set the router placed it on (it may have run on a lane of the other
+    /// set, which took it while idle).
+    pub lane_set: LaneSet,
     /// The class the model predicted, if a model decided.
     pub predicted_class: Option<u8>,
     /// The model fingerprint (0 without a model).
@@ -246,9 +249,6 @@ fn write_loop(
             if sink.memory {
                 out.memory.extend_from_slice(&open);
             }
-            if sink.memory {
-                out.memory.extend_from_slice(&open);
-            }
             let path = dir.join(format!("tokens-{run_id:016x}-{seq:05}.parquet"));
             seq += 1;
             let names = op_names.read().unwrap_or_else(|e| e.into_inner()).clone();
@@ -271,13 +271,14 @@ fn write_loop(
 }
 
 /// The Parquet columns, in order (see ARCHITECTURE.md "Telemetry").
-pub const COLUMNS: [&str; 22] = [
+pub const COLUMNS: [&str; 23] = [
     "schema_version",
     "run_id",
     "token_id",
     "op",
     "declared_weight",
     "route_source",
+    "lane_set",
     "predicted_class",
     "model_version",
     "lane",
@@ -319,6 +320,7 @@ pub fn records_to_frame(
         col("op", r.iter().map(|x| op_name(x.op))),
         col("declared_weight", r.iter().map(|x| x.declared.as_str())),
         col("route_source", r.iter().map(|x| x.route_source.as_str())),
+        col("lane_set", r.iter().map(|x| x.lane_set.as_str())),
         col("predicted_class", r.iter().map(|x| x.predicted_class.map_or(-1, i32::from))),
         col("model_version", r.iter().map(|x| x.model_version)),
         col("lane", r.iter().map(|x| u32::from(x.lane))),

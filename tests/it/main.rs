@@ -2,7 +2,9 @@
 
 mod admission;
 mod lanes;
+mod learning;
 mod leibniz;
+mod model;
 mod tokens;
 
 use std::sync::mpsc;

@@ -188,6 +188,8 @@ pub struct StreamRun {
     pub makespan: Duration,
     /// Each token's id and true weight.
     pub truths: Vec<(u64, Weight)>,
+    /// Each token's declared weight, in the order of `truths`.
+    pub declared: Vec<Weight>,
     /// Tokens that did not complete (panics, errors): should be 0.
     pub failures: usize,
 }
@@ -196,9 +198,9 @@ pub struct StreamRun {
 pub fn drive(ops: &MixedOps, plan: &[Planned], rate: f64) -> StreamRun {
     let per_wave = ((rate / 1_000.0).round() as usize).max(1);
     let started = Instant::now();
-    let mut tokens: Vec<(Token<u64>, Weight)> = Vec::with_capacity(plan.len());
+    let mut tokens: Vec<(Token<u64>, &Planned)> = Vec::with_capacity(plan.len());
     let mut by_op: Vec<Vec<(u64, Weight)>> = vec![Vec::new(); OPS.len()];
-    let mut truths_by_op: Vec<Vec<Weight>> = vec![Vec::new(); OPS.len()];
+    let mut calls_by_op: Vec<Vec<&Planned>> = vec![Vec::new(); OPS.len()];
     for (wave, calls) in plan.chunks(per_wave).enumerate() {
         let due = started + Duration::from_millis(wave as u64);
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
@@ -206,23 +208,25 @@ pub fn drive(ops: &MixedOps, plan: &[Planned], rate: f64) -> StreamRun {
         }
         for call in calls {
             by_op[call.op].push((call.size, call.declared));
-            truths_by_op[call.op].push(call.truth);
+            calls_by_op[call.op].push(call);
         }
-        for (op, (args, truths)) in by_op.iter_mut().zip(truths_by_op.iter_mut()).enumerate() {
+        for (op, (args, calls)) in by_op.iter_mut().zip(calls_by_op.iter_mut()).enumerate() {
             if args.is_empty() {
                 continue;
             }
             let submitted = ops.ops[op].submit_many_tagged(args.drain(..));
-            tokens.extend(submitted.into_iter().zip(truths.drain(..)));
+            tokens.extend(submitted.into_iter().zip(calls.drain(..)));
         }
     }
     let mut truths = Vec::with_capacity(tokens.len());
+    let mut declared = Vec::with_capacity(tokens.len());
     let mut failures = 0;
-    for (token, truth) in tokens {
-        truths.push((token.id(), truth));
+    for (token, call) in tokens {
+        truths.push((token.id(), call.truth));
+        declared.push(call.declared);
         failures += usize::from(token.wait().is_err());
     }
-    StreamRun { makespan: started.elapsed(), truths, failures }
+    StreamRun { makespan: started.elapsed(), truths, declared, failures }
 }
 
 /// Latency of one kind of token, from the engine's own records.

@@ -1,0 +1,40 @@
+//! Per-token routing cost: the learned router (flat-tree walk over the shipped model)
+//! against the tag router, in the same process. 1,024 tokens per iteration; divide the
+//! time by 1,024 for the per-token figure.
+//!
+//! Run: `cargo bench --workspace --bench routing`.
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use tokengate::model::Model;
+use tokengate::{Features, LearnedRouter, Router, StaticRouter, Weight};
+
+fn features() -> Vec<Features> {
+    (0..1024u64)
+        .map(|i| Features::new((i % 4) as u32, Weight::Light, (i * 7919) % 2_000_000))
+        .collect()
+}
+
+fn routing(c: &mut Criterion) {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/models/default.bin");
+    let model = Model::load(path).expect("the shipped model");
+    let learned = LearnedRouter::new(model.clone(), StaticRouter::new(128));
+    for (i, name) in model.header().ops.iter().take(4).enumerate() {
+        learned.register_op(i as u32, name);
+    }
+    let tags = StaticRouter::new(128);
+    let features = features();
+    let mut group = c.benchmark_group("route_1024_tokens");
+    group.throughput(Throughput::Elements(features.len() as u64));
+    group.bench_function("tags", |b| {
+        b.iter(|| features.iter().map(|f| tags.route(std::hint::black_box(f)).batch).sum::<u32>())
+    });
+    group.bench_function("learned", |b| {
+        b.iter(|| {
+            features.iter().map(|f| learned.route(std::hint::black_box(f)).batch).sum::<u32>()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, routing);
+criterion_main!(benches);

@@ -1,0 +1,123 @@
+//! The learning loop end to end: a workload logs Parquet → the trainer fits a model on
+//! those files → the engine loads it and places mislabelled heavy work on the heavy
+//! lane, which the tag router does not.
+
+use std::collections::HashMap;
+use std::fs::File;
+
+use polars::prelude::{ParquetReader, SerReader};
+use tokengate::telemetry::{TokenRecord, COLUMNS};
+use tokengate::workloads::mixed::{self, MixedConfig, MixedOps};
+use tokengate::{Engine, EngineBuilder, LaneSet, RouteSource, Weight};
+use trainer::{dataset, fit};
+
+/// Runs a mislabelled stream and returns the records with each token's (truth, tag).
+fn run_stream(
+    builder: EngineBuilder,
+    seed: u64,
+) -> (Engine, Vec<TokenRecord>, HashMap<u64, (Weight, Weight)>) {
+    let config = MixedConfig { tokens: 2_000, seed, mislabel_share: 0.25, rate: 50_000.0 };
+    let plan = mixed::plan(&config);
+    let engine = builder.build().expect("engine");
+    let ops = MixedOps::register(&engine).unwrap();
+    let run = mixed::drive(&ops, &plan, config.rate);
+    assert_eq!(run.failures, 0);
+    engine.shutdown();
+    let records = engine.take_records();
+    let tags = run.truths.iter().zip(&run.declared).map(|(&(id, truth), &tag)| (id, (truth, tag)));
+    (engine, records, tags.collect())
+}
+
+#[test]
+fn logged_runs_train_a_model_that_routes_mislabelled_heavy_work_to_the_heavy_lane() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+
+    // 1. Collect data with the tag router, logging every token to Parquet.
+    let builder = Engine::builder().pin(false).workers(2).log_dir(&logs).log_in_memory();
+    let (engine, records, _) = run_stream(builder, 1);
+    let stats = engine.telemetry_stats().unwrap();
+    assert_eq!((stats.recorded, stats.dropped), (2_000, 0));
+    assert_eq!(stats.written, 2_000);
+    assert!(stats.errors.is_empty(), "{:?}", stats.errors);
+    assert_eq!(records.len(), 2_000);
+
+    // Every segment is a complete Parquet file with the documented columns.
+    let mut rows = 0;
+    for path in &stats.files {
+        let frame = ParquetReader::new(File::open(path).unwrap()).finish().unwrap();
+        let names: Vec<String> = frame.get_column_names().iter().map(|n| n.to_string()).collect();
+        assert_eq!(names, COLUMNS);
+        rows += frame.height();
+    }
+    assert_eq!(rows, 2_000);
+
+    // 2. Fit on those files, as `trainer fit --data DIR` does.
+    let files = dataset::collect_files(&[logs.display().to_string()]).unwrap();
+    let data = dataset::load(&files, |_| {}).unwrap();
+    assert_eq!(data.rows.len(), 2_000);
+    let fitted = fit::fit(&data, &fit::FitOptions::default()).unwrap();
+    assert_eq!(fitted.flat_mismatches, 0, "flat tree and linfa agree");
+    assert!(fitted.metrics.accuracy > 0.9, "held-out accuracy {}", fitted.metrics.accuracy);
+    let model = dir.path().join("model.bin");
+    std::fs::write(&model, &fitted.bytes).unwrap();
+
+    // 3. Run a new stream (another seed) under the learned and the tag router. Heavy
+    //    lanes are isolated so "ran on the heavy lane" follows from placement alone.
+    let learned = Engine::builder().pin(false).workers(2).isolate_heavy(true).model(&model);
+    let tags = Engine::builder().pin(false).workers(2).isolate_heavy(true);
+    let (learned_engine, learned_records, truths) = run_stream(learned.log_in_memory(), 2);
+    let (tags_engine, tags_records, _) = run_stream(tags.log_in_memory(), 2);
+    assert_ne!(learned_engine.model_version(), 0);
+    assert_eq!(tags_engine.model_version(), 0);
+
+    let heavy_lane = learned_engine.lanes().iter().find(|l| l.set == LaneSet::Heavy).unwrap().index;
+    let mislabelled_heavy = |records: &[TokenRecord]| -> Vec<TokenRecord> {
+        records
+            .iter()
+            .filter(|r| truths.get(&r.token_id) == Some(&(Weight::Heavy, Weight::Light)))
+            .copied()
+            .collect()
+    };
+    let learned_heavy = mislabelled_heavy(&learned_records);
+    let tags_heavy = mislabelled_heavy(&tags_records);
+    assert!(learned_heavy.len() >= 10, "the stream has mislabelled heavy tokens");
+    assert_eq!(learned_heavy.len(), tags_heavy.len());
+
+    let share = |records: &[TokenRecord], pred: &dyn Fn(&TokenRecord) -> bool| {
+        records.iter().filter(|r| pred(r)).count() as f64 / records.len() as f64
+    };
+    let placed_heavy = |r: &TokenRecord| r.lane_set == LaneSet::Heavy;
+    let ran_heavy = |r: &TokenRecord| usize::from(r.lane) == heavy_lane;
+    assert!(share(&learned_heavy, &placed_heavy) >= 0.9, "learned router places them heavy");
+    assert!(share(&learned_heavy, &ran_heavy) >= 0.9, "and they run on the heavy lane");
+    assert!(learned_heavy.iter().all(|r| r.route_source == RouteSource::Model));
+    assert_eq!(share(&tags_heavy, &placed_heavy), 0.0, "the tag router believes the tag");
+    assert!(tags_heavy.iter().all(|r| r.route_source == RouteSource::Tag));
+    assert!(share(&tags_heavy, &ran_heavy) < 0.5, "so they mostly run among light work");
+}
+
+#[test]
+fn logging_accounts_for_every_token_written_or_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::builder().log_dir(dir.path()).build().unwrap();
+    let pyramid = tokengate::workloads::leibniz::Pyramid::register(&engine).unwrap();
+    let outcome = pyramid.run(&engine, 200_000, 32, |_| {}).unwrap();
+    engine.shutdown();
+    let stats = engine.telemetry_stats().unwrap();
+    // Workers never wait for the writer: whatever it could not take is counted, not lost.
+    assert_eq!(stats.recorded + stats.dropped, outcome.tokens);
+    assert_eq!(stats.written, stats.recorded);
+    let on_disk: usize = stats
+        .files
+        .iter()
+        .map(|p| ParquetReader::new(File::open(p).unwrap()).finish().unwrap().height())
+        .sum();
+    assert_eq!(on_disk as u64, stats.written);
+    // No half-written segment is left behind.
+    let leftovers = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".tmp"))
+        .count();
+    assert_eq!(leftovers, 0);
+}
