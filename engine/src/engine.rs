@@ -5,13 +5,13 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
-use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crate::admission::Admission;
 use crate::error::{BuildError, RegisterError, TokenError};
 use crate::lanes::{self, LaneConfig, LaneInfo, LaneStats, Lanes, MAX_LANES};
 use crate::model::Model;
-use crate::operation::{BoxFn, Operation, SizeHint};
+use crate::operation::{BoxFn, Context, OpOptions, Operation, RetryPolicy, SizeHint};
 use crate::router::{LearnedRouter, Router, StaticRouter, Weight};
 use crate::telemetry::{Sink, Telemetry, TelemetryStats, TokenRecord};
 
@@ -24,6 +24,8 @@ pub(crate) struct Shared {
     /// Tokens per `submit_many` chunk: one slot allocation and one permit CAS each.
     pub(crate) chunk_len: usize,
     names: Mutex<HashMap<String, u32>>,
+    /// The engine's runtime: deadlines and retry backoffs run on it.
+    pub(crate) runtime: tokio::runtime::Handle,
     /// Op id → name, for telemetry.
     op_names: Arc<RwLock<Vec<String>>>,
 }
@@ -190,6 +192,8 @@ impl EngineBuilder {
             isolate_heavy: self.isolate_heavy,
             steal_backlog: self.steal_backlog,
             telemetry,
+            admission: Arc::clone(&admission),
+            pin: self.pin,
         }));
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -197,8 +201,9 @@ impl EngineBuilder {
             .enable_all()
             .build()
             .map_err(BuildError::io)?;
-        let threads = lanes::spawn_workers(&lanes, &admission, self.pin).map_err(BuildError::io)?;
+        lanes::spawn_workers(&lanes).map_err(BuildError::io)?;
         let shared = Arc::new(Shared {
+            runtime: runtime.handle().clone(),
             chunk_len: valid.capacity.min(4096),
             admission,
             lanes,
@@ -207,7 +212,7 @@ impl EngineBuilder {
             names: Mutex::new(HashMap::new()),
             op_names,
         });
-        Ok(Engine { shared, threads: Mutex::new(threads), runtime: Some(runtime) })
+        Ok(Engine { shared, stopped: Mutex::new(false), runtime: Some(runtime) })
     }
 
     fn check(&self) -> Result<ValidConfig, BuildError> {
@@ -290,19 +295,58 @@ struct ValidConfig {
 }
 
 /// Registers one operation with options; from [`Engine::operation`].
-#[derive(Debug)]
 pub struct OperationBuilder<'e, A> {
     engine: &'e Engine,
     name: String,
     weight: Weight,
-    size_hint: Option<SizeHint<A>>,
+    options: OpOptions<A>,
+}
+
+impl<A> std::fmt::Debug for OperationBuilder<'_, A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OperationBuilder")
+            .field("name", &self.name)
+            .field("weight", &self.weight)
+            .field("timeout", &self.options.timeout)
+            .field("retry", &self.options.retry)
+            .field("queue_limit", &self.options.queue_limit)
+            .finish()
+    }
+}
+
+impl<A: Clone> OperationBuilder<'_, A> {
+    /// Runs failed calls again under `policy` (the argument is cloned for each retry).
+    /// Each attempt is logged with its number; the token resolves once, with the last
+    /// attempt's outcome.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.options.retry = Some(policy);
+        self.options.clone_arg = Some(A::clone);
+        self
+    }
 }
 
 impl<A: Send + 'static> OperationBuilder<'_, A> {
     /// A cheap function giving each argument's size (bytes, elements, iterations…):
     /// the learned router's main input besides the operation itself.
     pub fn size_hint(mut self, hint: SizeHint<A>) -> Self {
-        self.size_hint = Some(hint);
+        self.options.size_hint = Some(hint);
+        self
+    }
+
+    /// Each call resolves as [`TokenError::TimedOut`] once `timeout` has passed since it
+    /// was queued, even if a lane is still running it: the late result is discarded, and
+    /// a lane stuck past a deadline is replaced by a fresh thread on the same core (the
+    /// stuck one retires when the call returns). Timed calls run one per batch.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.options.timeout = Some(timeout);
+        self
+    }
+
+    /// At most `limit` tokens of this operation admitted and unprocessed at once, so it
+    /// cannot take the whole engine's capacity: `submit` waits, `try_submit` is
+    /// rejected as overloaded.
+    pub fn queue_limit(mut self, limit: usize) -> Self {
+        self.options.queue_limit = Some(limit.max(1));
         self
     }
 
@@ -312,8 +356,8 @@ impl<A: Send + 'static> OperationBuilder<'_, A> {
         R: Send + 'static,
         F: Fn(A) -> R + Send + Sync + 'static,
     {
-        let f: BoxFn<A, R> = Box::new(move |a| Ok(f(a)));
-        self.engine.add_operation(&self.name, self.weight, self.size_hint, f)
+        let f: BoxFn<A, R> = Box::new(move |a, _| Ok(f(a)));
+        self.engine.add_operation(&self.name, self.weight, self.options, f)
     }
 
     /// Registers a function returning `Result` (see [`Engine::register_fallible`]).
@@ -323,8 +367,35 @@ impl<A: Send + 'static> OperationBuilder<'_, A> {
         E: std::fmt::Display,
         F: Fn(A) -> Result<R, E> + Send + Sync + 'static,
     {
-        let f: BoxFn<A, R> = Box::new(move |a| f(a).map_err(|e| TokenError::Failed(e.to_string())));
-        self.engine.add_operation(&self.name, self.weight, self.size_hint, f)
+        let f: BoxFn<A, R> =
+            Box::new(move |a, _| f(a).map_err(|e| TokenError::Failed(e.to_string())));
+        self.engine.add_operation(&self.name, self.weight, self.options, f)
+    }
+
+    /// Registers a function that also receives its run's [`Context`], to notice a
+    /// passed deadline and stop early (cooperative cancellation).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # let engine = tokengate::Engine::builder().build()?;
+    /// let spin = engine
+    ///     .operation("spin", tokengate::Weight::Heavy)
+    ///     .timeout(Duration::from_millis(20))
+    ///     .register_with_context(|(), cx: &tokengate::Context<'_>| {
+    ///         while !cx.is_cancelled() {
+    ///             std::thread::sleep(Duration::from_millis(1));
+    ///         }
+    ///     })?;
+    /// assert_eq!(spin.submit(()).wait(), Err(tokengate::TokenError::TimedOut));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn register_with_context<R, F>(self, f: F) -> Result<Operation<A, R>, RegisterError>
+    where
+        R: Send + 'static,
+        F: Fn(A, &Context<'_>) -> R + Send + Sync + 'static,
+    {
+        let f: BoxFn<A, R> = Box::new(move |a, cx| Ok(f(a, cx)));
+        self.engine.add_operation(&self.name, self.weight, self.options, f)
     }
 }
 
@@ -334,7 +405,8 @@ impl<A: Send + 'static> OperationBuilder<'_, A> {
 /// and the lane threads are joined.
 pub struct Engine {
     shared: Arc<Shared>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Set once the lanes have been joined.
+    stopped: Mutex<bool>,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -392,14 +464,19 @@ impl Engine {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn operation<A>(&self, name: &str, weight: Weight) -> OperationBuilder<'_, A> {
-        OperationBuilder { engine: self, name: name.to_string(), weight, size_hint: None }
+        OperationBuilder {
+            engine: self,
+            name: name.to_string(),
+            weight,
+            options: OpOptions::default(),
+        }
     }
 
     fn add_operation<A, R>(
         &self,
         name: &str,
         weight: Weight,
-        size_hint: Option<SizeHint<A>>,
+        options: OpOptions<A>,
         f: BoxFn<A, R>,
     ) -> Result<Operation<A, R>, RegisterError>
     where
@@ -408,7 +485,7 @@ impl Engine {
     {
         let id = self.claim_name(name)?;
         self.shared.router.register_op(id, name);
-        Ok(Operation::new(Arc::clone(&self.shared), id, name, weight, size_hint, f))
+        Ok(Operation::new(Arc::clone(&self.shared), id, name, weight, options, f))
     }
 
     fn claim_name(&self, name: &str) -> Result<u32, RegisterError> {
@@ -478,20 +555,74 @@ impl Engine {
     /// Drains and stops: rejects new work, lets every admitted token finish, joins the
     /// lanes. Idempotent; also run by `Drop`.
     pub fn shutdown(&self) {
+        self.shutdown_with(Shutdown::Drain);
+    }
+
+    /// Stops the engine: new work is rejected at once, then
+    /// * [`Shutdown::Drain`] runs everything admitted (retries included);
+    /// * [`Shutdown::Abort`] resolves everything still waiting as
+    ///   `Cancelled { by: Shutdown }` and waits only for running calls, which their
+    ///   deadlines bound (a lane stuck past a deadline is abandoned, not joined).
+    ///
+    /// Either way every token resolves, the lanes are joined and the telemetry's last
+    /// segment is written before this returns. Calling it again does nothing.
+    pub fn shutdown_with(&self, mode: Shutdown) {
+        let mut stopped = self.stopped.lock().unwrap_or_else(|e| e.into_inner());
+        if *stopped {
+            return;
+        }
+        self.stop_handle().begin(mode);
+        self.shared.lanes.join();
+        // Every lane has flushed its records; let the writer finish the last segment.
+        if let Some(telemetry) = self.shared.lanes.telemetry() {
+            telemetry.finish();
+        }
+        *stopped = true;
+    }
+
+    /// A handle that starts a shutdown from anywhere (a signal handler, another
+    /// thread) without waiting for it; [`Engine::shutdown_with`] then completes it.
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle { shared: Arc::clone(&self.shared) }
+    }
+
+    /// Lanes replaced because a call overran its deadline (their old threads retire
+    /// when the call returns).
+    pub fn stuck_workers(&self) -> u64 {
+        self.shared.lanes.replaced()
+    }
+}
+
+/// How [`Engine::shutdown_with`] treats admitted work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    /// Finish everything admitted.
+    Drain,
+    /// Cancel everything waiting; wait only for running calls.
+    Abort,
+}
+
+/// Starts a shutdown without waiting for it; from [`Engine::stop_handle`].
+#[derive(Clone)]
+pub struct StopHandle {
+    shared: Arc<Shared>,
+}
+
+impl StopHandle {
+    /// Rejects new work from now on and, for [`Shutdown::Abort`], cancels queued work.
+    /// Escalating a drain to an abort is allowed; the reverse is not.
+    pub fn begin(&self, mode: Shutdown) {
         self.shared.admission.close();
+        if mode == Shutdown::Abort {
+            self.shared.lanes.begin_abort();
+        }
         self.shared.lanes.begin_shutdown();
-        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
-        let joined = !threads.is_empty();
-        for thread in threads {
-            // A lane thread only ends by returning; user panics are caught per token.
-            let _ = thread.join();
-        }
-        if joined {
-            // Every lane has flushed its records; let the writer finish the last segment.
-            if let Some(telemetry) = self.shared.lanes.telemetry() {
-                telemetry.finish();
-            }
-        }
+    }
+}
+
+impl std::fmt::Debug for StopHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StopHandle").finish_non_exhaustive()
     }
 }
 

@@ -17,7 +17,7 @@
 //! pairing on both sides). Parking also has a timeout, as a backstop.
 
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Barrier, OnceLock};
+use std::sync::{Arc, Barrier, Mutex, OnceLock};
 use std::thread::{self, JoinHandle, Thread};
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ use crossbeam_deque::{Injector, Steal};
 
 use crossbeam_channel::Sender;
 
-use crate::admission::Admission;
+use crate::admission::{Admission, OpQueue};
 use crate::router::LaneSet;
 use crate::telemetry::{Telemetry, TokenRecord, FLUSH_ROWS};
 
@@ -39,14 +39,32 @@ const PARK_TIMEOUT: Duration = Duration::from_millis(20);
 pub(crate) trait Job: Send {
     /// Tokens in the batch.
     fn len(&self) -> usize;
-    /// Runs (or skips, if resolved elsewhere) every token of the batch.
-    fn run(self: Box<Self>, lane: &mut LaneCtx);
+    /// Runs (or skips, if resolved elsewhere) every token of the batch and gives its
+    /// admission permits back.
+    fn run(self: Box<Self>, lane: &mut LaneCtx) -> RunEnd;
+}
+
+/// How a batch left its lane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RunEnd {
+    /// Normally: the lane goes on.
+    Done,
+    /// The lane was replaced while this thread overran a deadline: the thread retires.
+    Retired,
+}
+
+/// The token a lane is running under a deadline, and whose permit to give back if the
+/// lane is replaced meanwhile.
+struct Watch {
+    token_id: u64,
+    queue: Arc<OpQueue>,
 }
 
 pub(crate) type BoxJob = Box<dyn Job>;
 
 /// A lane's own state, handed to each batch it runs.
 pub(crate) struct LaneCtx {
+    lanes: Arc<Lanes>,
     pub(crate) index: u16,
     /// The pinned core, or -1.
     pub(crate) core: i32,
@@ -56,10 +74,30 @@ pub(crate) struct LaneCtx {
 }
 
 impl LaneCtx {
-    fn new(index: usize, core: i32, telemetry: Option<&Arc<Telemetry>>) -> Self {
-        let telemetry = telemetry.and_then(|t| t.sender().map(|sender| (Arc::clone(t), sender)));
+    fn new(lanes: Arc<Lanes>, index: usize, core: i32) -> Self {
+        let telemetry =
+            lanes.telemetry.as_ref().and_then(|t| t.sender().map(|sender| (Arc::clone(t), sender)));
         let records = if telemetry.is_some() { Vec::with_capacity(FLUSH_ROWS) } else { Vec::new() };
-        LaneCtx { index: index as u16, core, batches: 0, records, telemetry }
+        LaneCtx { lanes, index: index as u16, core, batches: 0, records, telemetry }
+    }
+
+    /// True once the engine is shutting down with `Abort`: queued work is cancelled.
+    pub(crate) fn aborting(&self) -> bool {
+        self.lanes.is_aborting()
+    }
+
+    /// Marks this lane as running `token_id` under a deadline.
+    pub(crate) fn watch(&self, token_id: u64, queue: &Arc<OpQueue>) {
+        let lane = &self.lanes.lanes[usize::from(self.index)];
+        *lane.watch.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(Watch { token_id, queue: Arc::clone(queue) });
+    }
+
+    /// Clears the mark. False if the lane was replaced meanwhile (the replacement then
+    /// owns the token's permit and this thread must retire).
+    pub(crate) fn unwatch(&self) -> bool {
+        let lane = &self.lanes.lanes[usize::from(self.index)];
+        lane.watch.lock().unwrap_or_else(|e| e.into_inner()).take().is_some()
     }
 
     /// An engine-unique batch id: the lane in the top 16 bits, a lane-local sequence below.
@@ -112,8 +150,20 @@ struct Lane {
     core: Option<core_affinity::CoreId>,
     executed: AtomicU64,
     batches: AtomicU64,
-    thread: OnceLock<Thread>,
+    /// The thread serving the lane now (a replacement takes over the slot).
+    thread: Mutex<Option<Thread>>,
     info: OnceLock<LaneInfo>,
+    watch: Mutex<Option<Watch>>,
+    /// Bumped each time the lane's thread is replaced.
+    generation: AtomicU64,
+}
+
+impl Lane {
+    fn unpark(&self) {
+        if let Some(thread) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            thread.unpark();
+        }
+    }
 }
 
 /// Counters of one lane.
@@ -139,7 +189,13 @@ pub(crate) struct Lanes {
     /// Light lanes take heavy batches only when at least this many are queued.
     steal_backlog: usize,
     shutdown: AtomicBool,
+    abort: AtomicBool,
     telemetry: Option<Arc<Telemetry>>,
+    admission: Arc<Admission>,
+    pin: bool,
+    /// (lane, generation, thread): retired threads are never joined (they may be stuck).
+    handles: Mutex<Vec<(usize, u64, JoinHandle<()>)>>,
+    replaced: AtomicU64,
 }
 
 pub(crate) struct LaneConfig {
@@ -148,6 +204,8 @@ pub(crate) struct LaneConfig {
     pub isolate_heavy: bool,
     pub steal_backlog: usize,
     pub telemetry: Option<Arc<Telemetry>>,
+    pub admission: Arc<Admission>,
+    pub pin: bool,
 }
 
 impl Lanes {
@@ -164,8 +222,10 @@ impl Lanes {
                 core,
                 executed: AtomicU64::new(0),
                 batches: AtomicU64::new(0),
-                thread: OnceLock::new(),
+                thread: Mutex::new(None),
                 info: OnceLock::new(),
+                watch: Mutex::new(None),
+                generation: AtomicU64::new(0),
             })
             .collect();
         let mut primary = [0u64; 2];
@@ -186,7 +246,63 @@ impl Lanes {
             has_heavy: config.heavy_lanes > 0,
             steal_backlog: config.steal_backlog.max(1),
             shutdown: AtomicBool::new(false),
+            abort: AtomicBool::new(false),
             telemetry: config.telemetry,
+            admission: config.admission,
+            pin: config.pin,
+            handles: Mutex::new(Vec::new()),
+            replaced: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn is_aborting(&self) -> bool {
+        self.abort.load(Ordering::Relaxed)
+    }
+
+    /// Lanes replaced because their thread overran a deadline.
+    pub(crate) fn replaced(&self) -> u64 {
+        self.replaced.load(Ordering::Relaxed)
+    }
+
+    /// A deadline passed while `token_id` was running: if a lane is still running it,
+    /// give its permit back, and start a replacement thread on the same core so the
+    /// lane keeps serving. The stuck thread retires when the call returns.
+    pub(crate) fn retire_stuck(self: &Arc<Self>, token_id: u64) {
+        for (index, lane) in self.lanes.iter().enumerate() {
+            let mut watch = lane.watch.lock().unwrap_or_else(|e| e.into_inner());
+            if watch.as_ref().is_some_and(|w| w.token_id == token_id) {
+                let stuck = watch.take().expect("checked above");
+                drop(watch);
+                self.replaced.fetch_add(1, Ordering::Relaxed);
+                lane.generation.fetch_add(1, Ordering::SeqCst);
+                if let Err(e) = spawn_lane(self, index, None) {
+                    tracing::error!("could not replace stuck lane {index}: {e}");
+                }
+                // Released after the replacement exists, so a drain cannot finish
+                // (and stop the lanes) in between.
+                self.admission.release(1, &stuck.queue);
+                return;
+            }
+        }
+    }
+
+    /// Cancels all queued work from now on (shutdown with `Abort`).
+    pub(crate) fn begin_abort(&self) {
+        self.abort.store(true, Ordering::SeqCst);
+        self.wake_all();
+    }
+
+    /// Joins every lane's current thread; threads retired while stuck are detached.
+    pub(crate) fn join(&self) {
+        let handles = std::mem::take(&mut *self.handles.lock().unwrap_or_else(|e| e.into_inner()));
+        for (index, generation, handle) in handles {
+            if self.lanes[index].generation.load(Ordering::SeqCst) == generation {
+                let _ = handle.join();
+            }
+        }
+        // A replacement spawned while we joined is joined too.
+        if !self.handles.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
+            self.join();
         }
     }
 
@@ -241,9 +357,7 @@ impl Lanes {
             // Claim the sleeper so the next push wakes a different one.
             let before = self.idle.fetch_and(!bit, Ordering::SeqCst);
             if before & bit != 0 {
-                if let Some(thread) = self.lanes[bit.trailing_zeros() as usize].thread.get() {
-                    thread.unpark();
-                }
+                self.lanes[bit.trailing_zeros() as usize].unpark();
                 return;
             }
             idle = before & !bit;
@@ -253,9 +367,7 @@ impl Lanes {
     fn wake_all(&self) {
         self.idle.store(0, Ordering::SeqCst);
         for lane in self.lanes.iter() {
-            if let Some(thread) = lane.thread.get() {
-                thread.unpark();
-            }
+            lane.unpark();
         }
     }
 
@@ -308,7 +420,8 @@ impl Lanes {
             || (self.may_take(lane, 1 - own) && !self.queues[1 - own].is_empty())
     }
 
-    fn worker_loop(&self, index: usize, admission: &Admission, ctx: &mut LaneCtx) {
+    fn worker_loop(&self, index: usize, ctx: &mut LaneCtx) {
+        let admission = &self.admission;
         let lane = &self.lanes[index];
         let bit = 1u64 << index;
         let mut misses = 0u32;
@@ -320,8 +433,10 @@ impl Lanes {
                 let tokens = job.len();
                 lane.executed.fetch_add(tokens as u64, Ordering::Relaxed);
                 lane.batches.fetch_add(1, Ordering::Relaxed);
-                job.run(ctx);
-                admission.release(tokens);
+                if job.run(ctx) == RunEnd::Retired {
+                    ctx.flush();
+                    return;
+                }
                 continue;
             }
             if self.shutdown.load(Ordering::SeqCst) && admission.in_flight() == 0 {
@@ -361,32 +476,39 @@ fn steal(queue: &Injector<BoxJob>) -> Option<BoxJob> {
 }
 
 /// Starts one thread per lane, pins each, and waits until all have reported in.
-pub(crate) fn spawn_workers(
-    lanes: &Arc<Lanes>,
-    admission: &Arc<Admission>,
-    pin: bool,
-) -> std::io::Result<Vec<JoinHandle<()>>> {
+pub(crate) fn spawn_workers(lanes: &Arc<Lanes>) -> std::io::Result<()> {
     let ready = Arc::new(Barrier::new(lanes.len() + 1));
-    let mut handles = Vec::with_capacity(lanes.len());
     for index in 0..lanes.len() {
-        let lanes = Arc::clone(lanes);
-        let admission = Arc::clone(admission);
-        let ready = Arc::clone(&ready);
-        let handle =
-            thread::Builder::new().name(format!("tokengate-lane-{index}")).spawn(move || {
-                let lane = &lanes.lanes[index];
-                let _ = lane.thread.set(thread::current());
-                let info = pin_current(index, lane, pin);
-                let core = if info.pinned { info.core.map_or(-1, |c| c as i32) } else { -1 };
-                let _ = lane.info.set(info);
-                let mut ctx = LaneCtx::new(index, core, lanes.telemetry.as_ref());
-                ready.wait();
-                lanes.worker_loop(index, &admission, &mut ctx);
-            })?;
-        handles.push(handle);
+        spawn_lane(lanes, index, Some(Arc::clone(&ready)))?;
     }
     ready.wait();
-    Ok(handles)
+    Ok(())
+}
+
+/// Starts the thread that serves lane `index` (at start, or to replace a stuck one).
+fn spawn_lane(
+    lanes: &Arc<Lanes>,
+    index: usize,
+    ready: Option<Arc<Barrier>>,
+) -> std::io::Result<()> {
+    let generation = lanes.lanes[index].generation.load(Ordering::SeqCst);
+    let handle = {
+        let lanes = Arc::clone(lanes);
+        thread::Builder::new().name(format!("tokengate-lane-{index}")).spawn(move || {
+            let lane = &lanes.lanes[index];
+            *lane.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread::current());
+            let info = pin_current(index, lane, lanes.pin);
+            let core = if info.pinned { info.core.map_or(-1, |c| c as i32) } else { -1 };
+            let _ = lane.info.set(info);
+            let mut ctx = LaneCtx::new(Arc::clone(&lanes), index, core);
+            if let Some(ready) = ready {
+                ready.wait();
+            }
+            lanes.worker_loop(index, &mut ctx);
+        })?
+    };
+    lanes.handles.lock().unwrap_or_else(|e| e.into_inner()).push((index, generation, handle));
+    Ok(())
 }
 
 static PIN_WARNING: std::sync::Once = std::sync::Once::new();

@@ -53,10 +53,10 @@ pub mod telemetry;
 mod token;
 pub mod workloads;
 
-pub use engine::{Engine, EngineBuilder, OperationBuilder};
+pub use engine::{Engine, EngineBuilder, OperationBuilder, Shutdown, StopHandle};
 pub use error::{BuildError, CancelSource, RegisterError, RejectReason, TokenError};
 pub use lanes::{LaneInfo, LaneStats};
-pub use operation::{OpStats, Operation, SizeHint};
+pub use operation::{Context, OpStats, Operation, RetryPolicy, SizeHint};
 pub use router::{
     EwmaRouter, Features, LaneSet, LearnedRouter, Placement, RouteSource, Router, StaticRouter,
     Weight, MAX_OPS,

@@ -3,28 +3,128 @@
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use crate::admission::OpQueue;
 use crate::engine::Shared;
-use crate::error::{RejectReason, TokenError};
-use crate::lanes::{Job, LaneCtx};
+use crate::error::{CancelSource, RejectReason, TokenError};
+use crate::lanes::{Job, LaneCtx, RunEnd};
 use crate::router::{Features, LaneSet, RouteSource, Weight};
 use crate::telemetry::{RecordOutcome, TokenRecord};
-use crate::token::{block_on, Chunk, Outcome, Token};
+use crate::token::{block_on, Chunk, Expired, Outcome, Resolutions, Token, FIRST_ATTEMPT};
 
-pub(crate) type BoxFn<A, R> = Box<dyn Fn(A) -> Result<R, TokenError> + Send + Sync>;
+pub(crate) type BoxFn<A, R> = Box<dyn Fn(A, &Context<'_>) -> Result<R, TokenError> + Send + Sync>;
 
 /// A cheap function from an argument to its size hint (a router feature).
 pub type SizeHint<A> = fn(&A) -> u64;
+
+/// What a running call can ask about its own token: whether it is still wanted.
+///
+/// Sync code cannot be pre-empted; a long operation registered with
+/// [`OperationBuilder::register_with_context`](crate::OperationBuilder::register_with_context)
+/// checks [`Context::is_cancelled`] now and then and returns early once its deadline
+/// has passed (its result would be discarded anyway).
+pub struct Context<'a> {
+    still_running: &'a dyn Fn() -> bool,
+    attempt: u8,
+}
+
+impl Context<'_> {
+    /// True once the token no longer needs this run: it timed out (or moved on to
+    /// another attempt) while running.
+    pub fn is_cancelled(&self) -> bool {
+        !(self.still_running)()
+    }
+
+    /// This run's attempt number (1 for the first).
+    pub fn attempt(&self) -> u8 {
+        self.attempt
+    }
+}
+
+impl std::fmt::Debug for Context<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").field("attempt", &self.attempt).finish()
+    }
+}
+
+/// When and how often a failed call is run again. The caller's token resolves once,
+/// with the last attempt's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included (2..=255 to retry at all).
+    pub max_attempts: u8,
+    /// Retry after a panic.
+    pub on_panic: bool,
+    /// Retry after the function returned an error.
+    pub on_error: bool,
+    /// Retry after a deadline passed.
+    pub on_timeout: bool,
+    /// Wait before attempt `n + 1`: `backoff × 2^(n - 1)`.
+    pub backoff: Duration,
+}
+
+impl RetryPolicy {
+    /// Up to `max_attempts` attempts on any failure, without backoff.
+    pub fn new(max_attempts: u8) -> Self {
+        RetryPolicy {
+            max_attempts,
+            on_panic: true,
+            on_error: true,
+            on_timeout: true,
+            backoff: Duration::ZERO,
+        }
+    }
+
+    /// Sets which failures are retried.
+    pub fn on(mut self, panic: bool, error: bool, timeout: bool) -> Self {
+        (self.on_panic, self.on_error, self.on_timeout) = (panic, error, timeout);
+        self
+    }
+
+    /// Sets the base backoff (doubled after each attempt).
+    pub fn backoff(mut self, backoff: Duration) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    fn delay(&self, failed_attempt: u8) -> Duration {
+        self.backoff.saturating_mul(1 << failed_attempt.saturating_sub(1).min(16))
+    }
+}
+
+/// Per-operation options, set on [`OperationBuilder`](crate::OperationBuilder).
+pub(crate) struct OpOptions<A> {
+    pub(crate) size_hint: Option<SizeHint<A>>,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) retry: Option<RetryPolicy>,
+    /// `A::clone`, when retries need the argument again.
+    pub(crate) clone_arg: Option<fn(&A) -> A>,
+    pub(crate) queue_limit: Option<usize>,
+}
+
+impl<A> Default for OpOptions<A> {
+    fn default() -> Self {
+        OpOptions {
+            size_hint: None,
+            timeout: None,
+            retry: None,
+            clone_arg: None,
+            queue_limit: None,
+        }
+    }
+}
 
 pub(crate) struct OpShared<A, R> {
     engine: Arc<Shared>,
     id: u32,
     name: String,
     weight: Weight,
-    size_hint: Option<SizeHint<A>>,
+    options: OpOptions<A>,
     f: BoxFn<A, R>,
     counters: OpCounters,
+    queue: Arc<OpQueue>,
+    resolutions: Arc<Resolutions>,
     /// Running average runtime per token (ns), updated once per batch.
     recent_ns: AtomicU64,
 }
@@ -33,9 +133,109 @@ pub(crate) struct OpShared<A, R> {
 struct OpCounters {
     submitted: AtomicU64,
     rejected: AtomicU64,
-    completed: AtomicU64,
-    failed: AtomicU64,
+    retried: AtomicU64,
     skipped: AtomicU64,
+}
+
+impl<A: Send + 'static, R: Send + 'static> OpShared<A, R> {
+    /// Whether a failure of `attempt` with `error` is run again.
+    fn retries(&self, attempt: u8, error: &TokenError) -> bool {
+        let Some(policy) = self.options.retry else { return false };
+        attempt < policy.max_attempts
+            && match error {
+                TokenError::Panicked { .. } => policy.on_panic,
+                TokenError::Failed(_) => policy.on_error,
+                _ => false,
+            }
+    }
+
+    fn retries_timeout(&self, attempt: u8) -> bool {
+        self.options.retry.is_some_and(|p| p.on_timeout && attempt < p.max_attempts)
+    }
+
+    /// Starts the deadline of `attempt` of token `index`: at it, the token times out
+    /// (or moves to the next attempt) even if a lane is still running it, and that
+    /// lane is replaced so it keeps serving.
+    fn arm_deadline(
+        self: &Arc<Self>,
+        chunk: &Arc<Chunk<R>>,
+        index: u32,
+        attempt: u8,
+        arg: Option<A>,
+    ) {
+        let Some(timeout) = self.options.timeout else { return };
+        let op = Arc::clone(self);
+        let chunk = Arc::downgrade(chunk);
+        self.engine.runtime.spawn(async move {
+            tokio::time::sleep(timeout).await;
+            let Some(chunk) = chunk.upgrade() else { return };
+            let retry = arg.is_some() && op.retries_timeout(attempt);
+            let expired = chunk.expire(index, attempt, retry);
+            if let Expired::TimedOut { running: true } | Expired::Retried { running: true } =
+                expired
+            {
+                op.engine.lanes.retire_stuck(chunk.id_of(index));
+            }
+            if let (Expired::Retried { .. }, Some(arg)) = (expired, arg) {
+                op.counters.retried.fetch_add(1, Relaxed);
+                Self::requeue(&op, chunk, index, arg, attempt + 1, Duration::ZERO);
+            }
+        });
+    }
+
+    /// Queues `attempt` of a token that already moved to it, after `delay`. Holds an
+    /// admission permit meanwhile, so shutdown waits for it (or cancels it, on abort).
+    fn requeue(
+        op: &Arc<Self>,
+        chunk: Arc<Chunk<R>>,
+        index: u32,
+        arg: A,
+        attempt: u8,
+        delay: Duration,
+    ) {
+        op.engine.admission.force_acquire(1, &op.queue);
+        if delay.is_zero() {
+            Self::push_single(op, chunk, index, arg, attempt);
+            return;
+        }
+        let op = Arc::clone(op);
+        let runtime = op.engine.runtime.clone();
+        runtime.spawn(async move {
+            tokio::time::sleep(delay).await;
+            Self::push_single(&op, chunk, index, arg, attempt);
+        });
+    }
+
+    fn push_single(op: &Arc<Self>, chunk: Arc<Chunk<R>>, index: u32, arg: A, attempt: u8) {
+        let engine = &op.engine;
+        if engine.lanes.is_aborting() {
+            chunk.cancel(index, CancelSource::Shutdown);
+            engine.admission.release(1, &op.queue);
+            return;
+        }
+        let features = Features {
+            op: op.id,
+            declared: op.weight,
+            arg_size: op.options.size_hint.map_or(0, |hint| hint(&arg)),
+            queue_depth: engine.admission.in_flight() as u64,
+            op_recent_ns: op.recent_ns.load(Relaxed),
+        };
+        let placement = engine.router.route(&features);
+        let meta = engine.lanes.telemetry().is_some().then(|| {
+            let mut meta = BatchMeta::new(Instant::now(), &features, engine, placement.lanes);
+            meta.tokens.push(TokenMeta::new(&features, &placement));
+            Box::new(meta)
+        });
+        let retry_arg = Self::timeout_retry_arg(op, &arg, attempt);
+        op.arm_deadline(&chunk, index, attempt, retry_arg);
+        let batch = Batch { op: Arc::clone(op), chunk, items: vec![(index, arg)], meta, attempt };
+        engine.lanes.push(placement.lanes, Box::new(batch));
+    }
+
+    /// A copy of the argument for the deadline, when a time-out would be retried.
+    fn timeout_retry_arg(op: &Self, arg: &A, attempt: u8) -> Option<A> {
+        op.retries_timeout(attempt).then(|| op.options.clone_arg.map(|clone| clone(arg))).flatten()
+    }
 }
 
 /// Counters of one operation, read with [`Operation::stats`].
@@ -50,8 +250,13 @@ pub struct OpStats {
     pub completed: u64,
     /// Tokens that panicked or returned an error.
     pub failed: u64,
-    /// Tokens resolved before a worker reached them (cancelled), as counted by the
-    /// worker that skipped them.
+    /// Tokens cancelled before they started.
+    pub cancelled: u64,
+    /// Tokens whose deadline passed.
+    pub timed_out: u64,
+    /// Attempts run again after a failure or a deadline.
+    pub retried: u64,
+    /// Queued attempts a lane skipped because they were already resolved or moved on.
     pub skipped: u64,
     /// The running-average runtime per token (ns; 0 before the first batch).
     pub recent_ns: u64,
@@ -86,7 +291,7 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
         id: u32,
         name: &str,
         weight: Weight,
-        size_hint: Option<SizeHint<A>>,
+        options: OpOptions<A>,
         f: BoxFn<A, R>,
     ) -> Self {
         let inner = OpShared {
@@ -94,9 +299,11 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
             id,
             name: name.to_string(),
             weight,
-            size_hint,
+            queue: Arc::new(OpQueue::new(options.queue_limit)),
+            options,
             f,
             counters: OpCounters::default(),
+            resolutions: Arc::new(Resolutions::default()),
             recent_ns: AtomicU64::new(0),
         };
         Operation { inner: Arc::new(inner) }
@@ -115,11 +322,15 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
     /// A snapshot of this operation's counters.
     pub fn stats(&self) -> OpStats {
         let c = &self.inner.counters;
+        let r = &self.inner.resolutions;
         OpStats {
             submitted: c.submitted.load(Relaxed),
             rejected: c.rejected.load(Relaxed),
-            completed: c.completed.load(Relaxed),
-            failed: c.failed.load(Relaxed),
+            completed: r.completed.load(Relaxed),
+            failed: r.failed.load(Relaxed),
+            cancelled: r.cancelled.load(Relaxed),
+            timed_out: r.timed_out.load(Relaxed),
+            retried: c.retried.load(Relaxed),
             skipped: c.skipped.load(Relaxed),
             recent_ns: self.inner.recent_ns.load(Relaxed),
         }
@@ -136,14 +347,14 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
 
     /// Submits one call, waiting asynchronously while the engine is at capacity.
     pub async fn submit_async(&self, arg: A) -> Token<R> {
-        let admitted = self.inner.engine.admission.acquire(1).await;
+        let admitted = self.inner.engine.admission.acquire(1, &self.inner.queue).await;
         self.admit_one(admitted, arg)
     }
 
     /// Submits one call if there is room now; otherwise returns
     /// `Err(TokenError::Rejected { reason })` (`Overloaded` or `ShuttingDown`).
     pub fn try_submit(&self, arg: A) -> Result<Token<R>, TokenError> {
-        match self.inner.engine.admission.try_acquire(1) {
+        match self.inner.engine.admission.try_acquire(1, &self.inner.queue) {
             Ok(()) => Ok(self.admit_one(Ok(()), arg)),
             Err(reason) => {
                 self.inner.counters.rejected.fetch_add(1, Relaxed);
@@ -170,7 +381,7 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
         let mut args = args.into_iter();
         let mut tokens = Vec::with_capacity(args.size_hint().0);
         loop {
-            let chunk: Vec<(A, Weight)> = args.by_ref().take(self.inner.engine.chunk_len).collect();
+            let chunk: Vec<(A, Weight)> = args.by_ref().take(self.chunk_len()).collect();
             if chunk.is_empty() {
                 return tokens;
             }
@@ -188,20 +399,28 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
         let mut tokens = Vec::with_capacity(args.size_hint().0);
         let weight = self.inner.weight;
         loop {
-            let chunk: Vec<A> = args.by_ref().take(self.inner.engine.chunk_len).collect();
+            let chunk: Vec<A> = args.by_ref().take(self.chunk_len()).collect();
             if chunk.is_empty() {
                 return tokens;
             }
-            let admitted = self.inner.engine.admission.acquire(chunk.len()).await;
+            let admitted =
+                self.inner.engine.admission.acquire(chunk.len(), &self.inner.queue).await;
             let items = chunk.into_iter().map(|arg| (arg, weight));
             self.admit_chunk(admitted, items.len(), items, &mut tokens);
         }
     }
 
+    /// Tokens admitted together: bounded by the engine and by the operation's limit.
+    fn chunk_len(&self) -> usize {
+        let engine = self.inner.engine.chunk_len;
+        self.inner.queue.limit().map_or(engine, |limit| engine.min(limit.max(1)))
+    }
+
     fn acquire_blocking(&self, n: usize) -> Result<(), RejectReason> {
         let admission = &self.inner.engine.admission;
-        match admission.try_acquire(n) {
-            Err(RejectReason::Overloaded) => block_on(admission.acquire(n)),
+        let queue = &self.inner.queue;
+        match admission.try_acquire(n, queue) {
+            Err(RejectReason::Overloaded) => block_on(admission.acquire(n, queue)),
             other => other,
         }
     }
@@ -228,7 +447,10 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
             return;
         }
         self.inner.counters.submitted.fetch_add(len as u64, Relaxed);
-        let chunk = Chunk::new(base_id, len);
+        let chunk = Chunk::new(base_id, len, Some(Arc::clone(&self.inner.resolutions)));
+        // Timed calls run one per batch: a deadline is per call, and a stuck lane is
+        // replaced without stranding anybody else's token.
+        let single = self.inner.options.timeout.is_some();
         let logging = engine.lanes.telemetry().is_some();
         let now = logging.then(Instant::now);
         let mut features = Features {
@@ -241,21 +463,18 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
         let mut pending: [Pending<A>; 2] = [Pending::new(), Pending::new()];
         for (index, (arg, declared)) in items.enumerate() {
             features.declared = declared;
-            features.arg_size = self.inner.size_hint.map_or(0, |hint| hint(&arg));
-            let placement = engine.router.route(&features);
+            features.arg_size = self.inner.options.size_hint.map_or(0, |hint| hint(&arg));
+            let mut placement = engine.router.route(&features);
+            if single {
+                placement.batch = 1;
+            }
             let set = placement.lanes;
             let open = &mut pending[set.index()];
             if let (Some(admitted_at), None) = (now, open.meta.as_ref()) {
                 open.meta = Some(Box::new(BatchMeta::new(admitted_at, &features, engine, set)));
             }
             if let Some(meta) = open.meta.as_mut() {
-                meta.tokens.push(TokenMeta {
-                    arg_size: features.arg_size,
-                    declared,
-                    source: placement.source,
-                    class: placement.class,
-                    lanes: set,
-                });
+                meta.tokens.push(TokenMeta::new(&features, &placement));
             }
             open.push(index as u32, arg, placement.batch, len - index);
             if open.is_full() {
@@ -271,11 +490,19 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
     }
 
     fn flush(&self, set: LaneSet, open: &mut Pending<A>, chunk: &Arc<Chunk<R>>) {
+        let items = std::mem::take(&mut open.items);
+        if self.inner.options.timeout.is_some() {
+            for (index, arg) in &items {
+                let retry_arg = OpShared::timeout_retry_arg(&self.inner, arg, FIRST_ATTEMPT);
+                self.inner.arm_deadline(chunk, *index, FIRST_ATTEMPT, retry_arg);
+            }
+        }
         let batch = Batch {
             op: Arc::clone(&self.inner),
             chunk: Arc::clone(chunk),
-            items: std::mem::take(&mut open.items),
+            items,
             meta: open.meta.take(),
+            attempt: FIRST_ATTEMPT,
         };
         self.inner.engine.lanes.push(set, Box::new(batch));
     }
@@ -339,12 +566,26 @@ struct TokenMeta {
     lanes: LaneSet,
 }
 
+impl TokenMeta {
+    fn new(features: &Features, placement: &crate::router::Placement) -> Self {
+        TokenMeta {
+            arg_size: features.arg_size,
+            declared: features.declared,
+            source: placement.source,
+            class: placement.class,
+            lanes: placement.lanes,
+        }
+    }
+}
+
 /// Tokens of one operation queued together; one queue operation runs them all.
 struct Batch<A, R> {
     op: Arc<OpShared<A, R>>,
     chunk: Arc<Chunk<R>>,
     items: Vec<(u32, A)>,
     meta: Option<Box<BatchMeta>>,
+    /// The attempt every item of the batch is on.
+    attempt: u8,
 }
 
 impl<A: Send + 'static, R: Send + 'static> Job for Batch<A, R> {
@@ -352,17 +593,27 @@ impl<A: Send + 'static, R: Send + 'static> Job for Batch<A, R> {
         self.items.len()
     }
 
-    fn run(self: Box<Self>, lane: &mut LaneCtx) {
-        let Batch { op, chunk, items, meta } = *self;
-        let batch_size = items.len() as u32;
+    fn run(self: Box<Self>, lane: &mut LaneCtx) -> RunEnd {
+        let Batch { op, chunk, items, meta, attempt } = *self;
+        let len = items.len();
+        if lane.aborting() {
+            for (index, _) in items {
+                chunk.cancel(index, CancelSource::Shutdown);
+            }
+            op.engine.admission.release(len, &op.queue);
+            return RunEnd::Done;
+        }
+        let batch_size = len as u32;
         let batch_id = lane.next_batch_id();
         let sample_every = lane.sample_every();
+        let timed = op.options.timeout.is_some();
         let started = Instant::now();
         let mut last = started;
-        let (mut completed, mut failed, mut skipped) = (0u64, 0u64, 0u64);
+        let (mut completed, mut failed, mut skipped, mut ran) = (0u64, 0u64, 0u64, 0u64);
+        let mut end = RunEnd::Done;
         for (position, (index, arg)) in items.into_iter().enumerate() {
             let slot = chunk.slot(index);
-            if !slot.claim() {
+            if !slot.claim(attempt) {
                 skipped += 1;
                 continue;
             }
@@ -371,16 +622,43 @@ impl<A: Send + 'static, R: Send + 'static> Job for Batch<A, R> {
             // Logging every token costs one clock read each: a token's start is the
             // previous one's end. Sampled logging reads the clock around each sample.
             let start = if logged && sample_every != 1 { Instant::now() } else { last };
-            let result = match panic::catch_unwind(AssertUnwindSafe(|| (op.f)(arg))) {
+            let retry_arg = if op.options.retry.is_some() {
+                op.options.clone_arg.map(|clone| clone(&arg))
+            } else {
+                None
+            };
+            if timed {
+                lane.watch(token_id, &op.queue);
+            }
+            let still_running = || slot.is_running(attempt);
+            let context = Context { still_running: &still_running, attempt };
+            let result = match panic::catch_unwind(AssertUnwindSafe(|| (op.f)(arg, &context))) {
                 Ok(result) => result,
                 Err(payload) => Err(TokenError::Panicked { message: panic_message(&*payload) }),
             };
-            let outcome = slot.finish(result);
-            match outcome {
-                Outcome::Completed => completed += 1,
-                Outcome::Failed => failed += 1,
-                Outcome::Skipped => skipped += 1,
+            ran += 1;
+            if timed && !lane.unwatch() {
+                // Our deadline passed and this lane was replaced: the replacement took
+                // over our permit and our place; the late value is dropped.
+                end = RunEnd::Retired;
             }
+            let outcome = match (&result, retry_arg) {
+                (Err(error), Some(again)) if op.retries(attempt, error) && slot.retry(attempt) => {
+                    op.counters.retried.fetch_add(1, Relaxed);
+                    let delay = op.options.retry.map_or(Duration::ZERO, |p| p.delay(attempt));
+                    OpShared::requeue(&op, Arc::clone(&chunk), index, again, attempt + 1, delay);
+                    Outcome::Failed
+                }
+                _ => {
+                    let outcome = slot.finish(attempt, result);
+                    match outcome {
+                        Outcome::Completed => completed += 1,
+                        Outcome::Failed => failed += 1,
+                        Outcome::Skipped => skipped += 1,
+                    }
+                    outcome
+                }
+            };
             let Some(meta) = meta.as_deref().filter(|_| logged && outcome != Outcome::Skipped)
             else {
                 continue;
@@ -412,23 +690,28 @@ impl<A: Send + 'static, R: Send + 'static> Job for Batch<A, R> {
                 } else {
                     RecordOutcome::Failed
                 },
-                attempt: 1,
+                attempt,
             });
         }
-        let ran = completed + failed;
         if let Some(per_token) = nanos(started.elapsed()).checked_div(ran) {
             let old = op.recent_ns.load(Relaxed);
             let new = if old == 0 { per_token.max(1) } else { ((old * 7 + per_token) / 8).max(1) };
             op.recent_ns.store(new, Relaxed);
         }
-        let counters = &op.counters;
-        counters.completed.fetch_add(completed, Relaxed);
+        let resolutions = &op.resolutions;
+        if completed > 0 {
+            resolutions.completed.fetch_add(completed, Relaxed);
+        }
         if failed > 0 {
-            counters.failed.fetch_add(failed, Relaxed);
+            resolutions.failed.fetch_add(failed, Relaxed);
         }
         if skipped > 0 {
-            counters.skipped.fetch_add(skipped, Relaxed);
+            op.counters.skipped.fetch_add(skipped, Relaxed);
         }
+        if end == RunEnd::Done {
+            op.engine.admission.release(len, &op.queue);
+        }
+        end
     }
 }
 

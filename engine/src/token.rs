@@ -3,27 +3,32 @@
 //! # State machine
 //!
 //! Each token owns one [`Slot`] inside a shared [`Chunk`] (one allocation serves every
-//! token of a `submit_many` chunk). The slot's `state` byte is the only thing that
-//! decides who may write the result:
+//! token of a `submit_many` chunk). The slot's `state` word — a state byte and the
+//! attempt number — is the only thing that decides who may write the result:
 //!
 //! ```text
-//!  QUEUED ──claim (worker)──► RUNNING ──finish (worker)──┐
-//!    │                          │                        ▼
-//!    └──cancel (caller)─────────┴──timeout (engine)──► WRITING ──► COMPLETED | FAILED |
-//!                                                                  CANCELLED | TIMED_OUT
+//!  QUEUED@a ──claim (worker)──► RUNNING@a ──finish (worker)───────┐
+//!    ▲  │                          │  │                           ▼
+//!    │  └──cancel (caller, abort)──┼──┴──deadline (timer)──► WRITING ──► COMPLETED |
+//!    │                             │                                    FAILED | CANCELLED |
+//!    └─────── retry: QUEUED@a+1 ◄──┘ (worker after a failure,           TIMED_OUT
+//!                                     or the timer at a deadline)
 //! ```
 //!
 //! Whoever wins the compare-and-swap into `WRITING` writes the result, then publishes
-//! the terminal state with `Release`; everyone else backs off (a worker that loses the
-//! race drops its late value). The handle reads the result only after seeing a terminal
+//! the terminal state with `Release`; everyone else backs off. Every transition names
+//! the attempt it expects, so a worker still running attempt 1 after its deadline moved
+//! the token on (timed out, or retried as attempt 2) fails its CAS and its late value is
+//! dropped, never delivered. The handle reads the result only after seeing a terminal
 //! state with `Acquire`, and marks it `TAKEN` so it is moved out once and the chunk's
-//! destructor knows not to drop it again. A token can therefore never resolve twice.
+//! destructor knows not to drop it again. A token therefore resolves exactly once.
+//! `tests/loom_token.rs` model-checks these races.
 
 use std::cell::UnsafeCell;
 use std::future::Future;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, Thread};
@@ -42,6 +47,24 @@ const TIMED_OUT: u8 = 6;
 const REJECTED: u8 = 7;
 /// Set on a terminal state once the handle has moved the result out.
 const TAKEN: u8 = 0x80;
+const STATE_BITS: u32 = 0xFF;
+/// The first attempt's number.
+pub(crate) const FIRST_ATTEMPT: u8 = 1;
+
+#[inline]
+fn pack(state: u8, attempt: u8) -> u32 {
+    (u32::from(attempt) << 8) | u32::from(state)
+}
+
+#[inline]
+fn state_of(word: u32) -> u8 {
+    (word & STATE_BITS) as u8
+}
+
+#[inline]
+fn attempt_of(word: u32) -> u8 {
+    (word >> 8) as u8
+}
 
 /// Where a token is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,8 +102,28 @@ pub(crate) enum Outcome {
     Skipped,
 }
 
+/// What a deadline did to a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Expired {
+    /// The attempt had already ended (finished, failed, or moved on).
+    Nothing,
+    /// Resolved as timed out; `running` says whether a lane was still running it.
+    TimedOut { running: bool },
+    /// Moved to the next attempt (retry on timeout); `running` as above.
+    Retried { running: bool },
+}
+
+/// Resolutions of one operation's tokens, counted where the resolving CAS is won.
+#[derive(Debug, Default)]
+pub(crate) struct Resolutions {
+    pub(crate) completed: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) cancelled: AtomicU64,
+    pub(crate) timed_out: AtomicU64,
+}
+
 pub(crate) struct Slot<R> {
-    state: AtomicU8,
+    state: AtomicU32,
     waker: AtomicWaker,
     result: UnsafeCell<MaybeUninit<Result<R, TokenError>>>,
 }
@@ -95,27 +138,37 @@ unsafe impl<R: Send> Sync for Slot<R> {}
 impl<R> Slot<R> {
     fn new() -> Self {
         Slot {
-            state: AtomicU8::new(QUEUED),
+            state: AtomicU32::new(pack(QUEUED, FIRST_ATTEMPT)),
             waker: AtomicWaker::new(),
             result: UnsafeCell::new(MaybeUninit::uninit()),
         }
     }
 
-    /// A worker claims the token before running it. False if it was already resolved.
+    /// A worker claims attempt `attempt` before running it. False if the token was
+    /// resolved or moved to another attempt.
     #[inline]
-    pub(crate) fn claim(&self) -> bool {
-        self.state.compare_exchange(QUEUED, RUNNING, Ordering::Acquire, Ordering::Relaxed).is_ok()
+    pub(crate) fn claim(&self, attempt: u8) -> bool {
+        self.state
+            .compare_exchange(
+                pack(QUEUED, attempt),
+                pack(RUNNING, attempt),
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            )
+            .is_ok()
     }
 
-    /// Resolves the token if it is still in state `from`. Returns the value back if
-    /// somebody else resolved it first.
+    /// Resolves the token if its state word is still `from`. Returns the value back if
+    /// somebody else moved it first.
     #[inline]
     fn resolve_from(
         &self,
-        from: u8,
+        from: u32,
         result: Result<R, TokenError>,
     ) -> Result<(), Result<R, TokenError>> {
-        if self.state.compare_exchange(from, WRITING, Ordering::Acquire, Ordering::Relaxed).is_err()
+        let attempt = attempt_of(from);
+        let writing = pack(WRITING, attempt);
+        if self.state.compare_exchange(from, writing, Ordering::Acquire, Ordering::Relaxed).is_err()
         {
             return Err(result);
         }
@@ -123,29 +176,90 @@ impl<R> Slot<R> {
         // SAFETY: we won the CAS into WRITING, so we are the only writer, and no reader
         // looks at `result` before it sees the terminal state stored below.
         unsafe { (*self.result.get()).write(result) };
-        self.state.store(terminal, Ordering::Release);
+        self.state.store(pack(terminal, attempt), Ordering::Release);
         self.waker.wake();
         Ok(())
     }
 
-    /// The worker finished running the token.
+    /// The worker finished running attempt `attempt`.
     #[inline]
-    pub(crate) fn finish(&self, result: Result<R, TokenError>) -> Outcome {
+    pub(crate) fn finish(&self, attempt: u8, result: Result<R, TokenError>) -> Outcome {
         let outcome = if result.is_ok() { Outcome::Completed } else { Outcome::Failed };
-        match self.resolve_from(RUNNING, result) {
+        match self.resolve_from(pack(RUNNING, attempt), result) {
             Ok(()) => outcome,
-            // A deadline resolved it while it ran: the late value is dropped here.
+            // A deadline resolved it or moved it on while it ran: the late value is
+            // dropped here, never delivered.
             Err(_late) => Outcome::Skipped,
         }
     }
 
-    /// Resolves a token that has not started. False if it had already started.
+    /// After a failed attempt the worker hands the token to the next attempt. False if
+    /// a deadline got there first.
+    pub(crate) fn retry(&self, attempt: u8) -> bool {
+        self.state
+            .compare_exchange(
+                pack(RUNNING, attempt),
+                pack(QUEUED, attempt.wrapping_add(1)),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+    }
+
+    /// A deadline for attempt `attempt` passed: time the token out, or (`retry`) move it
+    /// to the next attempt, if that attempt is still queued or running.
+    pub(crate) fn expire(&self, attempt: u8, retry: bool) -> Expired {
+        let mut current = self.state.load(Ordering::Acquire);
+        loop {
+            let state = state_of(current);
+            if attempt_of(current) != attempt || !(state == QUEUED || state == RUNNING) {
+                return Expired::Nothing;
+            }
+            let running = state == RUNNING;
+            if !retry {
+                return match self.resolve_from(current, Err(TokenError::TimedOut)) {
+                    Ok(()) => Expired::TimedOut { running },
+                    Err(_) => {
+                        current = self.state.load(Ordering::Acquire);
+                        continue;
+                    }
+                };
+            }
+            let next = pack(QUEUED, attempt.wrapping_add(1));
+            match self.state.compare_exchange(current, next, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Expired::Retried { running },
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// Resolves a token that has not started (any attempt). False if it is running or
+    /// resolved.
     pub(crate) fn cancel(&self, by: CancelSource) -> bool {
-        self.resolve_from(QUEUED, Err(TokenError::Cancelled { by })).is_ok()
+        let mut current = self.state.load(Ordering::Acquire);
+        loop {
+            if state_of(current) != QUEUED {
+                return false;
+            }
+            match self.resolve_from(current, Err(TokenError::Cancelled { by })) {
+                Ok(()) => return true,
+                Err(_) => current = self.state.load(Ordering::Acquire),
+            }
+        }
+    }
+
+    /// The attempt the token is on.
+    pub(crate) fn attempt(&self) -> u8 {
+        attempt_of(self.state.load(Ordering::Acquire))
+    }
+
+    /// True while the given attempt is running and nobody has resolved or moved it.
+    pub(crate) fn is_running(&self, attempt: u8) -> bool {
+        self.state.load(Ordering::Acquire) == pack(RUNNING, attempt)
     }
 
     fn state(&self) -> TokenState {
-        match self.state.load(Ordering::Acquire) & !TAKEN {
+        match state_of(self.state.load(Ordering::Acquire)) & !TAKEN {
             QUEUED => TokenState::Admitted,
             RUNNING | WRITING => TokenState::Running,
             COMPLETED => TokenState::Completed,
@@ -159,11 +273,11 @@ impl<R> Slot<R> {
     /// Moves the result out if the token has resolved.
     ///
     /// # Safety
-    /// Only the slot's unique `Token` handle may call this (it is not `Sync`-shared:
-    /// callers hold `&mut Token`).
+    /// Only the slot's unique `Token` handle may call this (callers hold `&mut Token`).
     #[inline]
     unsafe fn try_take(&self) -> Option<Result<R, TokenError>> {
-        let state = self.state.load(Ordering::Acquire);
+        let word = self.state.load(Ordering::Acquire);
+        let state = state_of(word);
         if state < COMPLETED {
             return None;
         }
@@ -171,7 +285,7 @@ impl<R> Slot<R> {
         // SAFETY: a terminal state was published with Release after the write, we loaded
         // it with Acquire, and TAKEN is clear, so the value is initialised and unread.
         let result = unsafe { (*self.result.get()).assume_init_read() };
-        self.state.store(state | TAKEN, Ordering::Relaxed);
+        self.state.store(word | u32::from(TAKEN), Ordering::Relaxed);
         Some(result)
     }
 }
@@ -190,11 +304,37 @@ fn terminal_code<R>(result: &Result<R, TokenError>) -> u8 {
 pub(crate) struct Chunk<R> {
     base_id: u64,
     slots: Box<[Slot<R>]>,
+    /// The operation's resolution counters (cancels are counted where they happen).
+    resolutions: Option<Arc<Resolutions>>,
 }
 
 impl<R> Chunk<R> {
-    pub(crate) fn new(base_id: u64, len: usize) -> Arc<Self> {
-        Arc::new(Chunk { base_id, slots: (0..len).map(|_| Slot::new()).collect() })
+    pub(crate) fn new(
+        base_id: u64,
+        len: usize,
+        resolutions: Option<Arc<Resolutions>>,
+    ) -> Arc<Self> {
+        Arc::new(Chunk { base_id, slots: (0..len).map(|_| Slot::new()).collect(), resolutions })
+    }
+
+    /// Cancels slot `index` if it has not started, counting it.
+    pub(crate) fn cancel(&self, index: u32, by: CancelSource) -> bool {
+        let cancelled = self.slot(index).cancel(by);
+        if cancelled {
+            if let Some(resolutions) = &self.resolutions {
+                resolutions.cancelled.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        cancelled
+    }
+
+    /// Applies a deadline to slot `index`, counting a time-out.
+    pub(crate) fn expire(&self, index: u32, attempt: u8, retry: bool) -> Expired {
+        let expired = self.slot(index).expire(attempt, retry);
+        if let (Expired::TimedOut { .. }, Some(resolutions)) = (expired, &self.resolutions) {
+            resolutions.timed_out.fetch_add(1, Ordering::Relaxed);
+        }
+        expired
     }
 
     #[inline]
@@ -218,7 +358,7 @@ impl<R> Chunk<R> {
 impl<R> Drop for Chunk<R> {
     fn drop(&mut self) {
         for slot in self.slots.iter_mut() {
-            let state = *slot.state.get_mut();
+            let state = state_of(*slot.state.get_mut());
             if state >= COMPLETED && state & TAKEN == 0 {
                 // SAFETY: terminal and not taken, so the value is initialised; we have
                 // `&mut self`, so nobody else can observe it.
@@ -241,8 +381,9 @@ pub struct Token<R> {
 impl<R> Token<R> {
     /// A token that is already resolved as rejected.
     pub(crate) fn rejected(id: u64, reason: RejectReason) -> Self {
-        let chunk = Chunk::new(id, 1);
-        let _ = chunk.slots[0].resolve_from(QUEUED, Err(TokenError::Rejected { reason }));
+        let chunk = Chunk::new(id, 1, None);
+        let rejected = Err(TokenError::Rejected { reason });
+        let _ = chunk.slots[0].resolve_from(pack(QUEUED, FIRST_ATTEMPT), rejected);
         chunk.token(0)
     }
 
@@ -272,7 +413,12 @@ impl<R> Token<R> {
     /// Returns false if it had already started or resolved: a running call is never
     /// interrupted.
     pub fn cancel(&self) -> bool {
-        self.slot().cancel(CancelSource::Caller)
+        self.chunk.cancel(self.index, CancelSource::Caller)
+    }
+
+    /// The attempt the token is on (1 until a retry).
+    pub fn attempt(&self) -> u8 {
+        self.slot().attempt()
     }
 
     /// Blocks the calling thread until the token resolves.
@@ -348,17 +494,17 @@ mod tests {
 
     #[test]
     fn resolves_once_and_drops_untaken_values() {
-        let chunk = Chunk::<String>::new(10, 3);
+        let chunk = Chunk::<String>::new(10, 3, None);
         let (a, b, c) = (chunk.token(0), chunk.token(1), chunk.token(2));
         assert_eq!(a.id(), 10);
         assert_eq!(c.id(), 12);
-        assert!(chunk.slot(0).claim());
-        assert_eq!(chunk.slot(0).finish(Ok("a".into())), Outcome::Completed);
+        assert!(chunk.slot(0).claim(1));
+        assert_eq!(chunk.slot(0).finish(1, Ok("a".into())), Outcome::Completed);
         assert!(!a.cancel(), "a resolved token cannot be cancelled");
         assert!(b.cancel());
-        assert!(!chunk.slot(1).claim(), "a cancelled token is not run");
-        assert!(chunk.slot(2).claim());
-        assert_eq!(chunk.slot(2).finish(Ok("never taken".into())), Outcome::Completed);
+        assert!(!chunk.slot(1).claim(1), "a cancelled token is not run");
+        assert!(chunk.slot(2).claim(1));
+        assert_eq!(chunk.slot(2).finish(1, Ok("never taken".into())), Outcome::Completed);
         drop(chunk);
         assert_eq!(a.wait().unwrap(), "a");
         assert_eq!(b.wait(), Err(TokenError::Cancelled { by: CancelSource::Caller }));
@@ -367,25 +513,53 @@ mod tests {
     }
 
     #[test]
-    fn late_result_after_external_resolution_is_dropped() {
-        let chunk = Chunk::<u32>::new(0, 1);
+    fn late_result_after_a_deadline_is_dropped() {
+        let chunk = Chunk::<u32>::new(0, 1, None);
         let token = chunk.token(0);
-        assert!(chunk.slot(0).claim());
-        assert!(chunk.slot(0).resolve_from(RUNNING, Err(TokenError::TimedOut)).is_ok());
-        assert_eq!(chunk.slot(0).finish(Ok(7)), Outcome::Skipped);
+        assert!(chunk.slot(0).claim(1));
+        assert_eq!(chunk.slot(0).expire(1, false), Expired::TimedOut { running: true });
+        assert_eq!(chunk.slot(0).finish(1, Ok(7)), Outcome::Skipped);
         assert_eq!(token.wait(), Err(TokenError::TimedOut));
     }
 
     #[test]
+    fn a_stale_attempt_cannot_resolve_the_next_one() {
+        let chunk = Chunk::<u32>::new(0, 1, None);
+        let token = chunk.token(0);
+        assert!(chunk.slot(0).claim(1));
+        // Attempt 1 overruns its deadline; the timer moves the token to attempt 2.
+        assert_eq!(chunk.slot(0).expire(1, true), Expired::Retried { running: true });
+        assert!(chunk.slot(0).claim(2));
+        // Attempt 1 returns late while attempt 2 runs: its value is dropped.
+        assert_eq!(chunk.slot(0).finish(1, Ok(1)), Outcome::Skipped);
+        assert_eq!(chunk.slot(0).expire(1, false), Expired::Nothing, "old deadline is void");
+        assert_eq!(chunk.slot(0).finish(2, Ok(2)), Outcome::Completed);
+        assert_eq!(token.attempt(), 2);
+        assert_eq!(token.wait(), Ok(2));
+    }
+
+    #[test]
+    fn retry_after_failure_and_cancel_of_a_queued_retry() {
+        let chunk = Chunk::<u32>::new(0, 1, None);
+        let token = chunk.token(0);
+        assert!(chunk.slot(0).claim(1));
+        assert!(chunk.slot(0).retry(1));
+        assert!(!chunk.slot(0).claim(1), "attempt 1 is over");
+        assert!(token.cancel(), "a queued retry can be cancelled");
+        assert!(!chunk.slot(0).claim(2));
+        assert_eq!(token.wait(), Err(TokenError::Cancelled { by: CancelSource::Caller }));
+    }
+
+    #[test]
     fn wait_blocks_until_another_thread_resolves() {
-        let chunk = Chunk::<u64>::new(0, 1);
+        let chunk = Chunk::<u64>::new(0, 1, None);
         let token = chunk.token(0);
         let worker = {
             let chunk = Arc::clone(&chunk);
             thread::spawn(move || {
                 thread::sleep(std::time::Duration::from_millis(20));
-                assert!(chunk.slot(0).claim());
-                chunk.slot(0).finish(Ok(42))
+                assert!(chunk.slot(0).claim(1));
+                chunk.slot(0).finish(1, Ok(42))
             })
         };
         assert_eq!(token.wait(), Ok(42));
