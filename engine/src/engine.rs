@@ -333,10 +333,11 @@ impl<A: Send + 'static> OperationBuilder<'_, A> {
         self
     }
 
-    /// Each call resolves as [`TokenError::TimedOut`] once `timeout` has passed since it
-    /// was queued, even if a lane is still running it: the late result is discarded, and
-    /// a lane stuck past a deadline is replaced by a fresh thread on the same core (the
-    /// stuck one retires when the call returns). Timed calls run one per batch.
+    /// Each call resolves as [`TokenError::TimedOut`] once it has run for `timeout`,
+    /// even if the function keeps running: the late result is discarded, and the lane
+    /// stuck in it is replaced at once by a fresh thread on the same core (the stuck one
+    /// retires when the call returns; see [`Engine::stuck_workers`]). Waiting in the
+    /// queue does not count: admission bounds that. Timed calls run one per batch.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.options.timeout = Some(timeout);
         self
@@ -584,6 +585,11 @@ impl Engine {
     /// thread) without waiting for it; [`Engine::shutdown_with`] then completes it.
     pub fn stop_handle(&self) -> StopHandle {
         StopHandle { shared: Arc::clone(&self.shared) }
+    }
+
+    /// True once a shutdown has begun (new work is rejected).
+    pub fn is_shutting_down(&self) -> bool {
+        self.shared.admission.is_closed()
     }
 
     /// Lanes replaced because a call overran its deadline (their old threads retire

@@ -153,7 +153,8 @@ impl<A: Send + 'static, R: Send + 'static> OpShared<A, R> {
         self.options.retry.is_some_and(|p| p.on_timeout && attempt < p.max_attempts)
     }
 
-    /// Starts the deadline of `attempt` of token `index`: at it, the token times out
+    /// Starts the deadline of `attempt` of token `index`, which a lane has just started
+    /// running: at it, the token times out
     /// (or moves to the next attempt) even if a lane is still running it, and that
     /// lane is replaced so it keeps serving.
     fn arm_deadline(
@@ -226,8 +227,6 @@ impl<A: Send + 'static, R: Send + 'static> OpShared<A, R> {
             meta.tokens.push(TokenMeta::new(&features, &placement));
             Box::new(meta)
         });
-        let retry_arg = Self::timeout_retry_arg(op, &arg, attempt);
-        op.arm_deadline(&chunk, index, attempt, retry_arg);
         let batch = Batch { op: Arc::clone(op), chunk, items: vec![(index, arg)], meta, attempt };
         engine.lanes.push(placement.lanes, Box::new(batch));
     }
@@ -491,12 +490,6 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
 
     fn flush(&self, set: LaneSet, open: &mut Pending<A>, chunk: &Arc<Chunk<R>>) {
         let items = std::mem::take(&mut open.items);
-        if self.inner.options.timeout.is_some() {
-            for (index, arg) in &items {
-                let retry_arg = OpShared::timeout_retry_arg(&self.inner, arg, FIRST_ATTEMPT);
-                self.inner.arm_deadline(chunk, *index, FIRST_ATTEMPT, retry_arg);
-            }
-        }
         let batch = Batch {
             op: Arc::clone(&self.inner),
             chunk: Arc::clone(chunk),
@@ -628,6 +621,9 @@ impl<A: Send + 'static, R: Send + 'static> Job for Batch<A, R> {
                 None
             };
             if timed {
+                // The deadline runs from the start of this attempt.
+                let timeout_arg = OpShared::timeout_retry_arg(&op, &arg, attempt);
+                op.arm_deadline(&chunk, index, attempt, timeout_arg);
                 lane.watch(token_id, &op.queue);
             }
             let still_running = || slot.is_running(attempt);

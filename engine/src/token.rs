@@ -431,6 +431,28 @@ impl<R> Token<R> {
         }
         block_on(&mut self)
     }
+
+    /// Like [`Token::wait`], but gives the token back if it has not resolved within
+    /// `timeout`.
+    pub fn wait_timeout(
+        mut self,
+        timeout: std::time::Duration,
+    ) -> Result<Result<R, TokenError>, Self> {
+        let deadline = std::time::Instant::now() + timeout;
+        THREAD_WAKER.with(|waker| {
+            let mut cx = Context::from_waker(waker);
+            loop {
+                if let Poll::Ready(result) = Pin::new(&mut self).poll(&mut cx) {
+                    return Ok(result);
+                }
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return Err(self);
+                }
+                thread::park_timeout(left);
+            }
+        })
+    }
 }
 
 impl<R> Future for Token<R> {

@@ -2,3 +2,4 @@
 
 pub mod leibniz;
 pub mod mixed;
+pub mod soak;

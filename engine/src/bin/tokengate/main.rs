@@ -29,6 +29,54 @@ enum Command {
     Run(RunArgs),
     /// Run the same stream under the tag, running-average, learned and oracle routers.
     Compare(CompareArgs),
+    /// Flood the engine with faulty calls for a while and account for every token.
+    Soak(SoakArgs),
+}
+
+#[derive(Args)]
+struct SoakArgs {
+    /// How long to keep submitting (e.g. 60s, 500ms, 2m).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    duration: std::time::Duration,
+    /// Share of calls that panic on their first attempt (retried once).
+    #[arg(long, default_value_t = 0.01)]
+    panic_rate: f64,
+    /// Share of calls that hang (100 ms) past their 10 ms deadline.
+    #[arg(long, default_value_t = 0.001)]
+    hang_rate: f64,
+    /// Share of calls cancelled by the caller right after submitting.
+    #[arg(long, default_value_t = 0.01)]
+    cancel_rate: f64,
+    /// Seed of the fault draws.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Admission capacity (small, so the stream outruns the lanes).
+    #[arg(long, default_value_t = 4_096)]
+    capacity: usize,
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// "60s", "500ms", "2m" or plain seconds.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let (number, unit) = match text.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let value: f64 = number.parse().map_err(|_| format!("bad duration {text:?}"))?;
+    let seconds = match unit {
+        "ms" => value / 1e3,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("bad duration unit in {text:?}: use ms, s or m")),
+    };
+    if !(seconds.is_finite() && seconds > 0.0 && seconds < 86_400.0) {
+        return Err(format!("duration {text:?} must be between 0 and a day"));
+    }
+    Ok(std::time::Duration::from_secs_f64(seconds))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -152,7 +200,116 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Run(args) => run(args),
         Command::Compare(args) => compare(args),
+        Command::Soak(args) => soak(args),
     }
+}
+
+/// First Ctrl-C drains (admitted work finishes, telemetry is completed); a second one
+/// aborts (waiting work is cancelled).
+fn stop_on_ctrl_c(engine: &Engine) {
+    let stop = engine.stop_handle();
+    engine.handle().spawn(async move {
+        if tokio::signal::ctrl_c().await.is_err() {
+            return;
+        }
+        eprintln!("\ndraining: admitted work finishes; Ctrl-C again to abort");
+        stop.begin(tokengate::Shutdown::Drain);
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("\naborting: waiting work is cancelled");
+            stop.begin(tokengate::Shutdown::Abort);
+        }
+    });
+}
+
+fn soak(args: SoakArgs) -> Result<()> {
+    for (name, rate) in [
+        ("--panic-rate", args.panic_rate),
+        ("--hang-rate", args.hang_rate),
+        ("--cancel-rate", args.cancel_rate),
+    ] {
+        if !(0.0..=1.0).contains(&rate) {
+            bail!("{name} must be between 0 and 1, got {rate}");
+        }
+    }
+    if args.panic_rate + args.hang_rate > 1.0 {
+        bail!("--panic-rate plus --hang-rate must not exceed 1");
+    }
+    let engine =
+        builder(&args.engine).capacity(args.capacity).build().context("starting the engine")?;
+    stop_on_ctrl_c(&engine);
+    // Injected panics are expected: keep the default hook from printing each one.
+    std::panic::set_hook(Box::new(|info| {
+        let injected = info.payload().downcast_ref::<&str>() == Some(&"injected panic");
+        if !injected {
+            eprintln!("{info}");
+        }
+    }));
+    let config = tokengate::workloads::soak::SoakConfig {
+        duration: args.duration,
+        panic_rate: args.panic_rate,
+        hang_rate: args.hang_rate,
+        cancel_rate: args.cancel_rate,
+        seed: args.seed,
+        ..Default::default()
+    };
+    let bar = progress_bar(args.duration.as_secs(), args.json, "s");
+    let report = tokengate::workloads::soak::run(&engine, &config, |elapsed| {
+        bar.set_position(elapsed.as_secs())
+    })?;
+    bar.finish_and_clear();
+    engine.shutdown();
+    let json = json!({
+        "submitted": report.submitted,
+        "completed": report.completed,
+        "failed": report.failed,
+        "cancelled": report.cancelled,
+        "timed_out": report.timed_out,
+        "rejected": report.rejected,
+        "lost": report.lost,
+        "double_resolved": report.double_resolved,
+        "stuck_workers": report.stuck_workers,
+        "retried": report.retried,
+        "peak_rss_mib": report.peak_rss_mib,
+        "rss_first_half_mib": report.rss_halves_mib.0,
+        "rss_second_half_mib": report.rss_halves_mib.1,
+        "tokens_per_s": report.tokens_per_s,
+        "wall_s": report.wall.as_secs_f64(),
+        "balanced": report.balanced(),
+    });
+    if args.json {
+        println!("{json}");
+    } else {
+        let accounted = report.completed
+            + report.failed
+            + report.cancelled
+            + report.timed_out
+            + report.rejected;
+        println!(
+            "submitted {} = completed {} + failed {} + cancelled {} + timed out {} + rejected {}{}",
+            report.submitted,
+            report.completed,
+            report.failed,
+            report.cancelled,
+            report.timed_out,
+            report.rejected,
+            if accounted == report.submitted { "" } else { "  (MISMATCH)" },
+        );
+        println!("lost {}, resolved twice {}", report.lost, report.double_resolved);
+        println!("retried {}, stuck lanes replaced {}", report.retried, report.stuck_workers);
+        println!(
+            "peak RSS {:.0} MiB (max {:.0} MiB in the first half, {:.0} MiB in the second)",
+            report.peak_rss_mib, report.rss_halves_mib.0, report.rss_halves_mib.1
+        );
+        println!(
+            "{} tokens/s over {:.1} s",
+            group(report.tokens_per_s as u64),
+            report.wall.as_secs_f64()
+        );
+    }
+    if !report.balanced() {
+        bail!("some tokens are unaccounted for");
+    }
+    Ok(())
 }
 
 /// The shipped model: `models/default.bin` under the working directory, else the one
@@ -226,6 +383,7 @@ fn run(args: RunArgs) -> Result<()> {
         builder = builder.log_in_memory();
     }
     let engine = builder.build().context("starting the engine")?;
+    stop_on_ctrl_c(&engine);
     let (mut report, truths) = match args.workload {
         Workload::Leibniz => (run_leibniz(&engine, &args)?, Vec::new()),
         Workload::Mixed | Workload::Mislabeled => run_stream(&engine, &args)?,
