@@ -93,11 +93,18 @@ impl LaneCtx {
             Some(Watch { token_id, queue: Arc::clone(queue) });
     }
 
-    /// Clears the mark. False if the lane was replaced meanwhile (the replacement then
-    /// owns the token's permit and this thread must retire).
-    pub(crate) fn unwatch(&self) -> bool {
+    /// Clears the mark for `token_id`. False if the lane was replaced meanwhile (the
+    /// replacement then owns the token's permit and this thread must retire). A mark
+    /// for another token is the replacement's own, and is left alone.
+    pub(crate) fn unwatch(&self, token_id: u64) -> bool {
         let lane = &self.lanes.lanes[usize::from(self.index)];
-        lane.watch.lock().unwrap_or_else(|e| e.into_inner()).take().is_some()
+        let mut watch = lane.watch.lock().unwrap_or_else(|e| e.into_inner());
+        if watch.as_ref().is_some_and(|w| w.token_id == token_id) {
+            *watch = None;
+            true
+        } else {
+            false
+        }
     }
 
     /// An engine-unique batch id: the lane in the top 16 bits, a lane-local sequence below.
@@ -154,8 +161,8 @@ struct Lane {
     thread: Mutex<Option<Thread>>,
     info: OnceLock<LaneInfo>,
     watch: Mutex<Option<Watch>>,
-    /// Bumped each time the lane's thread is replaced.
-    generation: AtomicU64,
+    /// The "stuck" flag of the thread serving the lane now.
+    worker: Mutex<Option<Arc<AtomicBool>>>,
 }
 
 impl Lane {
@@ -193,8 +200,12 @@ pub(crate) struct Lanes {
     telemetry: Option<Arc<Telemetry>>,
     admission: Arc<Admission>,
     pin: bool,
-    /// (lane, generation, thread): retired threads are never joined (they may be stuck).
-    handles: Mutex<Vec<(usize, u64, JoinHandle<()>)>>,
+    /// Every lane thread ever started, with its "stuck" flag: a thread whose call overran
+    /// a deadline is never joined (it may never return).
+    handles: Mutex<Vec<(Arc<AtomicBool>, JoinHandle<()>)>>,
+    /// Threads that came back from an overrun, waiting to replace the next stuck lane
+    /// (reusing threads keeps memory flat: a new thread brings a new malloc arena).
+    spares: Mutex<Vec<std::sync::mpsc::SyncSender<usize>>>,
     replaced: AtomicU64,
 }
 
@@ -225,7 +236,7 @@ impl Lanes {
                 thread: Mutex::new(None),
                 info: OnceLock::new(),
                 watch: Mutex::new(None),
-                generation: AtomicU64::new(0),
+                worker: Mutex::new(None),
             })
             .collect();
         let mut primary = [0u64; 2];
@@ -251,6 +262,7 @@ impl Lanes {
             admission: config.admission,
             pin: config.pin,
             handles: Mutex::new(Vec::new()),
+            spares: Mutex::new(Vec::new()),
             replaced: AtomicU64::new(0),
         }
     }
@@ -274,10 +286,10 @@ impl Lanes {
                 let stuck = watch.take().expect("checked above");
                 drop(watch);
                 self.replaced.fetch_add(1, Ordering::Relaxed);
-                lane.generation.fetch_add(1, Ordering::SeqCst);
-                if let Err(e) = spawn_lane(self, index, None) {
-                    tracing::error!("could not replace stuck lane {index}: {e}");
+                if let Some(flag) = lane.worker.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                    flag.store(true, Ordering::SeqCst);
                 }
+                self.assign_thread(index);
                 // Released after the replacement exists, so a drain cannot finish
                 // (and stop the lanes) in between.
                 self.admission.release(1, &stuck.queue);
@@ -292,17 +304,34 @@ impl Lanes {
         self.wake_all();
     }
 
-    /// Joins every lane's current thread; threads retired while stuck are detached.
-    pub(crate) fn join(&self) {
-        let handles = std::mem::take(&mut *self.handles.lock().unwrap_or_else(|e| e.into_inner()));
-        for (index, generation, handle) in handles {
-            if self.lanes[index].generation.load(Ordering::SeqCst) == generation {
-                let _ = handle.join();
+    /// Gives lane `index` a thread: a spare if one is waiting, else a new one.
+    fn assign_thread(self: &Arc<Self>, index: usize) {
+        loop {
+            let spare = self.spares.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            match spare {
+                Some(spare) if spare.send(index).is_ok() => return,
+                Some(_) => continue,
+                None => break,
             }
         }
-        // A replacement spawned while we joined is joined too.
-        if !self.handles.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
-            self.join();
+        if let Err(e) = spawn_lane(self, index, None) {
+            tracing::error!("could not replace stuck lane {index}: {e}");
+        }
+    }
+
+    /// Joins every lane thread except those stuck in an overrun call (detached).
+    pub(crate) fn join(&self) {
+        loop {
+            let handles =
+                std::mem::take(&mut *self.handles.lock().unwrap_or_else(|e| e.into_inner()));
+            if handles.is_empty() {
+                return;
+            }
+            for (stuck, handle) in handles {
+                if !stuck.load(Ordering::SeqCst) {
+                    let _ = handle.join();
+                }
+            }
         }
     }
 
@@ -372,7 +401,13 @@ impl Lanes {
     }
 
     pub(crate) fn begin_shutdown(&self) {
-        self.shutdown.store(true, Ordering::SeqCst);
+        {
+            // Under the spares lock, so a thread coming back from an overrun either sees
+            // the shutdown or has its channel closed here.
+            let mut spares = self.spares.lock().unwrap_or_else(|e| e.into_inner());
+            self.shutdown.store(true, Ordering::SeqCst);
+            spares.clear();
+        }
         self.wake_all();
     }
 
@@ -420,7 +455,7 @@ impl Lanes {
             || (self.may_take(lane, 1 - own) && !self.queues[1 - own].is_empty())
     }
 
-    fn worker_loop(&self, index: usize, ctx: &mut LaneCtx) {
+    fn worker_loop(&self, index: usize, ctx: &mut LaneCtx) -> RunEnd {
         let admission = &self.admission;
         let lane = &self.lanes[index];
         let bit = 1u64 << index;
@@ -435,7 +470,7 @@ impl Lanes {
                 lane.batches.fetch_add(1, Ordering::Relaxed);
                 if job.run(ctx) == RunEnd::Retired {
                     ctx.flush();
-                    return;
+                    return RunEnd::Retired;
                 }
                 continue;
             }
@@ -462,6 +497,7 @@ impl Lanes {
         ctx.flush();
         // Others may be parked waiting for the last batch this lane just finished.
         self.wake_all();
+        RunEnd::Done
     }
 }
 
@@ -485,30 +521,60 @@ pub(crate) fn spawn_workers(lanes: &Arc<Lanes>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Starts the thread that serves lane `index` (at start, or to replace a stuck one).
+/// Starts a thread that serves lane `index` (at start, or to replace a stuck one).
 fn spawn_lane(
     lanes: &Arc<Lanes>,
     index: usize,
     ready: Option<Arc<Barrier>>,
 ) -> std::io::Result<()> {
-    let generation = lanes.lanes[index].generation.load(Ordering::SeqCst);
+    let stuck = Arc::new(AtomicBool::new(false));
     let handle = {
-        let lanes = Arc::clone(lanes);
-        thread::Builder::new().name(format!("tokengate-lane-{index}")).spawn(move || {
-            let lane = &lanes.lanes[index];
-            *lane.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread::current());
-            let info = pin_current(index, lane, lanes.pin);
-            let core = if info.pinned { info.core.map_or(-1, |c| c as i32) } else { -1 };
-            let _ = lane.info.set(info);
-            let mut ctx = LaneCtx::new(Arc::clone(&lanes), index, core);
-            if let Some(ready) = ready {
-                ready.wait();
-            }
-            lanes.worker_loop(index, &mut ctx);
-        })?
+        let (lanes, stuck) = (Arc::clone(lanes), Arc::clone(&stuck));
+        thread::Builder::new()
+            .name(format!("tokengate-lane-{index}"))
+            .spawn(move || lane_thread(lanes, index, ready, stuck))?
     };
-    lanes.handles.lock().unwrap_or_else(|e| e.into_inner()).push((index, generation, handle));
+    lanes.handles.lock().unwrap_or_else(|e| e.into_inner()).push((stuck, handle));
     Ok(())
+}
+
+/// A lane thread's life: serve a lane until shutdown; after an overrun, wait as a spare
+/// to serve whichever lane next needs a replacement.
+fn lane_thread(
+    lanes: Arc<Lanes>,
+    mut index: usize,
+    mut ready: Option<Arc<Barrier>>,
+    stuck: Arc<AtomicBool>,
+) {
+    loop {
+        let lane = &lanes.lanes[index];
+        *lane.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread::current());
+        *lane.worker.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&stuck));
+        let info = pin_current(index, lane, lanes.pin);
+        let core = if info.pinned { info.core.map_or(-1, |c| c as i32) } else { -1 };
+        let _ = lane.info.set(info);
+        let mut ctx = LaneCtx::new(Arc::clone(&lanes), index, core);
+        if let Some(ready) = ready.take() {
+            ready.wait();
+        }
+        if lanes.worker_loop(index, &mut ctx) == RunEnd::Done {
+            return;
+        }
+        // Back from an overrun: this thread no longer serves a lane.
+        let (offer, assignment) = std::sync::mpsc::sync_channel(1);
+        {
+            let mut spares = lanes.spares.lock().unwrap_or_else(|e| e.into_inner());
+            stuck.store(false, Ordering::SeqCst);
+            if lanes.shutdown.load(Ordering::SeqCst) {
+                return;
+            }
+            spares.push(offer);
+        }
+        match assignment.recv() {
+            Ok(next) => index = next,
+            Err(_) => return,
+        }
+    }
 }
 
 static PIN_WARNING: std::sync::Once = std::sync::Once::new();

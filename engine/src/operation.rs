@@ -633,7 +633,7 @@ impl<A: Send + 'static, R: Send + 'static> Job for Batch<A, R> {
                 Err(payload) => Err(TokenError::Panicked { message: panic_message(&*payload) }),
             };
             ran += 1;
-            if timed && !lane.unwatch() {
+            if timed && !lane.unwatch(token_id) {
                 // Our deadline passed and this lane was replaced: the replacement took
                 // over our permit and our place; the late value is dropped.
                 end = RunEnd::Retired;

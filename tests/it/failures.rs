@@ -1,0 +1,269 @@
+//! Failure nets: deadlines, stuck lanes, retries, per-operation limits, shutdown modes,
+//! and exactly-once resolution under random interleavings of all of them.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use proptest::prelude::*;
+use tokengate::{
+    CancelSource, Context, Engine, RejectReason, RetryPolicy, Shutdown, TokenError, TokenState,
+    Weight,
+};
+
+use crate::{eventually, gate, one_lane};
+
+#[test]
+fn a_call_past_its_deadline_times_out_and_its_lane_is_replaced() {
+    let engine = one_lane(64);
+    let (release, held) = mpsc::channel::<()>();
+    let held = Mutex::new(held);
+    let returned = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&returned);
+    let stuck = engine
+        .operation("stuck", Weight::Heavy)
+        .timeout(Duration::from_millis(20))
+        .register(move |()| {
+            let _ = held.lock().unwrap().recv();
+            flag.store(true, Ordering::SeqCst);
+            7u32
+        })
+        .unwrap();
+    let echo = engine.register("echo", Weight::Light, |x: u32| x).unwrap();
+    let token = stuck.submit(());
+    assert_eq!(token.wait(), Err(TokenError::TimedOut), "resolved while the call still runs");
+    assert!(!returned.load(Ordering::SeqCst));
+    // The engine's only lane is stuck in that call, yet new work runs: it was replaced.
+    assert_eq!(echo.submit(5).wait(), Ok(5));
+    assert_eq!(engine.stuck_workers(), 1);
+    release.send(()).unwrap();
+    eventually("the stuck call returns", || returned.load(Ordering::SeqCst));
+    let stats = stuck.stats();
+    assert_eq!((stats.timed_out, stats.completed), (1, 0), "the late value is discarded");
+    engine.shutdown();
+}
+
+#[test]
+fn cooperative_calls_see_their_deadline() {
+    let engine = Engine::builder().pin(false).build().unwrap();
+    let saw = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&saw);
+    let polite = engine
+        .operation("polite", Weight::Heavy)
+        .timeout(Duration::from_millis(10))
+        .register_with_context(move |(), cx: &Context<'_>| {
+            while !cx.is_cancelled() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            flag.store(true, Ordering::SeqCst);
+        })
+        .unwrap();
+    assert_eq!(polite.submit(()).wait(), Err(TokenError::TimedOut));
+    eventually("the call noticed", || saw.load(Ordering::SeqCst));
+}
+
+#[test]
+fn retries_follow_the_policy_and_resolve_once() {
+    let engine = Engine::builder().pin(false).log_in_memory().build().unwrap();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&runs);
+    let flaky = engine
+        .operation("flaky", Weight::Light)
+        .retry(RetryPolicy::new(3).backoff(Duration::from_millis(1)))
+        .register_with_context(move |x: u32, cx: &Context<'_>| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            if cx.attempt() < 3 {
+                panic!("attempt {}", cx.attempt());
+            }
+            x
+        })
+        .unwrap();
+    let token = flaky.submit(9);
+    let id = token.id();
+    eventually("the token resolves", || token.is_finished());
+    assert_eq!(token.attempt(), 3);
+    assert_eq!(token.wait(), Ok(9));
+    assert_eq!(runs.load(Ordering::SeqCst), 3);
+
+    let no_errors = engine
+        .operation("no_errors", Weight::Light)
+        .retry(RetryPolicy::new(3).on(true, false, false))
+        .register_fallible(|_: u32| Err::<u32, _>("refused"))
+        .unwrap();
+    assert_eq!(no_errors.submit(1).wait(), Err(TokenError::Failed("refused".into())));
+
+    let always = engine
+        .operation("always", Weight::Light)
+        .retry(RetryPolicy::new(2))
+        .register(|_: u32| -> u32 { panic!("always") })
+        .unwrap();
+    assert!(matches!(always.submit(1).wait(), Err(TokenError::Panicked { .. })));
+
+    let slow_first = engine
+        .operation("slow_first", Weight::Heavy)
+        .timeout(Duration::from_millis(20))
+        .retry(RetryPolicy::new(2).on(false, false, true))
+        .register_with_context(|x: u32, cx: &Context<'_>| {
+            while cx.attempt() == 1 && !cx.is_cancelled() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            x
+        })
+        .unwrap();
+    let token = slow_first.submit(4);
+    eventually("the retry resolves", || token.is_finished());
+    assert_eq!(token.attempt(), 2);
+    assert_eq!(token.wait(), Ok(4));
+
+    engine.shutdown();
+    assert_eq!(flaky.stats().retried, 2);
+    assert_eq!((no_errors.stats().retried, no_errors.stats().failed), (0, 1));
+    assert_eq!((always.stats().retried, always.stats().failed), (1, 1));
+    assert_eq!((slow_first.stats().retried, slow_first.stats().timed_out), (1, 0));
+    // Every attempt is in the telemetry, numbered.
+    let mut attempts: Vec<u8> =
+        engine.take_records().iter().filter(|r| r.token_id == id).map(|r| r.attempt).collect();
+    attempts.sort_unstable();
+    assert_eq!(attempts, vec![1, 2, 3]);
+}
+
+#[test]
+fn an_operation_limit_keeps_a_flood_from_taking_all_capacity() {
+    let engine = one_lane(1_000);
+    let (hold, release) = gate(&engine, "hold");
+    let holding = hold.submit(());
+    eventually("the gate runs", || holding.state() == TokenState::Running);
+    let flood =
+        engine.operation("flood", Weight::Light).queue_limit(2).register(|x: u32| x).unwrap();
+    let other = engine.register("other", Weight::Light, |x: u32| x).unwrap();
+    let queued = vec![flood.submit(1), flood.submit(2)];
+    assert_eq!(
+        flood.try_submit(3).unwrap_err(),
+        TokenError::Rejected { reason: RejectReason::Overloaded }
+    );
+    let others: Vec<_> = (0..100).map(|x| other.try_submit(x).expect("room for others")).collect();
+    release.send(()).unwrap();
+    assert_eq!(queued.into_iter().map(|t| t.wait().unwrap()).sum::<u32>(), 3);
+    assert_eq!(others.into_iter().map(|t| t.wait().unwrap()).sum::<u32>(), 4_950);
+    // And a large bulk submit flows through the limit.
+    assert_eq!(
+        flood.submit_many(0..50u32).into_iter().map(|t| t.wait().unwrap()).sum::<u32>(),
+        1_225
+    );
+}
+
+#[test]
+fn abort_cancels_waiting_work_and_waits_for_running_work() {
+    let engine = one_lane(1_000);
+    let (hold, release) = gate(&engine, "hold");
+    let holding = hold.submit(());
+    eventually("the gate runs", || holding.state() == TokenState::Running);
+    let echo = engine.register("echo", Weight::Light, |x: u32| x).unwrap();
+    let queued = echo.submit_many(0..100u32);
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        release.send(()).unwrap();
+    });
+    engine.shutdown_with(Shutdown::Abort);
+    releaser.join().unwrap();
+    assert_eq!(holding.wait(), Ok(()), "the running call finished");
+    for token in queued {
+        assert_eq!(token.wait(), Err(TokenError::Cancelled { by: CancelSource::Shutdown }));
+    }
+    assert_eq!(echo.stats().cancelled, 100);
+    assert_eq!(
+        echo.submit(1).wait(),
+        Err(TokenError::Rejected { reason: RejectReason::ShuttingDown })
+    );
+}
+
+#[test]
+fn dropping_the_engine_drains_it() {
+    let engine = Engine::builder().pin(false).build().unwrap();
+    let slow = engine
+        .register("slow", Weight::Medium, |x: u64| {
+            std::thread::sleep(Duration::from_micros(50));
+            x
+        })
+        .unwrap();
+    let tokens = slow.submit_many(0..500u64);
+    drop(engine);
+    assert!(tokens.iter().all(|t| t.state() == TokenState::Completed));
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Fast,
+    Panic,
+    Slow,
+}
+
+#[derive(Debug, Clone)]
+enum Action {
+    Submit(u8, Kind),
+    TrySubmit(Kind),
+    Cancel(usize),
+}
+
+fn action() -> impl Strategy<Value = Action> {
+    let kind = prop_oneof![4 => Just(Kind::Fast), 1 => Just(Kind::Panic), 1 => Just(Kind::Slow)];
+    prop_oneof![
+        3 => (1u8..40, kind.clone()).prop_map(|(n, k)| Action::Submit(n, k)),
+        1 => kind.prop_map(Action::TrySubmit),
+        2 => any::<usize>().prop_map(Action::Cancel),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Random interleavings of submit, try_submit, cancel, panics, deadlines, retries and
+    /// either shutdown: every admitted token resolves exactly once.
+    #[test]
+    fn every_token_resolves_exactly_once(actions in prop::collection::vec(action(), 1..30), abort: bool) {
+        let engine = Engine::builder().workers(2).pin(false).capacity(64).build().unwrap();
+        let op = engine
+            .operation("mix", Weight::Light)
+            .timeout(Duration::from_millis(5))
+            .retry(RetryPolicy::new(2).on(true, false, false))
+            .register_with_context(|kind: u8, cx: &Context<'_>| {
+                match kind {
+                    1 if cx.attempt() == 1 => panic!("injected"),
+                    2 => std::thread::sleep(Duration::from_millis(8)),
+                    _ => {}
+                }
+                kind
+            })
+            .unwrap();
+        let code = |kind: Kind| match kind { Kind::Fast => 0u8, Kind::Panic => 1, Kind::Slow => 2 };
+        let mut tokens = Vec::new();
+        let mut rejected = 0u64;
+        for action in &actions {
+            match *action {
+                Action::Submit(n, kind) => tokens.extend(op.submit_many((0..n).map(|_| code(kind)))),
+                Action::TrySubmit(kind) => match op.try_submit(code(kind)) {
+                    Ok(token) => tokens.push(token),
+                    Err(_) => rejected += 1,
+                },
+                Action::Cancel(i) if !tokens.is_empty() => {
+                    tokens[i % tokens.len()].cancel();
+                }
+                Action::Cancel(_) => {}
+            }
+        }
+        engine.shutdown_with(if abort { Shutdown::Abort } else { Shutdown::Drain });
+        let admitted = tokens.len() as u64;
+        let mut resolved = 0u64;
+        for token in tokens {
+            let outcome = token.wait_timeout(Duration::from_secs(10));
+            prop_assert!(outcome.is_ok(), "a token never resolved");
+            resolved += 1;
+        }
+        let stats = op.stats();
+        prop_assert_eq!(resolved, admitted);
+        prop_assert_eq!(stats.completed + stats.failed + stats.cancelled + stats.timed_out, admitted,
+            "the engine resolved each admitted token exactly once: {:?}", stats);
+        prop_assert_eq!(stats.submitted, admitted);
+        prop_assert_eq!(stats.rejected, rejected);
+    }
+}
