@@ -205,3 +205,36 @@ pub fn run(
     report.tokens_per_s = caller_resolved as f64 / report.wall.as_secs_f64();
     Ok(report)
 }
+
+/// What a `try_submit` flood did.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct FloodReport {
+    /// Calls made.
+    pub submitted: u64,
+    /// Calls admitted (the rest were rejected as overloaded).
+    pub admitted: u64,
+    /// Peak resident memory over the process's life (MiB).
+    pub peak_rss_mib: f64,
+    /// Wall time.
+    pub wall: Duration,
+}
+
+/// Calls `try_submit` `calls` times as fast as it can on an engine whose lanes cannot
+/// keep up, dropping the tokens it gets (fire and forget): memory must stay bounded by
+/// the admission capacity, not grow with the calls.
+pub fn flood(engine: &Engine, calls: u64) -> Result<FloodReport, RegisterError> {
+    let op = engine.register("flood", Weight::Light, |n: u64| iterate_hash(n % 512 + 256))?;
+    let started = Instant::now();
+    let mut admitted = 0;
+    for n in 0..calls {
+        if op.try_submit(n).is_ok() {
+            admitted += 1;
+        }
+    }
+    Ok(FloodReport {
+        submitted: calls,
+        admitted,
+        peak_rss_mib: crate::sys::peak_rss_bytes().map_or(0.0, |b| b as f64 / (1 << 20) as f64),
+        wall: started.elapsed(),
+    })
+}

@@ -31,6 +31,20 @@ enum Command {
     Compare(CompareArgs),
     /// Flood the engine with faulty calls for a while and account for every token.
     Soak(SoakArgs),
+    /// Call `try_submit` N times on an engine that cannot keep up; report peak memory.
+    Flood(FloodArgs),
+}
+
+#[derive(Args)]
+struct FloodArgs {
+    /// Calls to make.
+    #[arg(long, default_value_t = 10_000_000)]
+    tokens: u64,
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -201,7 +215,37 @@ fn main() -> Result<()> {
         Command::Run(args) => run(args),
         Command::Compare(args) => compare(args),
         Command::Soak(args) => soak(args),
+        Command::Flood(args) => flood(args),
     }
+}
+
+fn flood(args: FloodArgs) -> Result<()> {
+    let engine = builder(&args.engine).build().context("starting the engine")?;
+    stop_on_ctrl_c(&engine);
+    let report = tokengate::workloads::soak::flood(&engine, args.tokens)?;
+    engine.shutdown();
+    let json = json!({
+        "submitted": report.submitted,
+        "admitted": report.admitted,
+        "rejected": report.submitted - report.admitted,
+        "capacity": engine.capacity(),
+        "peak_rss_mib": report.peak_rss_mib,
+        "wall_s": report.wall.as_secs_f64(),
+    });
+    if args.json {
+        println!("{json}");
+    } else {
+        println!(
+            "{} try_submit calls: {} admitted, {} rejected as overloaded (capacity {}); peak RSS {:.0} MiB; {:.2} s",
+            group(report.submitted),
+            group(report.admitted),
+            group(report.submitted - report.admitted),
+            group(engine.capacity() as u64),
+            report.peak_rss_mib,
+            report.wall.as_secs_f64()
+        );
+    }
+    Ok(())
 }
 
 /// First Ctrl-C drains (admitted work finishes, telemetry is completed); a second one
