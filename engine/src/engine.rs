@@ -11,7 +11,7 @@ use crate::admission::Admission;
 use crate::error::{BuildError, RegisterError, TokenError};
 use crate::lanes::{self, LaneConfig, LaneInfo, LaneStats, Lanes, MAX_LANES};
 use crate::model::Model;
-use crate::operation::{BoxFn, Context, OpOptions, Operation, RetryPolicy, SizeHint};
+use crate::operation::{BoxFn, Context, Dedupe, OpOptions, Operation, RetryPolicy, SizeHint};
 use crate::router::{LearnedRouter, Router, StaticRouter, Weight};
 use crate::telemetry::{Sink, Telemetry, TelemetryStats, TokenRecord};
 
@@ -325,7 +325,7 @@ impl<A: Clone> OperationBuilder<'_, A> {
     }
 }
 
-impl<A: Send + 'static> OperationBuilder<'_, A> {
+impl<'e, A: Send + 'static> OperationBuilder<'e, A> {
     /// A cheap function giving each argument's size (bytes, elements, iterations…):
     /// the learned router's main input besides the operation itself.
     pub fn size_hint(mut self, hint: SizeHint<A>) -> Self {
@@ -358,7 +358,14 @@ impl<A: Send + 'static> OperationBuilder<'_, A> {
         F: Fn(A) -> R + Send + Sync + 'static,
     {
         let f: BoxFn<A, R> = Box::new(move |a, _| Ok(f(a)));
-        self.engine.add_operation(&self.name, self.weight, self.options, f)
+        self.engine.add_operation(&self.name, self.weight, self.options, f, None)
+    }
+
+    /// Makes calls with equal `key(arg)` safe to repeat: while one is in flight, a
+    /// duplicate does not run again; it resolves with a copy of the first call's result
+    /// (so results must be `Clone`). Register through the returned builder.
+    pub fn dedupe(self, key: fn(&A) -> u64) -> DedupeBuilder<'e, A> {
+        DedupeBuilder { inner: self, key }
     }
 
     /// Registers a function returning `Result` (see [`Engine::register_fallible`]).
@@ -370,7 +377,7 @@ impl<A: Send + 'static> OperationBuilder<'_, A> {
     {
         let f: BoxFn<A, R> =
             Box::new(move |a, _| f(a).map_err(|e| TokenError::Failed(e.to_string())));
-        self.engine.add_operation(&self.name, self.weight, self.options, f)
+        self.engine.add_operation(&self.name, self.weight, self.options, f, None)
     }
 
     /// Registers a function that also receives its run's [`Context`], to notice a
@@ -396,7 +403,69 @@ impl<A: Send + 'static> OperationBuilder<'_, A> {
         F: Fn(A, &Context<'_>) -> R + Send + Sync + 'static,
     {
         let f: BoxFn<A, R> = Box::new(move |a, cx| Ok(f(a, cx)));
-        self.engine.add_operation(&self.name, self.weight, self.options, f)
+        self.engine.add_operation(&self.name, self.weight, self.options, f, None)
+    }
+}
+
+/// Registers an operation whose duplicate calls share one run; from
+/// [`OperationBuilder::dedupe`].
+///
+/// ```
+/// # let engine = tokengate::Engine::builder().build()?;
+/// let fetch = engine
+///     .operation("fetch", tokengate::Weight::Medium)
+///     .dedupe(|url: &String| url.len() as u64) // any cheap function of the argument
+///     .register(|url: String| format!("body of {url}"))?;
+/// let (a, b) = (fetch.submit("a.example".into()), fetch.submit("b.example".into()));
+/// assert_eq!(a.wait()?, "body of a.example");
+/// # let _ = b.wait()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct DedupeBuilder<'e, A> {
+    inner: OperationBuilder<'e, A>,
+    key: fn(&A) -> u64,
+}
+
+impl<A> std::fmt::Debug for DedupeBuilder<'_, A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DedupeBuilder").field("operation", &self.inner).finish()
+    }
+}
+
+impl<'e, A: Send + 'static> DedupeBuilder<'e, A> {
+    /// Registers an infallible function (see [`Engine::register`]).
+    pub fn register<R, F>(self, f: F) -> Result<Operation<A, R>, RegisterError>
+    where
+        R: Clone + Send + 'static,
+        F: Fn(A) -> R + Send + Sync + 'static,
+    {
+        self.register_with_context(move |a, _| f(a))
+    }
+
+    /// Registers a function returning `Result` (see [`Engine::register_fallible`]).
+    pub fn register_fallible<R, E, F>(self, f: F) -> Result<Operation<A, R>, RegisterError>
+    where
+        R: Clone + Send + 'static,
+        E: std::fmt::Display,
+        F: Fn(A) -> Result<R, E> + Send + Sync + 'static,
+    {
+        let f: BoxFn<A, R> =
+            Box::new(move |a, _| f(a).map_err(|e| TokenError::Failed(e.to_string())));
+        let op = self.inner;
+        let dedupe = Some(Dedupe::new(self.key, R::clone));
+        op.engine.add_operation(&op.name, op.weight, op.options, f, dedupe)
+    }
+
+    /// Registers a function that also receives its run's [`Context`].
+    pub fn register_with_context<R, F>(self, f: F) -> Result<Operation<A, R>, RegisterError>
+    where
+        R: Clone + Send + 'static,
+        F: Fn(A, &Context<'_>) -> R + Send + Sync + 'static,
+    {
+        let f: BoxFn<A, R> = Box::new(move |a, cx| Ok(f(a, cx)));
+        let op = self.inner;
+        let dedupe = Some(Dedupe::new(self.key, R::clone));
+        op.engine.add_operation(&op.name, op.weight, op.options, f, dedupe)
     }
 }
 
@@ -479,6 +548,7 @@ impl Engine {
         weight: Weight,
         options: OpOptions<A>,
         f: BoxFn<A, R>,
+        dedupe: Option<Dedupe<A, R>>,
     ) -> Result<Operation<A, R>, RegisterError>
     where
         A: Send + 'static,
@@ -486,7 +556,7 @@ impl Engine {
     {
         let id = self.claim_name(name)?;
         self.shared.router.register_op(id, name);
-        Ok(Operation::new(Arc::clone(&self.shared), id, name, weight, options, f))
+        Ok(Operation::new(Arc::clone(&self.shared), id, name, weight, options, f, dedupe))
     }
 
     fn claim_name(&self, name: &str) -> Result<u32, RegisterError> {

@@ -53,7 +53,7 @@ pub mod telemetry;
 mod token;
 pub mod workloads;
 
-pub use engine::{Engine, EngineBuilder, OperationBuilder, Shutdown, StopHandle};
+pub use engine::{DedupeBuilder, Engine, EngineBuilder, OperationBuilder, Shutdown, StopHandle};
 pub use error::{BuildError, CancelSource, RegisterError, RejectReason, TokenError};
 pub use lanes::{LaneInfo, LaneStats};
 pub use operation::{Context, OpStats, Operation, RetryPolicy, SizeHint};

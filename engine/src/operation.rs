@@ -115,6 +115,61 @@ impl<A> Default for OpOptions<A> {
     }
 }
 
+/// Duplicate-call safety: calls with the same key while one is in flight wait for it
+/// and get copies of its result instead of running again.
+pub(crate) struct Dedupe<A, R> {
+    key: fn(&A) -> u64,
+    copy: fn(&R) -> R,
+    in_flight: std::sync::Mutex<std::collections::HashMap<u64, Flight<R>>>,
+}
+
+struct Flight<R> {
+    /// The token that runs.
+    leader: u64,
+    /// The tokens waiting for its result.
+    followers: Vec<(Arc<Chunk<R>>, u32)>,
+}
+
+impl<A, R> Dedupe<A, R> {
+    pub(crate) fn new(key: fn(&A) -> u64, copy: fn(&R) -> R) -> Self {
+        Dedupe { key, copy, in_flight: std::sync::Mutex::new(std::collections::HashMap::new()) }
+    }
+
+    /// Registers token `index` of `chunk` under `key`: true if it joins a call already in
+    /// flight (and must not run), false if it leads a new one.
+    fn join(&self, key: u64, chunk: &Arc<Chunk<R>>, index: u32) -> bool {
+        let mut flights = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        match flights.entry(key) {
+            std::collections::hash_map::Entry::Occupied(mut flight) => {
+                flight.get_mut().followers.push((Arc::clone(chunk), index));
+                true
+            }
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(Flight { leader: chunk.id_of(index), followers: Vec::new() });
+                false
+            }
+        }
+    }
+
+    /// Ends the flight `leader` leads, handing back its followers.
+    fn land(&self, key: u64, leader: u64) -> Vec<(Arc<Chunk<R>>, u32)> {
+        let mut flights = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        match flights.get(&key) {
+            Some(flight) if flight.leader == leader => {
+                flights.remove(&key).map(|f| f.followers).unwrap_or_default()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn copy_result(&self, result: &Result<R, TokenError>) -> Result<R, TokenError> {
+        match result {
+            Ok(value) => Ok((self.copy)(value)),
+            Err(error) => Err(error.clone()),
+        }
+    }
+}
+
 pub(crate) struct OpShared<A, R> {
     engine: Arc<Shared>,
     id: u32,
@@ -122,6 +177,7 @@ pub(crate) struct OpShared<A, R> {
     weight: Weight,
     options: OpOptions<A>,
     f: BoxFn<A, R>,
+    dedupe: Option<Dedupe<A, R>>,
     counters: OpCounters,
     queue: Arc<OpQueue>,
     resolutions: Arc<Resolutions>,
@@ -211,6 +267,10 @@ impl<A: Send + 'static, R: Send + 'static> OpShared<A, R> {
         let engine = &op.engine;
         if engine.lanes.is_aborting() {
             chunk.cancel(index, CancelSource::Shutdown);
+            let key = op.dedupe.as_ref().map(|d| (d.key)(&arg));
+            op.land_flight(key, &chunk, index, || {
+                Err(TokenError::Cancelled { by: CancelSource::Shutdown })
+            });
             engine.admission.release(1, &op.queue);
             return;
         }
@@ -229,6 +289,26 @@ impl<A: Send + 'static, R: Send + 'static> OpShared<A, R> {
         });
         let batch = Batch { op: Arc::clone(op), chunk, items: vec![(index, arg)], meta, attempt };
         engine.lanes.push(placement.lanes, Box::new(batch));
+    }
+
+    /// Ends the duplicate flight led by token `index` of `chunk` (if the operation
+    /// deduplicates), resolving every waiting duplicate with `result(followers)`.
+    fn land_flight(
+        &self,
+        key: Option<u64>,
+        chunk: &Chunk<R>,
+        index: u32,
+        result: impl Fn() -> Result<R, TokenError>,
+    ) {
+        let (Some(dedupe), Some(key)) = (&self.dedupe, key) else { return };
+        let followers = dedupe.land(key, chunk.id_of(index));
+        if followers.is_empty() {
+            return;
+        }
+        for (follower, slot) in &followers {
+            follower.resolve_follower(*slot, result());
+        }
+        self.engine.admission.release(followers.len(), &self.queue);
     }
 
     /// A copy of the argument for the deadline, when a time-out would be retried.
@@ -292,8 +372,10 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
         weight: Weight,
         options: OpOptions<A>,
         f: BoxFn<A, R>,
+        dedupe: Option<Dedupe<A, R>>,
     ) -> Self {
         let inner = OpShared {
+            dedupe,
             engine,
             id,
             name: name.to_string(),
@@ -461,6 +543,14 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
         };
         let mut pending: [Pending<A>; 2] = [Pending::new(), Pending::new()];
         for (index, (arg, declared)) in items.enumerate() {
+            if let Some(dedupe) = &self.inner.dedupe {
+                if dedupe.join((dedupe.key)(&arg), &chunk, index as u32) {
+                    // A duplicate of a call in flight: it waits for that call's result
+                    // (holding its permit until then) and is never queued.
+                    tokens.push(chunk.token(index as u32));
+                    continue;
+                }
+            }
             features.declared = declared;
             features.arg_size = self.inner.options.size_hint.map_or(0, |hint| hint(&arg));
             let mut placement = engine.router.route(&features);
@@ -590,8 +680,11 @@ impl<A: Send + 'static, R: Send + 'static> Job for Batch<A, R> {
         let Batch { op, chunk, items, meta, attempt } = *self;
         let len = items.len();
         if lane.aborting() {
-            for (index, _) in items {
+            let shutdown = || Err(TokenError::Cancelled { by: CancelSource::Shutdown });
+            for (index, arg) in items {
                 chunk.cancel(index, CancelSource::Shutdown);
+                let key = op.dedupe.as_ref().map(|d| (d.key)(&arg));
+                op.land_flight(key, &chunk, index, shutdown);
             }
             op.engine.admission.release(len, &op.queue);
             return RunEnd::Done;
@@ -606,8 +699,17 @@ impl<A: Send + 'static, R: Send + 'static> Job for Batch<A, R> {
         let mut end = RunEnd::Done;
         for (position, (index, arg)) in items.into_iter().enumerate() {
             let slot = chunk.slot(index);
+            let key = op.dedupe.as_ref().map(|d| (d.key)(&arg));
             if !slot.claim(attempt) {
                 skipped += 1;
+                if key.is_some() && slot.is_resolved() {
+                    // The leading call was cancelled by its caller before it ran: its
+                    // duplicates still asked for a result, so run it for them.
+                    let result = call(&op.f, arg, attempt, &|| true);
+                    op.land_flight(key, &chunk, index, || {
+                        op.dedupe.as_ref().expect("keyed").copy_result(&result)
+                    });
+                }
                 continue;
             }
             let token_id = chunk.id_of(index);
@@ -626,12 +728,7 @@ impl<A: Send + 'static, R: Send + 'static> Job for Batch<A, R> {
                 op.arm_deadline(&chunk, index, attempt, timeout_arg);
                 lane.watch(token_id, &op.queue);
             }
-            let still_running = || slot.is_running(attempt);
-            let context = Context { still_running: &still_running, attempt };
-            let result = match panic::catch_unwind(AssertUnwindSafe(|| (op.f)(arg, &context))) {
-                Ok(result) => result,
-                Err(payload) => Err(TokenError::Panicked { message: panic_message(&*payload) }),
-            };
+            let result = call(&op.f, arg, attempt, &|| slot.is_running(attempt));
             ran += 1;
             if timed && !lane.unwatch(token_id) {
                 // Our deadline passed and this lane was replaced: the replacement took
@@ -646,7 +743,16 @@ impl<A: Send + 'static, R: Send + 'static> Job for Batch<A, R> {
                     Outcome::Failed
                 }
                 _ => {
-                    let outcome = slot.finish(attempt, result);
+                    let outcome = match (&op.dedupe, key) {
+                        (Some(dedupe), Some(_)) => slot.finish_and(attempt, result, |first| {
+                            op.land_flight(key, &chunk, index, || dedupe.copy_result(first));
+                        }),
+                        _ => slot.finish(attempt, result),
+                    };
+                    if outcome == Outcome::Skipped && slot.is_resolved() {
+                        // A deadline resolved it while it ran: its duplicates time out too.
+                        op.land_flight(key, &chunk, index, || Err(TokenError::TimedOut));
+                    }
                     match outcome {
                         Outcome::Completed => completed += 1,
                         Outcome::Failed => failed += 1,
@@ -708,6 +814,20 @@ impl<A: Send + 'static, R: Send + 'static> Job for Batch<A, R> {
             op.engine.admission.release(len, &op.queue);
         }
         end
+    }
+}
+
+/// Runs one call, turning a panic into an error.
+fn call<A, R>(
+    f: &BoxFn<A, R>,
+    arg: A,
+    attempt: u8,
+    still_running: &dyn Fn() -> bool,
+) -> Result<R, TokenError> {
+    let context = Context { still_running, attempt };
+    match panic::catch_unwind(AssertUnwindSafe(|| f(arg, &context))) {
+        Ok(result) => result,
+        Err(payload) => Err(TokenError::Panicked { message: panic_message(&*payload) }),
     }
 }
 

@@ -184,13 +184,63 @@ impl<R> Slot<R> {
     /// The worker finished running attempt `attempt`.
     #[inline]
     pub(crate) fn finish(&self, attempt: u8, result: Result<R, TokenError>) -> Outcome {
+        self.finish_and(attempt, result, |_| {})
+    }
+
+    /// [`Slot::finish`], calling `first` with the result once this attempt has won the
+    /// right to resolve the token and before the token is resolved (duplicate calls
+    /// waiting on this one get their copies there).
+    #[inline]
+    pub(crate) fn finish_and(
+        &self,
+        attempt: u8,
+        result: Result<R, TokenError>,
+        first: impl FnOnce(&Result<R, TokenError>),
+    ) -> Outcome {
         let outcome = if result.is_ok() { Outcome::Completed } else { Outcome::Failed };
-        match self.resolve_from(pack(RUNNING, attempt), result) {
-            Ok(()) => outcome,
+        let running = pack(RUNNING, attempt);
+        let writing = pack(WRITING, attempt);
+        if self
+            .state
+            .compare_exchange(running, writing, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
             // A deadline resolved it or moved it on while it ran: the late value is
             // dropped here, never delivered.
-            Err(_late) => Outcome::Skipped,
+            return Outcome::Skipped;
         }
+        first(&result);
+        let terminal = terminal_code(&result);
+        // SAFETY: we won the CAS into WRITING, so we are the only writer, and no reader
+        // looks at `result` before it sees the terminal state stored below.
+        unsafe { (*self.result.get()).write(result) };
+        self.state.store(pack(terminal, attempt), Ordering::Release);
+        self.waker.wake();
+        outcome
+    }
+
+    /// Resolves a token that was never queued to run (a duplicate of a call in flight)
+    /// with the result the first call produced. False if it was already resolved.
+    pub(crate) fn resolve_waiting(&self, result: Result<R, TokenError>) -> bool {
+        let mut result = result;
+        let mut current = self.state.load(Ordering::Acquire);
+        loop {
+            if state_of(current) != QUEUED {
+                return false;
+            }
+            match self.resolve_from(current, result) {
+                Ok(()) => return true,
+                Err(back) => {
+                    result = back;
+                    current = self.state.load(Ordering::Acquire);
+                }
+            }
+        }
+    }
+
+    /// True once the token has resolved.
+    pub(crate) fn is_resolved(&self) -> bool {
+        state_of(self.state.load(Ordering::Acquire)) & !TAKEN >= COMPLETED
     }
 
     /// After a failed attempt the worker hands the token to the next attempt. False if
@@ -326,6 +376,21 @@ impl<R> Chunk<R> {
             }
         }
         cancelled
+    }
+
+    /// Resolves the duplicate waiting in slot `index`, counting it by its outcome.
+    pub(crate) fn resolve_follower(&self, index: u32, result: Result<R, TokenError>) {
+        let counter = self.resolutions.as_ref().map(|r| match &result {
+            Ok(_) => &r.completed,
+            Err(TokenError::Cancelled { .. }) => &r.cancelled,
+            Err(TokenError::TimedOut) => &r.timed_out,
+            Err(_) => &r.failed,
+        });
+        if self.slot(index).resolve_waiting(result) {
+            if let Some(counter) = counter {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Applies a deadline to slot `index`, counting a time-out.

@@ -217,8 +217,8 @@ fn action() -> impl Strategy<Value = Action> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
-    /// Random interleavings of submit, try_submit, cancel, panics, deadlines, retries and
-    /// either shutdown: every admitted token resolves exactly once.
+    /// Random interleavings of submit, try_submit, cancel, panics, deadlines, retries,
+    /// duplicate calls and either shutdown: every admitted token resolves exactly once.
     #[test]
     fn every_token_resolves_exactly_once(actions in prop::collection::vec(action(), 1..30), abort: bool) {
         let engine = Engine::builder().workers(2).pin(false).capacity(64).build().unwrap();
@@ -226,7 +226,8 @@ proptest! {
             .operation("mix", Weight::Light)
             .timeout(Duration::from_millis(5))
             .retry(RetryPolicy::new(2).on(true, false, false))
-            .register_with_context(|kind: u8, cx: &Context<'_>| {
+            .dedupe(|&(_, key): &(u8, u8)| u64::from(key))
+            .register_with_context(|(kind, _): (u8, u8), cx: &Context<'_>| {
                 match kind {
                     1 if cx.attempt() == 1 => panic!("injected"),
                     2 => std::thread::sleep(Duration::from_millis(8)),
@@ -235,12 +236,21 @@ proptest! {
                 kind
             })
             .unwrap();
-        let code = |kind: Kind| match kind { Kind::Fast => 0u8, Kind::Panic => 1, Kind::Slow => 2 };
+        // Keys repeat, so some calls ride on a duplicate in flight (that may panic,
+        // time out, or be cancelled) instead of running.
+        let mut next_key = 0u8;
+        let mut code = |kind: Kind| {
+            next_key = next_key.wrapping_add(1);
+            (match kind { Kind::Fast => 0u8, Kind::Panic => 1, Kind::Slow => 2 }, next_key % 7)
+        };
         let mut tokens = Vec::new();
         let mut rejected = 0u64;
         for action in &actions {
             match *action {
-                Action::Submit(n, kind) => tokens.extend(op.submit_many((0..n).map(|_| code(kind)))),
+                Action::Submit(n, kind) => {
+                    let args: Vec<_> = (0..n).map(|_| code(kind)).collect();
+                    tokens.extend(op.submit_many(args));
+                }
                 Action::TrySubmit(kind) => match op.try_submit(code(kind)) {
                     Ok(token) => tokens.push(token),
                     Err(_) => rejected += 1,
@@ -266,4 +276,57 @@ proptest! {
         prop_assert_eq!(stats.submitted, admitted);
         prop_assert_eq!(stats.rejected, rejected);
     }
+}
+
+#[test]
+fn duplicate_calls_in_flight_share_one_run() {
+    let engine = one_lane(1_000);
+    let (hold, release) = gate(&engine, "hold");
+    let holding = hold.submit(());
+    eventually("the gate runs", || holding.state() == TokenState::Running);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&runs);
+    let fetch = engine
+        .operation("fetch", Weight::Light)
+        .dedupe(|key: &u64| *key)
+        .register_fallible(move |key: u64| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            if key == 13 {
+                Err(format!("no {key}"))
+            } else {
+                Ok(format!("value {key}"))
+            }
+        })
+        .unwrap();
+    let first = fetch.submit(1);
+    let duplicates: Vec<_> = (0..3).map(|_| fetch.submit(1)).collect();
+    let other = fetch.submit(2);
+    let cancelled_leader = fetch.submit(7);
+    let riders = fetch.submit_many([7, 7]);
+    assert!(cancelled_leader.cancel(), "the leader of key 7 is cancelled by its caller");
+    let failing = fetch.submit_many([13, 13]);
+    release.send(()).unwrap();
+    holding.wait().unwrap();
+
+    assert_eq!(first.wait(), Ok("value 1".to_string()));
+    for duplicate in duplicates {
+        assert_eq!(duplicate.wait(), Ok("value 1".to_string()));
+    }
+    assert_eq!(other.wait(), Ok("value 2".to_string()));
+    assert_eq!(cancelled_leader.wait(), Err(TokenError::Cancelled { by: CancelSource::Caller }));
+    for rider in riders {
+        assert_eq!(rider.wait(), Ok("value 7".to_string()), "duplicates still get a result");
+    }
+    for token in failing {
+        assert_eq!(token.wait(), Err(TokenError::Failed("no 13".into())));
+    }
+    // Keys 1, 2, 7 and 13 ran once each.
+    assert_eq!(runs.load(Ordering::SeqCst), 4);
+    // Once a call has landed, the same key runs again.
+    assert_eq!(fetch.submit(1).wait(), Ok("value 1".to_string()));
+    assert_eq!(runs.load(Ordering::SeqCst), 5);
+    let stats = fetch.stats();
+    assert_eq!(stats.submitted, 11);
+    assert_eq!(stats.completed + stats.failed + stats.cancelled, 11, "{stats:?}");
+    assert_eq!(engine.in_flight(), 0, "duplicates gave their permits back");
 }

@@ -22,6 +22,8 @@ pub struct SoakConfig {
     pub hang_rate: f64,
     /// Share of calls the caller cancels right after submitting.
     pub cancel_rate: f64,
+    /// Share of calls that repeat the key of a recent call (deduplicated while in flight).
+    pub dup_rate: f64,
     /// Each call's deadline (its normal cost is at most ~60 µs).
     pub timeout: Duration,
     /// How long a hanging call sleeps.
@@ -37,6 +39,7 @@ impl Default for SoakConfig {
             panic_rate: 0.01,
             hang_rate: 0.001,
             cancel_rate: 0.01,
+            dup_rate: 0.05,
             timeout: Duration::from_millis(10),
             hang: Duration::from_millis(100),
             seed: 1,
@@ -89,6 +92,7 @@ impl SoakReport {
 
 #[derive(Clone, Copy)]
 struct Call {
+    key: u64,
     size: u64,
     fault: Fault,
 }
@@ -132,6 +136,7 @@ pub fn run(
         .size_hint(|call: &Call| call.size)
         .timeout(config.timeout)
         .retry(RetryPolicy::new(2).on(true, false, false))
+        .dedupe(|call: &Call| call.key)
         .register_with_context(move |call: Call, cx: &Context<'_>| {
             match call.fault {
                 Fault::Panic if cx.attempt() == 1 => panic!("injected panic"),
@@ -141,6 +146,7 @@ pub fn run(
             iterate_hash(call.size)
         })?;
     let mut rng = SmallRng::seed_from_u64(config.seed);
+    let mut next_key = 1_000u64;
     let mut report = SoakReport::default();
     let mut outstanding: VecDeque<Token<u64>> = VecDeque::new();
     let started = Instant::now();
@@ -158,7 +164,15 @@ pub fn run(
                 } else {
                     Fault::None
                 };
-                Call { size: rng.random_range(16..20_000), fault }
+                next_key += 1;
+                // A duplicate repeats one of the last 64 keys (with its size and fault).
+                let key = if rng.random::<f64>() < config.dup_rate {
+                    next_key - rng.random_range(1..64)
+                } else {
+                    next_key
+                };
+                let mut draw = SmallRng::seed_from_u64(key);
+                Call { key, size: draw.random_range(16..20_000), fault }
             })
             .collect();
         report.submitted += calls.len() as u64;

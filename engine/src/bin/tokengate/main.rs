@@ -61,6 +61,9 @@ struct SoakArgs {
     /// Share of calls cancelled by the caller right after submitting.
     #[arg(long, default_value_t = 0.01)]
     cancel_rate: f64,
+    /// Share of calls repeating a recent call's key (they share its run if in flight).
+    #[arg(long, default_value_t = 0.05)]
+    dup_rate: f64,
     /// Seed of the fault draws.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -293,6 +296,7 @@ fn soak(args: SoakArgs) -> Result<()> {
         panic_rate: args.panic_rate,
         hang_rate: args.hang_rate,
         cancel_rate: args.cancel_rate,
+        dup_rate: args.dup_rate,
         seed: args.seed,
         ..Default::default()
     };
