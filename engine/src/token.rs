@@ -24,11 +24,11 @@
 //! destructor knows not to drop it again. A token therefore resolves exactly once.
 //! `tests/loom_token.rs` model-checks these races.
 
-use std::cell::UnsafeCell;
 use std::future::Future;
-use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
+
+use self::sync::{AtomicU32, Ordering, ResultCell};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, Thread};
@@ -125,7 +125,7 @@ pub(crate) struct Resolutions {
 pub(crate) struct Slot<R> {
     state: AtomicU32,
     waker: AtomicWaker,
-    result: UnsafeCell<MaybeUninit<Result<R, TokenError>>>,
+    result: ResultCell<Result<R, TokenError>>,
 }
 
 // SAFETY: `result` is written only by the single thread that won the CAS into
@@ -140,7 +140,7 @@ impl<R> Slot<R> {
         Slot {
             state: AtomicU32::new(pack(QUEUED, FIRST_ATTEMPT)),
             waker: AtomicWaker::new(),
-            result: UnsafeCell::new(MaybeUninit::uninit()),
+            result: ResultCell::new(),
         }
     }
 
@@ -175,7 +175,7 @@ impl<R> Slot<R> {
         let terminal = terminal_code(&result);
         // SAFETY: we won the CAS into WRITING, so we are the only writer, and no reader
         // looks at `result` before it sees the terminal state stored below.
-        unsafe { (*self.result.get()).write(result) };
+        unsafe { self.result.write(result) };
         self.state.store(pack(terminal, attempt), Ordering::Release);
         self.waker.wake();
         Ok(())
@@ -213,7 +213,7 @@ impl<R> Slot<R> {
         let terminal = terminal_code(&result);
         // SAFETY: we won the CAS into WRITING, so we are the only writer, and no reader
         // looks at `result` before it sees the terminal state stored below.
-        unsafe { (*self.result.get()).write(result) };
+        unsafe { self.result.write(result) };
         self.state.store(pack(terminal, attempt), Ordering::Release);
         self.waker.wake();
         outcome
@@ -334,7 +334,7 @@ impl<R> Slot<R> {
         assert!(state & TAKEN == 0, "a token's result was taken twice (polled after it resolved)");
         // SAFETY: a terminal state was published with Release after the write, we loaded
         // it with Acquire, and TAKEN is clear, so the value is initialised and unread.
-        let result = unsafe { (*self.result.get()).assume_init_read() };
+        let result = unsafe { self.result.take() };
         self.state.store(word | u32::from(TAKEN), Ordering::Relaxed);
         Some(result)
     }
@@ -423,11 +423,11 @@ impl<R> Chunk<R> {
 impl<R> Drop for Chunk<R> {
     fn drop(&mut self) {
         for slot in self.slots.iter_mut() {
-            let state = state_of(*slot.state.get_mut());
+            let state = state_of(sync::load_mut(&mut slot.state));
             if state >= COMPLETED && state & TAKEN == 0 {
                 // SAFETY: terminal and not taken, so the value is initialised; we have
                 // `&mut self`, so nobody else can observe it.
-                unsafe { slot.result.get_mut().assume_init_drop() };
+                unsafe { slot.result.drop_in_place() };
             }
         }
     }
@@ -573,6 +573,164 @@ pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
             thread::park();
         }
     })
+}
+
+/// The slot's synchronisation primitives: std's, or loom's when model-checking
+/// (`RUSTFLAGS="--cfg tokengate_loom" cargo test -p tokengate --lib loom`).
+mod sync {
+    use std::mem::MaybeUninit;
+
+    #[cfg(not(tokengate_loom))]
+    pub(super) use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[cfg(tokengate_loom)]
+    pub(super) use loom::sync::atomic::{AtomicU32, Ordering};
+
+    #[cfg(not(tokengate_loom))]
+    type Cell<T> = std::cell::UnsafeCell<MaybeUninit<T>>;
+
+    #[cfg(tokengate_loom)]
+    type Cell<T> = loom::cell::UnsafeCell<MaybeUninit<T>>;
+
+    /// Reads a state word through `&mut` (no other thread can see it).
+    pub(super) fn load_mut(state: &mut AtomicU32) -> u32 {
+        #[cfg(not(tokengate_loom))]
+        return *state.get_mut();
+        #[cfg(tokengate_loom)]
+        // SAFETY: `&mut` excludes every other access.
+        return unsafe { state.unsync_load() };
+    }
+
+    /// Storage for a token's result; the state machine decides who may touch it.
+    pub(super) struct ResultCell<T>(Cell<T>);
+
+    impl<T> ResultCell<T> {
+        pub(super) fn new() -> Self {
+            ResultCell(Cell::new(MaybeUninit::uninit()))
+        }
+
+        /// # Safety
+        /// The caller is the only thread touching the cell (it won the CAS into
+        /// `WRITING`), and the cell holds no value.
+        pub(super) unsafe fn write(&self, value: T) {
+            #[cfg(not(tokengate_loom))]
+            // SAFETY: exclusive access, per this function's contract.
+            unsafe {
+                (*self.0.get()).write(value);
+            }
+            #[cfg(tokengate_loom)]
+            // SAFETY: exclusive access, per this function's contract; loom checks it.
+            self.0.with_mut(|cell| unsafe {
+                (*cell).write(value);
+            });
+        }
+
+        /// # Safety
+        /// The cell holds a value that nobody else reads, and this is its last read.
+        pub(super) unsafe fn take(&self) -> T {
+            #[cfg(not(tokengate_loom))]
+            // SAFETY: initialised and exclusive, per this function's contract.
+            return unsafe { (*self.0.get()).assume_init_read() };
+            #[cfg(tokengate_loom)]
+            // SAFETY: initialised and exclusive, per this function's contract.
+            return self.0.with_mut(|cell| unsafe { (*cell).assume_init_read() });
+        }
+
+        /// # Safety
+        /// The cell holds a value that was never taken.
+        pub(super) unsafe fn drop_in_place(&mut self) {
+            // SAFETY: initialised and untaken, per this function's contract.
+            drop(unsafe { self.take() });
+        }
+    }
+}
+
+#[cfg(tokengate_loom)]
+mod loom_tests {
+    //! Model-checks the state machine: every interleaving of a worker, a deadline, a
+    //! retry and a cancel resolves the token exactly once, and the value it carries is
+    //! the one the winner wrote.
+
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn resolutions(chunk: &Chunk<u32>) -> u64 {
+        let r = chunk.resolutions.as_ref().unwrap();
+        r.cancelled.load(std::sync::atomic::Ordering::Relaxed)
+            + r.timed_out.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    #[test]
+    fn loom_worker_deadline_and_cancel() {
+        loom::model(|| {
+            let chunk = Chunk::<u32>::new(0, 1, Some(Arc::new(Resolutions::default())));
+            let token = chunk.token(0);
+            let worker = {
+                let chunk = Arc::clone(&chunk);
+                loom::thread::spawn(move || {
+                    if chunk.slot(0).claim(1) {
+                        chunk.slot(0).finish(1, Ok(7))
+                    } else {
+                        Outcome::Skipped
+                    }
+                })
+            };
+            let timer = {
+                let chunk = Arc::clone(&chunk);
+                loom::thread::spawn(move || chunk.expire(0, 1, false))
+            };
+            let cancelled = token.cancel();
+            let worked = worker.join().unwrap() == Outcome::Completed;
+            let timed_out = matches!(timer.join().unwrap(), Expired::TimedOut { .. });
+            assert_eq!(u64::from(worked) + resolutions(&chunk), 1, "exactly one resolution");
+            match token.wait() {
+                Ok(7) => assert!(worked),
+                Err(TokenError::TimedOut) => assert!(timed_out),
+                Err(TokenError::Cancelled { .. }) => assert!(cancelled),
+                other => panic!("unexpected {other:?}"),
+            }
+        });
+    }
+
+    #[test]
+    fn loom_stale_attempt_against_retry() {
+        loom::model(|| {
+            let chunk = Chunk::<u32>::new(0, 1, Some(Arc::new(Resolutions::default())));
+            let token = chunk.token(0);
+            assert!(chunk.slot(0).claim(1));
+            // The deadline of attempt 1 moves the token to attempt 2 while attempt 1 is
+            // still running; a second lane runs attempt 2; attempt 1 returns late.
+            let timer = {
+                let chunk = Arc::clone(&chunk);
+                loom::thread::spawn(move || chunk.expire(0, 1, true))
+            };
+            let second = {
+                let chunk = Arc::clone(&chunk);
+                loom::thread::spawn(move || {
+                    if chunk.slot(0).claim(2) {
+                        chunk.slot(0).finish(2, Ok(2))
+                    } else {
+                        Outcome::Skipped
+                    }
+                })
+            };
+            let late = chunk.slot(0).finish(1, Ok(1));
+            let retried = matches!(timer.join().unwrap(), Expired::Retried { .. });
+            let second = second.join().unwrap();
+            // Either attempt 1 finished first (the deadline did nothing), or the retry
+            // happened and attempt 1's value was dropped.
+            assert_ne!(retried, late == Outcome::Completed);
+            if !retried {
+                assert_eq!(token.wait(), Ok(1));
+            } else if second == Outcome::Completed {
+                assert_eq!(token.wait(), Ok(2));
+            } else {
+                // Attempt 2 was claimed before the retry: it stays queued for its lane.
+                assert_eq!(token.state(), TokenState::Admitted);
+            }
+        });
+    }
 }
 
 #[cfg(test)]
