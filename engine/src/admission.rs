@@ -56,19 +56,44 @@ impl OpQueue {
     }
 }
 
+/// What one admission takes: tokens, and their estimated memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Permit {
+    pub(crate) tokens: usize,
+    pub(crate) bytes: usize,
+}
+
+impl Permit {
+    pub(crate) fn new(tokens: usize, bytes: usize) -> Self {
+        Permit { tokens, bytes }
+    }
+}
+
+impl std::ops::AddAssign for Permit {
+    fn add_assign(&mut self, other: Permit) {
+        self.tokens += other.tokens;
+        self.bytes += other.bytes;
+    }
+}
+
 pub(crate) struct Admission {
     capacity: usize,
     in_flight: AtomicUsize,
+    /// Estimated bytes held by admitted, unprocessed tokens, and their bound.
+    memory: AtomicUsize,
+    memory_capacity: usize,
     waiters: AtomicUsize,
     closed: AtomicBool,
     notify: Notify,
 }
 
 impl Admission {
-    pub(crate) fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize, memory_capacity: usize) -> Self {
         Admission {
             capacity,
             in_flight: AtomicUsize::new(0),
+            memory: AtomicUsize::new(0),
+            memory_capacity,
             waiters: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             notify: Notify::new(),
@@ -77,6 +102,31 @@ impl Admission {
 
     pub(crate) fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// Estimated bytes held by admitted, unprocessed tokens.
+    pub(crate) fn memory(&self) -> usize {
+        self.memory.load(SeqCst)
+    }
+
+    /// Takes `bytes` of the memory budget. A single admission larger than the whole
+    /// budget is let in when nothing else is held, so it cannot wait forever.
+    fn try_take_memory(&self, bytes: usize) -> bool {
+        if self.memory_capacity == usize::MAX {
+            self.memory.fetch_add(bytes, SeqCst);
+            return true;
+        }
+        let mut current = self.memory.load(SeqCst);
+        loop {
+            let fits = current + bytes <= self.memory_capacity || current == 0;
+            if !fits {
+                return false;
+            }
+            match self.memory.compare_exchange_weak(current, current + bytes, SeqCst, SeqCst) {
+                Ok(_) => return true,
+                Err(actual) => current = actual,
+            }
+        }
     }
 
     /// Tokens admitted and not yet processed by a worker.
@@ -88,9 +138,10 @@ impl Admission {
         self.closed.load(SeqCst)
     }
 
-    /// Takes `n` permits (`n <= capacity`, and within the operation's own limit)
-    /// without waiting.
-    pub(crate) fn try_acquire(&self, n: usize, op: &OpQueue) -> Result<(), RejectReason> {
+    /// Takes a permit (`tokens <= capacity`) within the engine's token and memory
+    /// bounds and the operation's own limit, without waiting.
+    pub(crate) fn try_acquire(&self, permit: Permit, op: &OpQueue) -> Result<(), RejectReason> {
+        let n = permit.tokens;
         debug_assert!(n <= self.capacity);
         if self.is_closed() {
             return Err(RejectReason::ShuttingDown);
@@ -109,20 +160,24 @@ impl Admission {
                 Err(actual) => current = actual,
             }
         }
+        if !self.try_take_memory(permit.bytes) {
+            self.release(Permit::new(n, 0), op);
+            return Err(RejectReason::Overloaded);
+        }
         // Checked again after taking permits: shutdown waits for `in_flight` to reach
         // zero, so either it sees our permits or we see that it closed.
         if self.is_closed() {
-            self.release(n, op);
+            self.release(permit, op);
             return Err(RejectReason::ShuttingDown);
         }
         Ok(())
     }
 
-    /// Takes `n` permits, waiting while the gate (or the operation's limit) is full.
+    /// Takes a permit, waiting while the gate (or the operation's limit) is full.
     /// Fails only on shutdown.
-    pub(crate) async fn acquire(&self, n: usize, op: &OpQueue) -> Result<(), RejectReason> {
+    pub(crate) async fn acquire(&self, permit: Permit, op: &OpQueue) -> Result<(), RejectReason> {
         loop {
-            match self.try_acquire(n, op) {
+            match self.try_acquire(permit, op) {
                 Err(RejectReason::Overloaded) => {}
                 other => return other,
             }
@@ -130,7 +185,7 @@ impl Admission {
             let mut notified = std::pin::pin!(notified);
             notified.as_mut().enable();
             self.waiters.fetch_add(1, SeqCst);
-            let retry = self.try_acquire(n, op);
+            let retry = self.try_acquire(permit, op);
             if !matches!(retry, Err(RejectReason::Overloaded)) {
                 self.waiters.fetch_sub(1, SeqCst);
                 return retry;
@@ -140,17 +195,19 @@ impl Admission {
         }
     }
 
-    /// Takes `n` permits even past capacity or after close: for retries of tokens that
+    /// Takes a permit even past the bounds or after close: for retries of tokens that
     /// were already admitted (bounded by their attempt limits).
-    pub(crate) fn force_acquire(&self, n: usize, op: &OpQueue) {
-        op.queued.fetch_add(n, SeqCst);
-        self.in_flight.fetch_add(n, SeqCst);
+    pub(crate) fn force_acquire(&self, permit: Permit, op: &OpQueue) {
+        op.queued.fetch_add(permit.tokens, SeqCst);
+        self.in_flight.fetch_add(permit.tokens, SeqCst);
+        self.memory.fetch_add(permit.bytes, SeqCst);
     }
 
-    /// Gives back `n` permits (a worker processed a batch of `n` tokens).
-    pub(crate) fn release(&self, n: usize, op: &OpQueue) {
-        op.give_back(n);
-        self.in_flight.fetch_sub(n, SeqCst);
+    /// Gives a permit back (a worker processed a batch).
+    pub(crate) fn release(&self, permit: Permit, op: &OpQueue) {
+        op.give_back(permit.tokens);
+        self.memory.fetch_sub(permit.bytes, SeqCst);
+        self.in_flight.fetch_sub(permit.tokens, SeqCst);
         if self.waiters.load(SeqCst) > 0 {
             self.notify.notify_waiters();
         }
@@ -171,46 +228,60 @@ mod tests {
 
     #[test]
     fn bounded_then_waits_then_admits() {
-        let gate = Arc::new(Admission::new(4));
+        let gate = Arc::new(Admission::new(4, usize::MAX));
         let op = Arc::new(OpQueue::new(None));
-        gate.try_acquire(3, &op).unwrap();
-        assert_eq!(gate.try_acquire(2, &op), Err(RejectReason::Overloaded));
+        gate.try_acquire(Permit::new(3, 0), &op).unwrap();
+        assert_eq!(gate.try_acquire(Permit::new(2, 0), &op), Err(RejectReason::Overloaded));
         let waiter = {
             let (gate, op) = (Arc::clone(&gate), Arc::clone(&op));
-            std::thread::spawn(move || block_on(gate.acquire(4, &op)))
+            std::thread::spawn(move || block_on(gate.acquire(Permit::new(4, 0), &op)))
         };
         std::thread::sleep(std::time::Duration::from_millis(20));
         assert!(!waiter.is_finished(), "acquire must wait while full");
-        gate.release(3, &op);
+        gate.release(Permit::new(3, 0), &op);
         assert_eq!(waiter.join().unwrap(), Ok(()));
         assert_eq!(gate.in_flight(), 4);
     }
 
     #[test]
     fn close_wakes_waiters_with_shutting_down() {
-        let gate = Arc::new(Admission::new(1));
+        let gate = Arc::new(Admission::new(1, usize::MAX));
         let op = Arc::new(OpQueue::new(None));
-        gate.try_acquire(1, &op).unwrap();
+        gate.try_acquire(Permit::new(1, 0), &op).unwrap();
         let waiter = {
             let (gate, op) = (Arc::clone(&gate), Arc::clone(&op));
-            std::thread::spawn(move || block_on(gate.acquire(1, &op)))
+            std::thread::spawn(move || block_on(gate.acquire(Permit::new(1, 0), &op)))
         };
         std::thread::sleep(std::time::Duration::from_millis(20));
         gate.close();
         assert_eq!(waiter.join().unwrap(), Err(RejectReason::ShuttingDown));
-        assert_eq!(gate.try_acquire(1, &op), Err(RejectReason::ShuttingDown));
+        assert_eq!(gate.try_acquire(Permit::new(1, 0), &op), Err(RejectReason::ShuttingDown));
     }
 
     #[test]
     fn an_operation_limit_holds_even_with_room_left() {
-        let gate = Admission::new(100);
+        let gate = Admission::new(100, usize::MAX);
         let flood = OpQueue::new(Some(3));
         let other = OpQueue::new(None);
-        gate.try_acquire(3, &flood).unwrap();
-        assert_eq!(gate.try_acquire(1, &flood), Err(RejectReason::Overloaded));
-        gate.try_acquire(50, &other).unwrap();
-        gate.release(2, &flood);
-        gate.try_acquire(2, &flood).unwrap();
+        gate.try_acquire(Permit::new(3, 0), &flood).unwrap();
+        assert_eq!(gate.try_acquire(Permit::new(1, 0), &flood), Err(RejectReason::Overloaded));
+        gate.try_acquire(Permit::new(50, 0), &other).unwrap();
+        gate.release(Permit::new(2, 0), &flood);
+        gate.try_acquire(Permit::new(2, 0), &flood).unwrap();
         assert_eq!(gate.in_flight(), 53);
+    }
+
+    #[test]
+    fn memory_is_bounded_too_but_an_oversize_call_gets_in_alone() {
+        let gate = Admission::new(100, 1_000);
+        let op = OpQueue::new(None);
+        gate.try_acquire(Permit::new(1, 800), &op).unwrap();
+        assert_eq!(gate.try_acquire(Permit::new(1, 300), &op), Err(RejectReason::Overloaded));
+        assert_eq!(gate.in_flight(), 1, "a refused permit takes nothing");
+        gate.try_acquire(Permit::new(1, 200), &op).unwrap();
+        gate.release(Permit::new(2, 1_000), &op);
+        assert_eq!(gate.memory(), 0);
+        gate.try_acquire(Permit::new(1, 5_000), &op).expect("alone, an oversize call is admitted");
+        assert_eq!(gate.try_acquire(Permit::new(1, 1), &op), Err(RejectReason::Overloaded));
     }
 }

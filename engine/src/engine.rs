@@ -38,6 +38,7 @@ pub struct EngineBuilder {
     heavy_lanes: Option<usize>,
     light_batch: u32,
     capacity: usize,
+    memory_capacity: Option<usize>,
     pin: bool,
     isolate_heavy: bool,
     steal_backlog: usize,
@@ -56,6 +57,7 @@ impl Default for EngineBuilder {
             heavy_lanes: None,
             light_batch: 128,
             capacity: 1 << 16,
+            memory_capacity: None,
             pin: true,
             isolate_heavy: false,
             steal_backlog: 1,
@@ -101,6 +103,15 @@ impl EngineBuilder {
     /// When full, `submit` waits and `try_submit` is rejected as overloaded.
     pub fn capacity(mut self, capacity: usize) -> Self {
         self.capacity = capacity;
+        self
+    }
+
+    /// Also bounds admission by estimated memory: each admitted, unprocessed token
+    /// counts its argument, its slot, and its operation's
+    /// [`arg_bytes`](OperationBuilder::arg_bytes) estimate (default: unbounded). A call
+    /// larger than the whole budget is admitted when nothing else is held.
+    pub fn memory_capacity(mut self, bytes: usize) -> Self {
+        self.memory_capacity = Some(bytes);
         self
     }
 
@@ -185,7 +196,8 @@ impl EngineBuilder {
             )),
             None => None,
         };
-        let admission = Arc::new(Admission::new(valid.capacity));
+        let admission =
+            Arc::new(Admission::new(valid.capacity, self.memory_capacity.unwrap_or(usize::MAX)));
         let lanes = Arc::new(Lanes::new(LaneConfig {
             cores: valid.cores,
             heavy_lanes: valid.heavy_lanes,
@@ -227,6 +239,9 @@ impl EngineBuilder {
         }
         if self.sample_every == 0 {
             return Err(BuildError::invalid("log_sample must be at least 1"));
+        }
+        if self.memory_capacity == Some(0) {
+            return Err(BuildError::invalid("memory_capacity must be at least 1 byte"));
         }
         if self.capacity == 0 || self.capacity > 1 << 32 {
             return Err(BuildError::invalid(format!(
@@ -340,6 +355,13 @@ impl<'e, A: Send + 'static> OperationBuilder<'e, A> {
     /// queue does not count: admission bounds that. Timed calls run one per batch.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.options.timeout = Some(timeout);
+        self
+    }
+
+    /// Heap bytes an argument owns (a `Vec`'s buffer, a `String`'s text), counted
+    /// against the engine's [`memory_capacity`](EngineBuilder::memory_capacity).
+    pub fn arg_bytes(mut self, bytes: fn(&A) -> usize) -> Self {
+        self.options.arg_bytes = Some(bytes);
         self
     }
 
@@ -607,6 +629,11 @@ impl Engine {
     /// Tokens admitted and not yet processed.
     pub fn in_flight(&self) -> usize {
         self.shared.admission.in_flight()
+    }
+
+    /// Estimated bytes those tokens hold (see [`EngineBuilder::memory_capacity`]).
+    pub fn memory_in_flight(&self) -> usize {
+        self.shared.admission.memory()
     }
 
     /// A handle to the engine's own tokio runtime (one thread), for async callers that

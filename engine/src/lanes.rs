@@ -25,7 +25,7 @@ use crossbeam_deque::{Injector, Steal};
 
 use crossbeam_channel::Sender;
 
-use crate::admission::{Admission, OpQueue};
+use crate::admission::{Admission, OpQueue, Permit};
 use crate::router::LaneSet;
 use crate::telemetry::{Telemetry, TokenRecord, FLUSH_ROWS};
 
@@ -58,6 +58,7 @@ pub(crate) enum RunEnd {
 struct Watch {
     token_id: u64,
     queue: Arc<OpQueue>,
+    permit: Permit,
 }
 
 pub(crate) type BoxJob = Box<dyn Job>;
@@ -87,10 +88,10 @@ impl LaneCtx {
     }
 
     /// Marks this lane as running `token_id` under a deadline.
-    pub(crate) fn watch(&self, token_id: u64, queue: &Arc<OpQueue>) {
+    pub(crate) fn watch(&self, token_id: u64, queue: &Arc<OpQueue>, permit: Permit) {
         let lane = &self.lanes.lanes[usize::from(self.index)];
         *lane.watch.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(Watch { token_id, queue: Arc::clone(queue) });
+            Some(Watch { token_id, queue: Arc::clone(queue), permit });
     }
 
     /// Clears the mark for `token_id`. False if the lane was replaced meanwhile (the
@@ -292,7 +293,7 @@ impl Lanes {
                 self.assign_thread(index);
                 // Released after the replacement exists, so a drain cannot finish
                 // (and stop the lanes) in between.
-                self.admission.release(1, &stuck.queue);
+                self.admission.release(stuck.permit, &stuck.queue);
                 return;
             }
         }

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::admission::OpQueue;
+use crate::admission::{OpQueue, Permit};
 use crate::engine::Shared;
 use crate::error::{CancelSource, RejectReason, TokenError};
 use crate::lanes::{Job, LaneCtx, RunEnd};
@@ -101,6 +101,8 @@ pub(crate) struct OpOptions<A> {
     /// `A::clone`, when retries need the argument again.
     pub(crate) clone_arg: Option<fn(&A) -> A>,
     pub(crate) queue_limit: Option<usize>,
+    /// Heap bytes an argument owns, for the memory estimate.
+    pub(crate) arg_bytes: Option<fn(&A) -> usize>,
 }
 
 impl<A> Default for OpOptions<A> {
@@ -111,6 +113,7 @@ impl<A> Default for OpOptions<A> {
             retry: None,
             clone_arg: None,
             queue_limit: None,
+            arg_bytes: None,
         }
     }
 }
@@ -126,8 +129,8 @@ pub(crate) struct Dedupe<A, R> {
 struct Flight<R> {
     /// The token that runs.
     leader: u64,
-    /// The tokens waiting for its result.
-    followers: Vec<(Arc<Chunk<R>>, u32)>,
+    /// The tokens waiting for its result, with their estimated bytes.
+    followers: Vec<(Arc<Chunk<R>>, u32, usize)>,
 }
 
 impl<A, R> Dedupe<A, R> {
@@ -137,11 +140,11 @@ impl<A, R> Dedupe<A, R> {
 
     /// Registers token `index` of `chunk` under `key`: true if it joins a call already in
     /// flight (and must not run), false if it leads a new one.
-    fn join(&self, key: u64, chunk: &Arc<Chunk<R>>, index: u32) -> bool {
+    fn join(&self, key: u64, chunk: &Arc<Chunk<R>>, index: u32, bytes: usize) -> bool {
         let mut flights = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
         match flights.entry(key) {
             std::collections::hash_map::Entry::Occupied(mut flight) => {
-                flight.get_mut().followers.push((Arc::clone(chunk), index));
+                flight.get_mut().followers.push((Arc::clone(chunk), index, bytes));
                 true
             }
             std::collections::hash_map::Entry::Vacant(slot) => {
@@ -152,7 +155,7 @@ impl<A, R> Dedupe<A, R> {
     }
 
     /// Ends the flight `leader` leads, handing back its followers.
-    fn land(&self, key: u64, leader: u64) -> Vec<(Arc<Chunk<R>>, u32)> {
+    fn land(&self, key: u64, leader: u64) -> Vec<(Arc<Chunk<R>>, u32, usize)> {
         let mut flights = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
         match flights.get(&key) {
             Some(flight) if flight.leader == leader => {
@@ -181,6 +184,8 @@ pub(crate) struct OpShared<A, R> {
     counters: OpCounters,
     queue: Arc<OpQueue>,
     resolutions: Arc<Resolutions>,
+    /// Estimated bytes of a token before its argument's heap: the argument and its slot.
+    fixed_bytes: usize,
     /// Running average runtime per token (ns), updated once per batch.
     recent_ns: AtomicU64,
 }
@@ -250,7 +255,7 @@ impl<A: Send + 'static, R: Send + 'static> OpShared<A, R> {
         attempt: u8,
         delay: Duration,
     ) {
-        op.engine.admission.force_acquire(1, &op.queue);
+        op.engine.admission.force_acquire(Permit::new(1, op.bytes_of(&arg)), &op.queue);
         if delay.is_zero() {
             Self::push_single(op, chunk, index, arg, attempt);
             return;
@@ -268,10 +273,11 @@ impl<A: Send + 'static, R: Send + 'static> OpShared<A, R> {
         if engine.lanes.is_aborting() {
             chunk.cancel(index, CancelSource::Shutdown);
             let key = op.dedupe.as_ref().map(|d| (d.key)(&arg));
+            let permit = Permit::new(1, op.bytes_of(&arg));
             op.land_flight(key, &chunk, index, || {
                 Err(TokenError::Cancelled { by: CancelSource::Shutdown })
             });
-            engine.admission.release(1, &op.queue);
+            engine.admission.release(permit, &op.queue);
             return;
         }
         let features = Features {
@@ -287,7 +293,9 @@ impl<A: Send + 'static, R: Send + 'static> OpShared<A, R> {
             meta.tokens.push(TokenMeta::new(&features, &placement));
             Box::new(meta)
         });
-        let batch = Batch { op: Arc::clone(op), chunk, items: vec![(index, arg)], meta, attempt };
+        let bytes = op.bytes_of(&arg);
+        let batch =
+            Batch { op: Arc::clone(op), chunk, items: vec![(index, arg)], meta, attempt, bytes };
         engine.lanes.push(placement.lanes, Box::new(batch));
     }
 
@@ -305,10 +313,17 @@ impl<A: Send + 'static, R: Send + 'static> OpShared<A, R> {
         if followers.is_empty() {
             return;
         }
-        for (follower, slot) in &followers {
+        let mut permit = Permit::default();
+        for (follower, slot, bytes) in &followers {
             follower.resolve_follower(*slot, result());
+            permit += Permit::new(1, *bytes);
         }
-        self.engine.admission.release(followers.len(), &self.queue);
+        self.engine.admission.release(permit, &self.queue);
+    }
+
+    /// The estimated memory one token with this argument holds while admitted.
+    fn bytes_of(&self, arg: &A) -> usize {
+        self.fixed_bytes + self.options.arg_bytes.map_or(0, |bytes| bytes(arg))
     }
 
     /// A copy of the argument for the deadline, when a time-out would be retried.
@@ -376,6 +391,7 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
     ) -> Self {
         let inner = OpShared {
             dedupe,
+            fixed_bytes: std::mem::size_of::<A>() + crate::token::slot_size::<R>(),
             engine,
             id,
             name: name.to_string(),
@@ -422,20 +438,22 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
     ///
     /// From async code use [`Operation::submit_async`], which waits without blocking.
     pub fn submit(&self, arg: A) -> Token<R> {
-        let admitted = self.acquire_blocking(1);
+        let admitted = self.acquire_blocking(Permit::new(1, self.inner.bytes_of(&arg)));
         self.admit_one(admitted, arg)
     }
 
     /// Submits one call, waiting asynchronously while the engine is at capacity.
     pub async fn submit_async(&self, arg: A) -> Token<R> {
-        let admitted = self.inner.engine.admission.acquire(1, &self.inner.queue).await;
+        let permit = Permit::new(1, self.inner.bytes_of(&arg));
+        let admitted = self.inner.engine.admission.acquire(permit, &self.inner.queue).await;
         self.admit_one(admitted, arg)
     }
 
     /// Submits one call if there is room now; otherwise returns
     /// `Err(TokenError::Rejected { reason })` (`Overloaded` or `ShuttingDown`).
     pub fn try_submit(&self, arg: A) -> Result<Token<R>, TokenError> {
-        match self.inner.engine.admission.try_acquire(1, &self.inner.queue) {
+        let permit = Permit::new(1, self.inner.bytes_of(&arg));
+        match self.inner.engine.admission.try_acquire(permit, &self.inner.queue) {
             Ok(()) => Ok(self.admit_one(Ok(()), arg)),
             Err(reason) => {
                 self.inner.counters.rejected.fetch_add(1, Relaxed);
@@ -466,7 +484,8 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
             if chunk.is_empty() {
                 return tokens;
             }
-            let admitted = self.acquire_blocking(chunk.len());
+            let bytes = chunk.iter().map(|(arg, _)| self.inner.bytes_of(arg)).sum();
+            let admitted = self.acquire_blocking(Permit::new(chunk.len(), bytes));
             self.admit_chunk(admitted, chunk.len(), chunk.into_iter(), &mut tokens);
         }
     }
@@ -484,8 +503,9 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
             if chunk.is_empty() {
                 return tokens;
             }
-            let admitted =
-                self.inner.engine.admission.acquire(chunk.len(), &self.inner.queue).await;
+            let bytes = chunk.iter().map(|arg| self.inner.bytes_of(arg)).sum();
+            let permit = Permit::new(chunk.len(), bytes);
+            let admitted = self.inner.engine.admission.acquire(permit, &self.inner.queue).await;
             let items = chunk.into_iter().map(|arg| (arg, weight));
             self.admit_chunk(admitted, items.len(), items, &mut tokens);
         }
@@ -497,11 +517,11 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
         self.inner.queue.limit().map_or(engine, |limit| engine.min(limit.max(1)))
     }
 
-    fn acquire_blocking(&self, n: usize) -> Result<(), RejectReason> {
+    fn acquire_blocking(&self, permit: Permit) -> Result<(), RejectReason> {
         let admission = &self.inner.engine.admission;
         let queue = &self.inner.queue;
-        match admission.try_acquire(n, queue) {
-            Err(RejectReason::Overloaded) => block_on(admission.acquire(n, queue)),
+        match admission.try_acquire(permit, queue) {
+            Err(RejectReason::Overloaded) => block_on(admission.acquire(permit, queue)),
             other => other,
         }
     }
@@ -543,8 +563,9 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
         };
         let mut pending: [Pending<A>; 2] = [Pending::new(), Pending::new()];
         for (index, (arg, declared)) in items.enumerate() {
+            let bytes = self.inner.bytes_of(&arg);
             if let Some(dedupe) = &self.inner.dedupe {
-                if dedupe.join((dedupe.key)(&arg), &chunk, index as u32) {
+                if dedupe.join((dedupe.key)(&arg), &chunk, index as u32, bytes) {
                     // A duplicate of a call in flight: it waits for that call's result
                     // (holding its permit until then) and is never queued.
                     tokens.push(chunk.token(index as u32));
@@ -565,7 +586,7 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
             if let Some(meta) = open.meta.as_mut() {
                 meta.tokens.push(TokenMeta::new(&features, &placement));
             }
-            open.push(index as u32, arg, placement.batch, len - index);
+            open.push(index as u32, arg, bytes, placement.batch, len - index);
             if open.is_full() {
                 self.flush(set, open, &chunk);
             }
@@ -586,6 +607,7 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
             items,
             meta: open.meta.take(),
             attempt: FIRST_ATTEMPT,
+            bytes: std::mem::take(&mut open.bytes),
         };
         self.inner.engine.lanes.push(set, Box::new(batch));
     }
@@ -594,16 +616,19 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
 /// A batch being filled for one lane set.
 struct Pending<A> {
     items: Vec<(u32, A)>,
+    /// Estimated bytes of the items.
+    bytes: usize,
     limit: usize,
     meta: Option<Box<BatchMeta>>,
 }
 
 impl<A> Pending<A> {
     fn new() -> Self {
-        Pending { items: Vec::new(), limit: usize::MAX, meta: None }
+        Pending { items: Vec::new(), bytes: 0, limit: usize::MAX, meta: None }
     }
 
-    fn push(&mut self, index: u32, arg: A, batch: u32, remaining: usize) {
+    fn push(&mut self, index: u32, arg: A, bytes: usize, batch: u32, remaining: usize) {
+        self.bytes += bytes;
         if self.items.is_empty() {
             self.limit = batch.max(1) as usize;
             self.items.reserve_exact(self.limit.min(remaining));
@@ -669,6 +694,8 @@ struct Batch<A, R> {
     meta: Option<Box<BatchMeta>>,
     /// The attempt every item of the batch is on.
     attempt: u8,
+    /// The items' estimated bytes, given back with their permits.
+    bytes: usize,
 }
 
 impl<A: Send + 'static, R: Send + 'static> Job for Batch<A, R> {
@@ -677,8 +704,9 @@ impl<A: Send + 'static, R: Send + 'static> Job for Batch<A, R> {
     }
 
     fn run(self: Box<Self>, lane: &mut LaneCtx) -> RunEnd {
-        let Batch { op, chunk, items, meta, attempt } = *self;
+        let Batch { op, chunk, items, meta, attempt, bytes } = *self;
         let len = items.len();
+        let permit = Permit::new(len, bytes);
         if lane.aborting() {
             let shutdown = || Err(TokenError::Cancelled { by: CancelSource::Shutdown });
             for (index, arg) in items {
@@ -686,7 +714,7 @@ impl<A: Send + 'static, R: Send + 'static> Job for Batch<A, R> {
                 let key = op.dedupe.as_ref().map(|d| (d.key)(&arg));
                 op.land_flight(key, &chunk, index, shutdown);
             }
-            op.engine.admission.release(len, &op.queue);
+            op.engine.admission.release(permit, &op.queue);
             return RunEnd::Done;
         }
         let batch_size = len as u32;
@@ -726,7 +754,7 @@ impl<A: Send + 'static, R: Send + 'static> Job for Batch<A, R> {
                 // The deadline runs from the start of this attempt.
                 let timeout_arg = OpShared::timeout_retry_arg(&op, &arg, attempt);
                 op.arm_deadline(&chunk, index, attempt, timeout_arg);
-                lane.watch(token_id, &op.queue);
+                lane.watch(token_id, &op.queue, Permit::new(1, op.bytes_of(&arg)));
             }
             let result = call(&op.f, arg, attempt, &|| slot.is_running(attempt));
             ran += 1;
@@ -811,7 +839,7 @@ impl<A: Send + 'static, R: Send + 'static> Job for Batch<A, R> {
             op.counters.skipped.fetch_add(skipped, Relaxed);
         }
         if end == RunEnd::Done {
-            op.engine.admission.release(len, &op.queue);
+            op.engine.admission.release(permit, &op.queue);
         }
         end
     }

@@ -350,6 +350,11 @@ fn terminal_code<R>(result: &Result<R, TokenError>) -> u8 {
     }
 }
 
+/// Bytes one token's slot takes (for the memory estimate).
+pub(crate) fn slot_size<R>() -> usize {
+    std::mem::size_of::<Slot<R>>()
+}
+
 /// The slots of the tokens admitted together; one allocation for many tokens.
 pub(crate) struct Chunk<R> {
     base_id: u64,
