@@ -365,6 +365,14 @@ impl<'e, A: Send + 'static> OperationBuilder<'e, A> {
         self
     }
 
+    /// Locality: calls with equal `key(arg)` run on the same lane while any of them is
+    /// in flight (for caches and per-key state). Such calls are queued on that lane
+    /// alone, one per batch, and other lanes never take them.
+    pub fn locality(mut self, key: fn(&A) -> u64) -> Self {
+        self.options.locality = Some(key);
+        self
+    }
+
     /// At most `limit` tokens of this operation admitted and unprocessed at once, so it
     /// cannot take the whole engine's capacity: `submit` waits, `try_submit` is
     /// rejected as overloaded.

@@ -164,6 +164,8 @@ struct Lane {
     watch: Mutex<Option<Watch>>,
     /// The "stuck" flag of the thread serving the lane now.
     worker: Mutex<Option<Arc<AtomicBool>>>,
+    /// Batches only this lane may run (locality).
+    own: Injector<BoxJob>,
 }
 
 impl Lane {
@@ -238,6 +240,7 @@ impl Lanes {
                 info: OnceLock::new(),
                 watch: Mutex::new(None),
                 worker: Mutex::new(None),
+                own: Injector::new(),
             })
             .collect();
         let mut primary = [0u64; 2];
@@ -368,6 +371,27 @@ impl Lanes {
         }
     }
 
+    /// Queues one batch that only lane `lane` may run, and wakes that lane if parked.
+    pub(crate) fn push_to(&self, lane: usize, job: BoxJob) {
+        self.lanes[lane].own.push(job);
+        fence(Ordering::SeqCst);
+        let bit = 1u64 << lane;
+        if self.idle.load(Ordering::SeqCst) & bit != 0
+            && self.idle.fetch_and(!bit, Ordering::SeqCst) & bit != 0
+        {
+            self.lanes[lane].unpark();
+        }
+    }
+
+    /// The lanes that serve `set` first (all lanes when the set has none).
+    pub(crate) fn lanes_of(&self, set: LaneSet) -> impl Iterator<Item = usize> + '_ {
+        let mask = match self.primary[self.queue_index(set)] {
+            0 => self.primary[0] | self.primary[1],
+            mask => mask,
+        };
+        (0..self.lanes.len()).filter(move |i| mask & (1 << i) != 0)
+    }
+
     fn wake_one(&self, queue: usize, mut idle: u64) {
         loop {
             let candidates = match idle & self.primary[queue] {
@@ -439,6 +463,9 @@ impl Lanes {
     }
 
     fn next_job(&self, lane: usize) -> Option<BoxJob> {
+        if let Some(job) = steal(&self.lanes[lane].own) {
+            return Some(job);
+        }
         let own = self.queue_index(self.lanes[lane].set);
         if let Some(job) = steal(&self.queues[own]) {
             return Some(job);
@@ -452,7 +479,8 @@ impl Lanes {
 
     fn has_work(&self, lane: usize) -> bool {
         let own = self.queue_index(self.lanes[lane].set);
-        !self.queues[own].is_empty()
+        !self.lanes[lane].own.is_empty()
+            || !self.queues[own].is_empty()
             || (self.may_take(lane, 1 - own) && !self.queues[1 - own].is_empty())
     }
 

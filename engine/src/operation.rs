@@ -103,6 +103,8 @@ pub(crate) struct OpOptions<A> {
     pub(crate) queue_limit: Option<usize>,
     /// Heap bytes an argument owns, for the memory estimate.
     pub(crate) arg_bytes: Option<fn(&A) -> usize>,
+    /// Calls with equal keys run on the same lane while any of them is in flight.
+    pub(crate) locality: Option<fn(&A) -> u64>,
 }
 
 impl<A> Default for OpOptions<A> {
@@ -114,6 +116,7 @@ impl<A> Default for OpOptions<A> {
             clone_arg: None,
             queue_limit: None,
             arg_bytes: None,
+            locality: None,
         }
     }
 }
@@ -186,6 +189,9 @@ pub(crate) struct OpShared<A, R> {
     resolutions: Arc<Resolutions>,
     /// Estimated bytes of a token before its argument's heap: the argument and its slot.
     fixed_bytes: usize,
+    /// Locality: key → (lane, tokens in flight), and the next lane to hand out.
+    homes: std::sync::Mutex<std::collections::HashMap<u64, (usize, usize)>>,
+    next_home: std::sync::atomic::AtomicUsize,
     /// Running average runtime per token (ns), updated once per batch.
     recent_ns: AtomicU64,
 }
@@ -256,21 +262,32 @@ impl<A: Send + 'static, R: Send + 'static> OpShared<A, R> {
         delay: Duration,
     ) {
         op.engine.admission.force_acquire(Permit::new(1, op.bytes_of(&arg)), &op.queue);
+        // The running attempt still holds its key's lane: the retry keeps it, even
+        // across the backoff.
+        let home = op.options.locality.map(|key| op.enter_home(key(&arg), LaneSet::Light));
         if delay.is_zero() {
-            Self::push_single(op, chunk, index, arg, attempt);
+            Self::push_single(op, chunk, index, arg, attempt, home);
             return;
         }
         let op = Arc::clone(op);
         let runtime = op.engine.runtime.clone();
         runtime.spawn(async move {
             tokio::time::sleep(delay).await;
-            Self::push_single(&op, chunk, index, arg, attempt);
+            Self::push_single(&op, chunk, index, arg, attempt, home);
         });
     }
 
-    fn push_single(op: &Arc<Self>, chunk: Arc<Chunk<R>>, index: u32, arg: A, attempt: u8) {
+    fn push_single(
+        op: &Arc<Self>,
+        chunk: Arc<Chunk<R>>,
+        index: u32,
+        arg: A,
+        attempt: u8,
+        home: Option<usize>,
+    ) {
         let engine = &op.engine;
         if engine.lanes.is_aborting() {
+            let _home = HomeGuard::new(op, &arg);
             chunk.cancel(index, CancelSource::Shutdown);
             let key = op.dedupe.as_ref().map(|d| (d.key)(&arg));
             let permit = Permit::new(1, op.bytes_of(&arg));
@@ -296,7 +313,7 @@ impl<A: Send + 'static, R: Send + 'static> OpShared<A, R> {
         let bytes = op.bytes_of(&arg);
         let batch =
             Batch { op: Arc::clone(op), chunk, items: vec![(index, arg)], meta, attempt, bytes };
-        engine.lanes.push(placement.lanes, Box::new(batch));
+        op.push_batch(placement.lanes, home, Box::new(batch));
     }
 
     /// Ends the duplicate flight led by token `index` of `chunk` (if the operation
@@ -319,6 +336,28 @@ impl<A: Send + 'static, R: Send + 'static> OpShared<A, R> {
             permit += Permit::new(1, *bytes);
         }
         self.engine.admission.release(permit, &self.queue);
+    }
+
+    /// Locality: the lane that runs calls with `key` (the one already running some, or
+    /// the next lane of `set` in turn), counting one more call in flight there.
+    fn enter_home(&self, key: u64, set: LaneSet) -> usize {
+        let lanes = &self.engine.lanes;
+        let mut homes = self.homes.lock().unwrap_or_else(|e| e.into_inner());
+        let home = homes.entry(key).or_insert_with(|| {
+            let choices: Vec<usize> = lanes.lanes_of(set).collect();
+            let turn = self.next_home.fetch_add(1, Relaxed);
+            (choices[turn % choices.len()], 0)
+        });
+        home.1 += 1;
+        home.0
+    }
+
+    /// Queues a batch, on its key's lane for locality operations.
+    fn push_batch(&self, set: LaneSet, home: Option<usize>, batch: Box<Batch<A, R>>) {
+        match home {
+            Some(lane) => self.engine.lanes.push_to(lane, batch),
+            None => self.engine.lanes.push(set, batch),
+        }
     }
 
     /// The estimated memory one token with this argument holds while admitted.
@@ -392,6 +431,8 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
         let inner = OpShared {
             dedupe,
             fixed_bytes: std::mem::size_of::<A>() + crate::token::slot_size::<R>(),
+            homes: std::sync::Mutex::new(std::collections::HashMap::new()),
+            next_home: std::sync::atomic::AtomicUsize::new(0),
             engine,
             id,
             name: name.to_string(),
@@ -551,7 +592,7 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
         let chunk = Chunk::new(base_id, len, Some(Arc::clone(&self.inner.resolutions)));
         // Timed calls run one per batch: a deadline is per call, and a stuck lane is
         // replaced without stranding anybody else's token.
-        let single = self.inner.options.timeout.is_some();
+        let single = self.inner.options.timeout.is_some() || self.inner.options.locality.is_some();
         let logging = engine.lanes.telemetry().is_some();
         let now = logging.then(Instant::now);
         let mut features = Features {
@@ -601,6 +642,11 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
 
     fn flush(&self, set: LaneSet, open: &mut Pending<A>, chunk: &Arc<Chunk<R>>) {
         let items = std::mem::take(&mut open.items);
+        // Locality calls are batched one by one, so each goes to its key's lane.
+        let home = match (self.inner.options.locality, items.first()) {
+            (Some(key), Some((_, arg))) => Some(self.inner.enter_home(key(arg), set)),
+            _ => None,
+        };
         let batch = Batch {
             op: Arc::clone(&self.inner),
             chunk: Arc::clone(chunk),
@@ -609,7 +655,7 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
             attempt: FIRST_ATTEMPT,
             bytes: std::mem::take(&mut open.bytes),
         };
-        self.inner.engine.lanes.push(set, Box::new(batch));
+        self.inner.push_batch(set, home, Box::new(batch));
     }
 }
 
@@ -710,6 +756,7 @@ impl<A: Send + 'static, R: Send + 'static> Job for Batch<A, R> {
         if lane.aborting() {
             let shutdown = || Err(TokenError::Cancelled { by: CancelSource::Shutdown });
             for (index, arg) in items {
+                let _home = HomeGuard::new(&op, &arg);
                 chunk.cancel(index, CancelSource::Shutdown);
                 let key = op.dedupe.as_ref().map(|d| (d.key)(&arg));
                 op.land_flight(key, &chunk, index, shutdown);
@@ -727,6 +774,7 @@ impl<A: Send + 'static, R: Send + 'static> Job for Batch<A, R> {
         let mut end = RunEnd::Done;
         for (position, (index, arg)) in items.into_iter().enumerate() {
             let slot = chunk.slot(index);
+            let _home = HomeGuard::new(&op, &arg);
             let key = op.dedupe.as_ref().map(|d| (d.key)(&arg));
             if !slot.claim(attempt) {
                 skipped += 1;
@@ -842,6 +890,40 @@ impl<A: Send + 'static, R: Send + 'static> Job for Batch<A, R> {
             op.engine.admission.release(permit, &op.queue);
         }
         end
+    }
+}
+
+impl<A, R> OpShared<A, R> {
+    /// Locality: one call with `key` left its lane.
+    fn leave_home(&self, key: u64) {
+        let mut homes = self.homes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(home) = homes.get_mut(&key) {
+            home.1 -= 1;
+            if home.1 == 0 {
+                homes.remove(&key);
+            }
+        }
+    }
+}
+
+/// Locality: counts a call out of its key's lane when its batch item is done, on
+/// every path out of the loop.
+struct HomeGuard<'a, A, R> {
+    op: &'a OpShared<A, R>,
+    key: Option<u64>,
+}
+
+impl<'a, A, R> HomeGuard<'a, A, R> {
+    fn new(op: &'a OpShared<A, R>, arg: &A) -> Self {
+        HomeGuard { op, key: op.options.locality.map(|key| key(arg)) }
+    }
+}
+
+impl<A, R> Drop for HomeGuard<'_, A, R> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key {
+            self.op.leave_home(key);
+        }
     }
 }
 

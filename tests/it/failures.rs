@@ -360,3 +360,36 @@ fn admission_is_bounded_by_estimated_memory_too() {
     assert_eq!(sum.submit(vec![1; 50_000]).wait(), Ok(50_000));
     eventually("everything is given back", || engine.memory_in_flight() == 0);
 }
+
+#[test]
+fn locality_keeps_a_key_on_one_lane_while_it_is_in_flight() {
+    // Two light lanes, so light keys have two homes to spread over.
+    let engine = Engine::builder().workers(2).heavy_lanes(0).pin(false).build().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    let op = engine
+        .operation("cached", Weight::Light)
+        .locality(|key: &u64| *key % 4)
+        .register(move |key: u64| {
+            std::thread::sleep(Duration::from_micros(200));
+            log.lock().unwrap().push((key % 4, std::thread::current().id()));
+        })
+        .unwrap();
+    // All in flight at once, so every key stays home for the whole run.
+    let tokens = op.submit_many(0..400u64);
+    for token in tokens {
+        token.wait().unwrap();
+    }
+    let seen = seen.lock().unwrap();
+    let mut threads_per_key = std::collections::HashMap::new();
+    for (key, thread) in seen.iter() {
+        threads_per_key.entry(*key).or_insert_with(std::collections::HashSet::new).insert(*thread);
+    }
+    assert_eq!(threads_per_key.len(), 4);
+    assert!(
+        threads_per_key.values().all(|t| t.len() == 1),
+        "one lane per key: {threads_per_key:?}"
+    );
+    let lanes: std::collections::HashSet<_> = seen.iter().map(|(_, t)| *t).collect();
+    assert_eq!(lanes.len(), 2, "keys are spread over the lanes");
+}
