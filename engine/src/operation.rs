@@ -189,6 +189,8 @@ pub(crate) struct OpShared<A, R> {
     resolutions: Arc<Resolutions>,
     /// Estimated bytes of a token before its argument's heap: the argument and its slot.
     fixed_bytes: usize,
+    /// No deadline, retry, dedupe or locality: batches take the short path.
+    plain: bool,
     /// Locality: key → (lane, tokens in flight), and the next lane to hand out.
     homes: std::sync::Mutex<std::collections::HashMap<u64, (usize, usize)>>,
     next_home: std::sync::atomic::AtomicUsize,
@@ -428,8 +430,13 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
         f: BoxFn<A, R>,
         dedupe: Option<Dedupe<A, R>>,
     ) -> Self {
+        let plain = options.timeout.is_none()
+            && options.retry.is_none()
+            && options.locality.is_none()
+            && dedupe.is_none();
         let inner = OpShared {
             dedupe,
+            plain,
             fixed_bytes: std::mem::size_of::<A>() + crate::token::slot_size::<R>(),
             homes: std::sync::Mutex::new(std::collections::HashMap::new()),
             next_home: std::sync::atomic::AtomicUsize::new(0),
@@ -764,6 +771,9 @@ impl<A: Send + 'static, R: Send + 'static> Job for Batch<A, R> {
             op.engine.admission.release(permit, &op.queue);
             return RunEnd::Done;
         }
+        if op.plain && meta.is_none() {
+            return run_plain(op, chunk, items, attempt, permit);
+        }
         let batch_size = len as u32;
         let batch_id = lane.next_batch_id();
         let sample_every = lane.sample_every();
@@ -871,25 +881,59 @@ impl<A: Send + 'static, R: Send + 'static> Job for Batch<A, R> {
                 attempt,
             });
         }
-        if let Some(per_token) = nanos(started.elapsed()).checked_div(ran) {
-            let old = op.recent_ns.load(Relaxed);
-            let new = if old == 0 { per_token.max(1) } else { ((old * 7 + per_token) / 8).max(1) };
-            op.recent_ns.store(new, Relaxed);
-        }
-        let resolutions = &op.resolutions;
-        if completed > 0 {
-            resolutions.completed.fetch_add(completed, Relaxed);
-        }
-        if failed > 0 {
-            resolutions.failed.fetch_add(failed, Relaxed);
-        }
-        if skipped > 0 {
-            op.counters.skipped.fetch_add(skipped, Relaxed);
-        }
+        op.settle_batch(started, ran, [completed, failed, skipped]);
         if end == RunEnd::Done {
             op.engine.admission.release(permit, &op.queue);
         }
         end
+    }
+}
+
+/// The hot path: an operation with no deadline, retry, dedupe or locality, and no
+/// telemetry for this batch. Claim, call, resolve; counters once per batch.
+fn run_plain<A, R>(
+    op: Arc<OpShared<A, R>>,
+    chunk: Arc<Chunk<R>>,
+    items: Vec<(u32, A)>,
+    attempt: u8,
+    permit: Permit,
+) -> RunEnd {
+    let started = Instant::now();
+    let (mut completed, mut failed, mut skipped) = (0u64, 0u64, 0u64);
+    for (index, arg) in items {
+        let slot = chunk.slot(index);
+        if !slot.claim(attempt) {
+            skipped += 1;
+            continue;
+        }
+        match slot.finish(attempt, call(&op.f, arg, attempt, &|| true)) {
+            Outcome::Completed => completed += 1,
+            Outcome::Failed => failed += 1,
+            Outcome::Skipped => skipped += 1,
+        }
+    }
+    op.settle_batch(started, completed + failed, [completed, failed, skipped]);
+    op.engine.admission.release(permit, &op.queue);
+    RunEnd::Done
+}
+
+impl<A, R> OpShared<A, R> {
+    /// Once per batch: the running-average runtime and the counters.
+    fn settle_batch(&self, started: Instant, ran: u64, [completed, failed, skipped]: [u64; 3]) {
+        if let Some(per_token) = nanos(started.elapsed()).checked_div(ran) {
+            let old = self.recent_ns.load(Relaxed);
+            let new = if old == 0 { per_token.max(1) } else { ((old * 7 + per_token) / 8).max(1) };
+            self.recent_ns.store(new, Relaxed);
+        }
+        if completed > 0 {
+            self.resolutions.completed.fetch_add(completed, Relaxed);
+        }
+        if failed > 0 {
+            self.resolutions.failed.fetch_add(failed, Relaxed);
+        }
+        if skipped > 0 {
+            self.counters.skipped.fetch_add(skipped, Relaxed);
+        }
     }
 }
 
