@@ -63,12 +63,13 @@ pub enum LaneSet {
 }
 
 impl RouteSource {
-    /// The lower-case name (`override`, `model`, `tag`).
+    /// The lower-case name (`override`, `model`, `tag`, `heuristic`).
     pub fn as_str(self) -> &'static str {
         match self {
             RouteSource::Override => "override",
             RouteSource::Model => "model",
             RouteSource::Tag => "tag",
+            RouteSource::Heuristic => "heuristic",
         }
     }
 }
@@ -99,6 +100,9 @@ pub enum RouteSource {
     Model,
     /// The weight declared at registration.
     Tag,
+    /// A rule of thumb without a model (the running-average router, the benchmark
+    /// oracle).
+    Heuristic,
 }
 
 /// What a router sees about a token at admission.
@@ -234,7 +238,7 @@ impl Router for EwmaRouter {
             return self.fallback.route(features);
         }
         let (lanes, batch) = policy_for(features.op_recent_ns);
-        Placement { lanes, batch, class: None, source: RouteSource::Tag }
+        Placement { lanes, batch, class: None, source: RouteSource::Heuristic }
     }
 }
 

@@ -343,7 +343,7 @@ impl Router for OracleRouter {
         let op = self.ops.get(features.op as usize).map_or(u32::MAX, |o| o.load(Ordering::Relaxed));
         let band = if op == u32::MAX { 1 } else { Self::band(op as usize, features.arg_size) };
         let (lanes, batch) = policy_for(BAND_NS[band]);
-        Placement { lanes, batch, class: None, source: RouteSource::Override }
+        Placement { lanes, batch, class: None, source: RouteSource::Heuristic }
     }
 
     fn register_op(&self, op: u32, name: &str) {
