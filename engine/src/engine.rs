@@ -11,7 +11,11 @@ use crate::admission::Admission;
 use crate::error::{BuildError, RegisterError, TokenError};
 use crate::lanes::{self, LaneConfig, LaneInfo, LaneStats, Lanes, MAX_LANES};
 use crate::model::Model;
-use crate::operation::{BoxFn, Context, Dedupe, OpOptions, Operation, RetryPolicy, SizeHint};
+use crate::operation::{
+    BoxFn, Context, Dedupe, OpControl, OpOptions, OpStats, Operation, Overrides, RetryPolicy,
+    SizeHint,
+};
+use crate::router::LaneSet;
 use crate::router::{LearnedRouter, Router, StaticRouter, Weight};
 use crate::telemetry::{Sink, Telemetry, TelemetryStats, TokenRecord};
 
@@ -28,6 +32,16 @@ pub(crate) struct Shared {
     pub(crate) runtime: tokio::runtime::Handle,
     /// Op id → name, for telemetry.
     op_names: Arc<RwLock<Vec<String>>>,
+    /// Every operation, for manual control (index = op id).
+    ops: RwLock<Vec<Arc<dyn OpControl>>>,
+    /// Every operation paused at once.
+    paused_all: std::sync::atomic::AtomicBool,
+}
+
+impl Shared {
+    pub(crate) fn is_paused(&self) -> bool {
+        self.paused_all.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 /// Configures an [`Engine`]. Every option is checked once, in [`EngineBuilder::build`].
@@ -44,6 +58,7 @@ pub struct EngineBuilder {
     steal_backlog: usize,
     router: Option<Arc<dyn Router>>,
     model: Option<PathBuf>,
+    control: Option<crate::control::ControlConfig>,
     log_dir: Option<PathBuf>,
     log_memory: bool,
     sample_every: u64,
@@ -63,6 +78,7 @@ impl Default for EngineBuilder {
             steal_backlog: 1,
             router: None,
             model: None,
+            control: None,
             log_dir: None,
             log_memory: false,
             sample_every: 1,
@@ -149,6 +165,19 @@ impl EngineBuilder {
         self
     }
 
+    /// Serves the control port on `addr` (see [`crate::control`]), authenticated with
+    /// `secret`. Only loopback addresses are accepted unless `public` is true (then a
+    /// warning is logged). `build()` fails with the reason if the port cannot be bound.
+    pub fn control(
+        mut self,
+        addr: std::net::SocketAddr,
+        secret: impl Into<String>,
+        public: bool,
+    ) -> Self {
+        self.control = Some(crate::control::ControlConfig { addr, secret: secret.into(), public });
+        self
+    }
+
     /// Logs one record per finished token to Parquet segments in `dir` (created if
     /// needed): a new file every 262,144 rows or 10 s.
     pub fn log_dir(mut self, dir: impl Into<PathBuf>) -> Self {
@@ -223,8 +252,14 @@ impl EngineBuilder {
             next_token_id: AtomicU64::new(1),
             names: Mutex::new(HashMap::new()),
             op_names,
+            ops: RwLock::new(Vec::new()),
+            paused_all: std::sync::atomic::AtomicBool::new(false),
         });
-        Ok(Engine { shared, stopped: Mutex::new(false), runtime: Some(runtime) })
+        let control_addr = match &self.control {
+            Some(control) => Some(crate::control::start(&runtime, control, &shared)?),
+            None => None,
+        };
+        Ok(Engine { shared, stopped: Mutex::new(false), runtime: Some(runtime), control_addr })
     }
 
     fn check(&self) -> Result<ValidConfig, BuildError> {
@@ -507,6 +542,7 @@ pub struct Engine {
     shared: Arc<Shared>,
     /// Set once the lanes have been joined.
     stopped: Mutex<bool>,
+    control_addr: Option<std::net::SocketAddr>,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -586,7 +622,9 @@ impl Engine {
     {
         let id = self.claim_name(name)?;
         self.shared.router.register_op(id, name);
-        Ok(Operation::new(Arc::clone(&self.shared), id, name, weight, options, f, dedupe))
+        let op = Operation::new(Arc::clone(&self.shared), id, name, weight, options, f, dedupe);
+        self.shared.ops.write().unwrap_or_else(|e| e.into_inner()).push(op.control());
+        Ok(op)
     }
 
     fn claim_name(&self, name: &str) -> Result<u32, RegisterError> {
@@ -692,6 +730,32 @@ impl Engine {
         StopHandle { shared: Arc::clone(&self.shared) }
     }
 
+    /// A handle for manual control (pause, resume, pin, batch, stats) usable from any
+    /// thread; the control port uses the same one.
+    pub fn controller(&self) -> Controller {
+        Controller { shared: Arc::clone(&self.shared) }
+    }
+
+    /// Pauses one operation (`Some(name)`) or all; see [`Controller::pause`].
+    pub fn pause(&self, op: Option<&str>) -> Result<(), ControlError> {
+        self.controller().pause(op)
+    }
+
+    /// Releases what [`Engine::pause`] held.
+    pub fn resume(&self, op: Option<&str>) -> Result<(), ControlError> {
+        self.controller().resume(op)
+    }
+
+    /// Every operation's counters and overrides, in registration order.
+    pub fn op_stats(&self) -> Vec<(String, OpStats, Overrides)> {
+        self.controller().op_stats()
+    }
+
+    /// The address the control port listens on, when it was started.
+    pub fn control_addr(&self) -> Option<std::net::SocketAddr> {
+        self.control_addr
+    }
+
     /// True once a shutdown has begun (new work is rejected).
     pub fn is_shutting_down(&self) -> bool {
         self.shared.admission.is_closed()
@@ -702,6 +766,119 @@ impl Engine {
     pub fn stuck_workers(&self) -> u64 {
         self.shared.lanes.replaced()
     }
+}
+
+/// Manual control of a running engine: what the control port calls, available to
+/// Rust callers too. Cheap to clone.
+#[derive(Clone)]
+pub struct Controller {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Controller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller").finish_non_exhaustive()
+    }
+}
+
+impl Controller {
+    /// Pauses one operation (`Some(name)`) or all: admitted work of it waits, keeping
+    /// its place in admission, until [`Engine::resume`]. Nothing is lost.
+    pub fn pause(&self, op: Option<&str>) -> Result<(), ControlError> {
+        self.set_paused(op, true)
+    }
+
+    /// Releases what [`Engine::pause`] held.
+    pub fn resume(&self, op: Option<&str>) -> Result<(), ControlError> {
+        self.set_paused(op, false)
+    }
+
+    fn set_paused(&self, op: Option<&str>, paused: bool) -> Result<(), ControlError> {
+        match op {
+            Some(name) => self.op_control(name)?.set_paused(paused),
+            None => {
+                self.shared.paused_all.store(paused, std::sync::atomic::Ordering::SeqCst);
+                if !paused {
+                    for op in self.shared.ops.read().unwrap_or_else(|e| e.into_inner()).iter() {
+                        // Re-checks the operation's own pause and releases what it held.
+                        op.set_paused(op.overrides().paused);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends every new token of `op` to this lane set (`None`: back to the router).
+    pub fn pin(&self, op: &str, lanes: Option<LaneSet>) -> Result<(), ControlError> {
+        self.op_control(op)?.set_pin(lanes);
+        Ok(())
+    }
+
+    /// Batches every new token of `op` this many at a time (`None`: back to the router).
+    pub fn force_batch(&self, op: &str, batch: Option<u32>) -> Result<(), ControlError> {
+        if batch == Some(0) || batch.is_some_and(|b| b > crate::model::MAX_BATCH) {
+            return Err(ControlError::BadValue(format!(
+                "batch size must be 1..={}",
+                crate::model::MAX_BATCH
+            )));
+        }
+        self.op_control(op)?.set_batch(batch);
+        Ok(())
+    }
+
+    /// Drops every override of one operation (`Some(name)`) or of all.
+    pub fn clear_overrides(&self, op: Option<&str>) -> Result<(), ControlError> {
+        let ops: Vec<Arc<dyn OpControl>> = match op {
+            Some(name) => vec![self.op_control(name)?],
+            None => {
+                self.shared.paused_all.store(false, std::sync::atomic::Ordering::SeqCst);
+                self.shared.ops.read().unwrap_or_else(|e| e.into_inner()).clone()
+            }
+        };
+        for op in ops {
+            op.set_pin(None);
+            op.set_batch(None);
+            op.set_paused(false);
+        }
+        Ok(())
+    }
+
+    /// Every operation's counters and overrides, in registration order.
+    pub fn op_stats(&self) -> Vec<(String, OpStats, Overrides)> {
+        let ops = self.shared.ops.read().unwrap_or_else(|e| e.into_inner());
+        ops.iter().map(|op| (op.name().to_string(), op.stats(), op.overrides())).collect()
+    }
+
+    fn op_control(&self, name: &str) -> Result<Arc<dyn OpControl>, ControlError> {
+        let ops = self.shared.ops.read().unwrap_or_else(|e| e.into_inner());
+        ops.iter()
+            .find(|op| op.name() == name)
+            .cloned()
+            .ok_or_else(|| ControlError::UnknownOp(name.to_string()))
+    }
+
+    /// Starts a shutdown (see [`StopHandle::begin`]).
+    pub fn shutdown(&self, mode: Shutdown) {
+        StopHandle { shared: Arc::clone(&self.shared) }.begin(mode);
+    }
+
+    /// True once a shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shared.admission.is_closed()
+    }
+}
+
+/// A manual control request the engine refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ControlError {
+    /// No operation has this name.
+    #[error("no operation named {0:?}")]
+    UnknownOp(String),
+    /// A value is out of range.
+    #[error("{0}")]
+    BadValue(String),
 }
 
 /// How [`Engine::shutdown_with`] treats admitted work.
@@ -726,6 +903,11 @@ impl StopHandle {
         self.shared.admission.close();
         if mode == Shutdown::Abort {
             self.shared.lanes.begin_abort();
+        }
+        // Paused work is admitted work: a drain runs it, an abort cancels it.
+        self.shared.paused_all.store(false, std::sync::atomic::Ordering::SeqCst);
+        for op in self.shared.ops.read().unwrap_or_else(|e| e.into_inner()).iter() {
+            op.set_paused(false);
         }
         self.shared.lanes.begin_shutdown();
     }

@@ -42,6 +42,10 @@ pub(crate) trait Job: Send {
     /// Runs (or skips, if resolved elsewhere) every token of the batch and gives its
     /// admission permits back.
     fn run(self: Box<Self>, lane: &mut LaneCtx) -> RunEnd;
+
+    /// If the batch's operation is paused, sets the batch aside (it keeps its permits)
+    /// until the operation resumes, and returns `None`.
+    fn park_if_paused(self: Box<Self>) -> Option<Box<dyn Job>>;
 }
 
 /// How a batch left its lane.
@@ -492,6 +496,7 @@ impl Lanes {
         loop {
             if let Some(job) = self.next_job(index) {
                 misses = 0;
+                let Some(job) = job.park_if_paused() else { continue };
                 // Counted before running, so the counts are complete by the time the
                 // batch's last token resolves.
                 let tokens = job.len();

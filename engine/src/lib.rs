@@ -41,6 +41,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 mod admission;
+pub mod control;
 mod engine;
 mod error;
 pub mod features;
@@ -53,10 +54,12 @@ pub mod telemetry;
 mod token;
 pub mod workloads;
 
-pub use engine::{DedupeBuilder, Engine, EngineBuilder, OperationBuilder, Shutdown, StopHandle};
+pub use engine::{
+    ControlError, DedupeBuilder, Engine, EngineBuilder, OperationBuilder, Shutdown, StopHandle,
+};
 pub use error::{BuildError, CancelSource, RegisterError, RejectReason, TokenError};
 pub use lanes::{LaneInfo, LaneStats};
-pub use operation::{Context, OpStats, Operation, RetryPolicy, SizeHint};
+pub use operation::{Context, OpStats, Operation, Overrides, RetryPolicy, SizeHint};
 pub use router::{
     EwmaRouter, Features, LaneSet, LearnedRouter, Placement, RouteSource, Router, StaticRouter,
     Weight, MAX_OPS,

@@ -176,6 +176,39 @@ impl<A, R> Dedupe<A, R> {
     }
 }
 
+/// An operation's manual overrides (see the control port).
+#[derive(Default)]
+pub(crate) struct OpControlState {
+    paused: std::sync::atomic::AtomicBool,
+    /// 0: none; 1: light lanes; 2: heavy lanes.
+    pin: std::sync::atomic::AtomicU8,
+    /// 0: none; else the batch size.
+    batch: std::sync::atomic::AtomicU32,
+    /// Batches set aside while paused, with the lane set they were queued for.
+    parked: std::sync::Mutex<Vec<(LaneSet, Box<dyn Job>)>>,
+}
+
+/// The overrides in force on one operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Overrides {
+    /// Admitted work of the operation waits instead of running.
+    pub paused: bool,
+    /// Every token goes to this lane set.
+    pub pin: Option<LaneSet>,
+    /// Every token is batched this many at a time.
+    pub batch: Option<u32>,
+}
+
+/// What the control port can do to an operation without knowing its types.
+pub(crate) trait OpControl: Send + Sync {
+    fn name(&self) -> &str;
+    fn stats(&self) -> OpStats;
+    fn overrides(&self) -> Overrides;
+    fn set_paused(&self, paused: bool);
+    fn set_pin(&self, pin: Option<LaneSet>);
+    fn set_batch(&self, batch: Option<u32>);
+}
+
 pub(crate) struct OpShared<A, R> {
     engine: Arc<Shared>,
     id: u32,
@@ -191,6 +224,8 @@ pub(crate) struct OpShared<A, R> {
     fixed_bytes: usize,
     /// No deadline, retry, dedupe or locality: batches take the short path.
     plain: bool,
+    /// Manual overrides from the control port; they beat the router.
+    control: OpControlState,
     /// Locality: key → (lane, tokens in flight), and the next lane to hand out.
     homes: std::sync::Mutex<std::collections::HashMap<u64, (usize, usize)>>,
     next_home: std::sync::atomic::AtomicUsize,
@@ -313,8 +348,15 @@ impl<A: Send + 'static, R: Send + 'static> OpShared<A, R> {
             Box::new(meta)
         });
         let bytes = op.bytes_of(&arg);
-        let batch =
-            Batch { op: Arc::clone(op), chunk, items: vec![(index, arg)], meta, attempt, bytes };
+        let batch = Batch {
+            op: Arc::clone(op),
+            chunk,
+            items: vec![(index, arg)],
+            meta,
+            attempt,
+            bytes,
+            set: placement.lanes,
+        };
         op.push_batch(placement.lanes, home, Box::new(batch));
     }
 
@@ -437,6 +479,7 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
         let inner = OpShared {
             dedupe,
             plain,
+            control: OpControlState::default(),
             fixed_bytes: std::mem::size_of::<A>() + crate::token::slot_size::<R>(),
             homes: std::sync::Mutex::new(std::collections::HashMap::new()),
             next_home: std::sync::atomic::AtomicUsize::new(0),
@@ -466,19 +509,16 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
 
     /// A snapshot of this operation's counters.
     pub fn stats(&self) -> OpStats {
-        let c = &self.inner.counters;
-        let r = &self.inner.resolutions;
-        OpStats {
-            submitted: c.submitted.load(Relaxed),
-            rejected: c.rejected.load(Relaxed),
-            completed: r.completed.load(Relaxed),
-            failed: r.failed.load(Relaxed),
-            cancelled: r.cancelled.load(Relaxed),
-            timed_out: r.timed_out.load(Relaxed),
-            retried: c.retried.load(Relaxed),
-            skipped: c.skipped.load(Relaxed),
-            recent_ns: self.inner.recent_ns.load(Relaxed),
-        }
+        OpControl::stats(&*self.inner)
+    }
+
+    /// The manual overrides in force (set from the control port).
+    pub fn overrides(&self) -> Overrides {
+        OpControl::overrides(&*self.inner)
+    }
+
+    pub(crate) fn control(&self) -> Arc<dyn OpControl> {
+        Arc::clone(&self.inner) as Arc<dyn OpControl>
     }
 
     /// Submits one call. Blocks this thread while the engine is at capacity; after
@@ -609,6 +649,7 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
             queue_depth: engine.admission.in_flight() as u64,
             op_recent_ns: self.inner.recent_ns.load(Relaxed),
         };
+        let overrides = OpControl::overrides(&*self.inner);
         let mut pending: [Pending<A>; 2] = [Pending::new(), Pending::new()];
         for (index, (arg, declared)) in items.enumerate() {
             let bytes = self.inner.bytes_of(&arg);
@@ -623,6 +664,15 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
             features.declared = declared;
             features.arg_size = self.inner.options.size_hint.map_or(0, |hint| hint(&arg));
             let mut placement = engine.router.route(&features);
+            // A manual override always wins over the model, which wins over the tags.
+            if let Some(lanes) = overrides.pin {
+                placement.lanes = lanes;
+                placement.source = RouteSource::Override;
+            }
+            if let Some(batch) = overrides.batch {
+                placement.batch = batch;
+                placement.source = RouteSource::Override;
+            }
             if single {
                 placement.batch = 1;
             }
@@ -661,6 +711,7 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
             meta: open.meta.take(),
             attempt: FIRST_ATTEMPT,
             bytes: std::mem::take(&mut open.bytes),
+            set,
         };
         self.inner.push_batch(set, home, Box::new(batch));
     }
@@ -749,6 +800,8 @@ struct Batch<A, R> {
     attempt: u8,
     /// The items' estimated bytes, given back with their permits.
     bytes: usize,
+    /// The lane set it was queued for (where it goes back after a pause).
+    set: LaneSet,
 }
 
 impl<A: Send + 'static, R: Send + 'static> Job for Batch<A, R> {
@@ -756,8 +809,33 @@ impl<A: Send + 'static, R: Send + 'static> Job for Batch<A, R> {
         self.items.len()
     }
 
+    fn park_if_paused(self: Box<Self>) -> Option<Box<dyn Job>> {
+        let paused_now = {
+            let op = &self.op;
+            op.control.paused.load(std::sync::atomic::Ordering::Relaxed) || op.engine.is_paused()
+        };
+        if !paused_now {
+            return Some(self);
+        }
+        let op = Arc::clone(&self.op);
+        let paused =
+            || op.control.paused.load(std::sync::atomic::Ordering::SeqCst) || op.engine.is_paused();
+        if !paused() || op.engine.lanes.is_aborting() {
+            return Some(self);
+        }
+        let mut parked = op.control.parked.lock().unwrap_or_else(|e| e.into_inner());
+        // Checked again under the lock a resume takes, so nothing is parked after it.
+        if !paused() {
+            drop(parked);
+            return Some(self);
+        }
+        let set = self.set;
+        parked.push((set, self));
+        None
+    }
+
     fn run(self: Box<Self>, lane: &mut LaneCtx) -> RunEnd {
-        let Batch { op, chunk, items, meta, attempt, bytes } = *self;
+        let Batch { op, chunk, items, meta, attempt, bytes, set: _ } = *self;
         let len = items.len();
         let permit = Permit::new(len, bytes);
         if lane.aborting() {
@@ -915,6 +993,68 @@ fn run_plain<A, R>(
     op.settle_batch(started, completed + failed, [completed, failed, skipped]);
     op.engine.admission.release(permit, &op.queue);
     RunEnd::Done
+}
+
+impl<A: Send + 'static, R: Send + 'static> OpControl for OpShared<A, R> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn stats(&self) -> OpStats {
+        let c = &self.counters;
+        let r = &self.resolutions;
+        OpStats {
+            submitted: c.submitted.load(Relaxed),
+            rejected: c.rejected.load(Relaxed),
+            completed: r.completed.load(Relaxed),
+            failed: r.failed.load(Relaxed),
+            cancelled: r.cancelled.load(Relaxed),
+            timed_out: r.timed_out.load(Relaxed),
+            retried: c.retried.load(Relaxed),
+            skipped: c.skipped.load(Relaxed),
+            recent_ns: self.recent_ns.load(Relaxed),
+        }
+    }
+
+    fn overrides(&self) -> Overrides {
+        let control = &self.control;
+        Overrides {
+            paused: control.paused.load(Relaxed),
+            pin: match control.pin.load(Relaxed) {
+                1 => Some(LaneSet::Light),
+                2 => Some(LaneSet::Heavy),
+                _ => None,
+            },
+            batch: Some(control.batch.load(Relaxed)).filter(|&b| b > 0),
+        }
+    }
+
+    fn set_paused(&self, paused: bool) {
+        let parked = {
+            let mut parked = self.control.parked.lock().unwrap_or_else(|e| e.into_inner());
+            self.control.paused.store(paused, std::sync::atomic::Ordering::SeqCst);
+            if paused {
+                return;
+            }
+            std::mem::take(&mut *parked)
+        };
+        for (set, job) in parked {
+            self.engine.lanes.push(set, job);
+        }
+    }
+
+    fn set_pin(&self, pin: Option<LaneSet>) {
+        let code = match pin {
+            None => 0,
+            Some(LaneSet::Light) => 1,
+            Some(LaneSet::Heavy) => 2,
+        };
+        self.control.pin.store(code, Relaxed);
+    }
+
+    fn set_batch(&self, batch: Option<u32>) {
+        self.control.batch.store(batch.unwrap_or(0), Relaxed);
+    }
 }
 
 impl<A, R> OpShared<A, R> {

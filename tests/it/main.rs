@@ -1,6 +1,7 @@
 //! End-to-end tests of the engine through its public API. One binary, many modules.
 
 mod admission;
+mod control;
 mod failures;
 mod lanes;
 mod learning;

@@ -60,7 +60,7 @@ fn wait_and_await_both_resolve() {
         }
         sum
     });
-    assert_eq!(sum, (0..100u32).map(|x| x * 2).sum());
+    assert_eq!(sum, (0..100u32).map(|x| x * 2).sum::<u32>());
 
     // ...and on a caller's own runtime.
     let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();

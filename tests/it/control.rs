@@ -1,0 +1,233 @@
+//! The control port with a real WebSocket client against a running engine.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokengate::{Engine, LaneSet, RouteSource, Weight};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::eventually;
+
+const SECRET: &str = "test-secret-0123456789abcdef";
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+fn engine_with_control() -> Engine {
+    let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    Engine::builder().pin(false).control(addr, SECRET, false).log_in_memory().build().unwrap()
+}
+
+async fn connect(addr: SocketAddr, secret: Option<&str>) -> Result<Socket, String> {
+    let mut request = format!("ws://{addr}/").into_client_request().unwrap();
+    if let Some(secret) = secret {
+        request.headers_mut().insert("authorization", format!("Bearer {secret}").parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((socket, _)) => Ok(socket),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            Err(format!("http {}", response.status().as_u16()))
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Sends one frame and returns the next reply (skipping events).
+async fn ask(socket: &mut Socket, message: Message) -> Value {
+    socket.send(message).await.unwrap();
+    loop {
+        let reply = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("a reply in time")
+            .expect("the connection stays open")
+            .unwrap();
+        let value: Value = serde_json::from_str(reply.to_text().unwrap()).unwrap();
+        if value.get("event").is_none() {
+            return value;
+        }
+    }
+}
+
+async fn cmd(socket: &mut Socket, request: Value) -> Value {
+    ask(socket, Message::text(request.to_string())).await
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+#[test]
+fn the_handshake_needs_the_secret() {
+    let engine = engine_with_control();
+    let addr = engine.control_addr().unwrap();
+    assert!(addr.ip().is_loopback());
+    runtime().block_on(async {
+        assert_eq!(connect(addr, None).await.err().unwrap(), "http 401");
+        assert_eq!(
+            connect(addr, Some("wrong-secret-wrong-secret")).await.err().unwrap(),
+            "http 401"
+        );
+        let url = format!("ws://{addr}/?token={SECRET}");
+        assert!(tokio_tungstenite::connect_async(url).await.is_ok(), "?token= works too");
+        let mut socket = connect(addr, Some(SECRET)).await.unwrap();
+        let reply = cmd(&mut socket, json!({"id": 7, "cmd": "stats"})).await;
+        assert_eq!((reply["id"].clone(), reply["ok"].clone()), (json!(7), json!(true)));
+    });
+    let public = Engine::builder().control("0.0.0.0:0".parse().unwrap(), SECRET, false).build();
+    assert!(public.unwrap_err().to_string().contains("not a loopback address"));
+}
+
+#[test]
+fn pause_stops_one_operation_while_others_run_and_resume_loses_nothing() {
+    let engine = engine_with_control();
+    let addr = engine.control_addr().unwrap();
+    let slow = |x: u64| {
+        std::thread::sleep(Duration::from_micros(200));
+        x
+    };
+    let a = engine.register("a", Weight::Light, slow).unwrap();
+    let b = engine.register("b", Weight::Light, slow).unwrap();
+    let rt = runtime();
+    let mut socket = rt.block_on(connect(addr, Some(SECRET))).unwrap();
+    let reply = rt.block_on(cmd(&mut socket, json!({"id": 1, "cmd": "pause", "op": "a"})));
+    assert_eq!(reply["ok"], json!(true), "{reply}");
+    assert!(a.overrides().paused);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (mut a_tokens, mut b_tokens) = (Vec::new(), Vec::new());
+    for i in 0..200u64 {
+        a_tokens.push(a.submit(i));
+        b_tokens.push(b.submit(i));
+    }
+    eventually("b runs while a is paused", || b.stats().completed == 200);
+    assert_eq!(a.stats().completed, 0, "a is paused: nothing of it ran");
+    assert!(a_tokens.iter().all(|t| !t.is_finished()), "its tokens wait, not lost");
+    let reply = rt.block_on(cmd(&mut socket, json!({"id": 2, "cmd": "resume", "op": "a"})));
+    assert_eq!(reply["ok"], json!(true));
+    for (i, token) in a_tokens.into_iter().enumerate() {
+        assert_eq!(token.wait(), Ok(i as u64));
+    }
+    for token in b_tokens {
+        token.wait().unwrap();
+    }
+    stop.store(true, Ordering::SeqCst);
+
+    // Pin and batch overrides beat the router, and the telemetry says so.
+    let reply =
+        rt.block_on(cmd(&mut socket, json!({"id": 3, "cmd": "pin", "op": "b", "lanes": "heavy"})));
+    assert_eq!(reply["ok"], json!(true));
+    let reply =
+        rt.block_on(cmd(&mut socket, json!({"id": 4, "cmd": "batch", "op": "b", "size": 4})));
+    assert_eq!(reply["ok"], json!(true));
+    assert_eq!(b.overrides().pin, Some(LaneSet::Heavy));
+    let pinned: Vec<u64> = b.submit_many(0..8u64).into_iter().map(|t| t.id()).collect();
+    eventually("the pinned tokens ran", || b.stats().completed == 208);
+    let reply = rt.block_on(cmd(&mut socket, json!({"id": 5, "cmd": "clear"})));
+    assert_eq!(reply["ok"], json!(true));
+    assert_eq!(b.overrides(), tokengate::Overrides::default());
+
+    // Shutdown through the port drains.
+    let reply = rt.block_on(cmd(&mut socket, json!({"id": 6, "cmd": "shutdown"})));
+    assert_eq!(reply["ok"], json!(true));
+    eventually("the engine stops taking work", || engine.is_shutting_down());
+    engine.shutdown();
+    let records = engine.take_records();
+    let overridden: Vec<_> = records.iter().filter(|r| pinned.contains(&r.token_id)).collect();
+    assert_eq!(overridden.len(), 8);
+    assert!(overridden.iter().all(|r| r.route_source == RouteSource::Override));
+    assert!(overridden.iter().all(|r| r.lane_set == LaneSet::Heavy && r.batch_size <= 4));
+}
+
+#[test]
+fn bad_input_gets_a_clear_answer_and_the_engine_keeps_running() {
+    let engine = engine_with_control();
+    let addr = engine.control_addr().unwrap();
+    let echo = engine.register("echo", Weight::Light, |x: u32| x).unwrap();
+    let rt = runtime();
+    rt.block_on(async {
+        let mut socket = connect(addr, Some(SECRET)).await.unwrap();
+        let code = |reply: &Value| reply["error"]["code"].as_str().unwrap_or("").to_string();
+        assert_eq!(code(&ask(&mut socket, Message::text("not json")).await), "bad_json");
+        assert_eq!(code(&ask(&mut socket, Message::text("[1,2]")).await), "bad_request");
+        assert_eq!(code(&cmd(&mut socket, json!({"id": 1})).await), "bad_request");
+        assert_eq!(code(&cmd(&mut socket, json!({"id": 1, "cmd": "fly"})).await), "unknown_cmd");
+        assert_eq!(code(&cmd(&mut socket, json!({"id": 1, "cmd": "pin"})).await), "bad_request");
+        let reply = cmd(&mut socket, json!({"id": 9, "cmd": "pause", "op": "nope"})).await;
+        assert_eq!((code(&reply), reply["id"].clone()), ("unknown_op".into(), json!(9)));
+        let reply =
+            cmd(&mut socket, json!({"id": 1, "cmd": "batch", "op": "echo", "size": "x"})).await;
+        assert_eq!(code(&reply), "bad_request");
+        let reply =
+            cmd(&mut socket, json!({"id": 1, "cmd": "batch", "op": "echo", "size": 0})).await;
+        assert_eq!(code(&reply), "bad_value");
+        assert_eq!(code(&ask(&mut socket, Message::binary(vec![1, 2, 3])).await), "binary_frame");
+        // A flood of invalid frames is answered (or rate limited), never a crash.
+        for _ in 0..300 {
+            socket.send(Message::text("{")).await.unwrap();
+        }
+        let mut limited = false;
+        for _ in 0..300 {
+            let reply = socket.next().await.unwrap().unwrap();
+            let value: Value = serde_json::from_str(reply.to_text().unwrap()).unwrap();
+            limited |= code(&value) == "rate_limited";
+        }
+        assert!(limited, "a flood meets the rate cap");
+        // An oversized frame closes the connection with a reason.
+        let mut other = connect(addr, Some(SECRET)).await.unwrap();
+        let _ = other.send(Message::text("x".repeat(100_000))).await;
+        let mut closed = false;
+        while let Some(frame) = other.next().await {
+            match frame {
+                Ok(Message::Close(_)) | Err(_) => {
+                    closed = true;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        assert!(closed, "the connection was closed");
+        // Another client is still served.
+        let mut fresh = connect(addr, Some(SECRET)).await.unwrap();
+        let reply = cmd(&mut fresh, json!({"id": 2, "cmd": "stats"})).await;
+        assert_eq!(reply["ok"], json!(true));
+        assert_eq!(reply["ops"][0]["op"], json!("echo"));
+    });
+    assert_eq!(echo.submit(3).wait(), Ok(3), "the engine keeps running");
+}
+
+#[test]
+fn subscribers_get_stats_and_override_events() {
+    let engine = engine_with_control();
+    let addr = engine.control_addr().unwrap();
+    let echo = engine.register("echo", Weight::Light, |x: u32| x).unwrap();
+    runtime().block_on(async {
+        let mut watcher = connect(addr, Some(SECRET)).await.unwrap();
+        let reply =
+            cmd(&mut watcher, json!({"id": 1, "cmd": "subscribe", "interval_ms": 50})).await;
+        assert_eq!(reply["interval_ms"], json!(50));
+        let mut steerer = connect(addr, Some(SECRET)).await.unwrap();
+        cmd(&mut steerer, json!({"id": 1, "cmd": "pin", "op": "echo", "lanes": "light"})).await;
+        let (mut stats, mut override_seen) = (false, false);
+        while !(stats && override_seen) {
+            let frame = tokio::time::timeout(Duration::from_secs(10), watcher.next())
+                .await
+                .expect("events keep coming")
+                .unwrap()
+                .unwrap();
+            let event: Value = serde_json::from_str(frame.to_text().unwrap()).unwrap();
+            match event["event"].as_str() {
+                Some("stats") => stats |= event["ops"][0]["op"] == json!("echo"),
+                Some("override") => {
+                    override_seen = event["op"] == json!("echo") && event["cmd"] == json!("pin");
+                    assert!(event["by"].is_u64(), "names the connection");
+                }
+                _ => {}
+            }
+        }
+    });
+    assert_eq!(echo.submit(1).wait(), Ok(1));
+}
