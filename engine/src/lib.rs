@@ -20,7 +20,7 @@
 //! // Many calls, admitted in bulk and run in batches; each token is its own handle.
 //! let tokens = square.submit_many(0..1_000);
 //! let sum: u64 = tokens.into_iter().map(|t| t.wait().unwrap()).sum();
-//! assert_eq!(sum, (0..1_000u64).map(|x| x * x).sum());
+//! assert_eq!(sum, (0..1_000u64).map(|x| x * x).sum::<u64>());
 //!
 //! // Async callers await tokens (here on the engine's own runtime).
 //! let value = engine.block_on(async {
