@@ -799,9 +799,9 @@ impl Controller {
             None => {
                 self.shared.paused_all.store(paused, std::sync::atomic::Ordering::SeqCst);
                 if !paused {
+                    // Resuming all resumes every operation, also those paused one by one.
                     for op in self.shared.ops.read().unwrap_or_else(|e| e.into_inner()).iter() {
-                        // Re-checks the operation's own pause and releases what it held.
-                        op.set_paused(op.overrides().paused);
+                        op.set_paused(false);
                     }
                 }
             }

@@ -33,6 +33,62 @@ enum Command {
     Soak(SoakArgs),
     /// Call `try_submit` N times on an engine that cannot keep up; report peak memory.
     Flood(FloodArgs),
+    /// Send one command to a running engine's control port, or watch its stats.
+    Ctl(CtlArgs),
+}
+
+#[derive(Args)]
+struct ControlArgs {
+    /// Serve the control port here (loopback unless --control-public).
+    #[arg(long)]
+    control: Option<std::net::SocketAddr>,
+    /// File holding the control secret; created (mode 0600) with a fresh secret if
+    /// missing. Default: ./tokengate-control.token.
+    #[arg(long)]
+    control_token_file: Option<PathBuf>,
+    /// Allow a control address beyond loopback.
+    #[arg(long)]
+    control_public: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum CtlCommand {
+    Pause,
+    Resume,
+    Pin,
+    Batch,
+    Clear,
+    Stats,
+    Shutdown,
+    /// Print the live stats stream as a refreshing table.
+    Watch,
+}
+
+#[derive(Args)]
+struct CtlArgs {
+    /// The engine's control address.
+    #[arg(long, default_value = "127.0.0.1:7411")]
+    connect: std::net::SocketAddr,
+    /// File holding the control secret.
+    #[arg(long, default_value = "tokengate-control.token")]
+    token_file: PathBuf,
+    /// The command.
+    command: CtlCommand,
+    /// The operation (pause/resume/clear: omit for all).
+    #[arg(long)]
+    op: Option<String>,
+    /// For pin: light or heavy (omit to unpin).
+    #[arg(long)]
+    lanes: Option<String>,
+    /// For batch: tokens per batch (omit to drop the override).
+    #[arg(long)]
+    size: Option<u32>,
+    /// For shutdown: drain or abort.
+    #[arg(long, default_value = "drain")]
+    mode: String,
+    /// For watch: milliseconds between stats events.
+    #[arg(long, default_value_t = 500)]
+    interval_ms: u64,
 }
 
 #[derive(Args)]
@@ -185,6 +241,8 @@ struct RunArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    control: ControlArgs,
 }
 
 #[derive(Args)]
@@ -219,7 +277,141 @@ fn main() -> Result<()> {
         Command::Compare(args) => compare(args),
         Command::Soak(args) => soak(args),
         Command::Flood(args) => flood(args),
+        Command::Ctl(args) => ctl(args),
     }
+}
+
+/// Reads the control secret from `path`, or creates it there (mode 0600) and says so.
+fn control_secret(path: &Path) -> Result<String> {
+    if path.exists() {
+        let secret = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the control secret {}", path.display()))?;
+        return Ok(secret.trim().to_string());
+    }
+    let secret = tokengate::control::generate_secret().context("generating a control secret")?;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    writeln!(file, "{secret}")?;
+    eprintln!("control secret written to {} (readable only by you)", path.display());
+    Ok(secret)
+}
+
+fn with_control(builder: EngineBuilder, args: &ControlArgs) -> Result<EngineBuilder> {
+    let Some(addr) = args.control else { return Ok(builder) };
+    let path = args.control_token_file.clone().unwrap_or_else(|| "tokengate-control.token".into());
+    let secret = control_secret(&path)?;
+    Ok(builder.control(addr, secret, args.control_public))
+}
+
+fn ctl(args: CtlArgs) -> Result<()> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    let secret = std::fs::read_to_string(&args.token_file)
+        .with_context(|| format!("reading the control secret {}", args.token_file.display()))?;
+    let mut request = format!("ws://{}/", args.connect).into_client_request()?;
+    request.headers_mut().insert("authorization", format!("Bearer {}", secret.trim()).parse()?);
+    let (cmd, extra) = match args.command {
+        CtlCommand::Pause => ("pause", json!({})),
+        CtlCommand::Resume => ("resume", json!({})),
+        CtlCommand::Clear => ("clear", json!({})),
+        CtlCommand::Stats => ("stats", json!({})),
+        CtlCommand::Pin => ("pin", json!({ "lanes": args.lanes })),
+        CtlCommand::Batch => ("batch", json!({ "size": args.size })),
+        CtlCommand::Shutdown => ("shutdown", json!({ "mode": args.mode })),
+        CtlCommand::Watch => ("subscribe", json!({ "interval_ms": args.interval_ms })),
+    };
+    let mut message = json!({ "id": 1, "cmd": cmd, "op": args.op });
+    for (key, value) in extra.as_object().expect("object") {
+        message[key] = value.clone();
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let (mut socket, _) = tokio_tungstenite::connect_async(request)
+            .await
+            .with_context(|| format!("connecting to {}", args.connect))?;
+        socket.send(Message::text(message.to_string())).await?;
+        while let Some(frame) = socket.next().await {
+            let frame = frame?;
+            let Ok(text) = frame.to_text() else { continue };
+            let value: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+            if args.command != CtlCommand::Watch {
+                if value.get("event").is_none() {
+                    println!("{}", serde_json::to_string_pretty(&value)?);
+                    if value["ok"] == json!(false) {
+                        bail!("the engine refused the command");
+                    }
+                    return Ok(());
+                }
+                continue;
+            }
+            if value["event"] == json!("stats") {
+                if print_watch(&value).is_err() {
+                    return Ok(()); // stdout closed (e.g. piped into `head`)
+                }
+            } else if value["event"] == json!("override") {
+                eprintln!(
+                    "override by connection {}: {} {}",
+                    value["by"], value["cmd"], value["op"]
+                );
+            }
+        }
+        Ok(())
+    })
+}
+
+fn print_watch(event: &Value) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if std::io::stdout().is_terminal() {
+        write!(out, "\x1b[2J\x1b[H")?;
+    }
+    writeln!(
+        out,
+        "{:<16} {:>10} {:>8} {:>10} {:>7} {:>9} {:>8} {:>12}  overrides",
+        "op", "submitted", "waiting", "completed", "failed", "cancelled", "timeout", "tokens/s"
+    )?;
+    for op in event["ops"].as_array().into_iter().flatten() {
+        let n = |k: &str| op[k].as_u64().unwrap_or(0);
+        let o = &op["overrides"];
+        let mut marks = Vec::new();
+        if o["paused"] == json!(true) {
+            marks.push("paused".to_string());
+        }
+        if let Some(pin) = o["pin"].as_str() {
+            marks.push(format!("pin {pin}"));
+        }
+        if let Some(batch) = o["batch"].as_u64() {
+            marks.push(format!("batch {batch}"));
+        }
+        writeln!(
+            out,
+            "{:<16} {:>10} {:>8} {:>10} {:>7} {:>9} {:>8} {:>12.0}  {}",
+            op["op"].as_str().unwrap_or("?"),
+            n("submitted"),
+            n("waiting"),
+            n("completed"),
+            n("failed"),
+            n("cancelled"),
+            n("timed_out"),
+            op["throughput"].as_f64().unwrap_or(0.0),
+            marks.join(", ")
+        )?;
+    }
+    if event["dropped_events"].as_u64().unwrap_or(0) > 0 {
+        writeln!(
+            out,
+            "({} events dropped: this terminal is slower than the engine)",
+            event["dropped_events"]
+        )?;
+    }
+    out.flush()
 }
 
 fn flood(args: FloodArgs) -> Result<()> {
@@ -423,7 +615,10 @@ fn run(args: RunArgs) -> Result<()> {
         bail!("--model only applies with --router model");
     }
     let router = make_router(args.router, args.model.as_deref(), args.engine.batch)?;
-    let mut builder = builder(&args.engine).router(router).log_sample(args.log_sample);
+    let mut builder = with_control(
+        builder(&args.engine).router(router).log_sample(args.log_sample),
+        &args.control,
+    )?;
     if let Some(dir) = &args.log {
         builder = builder.log_dir(dir);
     }
@@ -432,6 +627,9 @@ fn run(args: RunArgs) -> Result<()> {
     }
     let engine = builder.build().context("starting the engine")?;
     stop_on_ctrl_c(&engine);
+    if let Some(addr) = engine.control_addr() {
+        eprintln!("control port on ws://{addr}/ (try: tokengate ctl --connect {addr} watch)");
+    }
     let (mut report, truths) = match args.workload {
         Workload::Leibniz => (run_leibniz(&engine, &args)?, Vec::new()),
         Workload::Mixed | Workload::Mislabeled => run_stream(&engine, &args)?,
