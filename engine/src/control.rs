@@ -374,11 +374,34 @@ impl Server {
                 c.shutdown(mode);
                 json!({ "id": id, "ok": true })
             }
-            "cancel" | "throttle" => reply_error(
-                &id,
-                "not_implemented",
-                format!("{cmd} is not implemented yet (see the README's control-port section)"),
-            ),
+            "cancel" => match (op, fields.get("token")) {
+                (Some(op), None) => match c.cancel_waiting(op) {
+                    Ok(held) => json!({ "id": id, "ok": true, "cancelled_now": held }),
+                    Err(e) => done(Err(e), None),
+                },
+                (None, Some(token)) => match token.as_u64() {
+                    Some(token) => done(c.cancel_token(token), None),
+                    None => reply_error(&id, "bad_request", "\"token\" must be a token id"),
+                },
+                _ => reply_error(&id, "bad_request", "cancel needs either \"op\" or \"token\""),
+            },
+            "throttle" => {
+                let Some(op) = op else { return missing_op() };
+                let max = match fields.get("max") {
+                    None | Some(Value::Null) => None,
+                    Some(v) => match v.as_u64().and_then(|n| u32::try_from(n).ok()) {
+                        Some(n) => Some(n),
+                        None => {
+                            return reply_error(
+                                &id,
+                                "bad_request",
+                                "\"max\" must be a positive integer or null",
+                            )
+                        }
+                    },
+                };
+                done(c.throttle(op, max), Some(json!({ "throttle": max })))
+            }
             other => reply_error(&id, "unknown_cmd", format!("unknown command {other:?}")),
         }
     }
@@ -388,6 +411,7 @@ impl Server {
     fn stats_event(&self, last: &mut Option<(Instant, Vec<u64>)>, dropped: u64) -> Value {
         let now = Instant::now();
         let stats = self.controller.op_stats();
+        let activity = self.controller.op_activity();
         let finished: Vec<u64> = stats
             .iter()
             .map(|(_, s, _)| s.completed + s.failed + s.cancelled + s.timed_out)
@@ -398,21 +422,31 @@ impl Server {
             .map(|(i, (name, s, o))| {
                 let throughput = match last.as_ref() {
                     Some((at, before)) if before.len() > i => {
-                        (finished[i] - before[i]) as f64 / now.duration_since(*at).as_secs_f64().max(1e-6)
+                        (finished[i] - before[i]) as f64
+                            / now.duration_since(*at).as_secs_f64().max(1e-6)
                     }
                     _ => 0.0,
                 };
+                let (running, p50_ns, p99_ns) = activity.get(i).copied().unwrap_or_default();
                 json!({
                     "op": name,
                     "submitted": s.submitted,
                     "waiting": s.submitted.saturating_sub(finished[i]),
+                    "running": running,
+                    "p50_ms": p50_ns as f64 / 1e6,
+                    "p99_ms": p99_ns as f64 / 1e6,
                     "completed": s.completed,
                     "failed": s.failed,
                     "cancelled": s.cancelled,
                     "timed_out": s.timed_out,
                     "rejected": s.rejected,
                     "throughput": throughput,
-                    "overrides": { "paused": o.paused, "pin": o.pin.map(LaneSet::as_str), "batch": o.batch },
+                    "overrides": {
+                        "paused": o.paused,
+                        "pin": o.pin.map(LaneSet::as_str),
+                        "batch": o.batch,
+                        "throttle": o.throttle,
+                    },
                 })
             })
             .collect();

@@ -36,9 +36,38 @@ pub(crate) struct Shared {
     ops: RwLock<Vec<Arc<dyn OpControl>>>,
     /// Every operation paused at once.
     paused_all: std::sync::atomic::AtomicBool,
+    /// Token ids a `cancel` command named, not yet reached by a lane.
+    cancel_ids: Mutex<std::collections::HashSet<u64>>,
+    cancel_ids_pending: std::sync::atomic::AtomicBool,
 }
 
+/// Most token ids a `cancel` command may have pending at once.
+const MAX_PENDING_CANCELS: usize = 100_000;
+
 impl Shared {
+    /// A lane about to run token `index` of `chunk`: cancels it if a `cancel` command
+    /// asked for it (by id, or all of its operation's tokens before `cancel_before`).
+    #[inline]
+    pub(crate) fn cancel_if_asked<R>(
+        &self,
+        chunk: &crate::token::Chunk<R>,
+        index: u32,
+        cancel_before: u64,
+    ) {
+        let id = chunk.id_of(index);
+        let named = self.cancel_ids_pending.load(std::sync::atomic::Ordering::Relaxed) && {
+            let mut ids = self.cancel_ids.lock().unwrap_or_else(|e| e.into_inner());
+            let named = ids.remove(&id);
+            if ids.is_empty() {
+                self.cancel_ids_pending.store(false, std::sync::atomic::Ordering::Relaxed);
+            }
+            named
+        };
+        if id < cancel_before || named {
+            chunk.cancel(index, crate::CancelSource::Control);
+        }
+    }
+
     pub(crate) fn is_paused(&self) -> bool {
         self.paused_all.load(std::sync::atomic::Ordering::SeqCst)
     }
@@ -254,6 +283,8 @@ impl EngineBuilder {
             op_names,
             ops: RwLock::new(Vec::new()),
             paused_all: std::sync::atomic::AtomicBool::new(false),
+            cancel_ids: Mutex::new(std::collections::HashSet::new()),
+            cancel_ids_pending: std::sync::atomic::AtomicBool::new(false),
         });
         let control_addr = match &self.control {
             Some(control) => Some(crate::control::start(&runtime, control, &shared)?),
@@ -827,6 +858,48 @@ impl Controller {
         Ok(())
     }
 
+    /// Limits how many tokens of `op` run at once (`None`: no limit).
+    pub fn throttle(&self, op: &str, limit: Option<u32>) -> Result<(), ControlError> {
+        if limit == Some(0) {
+            return Err(ControlError::BadValue("throttle limit must be at least 1".into()));
+        }
+        self.op_control(op)?.set_throttle(limit);
+        Ok(())
+    }
+
+    /// Cancels every token of `op` admitted so far that has not started; they resolve as
+    /// `Cancelled { by: Control }`. Returns how many waiting behind a pause or throttle
+    /// it cancelled at once (the rest are cancelled as their lane reaches them).
+    pub fn cancel_waiting(&self, op: &str) -> Result<u64, ControlError> {
+        Ok(self.op_control(op)?.cancel_waiting())
+    }
+
+    /// Cancels the token with this id if it has not started by the time a lane reaches
+    /// it.
+    pub fn cancel_token(&self, id: u64) -> Result<(), ControlError> {
+        if id == 0 || id >= self.shared.next_token_id.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(ControlError::BadValue(format!("no token {id} has been submitted")));
+        }
+        let mut ids = self.shared.cancel_ids.lock().unwrap_or_else(|e| e.into_inner());
+        if ids.len() >= MAX_PENDING_CANCELS {
+            return Err(ControlError::BadValue("too many cancels pending".into()));
+        }
+        ids.insert(id);
+        self.shared.cancel_ids_pending.store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Per operation: batches running now and end-to-end latency p50/p99 (ns).
+    pub fn op_activity(&self) -> Vec<(u32, u64, u64)> {
+        let ops = self.shared.ops.read().unwrap_or_else(|e| e.into_inner());
+        ops.iter()
+            .map(|op| {
+                let latency = op.latency(&[0.5, 0.99]);
+                (op.running(), latency[0], latency[1])
+            })
+            .collect()
+    }
+
     /// Drops every override of one operation (`Some(name)`) or of all.
     pub fn clear_overrides(&self, op: Option<&str>) -> Result<(), ControlError> {
         let ops: Vec<Arc<dyn OpControl>> = match op {
@@ -839,6 +912,7 @@ impl Controller {
         for op in ops {
             op.set_pin(None);
             op.set_batch(None);
+            op.set_throttle(None);
             op.set_paused(false);
         }
         Ok(())

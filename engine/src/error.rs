@@ -43,6 +43,8 @@ pub enum CancelSource {
     Caller,
     /// The engine cancelled waiting work while shutting down.
     Shutdown,
+    /// A `cancel` command on the control port.
+    Control,
 }
 
 impl fmt::Display for CancelSource {
@@ -50,6 +52,7 @@ impl fmt::Display for CancelSource {
         f.write_str(match self {
             CancelSource::Caller => "caller",
             CancelSource::Shutdown => "shutdown",
+            CancelSource::Control => "control",
         })
     }
 }

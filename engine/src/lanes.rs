@@ -43,9 +43,13 @@ pub(crate) trait Job: Send {
     /// admission permits back.
     fn run(self: Box<Self>, lane: &mut LaneCtx) -> RunEnd;
 
-    /// If the batch's operation is paused, sets the batch aside (it keeps its permits)
-    /// until the operation resumes, and returns `None`.
+    /// If the batch's operation is paused (or at its throttle limit), sets the batch
+    /// aside (it keeps its permits) until it may run, and returns `None`.
     fn park_if_paused(self: Box<Self>) -> Option<Box<dyn Job>>;
+
+    /// Cancels every token of the batch that has not started, and gives its permits
+    /// back (for batches set aside, on a `cancel` command).
+    fn cancel_all(self: Box<Self>, by: crate::CancelSource);
 }
 
 /// How a batch left its lane.

@@ -177,7 +177,6 @@ impl<A, R> Dedupe<A, R> {
 }
 
 /// An operation's manual overrides (see the control port).
-#[derive(Default)]
 pub(crate) struct OpControlState {
     paused: std::sync::atomic::AtomicBool,
     /// 0: none; 1: light lanes; 2: heavy lanes.
@@ -186,6 +185,34 @@ pub(crate) struct OpControlState {
     batch: std::sync::atomic::AtomicU32,
     /// Batches set aside while paused, with the lane set they were queued for.
     parked: std::sync::Mutex<Vec<(LaneSet, Box<dyn Job>)>>,
+    /// Tokens with a smaller id that have not started are cancelled (0: none).
+    cancel_before: AtomicU64,
+    /// Most batches of the operation running at once (0: no limit); a lane runs a
+    /// batch's tokens one after another, so this caps running tokens.
+    throttle: std::sync::atomic::AtomicU32,
+    /// Batches of the operation running now.
+    running: std::sync::atomic::AtomicU32,
+    /// Batches waiting for a throttle slot.
+    throttled: std::sync::Mutex<Vec<(LaneSet, Box<dyn Job>)>>,
+    /// End-to-end latency histogram: bucket k counts tokens that took [2^(k-1), 2^k) ns,
+    /// each token timed at the end of its batch (an upper bound for all but the last).
+    latency: [AtomicU64; 48],
+}
+
+impl Default for OpControlState {
+    fn default() -> Self {
+        OpControlState {
+            paused: Default::default(),
+            pin: Default::default(),
+            batch: Default::default(),
+            parked: Default::default(),
+            cancel_before: Default::default(),
+            throttle: Default::default(),
+            running: Default::default(),
+            throttled: Default::default(),
+            latency: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
 }
 
 /// The overrides in force on one operation.
@@ -197,6 +224,8 @@ pub struct Overrides {
     pub pin: Option<LaneSet>,
     /// Every token is batched this many at a time.
     pub batch: Option<u32>,
+    /// At most this many tokens of the operation run at once.
+    pub throttle: Option<u32>,
 }
 
 /// What the control port can do to an operation without knowing its types.
@@ -207,6 +236,14 @@ pub(crate) trait OpControl: Send + Sync {
     fn set_paused(&self, paused: bool);
     fn set_pin(&self, pin: Option<LaneSet>);
     fn set_batch(&self, batch: Option<u32>);
+    fn set_throttle(&self, limit: Option<u32>);
+    /// Cancels every token admitted so far that has not started; returns how many of
+    /// those set aside (paused or throttled) it cancelled at once.
+    fn cancel_waiting(&self) -> u64;
+    /// Batches running now.
+    fn running(&self) -> u32;
+    /// End-to-end latency percentiles (ns), from the histogram.
+    fn latency(&self, quantiles: &[f64]) -> Vec<u64>;
 }
 
 pub(crate) struct OpShared<A, R> {
@@ -356,6 +393,7 @@ impl<A: Send + 'static, R: Send + 'static> OpShared<A, R> {
             attempt,
             bytes,
             set: placement.lanes,
+            admitted_at: Instant::now(),
         };
         op.push_batch(placement.lanes, home, Box::new(batch));
     }
@@ -641,7 +679,7 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
         // replaced without stranding anybody else's token.
         let single = self.inner.options.timeout.is_some() || self.inner.options.locality.is_some();
         let logging = engine.lanes.telemetry().is_some();
-        let now = logging.then(Instant::now);
+        let now = logging.then_some(Instant::now());
         let mut features = Features {
             op: self.inner.id,
             declared: self.inner.weight,
@@ -650,7 +688,11 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
             op_recent_ns: self.inner.recent_ns.load(Relaxed),
         };
         let overrides = OpControl::overrides(&*self.inner);
+        let admitted_at = Instant::now();
         let mut pending: [Pending<A>; 2] = [Pending::new(), Pending::new()];
+        for open in &mut pending {
+            open.admitted_at = Some(admitted_at);
+        }
         for (index, (arg, declared)) in items.enumerate() {
             let bytes = self.inner.bytes_of(&arg);
             if let Some(dedupe) = &self.inner.dedupe {
@@ -673,7 +715,7 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
                 placement.batch = batch;
                 placement.source = RouteSource::Override;
             }
-            if single {
+            if single || overrides.throttle.is_some() {
                 placement.batch = 1;
             }
             let set = placement.lanes;
@@ -712,6 +754,7 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
             attempt: FIRST_ATTEMPT,
             bytes: std::mem::take(&mut open.bytes),
             set,
+            admitted_at: open.admitted_at.unwrap_or_else(Instant::now),
         };
         self.inner.push_batch(set, home, Box::new(batch));
     }
@@ -720,6 +763,7 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
 /// A batch being filled for one lane set.
 struct Pending<A> {
     items: Vec<(u32, A)>,
+    admitted_at: Option<Instant>,
     /// Estimated bytes of the items.
     bytes: usize,
     limit: usize,
@@ -728,7 +772,7 @@ struct Pending<A> {
 
 impl<A> Pending<A> {
     fn new() -> Self {
-        Pending { items: Vec::new(), bytes: 0, limit: usize::MAX, meta: None }
+        Pending { items: Vec::new(), admitted_at: None, bytes: 0, limit: usize::MAX, meta: None }
     }
 
     fn push(&mut self, index: u32, arg: A, bytes: usize, batch: u32, remaining: usize) {
@@ -802,6 +846,8 @@ struct Batch<A, R> {
     bytes: usize,
     /// The lane set it was queued for (where it goes back after a pause).
     set: LaneSet,
+    /// When it was admitted, for the latency histogram.
+    admitted_at: Instant,
 }
 
 impl<A: Send + 'static, R: Send + 'static> Job for Batch<A, R> {
@@ -814,30 +860,78 @@ impl<A: Send + 'static, R: Send + 'static> Job for Batch<A, R> {
             let op = &self.op;
             op.control.paused.load(std::sync::atomic::Ordering::Relaxed) || op.engine.is_paused()
         };
-        if !paused_now {
+        if paused_now {
+            let op = Arc::clone(&self.op);
+            let paused = || {
+                op.control.paused.load(std::sync::atomic::Ordering::SeqCst) || op.engine.is_paused()
+            };
+            if paused() && !op.engine.lanes.is_aborting() {
+                let mut parked = op.control.parked.lock().unwrap_or_else(|e| e.into_inner());
+                // Checked again under the lock a resume takes, so nothing is parked after it.
+                if paused() {
+                    let set = self.set;
+                    parked.push((set, self));
+                    return None;
+                }
+            }
+        }
+        let control = &self.op.control;
+        let limit = control.throttle.load(std::sync::atomic::Ordering::SeqCst);
+        if limit == 0 || self.op.engine.lanes.is_aborting() {
+            control.running.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            return Some(self);
+        }
+        let take_slot = || {
+            control
+                .running
+                .fetch_update(
+                    std::sync::atomic::Ordering::SeqCst,
+                    std::sync::atomic::Ordering::SeqCst,
+                    |r| (r < limit).then_some(r + 1),
+                )
+                .is_ok()
+        };
+        if take_slot() {
             return Some(self);
         }
         let op = Arc::clone(&self.op);
-        let paused =
-            || op.control.paused.load(std::sync::atomic::Ordering::SeqCst) || op.engine.is_paused();
-        if !paused() || op.engine.lanes.is_aborting() {
-            return Some(self);
-        }
-        let mut parked = op.control.parked.lock().unwrap_or_else(|e| e.into_inner());
-        // Checked again under the lock a resume takes, so nothing is parked after it.
-        if !paused() {
-            drop(parked);
+        let mut waiting = op.control.throttled.lock().unwrap_or_else(|e| e.into_inner());
+        // Checked again under the lock a finishing batch takes to hand its slot on.
+        let retry = op
+            .control
+            .running
+            .fetch_update(
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+                |r| (r < limit).then_some(r + 1),
+            )
+            .is_ok();
+        if retry {
+            drop(waiting);
             return Some(self);
         }
         let set = self.set;
-        parked.push((set, self));
+        waiting.push((set, self));
         None
     }
 
+    fn cancel_all(self: Box<Self>, by: CancelSource) {
+        let Batch { op, chunk, items, bytes, .. } = *self;
+        let permit = Permit::new(items.len(), bytes);
+        for (index, arg) in items {
+            let _home = HomeGuard::new(&op, &arg);
+            chunk.cancel(index, by);
+            let key = op.dedupe.as_ref().map(|d| (d.key)(&arg));
+            op.land_flight(key, &chunk, index, || Err(TokenError::Cancelled { by }));
+        }
+        op.engine.admission.release(permit, &op.queue);
+    }
+
     fn run(self: Box<Self>, lane: &mut LaneCtx) -> RunEnd {
-        let Batch { op, chunk, items, meta, attempt, bytes, set: _ } = *self;
+        let Batch { op, chunk, items, meta, attempt, bytes, set: _, admitted_at } = *self;
         let len = items.len();
         let permit = Permit::new(len, bytes);
+        let _slot = RunningSlot(&op);
         if lane.aborting() {
             let shutdown = || Err(TokenError::Cancelled { by: CancelSource::Shutdown });
             for (index, arg) in items {
@@ -850,8 +944,9 @@ impl<A: Send + 'static, R: Send + 'static> Job for Batch<A, R> {
             return RunEnd::Done;
         }
         if op.plain && meta.is_none() {
-            return run_plain(op, chunk, items, attempt, permit);
+            return run_plain(&op, &chunk, items, attempt, permit, admitted_at);
         }
+        let cancel_before = op.control.cancel_before.load(Relaxed);
         let batch_size = len as u32;
         let batch_id = lane.next_batch_id();
         let sample_every = lane.sample_every();
@@ -864,6 +959,7 @@ impl<A: Send + 'static, R: Send + 'static> Job for Batch<A, R> {
             let slot = chunk.slot(index);
             let _home = HomeGuard::new(&op, &arg);
             let key = op.dedupe.as_ref().map(|d| (d.key)(&arg));
+            op.engine.cancel_if_asked(&chunk, index, cancel_before);
             if !slot.claim(attempt) {
                 skipped += 1;
                 if key.is_some() && slot.is_resolved() {
@@ -959,7 +1055,7 @@ impl<A: Send + 'static, R: Send + 'static> Job for Batch<A, R> {
                 attempt,
             });
         }
-        op.settle_batch(started, ran, [completed, failed, skipped]);
+        op.settle_batch(started, admitted_at, ran, [completed, failed, skipped]);
         if end == RunEnd::Done {
             op.engine.admission.release(permit, &op.queue);
         }
@@ -970,16 +1066,19 @@ impl<A: Send + 'static, R: Send + 'static> Job for Batch<A, R> {
 /// The hot path: an operation with no deadline, retry, dedupe or locality, and no
 /// telemetry for this batch. Claim, call, resolve; counters once per batch.
 fn run_plain<A, R>(
-    op: Arc<OpShared<A, R>>,
-    chunk: Arc<Chunk<R>>,
+    op: &OpShared<A, R>,
+    chunk: &Chunk<R>,
     items: Vec<(u32, A)>,
     attempt: u8,
     permit: Permit,
+    admitted_at: Instant,
 ) -> RunEnd {
     let started = Instant::now();
+    let cancel_before = op.control.cancel_before.load(Relaxed);
     let (mut completed, mut failed, mut skipped) = (0u64, 0u64, 0u64);
     for (index, arg) in items {
         let slot = chunk.slot(index);
+        op.engine.cancel_if_asked(chunk, index, cancel_before);
         if !slot.claim(attempt) {
             skipped += 1;
             continue;
@@ -990,9 +1089,26 @@ fn run_plain<A, R>(
             Outcome::Skipped => skipped += 1,
         }
     }
-    op.settle_batch(started, completed + failed, [completed, failed, skipped]);
+    op.settle_batch(started, admitted_at, completed + failed, [completed, failed, skipped]);
     op.engine.admission.release(permit, &op.queue);
     RunEnd::Done
+}
+
+/// Gives a batch's running slot back when the batch is done, handing it to a batch
+/// waiting at the operation's throttle.
+struct RunningSlot<'a, A, R>(&'a OpShared<A, R>);
+
+impl<A, R> Drop for RunningSlot<'_, A, R> {
+    fn drop(&mut self) {
+        let control = &self.0.control;
+        control.running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        if control.throttle.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            let next = control.throttled.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            if let Some((set, job)) = next {
+                self.0.engine.lanes.push(set, job);
+            }
+        }
+    }
 }
 
 impl<A: Send + 'static, R: Send + 'static> OpControl for OpShared<A, R> {
@@ -1026,7 +1142,59 @@ impl<A: Send + 'static, R: Send + 'static> OpControl for OpShared<A, R> {
                 _ => None,
             },
             batch: Some(control.batch.load(Relaxed)).filter(|&b| b > 0),
+            throttle: Some(control.throttle.load(Relaxed)).filter(|&t| t > 0),
         }
+    }
+
+    fn set_throttle(&self, limit: Option<u32>) {
+        self.control.throttle.store(limit.unwrap_or(0), std::sync::atomic::Ordering::SeqCst);
+        // Whatever waited for a slot may run now under the new limit (or none).
+        let waiting =
+            std::mem::take(&mut *self.control.throttled.lock().unwrap_or_else(|e| e.into_inner()));
+        for (set, job) in waiting {
+            self.engine.lanes.push(set, job);
+        }
+    }
+
+    fn cancel_waiting(&self) -> u64 {
+        let before = self.engine.next_token_id.load(std::sync::atomic::Ordering::SeqCst);
+        self.control.cancel_before.fetch_max(before, std::sync::atomic::Ordering::SeqCst);
+        let mut held =
+            std::mem::take(&mut *self.control.parked.lock().unwrap_or_else(|e| e.into_inner()));
+        held.extend(std::mem::take(
+            &mut *self.control.throttled.lock().unwrap_or_else(|e| e.into_inner()),
+        ));
+        let count = held.iter().map(|(_, job)| job.len() as u64).sum();
+        for (_, job) in held {
+            job.cancel_all(CancelSource::Control);
+        }
+        count
+    }
+
+    fn running(&self) -> u32 {
+        self.control.running.load(Relaxed)
+    }
+
+    fn latency(&self, quantiles: &[f64]) -> Vec<u64> {
+        let counts: Vec<u64> = self.control.latency.iter().map(|c| c.load(Relaxed)).collect();
+        let total: u64 = counts.iter().sum();
+        quantiles
+            .iter()
+            .map(|q| {
+                if total == 0 {
+                    return 0;
+                }
+                let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+                let mut seen = 0;
+                for (bucket, count) in counts.iter().enumerate() {
+                    seen += count;
+                    if seen >= rank {
+                        return 1u64 << bucket; // the bucket's upper bound
+                    }
+                }
+                1u64 << (counts.len() - 1)
+            })
+            .collect()
     }
 
     fn set_paused(&self, paused: bool) {
@@ -1059,8 +1227,20 @@ impl<A: Send + 'static, R: Send + 'static> OpControl for OpShared<A, R> {
 
 impl<A, R> OpShared<A, R> {
     /// Once per batch: the running-average runtime and the counters.
-    fn settle_batch(&self, started: Instant, ran: u64, [completed, failed, skipped]: [u64; 3]) {
-        if let Some(per_token) = nanos(started.elapsed()).checked_div(ran) {
+    fn settle_batch(
+        &self,
+        started: Instant,
+        admitted_at: Instant,
+        ran: u64,
+        [completed, failed, skipped]: [u64; 3],
+    ) {
+        let now = Instant::now();
+        if ran > 0 {
+            let latency = nanos(now.saturating_duration_since(admitted_at));
+            let bucket = ((64 - latency.leading_zeros()) as usize).min(47);
+            self.control.latency[bucket].fetch_add(ran, Relaxed);
+        }
+        if let Some(per_token) = nanos(now.saturating_duration_since(started)).checked_div(ran) {
             let old = self.recent_ns.load(Relaxed);
             let new = if old == 0 { per_token.max(1) } else { ((old * 7 + per_token) / 8).max(1) };
             self.recent_ns.store(new, Relaxed);

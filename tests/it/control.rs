@@ -231,3 +231,65 @@ fn subscribers_get_stats_and_override_events() {
     });
     assert_eq!(echo.submit(1).wait(), Ok(1));
 }
+
+#[test]
+fn cancel_and_throttle_take_effect_on_the_running_engine() {
+    let engine = engine_with_control();
+    let addr = engine.control_addr().unwrap();
+    let running_now = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let most = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (now, peak) = (Arc::clone(&running_now), Arc::clone(&most));
+    let work = engine
+        .register("work", Weight::Light, move |x: u64| {
+            let inside = now.fetch_add(1, Ordering::SeqCst) + 1;
+            peak.fetch_max(inside, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(2));
+            now.fetch_sub(1, Ordering::SeqCst);
+            x
+        })
+        .unwrap();
+    let rt = runtime();
+    let mut socket = rt.block_on(connect(addr, Some(SECRET))).unwrap();
+
+    // Throttle to one running token: two lanes, yet never two at once.
+    let reply =
+        rt.block_on(cmd(&mut socket, json!({"id": 1, "cmd": "throttle", "op": "work", "max": 1})));
+    assert_eq!(reply["ok"], json!(true), "{reply}");
+    let tokens = work.submit_many(0..40u64);
+    for (i, token) in tokens.into_iter().enumerate() {
+        assert_eq!(token.wait(), Ok(i as u64));
+    }
+    assert_eq!(most.load(Ordering::SeqCst), 1, "the throttle capped running tokens");
+    rt.block_on(cmd(&mut socket, json!({"id": 2, "cmd": "throttle", "op": "work", "max": null})));
+
+    // Cancel all waiting tokens of an operation: pause it, queue work, cancel.
+    rt.block_on(cmd(&mut socket, json!({"id": 3, "cmd": "pause", "op": "work"})));
+    let waiting = work.submit_many(0..50u64);
+    let reply = rt.block_on(cmd(&mut socket, json!({"id": 4, "cmd": "cancel", "op": "work"})));
+    assert_eq!(reply["ok"], json!(true), "{reply}");
+    rt.block_on(cmd(&mut socket, json!({"id": 5, "cmd": "resume", "op": "work"})));
+    for token in waiting {
+        assert_eq!(
+            token.wait(),
+            Err(tokengate::TokenError::Cancelled { by: tokengate::CancelSource::Control })
+        );
+    }
+    // Cancel one token by id.
+    rt.block_on(cmd(&mut socket, json!({"id": 6, "cmd": "pause", "op": "work"})));
+    let (keep, drop_one) = (work.submit(1), work.submit(2));
+    let reply =
+        rt.block_on(cmd(&mut socket, json!({"id": 7, "cmd": "cancel", "token": drop_one.id()})));
+    assert_eq!(reply["ok"], json!(true), "{reply}");
+    rt.block_on(cmd(&mut socket, json!({"id": 8, "cmd": "resume"})));
+    assert_eq!(keep.wait(), Ok(1));
+    assert!(matches!(drop_one.wait(), Err(tokengate::TokenError::Cancelled { .. })));
+    let reply =
+        rt.block_on(cmd(&mut socket, json!({"id": 9, "cmd": "cancel", "token": 999_999_999})));
+    assert_eq!(reply["error"]["code"], json!("bad_value"));
+    // Stats carry running counts and latency percentiles.
+    let reply = rt.block_on(cmd(&mut socket, json!({"id": 10, "cmd": "stats"})));
+    let op = &reply["ops"][0];
+    assert!(op["p99_ms"].as_f64().unwrap() >= op["p50_ms"].as_f64().unwrap());
+    assert!(op["p50_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(op["cancelled"], json!(51));
+}
