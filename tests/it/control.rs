@@ -147,54 +147,80 @@ fn bad_input_gets_a_clear_answer_and_the_engine_keeps_running() {
     let engine = engine_with_control();
     let addr = engine.control_addr().unwrap();
     let echo = engine.register("echo", Weight::Light, |x: u32| x).unwrap();
+    let pyramid = tokengate::workloads::leibniz::Pyramid::register(&engine).unwrap();
     let rt = runtime();
-    rt.block_on(async {
-        let mut socket = connect(addr, Some(SECRET)).await.unwrap();
-        let code = |reply: &Value| reply["error"]["code"].as_str().unwrap_or("").to_string();
-        assert_eq!(code(&ask(&mut socket, Message::text("not json")).await), "bad_json");
-        assert_eq!(code(&ask(&mut socket, Message::text("[1,2]")).await), "bad_request");
-        assert_eq!(code(&cmd(&mut socket, json!({"id": 1})).await), "bad_request");
-        assert_eq!(code(&cmd(&mut socket, json!({"id": 1, "cmd": "fly"})).await), "unknown_cmd");
-        assert_eq!(code(&cmd(&mut socket, json!({"id": 1, "cmd": "pin"})).await), "bad_request");
-        let reply = cmd(&mut socket, json!({"id": 9, "cmd": "pause", "op": "nope"})).await;
-        assert_eq!((code(&reply), reply["id"].clone()), ("unknown_op".into(), json!(9)));
-        let reply =
-            cmd(&mut socket, json!({"id": 1, "cmd": "batch", "op": "echo", "size": "x"})).await;
-        assert_eq!(code(&reply), "bad_request");
-        let reply =
-            cmd(&mut socket, json!({"id": 1, "cmd": "batch", "op": "echo", "size": 0})).await;
-        assert_eq!(code(&reply), "bad_value");
-        assert_eq!(code(&ask(&mut socket, Message::binary(vec![1, 2, 3])).await), "binary_frame");
-        // A flood of invalid frames is answered (or rate limited), never a crash.
-        for _ in 0..300 {
-            socket.send(Message::text("{")).await.unwrap();
-        }
-        let mut limited = false;
-        for _ in 0..300 {
-            let reply = socket.next().await.unwrap().unwrap();
-            let value: Value = serde_json::from_str(reply.to_text().unwrap()).unwrap();
-            limited |= code(&value) == "rate_limited";
-        }
-        assert!(limited, "a flood meets the rate cap");
-        // An oversized frame closes the connection with a reason.
-        let mut other = connect(addr, Some(SECRET)).await.unwrap();
-        let _ = other.send(Message::text("x".repeat(100_000))).await;
-        let mut closed = false;
-        while let Some(frame) = other.next().await {
-            match frame {
-                Ok(Message::Close(_)) | Err(_) => {
-                    closed = true;
-                    break;
+    std::thread::scope(|scope| {
+        // A pyramid runs on the engine for the whole session below.
+        let run = scope.spawn(|| pyramid.run(&engine, 1_000_000, 32, |_| {}));
+        rt.block_on(async {
+            let mut socket = connect(addr, Some(SECRET)).await.unwrap();
+            let code = |reply: &Value| reply["error"]["code"].as_str().unwrap_or("").to_string();
+            assert_eq!(code(&ask(&mut socket, Message::text("not json")).await), "bad_json");
+            assert_eq!(code(&ask(&mut socket, Message::text("[1,2]")).await), "bad_request");
+            assert_eq!(code(&cmd(&mut socket, json!({"id": 1})).await), "bad_request");
+            assert_eq!(
+                code(&cmd(&mut socket, json!({"id": 1, "cmd": "fly"})).await),
+                "unknown_cmd"
+            );
+            assert_eq!(
+                code(&cmd(&mut socket, json!({"id": 1, "cmd": "pin"})).await),
+                "bad_request"
+            );
+            let reply = cmd(&mut socket, json!({"id": 9, "cmd": "pause", "op": "nope"})).await;
+            assert_eq!((code(&reply), reply["id"].clone()), ("unknown_op".into(), json!(9)));
+            let reply =
+                cmd(&mut socket, json!({"id": 1, "cmd": "batch", "op": "echo", "size": "x"})).await;
+            assert_eq!(code(&reply), "bad_request");
+            let reply =
+                cmd(&mut socket, json!({"id": 1, "cmd": "batch", "op": "echo", "size": 0})).await;
+            assert_eq!(code(&reply), "bad_value");
+            assert_eq!(
+                code(&ask(&mut socket, Message::binary(vec![1, 2, 3])).await),
+                "binary_frame"
+            );
+            // A flood of 10,000 invalid frames is answered (or rate limited), never a
+            // crash, while another client is served and the pyramid still gets pi right.
+            let (flood_tx, mut flood_rx) = socket.split();
+            let sender = tokio::spawn(async move {
+                let mut flood_tx = flood_tx;
+                for _ in 0..10_000 {
+                    flood_tx.send(Message::text("{")).await.unwrap();
                 }
-                _ => {}
+                flood_tx
+            });
+            let mut limited = false;
+            for _ in 0..10_000 {
+                let reply = flood_rx.next().await.unwrap().unwrap();
+                let value: Value = serde_json::from_str(reply.to_text().unwrap()).unwrap();
+                limited |= code(&value) == "rate_limited";
             }
-        }
-        assert!(closed, "the connection was closed");
-        // Another client is still served.
-        let mut fresh = connect(addr, Some(SECRET)).await.unwrap();
-        let reply = cmd(&mut fresh, json!({"id": 2, "cmd": "stats"})).await;
-        assert_eq!(reply["ok"], json!(true));
-        assert_eq!(reply["ops"][0]["op"], json!("echo"));
+            sender.await.unwrap();
+            assert!(limited, "a flood meets the rate cap");
+            let mut bystander = connect(addr, Some(SECRET)).await.unwrap();
+            let reply = cmd(&mut bystander, json!({"id": 3, "cmd": "stats"})).await;
+            assert_eq!(reply["ok"], json!(true), "another client is served");
+            // An oversized frame closes the connection with a reason.
+            let mut other = connect(addr, Some(SECRET)).await.unwrap();
+            let _ = other.send(Message::text("x".repeat(100_000))).await;
+            let mut closed = false;
+            while let Some(frame) = other.next().await {
+                match frame {
+                    Ok(Message::Close(_)) | Err(_) => {
+                        closed = true;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            assert!(closed, "the connection was closed");
+            // Another client is still served.
+            let mut fresh = connect(addr, Some(SECRET)).await.unwrap();
+            let reply = cmd(&mut fresh, json!({"id": 2, "cmd": "stats"})).await;
+            assert_eq!(reply["ok"], json!(true));
+            assert_eq!(reply["ops"][0]["op"], json!("echo"));
+        });
+        let outcome = run.join().unwrap().unwrap();
+        assert!(outcome.pi.to_string().starts_with("3.14159165358979"), "pi = {}", outcome.pi);
     });
     assert_eq!(echo.submit(3).wait(), Ok(3), "the engine keeps running");
 }
