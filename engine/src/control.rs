@@ -318,18 +318,9 @@ impl Server {
             }
             "batch" => {
                 let Some(op) = op else { return missing_op() };
-                let size = match fields.get("size") {
-                    None | Some(Value::Null) => None,
-                    Some(v) => match v.as_u64().and_then(|n| u32::try_from(n).ok()) {
-                        Some(n) => Some(n),
-                        None => {
-                            return reply_error(
-                                &id,
-                                "bad_request",
-                                "\"size\" must be a positive integer or null",
-                            )
-                        }
-                    },
+                let size = match optional_u32(fields, "size", &id) {
+                    Ok(size) => size,
+                    Err(reply) => return reply,
                 };
                 done(c.force_batch(op, size), Some(json!({ "batch": size })))
             }
@@ -387,18 +378,9 @@ impl Server {
             },
             "throttle" => {
                 let Some(op) = op else { return missing_op() };
-                let max = match fields.get("max") {
-                    None | Some(Value::Null) => None,
-                    Some(v) => match v.as_u64().and_then(|n| u32::try_from(n).ok()) {
-                        Some(n) => Some(n),
-                        None => {
-                            return reply_error(
-                                &id,
-                                "bad_request",
-                                "\"max\" must be a positive integer or null",
-                            )
-                        }
-                    },
+                let max = match optional_u32(fields, "max", &id) {
+                    Ok(max) => max,
+                    Err(reply) => return reply,
                 };
                 done(c.throttle(op, max), Some(json!({ "throttle": max })))
             }
@@ -452,6 +434,21 @@ impl Server {
             .collect();
         *last = Some((now, finished));
         json!({ "event": "stats", "ops": ops, "dropped_events": dropped })
+    }
+}
+
+/// An optional positive integer field: absent or null is `None`; anything else but a
+/// `u32` is a `bad_request` reply.
+fn optional_u32(
+    fields: &serde_json::Map<String, Value>,
+    name: &str,
+    id: &Value,
+) -> Result<Option<u32>, Value> {
+    match fields.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v.as_u64().and_then(|n| u32::try_from(n).ok()).map(Some).ok_or_else(|| {
+            reply_error(id, "bad_request", format!("\"{name}\" must be a positive integer or null"))
+        }),
     }
 }
 

@@ -113,8 +113,7 @@ fn main() -> Result<()> {
             println!("wrote {} ({} bytes)", out.display(), fitted.bytes.len());
         }
         Command::Eval { model, data } => {
-            let bytes =
-                std::fs::read(&model).with_context(|| format!("reading {}", model.display()))?;
+            let bytes = read_file(&model)?;
             let data = read(&data)?;
             let evaluation = eval::evaluate(&bytes, &data)
                 .with_context(|| format!("evaluating {}", model.display()))?;
@@ -127,8 +126,7 @@ fn main() -> Result<()> {
             }
         }
         Command::Inspect { model, tikz } => {
-            let bytes =
-                std::fs::read(&model).with_context(|| format!("reading {}", model.display()))?;
+            let bytes = read_file(&model)?;
             let (header, tree) = tokengate::model::decode(&bytes)
                 .with_context(|| format!("decoding {}", model.display()))?;
             if tikz {
@@ -139,6 +137,10 @@ fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn read_file(path: &std::path::Path) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
 }
 
 fn read(inputs: &[String]) -> Result<dataset::Data> {
