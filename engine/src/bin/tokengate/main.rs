@@ -630,9 +630,22 @@ fn run(args: RunArgs) -> Result<()> {
     if let Some(addr) = engine.control_addr() {
         eprintln!("control port on ws://{addr}/ (try: tokengate ctl --connect {addr} watch)");
     }
-    let (mut report, truths) = match args.workload {
-        Workload::Leibniz => (run_leibniz(&engine, &args)?, Vec::new()),
-        Workload::Mixed | Workload::Mislabeled => run_stream(&engine, &args)?,
+    let outcome = match args.workload {
+        Workload::Leibniz => run_leibniz(&engine, &args).map(|report| (report, Vec::new())),
+        Workload::Mixed | Workload::Mislabeled => run_stream(&engine, &args),
+    };
+    let (mut report, truths) = match outcome {
+        Ok(outcome) => outcome,
+        Err(_) if engine.is_shutting_down() => {
+            // Stopped on purpose (Ctrl-C or the control port): finish cleanly.
+            engine.shutdown();
+            if let Some(stats) = engine.telemetry_stats() {
+                eprintln!("log: {} records in {} files", stats.written, stats.files.len());
+            }
+            eprintln!("stopped early: the engine was shut down before the workload finished");
+            std::process::exit(130);
+        }
+        Err(e) => return Err(e),
     };
     let lanes = engine.lanes();
     let per_lane: Vec<u64> = engine.lane_stats().iter().map(|s| s.tokens).collect();
