@@ -45,6 +45,12 @@ pub(crate) struct Shared {
 const MAX_PENDING_CANCELS: usize = 100_000;
 
 impl Shared {
+    /// Whether any `cancel` command by token id awaits its token.
+    #[inline]
+    pub(crate) fn cancels_pending(&self) -> bool {
+        self.cancel_ids_pending.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// A lane about to run token `index` of `chunk`: cancels it if a `cancel` command
     /// asked for it (by id, or all of its operation's tokens before `cancel_before`).
     #[inline]
@@ -55,7 +61,7 @@ impl Shared {
         cancel_before: u64,
     ) {
         let id = chunk.id_of(index);
-        let named = self.cancel_ids_pending.load(std::sync::atomic::Ordering::Relaxed) && {
+        let named = self.cancels_pending() && {
             let mut ids = self.cancel_ids.lock().unwrap_or_else(|e| e.into_inner());
             let named = ids.remove(&id);
             if ids.is_empty() {

@@ -947,6 +947,8 @@ impl<A: Send + 'static, R: Send + 'static> Job for Batch<A, R> {
             return run_plain(&op, &chunk, items, attempt, permit, admitted_at);
         }
         let cancel_before = op.control.cancel_before.load(Relaxed);
+        // Checked per batch, so the per-token check costs nothing when no cancel is asked.
+        let cancels = cancel_before > 0 || op.engine.cancels_pending();
         let batch_size = len as u32;
         let batch_id = lane.next_batch_id();
         let sample_every = lane.sample_every();
@@ -959,7 +961,9 @@ impl<A: Send + 'static, R: Send + 'static> Job for Batch<A, R> {
             let slot = chunk.slot(index);
             let _home = HomeGuard::new(&op, &arg);
             let key = op.dedupe.as_ref().map(|d| (d.key)(&arg));
-            op.engine.cancel_if_asked(&chunk, index, cancel_before);
+            if cancels {
+                op.engine.cancel_if_asked(&chunk, index, cancel_before);
+            }
             if !slot.claim(attempt) {
                 skipped += 1;
                 if key.is_some() && slot.is_resolved() {
@@ -1075,10 +1079,13 @@ fn run_plain<A, R>(
 ) -> RunEnd {
     let started = Instant::now();
     let cancel_before = op.control.cancel_before.load(Relaxed);
+    let cancels = cancel_before > 0 || op.engine.cancels_pending();
     let (mut completed, mut failed, mut skipped) = (0u64, 0u64, 0u64);
     for (index, arg) in items {
         let slot = chunk.slot(index);
-        op.engine.cancel_if_asked(chunk, index, cancel_before);
+        if cancels {
+            op.engine.cancel_if_asked(chunk, index, cancel_before);
+        }
         if !slot.claim(attempt) {
             skipped += 1;
             continue;
