@@ -881,8 +881,9 @@ impl<A: Send + 'static, R: Send + 'static> Job for Batch<A, R> {
             control.running.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             return Some(self);
         }
+        let op = Arc::clone(&self.op);
         let take_slot = || {
-            control
+            op.control
                 .running
                 .fetch_update(
                     std::sync::atomic::Ordering::SeqCst,
@@ -894,19 +895,9 @@ impl<A: Send + 'static, R: Send + 'static> Job for Batch<A, R> {
         if take_slot() {
             return Some(self);
         }
-        let op = Arc::clone(&self.op);
         let mut waiting = op.control.throttled.lock().unwrap_or_else(|e| e.into_inner());
         // Checked again under the lock a finishing batch takes to hand its slot on.
-        let retry = op
-            .control
-            .running
-            .fetch_update(
-                std::sync::atomic::Ordering::SeqCst,
-                std::sync::atomic::Ordering::SeqCst,
-                |r| (r < limit).then_some(r + 1),
-            )
-            .is_ok();
-        if retry {
+        if take_slot() {
             drop(waiting);
             return Some(self);
         }
@@ -928,21 +919,16 @@ impl<A: Send + 'static, R: Send + 'static> Job for Batch<A, R> {
     }
 
     fn run(self: Box<Self>, lane: &mut LaneCtx) -> RunEnd {
+        if lane.aborting() {
+            let op = Arc::clone(&self.op);
+            let _slot = RunningSlot(&op);
+            self.cancel_all(CancelSource::Shutdown);
+            return RunEnd::Done;
+        }
         let Batch { op, chunk, items, meta, attempt, bytes, set: _, admitted_at } = *self;
         let len = items.len();
         let permit = Permit::new(len, bytes);
         let _slot = RunningSlot(&op);
-        if lane.aborting() {
-            let shutdown = || Err(TokenError::Cancelled { by: CancelSource::Shutdown });
-            for (index, arg) in items {
-                let _home = HomeGuard::new(&op, &arg);
-                chunk.cancel(index, CancelSource::Shutdown);
-                let key = op.dedupe.as_ref().map(|d| (d.key)(&arg));
-                op.land_flight(key, &chunk, index, shutdown);
-            }
-            op.engine.admission.release(permit, &op.queue);
-            return RunEnd::Done;
-        }
         if op.plain && meta.is_none() {
             return run_plain(&op, &chunk, items, attempt, permit, admitted_at);
         }
