@@ -18,8 +18,8 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use rayon::prelude::*;
 use rust_decimal::Decimal;
-use tokengate::workloads::leibniz::{term, Pyramid, CHUNK_TERMS, PARTIAL_CHUNKS};
 use tokengate::Engine;
+use tokengate_workloads::leibniz::{term, Pyramid, CHUNK_TERMS, PARTIAL_CHUNKS};
 
 const N: u64 = 1_000_000;
 const N_BLOCKING: u64 = 100_000;

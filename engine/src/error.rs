@@ -89,7 +89,7 @@ pub struct BuildError {
 #[derive(Debug)]
 pub(crate) enum BuildErrorKind {
     Invalid(String),
-    Io(std::io::Error),
+    Io(String, std::io::Error),
     Model(String, crate::model::ModelError),
 }
 
@@ -97,8 +97,9 @@ impl BuildError {
     pub(crate) fn invalid(message: impl Into<String>) -> Self {
         BuildError { kind: BuildErrorKind::Invalid(message.into()) }
     }
-    pub(crate) fn io(err: std::io::Error) -> Self {
-        BuildError { kind: BuildErrorKind::Io(err) }
+    /// An OS error while doing `what` (named in the message).
+    pub(crate) fn io(what: impl Into<String>, err: std::io::Error) -> Self {
+        BuildError { kind: BuildErrorKind::Io(what.into(), err) }
     }
     pub(crate) fn model(path: String, err: crate::model::ModelError) -> Self {
         BuildError { kind: BuildErrorKind::Model(path, err) }
@@ -111,7 +112,7 @@ impl fmt::Display for BuildError {
             BuildErrorKind::Invalid(message) => {
                 write!(f, "invalid engine configuration: {message}")
             }
-            BuildErrorKind::Io(err) => write!(f, "could not start the engine: {err}"),
+            BuildErrorKind::Io(what, err) => write!(f, "{what}: {err}"),
             BuildErrorKind::Model(path, err) => write!(f, "cost model {path}: {err}"),
         }
     }
@@ -120,7 +121,7 @@ impl fmt::Display for BuildError {
 impl std::error::Error for BuildError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match &self.kind {
-            BuildErrorKind::Io(err) => Some(err),
+            BuildErrorKind::Io(_, err) => Some(err),
             BuildErrorKind::Model(_, err) => Some(err),
             BuildErrorKind::Invalid(_) => None,
         }

@@ -35,6 +35,20 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! # Features
+//!
+//! * `parquet` (default): telemetry to Parquet files ([`EngineBuilder::log_dir`]),
+//!   through polars. Without it the engine has no polars in its tree and keeps
+//!   telemetry in memory only ([`EngineBuilder::log_in_memory`]).
+//!
+//! # The path of a token, module by module
+//!
+//! `token` (slot state machine, handle) · `admission` (bounded permits) · `router`
+//! (placement: tags, model, running average) · `op` (admit → one enqueue path →
+//! one run loop; retries, dedupe, locality) · `lanes` (pinned threads, queues, wake-ups)
+//! · `telemetry` (records → Parquet) · [`control`] (overrides, the WebSocket port) ·
+//! `engine` (builder, lifecycle). Lower modules never import higher ones.
+//!
 //! See the README for the design, the CLI and the measured numbers.
 
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
@@ -42,27 +56,25 @@
 
 mod admission;
 pub mod control;
+mod core;
 mod engine;
 mod error;
 pub mod features;
 mod lanes;
 pub mod model;
-mod operation;
+mod op;
+mod placement;
 mod router;
-pub mod sys;
 pub mod telemetry;
 mod token;
-pub mod workloads;
 
-pub use engine::{
-    ControlError, DedupeBuilder, Engine, EngineBuilder, OperationBuilder, Shutdown, StopHandle,
-};
+pub use control::{ControlError, Controller, OpStats, Overrides};
+pub use core::Shutdown;
+pub use engine::{Engine, EngineBuilder, StopHandle};
 pub use error::{BuildError, CancelSource, RegisterError, RejectReason, TokenError};
 pub use lanes::{LaneInfo, LaneStats};
-pub use operation::{Context, OpStats, Operation, Overrides, RetryPolicy, SizeHint};
-pub use router::{
-    EwmaRouter, Features, LaneSet, LearnedRouter, Placement, RouteSource, Router, StaticRouter,
-    Weight, MAX_OPS,
-};
+pub use op::{Context, DedupeBuilder, Operation, OperationBuilder, RetryPolicy, SizeHint};
+pub use placement::{LaneSet, Placement, RouteSource, Weight};
+pub use router::{EwmaRouter, Features, LearnedRouter, Router, StaticRouter, MAX_OPS};
 pub use telemetry::{TelemetryStats, TokenRecord};
 pub use token::{Token, TokenState};

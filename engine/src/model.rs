@@ -19,7 +19,7 @@ use linfa_trees::{DecisionTree, TreeNode};
 use serde::{Deserialize, Serialize};
 
 use crate::features::{FEATURE_SCHEMA_VERSION, MODEL_FEATURES};
-use crate::router::LaneSet;
+use crate::placement::LaneSet;
 
 const MAGIC: &[u8; 8] = b"TKGMODEL";
 /// Version of the file layout.

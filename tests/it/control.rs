@@ -147,7 +147,7 @@ fn bad_input_gets_a_clear_answer_and_the_engine_keeps_running() {
     let engine = engine_with_control();
     let addr = engine.control_addr().unwrap();
     let echo = engine.register("echo", Weight::Light, |x: u32| x).unwrap();
-    let pyramid = tokengate::workloads::leibniz::Pyramid::register(&engine).unwrap();
+    let pyramid = tokengate_workloads::leibniz::Pyramid::register(&engine).unwrap();
     let rt = runtime();
     std::thread::scope(|scope| {
         // A pyramid runs on the engine for the whole session below.
@@ -307,13 +307,19 @@ fn cancel_and_throttle_take_effect_on_the_running_engine() {
         rt.block_on(cmd(&mut socket, json!({"id": 7, "cmd": "cancel", "token": drop_one.id()})));
     assert_eq!(reply["ok"], json!(true), "{reply}");
     rt.block_on(cmd(&mut socket, json!({"id": 8, "cmd": "resume"})));
+    let (keep_id, dropped_id) = (keep.id(), drop_one.id());
     assert_eq!(keep.wait(), Ok(1));
     assert!(matches!(drop_one.wait(), Err(tokengate::TokenError::Cancelled { .. })));
-    let reply =
-        rt.block_on(cmd(&mut socket, json!({"id": 9, "cmd": "cancel", "token": 999_999_999})));
-    assert_eq!(reply["error"]["code"], json!("bad_value"));
+    // A token that is not waiting (finished, already cancelled, never submitted) is
+    // refused, and nothing is left pending.
+    for (id, token) in [(9, keep_id), (10, dropped_id), (11, 999_999_999)] {
+        let reply =
+            rt.block_on(cmd(&mut socket, json!({"id": id, "cmd": "cancel", "token": token})));
+        assert_eq!(reply["ok"], json!(false), "{reply}");
+        assert_eq!(reply["error"]["code"], json!("not_waiting"), "{reply}");
+    }
     // Stats carry running counts and latency percentiles.
-    let reply = rt.block_on(cmd(&mut socket, json!({"id": 10, "cmd": "stats"})));
+    let reply = rt.block_on(cmd(&mut socket, json!({"id": 12, "cmd": "stats"})));
     let op = &reply["ops"][0];
     assert!(op["p99_ms"].as_f64().unwrap() >= op["p50_ms"].as_f64().unwrap());
     assert!(op["p50_ms"].as_f64().unwrap() > 0.0);

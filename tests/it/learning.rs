@@ -7,8 +7,8 @@ use std::fs::File;
 
 use polars::prelude::{ParquetReader, SerReader};
 use tokengate::telemetry::{TokenRecord, COLUMNS};
-use tokengate::workloads::mixed::{self, MixedConfig, MixedOps};
 use tokengate::{Engine, EngineBuilder, LaneSet, RouteSource, Weight};
+use tokengate_workloads::mixed::{self, MixedConfig, MixedOps};
 use trainer::{dataset, fit};
 
 /// Runs a mislabelled stream and returns the records with each token's (truth, tag).
@@ -105,7 +105,7 @@ fn logged_runs_train_a_model_that_routes_mislabelled_heavy_work_to_the_heavy_lan
 fn logging_accounts_for_every_token_written_or_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::builder().log_dir(dir.path()).build().unwrap();
-    let pyramid = tokengate::workloads::leibniz::Pyramid::register(&engine).unwrap();
+    let pyramid = tokengate_workloads::leibniz::Pyramid::register(&engine).unwrap();
     let outcome = pyramid.run(&engine, 200_000, 32, |_| {}).unwrap();
     engine.shutdown();
     let stats = engine.telemetry_stats().unwrap();

@@ -1,7 +1,7 @@
 //! The Leibniz pyramid through the engine.
 
-use tokengate::workloads::leibniz::{token_count, Pyramid};
 use tokengate::Engine;
+use tokengate_workloads::leibniz::{token_count, Pyramid};
 
 #[test]
 fn one_million_terms_give_the_expected_pi() {
@@ -21,7 +21,7 @@ fn odd_sizes_and_a_window_of_one() {
     let pyramid = Pyramid::register(&engine).unwrap();
     let outcome = pyramid.run(&engine, 123_457, 1, |_| {}).unwrap();
     let expected: rust_decimal::Decimal =
-        (0..123_457u64).map(tokengate::workloads::leibniz::term).sum::<rust_decimal::Decimal>()
+        (0..123_457u64).map(tokengate_workloads::leibniz::term).sum::<rust_decimal::Decimal>()
             * rust_decimal::Decimal::from(4);
     assert_eq!(outcome.pi, expected);
     assert_eq!(outcome.tokens, token_count(123_457));

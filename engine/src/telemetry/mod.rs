@@ -7,18 +7,22 @@
 //! buffers into columns and writes a segment every `segment_rows` rows or
 //! `segment_secs` seconds, each to a temporary name renamed into place once complete,
 //! so a killed run leaves only whole Parquet files (it loses at most the open segment).
+//!
+//! Parquet needs the `parquet` feature (default on; it brings polars). Without it the
+//! engine keeps records in memory only ([`EngineBuilder::log_in_memory`]) and a log
+//! directory is a build error.
+//!
+//! [`EngineBuilder::log_in_memory`]: crate::EngineBuilder::log_in_memory
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
-use polars::prelude::*;
 
-use crate::features::TELEMETRY_SCHEMA_VERSION;
-use crate::router::{LaneSet, RouteSource, Weight};
+use crate::placement::{LaneSet, RouteSource, Weight};
 
 /// Records a lane collects before handing them to the writer.
 pub(crate) const FLUSH_ROWS: usize = 1_024;
@@ -252,7 +256,7 @@ fn write_loop(
             let path = dir.join(format!("tokens-{run_id:016x}-{seq:05}.parquet"));
             seq += 1;
             let names = op_names.read().unwrap_or_else(|e| e.into_inner()).clone();
-            match write_segment(&path, run_id, &open, &names, sample_every) {
+            match parquet::write_segment(&path, run_id, &open, &names, sample_every) {
                 Ok(()) => {
                     out.written += open.len() as u64;
                     out.files.push(path);
@@ -270,89 +274,22 @@ fn write_loop(
     }
 }
 
-/// The Parquet columns, in order (see ARCHITECTURE.md "Telemetry").
-pub const COLUMNS: [&str; 23] = [
-    "schema_version",
-    "run_id",
-    "token_id",
-    "op",
-    "declared_weight",
-    "route_source",
-    "lane_set",
-    "predicted_class",
-    "model_version",
-    "lane",
-    "core",
-    "batch_id",
-    "batch_size",
-    "arg_size",
-    "queue_depth",
-    "lane_load",
-    "op_recent_ns",
-    "queue_wait_ns",
-    "run_ns",
-    "end_to_end_ns",
-    "outcome",
-    "attempt",
-    "sample_every",
-];
+#[cfg(feature = "parquet")]
+mod parquet;
+#[cfg(feature = "parquet")]
+pub use parquet::{records_to_frame, COLUMNS};
 
-/// Builds the segment's frame from records.
-pub fn records_to_frame(
-    run_id: u64,
-    records: &[TokenRecord],
-    op_names: &[String],
-    sample_every: u64,
-) -> PolarsResult<DataFrame> {
-    fn col<T, I>(name: &str, values: I) -> Column
-    where
-        I: Iterator<Item = T>,
-        Series: NamedFrom<Vec<T>, [T]>,
-    {
-        Column::new(name.into(), values.collect::<Vec<T>>())
+/// Stands in for the Parquet writer when the `parquet` feature is off; never reached,
+/// because the builder refuses a log directory then.
+#[cfg(not(feature = "parquet"))]
+mod parquet {
+    pub(super) fn write_segment(
+        _: &std::path::Path,
+        _: u64,
+        _: &[super::TokenRecord],
+        _: &[String],
+        _: u64,
+    ) -> Result<(), &'static str> {
+        Err("built without the `parquet` feature")
     }
-    let r = records;
-    let op_name = |op: u32| op_names.get(op as usize).map(String::as_str).unwrap_or("?");
-    let columns = vec![
-        col("schema_version", r.iter().map(|_| TELEMETRY_SCHEMA_VERSION)),
-        col("run_id", r.iter().map(|_| run_id)),
-        col("token_id", r.iter().map(|x| x.token_id)),
-        col("op", r.iter().map(|x| op_name(x.op))),
-        col("declared_weight", r.iter().map(|x| x.declared.as_str())),
-        col("route_source", r.iter().map(|x| x.route_source.as_str())),
-        col("lane_set", r.iter().map(|x| x.lane_set.as_str())),
-        col("predicted_class", r.iter().map(|x| x.predicted_class.map_or(-1, i32::from))),
-        col("model_version", r.iter().map(|x| x.model_version)),
-        col("lane", r.iter().map(|x| u32::from(x.lane))),
-        col("core", r.iter().map(|x| x.core)),
-        col("batch_id", r.iter().map(|x| x.batch_id)),
-        col("batch_size", r.iter().map(|x| x.batch_size)),
-        col("arg_size", r.iter().map(|x| x.arg_size)),
-        col("queue_depth", r.iter().map(|x| x.queue_depth)),
-        col("lane_load", r.iter().map(|x| x.lane_load)),
-        col("op_recent_ns", r.iter().map(|x| x.op_recent_ns)),
-        col("queue_wait_ns", r.iter().map(|x| x.queue_wait_ns)),
-        col("run_ns", r.iter().map(|x| x.run_ns)),
-        col("end_to_end_ns", r.iter().map(|x| x.end_to_end_ns)),
-        col("outcome", r.iter().map(|x| x.outcome.as_str())),
-        col("attempt", r.iter().map(|x| u32::from(x.attempt))),
-        col("sample_every", r.iter().map(|_| sample_every)),
-    ];
-    DataFrame::new(records.len(), columns)
-}
-
-fn write_segment(
-    path: &Path,
-    run_id: u64,
-    records: &[TokenRecord],
-    op_names: &[String],
-    sample_every: u64,
-) -> PolarsResult<()> {
-    let mut frame = records_to_frame(run_id, records, op_names, sample_every)?;
-    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("segment");
-    let tmp = path.with_file_name(format!(".{file_name}.tmp"));
-    let file = std::fs::File::create(&tmp)?;
-    ParquetWriter::new(file).with_compression(ParquetCompression::Lz4Raw).finish(&mut frame)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
 }

@@ -1,5 +1,8 @@
 //! Lanes: one worker thread per usable core, pinned, fed by two shared queues.
 //!
+//! `ctx.rs` holds what a lane hands each batch it runs; `thread.rs` starts, pins and
+//! replaces the threads.
+//!
 //! # Queues and hand-off
 //!
 //! The light and heavy lane sets each have one lock-free FIFO (`crossbeam_deque::Injector`)
@@ -17,17 +20,22 @@
 //! pairing on both sides). Parking also has a timeout, as a backstop.
 
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Barrier, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle, Thread};
 use std::time::Duration;
 
 use crossbeam_deque::{Injector, Steal};
 
-use crossbeam_channel::Sender;
+use crate::admission::Admission;
+use crate::placement::LaneSet;
+use crate::telemetry::Telemetry;
 
-use crate::admission::{Admission, OpQueue, Permit};
-use crate::router::LaneSet;
-use crate::telemetry::{Telemetry, TokenRecord, FLUSH_ROWS};
+mod ctx;
+mod thread_life;
+
+pub(crate) use ctx::LaneCtx;
+use ctx::Watch;
+pub(crate) use thread_life::spawn_workers;
 
 /// The most lanes one engine runs (one bit each in the idle mask).
 pub(crate) const MAX_LANES: usize = 64;
@@ -41,11 +49,12 @@ pub(crate) trait Job: Send {
     fn len(&self) -> usize;
     /// Runs (or skips, if resolved elsewhere) every token of the batch and gives its
     /// admission permits back.
-    fn run(self: Box<Self>, lane: &mut LaneCtx) -> RunEnd;
+    fn run(self: Box<Self>, lane: &LaneCtx) -> RunEnd;
 
-    /// If the batch's operation is paused (or at its throttle limit), sets the batch
-    /// aside (it keeps its permits) until it may run, and returns `None`.
-    fn park_if_paused(self: Box<Self>) -> Option<Box<dyn Job>>;
+    /// Takes a running slot of the batch's operation and hands the batch back to run;
+    /// or, if the operation is paused (or at its throttle limit), sets the batch aside
+    /// (it keeps its permits) until it may run, and returns `None`.
+    fn start(self: Box<Self>) -> Option<Box<dyn Job>>;
 
     /// Cancels every token of the batch that has not started, and gives its permits
     /// back (for batches set aside, on a `cancel` command).
@@ -61,90 +70,7 @@ pub(crate) enum RunEnd {
     Retired,
 }
 
-/// The token a lane is running under a deadline, and whose permit to give back if the
-/// lane is replaced meanwhile.
-struct Watch {
-    token_id: u64,
-    queue: Arc<OpQueue>,
-    permit: Permit,
-}
-
 pub(crate) type BoxJob = Box<dyn Job>;
-
-/// A lane's own state, handed to each batch it runs.
-pub(crate) struct LaneCtx {
-    lanes: Arc<Lanes>,
-    pub(crate) index: u16,
-    /// The pinned core, or -1.
-    pub(crate) core: i32,
-    batches: u64,
-    records: Vec<TokenRecord>,
-    telemetry: Option<(Arc<Telemetry>, Sender<Vec<TokenRecord>>)>,
-}
-
-impl LaneCtx {
-    fn new(lanes: Arc<Lanes>, index: usize, core: i32) -> Self {
-        let telemetry =
-            lanes.telemetry.as_ref().and_then(|t| t.sender().map(|sender| (Arc::clone(t), sender)));
-        let records = if telemetry.is_some() { Vec::with_capacity(FLUSH_ROWS) } else { Vec::new() };
-        LaneCtx { lanes, index: index as u16, core, batches: 0, records, telemetry }
-    }
-
-    /// True once the engine is shutting down with `Abort`: queued work is cancelled.
-    pub(crate) fn aborting(&self) -> bool {
-        self.lanes.is_aborting()
-    }
-
-    /// Marks this lane as running `token_id` under a deadline.
-    pub(crate) fn watch(&self, token_id: u64, queue: &Arc<OpQueue>, permit: Permit) {
-        let lane = &self.lanes.lanes[usize::from(self.index)];
-        *lane.watch.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(Watch { token_id, queue: Arc::clone(queue), permit });
-    }
-
-    /// Clears the mark for `token_id`. False if the lane was replaced meanwhile (the
-    /// replacement then owns the token's permit and this thread must retire). A mark
-    /// for another token is the replacement's own, and is left alone.
-    pub(crate) fn unwatch(&self, token_id: u64) -> bool {
-        let lane = &self.lanes.lanes[usize::from(self.index)];
-        let mut watch = lane.watch.lock().unwrap_or_else(|e| e.into_inner());
-        if watch.as_ref().is_some_and(|w| w.token_id == token_id) {
-            *watch = None;
-            true
-        } else {
-            false
-        }
-    }
-
-    /// An engine-unique batch id: the lane in the top 16 bits, a lane-local sequence below.
-    pub(crate) fn next_batch_id(&mut self) -> u64 {
-        self.batches += 1;
-        (u64::from(self.index) << 48) | self.batches
-    }
-
-    /// Log one token in `sample_every` (by token id).
-    pub(crate) fn sample_every(&self) -> u64 {
-        self.telemetry.as_ref().map_or(1, |(t, _)| t.sample_every)
-    }
-
-    pub(crate) fn record(&mut self, record: TokenRecord) {
-        self.records.push(record);
-        if self.records.len() >= FLUSH_ROWS {
-            self.flush();
-        }
-    }
-
-    /// Hands buffered records to the writer (never blocks).
-    fn flush(&mut self) {
-        if self.records.is_empty() {
-            return;
-        }
-        if let Some((telemetry, sender)) = &self.telemetry {
-            let full = std::mem::replace(&mut self.records, Vec::with_capacity(FLUSH_ROWS));
-            telemetry.submit(sender, full);
-        }
-    }
-}
 
 /// How a lane was set up, as seen from inside its thread.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -288,63 +214,10 @@ impl Lanes {
         self.replaced.load(Ordering::Relaxed)
     }
 
-    /// A deadline passed while `token_id` was running: if a lane is still running it,
-    /// give its permit back, and start a replacement thread on the same core so the
-    /// lane keeps serving. The stuck thread retires when the call returns.
-    pub(crate) fn retire_stuck(self: &Arc<Self>, token_id: u64) {
-        for (index, lane) in self.lanes.iter().enumerate() {
-            let mut watch = lane.watch.lock().unwrap_or_else(|e| e.into_inner());
-            if watch.as_ref().is_some_and(|w| w.token_id == token_id) {
-                let stuck = watch.take().expect("checked above");
-                drop(watch);
-                self.replaced.fetch_add(1, Ordering::Relaxed);
-                if let Some(flag) = lane.worker.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                    flag.store(true, Ordering::SeqCst);
-                }
-                self.assign_thread(index);
-                // Released after the replacement exists, so a drain cannot finish
-                // (and stop the lanes) in between.
-                self.admission.release(stuck.permit, &stuck.queue);
-                return;
-            }
-        }
-    }
-
     /// Cancels all queued work from now on (shutdown with `Abort`).
     pub(crate) fn begin_abort(&self) {
         self.abort.store(true, Ordering::SeqCst);
         self.wake_all();
-    }
-
-    /// Gives lane `index` a thread: a spare if one is waiting, else a new one.
-    fn assign_thread(self: &Arc<Self>, index: usize) {
-        loop {
-            let spare = self.spares.lock().unwrap_or_else(|e| e.into_inner()).pop();
-            match spare {
-                Some(spare) if spare.send(index).is_ok() => return,
-                Some(_) => continue,
-                None => break,
-            }
-        }
-        if let Err(e) = spawn_lane(self, index, None) {
-            tracing::error!("could not replace stuck lane {index}: {e}");
-        }
-    }
-
-    /// Joins every lane thread except those stuck in an overrun call (detached).
-    pub(crate) fn join(&self) {
-        loop {
-            let handles =
-                std::mem::take(&mut *self.handles.lock().unwrap_or_else(|e| e.into_inner()));
-            if handles.is_empty() {
-                return;
-            }
-            for (stuck, handle) in handles {
-                if !stuck.load(Ordering::SeqCst) {
-                    let _ = handle.join();
-                }
-            }
-        }
     }
 
     pub(crate) fn telemetry(&self) -> Option<&Arc<Telemetry>> {
@@ -492,7 +365,7 @@ impl Lanes {
             || (self.may_take(lane, 1 - own) && !self.queues[1 - own].is_empty())
     }
 
-    fn worker_loop(&self, index: usize, ctx: &mut LaneCtx) -> RunEnd {
+    fn worker_loop(&self, index: usize, ctx: &LaneCtx) -> RunEnd {
         let admission = &self.admission;
         let lane = &self.lanes[index];
         let bit = 1u64 << index;
@@ -500,7 +373,7 @@ impl Lanes {
         loop {
             if let Some(job) = self.next_job(index) {
                 misses = 0;
-                let Some(job) = job.park_if_paused() else { continue };
+                let Some(job) = job.start() else { continue };
                 // Counted before running, so the counts are complete by the time the
                 // batch's last token resolves.
                 let tokens = job.len();
@@ -547,91 +420,4 @@ fn steal(queue: &Injector<BoxJob>) -> Option<BoxJob> {
             Steal::Retry => continue,
         }
     }
-}
-
-/// Starts one thread per lane, pins each, and waits until all have reported in.
-pub(crate) fn spawn_workers(lanes: &Arc<Lanes>) -> std::io::Result<()> {
-    let ready = Arc::new(Barrier::new(lanes.len() + 1));
-    for index in 0..lanes.len() {
-        spawn_lane(lanes, index, Some(Arc::clone(&ready)))?;
-    }
-    ready.wait();
-    Ok(())
-}
-
-/// Starts a thread that serves lane `index` (at start, or to replace a stuck one).
-fn spawn_lane(
-    lanes: &Arc<Lanes>,
-    index: usize,
-    ready: Option<Arc<Barrier>>,
-) -> std::io::Result<()> {
-    let stuck = Arc::new(AtomicBool::new(false));
-    let handle = {
-        let (lanes, stuck) = (Arc::clone(lanes), Arc::clone(&stuck));
-        thread::Builder::new()
-            .name(format!("tokengate-lane-{index}"))
-            .spawn(move || lane_thread(lanes, index, ready, stuck))?
-    };
-    lanes.handles.lock().unwrap_or_else(|e| e.into_inner()).push((stuck, handle));
-    Ok(())
-}
-
-/// A lane thread's life: serve a lane until shutdown; after an overrun, wait as a spare
-/// to serve whichever lane next needs a replacement.
-fn lane_thread(
-    lanes: Arc<Lanes>,
-    mut index: usize,
-    mut ready: Option<Arc<Barrier>>,
-    stuck: Arc<AtomicBool>,
-) {
-    loop {
-        let lane = &lanes.lanes[index];
-        *lane.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread::current());
-        *lane.worker.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&stuck));
-        let info = pin_current(index, lane, lanes.pin);
-        let core = if info.pinned { info.core.map_or(-1, |c| c as i32) } else { -1 };
-        let _ = lane.info.set(info);
-        let mut ctx = LaneCtx::new(Arc::clone(&lanes), index, core);
-        if let Some(ready) = ready.take() {
-            ready.wait();
-        }
-        if lanes.worker_loop(index, &mut ctx) == RunEnd::Done {
-            return;
-        }
-        // Back from an overrun: this thread no longer serves a lane.
-        let (offer, assignment) = std::sync::mpsc::sync_channel(1);
-        {
-            let mut spares = lanes.spares.lock().unwrap_or_else(|e| e.into_inner());
-            stuck.store(false, Ordering::SeqCst);
-            if lanes.shutdown.load(Ordering::SeqCst) {
-                return;
-            }
-            spares.push(offer);
-        }
-        match assignment.recv() {
-            Ok(next) => index = next,
-            Err(_) => return,
-        }
-    }
-}
-
-static PIN_WARNING: std::sync::Once = std::sync::Once::new();
-
-fn pin_current(index: usize, lane: &Lane, pin: bool) -> LaneInfo {
-    let pinned = match (pin, lane.core) {
-        (true, Some(core)) => {
-            let ok = core_affinity::set_for_current(core);
-            if !ok {
-                PIN_WARNING.call_once(|| {
-                    tracing::warn!("could not pin lane threads to cores; running unpinned");
-                });
-            }
-            ok
-        }
-        _ => false,
-    };
-    let affinity = core_affinity::get_core_ids()
-        .map(|ids| ids.into_iter().map(|id| id.id).collect())
-        .unwrap_or_default();
-    LaneInfo { index, set: lane.set, core: lane.core.map(|c| c.id), pinned, affinity }
 }

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crate::workloads::mixed::iterate_hash;
-use crate::{Context, Engine, RegisterError, RetryPolicy, Token, TokenError, Weight};
+use crate::mixed::iterate_hash;
+use tokengate::{Context, Engine, RegisterError, RetryPolicy, Token, TokenError, Weight};
 
 /// Fault rates and shape of a soak run.
 #[derive(Debug, Clone, Copy, PartialEq)]

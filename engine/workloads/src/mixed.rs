@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crate::model::policy_for;
-use crate::router::{Features, Placement, RouteSource, Router, MAX_OPS};
-use crate::telemetry::TokenRecord;
-use crate::{Engine, Operation, RegisterError, Token, Weight};
+use tokengate::model::policy_for;
+use tokengate::TokenRecord;
+use tokengate::{Engine, Operation, RegisterError, Token, Weight};
+use tokengate::{Features, Placement, RouteSource, Router, MAX_OPS};
 
 /// The operations, in vocabulary order.
 pub const OPS: [&str; 4] = ["primes", "sort", "hash", "text"];
@@ -282,7 +282,7 @@ pub struct RouterRun {
 /// Builds an engine from `builder` (adding in-memory records), drives `plan` through
 /// it at `rate`, drains it, and scores the run.
 pub fn run_with(
-    builder: crate::EngineBuilder,
+    builder: tokengate::EngineBuilder,
     plan: &[Planned],
     rate: f64,
 ) -> Result<RouterRun, Box<dyn std::error::Error + Send + Sync>> {
@@ -294,7 +294,7 @@ pub fn run_with(
     let heavy_lanes: Vec<u16> = engine
         .lanes()
         .iter()
-        .filter(|l| l.set == crate::LaneSet::Heavy)
+        .filter(|l| l.set == tokengate::LaneSet::Heavy)
         .map(|l| l.index as u16)
         .collect();
     let truth: HashMap<u64, Weight> = run.truths.iter().copied().collect();

@@ -22,7 +22,10 @@
 //! dropped, never delivered. The handle reads the result only after seeing a terminal
 //! state with `Acquire`, and marks it `TAKEN` so it is moved out once and the chunk's
 //! destructor knows not to drop it again. A token therefore resolves exactly once.
-//! `tests/loom_token.rs` model-checks these races.
+//! The `loom_tests` module at the end of this file model-checks these races
+//! (`RUSTFLAGS="--cfg tokengate_loom" cargo test -p tokengate --lib loom`).
+//!
+//! `index.rs` finds a waiting token's slot by its id, for the control port's `cancel`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -36,6 +39,10 @@ use std::thread::{self, Thread};
 use atomic_waker::AtomicWaker;
 
 use crate::error::{CancelSource, RejectReason, TokenError};
+
+mod index;
+
+pub(crate) use index::{CancelById, TokenIndex};
 
 const QUEUED: u8 = 0;
 const RUNNING: u8 = 1;
@@ -361,6 +368,8 @@ pub(crate) struct Chunk<R> {
     slots: Box<[Slot<R>]>,
     /// The operation's resolution counters (cancels are counted where they happen).
     resolutions: Option<Arc<Resolutions>>,
+    /// Where the chunk is listed for cancels by id, until it is dropped.
+    index: Option<Arc<TokenIndex>>,
 }
 
 impl<R> Chunk<R> {
@@ -369,7 +378,34 @@ impl<R> Chunk<R> {
         len: usize,
         resolutions: Option<Arc<Resolutions>>,
     ) -> Arc<Self> {
-        Arc::new(Chunk { base_id, slots: (0..len).map(|_| Slot::new()).collect(), resolutions })
+        let slots = (0..len).map(|_| Slot::new()).collect();
+        Arc::new(Chunk { base_id, slots, resolutions, index: None })
+    }
+
+    /// A chunk listed in `index`, so a token of it can be cancelled by id while it
+    /// waits.
+    pub(crate) fn listed(
+        base_id: u64,
+        len: usize,
+        resolutions: Arc<Resolutions>,
+        index: &Arc<TokenIndex>,
+    ) -> Arc<Self>
+    where
+        R: Send + 'static,
+    {
+        let slots = (0..len).map(|_| Slot::new()).collect();
+        let chunk = Arc::new(Chunk {
+            base_id,
+            slots,
+            resolutions: Some(resolutions),
+            index: Some(Arc::clone(index)),
+        });
+        index.insert(
+            base_id,
+            len as u32,
+            Arc::downgrade(&chunk) as std::sync::Weak<dyn CancelById>,
+        );
+        chunk
     }
 
     /// Cancels slot `index` if it has not started, counting it.
@@ -425,8 +461,18 @@ impl<R> Chunk<R> {
     }
 }
 
+impl<R: Send> CancelById for Chunk<R> {
+    fn cancel_id(&self, id: u64, by: CancelSource) -> bool {
+        let index = id.checked_sub(self.base_id).filter(|&i| i < self.slots.len() as u64);
+        index.is_some_and(|index| self.cancel(index as u32, by))
+    }
+}
+
 impl<R> Drop for Chunk<R> {
     fn drop(&mut self) {
+        if let Some(index) = &self.index {
+            index.remove(self.base_id);
+        }
         for slot in self.slots.iter_mut() {
             let state = state_of(sync::load_mut(&mut slot.state));
             if state >= COMPLETED && state & TAKEN == 0 {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use rust_decimal::Decimal;
 
-use crate::{Engine, LaneStats, Operation, RegisterError, Token, TokenError, Weight};
+use tokengate::{Engine, LaneStats, Operation, RegisterError, Token, TokenError, Weight};
 
 /// Terms per chunk token.
 pub const CHUNK_TERMS: u64 = 1_000;

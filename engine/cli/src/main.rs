@@ -1,0 +1,199 @@
+//! The `tokengate` command line: run the built-in workloads on the engine, compare
+//! routers on them, inject faults, and steer a live engine through its control port.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tokengate::model::Model;
+use tokengate::{Engine, EngineBuilder, EwmaRouter, LearnedRouter, Router, StaticRouter};
+
+mod ctl;
+mod faults;
+mod run;
+
+#[derive(Parser)]
+#[command(name = "tokengate", version, about = "Run functions as tokens on core-pinned lanes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a built-in workload and report throughput (and latency for mixed streams).
+    Run(run::RunArgs),
+    /// Run the same stream under the tag, running-average, learned and oracle routers.
+    Compare(run::CompareArgs),
+    /// Flood the engine with faulty calls for a while and account for every token.
+    Soak(faults::SoakArgs),
+    /// Call `try_submit` N times on an engine that cannot keep up; report peak memory.
+    Flood(faults::FloodArgs),
+    /// Send one command to a running engine's control port, or watch its stats.
+    Ctl(ctl::CtlArgs),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Workload {
+    /// The Leibniz-π pyramid: N term tokens, chunk sums, partial sums, final ×4.
+    Leibniz,
+    /// Four CPU operations whose cost follows their argument, correctly tagged.
+    Mixed,
+    /// `mixed` with a share of tokens declaring the wrong weight.
+    Mislabeled,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum RouterChoice {
+    /// The learned cost model (`--model`, or the shipped default).
+    Model,
+    /// The declared weights only.
+    Tags,
+    /// Each operation's running-average runtime (no model).
+    Ewma,
+}
+
+#[derive(Args)]
+struct EngineArgs {
+    /// Lanes (worker threads); default one per usable core.
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Lanes reserved for heavy work (default 1 when there are 2 or more lanes).
+    #[arg(long)]
+    heavy_lanes: Option<usize>,
+    /// Tokens per batch for light operations under the tag router.
+    #[arg(long, default_value_t = 128)]
+    batch: u32,
+    /// Do not pin lanes to cores.
+    #[arg(long)]
+    no_pin: bool,
+    /// Light lanes never run heavy work.
+    #[arg(long)]
+    isolate_heavy: bool,
+    /// Light lanes take heavy work only when this many heavy batches wait (default: 1,
+    /// fully work-conserving, for `run`; 4 for `compare`, so that routing rather than
+    /// stealing decides where heavy work runs).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    steal_backlog: Option<u64>,
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "tokengate=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Run(args) => run::run(args),
+        Command::Compare(args) => run::compare(args),
+        Command::Soak(args) => faults::soak(args),
+        Command::Flood(args) => faults::flood(args),
+        Command::Ctl(args) => ctl::ctl(args),
+    }
+}
+
+/// The shipped model: `models/default.bin` under the working directory, else the one
+/// in the source tree this binary was built from.
+fn default_model_path() -> Option<PathBuf> {
+    let local = PathBuf::from("models/default.bin");
+    if local.exists() {
+        return Some(local);
+    }
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default.bin");
+    shipped.exists().then_some(shipped)
+}
+
+/// Loads `--model` (an error if it fails) or the default (a warning if it fails).
+fn load_model(explicit: Option<&Path>) -> Result<Option<Model>> {
+    if let Some(path) = explicit {
+        let model =
+            Model::load(path).with_context(|| format!("loading the model {}", path.display()))?;
+        return Ok(Some(model));
+    }
+    let Some(path) = default_model_path() else {
+        eprintln!("warning: no shipped model found (models/default.bin); routing by tags");
+        return Ok(None);
+    };
+    match Model::load(&path) {
+        Ok(model) => Ok(Some(model)),
+        Err(e) => {
+            eprintln!("warning: default model {} unusable ({e}); routing by tags", path.display());
+            Ok(None)
+        }
+    }
+}
+
+fn builder(args: &EngineArgs) -> EngineBuilder {
+    let mut builder = Engine::builder()
+        .pin(!args.no_pin)
+        .light_batch(args.batch)
+        .isolate_heavy(args.isolate_heavy)
+        .steal_backlog(args.steal_backlog.unwrap_or(1) as usize);
+    if let Some(workers) = args.workers {
+        builder = builder.workers(workers);
+    }
+    if let Some(heavy) = args.heavy_lanes {
+        builder = builder.heavy_lanes(heavy);
+    }
+    builder
+}
+
+fn make_router(choice: RouterChoice, model: Option<&Path>, batch: u32) -> Result<Arc<dyn Router>> {
+    let tags = StaticRouter::new(batch);
+    Ok(match choice {
+        RouterChoice::Tags => Arc::new(tags),
+        RouterChoice::Ewma => Arc::new(EwmaRouter::new(tags)),
+        RouterChoice::Model => match load_model(model)? {
+            Some(model) => Arc::new(LearnedRouter::new(model, tags)),
+            None => Arc::new(tags),
+        },
+    })
+}
+
+/// First Ctrl-C drains (admitted work finishes, telemetry is completed); a second one
+/// aborts (waiting work is cancelled).
+fn stop_on_ctrl_c(engine: &Engine) {
+    let stop = engine.stop_handle();
+    engine.handle().spawn(async move {
+        if tokio::signal::ctrl_c().await.is_err() {
+            return;
+        }
+        eprintln!("\ndraining: admitted work finishes; Ctrl-C again to abort");
+        stop.begin(tokengate::Shutdown::Drain);
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("\naborting: waiting work is cancelled");
+            stop.begin(tokengate::Shutdown::Abort);
+        }
+    });
+}
+
+fn progress_bar(total: u64, quiet: bool, unit: &str) -> indicatif::ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    let template = format!("{{bar:40}} {{pos}}/{{len}} {unit} {{per_sec}} {{eta}}");
+    bar.set_style(indicatif::ProgressStyle::with_template(&template).expect("valid template"));
+    bar
+}
+
+/// 1234567 → "1,234,567".
+fn group(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn peak_rss_mib() -> Option<f64> {
+    tokengate_workloads::sys::peak_rss_bytes().map(|b| b as f64 / (1 << 20) as f64)
+}

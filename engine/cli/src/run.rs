@@ -1,0 +1,388 @@
+//! `run` and `compare`: the built-in workloads, their reports, and routers side by side.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde_json::{json, Value};
+use tokengate::{
+    Engine, EwmaRouter, LaneInfo, LearnedRouter, Router, StaticRouter, TelemetryStats, Weight,
+};
+use tokengate_workloads::leibniz::Pyramid;
+use tokengate_workloads::mixed::{self, MixedConfig, MixedOps, OracleRouter};
+
+use crate::ctl::{with_control, ControlArgs};
+use crate::{
+    builder, group, load_model, make_router, peak_rss_mib, progress_bar, stop_on_ctrl_c,
+    EngineArgs, RouterChoice, Workload,
+};
+
+#[derive(Args)]
+struct StreamArgs {
+    /// Tokens in a mixed stream.
+    #[arg(long, default_value_t = 20_000)]
+    tokens: usize,
+    /// Seed of the stream (sizes, order, mislabels).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Arrival rate of a mixed stream, tokens per second.
+    #[arg(long, default_value_t = 8_000.0)]
+    rate: f64,
+    /// Share of tokens declaring the wrong weight (`mislabeled` only).
+    #[arg(long, default_value_t = 0.25)]
+    mislabel_share: f64,
+}
+
+#[derive(Args)]
+pub(crate) struct RunArgs {
+    /// Which workload to run.
+    workload: Workload,
+    /// Leibniz terms (term tokens).
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    terms: u64,
+    /// Chunks of 1,000 term tokens the Leibniz driver keeps in flight.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    window: u64,
+    #[command(flatten)]
+    stream: StreamArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// Which router places tokens.
+    #[arg(long, value_enum, default_value_t = RouterChoice::Model)]
+    router: RouterChoice,
+    /// Cost model file (default: the shipped models/default.bin).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Write one Parquet record per finished token into this directory.
+    #[arg(long)]
+    log: Option<PathBuf>,
+    /// Log one token in K.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    log_sample: u64,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    control: ControlArgs,
+}
+
+#[derive(Args)]
+pub(crate) struct CompareArgs {
+    /// The stream to compare on.
+    workload: Workload,
+    #[command(flatten)]
+    stream: StreamArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// Cost model file (default: the shipped models/default.bin).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Runs per router (interleaved); latencies are pooled, makespans averaged.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=100))]
+    repeat: u64,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn run(args: RunArgs) -> Result<()> {
+    if args.model.is_some() && args.router != RouterChoice::Model {
+        bail!("--model only applies with --router model");
+    }
+    let router = make_router(args.router, args.model.as_deref(), args.engine.batch)?;
+    let mut builder = with_control(
+        builder(&args.engine).router(router).log_sample(args.log_sample),
+        &args.control,
+    )?;
+    if let Some(dir) = &args.log {
+        builder = builder.log_dir(dir);
+    }
+    if args.workload != Workload::Leibniz {
+        builder = builder.log_in_memory();
+    }
+    let engine = builder.build().context("starting the engine")?;
+    stop_on_ctrl_c(&engine);
+    if let Some(addr) = engine.control_addr() {
+        eprintln!("control port on ws://{addr}/ (try: tokengate ctl --connect {addr} watch)");
+    }
+    let outcome = match args.workload {
+        Workload::Leibniz => run_leibniz(&engine, &args).map(|report| (report, Vec::new())),
+        Workload::Mixed | Workload::Mislabeled => run_stream(&engine, &args),
+    };
+    let (mut report, truths) = match outcome {
+        Ok(outcome) => outcome,
+        Err(_) if engine.is_shutting_down() => {
+            // Stopped on purpose (Ctrl-C or the control port): finish cleanly.
+            engine.shutdown();
+            if let Some(stats) = engine.telemetry_stats() {
+                eprintln!("log: {} records in {} files", stats.written, stats.files.len());
+            }
+            eprintln!("stopped early: the engine was shut down before the workload finished");
+            std::process::exit(130);
+        }
+        Err(e) => return Err(e),
+    };
+    let lanes = engine.lanes();
+    let per_lane: Vec<u64> = engine.lane_stats().iter().map(|s| s.tokens).collect();
+    engine.shutdown();
+    if !truths.is_empty() {
+        let records = engine.take_records();
+        report["light"] = latency_json(mixed::latency_of(&records, &truths, Weight::Light));
+        report["heavy"] = latency_json(mixed::latency_of(&records, &truths, Weight::Heavy));
+    }
+    report["router"] = json!(router_name(args.router, engine.model_version()));
+    report["lanes"] = lanes_json(&lanes, &per_lane);
+    if let Some(stats) = engine.telemetry_stats().filter(|_| args.log.is_some()) {
+        report["telemetry"] = telemetry_json(&stats);
+    }
+    report["peak_rss_mib"] = json!(peak_rss_mib());
+    if args.json {
+        println!("{report}");
+    } else {
+        print_report(&report, &lanes, &per_lane);
+    }
+    Ok(())
+}
+
+fn router_name(choice: RouterChoice, model_version: u32) -> String {
+    match choice {
+        RouterChoice::Model if model_version != 0 => format!("model {model_version:08x}"),
+        RouterChoice::Model | RouterChoice::Tags => "tags".into(),
+        RouterChoice::Ewma => "ewma".into(),
+    }
+}
+
+fn run_leibniz(engine: &Engine, args: &RunArgs) -> Result<Value> {
+    let pyramid = Pyramid::register(engine)?;
+    let bar = progress_bar(args.terms, args.json || args.terms < 1_000_000, "terms");
+    let outcome = pyramid
+        .run(engine, args.terms, args.window as usize, |done| bar.set_position(done))
+        .context("running the leibniz pyramid")?;
+    bar.finish_and_clear();
+    Ok(json!({
+        "workload": "leibniz",
+        "terms": args.terms,
+        "tokens": outcome.tokens,
+        "wall_s": outcome.wall.as_secs_f64(),
+        "tokens_per_s": outcome.tokens_per_s(),
+        "pi": outcome.pi.to_string(),
+        "correct_digits": outcome.correct_digits(),
+    }))
+}
+
+fn stream_config(workload: Workload, stream: &StreamArgs) -> Result<MixedConfig> {
+    if !(0.0..=1.0).contains(&stream.mislabel_share) {
+        bail!("--mislabel-share must be between 0 and 1, got {}", stream.mislabel_share);
+    }
+    if !(stream.rate.is_finite() && stream.rate >= 1.0) {
+        bail!("--rate must be at least 1 token/s, got {}", stream.rate);
+    }
+    if stream.tokens == 0 {
+        bail!("--tokens must be at least 1");
+    }
+    let mislabel_share = if workload == Workload::Mislabeled { stream.mislabel_share } else { 0.0 };
+    Ok(MixedConfig { tokens: stream.tokens, seed: stream.seed, mislabel_share, rate: stream.rate })
+}
+
+fn workload_name(workload: Workload) -> &'static str {
+    match workload {
+        Workload::Leibniz => "leibniz",
+        Workload::Mixed => "mixed",
+        Workload::Mislabeled => "mislabeled",
+    }
+}
+
+/// Runs the stream; returns the report and each token's true weight.
+fn run_stream(engine: &Engine, args: &RunArgs) -> Result<(Value, Vec<(u64, Weight)>)> {
+    let config = stream_config(args.workload, &args.stream)?;
+    let ops = MixedOps::register(engine)?;
+    let plan = mixed::plan(&config);
+    let run = mixed::drive(&ops, &plan, config.rate);
+    let report = json!({
+        "workload": workload_name(args.workload),
+        "tokens": plan.len(),
+        "seed": config.seed,
+        "rate": config.rate,
+        "mislabel_share": config.mislabel_share,
+        "wall_s": run.makespan.as_secs_f64(),
+        "tokens_per_s": plan.len() as f64 / run.makespan.as_secs_f64(),
+        "failed": run.failures,
+    });
+    Ok((report, run.truths))
+}
+
+fn latency_json(latency: mixed::Latency) -> Value {
+    json!({ "tokens": latency.count, "p50_ms": latency.p50_ms, "p99_ms": latency.p99_ms })
+}
+
+/// `compare`'s default: light lanes help with heavy work only once 4 batches wait.
+const COMPARE_STEAL_BACKLOG: u64 = 4;
+
+pub(crate) fn compare(mut args: CompareArgs) -> Result<()> {
+    args.engine.steal_backlog.get_or_insert(COMPARE_STEAL_BACKLOG);
+    if args.workload == Workload::Leibniz {
+        bail!("compare runs a mixed stream: use `compare mislabeled` or `compare mixed`");
+    }
+    let config = stream_config(args.workload, &args.stream)?;
+    let plan = mixed::plan(&config);
+    let model = load_model(args.model.as_deref())?
+        .context("compare needs a model: pass --model or restore models/default.bin")?;
+    let model_version = model.version();
+    let tags = StaticRouter::new(args.engine.batch);
+    let routers: Vec<(&str, Arc<dyn Router>)> = vec![
+        ("tags", Arc::new(tags)),
+        ("ewma", Arc::new(EwmaRouter::new(tags))),
+        ("learned", Arc::new(LearnedRouter::new(model, tags))),
+        ("oracle", Arc::new(OracleRouter::default())),
+    ];
+    let mut runs: Vec<Vec<mixed::RouterRun>> = vec![Vec::new(); routers.len()];
+    // Interleaved repeats, so a slow patch of a shared machine hits every router alike.
+    for repeat in 0..args.repeat {
+        for ((name, router), runs) in routers.iter().zip(&mut runs) {
+            let builder = builder(&args.engine).router(Arc::clone(router));
+            let run = mixed::run_with(builder, &plan, config.rate)
+                .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+            runs.push(run);
+            if !args.json {
+                eprint!("\r{name} run {}/{}   ", repeat + 1, args.repeat);
+            }
+        }
+    }
+    if !args.json {
+        eprint!("\r{:30}\r", "");
+    }
+    let mut results = serde_json::Map::new();
+    for ((name, _), runs) in routers.iter().zip(runs) {
+        let makespan =
+            runs.iter().map(|r| r.makespan.as_secs_f64()).sum::<f64>() / runs.len() as f64;
+        let light =
+            mixed::Latency::of(runs.iter().flat_map(|r| r.light_ns.iter().copied()).collect());
+        let (heavy, on_heavy) =
+            runs.iter().fold((0, 0), |(h, o), r| (h + r.heavy.0, o + r.heavy.1));
+        results.insert(
+            name.to_string(),
+            json!({
+                "makespan_s": makespan,
+                "light_p50_ms": light.p50_ms,
+                "light_p99_ms": light.p99_ms,
+                "light_tokens": light.count,
+                "heavy_on_heavy_lane": if heavy == 0 { 0.0 } else { on_heavy as f64 / heavy as f64 },
+                "failed": runs.iter().map(|r| r.failures).sum::<usize>(),
+            }),
+        );
+    }
+    let report = json!({
+        "workload": workload_name(args.workload),
+        "tokens": plan.len(),
+        "repeat": args.repeat,
+        "seed": config.seed,
+        "rate": config.rate,
+        "mislabel_share": config.mislabel_share,
+        "lanes": lanes_mode(&args.engine),
+        "model_version": format!("{model_version:08x}"),
+        "routers": results,
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        print_compare(&report);
+    }
+    Ok(())
+}
+
+fn lanes_mode(engine: &EngineArgs) -> String {
+    if engine.isolate_heavy {
+        "isolated".into()
+    } else {
+        format!("steal-backlog {}", engine.steal_backlog.unwrap_or(1))
+    }
+}
+
+fn print_compare(report: &Value) {
+    println!(
+        "{} tokens of `{}` at {} tokens/s, {:.0}% mislabelled, {} runs each, lanes: {}, model {}",
+        report["tokens"],
+        report["workload"].as_str().unwrap_or("?"),
+        report["rate"],
+        report["mislabel_share"].as_f64().unwrap_or(0.0) * 100.0,
+        report["repeat"],
+        report["lanes"].as_str().unwrap_or("?"),
+        report["model_version"].as_str().unwrap_or("?"),
+    );
+    println!(
+        "{:<8} {:>11} {:>13} {:>13} {:>16}",
+        "router", "makespan s", "light p50 ms", "light p99 ms", "heavy on heavy"
+    );
+    for name in ["tags", "ewma", "learned", "oracle"] {
+        let r = &report["routers"][name];
+        println!(
+            "{:<8} {:>11.3} {:>13.3} {:>13.3} {:>15.0}%",
+            name,
+            r["makespan_s"].as_f64().unwrap_or(f64::NAN),
+            r["light_p50_ms"].as_f64().unwrap_or(f64::NAN),
+            r["light_p99_ms"].as_f64().unwrap_or(f64::NAN),
+            r["heavy_on_heavy_lane"].as_f64().unwrap_or(f64::NAN) * 100.0,
+        );
+    }
+}
+
+fn lanes_json(lanes: &[LaneInfo], per_lane: &[u64]) -> Value {
+    lanes
+        .iter()
+        .zip(per_lane)
+        .map(|(lane, tokens)| {
+            json!({
+                "lane": lane.index, "set": lane.set.as_str(), "core": lane.core,
+                "pinned": lane.pinned, "tokens": tokens,
+            })
+        })
+        .collect()
+}
+
+fn telemetry_json(stats: &TelemetryStats) -> Value {
+    json!({
+        "recorded": stats.recorded,
+        "dropped": stats.dropped,
+        "written": stats.written,
+        "files": stats.files.len(),
+        "errors": stats.errors,
+    })
+}
+
+fn print_report(report: &Value, lanes: &[LaneInfo], per_lane: &[u64]) {
+    let num = |key: &str| report[key].as_f64().unwrap_or(0.0);
+    if let Some(pi) = report["pi"].as_str() {
+        println!("pi        {pi}  ({} correct digits)", report["correct_digits"]);
+    }
+    println!("workload  {}", report["workload"].as_str().unwrap_or("?"));
+    println!("router    {}", report["router"].as_str().unwrap_or("?"));
+    println!("tokens    {}", group(num("tokens") as u64));
+    println!("wall      {:.3} s", num("wall_s"));
+    println!("rate      {} tokens/s", group(num("tokens_per_s") as u64));
+    for kind in ["light", "heavy"] {
+        if let Some(l) = report.get(kind) {
+            let ms = |k: &str| l[k].as_f64().unwrap_or(f64::NAN);
+            println!("{kind:<9} p50 {:.3} ms  p99 {:.3} ms", ms("p50_ms"), ms("p99_ms"));
+        }
+    }
+    for (lane, tokens) in lanes.iter().zip(per_lane) {
+        println!("lane {:<4} {}  {}", lane.index, describe(lane), group(*tokens));
+    }
+    if let Some(t) = report.get("telemetry") {
+        println!(
+            "log       {} records in {} files, {} dropped",
+            t["written"], t["files"], t["dropped"]
+        );
+    }
+    if let Some(mib) = report["peak_rss_mib"].as_f64() {
+        println!("peak RSS  {mib:.0} MiB");
+    }
+}
+
+fn describe(lane: &LaneInfo) -> String {
+    match (lane.core, lane.pinned) {
+        (Some(core), true) => format!("{:<5} core {core:<3}", lane.set.as_str()),
+        _ => format!("{:<5} unpinned", lane.set.as_str()),
+    }
+}

@@ -1,0 +1,210 @@
+//! Manual control of a running engine: the [`Controller`] (usable from Rust), the
+//! typed wire [`protocol`], and the authenticated WebSocket server that speaks it.
+//!
+//! `state.rs` holds each operation's overrides and live counters; the lanes read them
+//! once per batch. Overrides beat the model, which beats the declared tags.
+
+use std::sync::Arc;
+
+pub mod protocol;
+mod server;
+pub(crate) mod state;
+
+pub(crate) use server::{bind, start, ControlConfig};
+pub use server::{generate_secret, MAX_CONNECTIONS, MAX_MESSAGE_BYTES};
+pub use state::{OpStats, Overrides};
+
+use crate::core::{Shared, Shutdown};
+use crate::error::CancelSource;
+use crate::placement::LaneSet;
+use protocol::OpSnapshot;
+use state::OpControl;
+
+/// Manual control of a running engine: what the control port calls, available to Rust
+/// callers too (from [`Engine::controller`](crate::Engine::controller)). Cheap to clone.
+///
+/// ```
+/// use tokengate::{Engine, LaneSet, Weight};
+/// let engine = Engine::builder().build()?;
+/// let square = engine.register("square", Weight::Light, |x: u64| x * x)?;
+/// let control = engine.controller();
+/// control.pin("square", Some(LaneSet::Heavy))?;
+/// assert_eq!(square.overrides().pin, Some(LaneSet::Heavy));
+/// assert!(control.pin("nope", None).is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct Controller {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Controller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller").finish_non_exhaustive()
+    }
+}
+
+/// A manual control request the engine refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ControlError {
+    /// No operation has this name.
+    #[error("no operation named {0:?}")]
+    UnknownOp(String),
+    /// A value is out of range.
+    #[error("{0}")]
+    BadValue(String),
+    /// The token is not waiting: it is running, finished, already cancelled, or no
+    /// token has this id.
+    #[error("token {0} is not waiting (running, finished, already cancelled, or unknown)")]
+    NotWaiting(u64),
+}
+
+impl Controller {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Controller { shared }
+    }
+
+    fn op(&self, name: &str) -> Result<Arc<dyn OpControl>, ControlError> {
+        self.shared.op(name).ok_or_else(|| ControlError::UnknownOp(name.to_string()))
+    }
+
+    /// Pauses one operation (`Some(name)`) or all: admitted work of it waits, keeping
+    /// its place in admission, until a resume. Nothing is lost.
+    pub fn pause(&self, op: Option<&str>) -> Result<(), ControlError> {
+        self.set_paused(op, true)
+    }
+
+    /// Releases what [`Controller::pause`] held (`None`: every operation, also those
+    /// paused one by one).
+    pub fn resume(&self, op: Option<&str>) -> Result<(), ControlError> {
+        self.set_paused(op, false)
+    }
+
+    fn set_paused(&self, op: Option<&str>, paused: bool) -> Result<(), ControlError> {
+        match op {
+            Some(name) => self.op(name)?.control().set_paused(paused, &self.shared.lanes),
+            None => self.shared.set_paused_all(paused),
+        }
+        Ok(())
+    }
+
+    /// Sends every new token of `op` to this lane set (`None`: back to the router).
+    pub fn pin(&self, op: &str, lanes: Option<LaneSet>) -> Result<(), ControlError> {
+        self.op(op)?.control().set_pin(lanes);
+        Ok(())
+    }
+
+    /// Batches every new token of `op` this many at a time (`None`: back to the router).
+    pub fn force_batch(&self, op: &str, batch: Option<u32>) -> Result<(), ControlError> {
+        if batch == Some(0) || batch.is_some_and(|b| b > crate::model::MAX_BATCH) {
+            return Err(ControlError::BadValue(format!(
+                "batch size must be 1..={}",
+                crate::model::MAX_BATCH
+            )));
+        }
+        self.op(op)?.control().set_batch(batch);
+        Ok(())
+    }
+
+    /// Limits how many tokens of `op` run at once (`None`: no limit). Batches waiting
+    /// for a slot run in the order they reached it.
+    pub fn throttle(&self, op: &str, limit: Option<u32>) -> Result<(), ControlError> {
+        if limit == Some(0) {
+            return Err(ControlError::BadValue("throttle limit must be at least 1".into()));
+        }
+        self.op(op)?.control().set_throttle(limit, &self.shared.lanes);
+        Ok(())
+    }
+
+    /// Cancels every token of `op` admitted so far that has not started; they resolve as
+    /// `Cancelled { by: Control }`. Returns how many waiting behind a pause or throttle
+    /// it cancelled at once (the rest are cancelled as their lane reaches them).
+    pub fn cancel_waiting(&self, op: &str) -> Result<u64, ControlError> {
+        let op = self.op(op)?;
+        let before = self.shared.next_token_id.load(std::sync::atomic::Ordering::SeqCst);
+        let held = op.control().cancel_before(before);
+        let count = held.iter().map(|job| job.len() as u64).sum();
+        for job in held {
+            job.cancel_all(CancelSource::Control);
+        }
+        Ok(count)
+    }
+
+    /// Cancels the token with this id now, if it is waiting (admitted, not started); it
+    /// resolves as `Cancelled { by: Control }`. Otherwise
+    /// [`ControlError::NotWaiting`]: nothing is left pending.
+    pub fn cancel_token(&self, id: u64) -> Result<(), ControlError> {
+        if self.shared.tokens.cancel(id, CancelSource::Control) {
+            Ok(())
+        } else {
+            Err(ControlError::NotWaiting(id))
+        }
+    }
+
+    /// Drops every override of one operation (`Some(name)`) or of all.
+    pub fn clear_overrides(&self, op: Option<&str>) -> Result<(), ControlError> {
+        let ops = match op {
+            Some(name) => vec![self.op(name)?],
+            None => {
+                self.shared.set_paused_all(false);
+                self.shared.ops()
+            }
+        };
+        for op in ops {
+            let control = op.control();
+            control.set_pin(None);
+            control.set_batch(None);
+            control.set_throttle(None, &self.shared.lanes);
+            control.set_paused(false, &self.shared.lanes);
+        }
+        Ok(())
+    }
+
+    /// Every operation's counters and overrides, in registration order.
+    pub fn op_stats(&self) -> Vec<(String, OpStats, Overrides)> {
+        let ops = self.shared.ops();
+        ops.iter().map(|op| (op.name().to_string(), op.stats(), op.control().overrides())).collect()
+    }
+
+    /// Every operation's live numbers, in registration order (`throughput` is 0: it
+    /// needs an earlier snapshot; the control port fills it per connection).
+    pub fn snapshot(&self) -> Vec<OpSnapshot> {
+        self.shared
+            .ops()
+            .iter()
+            .map(|op| {
+                let stats = op.stats();
+                let control = op.control();
+                let running = u64::from(control.running());
+                let [p50, p99] = control.latency().quantiles([0.5, 0.99]);
+                OpSnapshot {
+                    op: op.name().to_string(),
+                    submitted: stats.submitted,
+                    waiting: stats.submitted.saturating_sub(stats.finished() + running),
+                    running,
+                    completed: stats.completed,
+                    failed: stats.failed,
+                    cancelled: stats.cancelled,
+                    timed_out: stats.timed_out,
+                    rejected: stats.rejected,
+                    throughput: 0.0,
+                    p50_ms: p50 as f64 / 1e6,
+                    p99_ms: p99 as f64 / 1e6,
+                    overrides: control.overrides(),
+                }
+            })
+            .collect()
+    }
+
+    /// Starts a shutdown without waiting for it (see
+    /// [`StopHandle::begin`](crate::StopHandle::begin)).
+    pub fn shutdown(&self, mode: Shutdown) {
+        self.shared.begin_stop(mode);
+    }
+
+    /// True once a shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shared.admission.is_closed()
+    }
+}

@@ -1,0 +1,349 @@
+//! Configuring and starting an engine: every option is checked once, before any
+//! thread starts (like linfa's checked parameters).
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use super::Engine;
+use crate::admission::Admission;
+use crate::control::{ControlConfig, Controller};
+use crate::core::Shared;
+use crate::error::BuildError;
+use crate::lanes::{self, LaneConfig, Lanes, MAX_LANES};
+use crate::model::Model;
+use crate::router::{LearnedRouter, Router, StaticRouter};
+use crate::telemetry::{Sink, Telemetry};
+
+/// Configures an [`Engine`]. Every option is checked once, in [`EngineBuilder::build`].
+#[derive(Debug, Clone)]
+pub struct EngineBuilder {
+    workers: Option<usize>,
+    cores: Option<Vec<usize>>,
+    heavy_lanes: Option<usize>,
+    light_batch: u32,
+    capacity: usize,
+    memory_capacity: Option<usize>,
+    pin: bool,
+    isolate_heavy: bool,
+    steal_backlog: usize,
+    router: Option<Arc<dyn Router>>,
+    model: Option<PathBuf>,
+    control: Option<ControlConfig>,
+    log_dir: Option<PathBuf>,
+    log_memory: bool,
+    sample_every: u64,
+}
+
+impl Default for EngineBuilder {
+    fn default() -> Self {
+        EngineBuilder {
+            workers: None,
+            cores: None,
+            heavy_lanes: None,
+            light_batch: 128,
+            capacity: 1 << 16,
+            memory_capacity: None,
+            pin: true,
+            isolate_heavy: false,
+            steal_backlog: 1,
+            router: None,
+            model: None,
+            control: None,
+            log_dir: None,
+            log_memory: false,
+            sample_every: 1,
+        }
+    }
+}
+
+impl EngineBuilder {
+    /// Number of lanes (worker threads). Default: one per core in the process's
+    /// affinity mask (as `taskset` sets it). With pinning on, asking for more lanes
+    /// than usable cores runs one lane per core and logs a warning.
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.workers = Some(workers);
+        self
+    }
+
+    /// Restricts the engine to these core ids (each must be in the affinity mask).
+    pub fn cores(mut self, cores: impl IntoIterator<Item = usize>) -> Self {
+        self.cores = Some(cores.into_iter().collect());
+        self
+    }
+
+    /// Lanes reserved for heavy work. Default: 1 when there are at least 2 lanes,
+    /// else 0 (the single lane serves everything).
+    pub fn heavy_lanes(mut self, heavy_lanes: usize) -> Self {
+        self.heavy_lanes = Some(heavy_lanes);
+        self
+    }
+
+    /// Tokens per batch for light operations under the tag router (default 128;
+    /// medium operations use an eighth of it, heavy ones 1).
+    pub fn light_batch(mut self, light_batch: u32) -> Self {
+        self.light_batch = light_batch;
+        self
+    }
+
+    /// Admitted-but-unprocessed tokens the engine holds at most (default 65,536).
+    /// When full, `submit` waits and `try_submit` is rejected as overloaded.
+    pub fn capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity;
+        self
+    }
+
+    /// Also bounds admission by estimated memory: each admitted, unprocessed token
+    /// counts its argument, its slot, and its operation's
+    /// [`arg_bytes`](crate::OperationBuilder::arg_bytes) estimate (default: unbounded). A call
+    /// larger than the whole budget is admitted when nothing else is held.
+    pub fn memory_capacity(mut self, bytes: usize) -> Self {
+        self.memory_capacity = Some(bytes);
+        self
+    }
+
+    /// Pin each lane's thread to its own core (default true).
+    pub fn pin(mut self, pin: bool) -> Self {
+        self.pin = pin;
+        self
+    }
+
+    /// When true, light lanes never run heavy work, even when idle (default false:
+    /// work-conserving).
+    pub fn isolate_heavy(mut self, isolate: bool) -> Self {
+        self.isolate_heavy = isolate;
+        self
+    }
+
+    /// Light lanes take heavy work only once at least `batches` heavy batches are
+    /// waiting (default 1: fully work-conserving). A deeper threshold keeps short
+    /// bursts of heavy work off the light lanes while still sharing a real backlog.
+    pub fn steal_backlog(mut self, batches: usize) -> Self {
+        self.steal_backlog = batches;
+        self
+    }
+
+    /// Replaces the tag router.
+    pub fn router(mut self, router: Arc<dyn Router>) -> Self {
+        self.router = Some(router);
+        self
+    }
+
+    /// Routes with the learned cost model in this file (see [`crate::model`]). A file
+    /// that is missing, corrupt, or fitted on another feature schema fails `build()`.
+    pub fn model(mut self, path: impl Into<PathBuf>) -> Self {
+        self.model = Some(path.into());
+        self
+    }
+
+    /// Serves the control port on `addr` (see [`crate::control`]), authenticated with
+    /// `secret`. Only loopback addresses are accepted unless `public` is true (then a
+    /// warning is logged). `build()` fails with the reason if the port cannot be bound.
+    pub fn control(
+        mut self,
+        addr: std::net::SocketAddr,
+        secret: impl Into<String>,
+        public: bool,
+    ) -> Self {
+        self.control = Some(ControlConfig { addr, secret: secret.into(), public });
+        self
+    }
+
+    /// Logs one record per finished token to Parquet segments in `dir` (created if
+    /// needed): a new file every 262,144 rows or 10 s.
+    pub fn log_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.log_dir = Some(dir.into());
+        self
+    }
+
+    /// Also keeps the records in memory, for [`Engine::take_records`] after shutdown
+    /// (memory grows with every token: for bounded runs such as benchmarks).
+    pub fn log_in_memory(mut self) -> Self {
+        self.log_memory = true;
+        self
+    }
+
+    /// Logs only tokens whose id is a multiple of `every` (default 1: all).
+    pub fn log_sample(mut self, every: u64) -> Self {
+        self.sample_every = every;
+        self
+    }
+
+    /// Checks every option, then starts the lanes (pinned), the engine's tokio runtime
+    /// and, when asked, the telemetry writer and the control port.
+    ///
+    /// Everything that can be refused is checked first (options, cores, the model
+    /// file, the log directory, the control address and secret); a failed `build()`
+    /// leaves no thread behind.
+    pub fn build(self) -> Result<Engine, BuildError> {
+        let valid = self.check()?;
+        let fallback = StaticRouter::new(self.light_batch);
+        let router: Arc<dyn Router> = match (&self.router, &self.model) {
+            (Some(router), _) => Arc::clone(router),
+            (None, Some(path)) => {
+                let model = Model::load(path)
+                    .map_err(|e| BuildError::model(path.display().to_string(), e))?;
+                Arc::new(LearnedRouter::new(model, fallback))
+            }
+            (None, None) => Arc::new(fallback),
+        };
+        if let Some(dir) = &self.log_dir {
+            if !cfg!(feature = "parquet") {
+                return Err(BuildError::invalid(format!(
+                    "log_dir {}: this build has no Parquet writer (enable the `parquet` feature, \
+                     or use log_in_memory)",
+                    dir.display()
+                )));
+            }
+            std::fs::create_dir_all(dir).map_err(|e| {
+                BuildError::io(format!("creating the log directory {}", dir.display()), e)
+            })?;
+        }
+        let control = match &self.control {
+            Some(config) => Some((crate::control::bind(config)?, config.secret.clone())),
+            None => None,
+        };
+        // Nothing can be refused from here on but the OS's own resources; each step
+        // undoes the ones before it if it fails.
+        let op_names = Arc::new(RwLock::new(Vec::new()));
+        let telemetry = (self.log_dir.is_some() || self.log_memory)
+            .then(|| {
+                let sink = Sink {
+                    dir: self.log_dir.clone(),
+                    memory: self.log_memory,
+                    segment_rows: 1 << 18,
+                    segment_secs: 10,
+                };
+                Telemetry::start(sink, self.sample_every, Arc::clone(&op_names))
+                    .map(Arc::new)
+                    .map_err(|e| BuildError::io("starting the telemetry writer", e))
+            })
+            .transpose()?;
+        let stop_telemetry = |error: BuildError| {
+            if let Some(telemetry) = &telemetry {
+                telemetry.finish();
+            }
+            error
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("tokengate-io")
+            .enable_all()
+            .build()
+            .map_err(|e| {
+                stop_telemetry(BuildError::io("starting the engine's tokio runtime", e))
+            })?;
+        let admission =
+            Arc::new(Admission::new(valid.capacity, self.memory_capacity.unwrap_or(usize::MAX)));
+        let lanes = Arc::new(Lanes::new(LaneConfig {
+            cores: valid.cores,
+            heavy_lanes: valid.heavy_lanes,
+            isolate_heavy: self.isolate_heavy,
+            steal_backlog: self.steal_backlog,
+            telemetry: telemetry.clone(),
+            admission: Arc::clone(&admission),
+            pin: self.pin,
+        }));
+        lanes::spawn_workers(&lanes)
+            .map_err(|e| stop_telemetry(BuildError::io("starting the lane threads", e)))?;
+        let chunk_len = valid.capacity.min(4096);
+        let shared = Arc::new(Shared::new(
+            admission,
+            lanes,
+            router,
+            runtime.handle().clone(),
+            op_names,
+            chunk_len,
+        ));
+        let mut engine = Engine::new(shared, runtime);
+        if let Some((listener, secret)) = control {
+            let controller = Controller::new(Arc::clone(&engine.shared));
+            let runtime = engine.runtime.as_ref().expect("runtime lives until drop");
+            // The engine's drop stops the lanes and the runtime if this fails.
+            let addr = crate::control::start(runtime, listener, controller, secret)
+                .map_err(|e| BuildError::io("serving the control port", e))?;
+            engine.control_addr = Some(addr);
+        }
+        Ok(engine)
+    }
+
+    fn check(&self) -> Result<ValidConfig, BuildError> {
+        if self.light_batch == 0 || self.light_batch > 65_536 {
+            return Err(BuildError::invalid(format!(
+                "light_batch must be 1..=65536, got {}",
+                self.light_batch
+            )));
+        }
+        if self.steal_backlog == 0 {
+            return Err(BuildError::invalid("steal_backlog must be at least 1"));
+        }
+        if self.sample_every == 0 {
+            return Err(BuildError::invalid("log_sample must be at least 1"));
+        }
+        if self.memory_capacity == Some(0) {
+            return Err(BuildError::invalid("memory_capacity must be at least 1 byte"));
+        }
+        if self.capacity == 0 || self.capacity > 1 << 32 {
+            return Err(BuildError::invalid(format!(
+                "capacity must be 1..=2^32, got {}",
+                self.capacity
+            )));
+        }
+        let usable: Vec<usize> = core_affinity::get_core_ids()
+            .map(|ids| ids.into_iter().map(|id| id.id).collect())
+            .unwrap_or_default();
+        let mut cores = match &self.cores {
+            None => usable.clone(),
+            Some(wanted) => {
+                if wanted.is_empty() {
+                    return Err(BuildError::invalid("cores: the list is empty"));
+                }
+                let mut wanted = wanted.clone();
+                wanted.sort_unstable();
+                wanted.dedup();
+                if let Some(bad) = wanted.iter().find(|core| !usable.contains(core)) {
+                    return Err(BuildError::invalid(format!(
+                        "cores: core {bad} is not in this process's affinity mask {usable:?}"
+                    )));
+                }
+                wanted
+            }
+        };
+        let pin = self.pin && !cores.is_empty();
+        if self.pin && cores.is_empty() {
+            tracing::warn!("could not read the process's affinity mask; running unpinned");
+        }
+        let fallback =
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(MAX_LANES);
+        let default_workers = if cores.is_empty() { fallback } else { cores.len().min(MAX_LANES) };
+        let mut workers = self.workers.unwrap_or(default_workers);
+        if workers == 0 || workers > MAX_LANES {
+            return Err(BuildError::invalid(format!(
+                "workers must be 1..={MAX_LANES}, got {workers}"
+            )));
+        }
+        if pin && workers > cores.len() {
+            tracing::warn!(
+                "asked for {workers} pinned lanes but only {} cores are usable; running {}",
+                cores.len(),
+                cores.len()
+            );
+            workers = cores.len();
+        }
+        cores.truncate(workers);
+        let heavy_lanes = self.heavy_lanes.unwrap_or(usize::from(workers >= 2));
+        if heavy_lanes >= workers && !(workers == 1 && heavy_lanes == 0) {
+            return Err(BuildError::invalid(format!(
+                "heavy_lanes must leave at least one light lane: {heavy_lanes} of {workers} lanes"
+            )));
+        }
+        let lane_cores =
+            (0..workers).map(|i| pin.then(|| core_affinity::CoreId { id: cores[i] })).collect();
+        Ok(ValidConfig { cores: lane_cores, heavy_lanes, capacity: self.capacity })
+    }
+}
+
+struct ValidConfig {
+    cores: Vec<Option<core_affinity::CoreId>>,
+    heavy_lanes: usize,
+    capacity: usize,
+}

@@ -1,0 +1,256 @@
+//! The engine: its handle, lifecycle and shutdown; `builder.rs` configures and starts it.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+mod builder;
+
+pub use builder::EngineBuilder;
+
+use crate::control::{ControlError, Controller, OpStats, Overrides};
+use crate::core::{Shared, Shutdown};
+use crate::error::RegisterError;
+use crate::lanes::{LaneInfo, LaneStats};
+use crate::op::{Operation, OperationBuilder};
+use crate::placement::Weight;
+use crate::telemetry::{TelemetryStats, TokenRecord};
+
+/// Runs registered operations as tokens on core-pinned lanes.
+///
+/// Dropping the engine drains it: everything admitted runs, new work is rejected,
+/// and the lane threads are joined.
+pub struct Engine {
+    pub(super) shared: Arc<Shared>,
+    /// Set once the lanes have been joined.
+    stopped: Mutex<bool>,
+    pub(super) control_addr: Option<std::net::SocketAddr>,
+    pub(super) runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Engine {
+    fn new(shared: Arc<Shared>, runtime: tokio::runtime::Runtime) -> Self {
+        Engine { shared, stopped: Mutex::new(false), runtime: Some(runtime), control_addr: None }
+    }
+
+    /// A builder with the defaults: one pinned lane per usable core, one of them heavy.
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder::default()
+    }
+
+    /// Registers an infallible function as an operation.
+    ///
+    /// A panic inside `f` resolves that token as [`TokenError::Panicked`]; the lane
+    /// keeps serving. For options (a size hint for the router), use
+    /// [`Engine::operation`].
+    pub fn register<A, R, F>(
+        &self,
+        name: &str,
+        weight: Weight,
+        f: F,
+    ) -> Result<Operation<A, R>, RegisterError>
+    where
+        A: Send + 'static,
+        R: Send + 'static,
+        F: Fn(A) -> R + Send + Sync + 'static,
+    {
+        self.operation(name, weight).register(f)
+    }
+
+    /// Registers a function that returns `Result`; an `Err(e)` resolves the token as
+    /// [`TokenError::Failed`] with `e.to_string()`.
+    pub fn register_fallible<A, R, E, F>(
+        &self,
+        name: &str,
+        weight: Weight,
+        f: F,
+    ) -> Result<Operation<A, R>, RegisterError>
+    where
+        A: Send + 'static,
+        R: Send + 'static,
+        E: std::fmt::Display,
+        F: Fn(A) -> Result<R, E> + Send + Sync + 'static,
+    {
+        self.operation(name, weight).register_fallible(f)
+    }
+
+    /// Starts registering an operation with options.
+    ///
+    /// ```
+    /// # let engine = tokengate::Engine::builder().build()?;
+    /// let sort = engine
+    ///     .operation("sort", tokengate::Weight::Medium)
+    ///     .size_hint(|v: &Vec<u32>| v.len() as u64) // what the learned router sees
+    ///     .register(|mut v: Vec<u32>| { v.sort_unstable(); v })?;
+    /// assert_eq!(sort.submit(vec![3, 1, 2]).wait()?, vec![1, 2, 3]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn operation<A>(&self, name: &str, weight: Weight) -> OperationBuilder<'_, A> {
+        OperationBuilder::new(&self.shared, name, weight)
+    }
+
+    /// What the telemetry has recorded, dropped and written so far (final after
+    /// [`Engine::shutdown`]); `None` when logging is off.
+    pub fn telemetry_stats(&self) -> Option<TelemetryStats> {
+        self.shared.lanes.telemetry().map(|t| t.stats())
+    }
+
+    /// The records kept by [`EngineBuilder::log_in_memory`], available after shutdown.
+    pub fn take_records(&self) -> Vec<TokenRecord> {
+        self.shared.lanes.telemetry().map(|t| t.take_records()).unwrap_or_default()
+    }
+
+    /// The router's model fingerprint (0 when routing without a model).
+    pub fn model_version(&self) -> u32 {
+        self.shared.router.model_version()
+    }
+
+    /// How each lane was set up (core, pinning, affinity mask read back in the thread).
+    pub fn lanes(&self) -> Vec<LaneInfo> {
+        self.shared.lanes.infos()
+    }
+
+    /// Tokens and batches each lane has processed so far.
+    pub fn lane_stats(&self) -> Vec<LaneStats> {
+        self.shared.lanes.stats()
+    }
+
+    /// The admission capacity.
+    pub fn capacity(&self) -> usize {
+        self.shared.admission.capacity()
+    }
+
+    /// Tokens admitted and not yet processed.
+    pub fn in_flight(&self) -> usize {
+        self.shared.admission.in_flight()
+    }
+
+    /// Estimated bytes those tokens hold (see [`EngineBuilder::memory_capacity`]).
+    pub fn memory_in_flight(&self) -> usize {
+        self.shared.admission.memory()
+    }
+
+    /// A handle to the engine's own tokio runtime (one thread), for async callers that
+    /// have none and for the engine's background services.
+    pub fn handle(&self) -> &tokio::runtime::Handle {
+        self.runtime.as_ref().expect("runtime lives until drop").handle()
+    }
+
+    /// Runs a future to completion on the engine's runtime, blocking this thread.
+    ///
+    /// # Panics
+    /// When called from inside an async context (tokio forbids nested `block_on`).
+    pub fn block_on<F: Future>(&self, future: F) -> F::Output {
+        self.handle().block_on(future)
+    }
+
+    /// Drains and stops: rejects new work, lets every admitted token finish, joins the
+    /// lanes. Idempotent; also run by `Drop`.
+    pub fn shutdown(&self) {
+        self.shutdown_with(Shutdown::Drain);
+    }
+
+    /// Stops the engine: new work is rejected at once, then
+    /// * [`Shutdown::Drain`] runs everything admitted (retries included);
+    /// * [`Shutdown::Abort`] resolves everything still waiting as
+    ///   `Cancelled { by: Shutdown }` and waits only for running calls, which their
+    ///   deadlines bound (a lane stuck past a deadline is abandoned, not joined).
+    ///
+    /// Either way every token resolves, the lanes are joined and the telemetry's last
+    /// segment is written before this returns. Calling it again does nothing.
+    pub fn shutdown_with(&self, mode: Shutdown) {
+        let mut stopped = self.stopped.lock().unwrap_or_else(|e| e.into_inner());
+        if *stopped {
+            return;
+        }
+        self.stop_handle().begin(mode);
+        self.shared.lanes.join();
+        // Every lane has flushed its records; let the writer finish the last segment.
+        if let Some(telemetry) = self.shared.lanes.telemetry() {
+            telemetry.finish();
+        }
+        *stopped = true;
+    }
+
+    /// A handle that starts a shutdown from anywhere (a signal handler, another
+    /// thread) without waiting for it; [`Engine::shutdown_with`] then completes it.
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle { shared: Arc::clone(&self.shared) }
+    }
+
+    /// A handle for manual control (pause, resume, pin, batch, stats) usable from any
+    /// thread; the control port uses the same one.
+    pub fn controller(&self) -> Controller {
+        Controller::new(Arc::clone(&self.shared))
+    }
+
+    /// Pauses one operation (`Some(name)`) or all; see [`Controller::pause`].
+    pub fn pause(&self, op: Option<&str>) -> Result<(), ControlError> {
+        self.controller().pause(op)
+    }
+
+    /// Releases what [`Engine::pause`] held.
+    pub fn resume(&self, op: Option<&str>) -> Result<(), ControlError> {
+        self.controller().resume(op)
+    }
+
+    /// Every operation's counters and overrides, in registration order.
+    pub fn op_stats(&self) -> Vec<(String, OpStats, Overrides)> {
+        self.controller().op_stats()
+    }
+
+    /// The address the control port listens on, when it was started.
+    pub fn control_addr(&self) -> Option<std::net::SocketAddr> {
+        self.control_addr
+    }
+
+    /// True once a shutdown has begun (new work is rejected).
+    pub fn is_shutting_down(&self) -> bool {
+        self.shared.admission.is_closed()
+    }
+
+    /// Lanes replaced because a call overran its deadline (their old threads retire
+    /// when the call returns).
+    pub fn stuck_workers(&self) -> u64 {
+        self.shared.lanes.replaced()
+    }
+}
+
+/// Starts a shutdown without waiting for it; from [`Engine::stop_handle`].
+#[derive(Clone)]
+pub struct StopHandle {
+    shared: Arc<Shared>,
+}
+
+impl StopHandle {
+    /// Rejects new work from now on and, for [`Shutdown::Abort`], cancels queued work.
+    /// Escalating a drain to an abort is allowed; the reverse is not.
+    pub fn begin(&self, mode: Shutdown) {
+        self.shared.begin_stop(mode);
+    }
+}
+
+impl std::fmt::Debug for StopHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StopHandle").finish_non_exhaustive()
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown();
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("lanes", &self.shared.lanes.len())
+            .field("capacity", &self.capacity())
+            .field("in_flight", &self.in_flight())
+            .field("router", &self.shared.router)
+            .finish()
+    }
+}

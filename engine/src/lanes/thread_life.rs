@@ -1,0 +1,159 @@
+//! Lane threads: started and pinned at build, replaced when a call overruns its
+//! deadline, and reused as spares when the overrunning call returns.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread;
+
+use super::{Lane, LaneCtx, LaneInfo, Lanes, RunEnd};
+
+impl Lanes {
+    /// A deadline passed while `token_id` was running: if a lane is still running it,
+    /// give its permit back, and start a replacement thread on the same core so the
+    /// lane keeps serving. The stuck thread retires when the call returns.
+    pub(crate) fn retire_stuck(self: &Arc<Self>, token_id: u64) {
+        for (index, lane) in self.lanes.iter().enumerate() {
+            let mut watch = lane.watch.lock().unwrap_or_else(|e| e.into_inner());
+            if watch.as_ref().is_some_and(|w| w.token_id == token_id) {
+                let stuck = watch.take().expect("checked above");
+                drop(watch);
+                self.replaced.fetch_add(1, Ordering::Relaxed);
+                if let Some(flag) = lane.worker.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                    flag.store(true, Ordering::SeqCst);
+                }
+                self.assign_thread(index);
+                // Released after the replacement exists, so a drain cannot finish
+                // (and stop the lanes) in between.
+                self.admission.release(stuck.permit, &stuck.queue);
+                return;
+            }
+        }
+    }
+
+    /// Gives lane `index` a thread: a spare if one is waiting, else a new one.
+    fn assign_thread(self: &Arc<Self>, index: usize) {
+        loop {
+            let spare = self.spares.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            match spare {
+                Some(spare) if spare.send(index).is_ok() => return,
+                Some(_) => continue,
+                None => break,
+            }
+        }
+        if let Err(e) = spawn_lane(self, index, None) {
+            tracing::error!("could not replace stuck lane {index}: {e}");
+        }
+    }
+
+    /// Joins every lane thread except those stuck in an overrun call (detached).
+    pub(crate) fn join(&self) {
+        loop {
+            let handles =
+                std::mem::take(&mut *self.handles.lock().unwrap_or_else(|e| e.into_inner()));
+            if handles.is_empty() {
+                return;
+            }
+            for (stuck, handle) in handles {
+                if !stuck.load(Ordering::SeqCst) {
+                    let _ = handle.join();
+                }
+            }
+        }
+    }
+}
+
+/// Starts one thread per lane, pins each, and waits until all have reported in. If a
+/// thread cannot be started, the ones already running are stopped and joined.
+pub(crate) fn spawn_workers(lanes: &Arc<Lanes>) -> std::io::Result<()> {
+    let (ready, reported) = mpsc::channel();
+    for index in 0..lanes.len() {
+        if let Err(e) = spawn_lane(lanes, index, Some(ready.clone())) {
+            lanes.begin_shutdown();
+            lanes.join();
+            return Err(e);
+        }
+    }
+    drop(ready);
+    // Each thread reports once it has pinned itself; a thread that died first drops
+    // its sender, which ends the wait too.
+    for _ in reported.iter() {}
+    Ok(())
+}
+
+/// Starts a thread that serves lane `index` (at start, or to replace a stuck one).
+fn spawn_lane(
+    lanes: &Arc<Lanes>,
+    index: usize,
+    ready: Option<mpsc::Sender<()>>,
+) -> std::io::Result<()> {
+    let stuck = Arc::new(AtomicBool::new(false));
+    let handle = {
+        let (lanes, stuck) = (Arc::clone(lanes), Arc::clone(&stuck));
+        thread::Builder::new()
+            .name(format!("tokengate-lane-{index}"))
+            .spawn(move || lane_thread(lanes, index, ready, stuck))?
+    };
+    lanes.handles.lock().unwrap_or_else(|e| e.into_inner()).push((stuck, handle));
+    Ok(())
+}
+
+/// A lane thread's life: serve a lane until shutdown; after an overrun, wait as a spare
+/// to serve whichever lane next needs a replacement.
+fn lane_thread(
+    lanes: Arc<Lanes>,
+    mut index: usize,
+    mut ready: Option<mpsc::Sender<()>>,
+    stuck: Arc<AtomicBool>,
+) {
+    loop {
+        let lane = &lanes.lanes[index];
+        *lane.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread::current());
+        *lane.worker.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&stuck));
+        let info = pin_current(index, lane, lanes.pin);
+        let core = if info.pinned { info.core.map_or(-1, |c| c as i32) } else { -1 };
+        let _ = lane.info.set(info);
+        let ctx = LaneCtx::new(Arc::clone(&lanes), index, core);
+        if let Some(ready) = ready.take() {
+            let _ = ready.send(());
+        }
+        if lanes.worker_loop(index, &ctx) == RunEnd::Done {
+            return;
+        }
+        // Back from an overrun: this thread no longer serves a lane.
+        let (offer, assignment) = std::sync::mpsc::sync_channel(1);
+        {
+            let mut spares = lanes.spares.lock().unwrap_or_else(|e| e.into_inner());
+            stuck.store(false, Ordering::SeqCst);
+            if lanes.shutdown.load(Ordering::SeqCst) {
+                return;
+            }
+            spares.push(offer);
+        }
+        match assignment.recv() {
+            Ok(next) => index = next,
+            Err(_) => return,
+        }
+    }
+}
+
+static PIN_WARNING: std::sync::Once = std::sync::Once::new();
+
+fn pin_current(index: usize, lane: &Lane, pin: bool) -> LaneInfo {
+    let pinned = match (pin, lane.core) {
+        (true, Some(core)) => {
+            let ok = core_affinity::set_for_current(core);
+            if !ok {
+                PIN_WARNING.call_once(|| {
+                    tracing::warn!("could not pin lane threads to cores; running unpinned");
+                });
+            }
+            ok
+        }
+        _ => false,
+    };
+    let affinity = core_affinity::get_core_ids()
+        .map(|ids| ids.into_iter().map(|id| id.id).collect())
+        .unwrap_or_default();
+    LaneInfo { index, set: lane.set, core: lane.core.map(|c| c.id), pinned, affinity }
+}

@@ -1,0 +1,208 @@
+//! Registering an operation with options.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::dedupe::Dedupe;
+use super::retry::RetryPolicy;
+use super::state::{BoxFn, Context, OpOptions, SizeHint};
+use super::Operation;
+use crate::core::Shared;
+use crate::error::{RegisterError, TokenError};
+use crate::placement::Weight;
+
+/// Registers one operation with options; from [`Engine::operation`](crate::Engine::operation).
+pub struct OperationBuilder<'e, A> {
+    engine: &'e Arc<Shared>,
+    name: String,
+    weight: Weight,
+    options: OpOptions<A>,
+}
+
+impl<A> std::fmt::Debug for OperationBuilder<'_, A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OperationBuilder")
+            .field("name", &self.name)
+            .field("weight", &self.weight)
+            .field("timeout", &self.options.timeout)
+            .field("retry", &self.options.retry)
+            .field("queue_limit", &self.options.queue_limit)
+            .finish()
+    }
+}
+
+impl<A: Clone> OperationBuilder<'_, A> {
+    /// Runs failed calls again under `policy` (the argument is cloned for each retry).
+    /// Each attempt is logged with its number; the token resolves once, with the last
+    /// attempt's outcome.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.options.retry = Some(policy);
+        self.options.clone_arg = Some(A::clone);
+        self
+    }
+}
+
+impl<'e, A: Send + 'static> OperationBuilder<'e, A> {
+    /// A cheap function giving each argument's size (bytes, elements, iterations…):
+    /// the learned router's main input besides the operation itself.
+    pub fn size_hint(mut self, hint: SizeHint<A>) -> Self {
+        self.options.size_hint = Some(hint);
+        self
+    }
+
+    /// Each call resolves as [`TokenError::TimedOut`] once it has run for `timeout`,
+    /// even if the function keeps running: the late result is discarded, and the lane
+    /// stuck in it is replaced at once by a fresh thread on the same core (the stuck one
+    /// retires when the call returns; see [`Engine::stuck_workers`](crate::Engine::stuck_workers)). Waiting in the
+    /// queue does not count: admission bounds that. Timed calls run one per batch.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.options.timeout = Some(timeout);
+        self
+    }
+
+    /// Heap bytes an argument owns (a `Vec`'s buffer, a `String`'s text), counted
+    /// against the engine's [`memory_capacity`](crate::EngineBuilder::memory_capacity).
+    pub fn arg_bytes(mut self, bytes: fn(&A) -> usize) -> Self {
+        self.options.arg_bytes = Some(bytes);
+        self
+    }
+
+    /// Locality: calls with equal `key(arg)` run on the same lane while any of them is
+    /// in flight (for caches and per-key state). Such calls are queued on that lane
+    /// alone, one per batch, and other lanes never take them.
+    pub fn locality(mut self, key: fn(&A) -> u64) -> Self {
+        self.options.locality = Some(key);
+        self
+    }
+
+    /// At most `limit` tokens of this operation admitted and unprocessed at once, so it
+    /// cannot take the whole engine's capacity: `submit` waits, `try_submit` is
+    /// rejected as overloaded.
+    pub fn queue_limit(mut self, limit: usize) -> Self {
+        self.options.queue_limit = Some(limit.max(1));
+        self
+    }
+
+    /// Registers an infallible function (see [`Engine::register`](crate::Engine::register)).
+    pub fn register<R, F>(self, f: F) -> Result<Operation<A, R>, RegisterError>
+    where
+        R: Send + 'static,
+        F: Fn(A) -> R + Send + Sync + 'static,
+    {
+        let f: BoxFn<A, R> = Box::new(move |a, _| Ok(f(a)));
+        Operation::register(self.engine, &self.name, self.weight, self.options, f, None)
+    }
+
+    /// Makes calls with equal `key(arg)` safe to repeat: while one is in flight, a
+    /// duplicate does not run again; it resolves with a copy of the first call's result
+    /// (so results must be `Clone`). Register through the returned builder.
+    pub fn dedupe(self, key: fn(&A) -> u64) -> DedupeBuilder<'e, A> {
+        DedupeBuilder { inner: self, key }
+    }
+
+    /// Registers a function returning `Result` (see [`Engine::register_fallible`](crate::Engine::register_fallible)).
+    pub fn register_fallible<R, E, F>(self, f: F) -> Result<Operation<A, R>, RegisterError>
+    where
+        R: Send + 'static,
+        E: std::fmt::Display,
+        F: Fn(A) -> Result<R, E> + Send + Sync + 'static,
+    {
+        let f: BoxFn<A, R> =
+            Box::new(move |a, _| f(a).map_err(|e| TokenError::Failed(e.to_string())));
+        Operation::register(self.engine, &self.name, self.weight, self.options, f, None)
+    }
+
+    /// Registers a function that also receives its run's [`Context`], to notice a
+    /// passed deadline and stop early (cooperative cancellation).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # let engine = tokengate::Engine::builder().build()?;
+    /// let spin = engine
+    ///     .operation("spin", tokengate::Weight::Heavy)
+    ///     .timeout(Duration::from_millis(20))
+    ///     .register_with_context(|(), cx: &tokengate::Context<'_>| {
+    ///         while !cx.is_cancelled() {
+    ///             std::thread::sleep(Duration::from_millis(1));
+    ///         }
+    ///     })?;
+    /// assert_eq!(spin.submit(()).wait(), Err(tokengate::TokenError::TimedOut));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn register_with_context<R, F>(self, f: F) -> Result<Operation<A, R>, RegisterError>
+    where
+        R: Send + 'static,
+        F: Fn(A, &Context<'_>) -> R + Send + Sync + 'static,
+    {
+        let f: BoxFn<A, R> = Box::new(move |a, cx| Ok(f(a, cx)));
+        Operation::register(self.engine, &self.name, self.weight, self.options, f, None)
+    }
+}
+
+/// Registers an operation whose duplicate calls share one run; from
+/// [`OperationBuilder::dedupe`].
+///
+/// ```
+/// # let engine = tokengate::Engine::builder().build()?;
+/// let fetch = engine
+///     .operation("fetch", tokengate::Weight::Medium)
+///     .dedupe(|url: &String| url.len() as u64) // any cheap function of the argument
+///     .register(|url: String| format!("body of {url}"))?;
+/// let (a, b) = (fetch.submit("a.example".into()), fetch.submit("b.example".into()));
+/// assert_eq!(a.wait()?, "body of a.example");
+/// # let _ = b.wait()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct DedupeBuilder<'e, A> {
+    inner: OperationBuilder<'e, A>,
+    key: fn(&A) -> u64,
+}
+
+impl<A> std::fmt::Debug for DedupeBuilder<'_, A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DedupeBuilder").field("operation", &self.inner).finish()
+    }
+}
+
+impl<'e, A: Send + 'static> DedupeBuilder<'e, A> {
+    /// Registers an infallible function (see [`Engine::register`](crate::Engine::register)).
+    pub fn register<R, F>(self, f: F) -> Result<Operation<A, R>, RegisterError>
+    where
+        R: Clone + Send + 'static,
+        F: Fn(A) -> R + Send + Sync + 'static,
+    {
+        self.register_with_context(move |a, _| f(a))
+    }
+
+    /// Registers a function returning `Result` (see [`Engine::register_fallible`](crate::Engine::register_fallible)).
+    pub fn register_fallible<R, E, F>(self, f: F) -> Result<Operation<A, R>, RegisterError>
+    where
+        R: Clone + Send + 'static,
+        E: std::fmt::Display,
+        F: Fn(A) -> Result<R, E> + Send + Sync + 'static,
+    {
+        let f: BoxFn<A, R> =
+            Box::new(move |a, _| f(a).map_err(|e| TokenError::Failed(e.to_string())));
+        let op = self.inner;
+        let dedupe = Some(Dedupe::new(self.key, R::clone));
+        Operation::register(op.engine, &op.name, op.weight, op.options, f, dedupe)
+    }
+
+    /// Registers a function that also receives its run's [`Context`].
+    pub fn register_with_context<R, F>(self, f: F) -> Result<Operation<A, R>, RegisterError>
+    where
+        R: Clone + Send + 'static,
+        F: Fn(A, &Context<'_>) -> R + Send + Sync + 'static,
+    {
+        let f: BoxFn<A, R> = Box::new(move |a, cx| Ok(f(a, cx)));
+        let op = self.inner;
+        let dedupe = Some(Dedupe::new(self.key, R::clone));
+        Operation::register(op.engine, &op.name, op.weight, op.options, f, dedupe)
+    }
+}
+
+impl<'e, A> OperationBuilder<'e, A> {
+    pub(crate) fn new(engine: &'e Arc<Shared>, name: &str, weight: Weight) -> Self {
+        OperationBuilder { engine, name: name.to_string(), weight, options: OpOptions::default() }
+    }
+}

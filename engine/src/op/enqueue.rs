@@ -1,0 +1,177 @@
+//! The one enqueue path: route → override → batch → push.
+//!
+//! First submits (`Operation::submit*`), retries after a failure and re-queues after a
+//! deadline all go through [`Enqueue`]: the router proposes a placement, the
+//! operation's manual overrides replace what they name (and the token is then recorded
+//! with `route_source = override`), calls that must run alone get batches of one, and
+//! each full batch is one queue push.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::run::{Batch, BatchMeta, TokenMeta};
+use super::state::OpShared;
+use crate::control::state::Overrides;
+use crate::placement::{LaneSet, RouteSource, Weight};
+use crate::router::Features;
+use crate::token::Chunk;
+
+/// Tokens of one chunk on their way into the lanes' queues.
+pub(super) struct Enqueue<'a, A, R> {
+    op: &'a Arc<OpShared<A, R>>,
+    chunk: &'a Arc<Chunk<R>>,
+    attempt: u8,
+    overrides: Overrides,
+    features: Features,
+    /// Calls that run one per batch: a deadline is per call (a stuck lane is replaced
+    /// without stranding anybody else's token), and locality queues each call on its
+    /// key's lane.
+    single: bool,
+    logging: bool,
+    admitted_at: Instant,
+    /// The lane a retry of a locality call keeps (its key's home, already entered).
+    held_home: Option<usize>,
+    open: [Open<A>; 2],
+}
+
+impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
+    pub(super) fn new(
+        op: &'a Arc<OpShared<A, R>>,
+        chunk: &'a Arc<Chunk<R>>,
+        attempt: u8,
+        held_home: Option<usize>,
+    ) -> Self {
+        let engine = &op.engine;
+        let overrides = op.control.overrides();
+        Enqueue {
+            op,
+            chunk,
+            attempt,
+            overrides,
+            features: Features {
+                op: op.id,
+                declared: op.weight,
+                arg_size: 0,
+                queue_depth: engine.admission.in_flight() as u64,
+                op_recent_ns: op.recent_ns.load(Relaxed),
+            },
+            single: op.options.timeout.is_some()
+                || op.options.locality.is_some()
+                || overrides.throttle.is_some(),
+            logging: engine.lanes.telemetry().is_some(),
+            admitted_at: Instant::now(),
+            held_home,
+            open: [Open::new(), Open::new()],
+        }
+    }
+
+    /// A retry (or a re-queue after a deadline) of one token, already moved to
+    /// `attempt` and holding its permit.
+    pub(super) fn retry(
+        op: &'a Arc<OpShared<A, R>>,
+        chunk: &'a Arc<Chunk<R>>,
+        index: u32,
+        arg: A,
+        attempt: u8,
+        held_home: Option<usize>,
+    ) {
+        let mut enqueue = Enqueue::new(op, chunk, attempt, held_home);
+        enqueue.push(index, arg, op.weight, 1);
+        enqueue.finish();
+    }
+
+    /// Places token `index` and adds it to its lane set's open batch, pushing the batch
+    /// once full. `remaining` (this one included) sizes the batch's allocation.
+    pub(super) fn push(&mut self, index: u32, arg: A, declared: Weight, remaining: usize) {
+        let op = self.op;
+        self.features.declared = declared;
+        self.features.arg_size = op.options.size_hint.map_or(0, |hint| hint(&arg));
+        let mut placement = op.engine.router.route(&self.features);
+        // A manual override always wins over the model, which wins over the tags.
+        if let Some(lanes) = self.overrides.pin {
+            placement.lanes = lanes;
+            placement.source = RouteSource::Override;
+        }
+        if let Some(batch) = self.overrides.batch {
+            placement.batch = batch;
+            placement.source = RouteSource::Override;
+        }
+        if self.single {
+            placement.batch = 1;
+        }
+        let set = placement.lanes;
+        let open = &mut self.open[set.index()];
+        if self.logging {
+            let meta = open.meta.get_or_insert_with(|| {
+                Box::new(BatchMeta::new(self.admitted_at, &self.features, &op.engine, set))
+            });
+            meta.tokens.push(TokenMeta::new(&self.features, &placement));
+        }
+        open.push(index, arg, placement.batch, remaining);
+        if open.is_full() {
+            self.flush(set);
+        }
+    }
+
+    /// Pushes the open batches.
+    pub(super) fn finish(mut self) {
+        for set in LaneSet::ALL {
+            if !self.open[set.index()].items.is_empty() {
+                self.flush(set);
+            }
+        }
+    }
+
+    fn flush(&mut self, set: LaneSet) {
+        let op = self.op;
+        let open = &mut self.open[set.index()];
+        let items = std::mem::take(&mut open.items);
+        let home = match (self.held_home.take(), op.options.locality, items.first()) {
+            (Some(lane), _, _) => Some(lane),
+            (None, Some(key), Some((_, arg))) => Some(op.enter_home(key(arg), set)),
+            _ => None,
+        };
+        let batch = Box::new(Batch {
+            op: Arc::clone(op),
+            chunk: Arc::clone(self.chunk),
+            bytes: op.bytes_of_all(&items),
+            items,
+            meta: open.meta.take(),
+            attempt: self.attempt,
+            set,
+            admitted_at: self.admitted_at,
+        });
+        match home {
+            Some(lane) => op.engine.lanes.push_to(lane, batch),
+            None => op.engine.lanes.push(set, batch),
+        }
+    }
+}
+
+/// A batch being filled for one lane set.
+struct Open<A> {
+    items: Vec<(u32, A)>,
+    limit: usize,
+    meta: Option<Box<BatchMeta>>,
+}
+
+impl<A> Open<A> {
+    fn new() -> Self {
+        Open { items: Vec::new(), limit: usize::MAX, meta: None }
+    }
+
+    fn push(&mut self, index: u32, arg: A, batch: u32, remaining: usize) {
+        if self.items.is_empty() {
+            self.limit = batch.max(1) as usize;
+            self.items.reserve_exact(self.limit.min(remaining));
+        } else {
+            self.limit = self.limit.min(batch.max(1) as usize);
+        }
+        self.items.push((index, arg));
+    }
+
+    fn is_full(&self) -> bool {
+        self.items.len() >= self.limit
+    }
+}

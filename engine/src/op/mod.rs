@@ -1,0 +1,229 @@
+//! Operations: registered functions and how their calls become tokens.
+//!
+//! The path of a call, one file per step: [`Operation`] (this file) admits it and lists
+//! its slot; `enqueue.rs` routes it, applies overrides and batches it onto a lane's
+//! queue (first submits, retries and deadline re-queues alike); `run.rs` is the one run
+//! loop a lane executes; `retry.rs`, `dedupe.rs` and `locality.rs` hold the failure
+//! nets; `state.rs` the operation's shared state; `builder.rs` the registration options.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+mod builder;
+mod dedupe;
+mod enqueue;
+mod locality;
+mod retry;
+mod run;
+mod state;
+
+pub use builder::{DedupeBuilder, OperationBuilder};
+pub use retry::RetryPolicy;
+pub use state::{Context, SizeHint};
+
+use dedupe::Dedupe;
+use enqueue::Enqueue;
+use state::{BoxFn, OpOptions, OpShared};
+
+use crate::admission::Permit;
+use crate::control::state::{OpControl, OpStats, Overrides};
+use crate::core::Shared;
+use crate::error::{RegisterError, RejectReason, TokenError};
+use crate::placement::Weight;
+use crate::token::{block_on, Chunk, Token, FIRST_ATTEMPT};
+
+/// A registered function. Cheap to clone; every clone submits to the same engine.
+///
+/// Created by [`Engine::register`](crate::Engine::register) or
+/// [`Engine::operation`](crate::Engine::operation).
+pub struct Operation<A, R> {
+    inner: Arc<OpShared<A, R>>,
+}
+
+impl<A, R> Clone for Operation<A, R> {
+    fn clone(&self) -> Self {
+        Operation { inner: Arc::clone(&self.inner) }
+    }
+}
+
+impl<A, R> std::fmt::Debug for Operation<A, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Operation")
+            .field("name", &self.inner.name)
+            .field("weight", &self.inner.weight)
+            .finish()
+    }
+}
+
+impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
+    /// Registers `f` on `engine` as operation `name`.
+    pub(crate) fn register(
+        engine: &Arc<Shared>,
+        name: &str,
+        weight: Weight,
+        options: OpOptions<A>,
+        f: BoxFn<A, R>,
+        dedupe: Option<Dedupe<A, R>>,
+    ) -> Result<Self, RegisterError> {
+        let id = engine.claim_name(name)?;
+        engine.router.register_op(id, name);
+        let inner =
+            Arc::new(OpShared::new(Arc::clone(engine), id, name, weight, options, f, dedupe));
+        engine.add_op(Arc::clone(&inner) as Arc<dyn OpControl>);
+        Ok(Operation { inner })
+    }
+
+    /// The name given at registration.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The declared weight.
+    pub fn weight(&self) -> Weight {
+        self.inner.weight
+    }
+
+    /// A snapshot of this operation's counters.
+    pub fn stats(&self) -> OpStats {
+        OpControl::stats(&*self.inner)
+    }
+
+    /// The manual overrides in force (set from the control port).
+    pub fn overrides(&self) -> Overrides {
+        self.inner.control.overrides()
+    }
+
+    /// Submits one call. Blocks this thread while the engine is at capacity; after
+    /// shutdown the token resolves at once as `Rejected { ShuttingDown }`.
+    ///
+    /// From async code use [`Operation::submit_async`], which waits without blocking.
+    pub fn submit(&self, arg: A) -> Token<R> {
+        let admitted = self.acquire_blocking(Permit::new(1, self.inner.bytes_of(&arg)));
+        self.admit_one(admitted, arg)
+    }
+
+    /// Submits one call, waiting asynchronously while the engine is at capacity.
+    pub async fn submit_async(&self, arg: A) -> Token<R> {
+        let permit = Permit::new(1, self.inner.bytes_of(&arg));
+        let admitted = self.inner.engine.admission.acquire(permit, &self.inner.queue).await;
+        self.admit_one(admitted, arg)
+    }
+
+    /// Submits one call if there is room now; otherwise returns
+    /// `Err(TokenError::Rejected { reason })` (`Overloaded` or `ShuttingDown`).
+    pub fn try_submit(&self, arg: A) -> Result<Token<R>, TokenError> {
+        let permit = Permit::new(1, self.inner.bytes_of(&arg));
+        match self.inner.engine.admission.try_acquire(permit, &self.inner.queue) {
+            Ok(()) => Ok(self.admit_one(Ok(()), arg)),
+            Err(reason) => {
+                self.inner.counters.rejected.fetch_add(1, Relaxed);
+                Err(TokenError::Rejected { reason })
+            }
+        }
+    }
+
+    /// Submits many calls for roughly the cost of a few: tokens are admitted a chunk at
+    /// a time (one permit update, one slot allocation) and queued a batch at a time.
+    /// Blocks while the engine is at capacity. The tokens come back in argument order.
+    pub fn submit_many<I: IntoIterator<Item = A>>(&self, args: I) -> Vec<Token<R>> {
+        let weight = self.inner.weight;
+        self.submit_many_tagged(args.into_iter().map(|arg| (arg, weight)))
+    }
+
+    /// [`Operation::submit_many`] where each call declares its own weight (overriding
+    /// the operation's for that token). Tags are what the tag router trusts; a learned
+    /// router does not look at them.
+    pub fn submit_many_tagged<I: IntoIterator<Item = (A, Weight)>>(
+        &self,
+        args: I,
+    ) -> Vec<Token<R>> {
+        let mut args = args.into_iter();
+        let mut tokens = Vec::with_capacity(args.size_hint().0);
+        loop {
+            let chunk: Vec<(A, Weight)> = args.by_ref().take(self.chunk_len()).collect();
+            if chunk.is_empty() {
+                return tokens;
+            }
+            let bytes = chunk.iter().map(|(arg, _)| self.inner.bytes_of(arg)).sum();
+            let admitted = self.acquire_blocking(Permit::new(chunk.len(), bytes));
+            self.admit_chunk(admitted, chunk.len(), chunk.into_iter(), &mut tokens);
+        }
+    }
+
+    /// [`Operation::submit_many`] for async callers: waits without blocking a thread.
+    pub async fn submit_many_async<I>(&self, args: I) -> Vec<Token<R>>
+    where
+        I: IntoIterator<Item = A>,
+    {
+        let mut args = args.into_iter();
+        let mut tokens = Vec::with_capacity(args.size_hint().0);
+        let weight = self.inner.weight;
+        loop {
+            let chunk: Vec<A> = args.by_ref().take(self.chunk_len()).collect();
+            if chunk.is_empty() {
+                return tokens;
+            }
+            let bytes = chunk.iter().map(|arg| self.inner.bytes_of(arg)).sum();
+            let permit = Permit::new(chunk.len(), bytes);
+            let admitted = self.inner.engine.admission.acquire(permit, &self.inner.queue).await;
+            let items = chunk.into_iter().map(|arg| (arg, weight));
+            self.admit_chunk(admitted, items.len(), items, &mut tokens);
+        }
+    }
+
+    /// Tokens admitted together: bounded by the engine and by the operation's limit.
+    fn chunk_len(&self) -> usize {
+        let engine = self.inner.engine.chunk_len;
+        self.inner.queue.limit().map_or(engine, |limit| engine.min(limit.max(1)))
+    }
+
+    fn acquire_blocking(&self, permit: Permit) -> Result<(), RejectReason> {
+        let admission = &self.inner.engine.admission;
+        let queue = &self.inner.queue;
+        match admission.try_acquire(permit, queue) {
+            Err(RejectReason::Overloaded) => block_on(admission.acquire(permit, queue)),
+            other => other,
+        }
+    }
+
+    fn admit_one(&self, admitted: Result<(), RejectReason>, arg: A) -> Token<R> {
+        let mut tokens = Vec::with_capacity(1);
+        self.admit_chunk(admitted, 1, std::iter::once((arg, self.inner.weight)), &mut tokens);
+        tokens.pop().expect("one token per argument")
+    }
+
+    /// Lists, routes and queues `len` items, for which permits are held when
+    /// `admitted` is Ok.
+    fn admit_chunk(
+        &self,
+        admitted: Result<(), RejectReason>,
+        len: usize,
+        items: impl Iterator<Item = (A, Weight)>,
+        tokens: &mut Vec<Token<R>>,
+    ) {
+        let op = &self.inner;
+        let engine = &op.engine;
+        let base_id = engine.next_token_id.fetch_add(len as u64, Relaxed);
+        if let Err(reason) = admitted {
+            op.counters.rejected.fetch_add(len as u64, Relaxed);
+            tokens.extend((0..len as u64).map(|i| Token::rejected(base_id + i, reason)));
+            return;
+        }
+        op.counters.submitted.fetch_add(len as u64, Relaxed);
+        let chunk = Chunk::listed(base_id, len, Arc::clone(&op.resolutions), &engine.tokens);
+        let mut enqueue = Enqueue::new(op, &chunk, FIRST_ATTEMPT, None);
+        for (index, (arg, declared)) in items.enumerate() {
+            let index = index as u32;
+            tokens.push(chunk.token(index));
+            if let Some(dedupe) = &op.dedupe {
+                if dedupe.join((dedupe.key)(&arg), &chunk, index, op.bytes_of(&arg)) {
+                    // A duplicate of a call in flight: it waits for that call's result
+                    // (holding its permit until then) and is never queued.
+                    continue;
+                }
+            }
+            enqueue.push(index, arg, declared, len - index as usize);
+        }
+        enqueue.finish();
+    }
+}

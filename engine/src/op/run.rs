@@ -1,0 +1,342 @@
+//! The one run loop: claim → call under `catch_unwind` → resolve → one telemetry record
+//! per attempt, for every batch a lane takes.
+//!
+//! Per batch it reads the operation's control flags once; a batch of a plain operation
+//! (no deadline, retry, dedupe or locality) without telemetry takes the loop's short
+//! branch: claim, call, resolve, and counters once per batch. The loop borrows the lane
+//! only through `&LaneCtx`, so a call may re-enter a lane's loop while it waits.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::locality::HomeGuard;
+use super::state::{call, nanos, OpShared};
+use crate::admission::Permit;
+use crate::control::state::CANCELLING;
+use crate::core::Shared;
+use crate::error::{CancelSource, TokenError};
+use crate::lanes::{BoxJob, Job, LaneCtx, RunEnd};
+use crate::placement::{LaneSet, Placement, RouteSource, Weight};
+use crate::router::Features;
+use crate::telemetry::{RecordOutcome, TokenRecord};
+use crate::token::{Chunk, Outcome};
+
+/// Tokens of one operation queued together; one queue operation runs them all.
+pub(super) struct Batch<A, R> {
+    pub(super) op: Arc<OpShared<A, R>>,
+    pub(super) chunk: Arc<Chunk<R>>,
+    pub(super) items: Vec<(u32, A)>,
+    pub(super) meta: Option<Box<BatchMeta>>,
+    /// The attempt every item of the batch is on.
+    pub(super) attempt: u8,
+    /// The items' estimated bytes, given back with their permits.
+    pub(super) bytes: usize,
+    /// The lane set it was queued for (where it goes back after a pause).
+    pub(super) set: LaneSet,
+    /// When it was admitted, for the latency histogram.
+    pub(super) admitted_at: Instant,
+}
+
+/// What telemetry needs from admission; built only when logging is on.
+pub(super) struct BatchMeta {
+    admitted_at: Instant,
+    queue_depth: u64,
+    lane_load: u64,
+    op_recent_ns: u64,
+    model_version: u32,
+    pub(super) tokens: Vec<TokenMeta>,
+}
+
+impl BatchMeta {
+    pub(super) fn new(
+        admitted_at: Instant,
+        features: &Features,
+        engine: &Shared,
+        set: LaneSet,
+    ) -> Self {
+        BatchMeta {
+            admitted_at,
+            queue_depth: features.queue_depth,
+            lane_load: engine.lanes.queued_batches(set) as u64,
+            op_recent_ns: features.op_recent_ns,
+            model_version: engine.router.model_version(),
+            tokens: Vec::new(),
+        }
+    }
+}
+
+pub(super) struct TokenMeta {
+    arg_size: u64,
+    declared: Weight,
+    source: RouteSource,
+    class: Option<u8>,
+    lanes: LaneSet,
+}
+
+impl TokenMeta {
+    pub(super) fn new(features: &Features, placement: &Placement) -> Self {
+        TokenMeta {
+            arg_size: features.arg_size,
+            declared: features.declared,
+            source: placement.source,
+            class: placement.class,
+            lanes: placement.lanes,
+        }
+    }
+}
+
+/// Per batch: what its tokens came to.
+#[derive(Default)]
+struct Tally {
+    completed: u64,
+    failed: u64,
+    skipped: u64,
+    ran: u64,
+}
+
+impl Tally {
+    fn count(&mut self, outcome: Outcome) {
+        match outcome {
+            Outcome::Completed => self.completed += 1,
+            Outcome::Failed => self.failed += 1,
+            Outcome::Skipped => self.skipped += 1,
+        }
+    }
+}
+
+impl<A: Send + 'static, R: Send + 'static> Job for Batch<A, R> {
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    fn start(self: Box<Self>) -> Option<BoxJob> {
+        let op = Arc::clone(&self.op);
+        let aborting = op.engine.lanes.is_aborting();
+        op.control.start_batch(self.set, self, aborting)
+    }
+
+    fn cancel_all(self: Box<Self>, by: CancelSource) {
+        let Batch { op, chunk, items, bytes, .. } = *self;
+        for (index, arg) in items.iter() {
+            let _home = HomeGuard::new(&op, arg);
+            chunk.cancel(*index, by);
+            op.land_flight(op.dedupe_key(arg), &chunk, *index, || {
+                Err(TokenError::Cancelled { by })
+            });
+        }
+        op.engine.admission.release(Permit::new(items.len(), bytes), &op.queue);
+    }
+
+    fn run(self: Box<Self>, lane: &LaneCtx) -> RunEnd {
+        let op = Arc::clone(&self.op);
+        let _slot = RunningSlot(&op);
+        if lane.aborting() {
+            self.cancel_all(CancelSource::Shutdown);
+            return RunEnd::Done;
+        }
+        (*self).run_items(lane)
+    }
+}
+
+impl<A: Send + 'static, R: Send + 'static> Batch<A, R> {
+    fn run_items(self, lane: &LaneCtx) -> RunEnd {
+        let Batch { op, chunk, items, meta, attempt, bytes, set: _, admitted_at } = self;
+        let permit = Permit::new(items.len(), bytes);
+        // The one control load of the batch: tokens below `cancel_before` were
+        // cancelled by command (their ids ascend within a batch).
+        let cancel_before = match op.control.flags() & CANCELLING {
+            0 => 0,
+            _ => op.control.cancelled_before(),
+        };
+        let cancels = items.first().is_some_and(|&(index, _)| chunk.id_of(index) < cancel_before);
+        let short = op.plain && meta.is_none();
+        let log = meta.map(|meta| BatchLog {
+            batch_id: lane.next_batch_id(),
+            batch_size: items.len() as u32,
+            sample_every: lane.sample_every(),
+            meta,
+        });
+        let started = Instant::now();
+        let mut last = started;
+        let mut tally = Tally::default();
+        let mut end = RunEnd::Done;
+        for (position, (index, arg)) in items.into_iter().enumerate() {
+            let slot = chunk.slot(index);
+            if cancels && chunk.id_of(index) < cancel_before {
+                chunk.cancel(index, CancelSource::Control);
+            }
+            if short {
+                if slot.claim(attempt) {
+                    tally.ran += 1;
+                    tally.count(slot.finish(attempt, call(&op.f, arg, attempt, &|| true)));
+                } else {
+                    tally.skipped += 1;
+                }
+                continue;
+            }
+            let token = Attempt { op: &op, chunk: &chunk, index, attempt, lane };
+            let logged = log.as_ref().is_some_and(|l| chunk.id_of(index) % l.sample_every == 0);
+            // Logging every token costs one clock read each: a token's start is the
+            // previous one's end. Sampled logging reads the clock around each sample.
+            let sampled = log.as_ref().is_some_and(|l| l.sample_every != 1);
+            let start = if logged && sampled { Instant::now() } else { last };
+            let Some((outcome, retired)) = token.run(arg, &mut tally) else { continue };
+            if retired {
+                end = RunEnd::Retired;
+            }
+            let Some(log) = log.as_ref().filter(|_| logged && outcome != Outcome::Skipped) else {
+                continue;
+            };
+            let now = Instant::now();
+            last = now;
+            lane.record(
+                log.record(&op, &chunk, index, position, attempt, lane, start, now, outcome),
+            );
+        }
+        op.settle_batch(
+            started,
+            admitted_at,
+            tally.ran,
+            [tally.completed, tally.failed, tally.skipped],
+        );
+        if end == RunEnd::Done {
+            op.engine.admission.release(permit, &op.queue);
+        }
+        end
+    }
+}
+
+/// One token's attempt on the loop's full branch.
+struct Attempt<'a, A, R> {
+    op: &'a Arc<OpShared<A, R>>,
+    chunk: &'a Arc<Chunk<R>>,
+    index: u32,
+    attempt: u8,
+    lane: &'a LaneCtx,
+}
+
+impl<A: Send + 'static, R: Send + 'static> Attempt<'_, A, R> {
+    /// Claims, runs and resolves (or retries) the token. `None` if it was not this
+    /// attempt's to run; else its outcome and whether this lane thread was replaced
+    /// meanwhile (an overrun deadline: it must retire).
+    fn run(&self, arg: A, tally: &mut Tally) -> Option<(Outcome, bool)> {
+        let Attempt { op, chunk, index, attempt, lane } = *self;
+        let slot = chunk.slot(index);
+        let _home = HomeGuard::new(op, &arg);
+        let key = op.dedupe_key(&arg);
+        if !slot.claim(attempt) {
+            tally.skipped += 1;
+            if key.is_some() && slot.is_resolved() {
+                // The leading call was cancelled by its caller before it ran: its
+                // duplicates still asked for a result, so run it for them.
+                let result = call(&op.f, arg, attempt, &|| true);
+                op.land_flight(key, chunk, index, || {
+                    op.dedupe.as_ref().expect("keyed").copy_result(&result)
+                });
+            }
+            return None;
+        }
+        let token_id = chunk.id_of(index);
+        let retry_arg = match (op.options.retry, op.options.clone_arg) {
+            (Some(_), Some(clone)) => Some(clone(&arg)),
+            _ => None,
+        };
+        let timed = op.options.timeout.is_some();
+        if timed {
+            // The deadline runs from the start of this attempt.
+            op.arm_deadline(chunk, index, attempt, op.timeout_retry_arg(&arg, attempt));
+            lane.watch(token_id, &op.queue, Permit::new(1, op.bytes_of(&arg)));
+        }
+        let result = call(&op.f, arg, attempt, &|| slot.is_running(attempt));
+        tally.ran += 1;
+        // False: our deadline passed and this lane was replaced; the replacement took
+        // over our permit and our place, and the late value is dropped.
+        let retired = timed && !lane.unwatch(token_id);
+        let outcome = match (&result, retry_arg) {
+            (Err(error), Some(again)) if op.retries(attempt, error) && slot.retry(attempt) => {
+                op.counters.retried.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let delay = op.options.retry.map_or(Duration::ZERO, |p| p.delay(attempt));
+                op.requeue(Arc::clone(chunk), index, again, attempt + 1, delay);
+                Outcome::Failed
+            }
+            _ => {
+                let outcome = match (&op.dedupe, key) {
+                    (Some(dedupe), Some(_)) => slot.finish_and(attempt, result, |first| {
+                        op.land_flight(key, chunk, index, || dedupe.copy_result(first));
+                    }),
+                    _ => slot.finish(attempt, result),
+                };
+                if outcome == Outcome::Skipped && slot.is_resolved() {
+                    // A deadline resolved it while it ran: its duplicates time out too.
+                    op.land_flight(key, chunk, index, || Err(TokenError::TimedOut));
+                }
+                tally.count(outcome);
+                outcome
+            }
+        };
+        Some((outcome, retired))
+    }
+}
+
+/// A batch's telemetry: its id, size and admission-time features.
+struct BatchLog {
+    batch_id: u64,
+    batch_size: u32,
+    sample_every: u64,
+    meta: Box<BatchMeta>,
+}
+
+impl BatchLog {
+    #[allow(clippy::too_many_arguments)]
+    fn record<A, R>(
+        &self,
+        op: &OpShared<A, R>,
+        chunk: &Chunk<R>,
+        index: u32,
+        position: usize,
+        attempt: u8,
+        lane: &LaneCtx,
+        start: Instant,
+        end: Instant,
+        outcome: Outcome,
+    ) -> TokenRecord {
+        let meta = &self.meta;
+        let token = &meta.tokens[position];
+        TokenRecord {
+            token_id: chunk.id_of(index),
+            op: op.id,
+            declared: token.declared,
+            route_source: token.source,
+            lane_set: token.lanes,
+            predicted_class: token.class,
+            model_version: meta.model_version,
+            lane: lane.index,
+            core: lane.core,
+            batch_id: self.batch_id,
+            batch_size: self.batch_size,
+            arg_size: token.arg_size,
+            queue_depth: meta.queue_depth,
+            lane_load: meta.lane_load,
+            op_recent_ns: meta.op_recent_ns,
+            queue_wait_ns: nanos(start.saturating_duration_since(meta.admitted_at)),
+            run_ns: nanos(end.saturating_duration_since(start)),
+            end_to_end_ns: nanos(end.saturating_duration_since(meta.admitted_at)),
+            outcome: if outcome == Outcome::Completed {
+                RecordOutcome::Completed
+            } else {
+                RecordOutcome::Failed
+            },
+            attempt,
+        }
+    }
+}
+
+/// Gives a batch's running slot back when the batch is done, handing it to the oldest
+/// batch waiting at the operation's throttle.
+struct RunningSlot<'a, A, R>(&'a OpShared<A, R>);
+
+impl<A, R> Drop for RunningSlot<'_, A, R> {
+    fn drop(&mut self) {
+        self.0.control.finish_batch(&self.0.engine.lanes);
+    }
+}

@@ -1,0 +1,242 @@
+//! An operation's shared state: its function, options, counters and control state.
+
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::dedupe::Dedupe;
+use super::locality::Homes;
+use super::retry::RetryPolicy;
+use crate::admission::OpQueue;
+use crate::control::state::{OpControl, OpControlState, OpStats};
+use crate::core::Shared;
+use crate::error::TokenError;
+use crate::placement::Weight;
+use crate::token::Resolutions;
+
+pub(crate) type BoxFn<A, R> = Box<dyn Fn(A, &Context<'_>) -> Result<R, TokenError> + Send + Sync>;
+
+/// A cheap function from an argument to its size hint (a router feature).
+pub type SizeHint<A> = fn(&A) -> u64;
+
+/// What a running call can ask about its own token: whether it is still wanted.
+///
+/// Sync code cannot be pre-empted; a long operation registered with
+/// [`OperationBuilder::register_with_context`](crate::OperationBuilder::register_with_context)
+/// checks [`Context::is_cancelled`] now and then and returns early once its deadline
+/// has passed (its result would be discarded anyway).
+pub struct Context<'a> {
+    pub(super) still_running: &'a dyn Fn() -> bool,
+    pub(super) attempt: u8,
+}
+
+impl Context<'_> {
+    /// True once the token no longer needs this run: it timed out (or moved on to
+    /// another attempt) while running.
+    pub fn is_cancelled(&self) -> bool {
+        !(self.still_running)()
+    }
+
+    /// This run's attempt number (1 for the first).
+    pub fn attempt(&self) -> u8 {
+        self.attempt
+    }
+}
+
+impl std::fmt::Debug for Context<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").field("attempt", &self.attempt).finish()
+    }
+}
+
+/// Per-operation options, set on [`OperationBuilder`](crate::OperationBuilder).
+pub(crate) struct OpOptions<A> {
+    pub(crate) size_hint: Option<SizeHint<A>>,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) retry: Option<RetryPolicy>,
+    /// `A::clone`, when retries need the argument again.
+    pub(crate) clone_arg: Option<fn(&A) -> A>,
+    pub(crate) queue_limit: Option<usize>,
+    /// Heap bytes an argument owns, for the memory estimate.
+    pub(crate) arg_bytes: Option<fn(&A) -> usize>,
+    /// Calls with equal keys run on the same lane while any of them is in flight.
+    pub(crate) locality: Option<fn(&A) -> u64>,
+}
+
+impl<A> Default for OpOptions<A> {
+    fn default() -> Self {
+        OpOptions {
+            size_hint: None,
+            timeout: None,
+            retry: None,
+            clone_arg: None,
+            queue_limit: None,
+            arg_bytes: None,
+            locality: None,
+        }
+    }
+}
+
+#[derive(Default)]
+pub(super) struct OpCounters {
+    pub(super) submitted: AtomicU64,
+    pub(super) rejected: AtomicU64,
+    pub(super) retried: AtomicU64,
+    pub(super) skipped: AtomicU64,
+}
+
+pub(crate) struct OpShared<A, R> {
+    pub(super) engine: Arc<Shared>,
+    pub(super) id: u32,
+    pub(super) name: String,
+    pub(super) weight: Weight,
+    pub(super) options: OpOptions<A>,
+    pub(super) f: BoxFn<A, R>,
+    pub(super) dedupe: Option<Dedupe<A, R>>,
+    pub(super) counters: OpCounters,
+    pub(super) queue: Arc<OpQueue>,
+    pub(super) resolutions: Arc<Resolutions>,
+    /// Estimated bytes of a token before its argument's heap: the argument and its slot.
+    pub(super) fixed_bytes: usize,
+    /// No deadline, retry, dedupe or locality: batches without telemetry take the
+    /// short branch of the run loop.
+    pub(super) plain: bool,
+    /// Manual overrides from the control port; they beat the router.
+    pub(super) control: OpControlState,
+    /// Locality: which lane runs each key in flight.
+    pub(super) homes: Mutex<Homes>,
+    /// Running average runtime per token (ns), updated once per batch.
+    pub(super) recent_ns: AtomicU64,
+}
+
+impl<A, R> OpShared<A, R> {
+    pub(super) fn new(
+        engine: Arc<Shared>,
+        id: u32,
+        name: &str,
+        weight: Weight,
+        options: OpOptions<A>,
+        f: BoxFn<A, R>,
+        dedupe: Option<Dedupe<A, R>>,
+    ) -> Self {
+        let plain = options.timeout.is_none()
+            && options.retry.is_none()
+            && options.locality.is_none()
+            && dedupe.is_none();
+        OpShared {
+            dedupe,
+            plain,
+            control: OpControlState::new(engine.paused_all()),
+            fixed_bytes: std::mem::size_of::<A>() + crate::token::slot_size::<R>(),
+            homes: Mutex::new(Homes::default()),
+            engine,
+            id,
+            name: name.to_string(),
+            weight,
+            queue: Arc::new(OpQueue::new(options.queue_limit)),
+            options,
+            f,
+            counters: OpCounters::default(),
+            resolutions: Arc::new(Resolutions::default()),
+            recent_ns: AtomicU64::new(0),
+        }
+    }
+
+    /// The estimated memory one token with this argument holds while admitted.
+    pub(super) fn bytes_of(&self, arg: &A) -> usize {
+        self.fixed_bytes + self.options.arg_bytes.map_or(0, |bytes| bytes(arg))
+    }
+
+    /// The estimated memory of a batch's items (one multiplication without an
+    /// `arg_bytes` hint).
+    pub(super) fn bytes_of_all(&self, items: &[(u32, A)]) -> usize {
+        match self.options.arg_bytes {
+            None => self.fixed_bytes * items.len(),
+            Some(bytes) => items.iter().map(|(_, arg)| self.fixed_bytes + bytes(arg)).sum(),
+        }
+    }
+
+    /// Once per batch: the latency histogram, the running-average runtime and the
+    /// counters.
+    pub(super) fn settle_batch(
+        &self,
+        started: Instant,
+        admitted_at: Instant,
+        ran: u64,
+        [completed, failed, skipped]: [u64; 3],
+    ) {
+        let now = Instant::now();
+        if ran > 0 {
+            self.control.latency().record(nanos(now.saturating_duration_since(admitted_at)), ran);
+        }
+        if let Some(per_token) = nanos(now.saturating_duration_since(started)).checked_div(ran) {
+            let old = self.recent_ns.load(Relaxed);
+            let new = if old == 0 { per_token.max(1) } else { ((old * 7 + per_token) / 8).max(1) };
+            self.recent_ns.store(new, Relaxed);
+        }
+        if completed > 0 {
+            self.resolutions.completed.fetch_add(completed, Relaxed);
+        }
+        if failed > 0 {
+            self.resolutions.failed.fetch_add(failed, Relaxed);
+        }
+        if skipped > 0 {
+            self.counters.skipped.fetch_add(skipped, Relaxed);
+        }
+    }
+}
+
+impl<A: Send + 'static, R: Send + 'static> OpControl for OpShared<A, R> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn stats(&self) -> OpStats {
+        let c = &self.counters;
+        let r = &self.resolutions;
+        OpStats {
+            submitted: c.submitted.load(Relaxed),
+            rejected: c.rejected.load(Relaxed),
+            completed: r.completed.load(Relaxed),
+            failed: r.failed.load(Relaxed),
+            cancelled: r.cancelled.load(Relaxed),
+            timed_out: r.timed_out.load(Relaxed),
+            retried: c.retried.load(Relaxed),
+            skipped: c.skipped.load(Relaxed),
+            recent_ns: self.recent_ns.load(Relaxed),
+        }
+    }
+
+    fn control(&self) -> &OpControlState {
+        &self.control
+    }
+}
+
+/// Runs one call, turning a panic into an error.
+pub(super) fn call<A, R>(
+    f: &BoxFn<A, R>,
+    arg: A,
+    attempt: u8,
+    still_running: &dyn Fn() -> bool,
+) -> Result<R, TokenError> {
+    let context = Context { still_running, attempt };
+    match panic::catch_unwind(AssertUnwindSafe(|| f(arg, &context))) {
+        Ok(result) => result,
+        Err(payload) => Err(TokenError::Panicked { message: panic_message(&*payload) }),
+    }
+}
+
+pub(super) fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(message) = payload.downcast_ref::<&str>() {
+        (*message).to_string()
+    } else if let Some(message) = payload.downcast_ref::<String>() {
+        message.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
+}

@@ -1,0 +1,136 @@
+//! Routing: where a token runs and in how large a batch.
+//!
+//! A [`Router`] turns the [`Features`] seen at admission into a [`Placement`]. The
+//! [`StaticRouter`] uses only the declared [`Weight`]; [`EwmaRouter`] an operation's
+//! running-average runtime; [`LearnedRouter`] (in `learned.rs`) the fitted cost model.
+//! Manual overrides are applied after the router, on the one enqueue path
+//! (`op/enqueue.rs`), so they beat whichever router is installed.
+
+use std::fmt;
+
+use crate::model::policy_for;
+pub use crate::placement::{LaneSet, Placement, RouteSource, Weight};
+
+mod learned;
+
+pub use learned::{LearnedRouter, MAX_OPS};
+
+/// What a router sees about a token at admission.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub struct Features {
+    /// The operation's engine-local id.
+    pub op: u32,
+    /// The declared weight.
+    pub declared: Weight,
+    /// The argument-size hint (0 when the operation has none).
+    pub arg_size: u64,
+    /// Tokens admitted and not yet processed, engine-wide, when the token arrived.
+    pub queue_depth: u64,
+    /// The operation's recent average runtime per token (ns; 0 before its first batch).
+    pub op_recent_ns: u64,
+}
+
+impl Features {
+    /// Features of a token of operation `op` with this weight and size hint, arriving at
+    /// an idle engine (for custom routers' tests and benches).
+    pub fn new(op: u32, declared: Weight, arg_size: u64) -> Self {
+        Features { op, declared, arg_size, queue_depth: 0, op_recent_ns: 0 }
+    }
+}
+
+/// Decides a [`Placement`] per token. Called on the submitting thread, once per token:
+/// keep it cheap and lock-free.
+pub trait Router: Send + Sync + fmt::Debug + 'static {
+    /// The placement for one token.
+    fn route(&self, features: &Features) -> Placement;
+
+    /// Called once per operation at registration, before any of its tokens is routed.
+    fn register_op(&self, _op: u32, _name: &str) {}
+
+    /// The model fingerprint logged with each decision (0 when there is no model).
+    fn model_version(&self) -> u32 {
+        0
+    }
+}
+
+/// The no-model heuristic: places each token by its operation's running average
+/// runtime (an exponentially weighted mean kept by the lanes), using the same policy
+/// the trainer derives for a class with that typical runtime. Before an operation's
+/// first batch finishes it uses the tag.
+#[derive(Debug, Clone, Copy)]
+pub struct EwmaRouter {
+    fallback: StaticRouter,
+}
+
+impl EwmaRouter {
+    /// A running-average router with `fallback` for operations not yet measured.
+    pub fn new(fallback: StaticRouter) -> Self {
+        EwmaRouter { fallback }
+    }
+}
+
+impl Router for EwmaRouter {
+    #[inline]
+    fn route(&self, features: &Features) -> Placement {
+        if features.op_recent_ns == 0 {
+            return self.fallback.route(features);
+        }
+        let (lanes, batch) = policy_for(features.op_recent_ns);
+        Placement { lanes, batch, class: None, source: RouteSource::Heuristic }
+    }
+}
+
+/// Places by declared weight: light and medium on the light lanes (batched), heavy on
+/// the heavy lanes one at a time.
+#[derive(Debug, Clone, Copy)]
+pub struct StaticRouter {
+    light_batch: u32,
+    medium_batch: u32,
+}
+
+impl StaticRouter {
+    /// A router that batches light tokens `light_batch` at a time and medium ones an
+    /// eighth of that (at least 1).
+    pub fn new(light_batch: u32) -> Self {
+        let light_batch = light_batch.max(1);
+        StaticRouter { light_batch, medium_batch: (light_batch / 8).max(1) }
+    }
+}
+
+impl Router for StaticRouter {
+    #[inline]
+    fn route(&self, features: &Features) -> Placement {
+        let (lanes, batch) = match features.declared {
+            Weight::Light => (LaneSet::Light, self.light_batch),
+            Weight::Medium => (LaneSet::Light, self.medium_batch),
+            Weight::Heavy => (LaneSet::Heavy, 1),
+        };
+        Placement { lanes, batch, class: None, source: RouteSource::Tag }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn features(declared: Weight) -> Features {
+        Features { op: 0, declared, arg_size: 0, queue_depth: 0, op_recent_ns: 0 }
+    }
+
+    #[test]
+    fn static_router_follows_tags() {
+        let router = StaticRouter::new(64);
+        assert_eq!(router.route(&features(Weight::Light)).lanes, LaneSet::Light);
+        assert_eq!(router.route(&features(Weight::Light)).batch, 64);
+        assert_eq!(router.route(&features(Weight::Medium)).batch, 8);
+        let heavy = router.route(&features(Weight::Heavy));
+        assert_eq!((heavy.lanes, heavy.batch, heavy.source), (LaneSet::Heavy, 1, RouteSource::Tag));
+    }
+
+    #[test]
+    fn weight_parses_and_rejects_unknown() {
+        assert_eq!("heavy".parse::<Weight>(), Ok(Weight::Heavy));
+        assert!("huge".parse::<Weight>().unwrap_err().contains("huge"));
+    }
+}

@@ -1,0 +1,10 @@
+//! The built-in workloads of the `tokengate` CLI, shared with the tests and benches.
+//!
+//! Not part of the library's API: a private crate (`publish = false`).
+
+#![warn(missing_docs, rust_2018_idioms)]
+
+pub mod leibniz;
+pub mod mixed;
+pub mod soak;
+pub mod sys;
