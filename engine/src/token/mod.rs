@@ -27,21 +27,21 @@
 //!
 //! `index.rs` finds a waiting token's slot by its id, for the control port's `cancel`.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
 use self::sync::{AtomicU32, Ordering, ResultCell};
-use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
-use std::thread::{self, Thread};
 
 use atomic_waker::AtomicWaker;
 
-use crate::error::{CancelSource, RejectReason, TokenError};
+use crate::error::{CancelSource, TokenError};
 
+mod handle;
 mod index;
+mod sync;
 
+pub(crate) use handle::block_on;
+pub use handle::Token;
 pub(crate) use index::{CancelById, TokenIndex};
 
 const QUEUED: u8 = 0;
@@ -480,218 +480,6 @@ impl<R> Drop for Chunk<R> {
                 // `&mut self`, so nobody else can observe it.
                 unsafe { slot.result.drop_in_place() };
             }
-        }
-    }
-}
-
-/// A handle to one submitted call.
-///
-/// It resolves exactly once, to the operation's value or a [`TokenError`]. Wait for it
-/// with [`Token::wait`] (blocking) or `.await` it (it implements [`Future`]). Dropping a
-/// token does not cancel the call; use [`Token::cancel`] for that.
-pub struct Token<R> {
-    chunk: Arc<Chunk<R>>,
-    index: u32,
-}
-
-impl<R> Token<R> {
-    /// A token that is already resolved as rejected.
-    pub(crate) fn rejected(id: u64, reason: RejectReason) -> Self {
-        let chunk = Chunk::new(id, 1, None);
-        let rejected = Err(TokenError::Rejected { reason });
-        let _ = chunk.slots[0].resolve_from(pack(QUEUED, FIRST_ATTEMPT), rejected);
-        chunk.token(0)
-    }
-
-    #[inline]
-    fn slot(&self) -> &Slot<R> {
-        self.chunk.slot(self.index)
-    }
-
-    /// This token's engine-wide unique id.
-    pub fn id(&self) -> u64 {
-        self.chunk.base_id + u64::from(self.index)
-    }
-
-    /// Where the token is now. A snapshot: it may change right after.
-    pub fn state(&self) -> TokenState {
-        self.slot().state()
-    }
-
-    /// True once the token has resolved (its result may already have been taken).
-    pub fn is_finished(&self) -> bool {
-        self.state().is_terminal()
-    }
-
-    /// Cancels the token if it has not started; it then resolves as
-    /// `Err(TokenError::Cancelled { by: CancelSource::Caller })`.
-    ///
-    /// Returns false if it had already started or resolved: a running call is never
-    /// interrupted.
-    pub fn cancel(&self) -> bool {
-        self.chunk.cancel(self.index, CancelSource::Caller)
-    }
-
-    /// The attempt the token is on (1 until a retry).
-    pub fn attempt(&self) -> u8 {
-        self.slot().attempt()
-    }
-
-    /// Blocks the calling thread until the token resolves.
-    ///
-    /// Do not call this from inside an async task; `.await` the token instead.
-    pub fn wait(mut self) -> Result<R, TokenError> {
-        // SAFETY: `self` is the slot's unique handle, owned here.
-        if let Some(result) = unsafe { self.slot().try_take() } {
-            return result;
-        }
-        block_on(&mut self)
-    }
-
-    /// Like [`Token::wait`], but gives the token back if it has not resolved within
-    /// `timeout`.
-    pub fn wait_timeout(
-        mut self,
-        timeout: std::time::Duration,
-    ) -> Result<Result<R, TokenError>, Self> {
-        let deadline = std::time::Instant::now() + timeout;
-        THREAD_WAKER.with(|waker| {
-            let mut cx = Context::from_waker(waker);
-            loop {
-                if let Poll::Ready(result) = Pin::new(&mut self).poll(&mut cx) {
-                    return Ok(result);
-                }
-                let left = deadline.saturating_duration_since(std::time::Instant::now());
-                if left.is_zero() {
-                    return Err(self);
-                }
-                thread::park_timeout(left);
-            }
-        })
-    }
-}
-
-impl<R> Future for Token<R> {
-    type Output = Result<R, TokenError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let slot = self.slot();
-        // SAFETY: `Pin<&mut Token>` is exclusive access to the slot's unique handle.
-        if let Some(result) = unsafe { slot.try_take() } {
-            return Poll::Ready(result);
-        }
-        slot.waker.register(cx.waker());
-        // Re-check: the worker may have resolved it between the first check and the
-        // registration, and then it woke nobody.
-        // SAFETY: as above, exclusive access to the unique handle.
-        match unsafe { slot.try_take() } {
-            Some(result) => Poll::Ready(result),
-            None => Poll::Pending,
-        }
-    }
-}
-
-impl<R> std::fmt::Debug for Token<R> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Token").field("id", &self.id()).field("state", &self.state()).finish()
-    }
-}
-
-struct ThreadWaker(Thread);
-
-impl Wake for ThreadWaker {
-    fn wake(self: Arc<Self>) {
-        self.0.unpark();
-    }
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.0.unpark();
-    }
-}
-
-thread_local! {
-    static THREAD_WAKER: Waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
-}
-
-/// Runs a future to completion on the calling thread, parking between polls.
-pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
-    let mut future = std::pin::pin!(future);
-    THREAD_WAKER.with(|waker| {
-        let mut cx = Context::from_waker(waker);
-        loop {
-            if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
-                return output;
-            }
-            thread::park();
-        }
-    })
-}
-
-/// The slot's synchronisation primitives: std's, or loom's when model-checking
-/// (`RUSTFLAGS="--cfg tokengate_loom" cargo test -p tokengate --lib loom`).
-mod sync {
-    use std::mem::MaybeUninit;
-
-    #[cfg(not(tokengate_loom))]
-    pub(super) use std::sync::atomic::{AtomicU32, Ordering};
-
-    #[cfg(tokengate_loom)]
-    pub(super) use loom::sync::atomic::{AtomicU32, Ordering};
-
-    #[cfg(not(tokengate_loom))]
-    type Cell<T> = std::cell::UnsafeCell<MaybeUninit<T>>;
-
-    #[cfg(tokengate_loom)]
-    type Cell<T> = loom::cell::UnsafeCell<MaybeUninit<T>>;
-
-    /// Reads a state word through `&mut` (no other thread can see it).
-    pub(super) fn load_mut(state: &mut AtomicU32) -> u32 {
-        #[cfg(not(tokengate_loom))]
-        return *state.get_mut();
-        #[cfg(tokengate_loom)]
-        // SAFETY: `&mut` excludes every other access.
-        return unsafe { state.unsync_load() };
-    }
-
-    /// Storage for a token's result; the state machine decides who may touch it.
-    pub(super) struct ResultCell<T>(Cell<T>);
-
-    impl<T> ResultCell<T> {
-        pub(super) fn new() -> Self {
-            ResultCell(Cell::new(MaybeUninit::uninit()))
-        }
-
-        /// # Safety
-        /// The caller is the only thread touching the cell (it won the CAS into
-        /// `WRITING`), and the cell holds no value.
-        pub(super) unsafe fn write(&self, value: T) {
-            #[cfg(not(tokengate_loom))]
-            // SAFETY: exclusive access, per this function's contract.
-            unsafe {
-                (*self.0.get()).write(value);
-            }
-            #[cfg(tokengate_loom)]
-            // SAFETY: exclusive access, per this function's contract; loom checks it.
-            self.0.with_mut(|cell| unsafe {
-                (*cell).write(value);
-            });
-        }
-
-        /// # Safety
-        /// The cell holds a value that nobody else reads, and this is its last read.
-        pub(super) unsafe fn take(&self) -> T {
-            #[cfg(not(tokengate_loom))]
-            // SAFETY: initialised and exclusive, per this function's contract.
-            return unsafe { (*self.0.get()).assume_init_read() };
-            #[cfg(tokengate_loom)]
-            // SAFETY: initialised and exclusive, per this function's contract.
-            return self.0.with_mut(|cell| unsafe { (*cell).assume_init_read() });
-        }
-
-        /// # Safety
-        /// The cell holds a value that was never taken.
-        pub(super) unsafe fn drop_in_place(&mut self) {
-            // SAFETY: initialised and untaken, per this function's contract.
-            drop(unsafe { self.take() });
         }
     }
 }
