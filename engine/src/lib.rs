@@ -77,4 +77,4 @@ pub use op::{Context, DedupeBuilder, Operation, OperationBuilder, RetryPolicy, S
 pub use placement::{LaneSet, Placement, RouteSource, Weight};
 pub use router::{EwmaRouter, Features, LearnedRouter, Router, StaticRouter, MAX_OPS};
 pub use telemetry::{TelemetryStats, TokenRecord};
-pub use token::{Token, TokenState};
+pub use token::{join, Token, TokenState};

@@ -7,6 +7,7 @@ mod lanes;
 mod learning;
 mod leibniz;
 mod model;
+mod nested;
 mod seams;
 mod tokens;
 

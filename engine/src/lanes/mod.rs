@@ -31,10 +31,13 @@ use crate::placement::LaneSet;
 use crate::telemetry::Telemetry;
 
 mod ctx;
+mod help;
+mod local;
 mod thread_life;
 
 pub(crate) use ctx::LaneCtx;
 use ctx::Watch;
+use local::LocalQueue;
 pub(crate) use thread_life::spawn_workers;
 
 /// The most lanes one engine runs (one bit each in the idle mask).
@@ -100,6 +103,8 @@ struct Lane {
     worker: Mutex<Option<Arc<AtomicBool>>>,
     /// Batches only this lane may run (locality).
     own: Injector<BoxJob>,
+    /// Batches submitted from this lane's thread (see `local.rs`).
+    local: LocalQueue<BoxJob>,
 }
 
 impl Lane {
@@ -175,6 +180,7 @@ impl Lanes {
                 watch: Mutex::new(None),
                 worker: Mutex::new(None),
                 own: Injector::new(),
+                local: LocalQueue::default(),
             })
             .collect();
         let mut primary = [0u64; 2];
@@ -241,10 +247,17 @@ impl Lanes {
         }
     }
 
-    /// Queues one batch and wakes a lane that can run it, if one is parked.
+    /// Queues one batch and wakes a lane that can run it, if one is parked. A batch
+    /// submitted from a lane that may run it goes to that lane's local queue (newest
+    /// first for it, the oldest stealable by lanes that may take it).
     pub(crate) fn push(&self, set: LaneSet, job: BoxJob) {
         let queue = self.queue_index(set);
-        self.queues[queue].push(job);
+        match LaneCtx::current_lane(self) {
+            Some(lane) if self.takers[queue] & (1 << lane) != 0 => {
+                self.lanes[lane].local.push(queue, job)
+            }
+            _ => self.queues[queue].push(job),
+        }
         fence(Ordering::SeqCst);
         let idle = self.idle.load(Ordering::SeqCst);
         if idle != 0 {
@@ -343,43 +356,71 @@ impl Lanes {
         !stealing_heavy || self.steal_backlog <= 1 || self.queues[queue].len() >= self.steal_backlog
     }
 
+    /// The next batch for `lane`: its own newest local batch, its locality queue, its
+    /// set's queue, the oldest local batch of another lane of its set, then (if it may
+    /// take from it) the other set's queue and lanes.
     fn next_job(&self, lane: usize) -> Option<BoxJob> {
-        if let Some(job) = steal(&self.lanes[lane].own) {
+        let this = &self.lanes[lane];
+        if let Some(job) = this.local.pop_newest() {
             return Some(job);
         }
-        let own = self.queue_index(self.lanes[lane].set);
-        if let Some(job) = steal(&self.queues[own]) {
+        if let Some(job) = steal(&this.own) {
+            return Some(job);
+        }
+        let own = self.queue_index(this.set);
+        if let Some(job) = steal(&self.queues[own]).or_else(|| self.steal_local(lane, own)) {
             return Some(job);
         }
         let other = 1 - own;
         if self.may_take(lane, other) {
-            return steal(&self.queues[other]);
+            return steal(&self.queues[other]).or_else(|| self.steal_local(lane, other));
         }
         None
+    }
+
+    /// The oldest batch meant for `queue` in another lane's local queue.
+    fn steal_local(&self, thief: usize, queue: usize) -> Option<BoxJob> {
+        self.lanes
+            .iter()
+            .enumerate()
+            .filter(|&(index, _)| index != thief)
+            .find_map(|(_, lane)| lane.local.steal_oldest(queue))
+    }
+
+    /// Whether `queue` (or a lane's local queue) holds a batch meant for it.
+    fn queue_has_work(&self, queue: usize) -> bool {
+        !self.queues[queue].is_empty() || self.lanes.iter().any(|lane| lane.local.has(queue))
     }
 
     fn has_work(&self, lane: usize) -> bool {
         let own = self.queue_index(self.lanes[lane].set);
         !self.lanes[lane].own.is_empty()
-            || !self.queues[own].is_empty()
-            || (self.may_take(lane, 1 - own) && !self.queues[1 - own].is_empty())
+            || !self.lanes[lane].local.is_empty()
+            || self.queue_has_work(own)
+            || (self.may_take(lane, 1 - own) && self.queue_has_work(1 - own))
+    }
+
+    /// Starts and runs one batch on `lane` (set aside instead, if its operation is paused
+    /// or throttled).
+    fn run_job(&self, index: usize, ctx: &LaneCtx, job: BoxJob) -> RunEnd {
+        let Some(job) = job.start() else { return RunEnd::Done };
+        // Counted before running, so the counts are complete by the time the batch's
+        // last token resolves.
+        let lane = &self.lanes[index];
+        lane.executed.fetch_add(job.len() as u64, Ordering::Relaxed);
+        lane.batches.fetch_add(1, Ordering::Relaxed);
+        job.run(ctx)
     }
 
     fn worker_loop(&self, index: usize, ctx: &LaneCtx) -> RunEnd {
         let admission = &self.admission;
-        let lane = &self.lanes[index];
         let bit = 1u64 << index;
         let mut misses = 0u32;
         loop {
             if let Some(job) = self.next_job(index) {
                 misses = 0;
-                let Some(job) = job.start() else { continue };
-                // Counted before running, so the counts are complete by the time the
-                // batch's last token resolves.
-                let tokens = job.len();
-                lane.executed.fetch_add(tokens as u64, Ordering::Relaxed);
-                lane.batches.fetch_add(1, Ordering::Relaxed);
-                if job.run(ctx) == RunEnd::Retired {
+                // A call nested in a wait of this batch may have been the one replaced.
+                if self.run_job(index, ctx, job) == RunEnd::Retired || ctx.is_retired() {
                     ctx.flush();
                     return RunEnd::Retired;
                 }

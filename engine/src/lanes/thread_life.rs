@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::thread;
 
 use super::{Lane, LaneCtx, LaneInfo, Lanes, RunEnd};
+use crate::token::with_helper;
 
 impl Lanes {
     /// A deadline passed while `token_id` was running: if a lane is still running it,
@@ -117,7 +118,8 @@ fn lane_thread(
         if let Some(ready) = ready.take() {
             let _ = ready.send(());
         }
-        if lanes.worker_loop(index, &ctx) == RunEnd::Done {
+        let end = ctx.enter(|| with_helper(&ctx, || lanes.worker_loop(index, &ctx)));
+        if end == RunEnd::Done {
             return;
         }
         // Back from an overrun: this thread no longer serves a lane.

@@ -130,6 +130,24 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
         self.submit_many_tagged(args.into_iter().map(|arg| (arg, weight)))
     }
 
+    /// Runs the operation on every argument and returns the results in order: a
+    /// `submit_many` followed by a wait on each token. Inside another operation the
+    /// waits run other queued work (these calls first), so fanning out never blocks a
+    /// lane.
+    ///
+    /// ```
+    /// # let engine = tokengate::Engine::builder().build()?;
+    /// let square = engine.register("square", tokengate::Weight::Light, |x: u64| x * x)?;
+    /// let sum = engine.register("sum_of_squares", tokengate::Weight::Medium, move |n: u64| {
+    ///     square.map(0..n).into_iter().map(|r| r.unwrap()).sum::<u64>()
+    /// })?;
+    /// assert_eq!(sum.submit(10).wait()?, 285);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn map<I: IntoIterator<Item = A>>(&self, args: I) -> Vec<Result<R, TokenError>> {
+        self.submit_many(args).into_iter().map(Token::wait).collect()
+    }
+
     /// [`Operation::submit_many`] where each call declares its own weight (overriding
     /// the operation's for that token). Tags are what the tag router trusts; a learned
     /// router does not look at them.

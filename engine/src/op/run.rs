@@ -180,7 +180,10 @@ impl<A: Send + 'static, R: Send + 'static> Batch<A, R> {
             // previous one's end. Sampled logging reads the clock around each sample.
             let sampled = log.as_ref().is_some_and(|l| l.sample_every != 1);
             let start = if logged && sampled { Instant::now() } else { last };
+            let helped_before = lane.helped_ns();
             let Some((outcome, retired)) = token.run(arg, &mut tally) else { continue };
+            // Time this call spent running other batches while it waited is not its own.
+            let helped = lane.helped_ns() - helped_before;
             if retired {
                 end = RunEnd::Retired;
             }
@@ -189,9 +192,8 @@ impl<A: Send + 'static, R: Send + 'static> Batch<A, R> {
             };
             let now = Instant::now();
             last = now;
-            lane.record(
-                log.record(&op, &chunk, index, position, attempt, lane, start, now, outcome),
-            );
+            let times = Times { start, end: now, helped };
+            lane.record(log.record(&op, &chunk, index, position, attempt, lane, times, outcome));
         }
         op.settle_batch(
             started,
@@ -245,13 +247,14 @@ impl<A: Send + 'static, R: Send + 'static> Attempt<'_, A, R> {
         if timed {
             // The deadline runs from the start of this attempt.
             op.arm_deadline(chunk, index, attempt, op.timeout_retry_arg(&arg, attempt));
-            lane.watch(token_id, &op.queue, Permit::new(1, op.bytes_of(&arg)));
         }
+        let saved =
+            timed.then(|| lane.watch(token_id, &op.queue, Permit::new(1, op.bytes_of(&arg))));
         let result = call(&op.f, arg, attempt, &|| slot.is_running(attempt));
         tally.ran += 1;
         // False: our deadline passed and this lane was replaced; the replacement took
         // over our permit and our place, and the late value is dropped.
-        let retired = timed && !lane.unwatch(token_id);
+        let retired = saved.is_some_and(|saved| !lane.unwatch(token_id, saved));
         let outcome = match (&result, retry_arg) {
             (Err(error), Some(again)) if op.retries(attempt, error) && slot.retry(attempt) => {
                 op.counters.retried.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -278,6 +281,14 @@ impl<A: Send + 'static, R: Send + 'static> Attempt<'_, A, R> {
     }
 }
 
+/// When a logged call started and ended, and how long of that it spent running other
+/// batches while it waited.
+struct Times {
+    start: Instant,
+    end: Instant,
+    helped: u64,
+}
+
 /// A batch's telemetry: its id, size and admission-time features.
 struct BatchLog {
     batch_id: u64,
@@ -296,8 +307,7 @@ impl BatchLog {
         position: usize,
         attempt: u8,
         lane: &LaneCtx,
-        start: Instant,
-        end: Instant,
+        Times { start, end, helped }: Times,
         outcome: Outcome,
     ) -> TokenRecord {
         let meta = &self.meta;
@@ -319,7 +329,7 @@ impl BatchLog {
             lane_load: meta.lane_load,
             op_recent_ns: meta.op_recent_ns,
             queue_wait_ns: nanos(start.saturating_duration_since(meta.admitted_at)),
-            run_ns: nanos(end.saturating_duration_since(start)),
+            run_ns: nanos(end.saturating_duration_since(start)).saturating_sub(helped),
             end_to_end_ns: nanos(end.saturating_duration_since(meta.admitted_at)),
             outcome: if outcome == Outcome::Completed {
                 RecordOutcome::Completed

@@ -1,7 +1,9 @@
 //! The [`Token`] handle: waiting for a slot's result, blocking or as a future.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, Thread};
@@ -80,8 +82,9 @@ impl<R> Token<R> {
         timeout: std::time::Duration,
     ) -> Result<Result<R, TokenError>, Self> {
         let deadline = std::time::Instant::now() + timeout;
-        THREAD_WAKER.with(|waker| {
-            let mut cx = Context::from_waker(waker);
+        THREAD_WAKER.with(|thread_waker| {
+            let waker = Waker::from(Arc::clone(thread_waker));
+            let mut cx = Context::from_waker(&waker);
             loop {
                 if let Poll::Ready(result) = Pin::new(&mut self).poll(&mut cx) {
                     return Ok(result);
@@ -122,31 +125,103 @@ impl<R> std::fmt::Debug for Token<R> {
     }
 }
 
-struct ThreadWaker(Thread);
+/// Waits for two tokens and returns both results: the way to fan out inside an
+/// operation. On a lane, the wait runs other queued work (these tokens' calls first, if
+/// they were submitted from this lane), so recursion cannot deadlock.
+///
+/// ```
+/// use std::sync::{Arc, OnceLock};
+/// use tokengate::{Engine, Operation, Weight};
+///
+/// let engine = Engine::builder().build()?;
+/// let me: Arc<OnceLock<Operation<u32, u64>>> = Arc::new(OnceLock::new());
+/// let inner = Arc::clone(&me);
+/// let fib = engine.register("fib", Weight::Light, move |n: u32| -> u64 {
+///     if n < 2 {
+///         return u64::from(n);
+///     }
+///     let fib = inner.get().expect("registered");
+///     let (a, b) = tokengate::join(fib.submit(n - 1), fib.submit(n - 2));
+///     a.unwrap() + b.unwrap()
+/// })?;
+/// me.set(fib.clone()).unwrap();
+/// assert_eq!(fib.submit(20).wait()?, 6_765);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn join<A, B>(a: Token<A>, b: Token<B>) -> (Result<A, TokenError>, Result<B, TokenError>) {
+    // The second was submitted last: on a lane it is the newest local work, run first
+    // by the first wait; waiting for it second then usually finds it done.
+    let first = a.wait();
+    (first, b.wait())
+}
+
+/// Wakes the thread that waits, and says it was woken (a helping lane checks that
+/// between the batches it runs).
+struct ThreadWaker {
+    thread: Thread,
+    woken: AtomicBool,
+}
 
 impl Wake for ThreadWaker {
     fn wake(self: Arc<Self>) {
-        self.0.unpark();
+        self.wake_by_ref();
     }
     fn wake_by_ref(self: &Arc<Self>) {
-        self.0.unpark();
+        self.woken.store(true, Ordering::Release);
+        self.thread.unpark();
     }
 }
 
 thread_local! {
-    static THREAD_WAKER: Waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
+    static THREAD_WAKER: Arc<ThreadWaker> =
+        Arc::new(ThreadWaker { thread: thread::current(), woken: AtomicBool::new(false) });
+    /// The lane this thread serves, when it may run other work while it waits.
+    static HELPER: Cell<Option<*const (dyn Helper + 'static)>> = const { Cell::new(None) };
 }
 
-/// Runs a future to completion on the calling thread, parking between polls.
+/// A thread that can run other queued work while it waits (a lane).
+pub(crate) trait Helper {
+    /// Runs other work until `done()` or until there is none for a short while.
+    fn help(&self, done: &dyn Fn() -> bool);
+}
+
+/// Runs `f` with `helper` serving this thread's blocking waits.
+pub(crate) fn with_helper<T>(helper: &dyn Helper, f: impl FnOnce() -> T) -> T {
+    struct Restore(Option<*const (dyn Helper + 'static)>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            HELPER.with(|current| current.set(self.0));
+        }
+    }
+    // SAFETY: only the lifetime is erased; the pointer is removed again (by `Restore`)
+    // before `f` returns or unwinds, so it is never used after `helper`'s borrow ends.
+    let erased: *const (dyn Helper + 'static) = unsafe { std::mem::transmute(helper) };
+    let _restore = Restore(HELPER.with(|current| current.replace(Some(erased))));
+    f()
+}
+
+/// Runs a future to completion on the calling thread. On a lane it runs other queued
+/// work while the future is pending (a lane never sits blocked while work waits); on
+/// any other thread it parks between polls.
 pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
     let mut future = std::pin::pin!(future);
-    THREAD_WAKER.with(|waker| {
-        let mut cx = Context::from_waker(waker);
+    THREAD_WAKER.with(|thread_waker| {
+        let waker = Waker::from(Arc::clone(thread_waker));
+        let mut cx = Context::from_waker(&waker);
         loop {
+            thread_waker.woken.store(false, Ordering::Relaxed);
             if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
                 return output;
             }
-            thread::park();
+            match HELPER.with(Cell::get) {
+                Some(helper) => {
+                    // SAFETY: set by `with_helper` for the duration of a borrow that is
+                    // still live on this thread's stack (see there).
+                    let helper = unsafe { &*helper };
+                    helper.help(&|| thread_waker.woken.load(Ordering::Acquire));
+                }
+                None => thread::park(),
+            }
         }
     })
 }

@@ -40,8 +40,8 @@ mod handle;
 mod index;
 mod sync;
 
-pub(crate) use handle::block_on;
-pub use handle::Token;
+pub(crate) use handle::{block_on, with_helper, Helper};
+pub use handle::{join, Token};
 pub(crate) use index::{CancelById, TokenIndex};
 
 const QUEUED: u8 = 0;
@@ -574,6 +574,8 @@ mod loom_tests {
 
 #[cfg(test)]
 mod tests {
+    use std::thread;
+
     use super::*;
 
     #[test]

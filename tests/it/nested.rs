@@ -1,0 +1,129 @@
+//! Tokens that wait on tokens: a wait on a lane runs other queued work, so recursion and
+//! fan-out inside operations never deadlock, on any number of lanes.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokengate::{Engine, Operation, RetryPolicy, TokenError, Weight};
+
+fn fib_engine(engine: &Engine) -> Operation<u32, u64> {
+    let me: Arc<OnceLock<Operation<u32, u64>>> = Arc::new(OnceLock::new());
+    let inner = Arc::clone(&me);
+    let fib = engine
+        .register("fib", Weight::Light, move |n: u32| -> u64 {
+            if n < 2 {
+                return u64::from(n);
+            }
+            let fib = inner.get().expect("registered");
+            let (a, b) = tokengate::join(fib.submit(n - 1), fib.submit(n - 2));
+            a.unwrap() + b.unwrap()
+        })
+        .unwrap();
+    me.set(fib.clone()).unwrap();
+    fib
+}
+
+#[test]
+fn recursive_fib_finishes_on_the_default_engine() {
+    let engine = Engine::builder().build().unwrap();
+    let fib = fib_engine(&engine);
+    assert_eq!(fib.submit(25).wait(), Ok(75_025));
+    // Every call was its own token, run on a lane (counted once per batch, just after
+    // the batch's tokens resolve).
+    crate::eventually("fib(25)'s 242,785 calls are counted", || fib.stats().completed == 242_785);
+}
+
+#[test]
+fn recursion_runs_on_a_single_lane_without_overflowing_its_stack() {
+    let engine = Engine::builder().workers(1).pin(false).build().unwrap();
+    let fib = fib_engine(&engine);
+    assert_eq!(fib.submit(25).wait(), Ok(75_025));
+}
+
+/// A chain: each call waits on the next, 200 deep.
+#[test]
+fn deep_chains_finish_on_one_and_two_lanes() {
+    for workers in [1, 2] {
+        let engine = Engine::builder().workers(workers).pin(false).build().unwrap();
+        let me: Arc<OnceLock<Operation<u32, u32>>> = Arc::new(OnceLock::new());
+        let inner = Arc::clone(&me);
+        let chain = engine
+            .register("chain", Weight::Light, move |depth: u32| -> u32 {
+                if depth == 0 {
+                    return 0;
+                }
+                1 + inner.get().unwrap().submit(depth - 1).wait().unwrap()
+            })
+            .unwrap();
+        me.set(chain.clone()).unwrap();
+        assert_eq!(chain.submit(200).wait(), Ok(200), "{workers} lanes");
+    }
+}
+
+/// Sixteen parents each fan out to 1,000 children through `map`.
+#[test]
+fn fan_out_inside_operations_on_one_and_two_lanes() {
+    for workers in [1, 2] {
+        let engine = Engine::builder().workers(workers).pin(false).build().unwrap();
+        let child = engine.register("child", Weight::Light, |x: u64| x * 2).unwrap();
+        let parent = engine
+            .register("parent", Weight::Medium, move |n: u64| -> u64 {
+                child.map(0..n).into_iter().map(|r| r.unwrap()).sum()
+            })
+            .unwrap();
+        let parents = parent.submit_many(std::iter::repeat_n(1_000, 16));
+        for token in parents {
+            assert_eq!(token.wait(), Ok(999_000), "{workers} lanes");
+        }
+    }
+}
+
+/// A waiting parent on one lane runs its child itself; the child's time is not logged
+/// as the parent's.
+#[test]
+fn a_parents_logged_run_time_leaves_out_the_work_it_ran_while_waiting() {
+    let engine = Engine::builder().workers(1).pin(false).log_in_memory().build().unwrap();
+    let child = engine
+        .register("slow_child", Weight::Light, |()| std::thread::sleep(Duration::from_millis(30)))
+        .unwrap();
+    let parent = engine
+        .register("parent", Weight::Light, move |()| child.submit(()).wait().unwrap())
+        .unwrap();
+    parent.submit(()).wait().unwrap();
+    engine.shutdown();
+    let records = engine.take_records();
+    let run_ns = |op: u32| records.iter().find(|r| r.op == op).unwrap().run_ns;
+    let (child_ns, parent_ns) = (run_ns(0), run_ns(1));
+    assert!(child_ns >= 30_000_000, "the child slept 30 ms: {child_ns} ns");
+    assert!(parent_ns < child_ns / 2, "parent {parent_ns} ns includes its child's {child_ns} ns");
+}
+
+/// Waits inside operations keep every net: a child that panics and is retried, one
+/// cancelled while queued, and a shutdown while parents wait.
+#[test]
+fn nested_waits_keep_retries_cancels_and_shutdown() {
+    let engine = Engine::builder().workers(1).pin(false).build().unwrap();
+    let flaky = engine
+        .operation("flaky", Weight::Light)
+        .retry(RetryPolicy::new(2))
+        .register_with_context(|x: u32, cx: &tokengate::Context<'_>| {
+            assert!(cx.attempt() > 1, "first attempts fail");
+            x
+        })
+        .unwrap();
+    let parent = engine
+        .register("parent", Weight::Light, move |x: u32| {
+            let doomed = flaky.submit(x);
+            let kept = flaky.submit(x + 1);
+            let cancelled = doomed.cancel();
+            let kept = kept.wait();
+            (cancelled, kept)
+        })
+        .unwrap();
+    let tokens = parent.submit_many(0..50);
+    for (x, token) in tokens.into_iter().enumerate() {
+        assert_eq!(token.wait(), Ok((true, Ok(x as u32 + 1))));
+    }
+    engine.shutdown();
+    assert!(matches!(parent.submit(1).wait(), Err(TokenError::Rejected { .. })));
+}
