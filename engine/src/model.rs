@@ -359,3 +359,53 @@ fn visit(
 fn fnv1a(bytes: &[u8]) -> u32 {
     bytes.iter().fold(0x811c_9dc5u32, |hash, &b| (hash ^ u32::from(b)).wrapping_mul(0x0100_0193))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shipped model, as the CLI finds it from the source tree.
+    fn shipped() -> Vec<u8> {
+        std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../models/default.bin")).unwrap()
+    }
+
+    #[test]
+    fn the_shipped_model_round_trips_through_the_codec() {
+        let bytes = shipped();
+        let model = Model::from_bytes(&bytes).unwrap();
+        let (header, tree) = decode(&bytes).unwrap();
+        assert_eq!(model.header(), &header);
+        assert_eq!(encode(&header, &tree).unwrap(), bytes, "one codec: re-encoding is exact");
+        assert!(!model.tree().is_empty());
+        assert!(model.tree().depth() <= MAX_TREE_DEPTH);
+    }
+
+    #[test]
+    fn damaged_files_are_named_errors() {
+        let bytes = shipped();
+        assert!(matches!(Model::from_bytes(b"TKG"), Err(ModelError::NotAModel)));
+        let mut wrong_magic = bytes.clone();
+        wrong_magic[0] = b'X';
+        assert!(matches!(Model::from_bytes(&wrong_magic), Err(ModelError::NotAModel)));
+        let mut future = bytes.clone();
+        future[8..10].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
+        assert!(matches!(
+            Model::from_bytes(&future),
+            Err(ModelError::UnsupportedFormat { found }) if found == FORMAT_VERSION + 1
+        ));
+        let mut schema = bytes.clone();
+        schema[10..12].copy_from_slice(&(FEATURE_SCHEMA_VERSION + 1).to_le_bytes());
+        assert!(matches!(Model::from_bytes(&schema), Err(ModelError::FeatureSchema { .. })));
+        for cut in [PREFIX_LEN, bytes.len() / 2, bytes.len() - 1] {
+            assert!(Model::from_bytes(&bytes[..cut]).is_err(), "truncated at {cut}");
+        }
+    }
+
+    #[test]
+    fn policies_put_slow_classes_on_heavy_lanes_in_small_batches() {
+        assert_eq!(policy_for(1_000), (LaneSet::Light, 50));
+        assert_eq!(policy_for(0), (LaneSet::Light, MAX_BATCH));
+        assert_eq!(policy_for(HEAVY_NS - 1).0, LaneSet::Light);
+        assert_eq!(policy_for(HEAVY_NS), (LaneSet::Heavy, 1));
+    }
+}
