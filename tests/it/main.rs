@@ -1,6 +1,7 @@
 //! End-to-end tests of the engine through its public API. One binary, many modules.
 
 mod admission;
+mod allocs;
 mod control;
 mod failures;
 mod lanes;
@@ -14,6 +15,32 @@ mod tokens;
 use std::sync::mpsc;
 
 use tokengate::{Engine, Operation, Weight};
+
+#[global_allocator]
+static ALLOCATOR: allocs::Counting = allocs::Counting;
+
+/// Runs the test `name` again in a child process of its own and returns false there
+/// (the caller then does the work); in the parent, asserts the child passed and returns
+/// true. For tests that count process-wide things (threads, allocations).
+pub fn in_child(name: &str) -> bool {
+    const CHILD: &str = "TOKENGATE_TEST_CHILD";
+    if std::env::var_os(CHILD).is_some() {
+        return false;
+    }
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--nocapture", "--test-threads", "1"])
+        .env(CHILD, "1")
+        .output()
+        .unwrap();
+    assert!(
+        child.status.success(),
+        "the child process failed: {}\n{}{}",
+        child.status,
+        String::from_utf8_lossy(&child.stdout),
+        String::from_utf8_lossy(&child.stderr)
+    );
+    true
+}
 
 /// An engine with a single unpinned lane, so a test can hold the lane and be sure
 /// that everything submitted after stays queued.

@@ -128,21 +128,7 @@ fn stats_count_running_tokens_apart_from_waiting_ones() {
 /// other tests' threads do not interfere.
 #[test]
 fn a_failed_build_leaves_no_thread_behind() {
-    const CHILD: &str = "TOKENGATE_THREAD_COUNT_CHILD";
-    if std::env::var_os(CHILD).is_none() {
-        let child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["seams::a_failed_build_leaves_no_thread_behind", "--exact", "--nocapture"])
-            .args(["--test-threads", "1"])
-            .env(CHILD, "1")
-            .output()
-            .unwrap();
-        assert!(
-            child.status.success(),
-            "the child process failed: {}\n{}{}",
-            child.status,
-            String::from_utf8_lossy(&child.stdout),
-            String::from_utf8_lossy(&child.stderr)
-        );
+    if crate::in_child("seams::a_failed_build_leaves_no_thread_behind") {
         return;
     }
     let threads = || std::fs::read_dir("/proc/self/task").unwrap().count();

@@ -43,7 +43,10 @@ pub(crate) use thread_life::spawn_workers;
 /// The most lanes one engine runs (one bit each in the idle mask).
 pub(crate) const MAX_LANES: usize = 64;
 const SPIN_CHECKS: u32 = 64;
-const YIELD_CHECKS: u32 = 8;
+/// After its spins, an idle lane yields for this long before it parks: a caller that
+/// submits one call after another finds it awake (a park and its wake-up cost several
+/// microseconds each), and yielding gives the core away to anyone runnable.
+const IDLE_YIELD: Duration = Duration::from_micros(100);
 const PARK_TIMEOUT: Duration = Duration::from_millis(20);
 
 /// A batch of tokens of one operation, type-erased for the queues.
@@ -416,6 +419,7 @@ impl Lanes {
         let admission = &self.admission;
         let bit = 1u64 << index;
         let mut misses = 0u32;
+        let mut idle_since = std::time::Instant::now();
         loop {
             if let Some(job) = self.next_job(index) {
                 misses = 0;
@@ -434,7 +438,10 @@ impl Lanes {
                 std::hint::spin_loop();
                 continue;
             }
-            if misses <= SPIN_CHECKS + YIELD_CHECKS {
+            if misses == SPIN_CHECKS + 1 {
+                idle_since = std::time::Instant::now();
+            }
+            if idle_since.elapsed() < IDLE_YIELD {
                 thread::yield_now();
                 continue;
             }
@@ -444,7 +451,8 @@ impl Lanes {
                 thread::park_timeout(PARK_TIMEOUT);
             }
             self.idle.fetch_and(!bit, Ordering::SeqCst);
-            misses = SPIN_CHECKS; // after a park, check a few times by yielding, then park again
+            // After a park, yield for a while again before the next one.
+            misses = SPIN_CHECKS;
         }
         ctx.flush();
         // Others may be parked waiting for the last batch this lane just finished.

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::run::{Batch, BatchMeta, TokenMeta};
+use super::run::{Batch, BatchMeta, Items, TokenMeta};
 use super::state::OpShared;
 use crate::control::state::Overrides;
 use crate::placement::{LaneSet, RouteSource, Weight};
@@ -151,14 +151,14 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
 
 /// A batch being filled for one lane set.
 struct Open<A> {
-    items: Vec<(u32, A)>,
+    items: Items<A>,
     limit: usize,
     meta: Option<Box<BatchMeta>>,
 }
 
 impl<A> Open<A> {
     fn new() -> Self {
-        Open { items: Vec::new(), limit: usize::MAX, meta: None }
+        Open { items: Items::new(), limit: usize::MAX, meta: None }
     }
 
     fn push(&mut self, index: u32, arg: A, batch: u32, remaining: usize) {

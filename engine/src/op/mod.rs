@@ -164,7 +164,7 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
             }
             let bytes = chunk.iter().map(|(arg, _)| self.inner.bytes_of(arg)).sum();
             let admitted = self.acquire_blocking(Permit::new(chunk.len(), bytes));
-            self.admit_chunk(admitted, chunk.len(), chunk.into_iter(), &mut tokens);
+            self.admit_chunk(admitted, chunk.len(), chunk.into_iter(), |t| tokens.push(t));
         }
     }
 
@@ -185,7 +185,7 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
             let permit = Permit::new(chunk.len(), bytes);
             let admitted = self.inner.engine.admission.acquire(permit, &self.inner.queue).await;
             let items = chunk.into_iter().map(|arg| (arg, weight));
-            self.admit_chunk(admitted, items.len(), items, &mut tokens);
+            self.admit_chunk(admitted, items.len(), items, |t| tokens.push(t));
         }
     }
 
@@ -205,9 +205,10 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
     }
 
     fn admit_one(&self, admitted: Result<(), RejectReason>, arg: A) -> Token<R> {
-        let mut tokens = Vec::with_capacity(1);
-        self.admit_chunk(admitted, 1, std::iter::once((arg, self.inner.weight)), &mut tokens);
-        tokens.pop().expect("one token per argument")
+        let mut token = None;
+        let item = std::iter::once((arg, self.inner.weight));
+        self.admit_chunk(admitted, 1, item, |t| token = Some(t));
+        token.expect("one token per argument")
     }
 
     /// Lists, routes and queues `len` items, for which permits are held when
@@ -217,14 +218,14 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
         admitted: Result<(), RejectReason>,
         len: usize,
         items: impl Iterator<Item = (A, Weight)>,
-        tokens: &mut Vec<Token<R>>,
+        mut emit: impl FnMut(Token<R>),
     ) {
         let op = &self.inner;
         let engine = &op.engine;
         let base_id = engine.next_token_id.fetch_add(len as u64, Relaxed);
         if let Err(reason) = admitted {
             op.counters.rejected.fetch_add(len as u64, Relaxed);
-            tokens.extend((0..len as u64).map(|i| Token::rejected(base_id + i, reason)));
+            (0..len as u64).for_each(|i| emit(Token::rejected(base_id + i, reason)));
             return;
         }
         op.counters.submitted.fetch_add(len as u64, Relaxed);
@@ -232,7 +233,7 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
         let mut enqueue = Enqueue::new(op, &chunk, FIRST_ATTEMPT, None);
         for (index, (arg, declared)) in items.enumerate() {
             let index = index as u32;
-            tokens.push(chunk.token(index));
+            emit(chunk.token(index));
             if let Some(dedupe) = &op.dedupe {
                 if dedupe.join((dedupe.key)(&arg), &chunk, index, op.bytes_of(&arg)) {
                     // A duplicate of a call in flight: it waits for that call's result

@@ -21,11 +21,15 @@ use crate::router::Features;
 use crate::telemetry::{RecordOutcome, TokenRecord};
 use crate::token::{Chunk, Outcome};
 
+/// A batch's tokens (slot index, argument); a batch of one keeps it inline, so a single
+/// call's batch is one allocation.
+pub(super) type Items<A> = smallvec::SmallVec<[(u32, A); 1]>;
+
 /// Tokens of one operation queued together; one queue operation runs them all.
 pub(super) struct Batch<A, R> {
     pub(super) op: Arc<OpShared<A, R>>,
     pub(super) chunk: Arc<Chunk<R>>,
-    pub(super) items: Vec<(u32, A)>,
+    pub(super) items: Items<A>,
     pub(super) meta: Option<Box<BatchMeta>>,
     /// The attempt every item of the batch is on.
     pub(super) attempt: u8,

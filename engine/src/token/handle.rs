@@ -68,11 +68,21 @@ impl<R> Token<R> {
     ///
     /// Do not call this from inside an async task; `.await` the token instead.
     pub fn wait(mut self) -> Result<R, TokenError> {
-        // SAFETY: `self` is the slot's unique handle, owned here.
-        if let Some(result) = unsafe { self.slot().try_take() } {
-            return result;
+        // A thread that is not a lane spins (then yields) a little before it parks: a
+        // short call resolves within microseconds, and a park costs a wake-up on each
+        // side. A lane runs other work instead (see `block_on`).
+        let backoff = crossbeam_utils::Backoff::new();
+        let spin = HELPER.with(Cell::get).is_none();
+        loop {
+            // SAFETY: `self` is the slot's unique handle, owned here.
+            if let Some(result) = unsafe { self.slot().try_take() } {
+                return result;
+            }
+            if !spin || backoff.is_completed() {
+                return block_on(&mut self);
+            }
+            backoff.snooze();
         }
-        block_on(&mut self)
     }
 
     /// Like [`Token::wait`], but gives the token back if it has not resolved within

@@ -30,6 +30,8 @@
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 use self::sync::{AtomicU32, Ordering, ResultCell};
 
 use atomic_waker::AtomicWaker;
@@ -362,10 +364,11 @@ pub(crate) fn slot_size<R>() -> usize {
     std::mem::size_of::<Slot<R>>()
 }
 
-/// The slots of the tokens admitted together; one allocation for many tokens.
+/// The slots of the tokens admitted together; one allocation for many tokens (and the
+/// one slot of a single call inline, so a single call allocates only its chunk).
 pub(crate) struct Chunk<R> {
     base_id: u64,
-    slots: Box<[Slot<R>]>,
+    slots: SmallVec<[Slot<R>; 1]>,
     /// The operation's resolution counters (cancels are counted where they happen).
     resolutions: Option<Arc<Resolutions>>,
     /// Where the chunk is listed for cancels by id, until it is dropped.
