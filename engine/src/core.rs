@@ -13,7 +13,7 @@ use crate::control::state::OpControl;
 use crate::error::RegisterError;
 use crate::lanes::Lanes;
 use crate::router::Router;
-use crate::token::TokenIndex;
+use crate::token::{Outside, TokenIndex};
 
 pub(crate) struct Shared {
     pub(crate) admission: Arc<Admission>,
@@ -26,6 +26,8 @@ pub(crate) struct Shared {
     pub(crate) runtime: tokio::runtime::Handle,
     /// Waiting tokens by id, for cancels by id.
     pub(crate) tokens: Arc<TokenIndex>,
+    /// The lanes, as outside threads waiting on a token may help them.
+    pub(crate) outside: Arc<dyn Outside>,
     /// Op id → name, for telemetry.
     pub(crate) op_names: Arc<RwLock<Vec<String>>>,
     names: Mutex<HashMap<String, u32>>,
@@ -45,6 +47,7 @@ impl Shared {
         chunk_len: usize,
     ) -> Self {
         Shared {
+            outside: Arc::clone(&lanes) as Arc<dyn Outside>,
             admission,
             lanes,
             router,

@@ -127,3 +127,30 @@ fn nested_waits_keep_retries_cancels_and_shutdown() {
     engine.shutdown();
     assert!(matches!(parent.submit(1).wait(), Err(TokenError::Rejected { .. })));
 }
+
+/// A caller outside the lanes that waits while they are backlogged runs light work
+/// itself; a lone call is never run on its caller.
+#[test]
+fn waiting_callers_help_only_a_backlog() {
+    let engine = Engine::builder().workers(1).pin(false).light_batch(1).build().unwrap();
+    let spin = engine
+        .register("spin", Weight::Light, |micros: u64| {
+            let until = std::time::Instant::now() + Duration::from_micros(micros);
+            while std::time::Instant::now() < until {
+                std::hint::spin_loop();
+            }
+            micros
+        })
+        .unwrap();
+    for _ in 0..100 {
+        assert_eq!(spin.submit(1).wait(), Ok(1));
+    }
+    assert_eq!(engine.caller_tokens(), 0, "single calls run on the lane");
+    assert_eq!(engine.lane_stats()[0].tokens, 100);
+    let tokens = spin.submit_many(std::iter::repeat_n(200, 400));
+    let last = tokens.into_iter().map(|t| t.wait().unwrap()).last();
+    assert_eq!(last, Some(200));
+    let by_caller = engine.caller_tokens();
+    assert!(by_caller > 0, "the caller helped with a backlog of 400 batches");
+    assert_eq!(engine.lane_stats()[0].tokens + by_caller, 500);
+}

@@ -155,6 +155,7 @@ fn router_name(choice: RouterChoice, model_version: u32) -> String {
 
 fn run_leibniz(engine: &Engine, args: &RunArgs) -> Result<Value> {
     let pyramid = Pyramid::register(engine)?;
+    let by_callers = engine.caller_tokens();
     let bar = progress_bar(args.terms, args.json || args.terms < 1_000_000, "terms");
     let outcome = pyramid
         .run(engine, args.terms, args.window as usize, |done| bar.set_position(done))
@@ -168,6 +169,7 @@ fn run_leibniz(engine: &Engine, args: &RunArgs) -> Result<Value> {
         "tokens_per_s": outcome.tokens_per_s(),
         "pi": outcome.pi.to_string(),
         "correct_digits": outcome.correct_digits(),
+        "caller_tokens": engine.caller_tokens() - by_callers,
     }))
 }
 

@@ -234,7 +234,7 @@ impl EngineBuilder {
             })?;
         let admission =
             Arc::new(Admission::new(valid.capacity, self.memory_capacity.unwrap_or(usize::MAX)));
-        let lanes = Arc::new(Lanes::new(LaneConfig {
+        let lanes = Lanes::new(LaneConfig {
             cores: valid.cores,
             heavy_lanes: valid.heavy_lanes,
             isolate_heavy: self.isolate_heavy,
@@ -242,7 +242,7 @@ impl EngineBuilder {
             telemetry: telemetry.clone(),
             admission: Arc::clone(&admission),
             pin: self.pin,
-        }));
+        });
         lanes::spawn_workers(&lanes)
             .map_err(|e| stop_telemetry(BuildError::io("starting the lane threads", e)))?;
         let chunk_len = valid.capacity.min(4096);

@@ -213,6 +213,12 @@ impl Engine {
     pub fn stuck_workers(&self) -> u64 {
         self.shared.lanes.replaced()
     }
+
+    /// Tokens run by callers outside the lanes while they waited on a token and the
+    /// lanes were backlogged (not counted in [`Engine::lane_stats`]).
+    pub fn caller_tokens(&self) -> u64 {
+        self.shared.lanes.by_callers()
+    }
 }
 
 /// Starts a shutdown without waiting for it; from [`Engine::stop_handle`].

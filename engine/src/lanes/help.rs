@@ -9,6 +9,14 @@
 //! batches is counted apart (`helped_ns`), so a waiting call's logged run time leaves
 //! it out.
 //!
+//! A thread *outside* the lanes that waits on a token (the CLI's pyramid driver, a
+//! `submit_many(...)` followed by waits) helps too, but only with light batches without
+//! deadline or locality, and only while the light queue holds at least two batches per
+//! light lane, more than the lanes will reach soon: a lone call is never run inline on
+//! its caller, and the helper stops as soon as the lanes can keep up. On 2 cores this
+//! turns a driver that competes with the lanes for a core into a third worker; on 16 it
+//! rarely triggers, because 16 lanes drain a backlog before a caller runs out of spins.
+//!
 //! If a batch run while helping overruns its deadline and the lane is replaced, this
 //! thread stops serving the lane: it waits without helping and retires once the calls
 //! on its stack return.
@@ -17,8 +25,12 @@ use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::{LaneCtx, Lanes, RunEnd, SPIN_CHECKS};
-use crate::token::Helper;
+use super::{steal, LaneCtx, Lanes, RunEnd, SPIN_CHECKS};
+use crate::placement::LaneSet;
+use crate::token::{Helper, Outside};
+
+/// The lane index an outside helper's context reports (telemetry `lane`).
+pub(crate) const OUTSIDE_LANE: u16 = u16::MAX;
 
 /// Longest park of a helping lane between checks (a push or a resolution ends it
 /// sooner).
@@ -63,5 +75,35 @@ impl Lanes {
         if ctx.is_retired() && !done() {
             thread::park_timeout(HELP_PARK);
         }
+    }
+}
+
+impl Outside for Lanes {
+    fn help(&self, done: &dyn Fn() -> bool) -> bool {
+        let light = self.queue_index(LaneSet::Light);
+        let backlog = 2 * (self.primary[light].count_ones() as usize).max(1);
+        if self.queues[light].len() < backlog || self.shutdown.load(Ordering::Relaxed) {
+            return false;
+        }
+        // A context for this round only: a cached one would keep the engine's telemetry
+        // channel open past its shutdown.
+        let Some(me) = self.me.upgrade() else { return false };
+        let ctx = LaneCtx::new(me, usize::from(OUTSIDE_LANE), -1);
+        let mut ran = false;
+        while !done() && self.queues[light].len() >= backlog {
+            let Some(job) = steal(&self.queues[light]) else { break };
+            if !job.may_run_outside() {
+                self.push_shared(light, job);
+                break;
+            }
+            if let Some(job) = job.start() {
+                self.by_callers.fetch_add(job.len() as u64, Ordering::Relaxed);
+                // An outside context never retires: it runs nothing with a deadline.
+                job.run(&ctx);
+            }
+            ran = true;
+        }
+        ctx.flush();
+        ran
     }
 }

@@ -57,6 +57,10 @@ pub(crate) trait Job: Send {
     /// admission permits back.
     fn run(self: Box<Self>, lane: &LaneCtx) -> RunEnd;
 
+    /// Whether a thread outside the lanes may run it while it waits (no deadline, no
+    /// locality: nothing that needs a lane of its own).
+    fn may_run_outside(&self) -> bool;
+
     /// Takes a running slot of the batch's operation and hands the batch back to run;
     /// or, if the operation is paused (or at its throttle limit), sets the batch aside
     /// (it keeps its permits) until it may run, and returns `None`.
@@ -152,6 +156,10 @@ pub(crate) struct Lanes {
     /// (reusing threads keeps memory flat: a new thread brings a new malloc arena).
     spares: Mutex<Vec<std::sync::mpsc::SyncSender<usize>>>,
     replaced: AtomicU64,
+    /// Tokens run by waiting callers outside the lanes (see `help.rs`).
+    by_callers: AtomicU64,
+    /// This value's own `Arc`, for the contexts of outside helpers.
+    me: std::sync::Weak<Lanes>,
 }
 
 pub(crate) struct LaneConfig {
@@ -165,7 +173,7 @@ pub(crate) struct LaneConfig {
 }
 
 impl Lanes {
-    pub(crate) fn new(config: LaneConfig) -> Self {
+    pub(crate) fn new(config: LaneConfig) -> Arc<Self> {
         let count = config.cores.len();
         assert!((1..=MAX_LANES).contains(&count));
         let first_heavy = count - config.heavy_lanes;
@@ -195,7 +203,7 @@ impl Lanes {
         // unless isolation is strict (or they are the only lanes there are).
         let light_takers = all;
         let heavy_takers = if config.isolate_heavy && primary[1] != 0 { primary[1] } else { all };
-        Lanes {
+        Arc::new_cyclic(|me| Lanes {
             queues: [Injector::new(), Injector::new()],
             lanes,
             idle: AtomicU64::new(0),
@@ -211,7 +219,9 @@ impl Lanes {
             handles: Mutex::new(Vec::new()),
             spares: Mutex::new(Vec::new()),
             replaced: AtomicU64::new(0),
-        }
+            by_callers: AtomicU64::new(0),
+            me: me.clone(),
+        })
     }
 
     pub(crate) fn is_aborting(&self) -> bool {
@@ -221,6 +231,11 @@ impl Lanes {
     /// Lanes replaced because their thread overran a deadline.
     pub(crate) fn replaced(&self) -> u64 {
         self.replaced.load(Ordering::Relaxed)
+    }
+
+    /// Tokens run by waiting callers outside the lanes.
+    pub(crate) fn by_callers(&self) -> u64 {
+        self.by_callers.load(Ordering::Relaxed)
     }
 
     /// Cancels all queued work from now on (shutdown with `Abort`).
@@ -247,6 +262,16 @@ impl Lanes {
             set.index()
         } else {
             LaneSet::Light.index()
+        }
+    }
+
+    /// Queues one batch on shared queue `queue` and wakes a lane that can run it.
+    fn push_shared(&self, queue: usize, job: BoxJob) {
+        self.queues[queue].push(job);
+        fence(Ordering::SeqCst);
+        let idle = self.idle.load(Ordering::SeqCst);
+        if idle != 0 {
+            self.wake_one(queue, idle);
         }
     }
 
@@ -488,10 +513,13 @@ mod tests {
         fn start(self: Box<Self>) -> Option<BoxJob> {
             Some(self)
         }
+        fn may_run_outside(&self) -> bool {
+            true
+        }
         fn cancel_all(self: Box<Self>, _: crate::CancelSource) {}
     }
 
-    fn lanes(isolate_heavy: bool, steal_backlog: usize) -> Lanes {
+    fn lanes(isolate_heavy: bool, steal_backlog: usize) -> Arc<Lanes> {
         Lanes::new(LaneConfig {
             cores: vec![None, None],
             heavy_lanes: 1,

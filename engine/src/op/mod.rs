@@ -229,7 +229,13 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
             return;
         }
         op.counters.submitted.fetch_add(len as u64, Relaxed);
-        let chunk = Chunk::listed(base_id, len, Arc::clone(&op.resolutions), &engine.tokens);
+        let chunk = Chunk::listed(
+            base_id,
+            len,
+            Arc::clone(&op.resolutions),
+            &engine.tokens,
+            &engine.outside,
+        );
         let mut enqueue = Enqueue::new(op, &chunk, FIRST_ATTEMPT, None);
         for (index, (arg, declared)) in items.enumerate() {
             let index = index as u32;

@@ -113,6 +113,10 @@ impl<A: Send + 'static, R: Send + 'static> Job for Batch<A, R> {
         self.items.len()
     }
 
+    fn may_run_outside(&self) -> bool {
+        self.op.options.timeout.is_none() && self.op.options.locality.is_none()
+    }
+
     fn start(self: Box<Self>) -> Option<BoxJob> {
         let op = Arc::clone(&self.op);
         let aborting = op.engine.lanes.is_aborting();

@@ -68,20 +68,29 @@ impl<R> Token<R> {
     ///
     /// Do not call this from inside an async task; `.await` the token instead.
     pub fn wait(mut self) -> Result<R, TokenError> {
+        // SAFETY: `self` is the slot's unique handle, owned here.
+        if let Some(result) = unsafe { self.slot().try_take() } {
+            return result; // the common case in bulk: checked before anything else
+        }
         // A thread that is not a lane spins (then yields) a little before it parks: a
         // short call resolves within microseconds, and a park costs a wake-up on each
         // side. A lane runs other work instead (see `block_on`).
-        let backoff = crossbeam_utils::Backoff::new();
-        let spin = HELPER.with(Cell::get).is_none();
-        loop {
-            // SAFETY: `self` is the slot's unique handle, owned here.
-            if let Some(result) = unsafe { self.slot().try_take() } {
-                return result;
+        let outside = HELPER.with(Cell::get).is_none();
+        if outside {
+            let backoff = crossbeam_utils::Backoff::new();
+            while !backoff.is_completed() {
+                backoff.snooze();
+                // SAFETY: as above.
+                if let Some(result) = unsafe { self.slot().try_take() } {
+                    return result;
+                }
             }
-            if !spin || backoff.is_completed() {
-                return block_on(&mut self);
+        }
+        match self.chunk.outside.clone() {
+            Some(lanes) if outside && !HELPING_OUTSIDE.with(Cell::get) => {
+                help_outside(&mut self, &*lanes)
             }
-            backoff.snooze();
+            _ => block_on(&mut self),
         }
     }
 
@@ -193,6 +202,41 @@ thread_local! {
 pub(crate) trait Helper {
     /// Runs other work until `done()` or until there is none for a short while.
     fn help(&self, done: &dyn Fn() -> bool);
+}
+
+/// The engine's lanes as seen by a thread outside them that waits on a token.
+pub(crate) trait Outside: Send + Sync {
+    /// Runs queued work that may run on the caller (light, no deadline) while the lanes
+    /// are backlogged, until `done()`; false at once if there is no such backlog.
+    fn help(&self, done: &dyn Fn() -> bool) -> bool;
+}
+
+thread_local! {
+    /// Set while an outside thread runs lane work, so a wait inside that work parks
+    /// instead of nesting another round of help.
+    static HELPING_OUTSIDE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// A wait on a thread outside the lanes: it runs backlogged lane work while the token
+/// is pending (see [`Outside`]), and parks when there is none.
+fn help_outside<F: Future + Unpin>(future: &mut F, outside: &dyn Outside) -> F::Output {
+    THREAD_WAKER.with(|thread_waker| {
+        let waker = Waker::from(Arc::clone(thread_waker));
+        let mut cx = Context::from_waker(&waker);
+        loop {
+            thread_waker.woken.store(false, Ordering::Relaxed);
+            if let Poll::Ready(output) = Pin::new(&mut *future).poll(&mut cx) {
+                return output;
+            }
+            HELPING_OUTSIDE.with(|helping| helping.set(true));
+            let helped = outside.help(&|| thread_waker.woken.load(Ordering::Acquire));
+            HELPING_OUTSIDE.with(|helping| helping.set(false));
+            if !helped && !thread_waker.woken.load(Ordering::Acquire) {
+                // Parks until the token resolves, or a while: the backlog may grow.
+                thread::park_timeout(std::time::Duration::from_millis(1));
+            }
+        }
+    })
 }
 
 /// Runs `f` with `helper` serving this thread's blocking waits.

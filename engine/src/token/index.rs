@@ -84,11 +84,20 @@ mod tests {
     use super::*;
     use crate::token::{Chunk, Resolutions, TokenState};
 
+    struct NoLanes;
+
+    impl crate::token::Outside for NoLanes {
+        fn help(&self, _: &dyn Fn() -> bool) -> bool {
+            false
+        }
+    }
+
     #[test]
     fn cancels_waiting_tokens_and_refuses_the_rest() {
         let index = Arc::new(TokenIndex::default());
         let resolutions = Arc::new(Resolutions::default());
-        let chunk = Chunk::<u32>::listed(100, 4, Arc::clone(&resolutions), &index);
+        let outside: Arc<dyn crate::token::Outside> = Arc::new(NoLanes);
+        let chunk = Chunk::<u32>::listed(100, 4, Arc::clone(&resolutions), &index, &outside);
         let tokens: Vec<_> = (0..4).map(|i| chunk.token(i)).collect();
         assert_eq!(index.len(), 1);
         assert!(index.cancel(102, CancelSource::Control));

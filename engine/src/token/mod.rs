@@ -42,7 +42,7 @@ mod handle;
 mod index;
 mod sync;
 
-pub(crate) use handle::{block_on, with_helper, Helper};
+pub(crate) use handle::{block_on, with_helper, Helper, Outside};
 pub use handle::{join, Token};
 pub(crate) use index::{CancelById, TokenIndex};
 
@@ -373,6 +373,9 @@ pub(crate) struct Chunk<R> {
     resolutions: Option<Arc<Resolutions>>,
     /// Where the chunk is listed for cancels by id, until it is dropped.
     index: Option<Arc<TokenIndex>>,
+    /// The engine's lanes, which an outside thread waiting on one of these tokens may
+    /// help (see `handle.rs`).
+    outside: Option<Arc<dyn Outside>>,
 }
 
 impl<R> Chunk<R> {
@@ -382,7 +385,7 @@ impl<R> Chunk<R> {
         resolutions: Option<Arc<Resolutions>>,
     ) -> Arc<Self> {
         let slots = (0..len).map(|_| Slot::new()).collect();
-        Arc::new(Chunk { base_id, slots, resolutions, index: None })
+        Arc::new(Chunk { base_id, slots, resolutions, index: None, outside: None })
     }
 
     /// A chunk listed in `index`, so a token of it can be cancelled by id while it
@@ -392,6 +395,7 @@ impl<R> Chunk<R> {
         len: usize,
         resolutions: Arc<Resolutions>,
         index: &Arc<TokenIndex>,
+        outside: &Arc<dyn Outside>,
     ) -> Arc<Self>
     where
         R: Send + 'static,
@@ -402,6 +406,7 @@ impl<R> Chunk<R> {
             slots,
             resolutions: Some(resolutions),
             index: Some(Arc::clone(index)),
+            outside: Some(Arc::clone(outside)),
         });
         index.insert(
             base_id,
