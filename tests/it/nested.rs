@@ -132,25 +132,44 @@ fn nested_waits_keep_retries_cancels_and_shutdown() {
 /// itself; a lone call is never run on its caller.
 #[test]
 fn waiting_callers_help_only_a_backlog() {
+    use std::sync::atomic::{AtomicU64, Ordering};
     let engine = Engine::builder().workers(1).pin(false).light_batch(1).build().unwrap();
-    let spin = engine
-        .register("spin", Weight::Light, |micros: u64| {
-            let until = std::time::Instant::now() + Duration::from_micros(micros);
-            while std::time::Instant::now() < until {
-                std::hint::spin_loop();
+    let off_lane = Arc::new(AtomicU64::new(0));
+    let counted = Arc::clone(&off_lane);
+    let work = engine
+        .register("work", Weight::Light, move |x: u64| {
+            let on_lane =
+                std::thread::current().name().is_some_and(|n| n.starts_with("tokengate-lane"));
+            if !on_lane {
+                counted.fetch_add(1, Ordering::SeqCst);
             }
-            micros
+            x
         })
         .unwrap();
-    for _ in 0..100 {
-        assert_eq!(spin.submit(1).wait(), Ok(1));
+    for x in 0..100 {
+        assert_eq!(work.submit(x).wait(), Ok(x));
     }
     assert_eq!(engine.caller_tokens(), 0, "single calls run on the lane");
+    assert_eq!(off_lane.load(Ordering::SeqCst), 0);
     assert_eq!(engine.lane_stats()[0].tokens, 100);
-    let tokens = spin.submit_many(std::iter::repeat_n(200, 400));
-    let last = tokens.into_iter().map(|t| t.wait().unwrap()).last();
-    assert_eq!(last, Some(200));
+    // Hold the only lane until the caller has helped (bounded: a broken engine fails).
+    let seen = Arc::clone(&off_lane);
+    let hold = engine
+        .register("hold", Weight::Light, move |()| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while seen.load(Ordering::SeqCst) == 0 && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+        .unwrap();
+    let held = hold.submit(());
+    crate::eventually("the lane holds", || engine.lane_stats()[0].tokens == 101);
+    let tokens = work.submit_many(0..400);
+    let sum: u64 = tokens.into_iter().map(|t| t.wait().unwrap()).sum();
+    held.wait().unwrap();
+    assert_eq!(sum, (0..400).sum::<u64>());
     let by_caller = engine.caller_tokens();
     assert!(by_caller > 0, "the caller helped with a backlog of 400 batches");
-    assert_eq!(engine.lane_stats()[0].tokens + by_caller, 500);
+    assert_eq!(by_caller, off_lane.load(Ordering::SeqCst));
+    assert_eq!(engine.lane_stats()[0].tokens + by_caller, 501);
 }
