@@ -21,9 +21,10 @@ use crate::router::Features;
 use crate::telemetry::{RecordOutcome, TokenRecord};
 use crate::token::{Chunk, Outcome};
 
-/// A batch's tokens (slot index, argument); a batch of one keeps it inline, so a single
-/// call's batch is one allocation.
-pub(super) type Items<A> = smallvec::SmallVec<[(u32, A); 1]>;
+/// A batch's tokens (slot index, argument). A plain `Vec`: an inline first item would
+/// save a single call one allocation but costs bulk tokens ~20 instructions each
+/// (`cargo bench --bench instructions`).
+pub(super) type Items<A> = Vec<(u32, A)>;
 
 /// Tokens of one operation queued together; one queue operation runs them all.
 pub(super) struct Batch<A, R> {

@@ -30,8 +30,6 @@
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use smallvec::SmallVec;
-
 use self::sync::{AtomicU32, Ordering, ResultCell};
 
 use atomic_waker::AtomicWaker;
@@ -364,11 +362,12 @@ pub(crate) fn slot_size<R>() -> usize {
     std::mem::size_of::<Slot<R>>()
 }
 
-/// The slots of the tokens admitted together; one allocation for many tokens (and the
-/// one slot of a single call inline, so a single call allocates only its chunk).
+/// The slots of the tokens admitted together; one allocation for many tokens. (An inline
+/// slot for single calls would save them an allocation but costs every bulk token ~10
+/// instructions on slot access.)
 pub(crate) struct Chunk<R> {
     base_id: u64,
-    slots: SmallVec<[Slot<R>; 1]>,
+    slots: Box<[Slot<R>]>,
     /// The operation's resolution counters (cancels are counted where they happen).
     resolutions: Option<Arc<Resolutions>>,
     /// Where the chunk is listed for cancels by id, until it is dropped.
