@@ -13,7 +13,7 @@ use std::time::Instant;
 use super::run::{Batch, BatchMeta, Items, TokenMeta};
 use super::state::OpShared;
 use crate::control::state::Overrides;
-use crate::placement::{LaneSet, RouteSource, Weight};
+use crate::placement::{LaneSet, Placement, RouteSource, Weight};
 use crate::router::Features;
 use crate::token::Chunk;
 
@@ -32,6 +32,9 @@ pub(super) struct Enqueue<'a, A, R> {
     admitted_at: Instant,
     /// The lane a retry of a locality call keeps (its key's home, already entered).
     held_home: Option<usize>,
+    /// Whether the router is pure, and the last (declared, size) it placed, and where.
+    pure: bool,
+    last: Option<(Weight, u64, Placement)>,
     open: [Open<A>; 2],
 }
 
@@ -62,6 +65,8 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
             logging: engine.lanes.telemetry().is_some(),
             admitted_at: Instant::now(),
             held_home,
+            pure: engine.router.is_pure(),
+            last: None,
             open: [Open::new(), Open::new()],
         }
     }
@@ -85,9 +90,66 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
     /// once full. `remaining` (this one included) sizes the batch's allocation.
     pub(super) fn push(&mut self, index: u32, arg: A, declared: Weight, remaining: usize) {
         let op = self.op;
-        self.features.declared = declared;
-        self.features.arg_size = op.options.size_hint.map_or(0, |hint| hint(&arg));
-        let mut placement = op.engine.router.route(&self.features);
+        let arg_size = op.options.size_hint.map_or(0, |hint| hint(&arg));
+        let placement = match self.last {
+            // A pure router gives equal features the same placement: route once per run.
+            Some((d, size, placement)) if d == declared && size == arg_size => placement,
+            _ => {
+                self.features.declared = declared;
+                self.features.arg_size = arg_size;
+                let placement = self.place();
+                if self.pure {
+                    self.last = Some((declared, arg_size, placement));
+                }
+                placement
+            }
+        };
+        let set = placement.lanes;
+        let open = &mut self.open[set.index()];
+        if self.logging {
+            self.features.declared = declared;
+            self.features.arg_size = arg_size;
+            let meta = open.meta.get_or_insert_with(|| {
+                Box::new(BatchMeta::new(self.admitted_at, &self.features, &op.engine, set))
+            });
+            meta.tokens.push(TokenMeta::new(&self.features, &placement));
+        }
+        open.push(index, arg, placement.batch, remaining);
+        if open.is_full() {
+            self.flush(set);
+        }
+    }
+
+    /// Whether every token of an untagged chunk gets the same placement: a pure router
+    /// that sees no per-token input (no size hint), and no per-token telemetry.
+    pub(super) fn routes_once(&self) -> bool {
+        self.pure && self.op.options.size_hint.is_none() && !self.logging
+    }
+
+    /// Places `len` tokens of the operation's own weight at once (see
+    /// [`Enqueue::routes_once`]) and fills batches straight from `items`.
+    pub(super) fn push_all(&mut self, mut items: impl Iterator<Item = (u32, A)>, len: usize) {
+        self.features.declared = self.op.weight;
+        self.features.arg_size = 0;
+        let placement = self.place();
+        let (set, batch) = (placement.lanes, placement.batch.max(1) as usize);
+        let mut remaining = len;
+        while remaining > 0 {
+            let open = &mut self.open[set.index()];
+            let take = batch.min(remaining);
+            open.items.reserve_exact(take);
+            open.items.extend(items.by_ref().take(take));
+            open.limit = batch;
+            remaining -= take;
+            if open.is_full() {
+                self.flush(set);
+            }
+        }
+    }
+
+    /// Route → override → batch, for the current features.
+    fn place(&self) -> Placement {
+        let mut placement = self.op.engine.router.route(&self.features);
         // A manual override always wins over the model, which wins over the tags.
         if let Some(lanes) = self.overrides.pin {
             placement.lanes = lanes;
@@ -100,18 +162,7 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
         if self.single {
             placement.batch = 1;
         }
-        let set = placement.lanes;
-        let open = &mut self.open[set.index()];
-        if self.logging {
-            let meta = open.meta.get_or_insert_with(|| {
-                Box::new(BatchMeta::new(self.admitted_at, &self.features, &op.engine, set))
-            });
-            meta.tokens.push(TokenMeta::new(&self.features, &placement));
-        }
-        open.push(index, arg, placement.batch, remaining);
-        if open.is_full() {
-            self.flush(set);
-        }
+        placement
     }
 
     /// Pushes the open batches.

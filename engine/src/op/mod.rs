@@ -127,7 +127,7 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
     /// Blocks while the engine is at capacity. The tokens come back in argument order.
     pub fn submit_many<I: IntoIterator<Item = A>>(&self, args: I) -> Vec<Token<R>> {
         let weight = self.inner.weight;
-        self.submit_many_tagged(args.into_iter().map(|arg| (arg, weight)))
+        self.submit_chunks(args.into_iter().map(|arg| (arg, weight)), true)
     }
 
     /// Runs the operation on every argument and returns the results in order: a
@@ -155,7 +155,16 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
         &self,
         args: I,
     ) -> Vec<Token<R>> {
-        let mut args = args.into_iter();
+        self.submit_chunks(args.into_iter(), false)
+    }
+
+    /// Admits and queues `args` a chunk at a time; `uniform`: every weight is the
+    /// operation's own.
+    fn submit_chunks(
+        &self,
+        mut args: impl Iterator<Item = (A, Weight)>,
+        uniform: bool,
+    ) -> Vec<Token<R>> {
         let mut tokens = Vec::with_capacity(args.size_hint().0);
         loop {
             let chunk: Vec<(A, Weight)> = args.by_ref().take(self.chunk_len()).collect();
@@ -164,7 +173,8 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
             }
             let bytes = chunk.iter().map(|(arg, _)| self.inner.bytes_of(arg)).sum();
             let admitted = self.acquire_blocking(Permit::new(chunk.len(), bytes));
-            self.admit_chunk(admitted, chunk.len(), chunk.into_iter(), |t| tokens.push(t));
+            let len = chunk.len();
+            self.admit_chunk(admitted, len, chunk.into_iter(), uniform, |t| tokens.push(t));
         }
     }
 
@@ -185,7 +195,7 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
             let permit = Permit::new(chunk.len(), bytes);
             let admitted = self.inner.engine.admission.acquire(permit, &self.inner.queue).await;
             let items = chunk.into_iter().map(|arg| (arg, weight));
-            self.admit_chunk(admitted, items.len(), items, |t| tokens.push(t));
+            self.admit_chunk(admitted, items.len(), items, true, |t| tokens.push(t));
         }
     }
 
@@ -207,7 +217,7 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
     fn admit_one(&self, admitted: Result<(), RejectReason>, arg: A) -> Token<R> {
         let mut token = None;
         let item = std::iter::once((arg, self.inner.weight));
-        self.admit_chunk(admitted, 1, item, |t| token = Some(t));
+        self.admit_chunk(admitted, 1, item, true, |t| token = Some(t));
         token.expect("one token per argument")
     }
 
@@ -218,6 +228,7 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
         admitted: Result<(), RejectReason>,
         len: usize,
         items: impl Iterator<Item = (A, Weight)>,
+        uniform: bool,
         mut emit: impl FnMut(Token<R>),
     ) {
         let op = &self.inner;
@@ -237,6 +248,13 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
             &engine.outside,
         );
         let mut enqueue = Enqueue::new(op, &chunk, FIRST_ATTEMPT, None);
+        if uniform && op.dedupe.is_none() && enqueue.routes_once() {
+            // One placement for the whole chunk: batches are filled straight from it.
+            (0..len as u32).for_each(|index| emit(chunk.token(index)));
+            enqueue.push_all(items.enumerate().map(|(index, (arg, _))| (index as u32, arg)), len);
+            enqueue.finish();
+            return;
+        }
         for (index, (arg, declared)) in items.enumerate() {
             let index = index as u32;
             emit(chunk.token(index));

@@ -62,4 +62,8 @@ impl Router for LearnedRouter {
     fn model_version(&self) -> u32 {
         self.model.version()
     }
+
+    fn is_pure(&self) -> bool {
+        true
+    }
 }

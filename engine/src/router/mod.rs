@@ -52,6 +52,14 @@ pub trait Router: Send + Sync + fmt::Debug + 'static {
     fn model_version(&self) -> u32 {
         0
     }
+
+    /// True if [`Router::route`] is a pure function of the features (no state of its
+    /// own, no randomness): the engine then routes a run of tokens with equal features
+    /// once (a `submit_many` of an operation without a size hint routes once per chunk).
+    /// The default, false, routes every token.
+    fn is_pure(&self) -> bool {
+        false
+    }
 }
 
 /// The no-model heuristic: places each token by its operation's running average
@@ -78,6 +86,10 @@ impl Router for EwmaRouter {
         }
         let (lanes, batch) = policy_for(features.op_recent_ns);
         Placement { lanes, batch, class: None, source: RouteSource::Heuristic }
+    }
+
+    fn is_pure(&self) -> bool {
+        true
     }
 }
 
@@ -107,6 +119,10 @@ impl Router for StaticRouter {
             Weight::Heavy => (LaneSet::Heavy, 1),
         };
         Placement { lanes, batch, class: None, source: RouteSource::Tag }
+    }
+
+    fn is_pure(&self) -> bool {
+        true
     }
 }
 
