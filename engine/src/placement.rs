@@ -19,6 +19,16 @@ pub enum Weight {
 }
 
 impl Weight {
+    /// The cost a tag stands for when nothing better is known (ns): the prediction the
+    /// tag router attaches to a token (light 5 µs, medium 50 µs, heavy 1 ms).
+    pub fn nominal_ns(self) -> u64 {
+        match self {
+            Weight::Light => 5_000,
+            Weight::Medium => 50_000,
+            Weight::Heavy => 1_000_000,
+        }
+    }
+
     /// The lower-case name (`light`, `medium`, `heavy`).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -130,6 +140,10 @@ pub struct Placement {
     pub batch: u32,
     /// The predicted cost class, when a model made the decision.
     pub class: Option<u8>,
+    /// The predicted runtime of the token (ns): the model class's typical runtime, the
+    /// running average, or the tag's [`Weight::nominal_ns`]. Lanes use it to decide
+    /// what to take next.
+    pub predicted_ns: u64,
     /// Who decided.
     pub source: RouteSource,
 }

@@ -72,11 +72,14 @@ struct EngineArgs {
     /// Light lanes never run heavy work.
     #[arg(long)]
     isolate_heavy: bool,
-    /// Light lanes take heavy work only when this many heavy batches wait (default: 1,
-    /// fully work-conserving, for `run`; 4 for `compare`, so that routing rather than
-    /// stealing decides where heavy work runs).
+    /// Light lanes take heavy work whenever this many heavy batches wait, whatever its
+    /// predicted cost (1: fully work-conserving). Default: the cost-aware rule.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     steal_backlog: Option<u64>,
+    /// The cost-aware rule's light-latency budget in µs: a light lane takes a heavy
+    /// batch predicted to fit it (default 100).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    light_budget_us: Option<u64>,
 }
 
 fn main() -> Result<()> {
@@ -131,8 +134,13 @@ fn builder(args: &EngineArgs) -> EngineBuilder {
     let mut builder = Engine::builder()
         .pin(!args.no_pin)
         .light_batch(args.batch)
-        .isolate_heavy(args.isolate_heavy)
-        .steal_backlog(args.steal_backlog.unwrap_or(1) as usize);
+        .isolate_heavy(args.isolate_heavy);
+    if let Some(batches) = args.steal_backlog {
+        builder = builder.steal_backlog(batches as usize);
+    }
+    if let Some(micros) = args.light_budget_us {
+        builder = builder.light_budget(std::time::Duration::from_micros(micros));
+    }
     if let Some(workers) = args.workers {
         builder = builder.workers(workers);
     }

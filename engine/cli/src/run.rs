@@ -78,8 +78,8 @@ pub(crate) struct CompareArgs {
     /// Cost model file (default: the shipped models/default.bin).
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Runs per router (interleaved); latencies are pooled, makespans averaged.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=100))]
+    /// Runs per router (interleaved); each figure is the median over runs, with its range.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=100))]
     repeat: u64,
     /// Print one JSON object instead of text.
     #[arg(long)]
@@ -219,10 +219,8 @@ fn latency_json(latency: mixed::Latency) -> Value {
 }
 
 /// `compare`'s default: light lanes help with heavy work only once 4 batches wait.
-const COMPARE_STEAL_BACKLOG: u64 = 4;
 
-pub(crate) fn compare(mut args: CompareArgs) -> Result<()> {
-    args.engine.steal_backlog.get_or_insert(COMPARE_STEAL_BACKLOG);
+pub(crate) fn compare(args: CompareArgs) -> Result<()> {
     if args.workload == Workload::Leibniz {
         bail!("compare runs a mixed stream: use `compare mislabeled` or `compare mixed`");
     }
@@ -256,19 +254,23 @@ pub(crate) fn compare(mut args: CompareArgs) -> Result<()> {
     }
     let mut results = serde_json::Map::new();
     for ((name, _), runs) in routers.iter().zip(runs) {
-        let makespan =
-            runs.iter().map(|r| r.makespan.as_secs_f64()).sum::<f64>() / runs.len() as f64;
-        let light =
-            mixed::Latency::of(runs.iter().flat_map(|r| r.light_ns.iter().copied()).collect());
+        let makespans: Vec<f64> = runs.iter().map(|r| r.makespan.as_secs_f64()).collect();
+        let light: Vec<mixed::Latency> =
+            runs.iter().map(|r| mixed::Latency::of(r.light_ns.clone())).collect();
+        let p50s: Vec<f64> = light.iter().map(|l| l.p50_ms).collect();
+        let p99s: Vec<f64> = light.iter().map(|l| l.p99_ms).collect();
         let (heavy, on_heavy) =
             runs.iter().fold((0, 0), |(h, o), r| (h + r.heavy.0, o + r.heavy.1));
         results.insert(
             name.to_string(),
             json!({
-                "makespan_s": makespan,
-                "light_p50_ms": light.p50_ms,
-                "light_p99_ms": light.p99_ms,
-                "light_tokens": light.count,
+                "makespan_s": median(&makespans),
+                "makespan_s_range": range(&makespans),
+                "light_p50_ms": median(&p50s),
+                "light_p99_ms": median(&p99s),
+                "light_p99_ms_range": range(&p99s),
+                "light_p99_ms_runs": p99s,
+                "light_tokens": light.first().map_or(0, |l| l.count),
                 "heavy_on_heavy_lane": if heavy == 0 { 0.0 } else { on_heavy as f64 / heavy as f64 },
                 "failed": runs.iter().map(|r| r.failures).sum::<usize>(),
             }),
@@ -281,7 +283,8 @@ pub(crate) fn compare(mut args: CompareArgs) -> Result<()> {
         "seed": config.seed,
         "rate": config.rate,
         "mislabel_share": config.mislabel_share,
-        "lanes": lanes_mode(&args.engine),
+        "engine_defaults": engine_defaults(&args.engine),
+        "lane_settings": lane_settings(&args.engine),
         "model_version": format!("{model_version:08x}"),
         "routers": results,
     });
@@ -293,38 +296,85 @@ pub(crate) fn compare(mut args: CompareArgs) -> Result<()> {
     Ok(())
 }
 
-fn lanes_mode(engine: &EngineArgs) -> String {
-    if engine.isolate_heavy {
-        "isolated".into()
-    } else {
-        format!("steal-backlog {}", engine.steal_backlog.unwrap_or(1))
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
     }
 }
 
+fn range(values: &[f64]) -> [f64; 2] {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    [min, max]
+}
+
+/// True when no lane flag changes the engine's own defaults.
+fn engine_defaults(engine: &EngineArgs) -> bool {
+    !engine.isolate_heavy
+        && engine.steal_backlog.is_none()
+        && engine.light_budget_us.is_none()
+        && engine.workers.is_none()
+        && engine.heavy_lanes.is_none()
+}
+
+fn lane_settings(engine: &EngineArgs) -> Value {
+    let policy = if engine.isolate_heavy {
+        "isolate_heavy".to_string()
+    } else if let Some(n) = engine.steal_backlog {
+        format!("steal_backlog {n}")
+    } else {
+        "cost_aware".to_string()
+    };
+    json!({
+        "policy": policy,
+        "light_budget_us": engine.light_budget_us.unwrap_or(100),
+        "workers": engine.workers,
+        "heavy_lanes": engine.heavy_lanes,
+        "pin": !engine.no_pin,
+    })
+}
+
 fn print_compare(report: &Value) {
+    let settings = &report["lane_settings"];
     println!(
-        "{} tokens of `{}` at {} tokens/s, {:.0}% mislabelled, {} runs each, lanes: {}, model {}",
+        "{} tokens of `{}` at {} tokens/s, {:.0}% mislabelled, {} runs each (medians, min–max), lanes: {}{}, model {}",
         report["tokens"],
         report["workload"].as_str().unwrap_or("?"),
         report["rate"],
         report["mislabel_share"].as_f64().unwrap_or(0.0) * 100.0,
         report["repeat"],
-        report["lanes"].as_str().unwrap_or("?"),
+        settings["policy"].as_str().unwrap_or("?"),
+        if report["engine_defaults"] == json!(true) { " (engine defaults)" } else { "" },
         report["model_version"].as_str().unwrap_or("?"),
     );
     println!(
-        "{:<8} {:>11} {:>13} {:>13} {:>16}",
+        "{:<8} {:>20} {:>13} {:>22} {:>15}",
         "router", "makespan s", "light p50 ms", "light p99 ms", "heavy on heavy"
     );
-    for name in ["tags", "ewma", "learned", "oracle"] {
-        let r = &report["routers"][name];
+    let routers = report["routers"].as_object().cloned().unwrap_or_default();
+    for (name, r) in routers {
+        let f = |key: &str| r[key].as_f64().unwrap_or(f64::NAN);
+        let span = |key: &str| {
+            let v = &r[key];
+            format!(
+                "{:.3}–{:.3}",
+                v[0].as_f64().unwrap_or(f64::NAN),
+                v[1].as_f64().unwrap_or(f64::NAN)
+            )
+        };
         println!(
-            "{:<8} {:>11.3} {:>13.3} {:>13.3} {:>15.0}%",
+            "{:<8} {:>6.3} ({:>11}) {:>13.3} {:>7.3} ({:>12}) {:>14.0}%",
             name,
-            r["makespan_s"].as_f64().unwrap_or(f64::NAN),
-            r["light_p50_ms"].as_f64().unwrap_or(f64::NAN),
-            r["light_p99_ms"].as_f64().unwrap_or(f64::NAN),
-            r["heavy_on_heavy_lane"].as_f64().unwrap_or(f64::NAN) * 100.0,
+            f("makespan_s"),
+            span("makespan_s_range"),
+            f("light_p50_ms"),
+            f("light_p99_ms"),
+            span("light_p99_ms_range"),
+            f("heavy_on_heavy_lane") * 100.0,
         );
     }
 }

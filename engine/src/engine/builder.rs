@@ -3,13 +3,14 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use super::Engine;
 use crate::admission::Admission;
 use crate::control::{ControlConfig, Controller};
 use crate::core::Shared;
 use crate::error::BuildError;
-use crate::lanes::{self, LaneConfig, Lanes, MAX_LANES};
+use crate::lanes::{self, LaneConfig, Lanes, StealPolicy, LIGHT_BUDGET, MAX_LANES};
 use crate::model::Model;
 use crate::router::{LearnedRouter, Router, StaticRouter};
 use crate::telemetry::{Sink, Telemetry};
@@ -25,7 +26,8 @@ pub struct EngineBuilder {
     memory_capacity: Option<usize>,
     pin: bool,
     isolate_heavy: bool,
-    steal_backlog: usize,
+    steal_backlog: Option<usize>,
+    light_budget: Duration,
     router: Option<Arc<dyn Router>>,
     model: Option<PathBuf>,
     control: Option<ControlConfig>,
@@ -45,7 +47,8 @@ impl Default for EngineBuilder {
             memory_capacity: None,
             pin: true,
             isolate_heavy: false,
-            steal_backlog: 1,
+            steal_backlog: None,
+            light_budget: LIGHT_BUDGET,
             router: None,
             model: None,
             control: None,
@@ -107,18 +110,28 @@ impl EngineBuilder {
         self
     }
 
-    /// When true, light lanes never run heavy work, even when idle (default false:
-    /// work-conserving).
+    /// When true, light lanes never run heavy work, even when idle. Overrides the
+    /// default cost-aware rule (see [`EngineBuilder::light_budget`]).
     pub fn isolate_heavy(mut self, isolate: bool) -> Self {
         self.isolate_heavy = isolate;
         self
     }
 
-    /// Light lanes take heavy work only once at least `batches` heavy batches are
-    /// waiting (default 1: fully work-conserving). A deeper threshold keeps short
-    /// bursts of heavy work off the light lanes while still sharing a real backlog.
+    /// Light lanes take heavy work whenever at least `batches` heavy batches wait,
+    /// whatever its predicted cost (1: fully work-conserving). Overrides the default
+    /// cost-aware rule.
     pub fn steal_backlog(mut self, batches: usize) -> Self {
-        self.steal_backlog = batches;
+        self.steal_backlog = Some(batches);
+        self
+    }
+
+    /// The default rule for light lanes and heavy work is cost-aware: a light lane
+    /// takes a queued heavy batch only if its predicted runtime fits this budget
+    /// (default 100 µs), or if light work is unlikely to arrive while it runs (fewer
+    /// than 0.1 light arrivals expected, from the recent light arrival rate). So a light
+    /// lane may stay idle while heavy work waits; the README explains why.
+    pub fn light_budget(mut self, budget: Duration) -> Self {
+        self.light_budget = budget;
         self
     }
 
@@ -237,8 +250,7 @@ impl EngineBuilder {
         let lanes = Lanes::new(LaneConfig {
             cores: valid.cores,
             heavy_lanes: valid.heavy_lanes,
-            isolate_heavy: self.isolate_heavy,
-            steal_backlog: self.steal_backlog,
+            steal: valid.steal,
             telemetry: telemetry.clone(),
             admission: Arc::clone(&admission),
             pin: self.pin,
@@ -273,9 +285,22 @@ impl EngineBuilder {
                 self.light_batch
             )));
         }
-        if self.steal_backlog == 0 {
+        if self.steal_backlog == Some(0) {
             return Err(BuildError::invalid("steal_backlog must be at least 1"));
         }
+        if self.light_budget.is_zero() || self.light_budget > Duration::from_secs(1) {
+            return Err(BuildError::invalid(format!(
+                "light_budget must be between 1 ns and 1 s, got {:?}",
+                self.light_budget
+            )));
+        }
+        let steal = match (self.isolate_heavy, self.steal_backlog) {
+            (true, _) => StealPolicy::Isolate,
+            (false, Some(batches)) => StealPolicy::Backlog(batches),
+            (false, None) => StealPolicy::CostAware {
+                budget_ns: u64::try_from(self.light_budget.as_nanos()).unwrap_or(u64::MAX),
+            },
+        };
         if self.sample_every == 0 {
             return Err(BuildError::invalid("log_sample must be at least 1"));
         }
@@ -338,7 +363,7 @@ impl EngineBuilder {
         }
         let lane_cores =
             (0..workers).map(|i| pin.then(|| core_affinity::CoreId { id: cores[i] })).collect();
-        Ok(ValidConfig { cores: lane_cores, heavy_lanes, capacity: self.capacity })
+        Ok(ValidConfig { cores: lane_cores, heavy_lanes, capacity: self.capacity, steal })
     }
 }
 
@@ -346,4 +371,5 @@ struct ValidConfig {
     cores: Vec<Option<core_affinity::CoreId>>,
     heavy_lanes: usize,
     capacity: usize,
+    steal: StealPolicy,
 }

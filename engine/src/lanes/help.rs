@@ -25,7 +25,7 @@ use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::{steal, LaneCtx, Lanes, RunEnd, SPIN_CHECKS};
+use super::{LaneCtx, Lanes, RunEnd, SPIN_CHECKS};
 use crate::placement::LaneSet;
 use crate::token::{Helper, Outside};
 
@@ -91,7 +91,7 @@ impl Outside for Lanes {
         let ctx = LaneCtx::new(me, usize::from(OUTSIDE_LANE), -1);
         let mut ran = false;
         while !done() && self.queues[light].len() >= backlog {
-            let Some(job) = steal(&self.queues[light]) else { break };
+            let Some(job) = self.take_shared(light) else { break };
             if !job.may_run_outside() {
                 self.push_shared(light, job);
                 break;

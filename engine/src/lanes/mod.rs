@@ -33,11 +33,14 @@ use crate::telemetry::Telemetry;
 mod ctx;
 mod help;
 mod local;
+mod steal;
 mod thread_life;
 
 pub(crate) use ctx::LaneCtx;
 use ctx::Watch;
 use local::LocalQueue;
+use steal::LightArrivals;
+pub(crate) use steal::{StealPolicy, LIGHT_BUDGET};
 pub(crate) use thread_life::spawn_workers;
 
 /// The most lanes one engine runs (one bit each in the idle mask).
@@ -53,6 +56,10 @@ const PARK_TIMEOUT: Duration = Duration::from_millis(20);
 pub(crate) trait Job: Send {
     /// Tokens in the batch.
     fn len(&self) -> usize;
+
+    /// What the batch is predicted to take to run (ns): the sum of its tokens'
+    /// predicted costs.
+    fn predicted_ns(&self) -> u64;
     /// Runs (or skips, if resolved elsewhere) every token of the batch and gives its
     /// admission permits back.
     fn run(self: Box<Self>, lane: &LaneCtx) -> RunEnd;
@@ -142,8 +149,12 @@ pub(crate) struct Lanes {
     takers: [u64; 2],
     /// Heavy batches go to the light queue when there is no heavy lane.
     has_heavy: bool,
-    /// Light lanes take heavy batches only when at least this many are queued.
-    steal_backlog: usize,
+    /// When light lanes take heavy batches (`steal.rs`).
+    steal: StealPolicy,
+    /// Per shared queue: the predicted nanoseconds of the batches in it.
+    queued_ns: [AtomicU64; 2],
+    /// Arrivals of light work, for the cost-aware rule.
+    arrivals: LightArrivals,
     shutdown: AtomicBool,
     abort: AtomicBool,
     telemetry: Option<Arc<Telemetry>>,
@@ -165,8 +176,7 @@ pub(crate) struct Lanes {
 pub(crate) struct LaneConfig {
     pub cores: Vec<Option<core_affinity::CoreId>>,
     pub heavy_lanes: usize,
-    pub isolate_heavy: bool,
-    pub steal_backlog: usize,
+    pub steal: StealPolicy,
     pub telemetry: Option<Arc<Telemetry>>,
     pub admission: Arc<Admission>,
     pub pin: bool,
@@ -202,7 +212,8 @@ impl Lanes {
         // Heavy lanes may always help with light work; light lanes help with heavy work
         // unless isolation is strict (or they are the only lanes there are).
         let light_takers = all;
-        let heavy_takers = if config.isolate_heavy && primary[1] != 0 { primary[1] } else { all };
+        let isolated = config.steal == StealPolicy::Isolate;
+        let heavy_takers = if isolated && primary[1] != 0 { primary[1] } else { all };
         Arc::new_cyclic(|me| Lanes {
             queues: [Injector::new(), Injector::new()],
             lanes,
@@ -210,7 +221,9 @@ impl Lanes {
             primary,
             takers: [light_takers, heavy_takers],
             has_heavy: config.heavy_lanes > 0,
-            steal_backlog: config.steal_backlog.max(1),
+            steal: config.steal,
+            queued_ns: Default::default(),
+            arrivals: LightArrivals::default(),
             shutdown: AtomicBool::new(false),
             abort: AtomicBool::new(false),
             telemetry: config.telemetry,
@@ -265,8 +278,24 @@ impl Lanes {
         }
     }
 
+    /// Counts a batch into queue `queue`: its predicted cost, and a light arrival.
+    fn arriving(&self, queue: usize, job: &BoxJob) {
+        self.queued_ns[queue].fetch_add(job.predicted_ns(), Ordering::Relaxed);
+        if queue == LaneSet::Light.index() {
+            self.arrivals.arrived();
+        }
+    }
+
+    /// Takes the oldest batch of shared queue `queue`.
+    fn take_shared(&self, queue: usize) -> Option<BoxJob> {
+        let job = steal(&self.queues[queue])?;
+        self.queued_ns[queue].fetch_sub(job.predicted_ns(), Ordering::Relaxed);
+        Some(job)
+    }
+
     /// Queues one batch on shared queue `queue` and wakes a lane that can run it.
     fn push_shared(&self, queue: usize, job: BoxJob) {
+        self.arriving(queue, &job);
         self.queues[queue].push(job);
         fence(Ordering::SeqCst);
         let idle = self.idle.load(Ordering::SeqCst);
@@ -282,9 +311,15 @@ impl Lanes {
         let queue = self.queue_index(set);
         match LaneCtx::current_lane(self) {
             Some(lane) if self.takers[queue] & (1 << lane) != 0 => {
+                if queue == LaneSet::Light.index() {
+                    self.arrivals.arrived();
+                }
                 self.lanes[lane].local.push(queue, job)
             }
-            _ => self.queues[queue].push(job),
+            _ => {
+                self.arriving(queue, &job);
+                self.queues[queue].push(job)
+            }
         }
         fence(Ordering::SeqCst);
         let idle = self.idle.load(Ordering::SeqCst);
@@ -317,12 +352,7 @@ impl Lanes {
     fn wake_one(&self, queue: usize, mut idle: u64) {
         loop {
             let candidates = match idle & self.primary[queue] {
-                0 if queue == LaneSet::Heavy.index()
-                    && self.steal_backlog > 1
-                    && self.queues[queue].len() < self.steal_backlog =>
-                {
-                    0
-                }
+                0 if queue == LaneSet::Heavy.index() && !self.light_may_take_heavy() => 0,
                 0 => idle & self.takers[queue],
                 some => some,
             };
@@ -373,15 +403,22 @@ impl Lanes {
     }
 
     /// Whether `lane` may take from `queue` now: its own set's queue always; the other
-    /// set's if allowed, and for heavy work by a light lane only once the backlog is
-    /// deep enough that the heavy lanes will not soon reach it themselves.
+    /// set's if allowed, and heavy work on a light lane only as the steal policy says
+    /// (`steal.rs`).
     fn may_take(&self, lane: usize, queue: usize) -> bool {
         if self.takers[queue] & (1 << lane) == 0 {
             return false;
         }
         let stealing_heavy =
             queue == LaneSet::Heavy.index() && self.primary[queue] & (1 << lane) == 0;
-        !stealing_heavy || self.steal_backlog <= 1 || self.queues[queue].len() >= self.steal_backlog
+        !stealing_heavy || self.light_may_take_heavy()
+    }
+
+    fn light_may_take_heavy(&self) -> bool {
+        let heavy = LaneSet::Heavy.index();
+        let batches = self.queues[heavy].len();
+        let queued_ns = self.queued_ns[heavy].load(Ordering::Relaxed);
+        self.steal.light_may_take_heavy(batches, queued_ns, &self.arrivals)
     }
 
     /// The next batch for `lane`: its own newest local batch, its locality queue, its
@@ -396,12 +433,12 @@ impl Lanes {
             return Some(job);
         }
         let own = self.queue_index(this.set);
-        if let Some(job) = steal(&self.queues[own]).or_else(|| self.steal_local(lane, own)) {
+        if let Some(job) = self.take_shared(own).or_else(|| self.steal_local(lane, own)) {
             return Some(job);
         }
         let other = 1 - own;
         if self.may_take(lane, other) {
-            return steal(&self.queues[other]).or_else(|| self.steal_local(lane, other));
+            return self.take_shared(other).or_else(|| self.steal_local(lane, other));
         }
         None
     }
@@ -507,6 +544,9 @@ mod tests {
         fn len(&self) -> usize {
             self.0
         }
+        fn predicted_ns(&self) -> u64 {
+            1_000_000
+        }
         fn run(self: Box<Self>, _: &LaneCtx) -> RunEnd {
             RunEnd::Done
         }
@@ -520,11 +560,12 @@ mod tests {
     }
 
     fn lanes(isolate_heavy: bool, steal_backlog: usize) -> Arc<Lanes> {
+        let steal =
+            if isolate_heavy { StealPolicy::Isolate } else { StealPolicy::Backlog(steal_backlog) };
         Lanes::new(LaneConfig {
             cores: vec![None, None],
             heavy_lanes: 1,
-            isolate_heavy,
-            steal_backlog,
+            steal,
             telemetry: None,
             admission: Arc::new(Admission::new(16, usize::MAX)),
             pin: false,

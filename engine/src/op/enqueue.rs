@@ -114,6 +114,7 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
             });
             meta.tokens.push(TokenMeta::new(&self.features, &placement));
         }
+        open.cost_ns += placement.predicted_ns;
         open.push(index, arg, placement.batch, remaining);
         if open.is_full() {
             self.flush(set);
@@ -139,6 +140,7 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
             let take = batch.min(remaining);
             open.items.reserve_exact(take);
             open.items.extend(items.by_ref().take(take));
+            open.cost_ns += placement.predicted_ns * take as u64;
             open.limit = batch;
             remaining -= take;
             if open.is_full() {
@@ -189,6 +191,7 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
             bytes: op.bytes_of_all(&items),
             items,
             meta: open.meta.take(),
+            predicted_ns: std::mem::take(&mut open.cost_ns),
             attempt: self.attempt,
             set,
             admitted_at: self.admitted_at,
@@ -203,13 +206,15 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
 /// A batch being filled for one lane set.
 struct Open<A> {
     items: Items<A>,
+    /// The items' predicted cost (ns).
+    cost_ns: u64,
     limit: usize,
     meta: Option<Box<BatchMeta>>,
 }
 
 impl<A> Open<A> {
     fn new() -> Self {
-        Open { items: Items::new(), limit: usize::MAX, meta: None }
+        Open { items: Items::new(), cost_ns: 0, limit: usize::MAX, meta: None }
     }
 
     fn push(&mut self, index: u32, arg: A, batch: u32, remaining: usize) {

@@ -40,6 +40,8 @@ pub(super) struct Batch<A, R> {
     pub(super) set: LaneSet,
     /// When it was admitted, for the latency histogram.
     pub(super) admitted_at: Instant,
+    /// Its predicted runtime (ns), for the lanes' choice of what to run.
+    pub(super) predicted_ns: u64,
 }
 
 /// What telemetry needs from admission; built only when logging is on.
@@ -114,6 +116,10 @@ impl<A: Send + 'static, R: Send + 'static> Job for Batch<A, R> {
         self.items.len()
     }
 
+    fn predicted_ns(&self) -> u64 {
+        self.predicted_ns
+    }
+
     fn may_run_outside(&self) -> bool {
         self.op.options.timeout.is_none() && self.op.options.locality.is_none()
     }
@@ -149,7 +155,7 @@ impl<A: Send + 'static, R: Send + 'static> Job for Batch<A, R> {
 
 impl<A: Send + 'static, R: Send + 'static> Batch<A, R> {
     fn run_items(self, lane: &LaneCtx) -> RunEnd {
-        let Batch { op, chunk, items, meta, attempt, bytes, set: _, admitted_at } = self;
+        let Batch { op, chunk, items, meta, attempt, bytes, admitted_at, .. } = self;
         let permit = Permit::new(items.len(), bytes);
         // The one control load of the batch: tokens below `cancel_before` were
         // cancelled by command (their ids ascend within a batch).

@@ -85,7 +85,8 @@ impl Router for EwmaRouter {
             return self.fallback.route(features);
         }
         let (lanes, batch) = policy_for(features.op_recent_ns);
-        Placement { lanes, batch, class: None, source: RouteSource::Heuristic }
+        let predicted_ns = features.op_recent_ns;
+        Placement { lanes, batch, class: None, predicted_ns, source: RouteSource::Heuristic }
     }
 
     fn is_pure(&self) -> bool {
@@ -118,7 +119,8 @@ impl Router for StaticRouter {
             Weight::Medium => (LaneSet::Light, self.medium_batch),
             Weight::Heavy => (LaneSet::Heavy, 1),
         };
-        Placement { lanes, batch, class: None, source: RouteSource::Tag }
+        let predicted_ns = features.declared.nominal_ns();
+        Placement { lanes, batch, class: None, predicted_ns, source: RouteSource::Tag }
     }
 
     fn is_pure(&self) -> bool {

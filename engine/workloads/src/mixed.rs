@@ -343,7 +343,12 @@ impl Router for OracleRouter {
         let op = self.ops.get(features.op as usize).map_or(u32::MAX, |o| o.load(Ordering::Relaxed));
         let band = if op == u32::MAX { 1 } else { Self::band(op as usize, features.arg_size) };
         let (lanes, batch) = policy_for(BAND_NS[band]);
-        Placement { lanes, batch, class: None, source: RouteSource::Heuristic }
+        let predicted_ns = BAND_NS[band];
+        Placement { lanes, batch, class: None, predicted_ns, source: RouteSource::Heuristic }
+    }
+
+    fn is_pure(&self) -> bool {
+        true
     }
 
     fn register_op(&self, op: u32, name: &str) {
