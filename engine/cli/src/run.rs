@@ -218,8 +218,8 @@ fn latency_json(latency: mixed::Latency) -> Value {
     json!({ "tokens": latency.count, "p50_ms": latency.p50_ms, "p99_ms": latency.p99_ms })
 }
 
-/// `compare`'s default: light lanes help with heavy work only once 4 batches wait.
-
+/// The same stream under the tag, running-average, learned and oracle routers, at the
+/// engine's defaults unless lane flags are given; medians over interleaved runs.
 pub(crate) fn compare(args: CompareArgs) -> Result<()> {
     if args.workload == Workload::Leibniz {
         bail!("compare runs a mixed stream: use `compare mislabeled` or `compare mixed`");
