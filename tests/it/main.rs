@@ -10,6 +10,7 @@ mod leibniz;
 mod model;
 mod nested;
 mod seams;
+mod telemetry;
 mod tokens;
 
 use std::sync::mpsc;

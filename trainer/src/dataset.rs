@@ -107,7 +107,9 @@ fn read_file(
     for (((op, arg_size), run_ns), outcome) in
         op.iter().zip(arg_size.iter()).zip(run_ns.iter()).zip(outcome.iter())
     {
-        let (Some(op), Some(arg_size), Some(run_ns), Some("completed")) =
+        // A call that overran its deadline ran at least that long: it teaches the model
+        // where such calls belong (off the light lanes). Failures and cancels do not.
+        let (Some(op), Some(arg_size), Some(run_ns), Some("completed" | "timed_out")) =
             (op, arg_size, run_ns, outcome)
         else {
             data.skipped += 1;

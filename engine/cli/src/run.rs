@@ -60,6 +60,10 @@ pub(crate) struct RunArgs {
     /// Log one token in K.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     log_sample: u64,
+    /// Cap of the log directory in MiB (segments already there count); past it no more
+    /// rows are written and the report counts them as `over_cap`.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    log_max_mib: u64,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -96,7 +100,7 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
         &args.control,
     )?;
     if let Some(dir) = &args.log {
-        builder = builder.log_dir(dir);
+        builder = builder.log_dir(dir).log_max_bytes(args.log_max_mib << 20);
     }
     if args.workload != Workload::Leibniz {
         builder = builder.log_in_memory();
@@ -396,6 +400,7 @@ fn telemetry_json(stats: &TelemetryStats) -> Value {
     json!({
         "recorded": stats.recorded,
         "dropped": stats.dropped,
+        "over_cap": stats.over_cap,
         "written": stats.written,
         "files": stats.files.len(),
         "errors": stats.errors,

@@ -34,6 +34,7 @@ pub struct EngineBuilder {
     log_dir: Option<PathBuf>,
     log_memory: bool,
     sample_every: u64,
+    log_max_bytes: u64,
 }
 
 impl Default for EngineBuilder {
@@ -55,6 +56,7 @@ impl Default for EngineBuilder {
             log_dir: None,
             log_memory: false,
             sample_every: 1,
+            log_max_bytes: DEFAULT_LOG_MAX_BYTES,
         }
     }
 }
@@ -175,6 +177,15 @@ impl EngineBuilder {
         self
     }
 
+    /// Caps the Parquet a log directory holds (default 1 GiB; segments already in the
+    /// directory count): past it the writer stops writing and counts the rows it did not
+    /// keep ([`TelemetryStats::over_cap`](crate::TelemetryStats::over_cap)). Logging
+    /// every token of a fast workload writes ~18 MB/s.
+    pub fn log_max_bytes(mut self, bytes: u64) -> Self {
+        self.log_max_bytes = bytes;
+        self
+    }
+
     /// Logs only tokens whose id is a multiple of `every` (default 1: all).
     pub fn log_sample(mut self, every: u64) -> Self {
         self.sample_every = every;
@@ -225,6 +236,7 @@ impl EngineBuilder {
                     memory: self.log_memory,
                     segment_rows: 1 << 18,
                     segment_secs: 10,
+                    max_bytes: self.log_max_bytes,
                 };
                 Telemetry::start(sink, self.sample_every, Arc::clone(&op_names))
                     .map(Arc::new)
@@ -366,6 +378,9 @@ impl EngineBuilder {
         Ok(ValidConfig { cores: lane_cores, heavy_lanes, capacity: self.capacity, steal })
     }
 }
+
+/// The default cap of a log directory.
+const DEFAULT_LOG_MAX_BYTES: u64 = 1 << 30;
 
 struct ValidConfig {
     cores: Vec<Option<core_affinity::CoreId>>,

@@ -19,7 +19,7 @@ use crate::lanes::{BoxJob, Job, LaneCtx, RunEnd};
 use crate::placement::{LaneSet, Placement, RouteSource, Weight};
 use crate::router::Features;
 use crate::telemetry::{RecordOutcome, TokenRecord};
-use crate::token::{Chunk, Outcome};
+use crate::token::{Chunk, Outcome, TokenState};
 
 /// A batch's tokens (slot index, argument). A plain `Vec`: an inline first item would
 /// save a single call one allocation but costs bulk tokens ~20 instructions each
@@ -196,19 +196,24 @@ impl<A: Send + 'static, R: Send + 'static> Batch<A, R> {
             let sampled = log.as_ref().is_some_and(|l| l.sample_every != 1);
             let start = if logged && sampled { Instant::now() } else { last };
             let helped_before = lane.helped_ns();
-            let Some((outcome, retired)) = token.run(arg, &mut tally) else { continue };
+            let (row, ran) = match token.run(arg, &mut tally) {
+                Ok((row, retired)) => {
+                    if retired {
+                        end = RunEnd::Retired;
+                    }
+                    (row, true)
+                }
+                // Cancelled while it waited: a row too, with no run time.
+                Err(Skipped::Cancelled) => (RecordOutcome::Cancelled, false),
+                Err(Skipped::Other) => continue,
+            };
             // Time this call spent running other batches while it waited is not its own.
             let helped = lane.helped_ns() - helped_before;
-            if retired {
-                end = RunEnd::Retired;
-            }
-            let Some(log) = log.as_ref().filter(|_| logged && outcome != Outcome::Skipped) else {
-                continue;
-            };
+            let Some(log) = log.as_ref().filter(|_| logged) else { continue };
             let now = Instant::now();
             last = now;
-            let times = Times { start, end: now, helped };
-            lane.record(log.record(&op, &chunk, index, position, attempt, lane, times, outcome));
+            let times = Times { start: if ran { start } else { now }, end: now, helped };
+            lane.record(log.record(&op, &chunk, index, position, attempt, lane, times, row));
         }
         op.settle_batch(
             started,
@@ -233,10 +238,10 @@ struct Attempt<'a, A, R> {
 }
 
 impl<A: Send + 'static, R: Send + 'static> Attempt<'_, A, R> {
-    /// Claims, runs and resolves (or retries) the token. `None` if it was not this
-    /// attempt's to run; else its outcome and whether this lane thread was replaced
-    /// meanwhile (an overrun deadline: it must retire).
-    fn run(&self, arg: A, tally: &mut Tally) -> Option<(Outcome, bool)> {
+    /// Claims, runs and resolves (or retries) the token. `Err` if it was not this
+    /// attempt's to run; else how the attempt ended and whether this lane thread was
+    /// replaced meanwhile (an overrun deadline: it must retire).
+    fn run(&self, arg: A, tally: &mut Tally) -> Result<(RecordOutcome, bool), Skipped> {
         let Attempt { op, chunk, index, attempt, lane } = *self;
         let slot = chunk.slot(index);
         let _home = HomeGuard::new(op, &arg);
@@ -251,7 +256,8 @@ impl<A: Send + 'static, R: Send + 'static> Attempt<'_, A, R> {
                     op.dedupe.as_ref().expect("keyed").copy_result(&result)
                 });
             }
-            return None;
+            let cancelled = slot.state() == TokenState::Cancelled && slot.attempt() == attempt;
+            return Err(if cancelled { Skipped::Cancelled } else { Skipped::Other });
         }
         let token_id = chunk.id_of(index);
         let retry_arg = match (op.options.retry, op.options.clone_arg) {
@@ -270,6 +276,11 @@ impl<A: Send + 'static, R: Send + 'static> Attempt<'_, A, R> {
         // False: our deadline passed and this lane was replaced; the replacement took
         // over our permit and our place, and the late value is dropped.
         let retired = saved.is_some_and(|saved| !lane.unwatch(token_id, saved));
+        let row = match &result {
+            Ok(_) => RecordOutcome::Completed,
+            Err(TokenError::Panicked { .. }) => RecordOutcome::Panicked,
+            Err(_) => RecordOutcome::Failed,
+        };
         let outcome = match (&result, retry_arg) {
             (Err(error), Some(again)) if op.retries(attempt, error) && slot.retry(attempt) => {
                 op.counters.retried.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -292,8 +303,18 @@ impl<A: Send + 'static, R: Send + 'static> Attempt<'_, A, R> {
                 outcome
             }
         };
-        Some((outcome, retired))
+        // Skipped here: a deadline resolved the attempt (or moved it on) while it ran.
+        let row = if outcome == Outcome::Skipped { RecordOutcome::TimedOut } else { row };
+        Ok((row, retired))
     }
+}
+
+/// Why a queued attempt was not run.
+enum Skipped {
+    /// Its token was cancelled while it waited (logged as a row).
+    Cancelled,
+    /// Resolved elsewhere or moved to another attempt.
+    Other,
 }
 
 /// When a logged call started and ended, and how long of that it spent running other
@@ -323,7 +344,7 @@ impl BatchLog {
         attempt: u8,
         lane: &LaneCtx,
         Times { start, end, helped }: Times,
-        outcome: Outcome,
+        outcome: RecordOutcome,
     ) -> TokenRecord {
         let meta = &self.meta;
         let token = &meta.tokens[position];
@@ -346,11 +367,7 @@ impl BatchLog {
             queue_wait_ns: nanos(start.saturating_duration_since(meta.admitted_at)),
             run_ns: nanos(end.saturating_duration_since(start)).saturating_sub(helped),
             end_to_end_ns: nanos(end.saturating_duration_since(meta.admitted_at)),
-            outcome: if outcome == Outcome::Completed {
-                RecordOutcome::Completed
-            } else {
-                RecordOutcome::Failed
-            },
+            outcome,
             attempt,
         }
     }

@@ -29,13 +29,22 @@ pub(crate) const FLUSH_ROWS: usize = 1_024;
 /// Buffers the channel holds before lanes start dropping.
 const CHANNEL_BUFFERS: usize = 256;
 
-/// How a token ended, as logged.
+/// How an attempt ended, as logged. Every attempt a lane reaches is a row: completed,
+/// failed, panicked, timed out (with the time it ran), and cancelled while queued (run
+/// time 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RecordOutcome {
     /// Returned a value.
     Completed,
-    /// Panicked or returned an error.
+    /// Returned an error.
     Failed,
+    /// Panicked (caught).
+    Panicked,
+    /// Its deadline passed while it ran; `run_ns` is how long it ran until it returned.
+    TimedOut,
+    /// Cancelled before it started; `run_ns` is 0.
+    Cancelled,
 }
 
 impl RecordOutcome {
@@ -44,6 +53,9 @@ impl RecordOutcome {
         match self {
             RecordOutcome::Completed => "completed",
             RecordOutcome::Failed => "failed",
+            RecordOutcome::Panicked => "panicked",
+            RecordOutcome::TimedOut => "timed_out",
+            RecordOutcome::Cancelled => "cancelled",
         }
     }
 }
@@ -107,6 +119,9 @@ pub struct TelemetryStats {
     pub files: Vec<PathBuf>,
     /// Write errors (the first few), if any.
     pub errors: Vec<String>,
+    /// Rows not written because the log directory reached its size cap
+    /// ([`EngineBuilder::log_max_bytes`](crate::EngineBuilder::log_max_bytes)).
+    pub over_cap: u64,
 }
 
 /// Where records go: Parquet segments in `dir`, memory, or both.
@@ -116,6 +131,8 @@ pub(crate) struct Sink {
     pub(crate) memory: bool,
     pub(crate) segment_rows: usize,
     pub(crate) segment_secs: u64,
+    /// Most bytes of Parquet the directory may hold (existing segments count).
+    pub(crate) max_bytes: u64,
 }
 
 pub(crate) struct Telemetry {
@@ -130,6 +147,7 @@ pub(crate) struct Telemetry {
 #[derive(Default)]
 struct WriterOutput {
     written: u64,
+    over_cap: u64,
     files: Vec<PathBuf>,
     errors: Vec<String>,
     memory: Vec<TokenRecord>,
@@ -190,9 +208,9 @@ impl Telemetry {
 
     pub(crate) fn stats(&self) -> TelemetryStats {
         let finished = self.finished.lock().unwrap_or_else(|e| e.into_inner());
-        let (written, files, errors) = match finished.as_ref() {
-            Some(out) => (out.written, out.files.clone(), out.errors.clone()),
-            None => (0, Vec::new(), Vec::new()),
+        let (written, over_cap, files, errors) = match finished.as_ref() {
+            Some(out) => (out.written, out.over_cap, out.files.clone(), out.errors.clone()),
+            None => (0, 0, Vec::new(), Vec::new()),
         };
         TelemetryStats {
             recorded: self.recorded.load(Ordering::Relaxed),
@@ -200,6 +218,7 @@ impl Telemetry {
             written,
             files,
             errors,
+            over_cap,
         }
     }
 
@@ -207,6 +226,17 @@ impl Telemetry {
         let mut finished = self.finished.lock().unwrap_or_else(|e| e.into_inner());
         finished.as_mut().map(|out| std::mem::take(&mut out.memory)).unwrap_or_default()
     }
+}
+
+/// Bytes of Parquet files in `dir`.
+fn parquet_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "parquet"))
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
 }
 
 fn run_id() -> u64 {
@@ -232,6 +262,9 @@ fn write_loop(
         return out;
     };
     let (segment_rows, segment_secs) = (sink.segment_rows, sink.segment_secs);
+    // The cap counts what the directory holds already: a log directory stays bounded
+    // across runs. Past it, the writer keeps what it has and writes nothing more.
+    let mut dir_bytes = parquet_bytes(&dir);
     let mut open: Vec<TokenRecord> = Vec::new();
     let mut opened = Instant::now();
     let mut seq = 0u32;
@@ -253,12 +286,29 @@ fn write_loop(
             if sink.memory {
                 out.memory.extend_from_slice(&open);
             }
+            if dir_bytes >= sink.max_bytes {
+                if out.over_cap == 0 {
+                    tracing::warn!(
+                        "log directory {} holds {} MiB, its cap: no more rows are written",
+                        dir.display(),
+                        dir_bytes >> 20
+                    );
+                }
+                out.over_cap += open.len() as u64;
+                open.clear();
+                if closed {
+                    return out;
+                }
+                continue;
+            }
             let path = dir.join(format!("tokens-{run_id:016x}-{seq:05}.parquet"));
             seq += 1;
             let names = op_names.read().unwrap_or_else(|e| e.into_inner()).clone();
             match parquet::write_segment(&path, run_id, &open, &names, sample_every) {
                 Ok(()) => {
                     out.written += open.len() as u64;
+                    dir_bytes += std::fs::metadata(&path).map_or(0, |m| m.len());
+                    tracing::debug!("telemetry segment {} ({} rows)", path.display(), open.len());
                     out.files.push(path);
                 }
                 Err(e) if out.errors.len() < 8 => {

@@ -315,7 +315,7 @@ impl<R> Slot<R> {
         self.state.load(Ordering::Acquire) == pack(RUNNING, attempt)
     }
 
-    fn state(&self) -> TokenState {
+    pub(crate) fn state(&self) -> TokenState {
         match state_of(self.state.load(Ordering::Acquire)) & !TAKEN {
             QUEUED => TokenState::Admitted,
             RUNNING | WRITING => TokenState::Running,

@@ -1,0 +1,65 @@
+//! Every attempt a lane reaches is a telemetry row, whatever its outcome; a log directory
+//! stays under its cap.
+
+use std::time::Duration;
+
+use tokengate::telemetry::RecordOutcome;
+use tokengate::{Engine, Weight};
+
+use crate::gate;
+
+#[test]
+fn cancelled_timed_out_and_panicked_calls_are_rows_too() {
+    let engine = Engine::builder().workers(1).pin(false).log_in_memory().build().unwrap();
+    let (held, release) = gate(&engine, "gate");
+    let slow = engine
+        .operation("slow", Weight::Light)
+        .timeout(Duration::from_millis(20))
+        .register(|()| std::thread::sleep(Duration::from_millis(60)))
+        .unwrap();
+    let boom = engine.register("boom", Weight::Light, |_: ()| -> u8 { panic!("boom") }).unwrap();
+    let fine = engine.register("fine", Weight::Light, |x: u8| x).unwrap();
+    let holding = held.submit(());
+    crate::eventually("the gate runs", || engine.lane_stats()[0].tokens == 1);
+    let cancelled = fine.submit(1);
+    assert!(cancelled.cancel());
+    release.send(()).unwrap();
+    holding.wait().unwrap();
+    assert!(slow.submit(()).wait().is_err());
+    assert!(boom.submit(()).wait().is_err());
+    assert_eq!(fine.submit(2).wait(), Ok(2));
+    engine.shutdown();
+    let records = engine.take_records();
+    let outcome = |op: u32| {
+        let rows: Vec<_> = records.iter().filter(|r| r.op == op).collect();
+        assert_eq!(rows.len(), if op == 3 { 2 } else { 1 }, "rows of op {op}: {rows:?}");
+        rows[0].outcome
+    };
+    assert_eq!(outcome(1), RecordOutcome::TimedOut);
+    assert_eq!(outcome(2), RecordOutcome::Panicked);
+    let mut fine_rows: Vec<_> = records.iter().filter(|r| r.op == 3).collect();
+    fine_rows.sort_by_key(|r| r.token_id);
+    assert_eq!(fine_rows[0].outcome, RecordOutcome::Cancelled);
+    assert_eq!(fine_rows[0].run_ns, 0);
+    assert_eq!(fine_rows[1].outcome, RecordOutcome::Completed);
+    let timed_out = records.iter().find(|r| r.op == 1).unwrap();
+    assert!(timed_out.run_ns >= 20_000_000, "it ran past its deadline: {timed_out:?}");
+}
+
+#[test]
+fn a_full_log_directory_takes_no_more_rows_and_says_how_many() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("earlier.parquet"), vec![0u8; 4096]).unwrap();
+    let engine =
+        Engine::builder().pin(false).log_dir(dir.path()).log_max_bytes(1024).build().unwrap();
+    let op = engine.register("op", Weight::Light, |x: u32| x).unwrap();
+    let tokens = op.submit_many(0..1_000);
+    tokens.into_iter().for_each(|t| drop(t.wait()));
+    engine.shutdown();
+    let stats = engine.telemetry_stats().unwrap();
+    assert_eq!(stats.written, 0);
+    assert!(stats.files.is_empty());
+    assert_eq!(stats.over_cap + stats.dropped, 1_000, "{stats:?}");
+    let files = std::fs::read_dir(dir.path()).unwrap().count();
+    assert_eq!(files, 1, "only the earlier file is there");
+}
