@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use crate::adapt::Adapter;
 use crate::admission::Admission;
 use crate::control::state::OpControl;
 use crate::error::RegisterError;
@@ -35,6 +36,8 @@ pub(crate) struct Shared {
     ops: RwLock<Vec<Arc<dyn OpControl>>>,
     /// Every operation is paused (operations registered meanwhile start paused).
     paused_all: AtomicBool,
+    /// Online adaptation, when on.
+    pub(crate) adapter: Option<Arc<Adapter>>,
 }
 
 impl Shared {
@@ -45,6 +48,7 @@ impl Shared {
         runtime: tokio::runtime::Handle,
         op_names: Arc<RwLock<Vec<String>>>,
         chunk_len: usize,
+        adapter: Option<Arc<Adapter>>,
     ) -> Self {
         Shared {
             outside: Arc::clone(&lanes) as Arc<dyn Outside>,
@@ -59,6 +63,7 @@ impl Shared {
             names: Mutex::new(HashMap::new()),
             ops: RwLock::new(Vec::new()),
             paused_all: AtomicBool::new(false),
+            adapter,
         }
     }
 

@@ -54,6 +54,7 @@
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod adapt;
 mod admission;
 pub mod control;
 mod core;
@@ -68,6 +69,7 @@ mod router;
 pub mod telemetry;
 mod token;
 
+pub use adapt::{AdaptStatus, Adaptation, Refit, Sample};
 pub use control::{ControlError, Controller, OpStats, Overrides};
 pub use core::Shutdown;
 pub use engine::{Engine, EngineBuilder, StopHandle};
@@ -75,6 +77,8 @@ pub use error::{BuildError, CancelSource, RegisterError, RejectReason, TokenErro
 pub use lanes::{LaneInfo, LaneStats};
 pub use op::{Context, DedupeBuilder, Operation, OperationBuilder, RetryPolicy, SizeHint};
 pub use placement::{LaneSet, Placement, RouteSource, Weight};
-pub use router::{EwmaRouter, Features, LearnedRouter, Router, StaticRouter, MAX_OPS};
+pub use router::{
+    AdaptiveRouter, EwmaRouter, Features, LearnedRouter, Router, StaticRouter, MAX_OPS,
+};
 pub use telemetry::{TelemetryStats, TokenRecord};
 pub use token::{join, Token, TokenState};

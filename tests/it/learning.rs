@@ -16,11 +16,12 @@ fn run_stream(
     builder: EngineBuilder,
     seed: u64,
 ) -> (Engine, Vec<TokenRecord>, HashMap<u64, (Weight, Weight)>) {
-    let config = MixedConfig { tokens: 3_000, seed, mislabel_share: 0.25, rate: 50_000.0 };
+    let config =
+        MixedConfig { tokens: 3_000, seed, mislabel_share: 0.25, rate: 50_000.0, drift_at: None };
     let plan = mixed::plan(&config);
     let engine = builder.build().expect("engine");
     let ops = MixedOps::register(&engine).unwrap();
-    let run = mixed::drive(&ops, &plan, config.rate);
+    let run = mixed::drive(&ops, &plan, config.rate, None);
     assert_eq!(run.failures, 0);
     engine.shutdown();
     let records = engine.take_records();
@@ -124,4 +125,51 @@ fn logging_accounts_for_every_token_written_or_dropped() {
         .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".tmp"))
         .count();
     assert_eq!(leftovers, 0);
+}
+
+/// Online adaptation: an operation the starting model has never seen, whose cost
+/// follows its size, is learned from the engine's own telemetry and a model that knows
+/// it is swapped in (version raised, reported by the controller).
+#[test]
+fn adaptation_learns_an_unseen_operation_and_swaps_its_model_in() {
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokengate::{Adaptation, AdaptiveRouter, RouteSource, StaticRouter};
+
+    let model =
+        tokengate::model::Model::load(concat!(env!("CARGO_MANIFEST_DIR"), "/models/default.bin"))
+            .unwrap();
+    let router = Arc::new(AdaptiveRouter::new(model, StaticRouter::new(128)));
+    let adaptation =
+        Adaptation::new(Arc::clone(&router), Arc::new(trainer::adapt::TreeRefit::default()))
+            .every(Duration::from_millis(50))
+            .horizon(Duration::from_secs(30));
+    let engine = Engine::builder().pin(false).adapt(adaptation).log_in_memory().build().unwrap();
+    let spin = engine
+        .operation("spin_unseen", Weight::Medium)
+        .size_hint(|micros: &u64| *micros)
+        .register(|micros: u64| {
+            let until = std::time::Instant::now() + Duration::from_micros(micros);
+            while std::time::Instant::now() < until {
+                std::hint::spin_loop();
+            }
+        })
+        .unwrap();
+    let version = engine.model_version();
+    assert_eq!(engine.adapt_status().unwrap().swaps, 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while engine.adapt_status().unwrap().swaps == 0 {
+        assert!(std::time::Instant::now() < deadline, "no swap: {:?}", engine.adapt_status());
+        let sizes = (0..200u64).map(|i| if i % 4 == 0 { 400 } else { 1 });
+        spin.submit_many(sizes).into_iter().for_each(|t| t.wait().unwrap());
+    }
+    let status = engine.controller().model_status();
+    assert!(status.enabled && status.swaps >= 1 && status.rows_seen > 0, "{status:?}");
+    assert_ne!(engine.model_version(), version, "a swap raises the model version");
+    // From now on the model places the operation itself.
+    spin.submit(1).wait().unwrap();
+    engine.shutdown();
+    let last = engine.take_records().into_iter().max_by_key(|r| r.token_id).unwrap();
+    assert_eq!(last.route_source, RouteSource::Model);
+    assert_eq!(last.model_version, engine.model_version());
 }

@@ -17,6 +17,7 @@
 
 #![warn(missing_docs, rust_2018_idioms)]
 
+pub mod adapt;
 pub mod dataset;
 mod error;
 pub mod eval;

@@ -43,6 +43,9 @@ enum Workload {
     Mixed,
     /// `mixed` with a share of tokens declaring the wrong weight.
     Mislabeled,
+    /// `mixed` whose `sort` and `hash` swap their light and heavy costs mid-run (tags
+    /// unchanged): where online adaptation must win.
+    Drift,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]

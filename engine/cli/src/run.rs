@@ -6,8 +6,10 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::{json, Value};
+use tokengate::model::Model;
 use tokengate::{
-    Engine, EwmaRouter, LaneInfo, LearnedRouter, Router, StaticRouter, TelemetryStats, Weight,
+    Adaptation, AdaptiveRouter, Engine, EwmaRouter, LaneInfo, LearnedRouter, Router, StaticRouter,
+    TelemetryStats, Weight,
 };
 use tokengate_workloads::leibniz::Pyramid;
 use tokengate_workloads::mixed::{self, MixedConfig, MixedOps, OracleRouter};
@@ -20,9 +22,12 @@ use crate::{
 
 #[derive(Args)]
 struct StreamArgs {
-    /// Tokens in a mixed stream.
-    #[arg(long, default_value_t = 20_000)]
-    tokens: usize,
+    /// Tokens in a mixed stream (default 20,000; 40,000 for `drift`).
+    #[arg(long)]
+    tokens: Option<usize>,
+    /// Where in a `drift` stream (0..1) the two operations change cost.
+    #[arg(long, default_value_t = 0.5)]
+    drift_at: f64,
     /// Seed of the stream (sizes, order, mislabels).
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -64,6 +69,10 @@ pub(crate) struct RunArgs {
     /// rows are written and the report counts them as `over_cap`.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
     log_max_mib: u64,
+    /// Re-fit the model online from this run's own telemetry (background thread,
+    /// atomic swaps; see the README).
+    #[arg(long)]
+    adapt: bool,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -82,6 +91,9 @@ pub(crate) struct CompareArgs {
     /// Cost model file (default: the shipped models/default.bin).
     #[arg(long)]
     model: Option<PathBuf>,
+    /// Also run the adaptive router (always on for `drift`).
+    #[arg(long)]
+    adaptive: bool,
     /// Runs per router (interleaved); each figure is the median over runs, with its range.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=100))]
     repeat: u64,
@@ -94,11 +106,20 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
     if args.model.is_some() && args.router != RouterChoice::Model {
         bail!("--model only applies with --router model");
     }
-    let router = make_router(args.router, args.model.as_deref(), args.engine.batch)?;
-    let mut builder = with_control(
-        builder(&args.engine).router(router).log_sample(args.log_sample),
-        &args.control,
-    )?;
+    let mut builder = builder(&args.engine).log_sample(args.log_sample);
+    if args.adapt {
+        if args.router != RouterChoice::Model {
+            bail!("--adapt re-fits the model: it needs --router model");
+        }
+        let model = load_model(args.model.as_deref())?.context(
+            "--adapt needs a starting model: pass --model or restore models/default.bin",
+        )?;
+        builder = builder.adapt(adaptation(model, args.engine.batch));
+    } else {
+        let router = make_router(args.router, args.model.as_deref(), args.engine.batch)?;
+        builder = builder.router(router);
+    }
+    let mut builder = with_control(builder, &args.control)?;
     if let Some(dir) = &args.log {
         builder = builder.log_dir(dir).log_max_bytes(args.log_max_mib << 20);
     }
@@ -112,7 +133,7 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
     }
     let outcome = match args.workload {
         Workload::Leibniz => run_leibniz(&engine, &args).map(|report| (report, Vec::new())),
-        Workload::Mixed | Workload::Mislabeled => run_stream(&engine, &args),
+        Workload::Mixed | Workload::Mislabeled | Workload::Drift => run_stream(&engine, &args),
     };
     let (mut report, truths) = match outcome {
         Ok(outcome) => outcome,
@@ -184,11 +205,16 @@ fn stream_config(workload: Workload, stream: &StreamArgs) -> Result<MixedConfig>
     if !(stream.rate.is_finite() && stream.rate >= 1.0) {
         bail!("--rate must be at least 1 token/s, got {}", stream.rate);
     }
-    if stream.tokens == 0 {
+    let tokens = stream.tokens.unwrap_or(if workload == Workload::Drift { 40_000 } else { 20_000 });
+    if tokens == 0 {
         bail!("--tokens must be at least 1");
     }
+    if !(0.0..=1.0).contains(&stream.drift_at) {
+        bail!("--drift-at must be between 0 and 1, got {}", stream.drift_at);
+    }
     let mislabel_share = if workload == Workload::Mislabeled { stream.mislabel_share } else { 0.0 };
-    Ok(MixedConfig { tokens: stream.tokens, seed: stream.seed, mislabel_share, rate: stream.rate })
+    let drift_at = (workload == Workload::Drift).then_some(stream.drift_at);
+    Ok(MixedConfig { tokens, seed: stream.seed, mislabel_share, rate: stream.rate, drift_at })
 }
 
 fn workload_name(workload: Workload) -> &'static str {
@@ -196,7 +222,19 @@ fn workload_name(workload: Workload) -> &'static str {
         Workload::Leibniz => "leibniz",
         Workload::Mixed => "mixed",
         Workload::Mislabeled => "mislabeled",
+        Workload::Drift => "drift",
     }
+}
+
+/// The shift's token index of a `drift` stream.
+fn shift_of(config: &MixedConfig) -> Option<usize> {
+    config.drift_at.map(|at| mixed::shift_index(config.tokens, at))
+}
+
+/// An adaptation of `model`, re-fitted by the trainer's own fit.
+fn adaptation(model: Model, batch: u32) -> Adaptation {
+    let router = Arc::new(AdaptiveRouter::new(model, StaticRouter::new(batch)));
+    Adaptation::new(router, Arc::new(trainer::adapt::TreeRefit::default()))
 }
 
 /// Runs the stream; returns the report and each token's true weight.
@@ -204,7 +242,7 @@ fn run_stream(engine: &Engine, args: &RunArgs) -> Result<(Value, Vec<(u64, Weigh
     let config = stream_config(args.workload, &args.stream)?;
     let ops = MixedOps::register(engine)?;
     let plan = mixed::plan(&config);
-    let run = mixed::drive(&ops, &plan, config.rate);
+    let run = mixed::drive(&ops, &plan, config.rate, shift_of(&config));
     let report = json!({
         "workload": workload_name(args.workload),
         "tokens": plan.len(),
@@ -226,26 +264,35 @@ fn latency_json(latency: mixed::Latency) -> Value {
 /// engine's defaults unless lane flags are given; medians over interleaved runs.
 pub(crate) fn compare(args: CompareArgs) -> Result<()> {
     if args.workload == Workload::Leibniz {
-        bail!("compare runs a mixed stream: use `compare mislabeled` or `compare mixed`");
+        bail!("compare runs a mixed stream: use `compare mislabeled`, `mixed` or `drift`");
     }
     let config = stream_config(args.workload, &args.stream)?;
     let plan = mixed::plan(&config);
+    let shift = shift_of(&config);
     let model = load_model(args.model.as_deref())?
         .context("compare needs a model: pass --model or restore models/default.bin")?;
     let model_version = model.version();
     let tags = StaticRouter::new(args.engine.batch);
-    let routers: Vec<(&str, Arc<dyn Router>)> = vec![
-        ("tags", Arc::new(tags)),
-        ("ewma", Arc::new(EwmaRouter::new(tags))),
-        ("learned", Arc::new(LearnedRouter::new(model, tags))),
-        ("oracle", Arc::new(OracleRouter::default())),
+    let oracle = Arc::new(OracleRouter::default());
+    let mut routers: Vec<(&str, Option<Arc<dyn Router>>)> = vec![
+        ("tags", Some(Arc::new(tags))),
+        ("ewma", Some(Arc::new(EwmaRouter::new(tags)))),
+        ("learned", Some(Arc::new(LearnedRouter::new(model.clone(), tags)))),
     ];
+    if args.workload == Workload::Drift || args.adaptive {
+        routers.push(("adaptive", None)); // a fresh adaptive router per run
+    }
+    routers.push(("oracle", Some(Arc::clone(&oracle) as Arc<dyn Router>)));
     let mut runs: Vec<Vec<mixed::RouterRun>> = vec![Vec::new(); routers.len()];
     // Interleaved repeats, so a slow patch of a shared machine hits every router alike.
     for repeat in 0..args.repeat {
         for ((name, router), runs) in routers.iter().zip(&mut runs) {
-            let builder = builder(&args.engine).router(Arc::clone(router));
-            let run = mixed::run_with(builder, &plan, config.rate)
+            let builder = match router {
+                Some(router) => builder(&args.engine).router(Arc::clone(router)),
+                None => builder(&args.engine).adapt(adaptation(model.clone(), args.engine.batch)),
+            };
+            let follow = (*name == "oracle").then_some(&*oracle);
+            let run = mixed::run_with(builder, &plan, config.rate, shift, follow)
                 .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
             runs.push(run);
             if !args.json {
@@ -256,8 +303,9 @@ pub(crate) fn compare(args: CompareArgs) -> Result<()> {
     if !args.json {
         eprint!("\r{:30}\r", "");
     }
+    let oracle_runs = runs.last().cloned().unwrap_or_default();
     let mut results = serde_json::Map::new();
-    for ((name, _), runs) in routers.iter().zip(runs) {
+    for ((name, _), runs) in routers.iter().zip(&runs) {
         let makespans: Vec<f64> = runs.iter().map(|r| r.makespan.as_secs_f64()).collect();
         let light: Vec<mixed::Latency> =
             runs.iter().map(|r| mixed::Latency::of(r.light_ns.clone())).collect();
@@ -265,20 +313,39 @@ pub(crate) fn compare(args: CompareArgs) -> Result<()> {
         let p99s: Vec<f64> = light.iter().map(|l| l.p99_ms).collect();
         let (heavy, on_heavy) =
             runs.iter().fold((0, 0), |(h, o), r| (h + r.heavy.0, o + r.heavy.1));
-        results.insert(
-            name.to_string(),
-            json!({
-                "makespan_s": median(&makespans),
-                "makespan_s_range": range(&makespans),
-                "light_p50_ms": median(&p50s),
-                "light_p99_ms": median(&p99s),
-                "light_p99_ms_range": range(&p99s),
-                "light_p99_ms_runs": p99s,
-                "light_tokens": light.first().map_or(0, |l| l.count),
-                "heavy_on_heavy_lane": if heavy == 0 { 0.0 } else { on_heavy as f64 / heavy as f64 },
-                "failed": runs.iter().map(|r| r.failures).sum::<usize>(),
-            }),
-        );
+        let mut result = json!({
+            "makespan_s": median(&makespans),
+            "makespan_s_range": range(&makespans),
+            "light_p50_ms": median(&p50s),
+            "light_p99_ms": median(&p99s),
+            "light_p99_ms_range": range(&p99s),
+            "light_p99_ms_runs": p99s,
+            "light_tokens": light.first().map_or(0, |l| l.count),
+            "heavy_on_heavy_lane": if heavy == 0 { 0.0 } else { on_heavy as f64 / heavy as f64 },
+            "failed": runs.iter().map(|r| r.failures).sum::<usize>(),
+        });
+        if shift.is_some() {
+            let after: Vec<f64> = runs.iter().map(after_shift_p99_ms).collect();
+            result["light_p99_after_shift_ms"] = json!(median(&after));
+            result["light_p99_after_shift_ms_range"] = json!(range(&after));
+            if *name == "adaptive" {
+                let recoveries: Vec<Option<f64>> =
+                    runs.iter().zip(&oracle_runs).map(|(r, o)| recovery_s(r, o)).collect();
+                let found: Vec<f64> = recoveries.iter().flatten().copied().collect();
+                result["recovery_s"] = if found.len() == recoveries.len() {
+                    json!(median(&found))
+                } else {
+                    Value::Null
+                };
+                result["recovery_s_runs"] = json!(recoveries);
+                result["rolling_p99_ms"] = json!(runs
+                    .first()
+                    .zip(oracle_runs.first())
+                    .map(|(r, o)| rolling_table(r, o))
+                    .unwrap_or_default());
+            }
+        }
+        results.insert(name.to_string(), result);
     }
     let report = json!({
         "workload": workload_name(args.workload),
@@ -287,6 +354,7 @@ pub(crate) fn compare(args: CompareArgs) -> Result<()> {
         "seed": config.seed,
         "rate": config.rate,
         "mislabel_share": config.mislabel_share,
+        "drift_at": config.drift_at,
         "engine_defaults": engine_defaults(&args.engine),
         "lane_settings": lane_settings(&args.engine),
         "model_version": format!("{model_version:08x}"),
@@ -298,6 +366,62 @@ pub(crate) fn compare(args: CompareArgs) -> Result<()> {
         print_compare(&report);
     }
     Ok(())
+}
+
+/// p99 latency (ms) of the light tokens submitted after the shift.
+fn after_shift_p99_ms(run: &mixed::RouterRun) -> f64 {
+    let shift = run.shift_s.unwrap_or(0.0);
+    let after = run.light_timed.iter().filter(|(at, _)| *at >= shift).map(|(_, ns)| *ns);
+    mixed::Latency::of(after.collect()).p99_ms
+}
+
+/// Rolling p99 (ms) of light tokens submitted in [from, from + 1 s).
+fn rolling_p99_ms(run: &mixed::RouterRun, from: f64) -> Option<f64> {
+    let window: Vec<u64> = run
+        .light_timed
+        .iter()
+        .filter(|(at, _)| *at >= from && *at < from + 1.0)
+        .map(|(_, ns)| *ns)
+        .collect();
+    (!window.is_empty()).then(|| mixed::Latency::of(window).p99_ms)
+}
+
+/// Per 0.5 s step: (seconds since the start, this run's rolling 1-s light p99, the
+/// oracle's), for looking at how a router recovers.
+fn rolling_table(run: &mixed::RouterRun, oracle: &mixed::RouterRun) -> Vec<(f64, f64, f64)> {
+    let end = run.light_timed.iter().map(|(at, _)| *at).fold(0.0, f64::max) - 1.0;
+    let mut table = Vec::new();
+    let mut from = 0.0;
+    while from <= end {
+        let mine = rolling_p99_ms(run, from).unwrap_or(f64::NAN);
+        let best = rolling_p99_ms(oracle, from).unwrap_or(f64::NAN);
+        table.push((from, mine, best));
+        from += 0.5;
+    }
+    table
+}
+
+/// Seconds after the shift from which the run's rolling 1-s light p99 stays within 1.5×
+/// the oracle's (in steps of 0.25 s; the oracle's p99 is floored at 0.1 ms so that noise
+/// at a few microseconds does not count); `None` if it never does.
+fn recovery_s(run: &mixed::RouterRun, oracle: &mixed::RouterRun) -> Option<f64> {
+    let shift = run.shift_s?;
+    let end = run.light_timed.iter().map(|(at, _)| *at).fold(0.0, f64::max) - 1.0;
+    let mut recovered: Option<f64> = None;
+    let mut from = shift;
+    while from <= end {
+        let ok = match (rolling_p99_ms(run, from), rolling_p99_ms(oracle, from)) {
+            (Some(mine), Some(best)) => mine <= 1.5 * best.max(0.1),
+            _ => true,
+        };
+        match (ok, recovered) {
+            (true, None) => recovered = Some(from - shift),
+            (false, _) => recovered = None,
+            _ => {}
+        }
+        from += 0.25;
+    }
+    recovered
 }
 
 fn median(values: &[f64]) -> f64 {

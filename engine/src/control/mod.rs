@@ -197,6 +197,34 @@ impl Controller {
             .collect()
     }
 
+    /// The model routing now and what adaptation has done: for an engine without
+    /// adaptation, only `model_version` is set.
+    pub fn model_status(&self) -> crate::adapt::AdaptStatus {
+        match &self.shared.adapter {
+            Some(adapter) => adapter.status(),
+            None => crate::adapt::AdaptStatus {
+                model_version: self.shared.router.model_version(),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// Turns online re-fitting on or off.
+    pub fn set_adapt(&self, on: bool) -> Result<(), ControlError> {
+        let adapter = self.shared.adapter.as_ref().ok_or_else(|| {
+            ControlError::BadValue("this engine was built without adaptation".into())
+        })?;
+        adapter.set_enabled(on);
+        Ok(())
+    }
+
+    /// Calls `f` with the new model version after every swap of online adaptation.
+    pub(crate) fn on_model_swap(&self, f: impl Fn(u32) + Send + 'static) {
+        if let Some(adapter) = &self.shared.adapter {
+            adapter.on_swap(f);
+        }
+    }
+
     /// Starts a shutdown without waiting for it (see
     /// [`StopHandle::begin`](crate::StopHandle::begin)).
     pub fn shutdown(&self, mode: Shutdown) {

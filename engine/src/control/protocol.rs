@@ -106,6 +106,13 @@ pub enum Command {
     },
     /// Stops the events.
     Unsubscribe,
+    /// The model routing now and what adaptation has done (`model` in the reply).
+    Model,
+    /// Turns online re-fitting on or off (engines built with adaptation).
+    Adapt {
+        /// On or off.
+        on: bool,
+    },
     /// Starts a shutdown.
     Shutdown {
         /// `drain` (default) or `abort`.
@@ -116,7 +123,7 @@ pub enum Command {
 
 impl Command {
     /// Every command name, as sent in `cmd`.
-    pub const NAMES: [&'static str; 11] = [
+    pub const NAMES: [&'static str; 13] = [
         "pause",
         "resume",
         "cancel",
@@ -127,6 +134,8 @@ impl Command {
         "stats",
         "subscribe",
         "unsubscribe",
+        "model",
+        "adapt",
         "shutdown",
     ];
 
@@ -143,6 +152,8 @@ impl Command {
             Command::Stats => "stats",
             Command::Subscribe { .. } => "subscribe",
             Command::Unsubscribe => "unsubscribe",
+            Command::Model => "model",
+            Command::Adapt { .. } => "adapt",
             Command::Shutdown { .. } => "shutdown",
         }
     }
@@ -177,12 +188,23 @@ pub struct Reply {
     /// `stats`: one entry per operation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ops: Option<Vec<OpSnapshot>>,
+    /// `model` and `adapt`: the model routing now and what adaptation has done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<crate::adapt::AdaptStatus>,
 }
 
 impl Reply {
     /// `{"id":…,"ok":true}`.
     pub fn ok(id: Value) -> Self {
-        Reply { id, ok: true, error: None, cancelled_now: None, interval_ms: None, ops: None }
+        Reply {
+            id,
+            ok: true,
+            error: None,
+            cancelled_now: None,
+            interval_ms: None,
+            ops: None,
+            model: None,
+        }
     }
 
     /// `{"id":…,"ok":false,"error":{…}}`.
@@ -287,6 +309,11 @@ pub enum Event {
         ops: Vec<OpSnapshot>,
         /// Events this subscriber missed because it read too slowly.
         dropped_events: u64,
+    },
+    /// Online adaptation swapped in a new model.
+    ModelSwapped {
+        /// The new model version.
+        version: u32,
     },
     /// An override changed (by any connection).
     Override {

@@ -118,6 +118,10 @@ struct Server {
 /// Serves the control port on `listener` until the engine's runtime stops.
 async fn serve(listener: TcpListener, controller: Controller, secret: String) {
     let (overrides, _) = broadcast::channel(256);
+    let swaps = overrides.clone();
+    controller.on_model_swap(move |version| {
+        let _ = swaps.send(to_json(&Event::ModelSwapped { version }));
+    });
     let server = Arc::new(Server {
         controller,
         secret,
@@ -323,6 +327,13 @@ impl Server {
                 *ticker = Some(Some(Duration::from_millis(ms)));
                 return Reply { interval_ms: Some(ms), ..Reply::ok(id) };
             }
+            Command::Model => {
+                return Reply { model: Some(c.model_status()), ..Reply::ok(id) };
+            }
+            Command::Adapt { on } => match c.set_adapt(*on) {
+                Ok(()) => return Reply { model: Some(c.model_status()), ..Reply::ok(id) },
+                Err(e) => Err(e),
+            },
             Command::Unsubscribe => {
                 *ticker = Some(None);
                 Ok(())

@@ -6,6 +6,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use super::Engine;
+use crate::adapt::{Adaptation, Adapter};
 use crate::admission::Admission;
 use crate::control::{ControlConfig, Controller};
 use crate::core::Shared;
@@ -13,7 +14,7 @@ use crate::error::BuildError;
 use crate::lanes::{self, LaneConfig, Lanes, StealPolicy, LIGHT_BUDGET, MAX_LANES};
 use crate::model::Model;
 use crate::router::{LearnedRouter, Router, StaticRouter};
-use crate::telemetry::{Sink, Telemetry};
+use crate::telemetry::{Sink, Tap, Telemetry};
 
 /// Configures an [`Engine`]. Every option is checked once, in [`EngineBuilder::build`].
 #[derive(Debug, Clone)]
@@ -35,6 +36,7 @@ pub struct EngineBuilder {
     log_memory: bool,
     sample_every: u64,
     log_max_bytes: u64,
+    adapt: Option<Adaptation>,
 }
 
 impl Default for EngineBuilder {
@@ -57,6 +59,7 @@ impl Default for EngineBuilder {
             log_memory: false,
             sample_every: 1,
             log_max_bytes: DEFAULT_LOG_MAX_BYTES,
+            adapt: None,
         }
     }
 }
@@ -134,6 +137,18 @@ impl EngineBuilder {
     /// lane may stay idle while heavy work waits; the README explains why.
     pub fn light_budget(mut self, budget: Duration) -> Self {
         self.light_budget = budget;
+        self
+    }
+
+    /// Adapts the cost model while the engine runs: routes with `adaptation`'s
+    /// [`AdaptiveRouter`](crate::AdaptiveRouter) (replacing any other router) and
+    /// re-fits its model on recent telemetry in a background thread, swapping in a
+    /// candidate when it predicts the newest rows better. Turns telemetry on (add
+    /// [`log_sample`](EngineBuilder::log_sample) to keep its cost down). See
+    /// [`crate::adapt`].
+    pub fn adapt(mut self, adaptation: Adaptation) -> Self {
+        self.router = Some(Arc::clone(&adaptation.router) as Arc<dyn Router>);
+        self.adapt = Some(adaptation);
         self
     }
 
@@ -229,9 +244,15 @@ impl EngineBuilder {
         // Nothing can be refused from here on but the OS's own resources; each step
         // undoes the ones before it if it fails.
         let op_names = Arc::new(RwLock::new(Vec::new()));
-        let telemetry = (self.log_dir.is_some() || self.log_memory)
+        let adapter =
+            self.adapt.clone().map(|adaptation| Adapter::new(adaptation, Arc::clone(&op_names)));
+        let tap = adapter.clone().map(|adapter| {
+            Arc::new(move |rows: &[crate::TokenRecord]| adapter.observe(rows)) as Tap
+        });
+        let telemetry = (self.log_dir.is_some() || self.log_memory || adapter.is_some())
             .then(|| {
                 let sink = Sink {
+                    tap: tap.clone(),
                     dir: self.log_dir.clone(),
                     memory: self.log_memory,
                     segment_rows: 1 << 18,
@@ -269,6 +290,13 @@ impl EngineBuilder {
         });
         lanes::spawn_workers(&lanes)
             .map_err(|e| stop_telemetry(BuildError::io("starting the lane threads", e)))?;
+        if let Some(adapter) = &adapter {
+            if let Err(e) = adapter.start() {
+                lanes.begin_shutdown();
+                lanes.join();
+                return Err(stop_telemetry(BuildError::io("starting the adaptation thread", e)));
+            }
+        }
         let chunk_len = valid.capacity.min(4096);
         let shared = Arc::new(Shared::new(
             admission,
@@ -277,6 +305,7 @@ impl EngineBuilder {
             runtime.handle().clone(),
             op_names,
             chunk_len,
+            adapter,
         ));
         let mut engine = Engine::new(shared, runtime);
         if let Some((listener, secret)) = control {

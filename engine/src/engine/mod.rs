@@ -7,6 +7,7 @@ mod builder;
 
 pub use builder::EngineBuilder;
 
+use crate::adapt::AdaptStatus;
 use crate::control::{ControlError, Controller, OpStats, Overrides};
 use crate::core::{Shared, Shutdown};
 use crate::error::RegisterError;
@@ -164,6 +165,9 @@ impl Engine {
         }
         self.stop_handle().begin(mode);
         self.shared.lanes.join();
+        if let Some(adapter) = &self.shared.adapter {
+            adapter.stop();
+        }
         // Every lane has flushed its records; let the writer finish the last segment.
         if let Some(telemetry) = self.shared.lanes.telemetry() {
             telemetry.finish();
@@ -212,6 +216,12 @@ impl Engine {
     /// when the call returns).
     pub fn stuck_workers(&self) -> u64 {
         self.shared.lanes.replaced()
+    }
+
+    /// What online adaptation has done so far (`None` without
+    /// [`EngineBuilder::adapt`]).
+    pub fn adapt_status(&self) -> Option<AdaptStatus> {
+        self.shared.adapter.as_ref().map(|a| a.status())
     }
 
     /// Tokens run by callers outside the lanes while they waited on a token and the

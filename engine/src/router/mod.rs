@@ -11,8 +11,10 @@ use std::fmt;
 use crate::model::policy_for;
 pub use crate::placement::{LaneSet, Placement, RouteSource, Weight};
 
+mod adaptive;
 mod learned;
 
+pub use adaptive::AdaptiveRouter;
 pub use learned::{LearnedRouter, MAX_OPS};
 
 /// What a router sees about a token at admission.

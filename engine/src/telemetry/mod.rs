@@ -124,9 +124,14 @@ pub struct TelemetryStats {
     pub over_cap: u64,
 }
 
-/// Where records go: Parquet segments in `dir`, memory, or both.
-#[derive(Debug, Clone)]
+/// Something that sees every buffer of records the writer receives (online adaptation),
+/// on the writer's thread.
+pub(crate) type Tap = Arc<dyn Fn(&[TokenRecord]) + Send + Sync>;
+
+/// Where records go: Parquet segments in `dir`, memory, a tap, or several.
+#[derive(Clone)]
 pub(crate) struct Sink {
+    pub(crate) tap: Option<Tap>,
     pub(crate) dir: Option<PathBuf>,
     pub(crate) memory: bool,
     pub(crate) segment_rows: usize,
@@ -255,9 +260,18 @@ fn write_loop(
     op_names: Arc<RwLock<Vec<String>>>,
 ) -> WriterOutput {
     let mut out = WriterOutput::default();
+    let tap = sink.tap.clone();
+    let see = |buffer: &[TokenRecord]| {
+        if let Some(tap) = &tap {
+            tap(buffer);
+        }
+    };
     let Some(dir) = sink.dir else {
         for buffer in receiver {
-            out.memory.extend(buffer);
+            see(&buffer);
+            if sink.memory {
+                out.memory.extend(buffer);
+            }
         }
         return out;
     };
@@ -271,6 +285,7 @@ fn write_loop(
     loop {
         let closed = match receiver.recv_timeout(Duration::from_millis(250)) {
             Ok(buffer) => {
+                see(&buffer);
                 if open.is_empty() {
                     opened = Instant::now();
                 }

@@ -57,6 +57,8 @@ pub struct Outcome {
     pub wall: Duration,
     /// Tokens each lane processed during the run.
     pub per_lane: Vec<u64>,
+    /// Tokens the driver ran itself while it waited on a backlog.
+    pub by_callers: u64,
 }
 
 impl Outcome {
@@ -110,6 +112,7 @@ impl Pyramid {
     ) -> Result<Outcome, TokenError> {
         let window = window.max(1);
         let lanes_before = engine.lane_stats();
+        let callers_before = engine.caller_tokens();
         let started = Instant::now();
         let mut term_chunks: VecDeque<Vec<Token<Decimal>>> = VecDeque::with_capacity(window);
         let mut chunk_sums: Vec<Token<Decimal>> = Vec::with_capacity(PARTIAL_CHUNKS);
@@ -152,7 +155,8 @@ impl Pyramid {
         let pi = self.finish.submit(partial_values).wait()?;
         let wall = started.elapsed();
         let per_lane = lane_delta(&lanes_before, &engine.lane_stats());
-        Ok(Outcome { pi, tokens: token_count(terms), wall, per_lane })
+        let by_callers = engine.caller_tokens() - callers_before;
+        Ok(Outcome { pi, tokens: token_count(terms), wall, per_lane, by_callers })
     }
 }
 

@@ -7,9 +7,17 @@
 //! nor its average cost can place a token well; its size can. In `mixed` every token
 //! declares the weight of its band; in `mislabeled` a share of them declare the wrong
 //! one (heavy ↔ light; medium becomes either).
+//!
+//! `drift` is `mixed` whose cost-versus-argument relation changes at a point of the
+//! stream (default half-way) for two operations: `sort`'s light band becomes heavy
+//! (250–330 µs, just past the heavy threshold, so the heavy lane can still keep up) and
+//! `hash`'s heavy band becomes light, while every token still declares the weight of
+//! its band before the shift. A static model is then wrong for those two operations;
+//! online adaptation has to notice.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
@@ -115,12 +123,36 @@ pub struct MixedConfig {
     pub mislabel_share: f64,
     /// Arrival rate, tokens per second.
     pub rate: f64,
+    /// Where in the stream (0..1) `sort` and `hash` change cost (`drift` only).
+    pub drift_at: Option<f64>,
+}
+
+/// The operations whose cost changes in `drift`.
+pub const DRIFTING: [bool; 4] = [false, true, true, false];
+
+/// After the shift: `sort`'s light sizes cost 250–330 µs (heavy), `hash`'s heavy sizes
+/// cost like its light band.
+fn shifted_cost(op: usize, size: u64) -> u64 {
+    match (op, size) {
+        (1, n) if n <= BANDS[1][0].1 => sort_numbers(28_000 + n * 10),
+        (2, n) if n >= BANDS[2][2].0 => iterate_hash(n / 500),
+        (op, n) => [count_primes, sort_numbers, iterate_hash, transform_text][op](n),
+    }
+}
+
+/// The true weight of a token after the shift.
+fn shifted_truth(op: usize, truth: Weight) -> Weight {
+    match (op, truth) {
+        (1, Weight::Light) => Weight::Heavy,
+        (2, Weight::Heavy) => Weight::Light,
+        (_, truth) => truth,
+    }
 }
 
 /// Draws the stream: the same config always gives the same plan.
 pub fn plan(config: &MixedConfig) -> Vec<Planned> {
     let mut rng = SmallRng::seed_from_u64(config.seed);
-    (0..config.tokens)
+    let mut planned: Vec<Planned> = (0..config.tokens)
         .map(|_| {
             let op = rng.random_range(0..OPS.len());
             let roll: f64 = rng.random();
@@ -155,7 +187,19 @@ pub fn plan(config: &MixedConfig) -> Vec<Planned> {
             };
             Planned { op, size: size.clamp(low, high), truth, declared }
         })
-        .collect()
+        .collect();
+    if let Some(at) = config.drift_at {
+        let shift = shift_index(config.tokens, at);
+        for call in &mut planned[shift..] {
+            call.truth = shifted_truth(call.op, call.truth);
+        }
+    }
+    planned
+}
+
+/// The index of the first token after the shift.
+pub fn shift_index(tokens: usize, at: f64) -> usize {
+    ((tokens as f64 * at.clamp(0.0, 1.0)) as usize).min(tokens)
 }
 
 /// The four operations registered on one engine (declared weight: medium, a
@@ -163,6 +207,8 @@ pub fn plan(config: &MixedConfig) -> Vec<Planned> {
 #[derive(Debug, Clone)]
 pub struct MixedOps {
     ops: Vec<Operation<u64, u64>>,
+    /// Set at the shift of a `drift` stream; the drifting operations read it per call.
+    shifted: Arc<AtomicBool>,
 }
 
 impl MixedOps {
@@ -170,14 +216,30 @@ impl MixedOps {
     pub fn register(engine: &Engine) -> Result<Self, RegisterError> {
         let functions: [fn(u64) -> u64; 4] =
             [count_primes, sort_numbers, iterate_hash, transform_text];
+        let shifted = Arc::new(AtomicBool::new(false));
         let ops = OPS
             .iter()
             .zip(functions)
-            .map(|(name, f)| {
-                engine.operation(name, Weight::Medium).size_hint(|n: &u64| *n).register(f)
+            .enumerate()
+            .map(|(op, (name, f))| {
+                let shifted = Arc::clone(&shifted);
+                engine.operation(name, Weight::Medium).size_hint(|n: &u64| *n).register(
+                    move |n: u64| {
+                        if DRIFTING[op] && shifted.load(Ordering::Relaxed) {
+                            shifted_cost(op, n)
+                        } else {
+                            f(n)
+                        }
+                    },
+                )
             })
             .collect::<Result<_, _>>()?;
-        Ok(MixedOps { ops })
+        Ok(MixedOps { ops, shifted })
+    }
+
+    /// The flag a `drift` stream sets at its shift (an oracle reads it too).
+    pub fn shift_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.shifted)
     }
 }
 
@@ -190,12 +252,18 @@ pub struct StreamRun {
     pub truths: Vec<(u64, Weight)>,
     /// Each token's declared weight, in the order of `truths`.
     pub declared: Vec<Weight>,
+    /// When each token was due to be submitted (s since the start), in that order.
+    pub submitted_s: Vec<f64>,
+    /// When the drifting operations changed cost (s since the start).
+    pub shift_s: Option<f64>,
     /// Tokens that did not complete (panics, errors): should be 0.
     pub failures: usize,
 }
 
-/// Submits `plan` at `rate` tokens/s in 1 ms waves, then waits for every token.
-pub fn drive(ops: &MixedOps, plan: &[Planned], rate: f64) -> StreamRun {
+/// Submits `plan` at `rate` tokens/s in 1 ms waves, then waits for every token. With
+/// `shift` (a token index), the drifting operations change cost when that token's
+/// wave is submitted.
+pub fn drive(ops: &MixedOps, plan: &[Planned], rate: f64, shift: Option<usize>) -> StreamRun {
     let per_wave = ((rate / 1_000.0).round() as usize).max(1);
     let started = Instant::now();
     let mut tokens: Vec<(Token<u64>, &Planned)> = Vec::with_capacity(plan.len());
@@ -205,6 +273,9 @@ pub fn drive(ops: &MixedOps, plan: &[Planned], rate: f64) -> StreamRun {
         let due = started + Duration::from_millis(wave as u64);
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
+        }
+        if shift.is_some_and(|at| wave * per_wave >= at) {
+            ops.shifted.store(true, Ordering::Relaxed);
         }
         for call in calls {
             by_op[call.op].push((call.size, call.declared));
@@ -220,13 +291,19 @@ pub fn drive(ops: &MixedOps, plan: &[Planned], rate: f64) -> StreamRun {
     }
     let mut truths = Vec::with_capacity(tokens.len());
     let mut declared = Vec::with_capacity(tokens.len());
+    let mut submitted_s = Vec::with_capacity(tokens.len());
     let mut failures = 0;
+    let base = plan.as_ptr() as usize;
     for (token, call) in tokens {
         truths.push((token.id(), call.truth));
         declared.push(call.declared);
+        // Its wave's due time: the plan index over the wave size, in ms.
+        let index = (call as *const Planned as usize - base) / std::mem::size_of::<Planned>();
+        submitted_s.push((index / per_wave) as f64 / 1e3);
         failures += usize::from(token.wait().is_err());
     }
-    StreamRun { makespan: started.elapsed(), truths, declared, failures }
+    let shift_s = shift.map(|at| (at / per_wave) as f64 / 1e3);
+    StreamRun { makespan: started.elapsed(), truths, declared, submitted_s, shift_s, failures }
 }
 
 /// Latency of one kind of token, from the engine's own records.
@@ -273,6 +350,10 @@ pub struct RouterRun {
     pub makespan: Duration,
     /// End-to-end latency (ns) of every truly light token.
     pub light_ns: Vec<u64>,
+    /// Every truly light token's submission time (s since the start) and latency (ns).
+    pub light_timed: Vec<(f64, u64)>,
+    /// When the drifting operations changed cost (s since the start).
+    pub shift_s: Option<f64>,
     /// Truly heavy tokens, and how many of them ran on a heavy lane.
     pub heavy: (usize, usize),
     /// Tokens that did not complete (should be 0).
@@ -285,10 +366,15 @@ pub fn run_with(
     builder: tokengate::EngineBuilder,
     plan: &[Planned],
     rate: f64,
+    shift: Option<usize>,
+    oracle: Option<&OracleRouter>,
 ) -> Result<RouterRun, Box<dyn std::error::Error + Send + Sync>> {
     let engine = builder.log_in_memory().build()?;
     let ops = MixedOps::register(&engine)?;
-    let run = drive(&ops, plan, rate);
+    if let Some(oracle) = oracle {
+        oracle.follow(ops.shift_flag());
+    }
+    let run = drive(&ops, plan, rate, shift);
     engine.shutdown();
     let records = engine.take_records();
     let heavy_lanes: Vec<u16> = engine
@@ -301,9 +387,23 @@ pub fn run_with(
     let heavy: Vec<&TokenRecord> =
         records.iter().filter(|r| truth.get(&r.token_id) == Some(&Weight::Heavy)).collect();
     let on_heavy = heavy.iter().filter(|r| heavy_lanes.contains(&r.lane)).count();
+    let latency: HashMap<u64, u64> = records
+        .iter()
+        .filter(|r| r.outcome == tokengate::telemetry::RecordOutcome::Completed)
+        .map(|r| (r.token_id, r.end_to_end_ns))
+        .collect();
+    let light_timed = run
+        .truths
+        .iter()
+        .zip(&run.submitted_s)
+        .filter(|((_, truth), _)| *truth == Weight::Light)
+        .filter_map(|((id, _), at)| latency.get(id).map(|ns| (*at, *ns)))
+        .collect();
     Ok(RouterRun {
         makespan: run.makespan,
         light_ns: latencies_of(&records, &run.truths, Weight::Light),
+        light_timed,
+        shift_s: run.shift_s,
         heavy: (heavy.len(), on_heavy),
         failures: run.failures,
     })
@@ -315,15 +415,39 @@ pub fn run_with(
 pub struct OracleRouter {
     /// Engine op id → index into [`OPS`] (`u32::MAX`: not a mixed operation).
     ops: Box<[AtomicU32]>,
+    /// The `drift` stream's shift flag, once known: after it, bands of the drifting
+    /// operations swap.
+    shifted: std::sync::Mutex<Option<Arc<AtomicBool>>>,
+    shifted_now: AtomicBool,
 }
 
 impl Default for OracleRouter {
     fn default() -> Self {
-        OracleRouter { ops: (0..MAX_OPS).map(|_| AtomicU32::new(u32::MAX)).collect() }
+        OracleRouter {
+            ops: (0..MAX_OPS).map(|_| AtomicU32::new(u32::MAX)).collect(),
+            shifted: std::sync::Mutex::new(None),
+            shifted_now: AtomicBool::new(false),
+        }
     }
 }
 
 impl OracleRouter {
+    /// Follows a `drift` stream's shift flag (set by [`drive`]).
+    pub fn follow(&self, flag: Arc<AtomicBool>) {
+        self.shifted_now.store(false, Ordering::Relaxed);
+        *self.shifted.lock().unwrap_or_else(|e| e.into_inner()) = Some(flag);
+    }
+
+    fn is_shifted(&self) -> bool {
+        if self.shifted_now.load(Ordering::Relaxed) {
+            return true;
+        }
+        let shifted = self.shifted.lock().unwrap_or_else(|e| e.into_inner());
+        let now = shifted.as_ref().is_some_and(|flag| flag.load(Ordering::Relaxed));
+        self.shifted_now.store(now, Ordering::Relaxed);
+        now
+    }
+
     /// The band of `size` for operation `op` (index into [`OPS`]).
     pub fn band(op: usize, size: u64) -> usize {
         let bands = &BANDS[op];
@@ -341,14 +465,17 @@ impl OracleRouter {
 impl Router for OracleRouter {
     fn route(&self, features: &Features) -> Placement {
         let op = self.ops.get(features.op as usize).map_or(u32::MAX, |o| o.load(Ordering::Relaxed));
-        let band = if op == u32::MAX { 1 } else { Self::band(op as usize, features.arg_size) };
+        let mut band = if op == u32::MAX { 1 } else { Self::band(op as usize, features.arg_size) };
+        if op != u32::MAX && DRIFTING[op as usize] && self.is_shifted() {
+            band = match (op, band) {
+                (1, 0) => 2, // sort's light sizes now cost heavy
+                (2, 2) => 0, // hash's heavy sizes now cost light
+                (_, band) => band,
+            };
+        }
         let (lanes, batch) = policy_for(BAND_NS[band]);
         let predicted_ns = BAND_NS[band];
         Placement { lanes, batch, class: None, predicted_ns, source: RouteSource::Heuristic }
-    }
-
-    fn is_pure(&self) -> bool {
-        true
     }
 
     fn register_op(&self, op: u32, name: &str) {
@@ -365,8 +492,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn drift_swaps_the_truth_of_two_operations_after_the_shift_only() {
+        let base =
+            MixedConfig { tokens: 4_000, seed: 3, mislabel_share: 0.0, rate: 1e4, drift_at: None };
+        let drift = MixedConfig { drift_at: Some(0.5), ..base };
+        let (a, b) = (plan(&base), plan(&drift));
+        let shift = shift_index(4_000, 0.5);
+        assert_eq!(&a[..shift], &b[..shift]);
+        for (x, y) in a[shift..].iter().zip(&b[shift..]) {
+            assert_eq!((x.op, x.size, x.declared), (y.op, y.size, y.declared), "tags unchanged");
+            let swapped =
+                (x.op, x.truth) == (1, Weight::Light) || (x.op, x.truth) == (2, Weight::Heavy);
+            assert_eq!(x.truth != y.truth, swapped, "{x:?} → {y:?}");
+        }
+        // The drifting costs really change: a light size of `sort` now costs far more.
+        let light = BANDS[1][0].1;
+        let t = Instant::now();
+        shifted_cost(1, light);
+        let slow = t.elapsed();
+        let t = Instant::now();
+        sort_numbers(light);
+        assert!(slow > t.elapsed() * 10, "{slow:?}");
+    }
+
+    #[test]
     fn plans_are_reproducible_and_mislabel_the_asked_share() {
-        let config = MixedConfig { tokens: 20_000, seed: 7, mislabel_share: 0.25, rate: 1e4 };
+        let config = MixedConfig {
+            tokens: 20_000,
+            seed: 7,
+            mislabel_share: 0.25,
+            rate: 1e4,
+            drift_at: None,
+        };
         let a = plan(&config);
         assert_eq!(a, plan(&config));
         let wrong = a.iter().filter(|p| p.declared != p.truth).count() as f64 / a.len() as f64;

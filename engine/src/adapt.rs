@@ -1,0 +1,297 @@
+//! Online adaptation: the engine keeps a bounded window of recent telemetry, and a
+//! background thread (never a lane; at a lower OS priority, so the pinned lanes preempt
+//! it) re-fits the cost model on the newest rows, scores the candidate against the
+//! current model on the very newest rows (held out), and swaps it in when it scores
+//! better. The swap is one atomic pointer store in the [`AdaptiveRouter`]; the hot path
+//! never takes a lock for it.
+//!
+//! The fitting itself is the trainer's (`trainer::adapt::TreeRefit` implements
+//! [`Refit`]): the engine only says when and on what, so the crates keep one direction
+//! (trainer → engine).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::model::Model;
+use crate::router::AdaptiveRouter;
+use crate::telemetry::{RecordOutcome, TokenRecord};
+
+/// One observed run the model can learn from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sample {
+    /// The operation's engine id (an index into the names [`Refit::refit`] gets).
+    pub op: u32,
+    /// Its argument-size hint.
+    pub arg_size: u64,
+    /// How long it ran (ns).
+    pub run_ns: u64,
+}
+
+/// Fits a candidate model on recent samples.
+pub trait Refit: Send + Sync + 'static {
+    /// A model fitted on `samples`, whose `op` fields index `ops`.
+    fn refit(&self, ops: &[String], samples: &[Sample]) -> Result<Model, String>;
+}
+
+/// How the engine adapts; see [`EngineBuilder::adapt`](crate::EngineBuilder::adapt).
+#[derive(Clone)]
+pub struct Adaptation {
+    pub(crate) router: Arc<AdaptiveRouter>,
+    pub(crate) refit: Arc<dyn Refit>,
+    /// Time between re-fit attempts.
+    pub(crate) every: Duration,
+    /// Only rows this recent are fitted on (a shift shows within it).
+    pub(crate) horizon: Duration,
+    /// Most rows kept, and most rows one fit uses.
+    pub(crate) window: usize,
+}
+
+impl std::fmt::Debug for Adaptation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Adaptation")
+            .field("every", &self.every)
+            .field("horizon", &self.horizon)
+            .field("window", &self.window)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Adaptation {
+    /// Adapts `router`'s model with `refit`: a re-fit every 250 ms on the rows of the
+    /// last second (at most 50,000).
+    pub fn new(router: Arc<AdaptiveRouter>, refit: Arc<dyn Refit>) -> Self {
+        Adaptation {
+            router,
+            refit,
+            every: Duration::from_millis(250),
+            horizon: Duration::from_secs(1),
+            window: 50_000,
+        }
+    }
+
+    /// Time between re-fit attempts (default 250 ms).
+    pub fn every(mut self, every: Duration) -> Self {
+        self.every = every;
+        self
+    }
+
+    /// Only rows this recent are fitted on (default 1 s).
+    pub fn horizon(mut self, horizon: Duration) -> Self {
+        self.horizon = horizon;
+        self
+    }
+
+    /// Most rows kept and fitted on (default 50,000).
+    pub fn window(mut self, rows: usize) -> Self {
+        self.window = rows;
+        self
+    }
+}
+
+/// What adaptation has done so far.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+pub struct AdaptStatus {
+    /// Whether re-fitting is on.
+    pub enabled: bool,
+    /// The model version routing now (raised by every swap).
+    pub model_version: u32,
+    /// Models swapped in.
+    pub swaps: u32,
+    /// Rows the window has received.
+    pub rows_seen: u64,
+    /// Held-out accuracy of the current model at the last check (0..1).
+    pub recent_accuracy: f64,
+    /// Seconds since the last swap (none yet: `None`).
+    pub last_swap_s_ago: Option<f64>,
+    /// CPU time of the last re-fit (ms).
+    pub last_fit_ms: f64,
+}
+
+type SwapHook = Box<dyn Fn(u32) + Send>;
+
+/// The window, the thread, and what they report.
+pub(crate) struct Adapter {
+    config: Adaptation,
+    rows: Mutex<VecDeque<(Instant, Sample)>>,
+    rows_seen: AtomicU64,
+    enabled: AtomicBool,
+    stop: (Mutex<bool>, Condvar),
+    status: Mutex<AdaptStatus>,
+    last_swap: Mutex<Option<Instant>>,
+    op_names: Arc<RwLock<Vec<String>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    /// Called with the new version after each swap (the control port's event).
+    on_swap: Mutex<Option<SwapHook>>,
+}
+
+impl Adapter {
+    pub(crate) fn new(config: Adaptation, op_names: Arc<RwLock<Vec<String>>>) -> Arc<Self> {
+        Arc::new(Adapter {
+            config,
+            rows: Mutex::new(VecDeque::new()),
+            rows_seen: AtomicU64::new(0),
+            enabled: AtomicBool::new(true),
+            stop: (Mutex::new(false), Condvar::new()),
+            status: Mutex::new(AdaptStatus { enabled: true, ..AdaptStatus::default() }),
+            last_swap: Mutex::new(None),
+            op_names,
+            thread: Mutex::new(None),
+            on_swap: Mutex::new(None),
+        })
+    }
+
+    /// Takes a buffer of telemetry rows into the window (the telemetry writer calls it).
+    pub(crate) fn observe(&self, records: &[TokenRecord]) {
+        let now = Instant::now();
+        let mut rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
+        for r in records {
+            if matches!(r.outcome, RecordOutcome::Completed | RecordOutcome::TimedOut) {
+                rows.push_back((now, Sample { op: r.op, arg_size: r.arg_size, run_ns: r.run_ns }));
+            }
+        }
+        let excess = rows.len().saturating_sub(self.config.window);
+        rows.drain(..excess);
+        self.rows_seen.fetch_add(records.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Starts the re-fitting thread.
+    pub(crate) fn start(self: &Arc<Self>) -> std::io::Result<()> {
+        let me = Arc::clone(self);
+        let handle =
+            std::thread::Builder::new().name("tokengate-adapt".into()).spawn(move || me.run())?;
+        *self.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+        Ok(())
+    }
+
+    /// Stops and joins the thread.
+    pub(crate) fn stop(&self) {
+        *self.stop.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.stop.1.notify_all();
+        if let Some(handle) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = handle.join();
+        }
+    }
+
+    pub(crate) fn set_enabled(&self, on: bool) {
+        self.enabled.store(on, Ordering::SeqCst);
+    }
+
+    pub(crate) fn on_swap(&self, f: impl Fn(u32) + Send + 'static) {
+        *self.on_swap.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(f));
+    }
+
+    pub(crate) fn status(&self) -> AdaptStatus {
+        let mut status = *self.status.lock().unwrap_or_else(|e| e.into_inner());
+        status.enabled = self.enabled.load(Ordering::SeqCst);
+        status.model_version = crate::router::Router::model_version(&*self.config.router);
+        status.swaps = self.config.router.swaps();
+        status.rows_seen = self.rows_seen.load(Ordering::Relaxed);
+        status.last_swap_s_ago = self
+            .last_swap
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map(|at| at.elapsed().as_secs_f64());
+        status
+    }
+
+    fn run(&self) {
+        lower_priority();
+        loop {
+            {
+                let stopped = self.stop.0.lock().unwrap_or_else(|e| e.into_inner());
+                let (stopped, _) = self
+                    .stop
+                    .1
+                    .wait_timeout_while(stopped, self.config.every, |stopped| !*stopped)
+                    .unwrap_or_else(|e| e.into_inner());
+                if *stopped {
+                    return;
+                }
+            }
+            if self.enabled.load(Ordering::SeqCst) {
+                self.round();
+            }
+        }
+    }
+
+    /// One re-fit: fit on the older 80% of the recent rows, score both models on the
+    /// newest 20%, swap if the candidate is clearly better.
+    fn round(&self) {
+        let horizon = self.config.horizon;
+        let recent: Vec<Sample> = {
+            let rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            rows.iter()
+                .filter(|(at, _)| now.duration_since(*at) <= horizon)
+                .map(|(_, s)| *s)
+                .collect()
+        };
+        if recent.len() < 500 {
+            return;
+        }
+        let held = recent.len() / 5;
+        let (train, newest) = recent.split_at(recent.len() - held);
+        let ops = self.op_names.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let started = Instant::now();
+        let candidate = match self.config.refit.refit(&ops, train) {
+            Ok(model) => model,
+            Err(e) => {
+                tracing::debug!("adaptation: no candidate this round ({e})");
+                return;
+            }
+        };
+        let fit_ms = started.elapsed().as_secs_f64() * 1e3;
+        let current = self.config.router.model();
+        let (now_acc, new_acc) =
+            (accuracy(&current, &ops, newest), accuracy(&candidate, &ops, newest));
+        {
+            let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+            status.recent_accuracy = now_acc;
+            status.last_fit_ms = fit_ms;
+        }
+        if new_acc > now_acc + 0.02 {
+            self.config.router.swap(candidate);
+            *self.last_swap.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+            self.status.lock().unwrap_or_else(|e| e.into_inner()).recent_accuracy = new_acc;
+            let version = crate::router::Router::model_version(&*self.config.router);
+            tracing::info!(
+                "adaptation: model {version:08x} swapped in (held-out accuracy {:.1}% → {:.1}%, fit {fit_ms:.0} ms)",
+                now_acc * 100.0,
+                new_acc * 100.0
+            );
+            if let Some(f) = self.on_swap.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                f(version);
+            }
+        }
+    }
+}
+
+/// Share of `samples` whose runtime falls in the class `model` predicts for them.
+fn accuracy(model: &Model, ops: &[String], samples: &[Sample]) -> f64 {
+    let classes = &model.header().classes;
+    let hits = samples
+        .iter()
+        .filter(|s| {
+            let Some(index) = ops.get(s.op as usize).and_then(|name| model.op_index(name)) else {
+                return false;
+            };
+            let class = model.predict(&crate::features::model_inputs(index, s.arg_size));
+            classes.get(class).is_some_and(|c| c.min_ns <= s.run_ns && s.run_ns < c.max_ns)
+        })
+        .count();
+    hits as f64 / samples.len().max(1) as f64
+}
+
+/// Re-fits share the lanes' cores: make this thread the first the scheduler preempts.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain syscalls on the calling thread; `gettid` cannot fail and a failed
+    // `setpriority` only leaves the priority as it was.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+    }
+}

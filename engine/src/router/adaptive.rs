@@ -1,0 +1,78 @@
+//! The adaptive router: the learned router whose model is swapped, while the engine
+//! runs, for one re-fitted on recent telemetry (`adapt.rs`). A swap is one atomic
+//! pointer store (`arc-swap`); routing loads the current router without a lock or a
+//! reference-count update.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
+
+use arc_swap::ArcSwap;
+
+use super::{Features, LearnedRouter, Placement, Router, StaticRouter};
+use crate::model::Model;
+
+/// A [`LearnedRouter`] whose model can be replaced at any time.
+#[derive(Debug)]
+pub struct AdaptiveRouter {
+    current: ArcSwap<LearnedRouter>,
+    fallback: StaticRouter,
+    /// Operation names by engine id, to register them with each new model.
+    ops: RwLock<Vec<(u32, String)>>,
+    /// Models swapped in so far (0: the starting one).
+    generation: AtomicU32,
+}
+
+impl AdaptiveRouter {
+    /// Starts with `model`; operations it does not know fall back to `fallback`.
+    pub fn new(model: Model, fallback: StaticRouter) -> Self {
+        AdaptiveRouter {
+            current: ArcSwap::from_pointee(LearnedRouter::new(model, fallback)),
+            fallback,
+            ops: RwLock::new(Vec::new()),
+            generation: AtomicU32::new(0),
+        }
+    }
+
+    /// The model routing now.
+    pub fn model(&self) -> Model {
+        self.current.load().model().clone()
+    }
+
+    /// Models swapped in since the start.
+    pub fn swaps(&self) -> u32 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    /// Routes with `model` from now on.
+    pub fn swap(&self, model: Model) {
+        let router = LearnedRouter::new(model, self.fallback);
+        for (id, name) in self.ops.read().unwrap_or_else(|e| e.into_inner()).iter() {
+            router.register_op(*id, name);
+        }
+        self.current.store(Arc::new(router));
+        self.generation.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Router for AdaptiveRouter {
+    #[inline]
+    fn route(&self, features: &Features) -> Placement {
+        self.current.load().route(features)
+    }
+
+    fn register_op(&self, op: u32, name: &str) {
+        self.ops.write().unwrap_or_else(|e| e.into_inner()).push((op, name.to_string()));
+        self.current.load().register_op(op, name);
+    }
+
+    /// Raised by every swap: the swap count in the top byte, the model's fingerprint
+    /// below it.
+    fn model_version(&self) -> u32 {
+        let generation = self.generation.load(Ordering::Relaxed).min(255);
+        (generation << 24) | (self.current.load().model_version() & 0x00FF_FFFF)
+    }
+
+    fn is_pure(&self) -> bool {
+        true
+    }
+}
