@@ -325,3 +325,20 @@ fn cancel_and_throttle_take_effect_on_the_running_engine() {
     assert!(op["p50_ms"].as_f64().unwrap() > 0.0);
     assert_eq!(op["cancelled"], json!(51));
 }
+
+#[test]
+fn model_and_adapt_commands_report_and_refuse_clearly() {
+    let engine = engine_with_control();
+    let addr = engine.control_addr().unwrap();
+    let rt = runtime();
+    let mut socket = rt.block_on(connect(addr, Some(SECRET))).unwrap();
+    let reply = rt.block_on(cmd(&mut socket, json!({"id": 1, "cmd": "model"})));
+    assert_eq!(reply["ok"], json!(true), "{reply}");
+    assert_eq!(reply["model"]["enabled"], json!(false));
+    assert_eq!(reply["model"]["model_version"], json!(engine.model_version()));
+    let reply = rt.block_on(cmd(&mut socket, json!({"id": 2, "cmd": "adapt", "on": true})));
+    assert_eq!(reply["error"]["code"], json!("bad_value"), "{reply}");
+    assert!(reply["error"]["message"].as_str().unwrap().contains("without adaptation"));
+    let reply = rt.block_on(cmd(&mut socket, json!({"id": 3, "cmd": "adapt"})));
+    assert_eq!(reply["error"]["code"], json!("bad_request"), "{reply}");
+}

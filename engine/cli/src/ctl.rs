@@ -74,6 +74,10 @@ enum CtlCommand {
     Clear,
     /// Print one stats snapshot (JSON).
     Stats,
+    /// The model routing now and what online adaptation has done.
+    Model,
+    /// Turn online re-fitting on or off (--state on|off).
+    Adapt,
     /// Start a shutdown (--mode drain|abort).
     Shutdown,
     /// Print the live stats stream as a refreshing table.
@@ -108,9 +112,18 @@ pub(crate) struct CtlArgs {
     /// For shutdown: drain or abort.
     #[arg(long, value_enum, default_value_t = Mode::Drain)]
     mode: Mode,
+    /// For adapt: on or off.
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    state: Switch,
     /// For watch: milliseconds between stats events.
     #[arg(long, default_value_t = 500)]
     interval_ms: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Switch {
+    On,
+    Off,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -129,6 +142,8 @@ impl CtlArgs {
             CtlCommand::Resume => Command::Resume { op },
             CtlCommand::Clear => Command::Clear { op },
             CtlCommand::Stats => Command::Stats,
+            CtlCommand::Model => Command::Model,
+            CtlCommand::Adapt => Command::Adapt { on: self.state == Switch::On },
             CtlCommand::Cancel => match (&op, self.token) {
                 (Some(_), None) | (None, Some(_)) => Command::Cancel { op, token: self.token },
                 _ => bail!("cancel needs either --op or --token"),
@@ -179,6 +194,9 @@ pub(crate) fn ctl(args: CtlArgs) -> Result<()> {
                     if print_watch(&ops, dropped_events).is_err() {
                         return Ok(()); // stdout closed (e.g. piped into `head`)
                     }
+                }
+                ServerMessage::Event(Event::ModelSwapped { version }) if watch => {
+                    eprintln!("model {version:08x} swapped in by online adaptation");
                 }
                 ServerMessage::Event(Event::Override { by, cmd, op, change }) if watch => {
                     let op = op.as_deref().unwrap_or("all");
@@ -304,7 +322,8 @@ mod tests {
             command(&["watch", "--interval-ms", "100"]).unwrap(),
             Command::Subscribe { interval_ms: Some(100) }
         );
-        for name in ["pause", "resume", "clear", "stats"] {
+        assert_eq!(command(&["adapt", "--state", "off"]).unwrap(), Command::Adapt { on: false });
+        for name in ["pause", "resume", "clear", "stats", "model"] {
             assert_eq!(command(&[name]).unwrap().name(), name);
         }
     }
