@@ -62,9 +62,10 @@ pub(crate) struct RunArgs {
     /// Write one Parquet record per finished token into this directory.
     #[arg(long)]
     log: Option<PathBuf>,
-    /// Log one token in K.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
-    log_sample: u64,
+    /// Log one token in K (default 1; 64 for `leibniz --adapt`, whose sub-microsecond
+    /// tokens would otherwise spend more on their rows than on their work).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    log_sample: Option<u64>,
     /// Cap of the log directory in MiB (segments already there count); past it no more
     /// rows are written and the report counts them as `over_cap`.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
@@ -106,7 +107,8 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
     if args.model.is_some() && args.router != RouterChoice::Model {
         bail!("--model only applies with --router model");
     }
-    let mut builder = builder(&args.engine).log_sample(args.log_sample);
+    let default_sample = if args.adapt && args.workload == Workload::Leibniz { 64 } else { 1 };
+    let mut builder = builder(&args.engine).log_sample(args.log_sample.unwrap_or(default_sample));
     if args.adapt {
         if args.router != RouterChoice::Model {
             bail!("--adapt re-fits the model: it needs --router model");

@@ -122,9 +122,10 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
     }
 
     /// Whether every token of an untagged chunk gets the same placement: a pure router
-    /// that sees no per-token input (no size hint), and no per-token telemetry.
+    /// that sees no per-token input (no size hint). Telemetry then keeps one token
+    /// description per batch.
     pub(super) fn routes_once(&self) -> bool {
-        self.pure && self.op.options.size_hint.is_none() && !self.logging
+        self.pure && self.op.options.size_hint.is_none()
     }
 
     /// Places `len` tokens of the operation's own weight at once (see
@@ -141,6 +142,12 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
             open.items.reserve_exact(take);
             open.items.extend(items.by_ref().take(take));
             open.cost_ns += placement.predicted_ns * take as u64;
+            if self.logging && open.meta.is_none() {
+                let mut meta =
+                    BatchMeta::new(self.admitted_at, &self.features, &self.op.engine, set);
+                meta.tokens.push(TokenMeta::new(&self.features, &placement));
+                open.meta = Some(Box::new(meta));
+            }
             open.limit = batch;
             remaining -= take;
             if open.is_full() {

@@ -164,7 +164,8 @@ impl<A: Send + 'static, R: Send + 'static> Batch<A, R> {
             _ => op.control.cancelled_before(),
         };
         let cancels = items.first().is_some_and(|&(index, _)| chunk.id_of(index) < cancel_before);
-        let short = op.plain && meta.is_none();
+        // Tokens of a plain operation that are not logged take the short branch.
+        let short = op.plain;
         let log = meta.map(|meta| BatchLog {
             batch_id: lane.next_batch_id(),
             batch_size: items.len() as u32,
@@ -180,7 +181,8 @@ impl<A: Send + 'static, R: Send + 'static> Batch<A, R> {
             if cancels && chunk.id_of(index) < cancel_before {
                 chunk.cancel(index, CancelSource::Control);
             }
-            if short {
+            let logged = log.as_ref().is_some_and(|l| chunk.id_of(index) % l.sample_every == 0);
+            if short && !logged {
                 if slot.claim(attempt) {
                     tally.ran += 1;
                     tally.count(slot.finish(attempt, call(&op.f, arg, attempt, &|| true)));
@@ -190,7 +192,6 @@ impl<A: Send + 'static, R: Send + 'static> Batch<A, R> {
                 continue;
             }
             let token = Attempt { op: &op, chunk: &chunk, index, attempt, lane };
-            let logged = log.as_ref().is_some_and(|l| chunk.id_of(index) % l.sample_every == 0);
             // Logging every token costs one clock read each: a token's start is the
             // previous one's end. Sampled logging reads the clock around each sample.
             let sampled = log.as_ref().is_some_and(|l| l.sample_every != 1);
@@ -347,7 +348,8 @@ impl BatchLog {
         outcome: RecordOutcome,
     ) -> TokenRecord {
         let meta = &self.meta;
-        let token = &meta.tokens[position];
+        // One description per batch when the whole batch was placed at once.
+        let token = meta.tokens.get(position).unwrap_or(&meta.tokens[0]);
         TokenRecord {
             token_id: chunk.id_of(index),
             op: op.id,
