@@ -164,14 +164,17 @@ impl<A: Send + 'static, R: Send + 'static> Batch<A, R> {
             _ => op.control.cancelled_before(),
         };
         let cancels = items.first().is_some_and(|&(index, _)| chunk.id_of(index) < cancel_before);
-        // Tokens of a plain operation that are not logged take the short branch.
-        let short = op.plain;
+        // A plain operation's batch without telemetry takes the short branch for every
+        // token; with sampled telemetry, its unlogged tokens do.
+        let short = op.plain && meta.is_none();
         let log = meta.map(|meta| BatchLog {
             batch_id: lane.next_batch_id(),
             batch_size: items.len() as u32,
             sample_every: lane.sample_every(),
             meta,
         });
+        // 0: nothing logged in this batch; else log tokens whose id is a multiple.
+        let log_every = log.as_ref().map_or(0, |l| l.sample_every);
         let started = Instant::now();
         let mut last = started;
         let mut tally = Tally::default();
@@ -181,8 +184,8 @@ impl<A: Send + 'static, R: Send + 'static> Batch<A, R> {
             if cancels && chunk.id_of(index) < cancel_before {
                 chunk.cancel(index, CancelSource::Control);
             }
-            let logged = log.as_ref().is_some_and(|l| chunk.id_of(index) % l.sample_every == 0);
-            if short && !logged {
+            let logged = !short && log_every != 0 && chunk.id_of(index) % log_every == 0;
+            if short || (op.plain && !logged) {
                 if slot.claim(attempt) {
                     tally.ran += 1;
                     tally.count(slot.finish(attempt, call(&op.f, arg, attempt, &|| true)));
@@ -241,7 +244,9 @@ struct Attempt<'a, A, R> {
 impl<A: Send + 'static, R: Send + 'static> Attempt<'_, A, R> {
     /// Claims, runs and resolves (or retries) the token. `Err` if it was not this
     /// attempt's to run; else how the attempt ended and whether this lane thread was
-    /// replaced meanwhile (an overrun deadline: it must retire).
+    /// replaced meanwhile (an overrun deadline: it must retire). Kept out of line: the
+    /// run loop's short branch is the hot one.
+    #[inline(never)]
     fn run(&self, arg: A, tally: &mut Tally) -> Result<(RecordOutcome, bool), Skipped> {
         let Attempt { op, chunk, index, attempt, lane } = *self;
         let slot = chunk.slot(index);

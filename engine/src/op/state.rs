@@ -214,6 +214,7 @@ impl<A: Send + 'static, R: Send + 'static> OpControl for OpShared<A, R> {
 }
 
 /// Runs one call, turning a panic into an error.
+#[inline]
 pub(super) fn call<A, R>(
     f: &BoxFn<A, R>,
     arg: A,
