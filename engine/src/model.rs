@@ -22,8 +22,9 @@ use crate::features::{FEATURE_SCHEMA_VERSION, MODEL_FEATURES};
 use crate::placement::LaneSet;
 
 const MAGIC: &[u8; 8] = b"TKGMODEL";
-/// Version of the file layout.
-pub const FORMAT_VERSION: u16 = 1;
+/// Version of the file layout (2: the training info records the fitted dispatch
+/// overhead).
+pub const FORMAT_VERSION: u16 = 2;
 const PREFIX_LEN: usize = 16;
 const DECODE_LIMIT: usize = 64 << 20;
 /// Deepest tree the engine accepts (fits bound theirs far below this).
@@ -84,6 +85,27 @@ pub struct TrainingInfo {
     pub created_unix: u64,
     /// The files it was fitted on.
     pub sources: Vec<String>,
+    /// The per-batch dispatch overhead fitted from the logs (ns): admission to the
+    /// start of a batch's first token when its queue was empty. Class batch sizes are
+    /// derived from it (see [`batch_for`]).
+    pub dispatch_overhead_ns: u64,
+}
+
+/// The largest share of a batch's time its dispatch may take.
+pub const MAX_OVERHEAD_SHARE: f64 = 0.02;
+/// The longest a light batch may run (its tokens wait for one another).
+pub const BATCH_LATENCY_BUDGET_NS: u64 = 100_000;
+
+/// The batch size for a class whose typical token takes `median_ns`, given the fitted
+/// per-batch dispatch overhead: large enough that dispatch stays under
+/// [`MAX_OVERHEAD_SHARE`] of the batch's run time, but never so large that the batch
+/// runs longer than [`BATCH_LATENCY_BUDGET_NS`] (latency wins when both cannot hold).
+/// Heavy classes run one at a time.
+pub fn batch_for(median_ns: u64, overhead_ns: u64) -> u32 {
+    let median = median_ns.max(1) as f64;
+    let amortised = (overhead_ns as f64 / (MAX_OVERHEAD_SHARE * median)).ceil();
+    let within_budget = (BATCH_LATENCY_BUDGET_NS as f64 / median).floor().max(1.0);
+    amortised.min(within_budget).clamp(1.0, f64::from(MAX_BATCH)) as u32
 }
 
 /// The placement policy for a class whose typical token takes `median_ns`: heavy lanes
@@ -407,5 +429,17 @@ mod tests {
         assert_eq!(policy_for(0), (LaneSet::Light, MAX_BATCH));
         assert_eq!(policy_for(HEAVY_NS - 1).0, LaneSet::Light);
         assert_eq!(policy_for(HEAVY_NS), (LaneSet::Heavy, 1));
+    }
+
+    #[test]
+    fn learned_batches_amortise_dispatch_within_the_latency_budget() {
+        // 5 µs of dispatch: a 2 µs token would need 125 per batch to keep dispatch under
+        // 2%, but 50 of them already fill the 100 µs budget.
+        assert_eq!(batch_for(2_000, 5_000), 50);
+        // Cheap dispatch: 10 suffice.
+        assert_eq!(batch_for(2_000, 400), 10);
+        assert_eq!(batch_for(30, 5_000), MAX_BATCH);
+        assert_eq!(batch_for(HEAVY_NS, 5_000), 1);
+        assert_eq!(batch_for(0, 0), 1);
     }
 }

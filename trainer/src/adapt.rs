@@ -45,6 +45,7 @@ impl Refit for TreeRefit {
                 .collect(),
             files: Vec::new(),
             skipped: 0,
+            dispatch_ns: Vec::new(),
         };
         let fitted = fit(&data, &self.options).map_err(|e| e.to_string())?;
         Model::from_bytes(&fitted.bytes).map_err(|e| e.to_string())

@@ -35,6 +35,9 @@ pub struct Data {
     pub files: Vec<PathBuf>,
     /// Rows skipped (failed tokens).
     pub skipped: usize,
+    /// Per batch queued onto an empty queue: admission → start of its first token (ns),
+    /// the dispatch overhead a batch pays.
+    pub dispatch_ns: Vec<u64>,
 }
 
 /// Expands directories (their `*.parquet` files), files and glob patterns, sorted and
@@ -122,5 +125,26 @@ fn read_file(
         });
         data.rows.push(Row { op: index, arg_size, run_ns });
     }
+    read_dispatch(&frame, data);
     Ok(())
+}
+
+/// The dispatch overhead of batches queued onto an empty queue (`lane_load` 0): the
+/// smallest `queue_wait_ns` of each such batch, which is its first token's. Files
+/// without the columns add nothing.
+fn read_dispatch(frame: &DataFrame, data: &mut Data) {
+    let u64s = |name: &str| frame.column(name).ok().and_then(|c| c.u64().ok().cloned());
+    let (Some(batch), Some(load), Some(wait)) =
+        (u64s("batch_id"), u64s("lane_load"), u64s("queue_wait_ns"))
+    else {
+        return;
+    };
+    let mut first: HashMap<u64, u64> = HashMap::new();
+    for ((batch, load), wait) in batch.iter().zip(load.iter()).zip(wait.iter()) {
+        if let (Some(batch), Some(0), Some(wait)) = (batch, load, wait) {
+            let entry = first.entry(batch).or_insert(wait);
+            *entry = (*entry).min(wait);
+        }
+    }
+    data.dispatch_ns.extend(first.into_values());
 }

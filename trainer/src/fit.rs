@@ -10,7 +10,10 @@ use rand::SeedableRng;
 use tokengate::features::{
     class_edges_ns, class_of, model_inputs, FEATURE_SCHEMA_VERSION, MODEL_FEATURES,
 };
-use tokengate::model::{self, policy_for, ClassPolicy, Model, ModelHeader, TrainingInfo};
+use tokengate::model::{
+    self, batch_for, policy_for, ClassPolicy, Model, ModelHeader, TrainingInfo,
+};
+use tokengate::LaneSet;
 
 use crate::dataset::{Data, Row};
 use crate::report::{ns, Metrics};
@@ -95,11 +98,12 @@ pub fn fit(data: &Data, options: &FitOptions) -> Result<Fitted, TrainError> {
         .fit(&dataset)
         .map_err(|e| TrainError::Fit(e.to_string()))?;
 
+    let overhead_ns = dispatch_overhead_ns(&data.dispatch_ns);
     let mut header = ModelHeader {
         feature_schema: FEATURE_SCHEMA_VERSION,
         feature_names: MODEL_FEATURES.iter().map(|s| s.to_string()).collect(),
         ops: data.ops.clone(),
-        classes: class_table(rows, &labels, train, &edges),
+        classes: class_table(rows, &labels, train, &edges, overhead_ns),
         training: TrainingInfo {
             rows: rows.len() as u64,
             train_rows: train.len() as u64,
@@ -110,6 +114,7 @@ pub fn fit(data: &Data, options: &FitOptions) -> Result<Fitted, TrainError> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             sources: data.files.iter().map(|p| p.display().to_string()).collect(),
+            dispatch_overhead_ns: overhead_ns,
         },
     };
     // Score through the engine's own inference path, then check linfa agrees with it.
@@ -177,7 +182,27 @@ pub(crate) fn matrix(
 }
 
 /// Each class's runtime range, median and derived placement, from the training rows.
-fn class_table(rows: &[Row], labels: &[usize], train: &[usize], edges: &[u64]) -> Vec<ClassPolicy> {
+/// Without logged batches (in-memory samples, old files): a typical dispatch on the
+/// 2-core machine (a wake-up of a parked lane).
+pub const DEFAULT_DISPATCH_NS: u64 = 5_000;
+
+/// The fitted per-batch dispatch overhead: the median of the logged ones.
+fn dispatch_overhead_ns(logged: &[u64]) -> u64 {
+    if logged.len() < 10 {
+        return DEFAULT_DISPATCH_NS;
+    }
+    let mut sorted = logged.to_vec();
+    let middle = sorted.len() / 2;
+    *sorted.select_nth_unstable(middle).1
+}
+
+fn class_table(
+    rows: &[Row],
+    labels: &[usize],
+    train: &[usize],
+    edges: &[u64],
+    overhead_ns: u64,
+) -> Vec<ClassPolicy> {
     let classes = edges.len() + 1;
     let mut runtimes: Vec<Vec<u64>> = vec![Vec::new(); classes];
     for &i in train {
@@ -200,7 +225,8 @@ fn class_table(rows: &[Row], labels: &[usize], train: &[usize], edges: &[u64]) -
                 let middle = ns.len() / 2;
                 *ns.select_nth_unstable(middle).1
             };
-            let (lanes, batch) = policy_for(median_ns);
+            let (lanes, _) = policy_for(median_ns);
+            let batch = if lanes == LaneSet::Heavy { 1 } else { batch_for(median_ns, overhead_ns) };
             ClassPolicy { min_ns, max_ns, median_ns, rows: ns.len() as u64, lanes, batch }
         })
         .collect()

@@ -100,6 +100,14 @@ pub fn describe(header: &ModelHeader, tree: &DecisionTree<f64, usize>) -> String
         t.max_depth,
         t.validation_accuracy * 100.0
     );
+    let _ = writeln!(
+        out,
+        "dispatch    {} per batch (fitted from logged batches queued onto an empty queue); \
+         batches keep it under {:.0}% of their run time and run at most {}",
+        ns(t.dispatch_overhead_ns),
+        tokengate::model::MAX_OVERHEAD_SHARE * 100.0,
+        ns(tokengate::model::BATCH_LATENCY_BUDGET_NS)
+    );
     let _ = writeln!(out, "\nclass  runtime range           median      rows  lanes  batch");
     for (k, c) in header.classes.iter().enumerate() {
         let max = if c.max_ns == u64::MAX { "∞".to_string() } else { ns(c.max_ns) };
