@@ -82,7 +82,7 @@ impl Outside for Lanes {
     fn help(&self, done: &dyn Fn() -> bool) -> bool {
         let light = self.queue_index(LaneSet::Light);
         let backlog = 2 * (self.primary[light].count_ones() as usize).max(1);
-        if self.queues[light].len() < backlog || self.shutdown.load(Ordering::Relaxed) {
+        if self.shared_len(light) < backlog || self.shutdown.load(Ordering::Relaxed) {
             return false;
         }
         // A context for this round only: a cached one would keep the engine's telemetry
@@ -90,7 +90,7 @@ impl Outside for Lanes {
         let Some(me) = self.me.upgrade() else { return false };
         let ctx = LaneCtx::new(me, usize::from(OUTSIDE_LANE), -1);
         let mut ran = false;
-        while !done() && self.queues[light].len() >= backlog {
+        while !done() && self.shared_len(light) >= backlog {
             let Some(job) = self.take_shared(light) else { break };
             if !job.may_run_outside() {
                 self.push_shared(light, job);

@@ -33,12 +33,14 @@ use crate::telemetry::Telemetry;
 mod ctx;
 mod help;
 mod local;
+mod order;
 mod steal;
 mod thread_life;
 
 pub(crate) use ctx::LaneCtx;
 use ctx::Watch;
 use local::LocalQueue;
+use order::{LongQueue, LONG_NS};
 use steal::LightArrivals;
 pub(crate) use steal::{StealPolicy, LIGHT_BUDGET};
 pub(crate) use thread_life::spawn_workers;
@@ -151,6 +153,8 @@ pub(crate) struct Lanes {
     has_heavy: bool,
     /// When light lanes take heavy batches (`steal.rs`).
     steal: StealPolicy,
+    /// Long light batches, behind short ones (`order.rs`).
+    long: LongQueue,
     /// Per shared queue: the predicted nanoseconds of the batches in it.
     queued_ns: [AtomicU64; 2],
     /// Arrivals of light work, for the cost-aware rule.
@@ -223,6 +227,7 @@ impl Lanes {
             has_heavy: config.heavy_lanes > 0,
             steal: config.steal,
             queued_ns: Default::default(),
+            long: LongQueue::default(),
             arrivals: LightArrivals::default(),
             shutdown: AtomicBool::new(false),
             abort: AtomicBool::new(false),
@@ -263,7 +268,7 @@ impl Lanes {
 
     /// Batches waiting in the queue that serves `set` (a telemetry feature).
     pub(crate) fn queued_batches(&self, set: LaneSet) -> usize {
-        self.queues[self.queue_index(set)].len()
+        self.shared_len(self.queue_index(set))
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -286,17 +291,39 @@ impl Lanes {
         }
     }
 
-    /// Takes the oldest batch of shared queue `queue`.
+    /// Takes the next batch of shared queue `queue`: for the light queue, a long batch
+    /// that has waited too long, else a short one, else a long one (`order.rs`).
     fn take_shared(&self, queue: usize) -> Option<BoxJob> {
-        let job = steal(&self.queues[queue])?;
+        let job = if queue == LaneSet::Light.index() {
+            self.long
+                .pop(true)
+                .or_else(|| steal(&self.queues[queue]))
+                .or_else(|| self.long.pop(false))
+        } else {
+            steal(&self.queues[queue])
+        }?;
         self.queued_ns[queue].fetch_sub(job.predicted_ns(), Ordering::Relaxed);
         Some(job)
+    }
+
+    fn enqueue_shared(&self, queue: usize, job: BoxJob) {
+        if queue == LaneSet::Light.index() && job.predicted_ns() >= LONG_NS {
+            self.long.push(job);
+        } else {
+            self.queues[queue].push(job);
+        }
+    }
+
+    /// Batches waiting in shared queue `queue`.
+    fn shared_len(&self, queue: usize) -> usize {
+        let long = if queue == LaneSet::Light.index() { self.long.len() } else { 0 };
+        self.queues[queue].len() + long
     }
 
     /// Queues one batch on shared queue `queue` and wakes a lane that can run it.
     fn push_shared(&self, queue: usize, job: BoxJob) {
         self.arriving(queue, &job);
-        self.queues[queue].push(job);
+        self.enqueue_shared(queue, job);
         fence(Ordering::SeqCst);
         let idle = self.idle.load(Ordering::SeqCst);
         if idle != 0 {
@@ -318,7 +345,7 @@ impl Lanes {
             }
             _ => {
                 self.arriving(queue, &job);
-                self.queues[queue].push(job)
+                self.enqueue_shared(queue, job)
             }
         }
         fence(Ordering::SeqCst);
@@ -454,7 +481,7 @@ impl Lanes {
 
     /// Whether `queue` (or a lane's local queue) holds a batch meant for it.
     fn queue_has_work(&self, queue: usize) -> bool {
-        !self.queues[queue].is_empty() || self.lanes.iter().any(|lane| lane.local.has(queue))
+        self.shared_len(queue) > 0 || self.lanes.iter().any(|lane| lane.local.has(queue))
     }
 
     fn has_work(&self, lane: usize) -> bool {
@@ -557,6 +584,45 @@ mod tests {
             true
         }
         fn cancel_all(self: Box<Self>, _: crate::CancelSource) {}
+    }
+
+    /// A batch with a name (as its length) and a predicted runtime.
+    struct Timed(usize, u64);
+
+    impl Job for Timed {
+        fn len(&self) -> usize {
+            self.0
+        }
+        fn predicted_ns(&self) -> u64 {
+            self.1
+        }
+        fn run(self: Box<Self>, _: &LaneCtx) -> RunEnd {
+            RunEnd::Done
+        }
+        fn start(self: Box<Self>) -> Option<BoxJob> {
+            Some(self)
+        }
+        fn may_run_outside(&self) -> bool {
+            true
+        }
+        fn cancel_all(self: Box<Self>, _: crate::CancelSource) {}
+    }
+
+    #[test]
+    fn short_light_batches_run_before_long_ones_until_those_age() {
+        let lanes = lanes(false, 1);
+        lanes.push(LaneSet::Light, Box::new(Timed(1, 60_000)));
+        lanes.push(LaneSet::Light, Box::new(Timed(2, 2_000)));
+        lanes.push(LaneSet::Light, Box::new(Timed(3, 2_000)));
+        assert_eq!(next(&lanes, 0), Some(2), "short first");
+        assert_eq!(next(&lanes, 0), Some(3));
+        assert_eq!(next(&lanes, 0), Some(1), "then the long one");
+        lanes.push(LaneSet::Light, Box::new(Timed(4, 60_000)));
+        std::thread::sleep(order::MAX_AGE * 2);
+        lanes.push(LaneSet::Light, Box::new(Timed(5, 2_000)));
+        assert_eq!(next(&lanes, 0), Some(4), "an aged long batch goes first");
+        assert_eq!(next(&lanes, 0), Some(5));
+        assert_eq!(lanes.queued_ns[0].load(Ordering::Relaxed), 0, "costs are given back");
     }
 
     fn lanes(isolate_heavy: bool, steal_backlog: usize) -> Arc<Lanes> {

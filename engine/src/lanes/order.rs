@@ -1,0 +1,57 @@
+//! Order within the light set: short batches first, long ones aged.
+//!
+//! The light queue holds work of very different lengths (a 2 µs token and a 60 µs one
+//! are both "light"). Running the predicted-short batches first lowers light latency
+//! (shortest predicted job first, as in Mitzenmacher's scheduling with predictions);
+//! batches predicted to run at least [`LONG_NS`] wait in a second FIFO that lanes take
+//! from when no short batch waits, or at once when its oldest batch has waited
+//! [`MAX_AGE`] — so nothing starves. The heavy queue stays one FIFO: all of it is long.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::BoxJob;
+
+/// A light batch predicted to run at least this long waits behind short ones.
+pub(super) const LONG_NS: u64 = 20_000;
+/// The longest a long light batch waits behind short ones.
+pub(super) const MAX_AGE: Duration = Duration::from_millis(1);
+
+/// Long light batches, oldest first, with when each was queued.
+#[derive(Default)]
+pub(super) struct LongQueue {
+    jobs: Mutex<VecDeque<(Instant, BoxJob)>>,
+    len: AtomicUsize,
+}
+
+impl LongQueue {
+    pub(super) fn push(&self, job: BoxJob) {
+        let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        jobs.push_back((Instant::now(), job));
+        self.len.store(jobs.len(), Ordering::SeqCst);
+    }
+
+    /// The oldest batch, if any (`aged_only`: only if it has waited [`MAX_AGE`]).
+    pub(super) fn pop(&self, aged_only: bool) -> Option<BoxJob> {
+        if self.is_empty() {
+            return None;
+        }
+        let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        if aged_only && jobs.front().is_none_or(|(at, _)| at.elapsed() < MAX_AGE) {
+            return None;
+        }
+        let job = jobs.pop_front().map(|(_, job)| job);
+        self.len.store(jobs.len(), Ordering::SeqCst);
+        job
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.len.load(Ordering::SeqCst)
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
