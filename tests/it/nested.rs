@@ -173,3 +173,40 @@ fn waiting_callers_help_only_a_backlog() {
     assert_eq!(by_caller, off_lane.load(Ordering::SeqCst));
     assert_eq!(engine.lane_stats()[0].tokens + by_caller, 501);
 }
+
+/// Deadlines and waits that help: a call that overruns while its lane helps another's
+/// wait, and a waiting call that overruns while a helped call runs. Every token resolves,
+/// the lanes are replaced, and the engine still drains.
+#[test]
+fn overruns_inside_nested_waits_still_resolve_and_drain() {
+    use std::sync::mpsc;
+    let engine = Engine::builder().workers(1).pin(false).build().unwrap();
+    let child = engine
+        .operation("slow_child", Weight::Light)
+        .timeout(Duration::from_millis(20))
+        .register(|ms: u64| std::thread::sleep(Duration::from_millis(ms)))
+        .unwrap();
+    let parent = engine
+        .operation("waiting_parent", Weight::Light)
+        .timeout(Duration::from_millis(150))
+        .register(move |(child_ms, after_ms): (u64, u64)| {
+            let result = child.submit(child_ms).wait();
+            std::thread::sleep(Duration::from_millis(after_ms));
+            result.is_ok()
+        })
+        .unwrap();
+    // The child overruns (its lane is replaced while the parent's stack is on it); then
+    // the parent overruns too; and a parent that finishes in time.
+    let tokens = vec![parent.submit((60, 0)), parent.submit((1, 300)), parent.submit((1, 0))];
+    let results: Vec<_> = tokens.into_iter().map(|t| t.wait()).collect();
+    assert_eq!(results[0], Ok(false), "the child timed out, the parent returned in time");
+    assert_eq!(results[1], Err(TokenError::TimedOut));
+    assert_eq!(results[2], Ok(true));
+    assert!(engine.stuck_workers() >= 2, "{} replacements", engine.stuck_workers());
+    let (done, finished) = mpsc::channel();
+    std::thread::spawn(move || {
+        engine.shutdown();
+        let _ = done.send(());
+    });
+    finished.recv_timeout(Duration::from_secs(20)).expect("the engine drains");
+}

@@ -340,11 +340,11 @@ pub(crate) fn compare(args: CompareArgs) -> Result<()> {
                     Value::Null
                 };
                 result["recovery_s_runs"] = json!(recoveries);
-                result["rolling_p99_ms"] = json!(runs
-                    .first()
-                    .zip(oracle_runs.first())
+                result["rolling_p99_ms_runs"] = json!(runs
+                    .iter()
+                    .zip(&oracle_runs)
                     .map(|(r, o)| rolling_table(r, o))
-                    .unwrap_or_default());
+                    .collect::<Vec<_>>());
             }
         }
         results.insert(name.to_string(), result);
@@ -388,7 +388,7 @@ fn rolling_p99_ms(run: &mixed::RouterRun, from: f64) -> Option<f64> {
     (!window.is_empty()).then(|| mixed::Latency::of(window).p99_ms)
 }
 
-/// Per 0.5 s step: (seconds since the start, this run's rolling 1-s light p99, the
+/// Per 0.25 s step: (seconds since the start, this run's rolling 1-s light p99, the
 /// oracle's), for looking at how a router recovers.
 fn rolling_table(run: &mixed::RouterRun, oracle: &mixed::RouterRun) -> Vec<(f64, f64, f64)> {
     let end = run.light_timed.iter().map(|(at, _)| *at).fold(0.0, f64::max) - 1.0;
@@ -398,7 +398,7 @@ fn rolling_table(run: &mixed::RouterRun, oracle: &mixed::RouterRun) -> Vec<(f64,
         let mine = rolling_p99_ms(run, from).unwrap_or(f64::NAN);
         let best = rolling_p99_ms(oracle, from).unwrap_or(f64::NAN);
         table.push((from, mine, best));
-        from += 0.5;
+        from += 0.25;
     }
     table
 }

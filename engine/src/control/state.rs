@@ -224,7 +224,12 @@ impl OpControlState {
             return Some(job);
         }
         let mut waiting = self.throttled.lock().unwrap_or_else(|e| e.into_inner());
-        // Checked again under the lock a finishing batch takes to hand its slot on.
+        // Checked again under the lock a finishing batch (or a new limit) takes to hand
+        // slots on: a limit lifted meanwhile lets the batch run.
+        if self.throttle.load(SeqCst) == 0 {
+            self.running.fetch_add(1, SeqCst);
+            return Some(job);
+        }
         if take_slot() {
             return Some(job);
         }
@@ -236,7 +241,7 @@ impl OpControlState {
     /// waiting at the throttle.
     pub(crate) fn finish_batch(&self, lanes: &Lanes) {
         self.running.fetch_sub(1, SeqCst);
-        if self.throttle.load(SeqCst) > 0 {
+        if self.flags() & THROTTLED != 0 || self.throttle.load(SeqCst) > 0 {
             let next = self.throttled.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
             if let Some((set, job)) = next {
                 lanes.push(set, job);

@@ -6,6 +6,7 @@
 //! and no borrow is held across a user's call.
 
 use std::cell::{Cell, RefCell};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,6 +22,8 @@ pub(super) struct Watch {
     pub(super) token_id: u64,
     pub(super) queue: Arc<OpQueue>,
     pub(super) permit: Permit,
+    /// The "stuck" flag of the thread running it.
+    pub(super) owner: Arc<AtomicBool>,
 }
 
 /// A lane's own state, handed to each batch it runs.
@@ -32,10 +35,12 @@ pub(crate) struct LaneCtx {
     batches: Cell<u64>,
     records: RefCell<Vec<TokenRecord>>,
     telemetry: Option<(Arc<Telemetry>, Sender<Vec<TokenRecord>>)>,
-    /// Set once a call on this thread overran its deadline and the lane was given to
-    /// a replacement: the thread no longer runs the lane's work (not even while it
-    /// waits), and retires when the call returns.
-    retired: Cell<bool>,
+    /// This thread's "stuck" flag, set when a call on it overran its deadline and the
+    /// lane was given to a replacement: the thread then no longer runs the lane's work
+    /// (not even while it waits), and retires when its calls return.
+    stuck: Arc<AtomicBool>,
+    /// Batches this thread is running inside waits, nested.
+    depth: Cell<u32>,
     /// Nanoseconds this thread has spent running other batches inside waits, so a
     /// waiting call's own run time can leave them out.
     helped_ns: Cell<u64>,
@@ -46,12 +51,8 @@ thread_local! {
     static CURRENT: Cell<*const LaneCtx> = const { Cell::new(std::ptr::null()) };
 }
 
-/// The deadline mark of an enclosing call, set aside while a call nested in its wait
-/// runs under a deadline of its own.
-pub(crate) struct SavedWatch(Option<Watch>);
-
 impl LaneCtx {
-    pub(super) fn new(lanes: Arc<Lanes>, index: usize, core: i32) -> Self {
+    pub(super) fn new(lanes: Arc<Lanes>, index: usize, core: i32, stuck: Arc<AtomicBool>) -> Self {
         let telemetry =
             lanes.telemetry.as_ref().and_then(|t| t.sender().map(|sender| (Arc::clone(t), sender)));
         let records = if telemetry.is_some() { Vec::with_capacity(FLUSH_ROWS) } else { Vec::new() };
@@ -62,7 +63,8 @@ impl LaneCtx {
             batches: Cell::new(0),
             records: RefCell::new(records),
             telemetry,
-            retired: Cell::new(false),
+            stuck,
+            depth: Cell::new(0),
             helped_ns: Cell::new(0),
         }
     }
@@ -85,7 +87,7 @@ impl LaneCtx {
             // SAFETY: `CURRENT` is non-null only inside `enter`, which borrows the context
             // for its whole duration on this very thread.
             let ctx = unsafe { current.get().as_ref() }?;
-            (std::ptr::eq(&*ctx.lanes, lanes) && !ctx.retired.get()).then_some(ctx.index.into())
+            (std::ptr::eq(&*ctx.lanes, lanes) && !ctx.is_retired()).then_some(ctx.index.into())
         })
     }
 
@@ -93,13 +95,14 @@ impl LaneCtx {
         &self.lanes
     }
 
-    /// Marks the thread as no longer serving its lane (see `retired`).
-    pub(super) fn retire(&self) {
-        self.retired.set(true);
+    /// True once the lane was given to a replacement thread (see `stuck`).
+    pub(super) fn is_retired(&self) -> bool {
+        self.stuck.load(Ordering::SeqCst)
     }
 
-    pub(super) fn is_retired(&self) -> bool {
-        self.retired.get()
+    /// How deeply this thread is nested in batches run inside waits.
+    pub(super) fn depth(&self) -> &Cell<u32> {
+        &self.depth
     }
 
     /// Adds time spent running other work inside a wait.
@@ -118,36 +121,24 @@ impl LaneCtx {
         self.lanes.is_aborting()
     }
 
-    /// Marks this lane as running `token_id` under a deadline, setting aside the mark
-    /// of a call this one runs inside (a wait that helps), to be put back by `unwatch`.
-    pub(crate) fn watch(&self, token_id: u64, queue: &Arc<OpQueue>, permit: Permit) -> SavedWatch {
+    /// Marks this lane as running `token_id` under a deadline. Marks stack up when a
+    /// call runs inside another's wait: each deadline finds its own.
+    pub(crate) fn watch(&self, token_id: u64, queue: &Arc<OpQueue>, permit: Permit) {
         let lane = &self.lanes.lanes[usize::from(self.index)];
-        let mark = Some(Watch { token_id, queue: Arc::clone(queue), permit });
-        SavedWatch(std::mem::replace(
-            &mut *lane.watch.lock().unwrap_or_else(|e| e.into_inner()),
-            mark,
-        ))
+        let mark =
+            Watch { token_id, queue: Arc::clone(queue), permit, owner: Arc::clone(&self.stuck) };
+        lane.watch.lock().unwrap_or_else(|e| e.into_inner()).push(mark);
     }
 
-    /// Clears the mark for `token_id`, putting back the enclosing call's. False if the
-    /// lane was replaced because of this call (the replacement then owns the token's
-    /// permit and this thread must retire). A mark for another token is the
-    /// replacement's own, and is left alone.
-    pub(crate) fn unwatch(&self, token_id: u64, saved: SavedWatch) -> bool {
-        if self.retired.get() {
-            // A call nested in this one's wait overran and the lane was replaced then:
-            // this call's mark had been set aside, so it was not taken (its permit is
-            // still its batch's to give back); the slot is the replacement's.
-            return true;
-        }
+    /// Clears this thread's mark for `token_id`. False if a deadline took it (the lane
+    /// was replaced because of this call; the replacement then owns its permit and this
+    /// thread must retire).
+    pub(crate) fn unwatch(&self, token_id: u64) -> bool {
         let lane = &self.lanes.lanes[usize::from(self.index)];
-        let mut watch = lane.watch.lock().unwrap_or_else(|e| e.into_inner());
-        if watch.as_ref().is_some_and(|w| w.token_id == token_id) {
-            *watch = saved.0;
-            true
-        } else {
-            false
-        }
+        let mut marks = lane.watch.lock().unwrap_or_else(|e| e.into_inner());
+        let mine =
+            marks.iter().position(|w| w.token_id == token_id && Arc::ptr_eq(&w.owner, &self.stuck));
+        mine.map(|at| marks.remove(at)).is_some()
     }
 
     /// An engine-unique batch id: the lane in the top 16 bits, a lane-local sequence below.

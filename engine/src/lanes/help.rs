@@ -22,10 +22,11 @@
 //! on its stack return.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::{LaneCtx, Lanes, RunEnd, SPIN_CHECKS};
+use super::{LaneCtx, Lanes, SPIN_CHECKS};
 use crate::placement::LaneSet;
 use crate::token::{Helper, Outside};
 
@@ -35,6 +36,9 @@ pub(crate) const OUTSIDE_LANE: u16 = u16::MAX;
 /// Longest park of a helping lane between checks (a push or a resolution ends it
 /// sooner).
 const HELP_PARK: Duration = Duration::from_millis(1);
+
+/// Nesting past which a waiting lane takes only its own newest local work.
+const MAX_DEPTH: u32 = 48;
 
 impl Helper for LaneCtx {
     fn help(&self, done: &dyn Fn() -> bool) {
@@ -50,12 +54,22 @@ impl Lanes {
         let index = usize::from(ctx.index);
         let mut misses = 0;
         while !ctx.is_retired() && !done() {
-            if let Some(job) = self.next_job(index) {
+            // Deep in nested waits, only this lane's own newest work (the waiting calls'
+            // children) is taken, so the stack stays bounded by the recursion itself.
+            let depth = ctx.depth().get();
+            let job = if depth < MAX_DEPTH {
+                self.next_job(index)
+            } else {
+                self.lanes[index].local.pop_newest()
+            };
+            if let Some(job) = job {
                 misses = 0;
                 let started = Instant::now();
-                if self.run_job(index, ctx, job) == RunEnd::Retired {
-                    ctx.retire();
-                }
+                ctx.depth().set(depth + 1);
+                // A call that overran its deadline in this batch marks the thread stuck
+                // (`is_retired`): the loop stops helping then.
+                let _ = self.run_job(index, ctx, job);
+                ctx.depth().set(depth);
                 ctx.add_helped(started);
                 continue;
             }
@@ -69,7 +83,15 @@ impl Lanes {
             if !self.has_work(index) && !done() {
                 thread::park_timeout(HELP_PARK);
             }
-            self.idle.fetch_and(!bit, Ordering::SeqCst);
+            let woken_for_work = self.idle.fetch_and(!bit, Ordering::SeqCst) & bit == 0;
+            if woken_for_work && done() && self.has_work(index) {
+                // A push woke this lane for work, but its wait is over: pass the wake on.
+                let queue = self.queue_index(self.lanes[index].set);
+                let idle = self.idle.load(Ordering::SeqCst);
+                if idle != 0 {
+                    self.wake_one(queue, idle);
+                }
+            }
             return;
         }
         if ctx.is_retired() && !done() {
@@ -88,7 +110,7 @@ impl Outside for Lanes {
         // A context for this round only: a cached one would keep the engine's telemetry
         // channel open past its shutdown.
         let Some(me) = self.me.upgrade() else { return false };
-        let ctx = LaneCtx::new(me, usize::from(OUTSIDE_LANE), -1);
+        let ctx = LaneCtx::new(me, usize::from(OUTSIDE_LANE), -1, Arc::default());
         let mut ran = false;
         while !done() && self.shared_len(light) >= backlog {
             let Some(job) = self.take_shared(light) else { break };

@@ -114,9 +114,8 @@ struct Lane {
     /// The thread serving the lane now (a replacement takes over the slot).
     thread: Mutex<Option<Thread>>,
     info: OnceLock<LaneInfo>,
-    watch: Mutex<Option<Watch>>,
-    /// The "stuck" flag of the thread serving the lane now.
-    worker: Mutex<Option<Arc<AtomicBool>>>,
+    /// The deadline marks of the calls running on the lane (nested ones stack up).
+    watch: Mutex<Vec<Watch>>,
     /// Batches only this lane may run (locality).
     own: Injector<BoxJob>,
     /// Batches submitted from this lane's thread (see `local.rs`).
@@ -202,8 +201,7 @@ impl Lanes {
                 batches: AtomicU64::new(0),
                 thread: Mutex::new(None),
                 info: OnceLock::new(),
-                watch: Mutex::new(None),
-                worker: Mutex::new(None),
+                watch: Mutex::new(Vec::new()),
                 own: Injector::new(),
                 local: LocalQueue::default(),
             })

@@ -15,20 +15,22 @@ impl Lanes {
     /// lane keeps serving. The stuck thread retires when the call returns.
     pub(crate) fn retire_stuck(self: &Arc<Self>, token_id: u64) {
         for (index, lane) in self.lanes.iter().enumerate() {
-            let mut watch = lane.watch.lock().unwrap_or_else(|e| e.into_inner());
-            if watch.as_ref().is_some_and(|w| w.token_id == token_id) {
-                let stuck = watch.take().expect("checked above");
-                drop(watch);
-                self.replaced.fetch_add(1, Ordering::Relaxed);
-                if let Some(flag) = lane.worker.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                    flag.store(true, Ordering::SeqCst);
-                }
-                self.assign_thread(index);
-                // Released after the replacement exists, so a drain cannot finish
-                // (and stop the lanes) in between.
-                self.admission.release(stuck.permit, &stuck.queue);
+            let mut marks = lane.watch.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(at) = marks.iter().position(|w| w.token_id == token_id) else { continue };
+            if marks[at].owner.load(Ordering::SeqCst) {
+                // Its thread was replaced already (a call further out overran): the call
+                // has timed out, and its batch gives its permit back when it returns.
                 return;
             }
+            let stuck = marks.remove(at);
+            drop(marks);
+            self.replaced.fetch_add(1, Ordering::Relaxed);
+            stuck.owner.store(true, Ordering::SeqCst);
+            self.assign_thread(index);
+            // Released after the replacement exists, so a drain cannot finish (and stop
+            // the lanes) in between.
+            self.admission.release(stuck.permit, &stuck.queue);
+            return;
         }
     }
 
@@ -110,11 +112,10 @@ fn lane_thread(
     loop {
         let lane = &lanes.lanes[index];
         *lane.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread::current());
-        *lane.worker.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&stuck));
         let info = pin_current(index, lane, lanes.pin);
         let core = if info.pinned { info.core.map_or(-1, |c| c as i32) } else { -1 };
         let _ = lane.info.set(info);
-        let ctx = LaneCtx::new(Arc::clone(&lanes), index, core);
+        let ctx = LaneCtx::new(Arc::clone(&lanes), index, core, Arc::clone(&stuck));
         if let Some(ready) = ready.take() {
             let _ = ready.send(());
         }

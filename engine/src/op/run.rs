@@ -275,13 +275,14 @@ impl<A: Send + 'static, R: Send + 'static> Attempt<'_, A, R> {
             // The deadline runs from the start of this attempt.
             op.arm_deadline(chunk, index, attempt, op.timeout_retry_arg(&arg, attempt));
         }
-        let saved =
-            timed.then(|| lane.watch(token_id, &op.queue, Permit::new(1, op.bytes_of(&arg))));
+        if timed {
+            lane.watch(token_id, &op.queue, Permit::new(1, op.bytes_of(&arg)));
+        }
         let result = call(&op.f, arg, attempt, &|| slot.is_running(attempt));
         tally.ran += 1;
         // False: our deadline passed and this lane was replaced; the replacement took
         // over our permit and our place, and the late value is dropped.
-        let retired = saved.is_some_and(|saved| !lane.unwatch(token_id, saved));
+        let retired = timed && !lane.unwatch(token_id);
         let row = match &result {
             Ok(_) => RecordOutcome::Completed,
             Err(TokenError::Panicked { .. }) => RecordOutcome::Panicked,

@@ -3,7 +3,7 @@
 use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, Thread};
@@ -174,11 +174,14 @@ pub fn join<A, B>(a: Token<A>, b: Token<B>) -> (Result<A, TokenError>, Result<B,
     (first, b.wait())
 }
 
-/// Wakes the thread that waits, and says it was woken (a helping lane checks that
+/// Wakes the thread that waits, and counts the wakes (a helping lane checks the count
 /// between the batches it runs).
 struct ThreadWaker {
     thread: Thread,
-    woken: AtomicBool,
+    /// Wakes so far. A counter, not a flag: waits nested on one thread each compare it
+    /// with what they saw before polling, so an inner wait cannot swallow an outer
+    /// one's wake.
+    wakes: AtomicU64,
 }
 
 impl Wake for ThreadWaker {
@@ -186,14 +189,14 @@ impl Wake for ThreadWaker {
         self.wake_by_ref();
     }
     fn wake_by_ref(self: &Arc<Self>) {
-        self.woken.store(true, Ordering::Release);
+        self.wakes.fetch_add(1, Ordering::Release);
         self.thread.unpark();
     }
 }
 
 thread_local! {
     static THREAD_WAKER: Arc<ThreadWaker> =
-        Arc::new(ThreadWaker { thread: thread::current(), woken: AtomicBool::new(false) });
+        Arc::new(ThreadWaker { thread: thread::current(), wakes: AtomicU64::new(0) });
     /// The lane this thread serves, when it may run other work while it waits.
     static HELPER: Cell<Option<*const (dyn Helper + 'static)>> = const { Cell::new(None) };
 }
@@ -217,6 +220,23 @@ thread_local! {
     static HELPING_OUTSIDE: Cell<bool> = const { Cell::new(false) };
 }
 
+/// Marks the thread as running lane work outside the lanes, until dropped (also when a
+/// panic unwinds through it).
+struct HelpingOutside;
+
+impl HelpingOutside {
+    fn enter() -> Self {
+        HELPING_OUTSIDE.with(|helping| helping.set(true));
+        HelpingOutside
+    }
+}
+
+impl Drop for HelpingOutside {
+    fn drop(&mut self) {
+        HELPING_OUTSIDE.with(|helping| helping.set(false));
+    }
+}
+
 /// A wait on a thread outside the lanes: it runs backlogged lane work while the token
 /// is pending (see [`Outside`]), and parks when there is none.
 fn help_outside<F: Future + Unpin>(future: &mut F, outside: &dyn Outside) -> F::Output {
@@ -224,14 +244,16 @@ fn help_outside<F: Future + Unpin>(future: &mut F, outside: &dyn Outside) -> F::
         let waker = Waker::from(Arc::clone(thread_waker));
         let mut cx = Context::from_waker(&waker);
         loop {
-            thread_waker.woken.store(false, Ordering::Relaxed);
+            let seen = thread_waker.wakes.load(Ordering::Acquire);
             if let Poll::Ready(output) = Pin::new(&mut *future).poll(&mut cx) {
                 return output;
             }
-            HELPING_OUTSIDE.with(|helping| helping.set(true));
-            let helped = outside.help(&|| thread_waker.woken.load(Ordering::Acquire));
-            HELPING_OUTSIDE.with(|helping| helping.set(false));
-            if !helped && !thread_waker.woken.load(Ordering::Acquire) {
+            let woken = || thread_waker.wakes.load(Ordering::Acquire) != seen;
+            let helped = {
+                let _helping = HelpingOutside::enter();
+                outside.help(&woken)
+            };
+            if !helped && !woken() {
                 // Parks until the token resolves, or a while: the backlog may grow.
                 thread::park_timeout(std::time::Duration::from_millis(1));
             }
@@ -263,7 +285,7 @@ pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
         let waker = Waker::from(Arc::clone(thread_waker));
         let mut cx = Context::from_waker(&waker);
         loop {
-            thread_waker.woken.store(false, Ordering::Relaxed);
+            let seen = thread_waker.wakes.load(Ordering::Acquire);
             if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
                 return output;
             }
@@ -272,7 +294,7 @@ pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
                     // SAFETY: set by `with_helper` for the duration of a borrow that is
                     // still live on this thread's stack (see there).
                     let helper = unsafe { &*helper };
-                    helper.help(&|| thread_waker.woken.load(Ordering::Acquire));
+                    helper.help(&|| thread_waker.wakes.load(Ordering::Acquire) != seen);
                 }
                 None => thread::park(),
             }
