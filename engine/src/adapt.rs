@@ -61,14 +61,13 @@ impl std::fmt::Debug for Adaptation {
 
 impl Adaptation {
     /// Adapts `router`'s model with `refit`: a re-fit every 100 ms on the rows of the
-    /// last 2 s, the newest 500 ms of them weighted four times (at most 50,000 rows
-    /// kept).
+    /// last 500 ms (at most 50,000 kept).
     pub fn new(router: Arc<AdaptiveRouter>, refit: Arc<dyn Refit>) -> Self {
         Adaptation {
             router,
             refit,
             every: Duration::from_millis(100),
-            horizon: Duration::from_secs(2),
+            horizon: Duration::from_millis(500),
             window: 50_000,
         }
     }
@@ -79,8 +78,7 @@ impl Adaptation {
         self
     }
 
-    /// Only rows this recent are fitted on (default 2 s; the newest quarter of the span
-    /// weighs four times).
+    /// Only rows this recent are fitted on (default 500 ms).
     pub fn horizon(mut self, horizon: Duration) -> Self {
         self.horizon = horizon;
         self
@@ -104,8 +102,7 @@ pub struct AdaptStatus {
     pub swaps: u32,
     /// Rows the window has received.
     pub rows_seen: u64,
-    /// Held-out placement score of the current model at the last check: the share of
-    /// the newest rows' run time it sends to the right lane set (0..1).
+    /// Held-out accuracy of the current model at the last check (0..1).
     pub recent_accuracy: f64,
     /// Seconds since the last swap (none yet: `None`).
     pub last_swap_s_ago: Option<f64>,
@@ -220,36 +217,26 @@ impl Adapter {
         }
     }
 
-    /// One re-fit. The candidate is fitted on the rows of the last `horizon`, the newest
-    /// quarter of that span counted four times (recent rows outvote older ones where the
-    /// costs changed; older rows still teach what did not change), except the newest
-    /// fifth of that quarter, on which both models are scored.
+    /// One re-fit: fit on the older 80% of the recent rows, score both models on the
+    /// newest 20%, swap if the candidate is clearly better.
     fn round(&self) {
         let horizon = self.config.horizon;
-        let fresh_span = horizon / 4;
-        let (older, fresh): (Vec<Sample>, Vec<Sample>) = {
+        let recent: Vec<Sample> = {
             let rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
-            let recent = rows.iter().filter(|(at, _)| now.duration_since(*at) <= horizon);
-            let (fresh, older): (Vec<_>, Vec<_>) =
-                recent.partition(|(at, _)| now.duration_since(*at) <= fresh_span);
-            (
-                older.into_iter().map(|row: &(Instant, Sample)| row.1).collect(),
-                fresh.into_iter().map(|row: &(Instant, Sample)| row.1).collect(),
-            )
+            rows.iter()
+                .filter(|(at, _)| now.duration_since(*at) <= horizon)
+                .map(|(_, s)| *s)
+                .collect()
         };
-        if fresh.len() < 200 {
+        if recent.len() < 500 {
             return;
         }
-        let held = fresh.len() / 5;
-        let (fresh_train, newest) = fresh.split_at(fresh.len() - held);
-        let mut train = older;
-        for _ in 0..4 {
-            train.extend_from_slice(fresh_train);
-        }
+        let held = recent.len() / 5;
+        let (train, newest) = recent.split_at(recent.len() - held);
         let ops = self.op_names.read().unwrap_or_else(|e| e.into_inner()).clone();
         let started = Instant::now();
-        let candidate = match self.config.refit.refit(&ops, &train) {
+        let candidate = match self.config.refit.refit(&ops, train) {
             Ok(model) => model,
             Err(e) => {
                 tracing::debug!("adaptation: no candidate this round ({e})");
@@ -271,7 +258,7 @@ impl Adapter {
             self.status.lock().unwrap_or_else(|e| e.into_inner()).recent_accuracy = new_acc;
             let version = crate::router::Router::model_version(&*self.config.router);
             tracing::info!(
-                "adaptation: model {version:08x} swapped in (held-out placement score {:.1}% → {:.1}%, fit {fit_ms:.0} ms)",
+                "adaptation: model {version:08x} swapped in (held-out accuracy {:.1}% → {:.1}%, fit {fit_ms:.0} ms)",
                 now_acc * 100.0,
                 new_acc * 100.0
             );
@@ -282,30 +269,20 @@ impl Adapter {
     }
 }
 
-/// How well `model` places `samples`: the share of their run time that the model sends
-/// to the right lane set (light below the heavy threshold, heavy from it). Weighting by
-/// run time makes a heavy call sent to the light lanes — what ruins light latency —
-/// count for what it costs, not for one row among thousands of light ones.
+/// Share of `samples` whose runtime falls in the class `model` predicts for them.
 fn accuracy(model: &Model, ops: &[String], samples: &[Sample]) -> f64 {
     let classes = &model.header().classes;
-    let (mut right, mut total) = (0.0f64, 0.0f64);
-    for s in samples {
-        let weight = s.run_ns.max(1) as f64;
-        total += weight;
-        let Some(index) = ops.get(s.op as usize).and_then(|name| model.op_index(name)) else {
-            continue;
-        };
-        let class = model.predict(&crate::features::model_inputs(index, s.arg_size));
-        let heavy = s.run_ns >= crate::model::HEAVY_NS;
-        if classes.get(class).is_some_and(|c| (c.lanes == crate::LaneSet::Heavy) == heavy) {
-            right += weight;
-        }
-    }
-    if total == 0.0 {
-        0.0
-    } else {
-        right / total
-    }
+    let hits = samples
+        .iter()
+        .filter(|s| {
+            let Some(index) = ops.get(s.op as usize).and_then(|name| model.op_index(name)) else {
+                return false;
+            };
+            let class = model.predict(&crate::features::model_inputs(index, s.arg_size));
+            classes.get(class).is_some_and(|c| c.min_ns <= s.run_ns && s.run_ns < c.max_ns)
+        })
+        .count();
+    hits as f64 / samples.len().max(1) as f64
 }
 
 /// Re-fits share the lanes' cores: make this thread the first the scheduler preempts.
