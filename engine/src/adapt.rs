@@ -91,6 +91,9 @@ impl Adaptation {
     }
 }
 
+/// Most rows one re-fit uses.
+const MAX_FIT_ROWS: usize = 10_000;
+
 /// What adaptation has done so far.
 #[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct AdaptStatus {
@@ -232,6 +235,14 @@ impl Adapter {
         if recent.len() < 500 {
             return;
         }
+        // A fit's cost grows with its rows, and it shares the lanes' cores: at most
+        // `MAX_FIT_ROWS`, spread evenly over the span (the newest kept for scoring).
+        let stride = recent.len().div_ceil(MAX_FIT_ROWS);
+        let recent: Vec<Sample> = if stride > 1 {
+            recent.iter().rev().step_by(stride).rev().copied().collect()
+        } else {
+            recent
+        };
         let held = recent.len() / 5;
         let (train, newest) = recent.split_at(recent.len() - held);
         let ops = self.op_names.read().unwrap_or_else(|e| e.into_inner()).clone();
