@@ -241,7 +241,7 @@ impl OpControlState {
     /// waiting at the throttle.
     pub(crate) fn finish_batch(&self, lanes: &Lanes) {
         self.running.fetch_sub(1, SeqCst);
-        if self.flags() & THROTTLED != 0 || self.throttle.load(SeqCst) > 0 {
+        if self.throttle.load(SeqCst) > 0 {
             let next = self.throttled.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
             if let Some((set, job)) = next {
                 lanes.push(set, job);

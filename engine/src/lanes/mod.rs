@@ -562,28 +562,6 @@ fn steal(queue: &Injector<BoxJob>) -> Option<BoxJob> {
 mod tests {
     use super::*;
 
-    /// A batch that only says which one it is (as its length).
-    struct Named(usize);
-
-    impl Job for Named {
-        fn len(&self) -> usize {
-            self.0
-        }
-        fn predicted_ns(&self) -> u64 {
-            1_000_000
-        }
-        fn run(self: Box<Self>, _: &LaneCtx) -> RunEnd {
-            RunEnd::Done
-        }
-        fn start(self: Box<Self>) -> Option<BoxJob> {
-            Some(self)
-        }
-        fn may_run_outside(&self) -> bool {
-            true
-        }
-        fn cancel_all(self: Box<Self>, _: crate::CancelSource) {}
-    }
-
     /// A batch with a name (as its length) and a predicted runtime.
     struct Timed(usize, u64);
 
@@ -604,6 +582,11 @@ mod tests {
             true
         }
         fn cancel_all(self: Box<Self>, _: crate::CancelSource) {}
+    }
+
+    /// A 1 ms batch that only says which one it is.
+    fn named(id: usize) -> Timed {
+        Timed(id, 1_000_000)
     }
 
     #[test]
@@ -643,11 +626,11 @@ mod tests {
     #[test]
     fn each_set_serves_its_own_queue_first_and_helps_the_other() {
         let lanes = lanes(false, 1);
-        lanes.push(LaneSet::Light, Box::new(Named(1)));
-        lanes.push(LaneSet::Heavy, Box::new(Named(2)));
+        lanes.push(LaneSet::Light, Box::new(named(1)));
+        lanes.push(LaneSet::Heavy, Box::new(named(2)));
         assert_eq!(next(&lanes, 1), Some(2), "the heavy lane takes heavy work first");
         assert_eq!(next(&lanes, 1), Some(1), "then helps with light work");
-        lanes.push(LaneSet::Heavy, Box::new(Named(3)));
+        lanes.push(LaneSet::Heavy, Box::new(named(3)));
         assert_eq!(next(&lanes, 0), Some(3), "an idle light lane takes heavy work");
         assert_eq!(next(&lanes, 0), None);
         assert!(!lanes.has_work(0) && !lanes.has_work(1));
@@ -656,25 +639,25 @@ mod tests {
     #[test]
     fn isolation_and_backlog_keep_heavy_work_off_light_lanes() {
         let isolated = lanes(true, 1);
-        isolated.push(LaneSet::Heavy, Box::new(Named(1)));
+        isolated.push(LaneSet::Heavy, Box::new(named(1)));
         assert_eq!(next(&isolated, 0), None);
         assert!(!isolated.has_work(0));
         assert_eq!(next(&isolated, 1), Some(1));
 
         let backlog = lanes(false, 2);
-        backlog.push(LaneSet::Heavy, Box::new(Named(1)));
+        backlog.push(LaneSet::Heavy, Box::new(named(1)));
         assert_eq!(next(&backlog, 0), None, "one heavy batch is not a backlog");
-        backlog.push(LaneSet::Heavy, Box::new(Named(2)));
+        backlog.push(LaneSet::Heavy, Box::new(named(2)));
         assert_eq!(next(&backlog, 0), Some(1), "two are");
     }
 
     #[test]
     fn a_lane_takes_its_locality_queue_before_shared_work() {
         let lanes = lanes(false, 1);
-        lanes.push(LaneSet::Light, Box::new(Named(1)));
-        lanes.push_to(0, Box::new(Named(2)));
+        lanes.push(LaneSet::Light, Box::new(named(1)));
+        lanes.push_to(0, Box::new(named(2)));
         assert_eq!(next(&lanes, 1), Some(1), "other lanes never take a lane's own batches");
-        lanes.push(LaneSet::Light, Box::new(Named(3)));
+        lanes.push(LaneSet::Light, Box::new(named(3)));
         assert_eq!(next(&lanes, 0), Some(2));
         assert_eq!(next(&lanes, 0), Some(3));
     }
