@@ -6,13 +6,15 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use crate::adapt::Adapter;
 use crate::admission::Admission;
 use crate::control::state::OpControl;
 use crate::error::RegisterError;
 use crate::lanes::Lanes;
+use crate::op::RemoteServe;
+use crate::remote::RemotePort;
 use crate::router::Router;
 use crate::token::{Outside, TokenIndex};
 
@@ -38,6 +40,10 @@ pub(crate) struct Shared {
     paused_all: AtomicBool,
     /// Online adaptation, when on.
     pub(crate) adapter: Option<Arc<Adapter>>,
+    /// The link to remote workers, when the engine has one.
+    pub(crate) remote: OnceLock<Arc<dyn RemotePort>>,
+    /// The remote-capable operations, which this engine serves when it is a worker.
+    served: RwLock<Vec<Arc<dyn RemoteServe>>>,
 }
 
 impl Shared {
@@ -64,7 +70,19 @@ impl Shared {
             ops: RwLock::new(Vec::new()),
             paused_all: AtomicBool::new(false),
             adapter,
+            remote: OnceLock::new(),
+            served: RwLock::new(Vec::new()),
         }
+    }
+
+    /// Lists a remote-capable operation.
+    pub(crate) fn add_served(&self, op: Arc<dyn RemoteServe>) {
+        self.served.write().unwrap_or_else(|e| e.into_inner()).push(op);
+    }
+
+    /// The remote-capable operations, in registration order.
+    pub(crate) fn served(&self) -> Vec<Arc<dyn RemoteServe>> {
+        self.served.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Reserves `name` and gives it the next operation id.

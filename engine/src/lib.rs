@@ -65,6 +65,7 @@ mod lanes;
 pub mod model;
 mod op;
 mod placement;
+pub mod remote;
 mod router;
 pub mod telemetry;
 mod token;
@@ -75,8 +76,11 @@ pub use core::Shutdown;
 pub use engine::{Engine, EngineBuilder, StopHandle};
 pub use error::{BuildError, CancelSource, RegisterError, RejectReason, TokenError};
 pub use lanes::{LaneInfo, LaneStats};
-pub use op::{Context, DedupeBuilder, Operation, OperationBuilder, RetryPolicy, SizeHint};
+pub use op::{
+    Context, DedupeBuilder, Operation, OperationBuilder, RemoteBuilder, RetryPolicy, SizeHint,
+};
 pub use placement::{LaneSet, Placement, RouteSource, Weight};
+pub use remote::{RemotePlacement, RemoteStats};
 pub use router::{
     AdaptiveRouter, EwmaRouter, Features, LearnedRouter, Router, StaticRouter, MAX_OPS,
 };

@@ -66,24 +66,32 @@ pub enum LaneSet {
     Light,
     /// Lanes reserved for heavy work.
     Heavy,
+    /// Workers on other machines, reached over NATS JetStream (see
+    /// [`remote`](crate::remote)). Only operations registered with
+    /// [`OperationBuilder::remote`](crate::OperationBuilder::remote) go there; for any
+    /// other (or with no connected worker) it means the set the router chose.
+    Remote,
 }
 
 impl LaneSet {
-    /// Every lane set, in index order.
+    /// The local lane sets, in index order.
+    #[cfg(test)]
     pub(crate) const ALL: [LaneSet; 2] = [LaneSet::Light, LaneSet::Heavy];
 
     pub(crate) fn index(self) -> usize {
         match self {
             LaneSet::Light => 0,
             LaneSet::Heavy => 1,
+            LaneSet::Remote => 2,
         }
     }
 
-    /// The lower-case name (`light`, `heavy`).
+    /// The lower-case name (`light`, `heavy`, `remote`).
     pub fn as_str(self) -> &'static str {
         match self {
             LaneSet::Light => "light",
             LaneSet::Heavy => "heavy",
+            LaneSet::Remote => "remote",
         }
     }
 }
@@ -100,7 +108,8 @@ impl FromStr for LaneSet {
         match s {
             "light" => Ok(LaneSet::Light),
             "heavy" => Ok(LaneSet::Heavy),
-            other => Err(format!("unknown lane set {other:?}: expected light or heavy")),
+            "remote" => Ok(LaneSet::Remote),
+            other => Err(format!("unknown lane set {other:?}: expected light, heavy or remote")),
         }
     }
 }

@@ -12,6 +12,7 @@ use tokengate::{Engine, EngineBuilder, EwmaRouter, LearnedRouter, Router, Static
 
 mod ctl;
 mod faults;
+mod remote;
 mod run;
 
 #[derive(Parser)]
@@ -33,6 +34,9 @@ enum Command {
     Flood(faults::FloodArgs),
     /// Send one command to a running engine's control port, or watch its stats.
     Ctl(ctl::CtlArgs),
+    /// Serve the built-in workloads' remote-capable operations to submitters over NATS
+    /// JetStream (`run ... --nats URL`).
+    Worker(remote::WorkerArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -99,6 +103,7 @@ fn main() -> Result<()> {
         Command::Soak(args) => faults::soak(args),
         Command::Flood(args) => faults::flood(args),
         Command::Ctl(args) => ctl::ctl(args),
+        Command::Worker(args) => remote::worker(args),
     }
 }
 
@@ -197,7 +202,7 @@ fn group(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

@@ -15,6 +15,7 @@ use tokengate_workloads::leibniz::Pyramid;
 use tokengate_workloads::mixed::{self, MixedConfig, MixedOps, OracleRouter};
 
 use crate::ctl::{with_control, ControlArgs};
+use crate::remote::{with_nats, NatsArgs};
 use crate::{
     builder, group, load_model, make_router, peak_rss_mib, progress_bar, stop_on_ctrl_c,
     EngineArgs, RouterChoice, Workload,
@@ -79,6 +80,8 @@ pub(crate) struct RunArgs {
     json: bool,
     #[command(flatten)]
     control: ControlArgs,
+    #[command(flatten)]
+    nats: NatsArgs,
 }
 
 #[derive(Args)]
@@ -121,7 +124,7 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
         let router = make_router(args.router, args.model.as_deref(), args.engine.batch)?;
         builder = builder.router(router);
     }
-    let mut builder = with_control(builder, &args.control)?;
+    let mut builder = with_nats(with_control(builder, &args.control)?, &args.nats)?;
     if let Some(dir) = &args.log {
         builder = builder.log_dir(dir).log_max_bytes(args.log_max_mib << 20);
     }
@@ -153,6 +156,14 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
     let lanes = engine.lanes();
     let per_lane: Vec<u64> = engine.lane_stats().iter().map(|s| s.tokens).collect();
     engine.shutdown();
+    if let Some(remote) = engine.remote_stats() {
+        report["remote_tokens"] = json!(remote.remote_tokens);
+        report["redelivered"] = json!(remote.redelivered);
+        report["duplicate_results"] = json!(remote.duplicate_results);
+        report["remote"] = json!(remote);
+    } else if args.nats.enabled() {
+        report["remote_tokens"] = json!(0);
+    }
     if !truths.is_empty() {
         let records = engine.take_records();
         report["light"] = latency_json(mixed::latency_of(&records, &truths, Weight::Light));
@@ -168,6 +179,11 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
         println!("{report}");
     } else {
         print_report(&report, &lanes, &per_lane);
+    }
+    // The account is out; now say if it does not add up.
+    let (lost, double) = (&report["lost"], &report["double_resolved"]);
+    if lost.as_u64().is_some_and(|n| n > 0) || double.as_u64().is_some_and(|n| n > 0) {
+        bail!("{lost} tokens lost and {double} resolved twice");
     }
     Ok(())
 }
@@ -254,6 +270,9 @@ fn run_stream(engine: &Engine, args: &RunArgs) -> Result<(Value, Vec<(u64, Weigh
         "wall_s": run.makespan.as_secs_f64(),
         "tokens_per_s": plan.len() as f64 / run.makespan.as_secs_f64(),
         "failed": run.failures,
+        "lost": run.lost,
+        "double_resolved": run.double_resolved,
+        "result_digest": format!("{:016x}", run.digest),
     });
     Ok((report, run.truths))
 }
@@ -556,6 +575,23 @@ fn print_report(report: &Value, lanes: &[LaneInfo], per_lane: &[u64]) {
         println!(
             "log       {} records in {} files, {} dropped",
             t["written"], t["files"], t["dropped"]
+        );
+    }
+    if let Some(digest) = report["result_digest"].as_str() {
+        println!(
+            "results   digest {digest}, {} lost, {} resolved twice, {} failed",
+            report["lost"], report["double_resolved"], report["failed"]
+        );
+    }
+    if let Some(r) = report.get("remote") {
+        println!(
+            "remote    {} tokens, {} fell back, {} redelivered, {} duplicate results, \
+             overhead p50 {:.0} µs",
+            r["remote_tokens"],
+            r["fell_back"],
+            r["redelivered"],
+            r["duplicate_results"],
+            r["overhead_p50_us"].as_f64().unwrap_or(0.0)
         );
     }
     if let Some(mib) = report["peak_rss_mib"].as_f64() {

@@ -125,7 +125,9 @@ impl OpControlState {
     pub(crate) fn pin(&self) -> Option<LaneSet> {
         match self.pin.load(Relaxed) {
             0 => None,
-            code => LaneSet::ALL.get(usize::from(code) - 1).copied(),
+            1 => Some(LaneSet::Light),
+            2 => Some(LaneSet::Heavy),
+            _ => Some(LaneSet::Remote),
         }
     }
 

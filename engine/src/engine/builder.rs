@@ -37,6 +37,8 @@ pub struct EngineBuilder {
     sample_every: u64,
     log_max_bytes: u64,
     adapt: Option<Adaptation>,
+    #[cfg(feature = "nats")]
+    nats: Option<crate::remote::RemoteConfig>,
 }
 
 impl Default for EngineBuilder {
@@ -60,6 +62,8 @@ impl Default for EngineBuilder {
             sample_every: 1,
             log_max_bytes: DEFAULT_LOG_MAX_BYTES,
             adapt: None,
+            #[cfg(feature = "nats")]
+            nats: None,
         }
     }
 }
@@ -207,6 +211,15 @@ impl EngineBuilder {
         self
     }
 
+    /// Connects to a NATS server at build time: tokens of remote-capable operations
+    /// may then run on remote workers (see [`remote`](crate::remote)). `build()` fails
+    /// if the server cannot be reached or refuses the secret.
+    #[cfg(feature = "nats")]
+    pub fn nats(mut self, config: crate::remote::RemoteConfig) -> Self {
+        self.nats = Some(config);
+        self
+    }
+
     /// Checks every option, then starts the lanes (pinned), the engine's tokio runtime
     /// and, when asked, the telemetry writer and the control port.
     ///
@@ -308,6 +321,13 @@ impl EngineBuilder {
             adapter,
         ));
         let mut engine = Engine::new(shared, runtime);
+        #[cfg(feature = "nats")]
+        if let Some(config) = self.nats.clone() {
+            // The engine's drop stops the lanes and the runtime if this fails.
+            let link = crate::remote::Link::start(config, engine.handle())
+                .map_err(|e| BuildError::io("remote link", std::io::Error::other(e)))?;
+            let _ = engine.shared.remote.set(link);
+        }
         if let Some((listener, secret)) = control {
             let controller = Controller::new(Arc::clone(&engine.shared));
             let runtime = engine.runtime.as_ref().expect("runtime lives until drop");

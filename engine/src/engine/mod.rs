@@ -229,6 +229,18 @@ impl Engine {
     pub fn caller_tokens(&self) -> u64 {
         self.shared.lanes.by_callers()
     }
+
+    /// What the link to remote workers has done, when the engine has one
+    /// ([`EngineBuilder::nats`]).
+    pub fn remote_stats(&self) -> Option<crate::RemoteStats> {
+        self.shared.remote.get().map(|link| link.stats())
+    }
+
+    /// The remote-capable operations, which a [`Worker`](crate::remote) serves.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    pub(crate) fn served_ops(&self) -> Vec<std::sync::Arc<dyn crate::op::RemoteServe>> {
+        self.shared.served()
+    }
 }
 
 /// Starts a shutdown without waiting for it; from [`Engine::stop_handle`].

@@ -274,10 +274,11 @@ impl Lanes {
     }
 
     fn queue_index(&self, set: LaneSet) -> usize {
-        if self.has_heavy {
-            set.index()
-        } else {
-            LaneSet::Light.index()
+        match set {
+            // Remote work never reaches a lane's queue; should it, it waits with the
+            // heavy work.
+            LaneSet::Heavy | LaneSet::Remote if self.has_heavy => LaneSet::Heavy.index(),
+            _ => LaneSet::Light.index(),
         }
     }
 

@@ -13,10 +13,10 @@ use crate::placement::Weight;
 
 /// Registers one operation with options; from [`Engine::operation`](crate::Engine::operation).
 pub struct OperationBuilder<'e, A> {
-    engine: &'e Arc<Shared>,
-    name: String,
-    weight: Weight,
-    options: OpOptions<A>,
+    pub(super) engine: &'e Arc<Shared>,
+    pub(super) name: String,
+    pub(super) weight: Weight,
+    pub(super) options: OpOptions<A>,
 }
 
 impl<A> std::fmt::Debug for OperationBuilder<'_, A> {
@@ -90,7 +90,30 @@ impl<'e, A: Send + 'static> OperationBuilder<'e, A> {
         F: Fn(A) -> R + Send + Sync + 'static,
     {
         let f: BoxFn<A, R> = Box::new(move |a, _| Ok(f(a)));
-        Operation::register(self.engine, &self.name, self.weight, self.options, f, None)
+        Operation::register_full(self.engine, &self.name, self.weight, self.options, f, None, None)
+    }
+
+    /// Makes the operation remote-capable: its tokens may run on workers on other
+    /// machines (the `remote` lane set, over NATS JetStream; see
+    /// [`remote`](crate::remote)). The argument and the result must be
+    /// serde-serializable; they cross the wire as bincode. A worker registers the same
+    /// operation under the same name. Without a NATS link the operation runs locally
+    /// like any other.
+    ///
+    /// ```
+    /// # let engine = tokengate::Engine::builder().build()?;
+    /// let square = engine
+    ///     .operation("square", tokengate::Weight::Light)
+    ///     .remote()
+    ///     .register(|x: u64| x * x)?;
+    /// assert_eq!(square.submit(7).wait()?, 49);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn remote(self) -> super::remote::RemoteBuilder<'e, A>
+    where
+        A: serde::Serialize + serde::de::DeserializeOwned,
+    {
+        super::remote::RemoteBuilder { inner: self }
     }
 
     /// Makes calls with equal `key(arg)` safe to repeat: while one is in flight, a
@@ -109,7 +132,7 @@ impl<'e, A: Send + 'static> OperationBuilder<'e, A> {
     {
         let f: BoxFn<A, R> =
             Box::new(move |a, _| f(a).map_err(|e| TokenError::Failed(e.to_string())));
-        Operation::register(self.engine, &self.name, self.weight, self.options, f, None)
+        Operation::register_full(self.engine, &self.name, self.weight, self.options, f, None, None)
     }
 
     /// Registers a function that also receives its run's [`Context`], to notice a
@@ -135,7 +158,7 @@ impl<'e, A: Send + 'static> OperationBuilder<'e, A> {
         F: Fn(A, &Context<'_>) -> R + Send + Sync + 'static,
     {
         let f: BoxFn<A, R> = Box::new(move |a, cx| Ok(f(a, cx)));
-        Operation::register(self.engine, &self.name, self.weight, self.options, f, None)
+        Operation::register_full(self.engine, &self.name, self.weight, self.options, f, None, None)
     }
 }
 
@@ -185,7 +208,7 @@ impl<'e, A: Send + 'static> DedupeBuilder<'e, A> {
             Box::new(move |a, _| f(a).map_err(|e| TokenError::Failed(e.to_string())));
         let op = self.inner;
         let dedupe = Some(Dedupe::new(self.key, R::clone));
-        Operation::register(op.engine, &op.name, op.weight, op.options, f, dedupe)
+        Operation::register_full(op.engine, &op.name, op.weight, op.options, f, dedupe, None)
     }
 
     /// Registers a function that also receives its run's [`Context`].
@@ -197,7 +220,7 @@ impl<'e, A: Send + 'static> DedupeBuilder<'e, A> {
         let f: BoxFn<A, R> = Box::new(move |a, cx| Ok(f(a, cx)));
         let op = self.inner;
         let dedupe = Some(Dedupe::new(self.key, R::clone));
-        Operation::register(op.engine, &op.name, op.weight, op.options, f, dedupe)
+        Operation::register_full(op.engine, &op.name, op.weight, op.options, f, dedupe, None)
     }
 }
 

@@ -10,12 +10,19 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::remote::{PendingToken, RemoteToken};
 use super::run::{Batch, BatchMeta, Items, TokenMeta};
 use super::state::OpShared;
+use crate::admission::Permit;
 use crate::control::state::Overrides;
+use crate::error::TokenError;
 use crate::placement::{LaneSet, Placement, RouteSource, Weight};
+use crate::remote::{RemotePlacement, RemotePort};
 use crate::router::Features;
 use crate::token::Chunk;
+
+/// The lane sets a chunk's tokens may be queued for, in `LaneSet::index` order.
+const SETS: [LaneSet; 3] = [LaneSet::Light, LaneSet::Heavy, LaneSet::Remote];
 
 /// Tokens of one chunk on their way into the lanes' queues.
 pub(super) struct Enqueue<'a, A, R> {
@@ -35,7 +42,10 @@ pub(super) struct Enqueue<'a, A, R> {
     /// Whether the router is pure, and the last (declared, size) it placed, and where.
     pure: bool,
     last: Option<(Weight, u64, Placement)>,
-    open: [Open<A>; 2],
+    /// The link to remote workers, for a remote-capable operation (none for a
+    /// fall-back from a remote attempt: it runs here).
+    remote: Option<&'a Arc<dyn RemotePort>>,
+    open: [Open<A>; 3],
 }
 
 impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
@@ -67,8 +77,27 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
             held_home,
             pure: engine.router.is_pure(),
             last: None,
-            open: [Open::new(), Open::new()],
+            remote: engine
+                .remote
+                .get()
+                .filter(|_| op.remote.is_some() && op.dedupe.is_none())
+                .filter(|_| op.options.locality.is_none()),
+            open: [Open::new(), Open::new(), Open::new()],
         }
+    }
+
+    /// A remote attempt that moves to the local lanes (it holds its permit).
+    pub(super) fn retry_local(
+        op: &'a Arc<OpShared<A, R>>,
+        chunk: &'a Arc<Chunk<R>>,
+        index: u32,
+        arg: A,
+        attempt: u8,
+    ) {
+        let mut enqueue = Enqueue::new(op, chunk, attempt, None);
+        enqueue.remote = None;
+        enqueue.push(index, arg, op.weight, 1);
+        enqueue.finish();
     }
 
     /// A retry (or a re-queue after a deadline) of one token, already moved to
@@ -106,7 +135,7 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
         };
         let set = placement.lanes;
         let open = &mut self.open[set.index()];
-        if self.logging {
+        if self.logging && set != LaneSet::Remote {
             self.features.declared = declared;
             self.features.arg_size = arg_size;
             let meta = open.meta.get_or_insert_with(|| {
@@ -142,7 +171,7 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
             open.items.reserve_exact(take);
             open.items.extend(items.by_ref().take(take));
             open.cost_ns += placement.predicted_ns * take as u64;
-            if self.logging && open.meta.is_none() {
+            if self.logging && open.meta.is_none() && set != LaneSet::Remote {
                 let mut meta =
                     BatchMeta::new(self.admitted_at, &self.features, &self.op.engine, set);
                 meta.tokens.push(TokenMeta::new(&self.features, &placement));
@@ -159,6 +188,7 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
     /// Route → override → batch, for the current features.
     fn place(&self) -> Placement {
         let mut placement = self.op.engine.router.route(&self.features);
+        let routed = placement.lanes;
         // A manual override always wins over the model, which wins over the tags.
         if let Some(lanes) = self.overrides.pin {
             placement.lanes = lanes;
@@ -168,22 +198,106 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
             placement.batch = batch;
             placement.source = RouteSource::Override;
         }
+        if placement.lanes == LaneSet::Remote || self.remote.is_some() {
+            placement.lanes = self.remote_or_local(placement.lanes, routed);
+        }
         if self.single {
             placement.batch = 1;
         }
         placement
     }
 
+    /// Where a token placed on `chosen` (by the router or an override; `routed`: the
+    /// router's own choice) runs: remote when it was asked for or the placement policy
+    /// sends it there and the link can take it, else a local set.
+    fn remote_or_local(&self, chosen: LaneSet, routed: LaneSet) -> LaneSet {
+        let by_weight = || match self.op.weight {
+            Weight::Heavy => LaneSet::Heavy,
+            _ => LaneSet::Light,
+        };
+        let local = |set: LaneSet| if set == LaneSet::Remote { by_weight() } else { set };
+        let Some(port) = self.remote else {
+            return if chosen == LaneSet::Remote { local(routed) } else { chosen };
+        };
+        let remote = match (chosen, port.placement()) {
+            (LaneSet::Remote, _) => port.available(),
+            (_, RemotePlacement::Local) => false,
+            // Pinned to a local set by the control port.
+            _ if self.overrides.pin.is_some() => false,
+            (_, RemotePlacement::Remote) => port.available(),
+            (set, RemotePlacement::Auto) => {
+                port.workers() > 0 && port.available() && self.backlogged(set)
+            }
+        };
+        match remote {
+            true => LaneSet::Remote,
+            false if chosen == LaneSet::Remote => local(routed),
+            false => chosen,
+        }
+    }
+
+    /// At least two queued batches per lane of `set`.
+    fn backlogged(&self, set: LaneSet) -> bool {
+        let lanes = &self.op.engine.lanes;
+        lanes.queued_batches(set) >= 2 * lanes.lanes_of(set).count().max(1)
+    }
+
     /// Pushes the open batches.
     pub(super) fn finish(mut self) {
-        for set in LaneSet::ALL {
+        for set in SETS {
             if !self.open[set.index()].items.is_empty() {
                 self.flush(set);
             }
         }
     }
 
+    /// Claims the open remote batch's tokens and hands them to the link.
+    fn flush_remote(&mut self) {
+        let (op, chunk, attempt) = (self.op, self.chunk, self.attempt);
+        let open = &mut self.open[LaneSet::Remote.index()];
+        let items = std::mem::take(&mut open.items);
+        open.cost_ns = 0;
+        let port = self.remote.expect("remote batches only with a link");
+        let codec = op.remote.as_ref().expect("remote-capable");
+        let mut calls = Vec::with_capacity(items.len());
+        for (index, arg) in items {
+            let bytes = op.bytes_of(&arg);
+            let slot = chunk.slot(index);
+            if !slot.claim(attempt) {
+                // Cancelled before it left.
+                op.engine.admission.release(Permit::new(1, bytes), &op.queue);
+                continue;
+            }
+            match (codec.encode_arg)(&arg) {
+                Ok(payload) => {
+                    let token = RemoteToken {
+                        op: Arc::clone(op),
+                        chunk: Arc::clone(chunk),
+                        index,
+                        attempt,
+                        arg,
+                        bytes,
+                        admitted_at: self.admitted_at,
+                    };
+                    calls.push((payload, Box::new(token) as Box<dyn PendingToken>));
+                }
+                Err(e) => {
+                    let error = format!("the argument of {} is not encodable: {e}", op.name);
+                    slot.finish(attempt, Err(TokenError::Failed(error)));
+                    op.resolutions.failed.fetch_add(1, Relaxed);
+                    op.engine.admission.release(Permit::new(1, bytes), &op.queue);
+                }
+            }
+        }
+        if !calls.is_empty() {
+            port.send(&op.name, calls);
+        }
+    }
+
     fn flush(&mut self, set: LaneSet) {
+        if set == LaneSet::Remote {
+            return self.flush_remote();
+        }
         let op = self.op;
         let open = &mut self.open[set.index()];
         let items = std::mem::take(&mut open.items);

@@ -13,11 +13,14 @@ mod builder;
 mod dedupe;
 mod enqueue;
 mod locality;
+mod remote;
 mod retry;
 mod run;
 mod state;
 
 pub use builder::{DedupeBuilder, OperationBuilder};
+pub use remote::RemoteBuilder;
+pub(crate) use remote::{CallError, PendingToken, RemoteServe};
 pub use retry::RetryPolicy;
 pub use state::{Context, SizeHint};
 
@@ -56,21 +59,42 @@ impl<A, R> std::fmt::Debug for Operation<A, R> {
 }
 
 impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
-    /// Registers `f` on `engine` as operation `name`.
-    pub(crate) fn register(
+    /// Registers `f` on `engine` as operation `name`; `remote`: it may run on remote
+    /// workers, and this engine serves it when it is a worker.
+    pub(crate) fn register_full(
         engine: &Arc<Shared>,
         name: &str,
         weight: Weight,
         options: OpOptions<A>,
         f: BoxFn<A, R>,
         dedupe: Option<Dedupe<A, R>>,
+        remote: Option<remote::Codec<A, R>>,
     ) -> Result<Self, RegisterError> {
         let id = engine.claim_name(name)?;
         engine.router.register_op(id, name);
-        let inner =
-            Arc::new(OpShared::new(Arc::clone(engine), id, name, weight, options, f, dedupe));
+        let serves = remote.is_some();
+        let inner = Arc::new(OpShared::new(
+            Arc::clone(engine),
+            id,
+            name,
+            weight,
+            options,
+            f,
+            dedupe,
+            remote,
+        ));
         engine.add_op(Arc::clone(&inner) as Arc<dyn OpControl>);
-        Ok(Operation { inner })
+        let op = Operation { inner };
+        if serves {
+            engine.add_served(Arc::new(op.clone()) as Arc<dyn RemoteServe>);
+        }
+        Ok(op)
+    }
+
+    /// Whether calls may run on remote workers (registered with
+    /// [`OperationBuilder::remote`]).
+    pub fn is_remote_capable(&self) -> bool {
+        self.inner.remote.is_some()
     }
 
     /// The name given at registration.

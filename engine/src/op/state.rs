@@ -108,9 +108,12 @@ pub(crate) struct OpShared<A, R> {
     pub(super) homes: Mutex<Homes>,
     /// Running average runtime per token (ns), updated once per batch.
     pub(super) recent_ns: AtomicU64,
+    /// How calls cross the wire, for a remote-capable operation.
+    pub(super) remote: Option<super::remote::Codec<A, R>>,
 }
 
 impl<A, R> OpShared<A, R> {
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         engine: Arc<Shared>,
         id: u32,
@@ -119,12 +122,14 @@ impl<A, R> OpShared<A, R> {
         options: OpOptions<A>,
         f: BoxFn<A, R>,
         dedupe: Option<Dedupe<A, R>>,
+        remote: Option<super::remote::Codec<A, R>>,
     ) -> Self {
         let plain = options.timeout.is_none()
             && options.retry.is_none()
             && options.locality.is_none()
             && dedupe.is_none();
         OpShared {
+            remote,
             dedupe,
             plain,
             control: OpControlState::new(engine.paused_all()),

@@ -23,7 +23,7 @@ pub const PI_DIGITS: &str = "3.1415926535897932384626433832795028841971";
 #[inline]
 pub fn term(n: u64) -> Decimal {
     let magnitude = Decimal::ONE / Decimal::from(2 * n + 1);
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         magnitude
     } else {
         -magnitude
@@ -92,7 +92,7 @@ impl Pyramid {
     /// (light) on `engine`.
     pub fn register(engine: &Engine) -> Result<Self, RegisterError> {
         Ok(Pyramid {
-            term: engine.register("pi_term", Weight::Light, term)?,
+            term: engine.operation("pi_term", Weight::Light).remote().register(term)?,
             chunk: engine.register("pi_chunk", Weight::Medium, sum)?,
             partial: engine.register("pi_partial", Weight::Medium, sum)?,
             finish: engine.register("pi_final", Weight::Light, |partials: Vec<Decimal>| {

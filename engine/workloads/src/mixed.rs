@@ -212,7 +212,9 @@ pub struct MixedOps {
 }
 
 impl MixedOps {
-    /// Registers `primes`, `sort`, `hash` and `text`, each with its size as the hint.
+    /// Registers `primes`, `sort`, `hash` and `text`, each with its size as the hint,
+    /// remote-capable (a `tokengate worker` serves them; the drift shift is this
+    /// engine's own, so a `drift` stream's remote tokens do not drift).
     pub fn register(engine: &Engine) -> Result<Self, RegisterError> {
         let functions: [fn(u64) -> u64; 4] =
             [count_primes, sort_numbers, iterate_hash, transform_text];
@@ -223,7 +225,7 @@ impl MixedOps {
             .enumerate()
             .map(|(op, (name, f))| {
                 let shifted = Arc::clone(&shifted);
-                engine.operation(name, Weight::Medium).size_hint(|n: &u64| *n).register(
+                engine.operation(name, Weight::Medium).size_hint(|n: &u64| *n).remote().register(
                     move |n: u64| {
                         if DRIFTING[op] && shifted.load(Ordering::Relaxed) {
                             shifted_cost(op, n)
@@ -258,6 +260,31 @@ pub struct StreamRun {
     pub shift_s: Option<f64>,
     /// Tokens that did not complete (panics, errors): should be 0.
     pub failures: usize,
+    /// An order-independent digest of every (operation, argument, result): equal for
+    /// the same plan wherever its tokens ran.
+    pub digest: u64,
+    /// Tokens whose result did not come within [`WAIT_BOUND`] of the last submit.
+    pub lost: usize,
+    /// Tokens whose id got more than one result (the driver's own per-id tally).
+    pub double_resolved: usize,
+}
+
+/// How long the driver waits, after its last submit, for the results still missing.
+pub const WAIT_BOUND: Duration = Duration::from_secs(45);
+
+/// One (operation, argument, result) folded into a digest: summed (wrapping), so the
+/// order of results does not matter.
+pub fn digest_of(op: usize, size: u64, result: &Result<u64, tokengate::TokenError>) -> u64 {
+    let value = match result {
+        Ok(value) => *value,
+        Err(_) => u64::MAX,
+    };
+    // splitmix64 of the three, chained.
+    let mut x = (op as u64) ^ size.rotate_left(17) ^ value.rotate_left(41);
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 /// Submits `plan` at `rate` tokens/s in 1 ms waves, then waits for every token. With
@@ -293,17 +320,39 @@ pub fn drive(ops: &MixedOps, plan: &[Planned], rate: f64, shift: Option<usize>) 
     let mut declared = Vec::with_capacity(tokens.len());
     let mut submitted_s = Vec::with_capacity(tokens.len());
     let mut failures = 0;
+    let (mut digest, mut lost) = (0u64, 0);
+    let mut results_by_id: HashMap<u64, u32> = HashMap::with_capacity(tokens.len());
     let base = plan.as_ptr() as usize;
+    let give_up = Instant::now() + WAIT_BOUND;
     for (token, call) in tokens {
         truths.push((token.id(), call.truth));
         declared.push(call.declared);
         // Its wave's due time: the plan index over the wave size, in ms.
         let index = (call as *const Planned as usize - base) / std::mem::size_of::<Planned>();
         submitted_s.push((index / per_wave) as f64 / 1e3);
-        failures += usize::from(token.wait().is_err());
+        let id = token.id();
+        match token.wait_timeout(give_up.saturating_duration_since(Instant::now())) {
+            Ok(result) => {
+                *results_by_id.entry(id).or_default() += 1;
+                failures += usize::from(result.is_err());
+                digest = digest.wrapping_add(digest_of(call.op, call.size, &result));
+            }
+            Err(_still_waiting) => lost += 1,
+        }
     }
+    let double_resolved = results_by_id.values().filter(|&&n| n > 1).count();
     let shift_s = shift.map(|at| (at / per_wave) as f64 / 1e3);
-    StreamRun { makespan: started.elapsed(), truths, declared, submitted_s, shift_s, failures }
+    StreamRun {
+        makespan: started.elapsed(),
+        truths,
+        declared,
+        submitted_s,
+        shift_s,
+        failures,
+        digest,
+        lost,
+        double_resolved,
+    }
 }
 
 /// Latency of one kind of token, from the engine's own records.

@@ -1,0 +1,116 @@
+//! Remote lanes: tokens of remote-capable operations run on workers on other machines,
+//! over NATS JetStream.
+//!
+//! # How it works
+//! - **Submitter.** An engine built with [`EngineBuilder::nats`](crate::EngineBuilder::nats)
+//!   keeps a link to a NATS server. A token placed on [`LaneSet::Remote`] is claimed
+//!   (like a lane claims it), its argument encoded, and published to the work-queue
+//!   stream `TOKENGATE_CALLS` on subject `tokengate.tokens.<op>` with the message id
+//!   `<submitter>.<token>.<attempt>` (a re-publish within two minutes is dropped by the
+//!   server). The token waits in the link's pending table, holding its admission permit.
+//! - **Worker.** [`Worker`] (the `tokengate worker` command) binds one durable pull
+//!   consumer per remote-capable operation (`tg-<op>`, shared by every worker: each call
+//!   goes to one of them), runs each call on its own pinned lanes through the same
+//!   operation, publishes the answer to `tokengate.results.<submitter>` (stream
+//!   `TOKENGATE_ANSWERS`), and only then acks the call. A long call sends
+//!   "in progress" every third of the ack wait so it is not redelivered; a call the
+//!   worker has no room for (or is stopping) is nak'ed with a delay, for another worker;
+//!   a call that failed, panicked or timed out is answered as such and terminated;
+//!   a message that does not decode is terminated and counted.
+//! - **Exactly once to the caller.** Delivery is at-least-once (a worker killed before
+//!   its ack has its calls redelivered after the ack wait), so the submitter resolves a
+//!   token from the first answer to its pending attempt and counts the rest as
+//!   duplicates. If the server is unreachable for longer than a grace period, or an
+//!   answer is later than the result timeout, remote placement turns off and the
+//!   pending tokens move to the local lanes (a late answer is then a duplicate).
+//!
+//! Placement ([`RemotePlacement`]): `auto` sends a token remote only when a worker has
+//! announced itself in the last three seconds and the local lanes of the token's set
+//! are backlogged (at least two queued batches per lane); `remote` sends every token of
+//! a remote-capable operation; `local` none. A control-port `pin <op> remote` (or a
+//! router placing on [`LaneSet::Remote`]) sends the operation's tokens remote whenever
+//! the link is up.
+//!
+//! [`LaneSet::Remote`]: crate::LaneSet::Remote
+
+use std::str::FromStr;
+
+use crate::op::PendingToken;
+
+pub(crate) mod wire;
+
+#[cfg(feature = "nats")]
+mod link;
+#[cfg(feature = "nats")]
+mod worker;
+
+#[cfg(feature = "nats")]
+pub(crate) use link::Link;
+#[cfg(feature = "nats")]
+pub use link::RemoteConfig;
+#[cfg(feature = "nats")]
+pub use worker::{Worker, WorkerConfig, WorkerStats};
+
+/// When tokens of remote-capable operations go to remote workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RemotePlacement {
+    /// Remote only when a worker is connected and the local lanes are backlogged.
+    #[default]
+    Auto,
+    /// Never (the control port's `pin <op> remote` still can).
+    Local,
+    /// Every token of a remote-capable operation.
+    Remote,
+}
+
+impl FromStr for RemotePlacement {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(RemotePlacement::Auto),
+            "local" => Ok(RemotePlacement::Local),
+            "remote" => Ok(RemotePlacement::Remote),
+            other => Err(format!("unknown placement {other:?}: expected auto, local or remote")),
+        }
+    }
+}
+
+/// What a submitter's link to remote workers has done.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct RemoteStats {
+    /// Tokens published to remote workers (each attempt counts).
+    pub remote_tokens: u64,
+    /// Tokens resolved by a remote answer.
+    pub resolved: u64,
+    /// Answers from a call the stream had delivered more than once.
+    pub redelivered: u64,
+    /// Answers that arrived for a token already resolved (or moved to the local lanes):
+    /// dropped.
+    pub duplicate_results: u64,
+    /// Tokens moved back to the local lanes (server unreachable, publish failed, or no
+    /// answer within the result timeout).
+    pub fell_back: u64,
+    /// Answers that did not decode (dropped).
+    pub bad_answers: u64,
+    /// Tokens waiting for an answer now.
+    pub pending: u64,
+    /// Workers heard from in the last three seconds.
+    pub workers: u64,
+    /// Whether the link is up (connected, and not shut off after an outage).
+    pub connected: bool,
+    /// Median overhead of a remote token (µs): answer received − call published − the
+    /// worker's submit → resolve time.
+    pub overhead_p50_us: f64,
+}
+
+/// What the enqueue path needs of the link.
+pub(crate) trait RemotePort: Send + Sync {
+    fn placement(&self) -> RemotePlacement;
+    /// Connected (and not given up on after an outage).
+    fn available(&self) -> bool;
+    /// Workers heard from recently.
+    fn workers(&self) -> usize;
+    /// Publishes the calls of operation `op` (`payload`: the encoded argument).
+    fn send(&self, op: &str, calls: Vec<(Vec<u8>, Box<dyn PendingToken>)>);
+    fn stats(&self) -> RemoteStats;
+}
