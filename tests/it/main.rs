@@ -9,6 +9,7 @@ mod learning;
 mod leibniz;
 mod model;
 mod nested;
+mod remote;
 mod seams;
 mod telemetry;
 mod tokens;

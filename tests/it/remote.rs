@@ -1,0 +1,298 @@
+//! Remote lanes over NATS JetStream, against a real `nats-server` (Debian's package):
+//! each test starts its own server on a free loopback port, with a secret and a
+//! temporary store, and stops it. Without the program the tests fail under CI
+//! (`CI=true`) and skip loudly elsewhere.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokengate::remote::{RemoteConfig, Worker, WorkerConfig};
+use tokengate::{Engine, LaneSet, RemotePlacement};
+use tokengate_workloads::mixed::{self, MixedConfig, MixedOps, StreamRun};
+
+/// A `nats-server -js` of this test's own; killed on drop.
+struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    secret: String,
+    _store: tempfile::TempDir,
+}
+
+impl NatsServer {
+    /// Starts a server, or returns None (after saying so) when the program is missing
+    /// outside CI.
+    fn start() -> Option<NatsServer> {
+        let program = which("nats-server");
+        let Some(program) = program else {
+            let message = "nats-server is not installed (apt-get install -y nats-server)";
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("{message}: CI runs every test");
+            }
+            eprintln!("SKIPPED: {message}");
+            return None;
+        };
+        let store = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let secret = format!("s{:x}", std::process::id() as u64 * 7919 + u64::from(port));
+        let mut server = NatsServer { child: None, port, secret, _store: store };
+        server.spawn(&program);
+        Some(server)
+    }
+
+    fn spawn(&mut self, program: &PathBuf) {
+        let child = Command::new(program)
+            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "--auth", &self.secret])
+            .arg("-sd")
+            .arg(self._store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn config(&self) -> RemoteConfig {
+        RemoteConfig::new(self.url()).token(self.secret.clone()).ack_wait(Duration::from_secs(2))
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/usr/bin".into()])
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn engine(nats: Option<RemoteConfig>) -> Engine {
+    let mut builder = Engine::builder().workers(2).pin(false);
+    if let Some(config) = nats {
+        builder = builder.nats(config);
+    }
+    builder.build().expect("engine")
+}
+
+fn stream(tokens: usize) -> Vec<mixed::Planned> {
+    mixed::plan(&MixedConfig {
+        tokens,
+        seed: 3,
+        mislabel_share: 0.0,
+        rate: 50_000.0,
+        drift_at: None,
+    })
+}
+
+fn run(engine: &Engine, plan: &[mixed::Planned]) -> StreamRun {
+    let ops = MixedOps::register(engine).expect("register");
+    mixed::drive(&ops, plan, 50_000.0, None)
+}
+
+/// A worker serving the mixed operations, in this process.
+fn worker(server: &NatsServer) -> (Engine, Worker) {
+    let engine = engine(None);
+    MixedOps::register(&engine).expect("register");
+    let worker = Worker::start(&engine, WorkerConfig::new(server.config())).expect("worker");
+    (engine, worker)
+}
+
+fn wait_for_workers(engine: &Engine, n: u64) {
+    crate::eventually("the workers' heartbeats are heard", || {
+        engine.remote_stats().is_some_and(|s| s.workers >= n)
+    });
+}
+
+#[test]
+fn remote_results_equal_local_ones_and_each_token_resolves_once() {
+    let Some(server) = NatsServer::start() else { return };
+    let plan = stream(600);
+    let local = run(&engine(None), &plan);
+    let (_worker_engine, worker) = worker(&server);
+    let submitter = engine(Some(server.config().placement(RemotePlacement::Remote)));
+    wait_for_workers(&submitter, 1);
+    let remote = run(&submitter, &plan);
+    let stats = submitter.remote_stats().unwrap();
+    assert_eq!((remote.lost, remote.double_resolved, remote.failures), (0, 0, 0));
+    assert_eq!(remote.digest, local.digest, "remote results differ from local ones");
+    assert_eq!(stats.remote_tokens, 600, "{stats:?}");
+    assert_eq!((stats.resolved, stats.pending, stats.fell_back), (600, 0, 0), "{stats:?}");
+    assert_eq!(worker.stop().completed, 600);
+}
+
+#[test]
+fn placement_follows_policy_and_the_control_port_pin() {
+    let Some(server) = NatsServer::start() else { return };
+    let (_worker_engine, _worker) = worker(&server);
+    // `local`: nothing goes remote...
+    let submitter = engine(Some(server.config().placement(RemotePlacement::Local)));
+    wait_for_workers(&submitter, 1);
+    let ops = MixedOps::register(&submitter).unwrap();
+    let plan = stream(200);
+    let run = mixed::drive(&ops, &plan, 50_000.0, None);
+    assert_eq!(run.lost, 0);
+    assert_eq!(submitter.remote_stats().unwrap().remote_tokens, 0);
+    // ...until the control port pins an operation to the remote set.
+    submitter.controller().pin("primes", Some(LaneSet::Remote)).unwrap();
+    let pinned = plan.iter().filter(|call| mixed::OPS[call.op] == "primes").count() as u64;
+    let run = mixed::drive(&ops, &plan, 50_000.0, None);
+    assert_eq!((run.lost, run.failures), (0, 0));
+    assert_eq!(submitter.remote_stats().unwrap().remote_tokens, pinned);
+}
+
+#[test]
+fn an_operation_that_is_not_remote_capable_stays_local_even_when_pinned() {
+    let Some(server) = NatsServer::start() else { return };
+    let submitter = engine(Some(server.config().placement(RemotePlacement::Remote)));
+    let local = submitter.register("local_only", tokengate::Weight::Light, |x: u64| x + 1).unwrap();
+    submitter.controller().pin("local_only", Some(LaneSet::Remote)).unwrap();
+    let sum: u64 = local.map(0..100).into_iter().map(|r| r.unwrap()).sum();
+    assert_eq!(sum, (1..=100).sum::<u64>());
+    assert_eq!(submitter.remote_stats().unwrap().remote_tokens, 0);
+}
+
+#[test]
+fn a_worker_killed_mid_run_loses_nothing() {
+    let Some(server) = NatsServer::start() else { return };
+    let plan = stream(3_000);
+    let local = run(&engine(None), &plan);
+    let mut workers: Vec<Child> = (0..2).map(|_| spawn_worker(&server)).collect();
+    let submitter = Arc::new(engine(Some(server.config().placement(RemotePlacement::Remote))));
+    wait_for_workers(&submitter, 2);
+    let remote = std::thread::scope(|scope| {
+        let killer = scope.spawn(|| {
+            crate::eventually("a third of the tokens resolved remotely", || {
+                submitter.remote_stats().unwrap().resolved >= 1_000
+            });
+            workers[0].kill().expect("SIGKILL a worker");
+        });
+        let remote = run(&submitter, &plan);
+        killer.join().unwrap();
+        remote
+    });
+    for worker in &mut workers {
+        let _ = worker.kill();
+        let _ = worker.wait();
+    }
+    let stats = submitter.remote_stats().unwrap();
+    assert_eq!((remote.lost, remote.double_resolved, remote.failures), (0, 0, 0), "{stats:?}");
+    assert_eq!(remote.digest, local.digest);
+    assert_eq!(stats.pending, 0, "{stats:?}");
+    // The killed worker held calls: they came back through the stream.
+    assert!(stats.redelivered > 0, "{stats:?}");
+}
+
+#[test]
+fn the_server_stopped_mid_run_ends_the_run_with_every_token_accounted_for() {
+    let Some(mut server) = NatsServer::start() else { return };
+    let plan = stream(3_000);
+    let local = run(&engine(None), &plan);
+    let (worker_engine, worker) = worker(&server);
+    let submitter = engine(Some(server.config().placement(RemotePlacement::Remote)));
+    wait_for_workers(&submitter, 1);
+    let started = Instant::now();
+    let remote = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            crate::eventually("some tokens resolved remotely", || {
+                submitter.remote_stats().unwrap().resolved >= 300
+            });
+            server.stop();
+        });
+        run(&submitter, &plan)
+    });
+    let stats = submitter.remote_stats().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(60), "{:?}", started.elapsed());
+    assert_eq!((remote.lost, remote.double_resolved, remote.failures), (0, 0, 0), "{stats:?}");
+    assert_eq!(remote.digest, local.digest);
+    assert_eq!(stats.pending, 0, "{stats:?}");
+    assert!(!stats.connected, "{stats:?}");
+    drop(worker);
+    drop(worker_engine);
+    // Shutdown does not hang on the dead link.
+    submitter.shutdown();
+}
+
+#[test]
+fn bad_messages_are_refused_and_counted_and_the_worker_keeps_serving() {
+    let Some(server) = NatsServer::start() else { return };
+    let (_worker_engine, worker) = worker(&server);
+    let submitter = engine(Some(server.config().placement(RemotePlacement::Remote)));
+    wait_for_workers(&submitter, 1);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let client = async_nats::ConnectOptions::with_token(server.secret.clone())
+            .connect(server.url())
+            .await
+            .unwrap();
+        let js = async_nats::jetstream::new(client);
+        for payload in [
+            b"\xff\xfe garbage".to_vec(),
+            // A well-formed bincode value of another shape.
+            vec![1, 0, 3, b'a', b'b', b'c'],
+            Vec::new(),
+        ] {
+            js.publish("tokengate.tokens.primes", payload.into()).await.unwrap().await.unwrap();
+        }
+    });
+    crate::eventually("the three bad messages are refused", || worker.stats().bad_messages >= 3);
+    let run = run(&submitter, &stream(100));
+    assert_eq!((run.lost, run.failures), (0, 0));
+    // The worker counts an answer once the stream has stored it, which may be just
+    // after the submitter saw it.
+    crate::eventually("the worker counts 100 answers", || worker.stats().completed == 100);
+    let stats = worker.stats();
+    assert_eq!(stats.bad_messages, 3, "{stats:?}");
+}
+
+/// Not a test: the body of a worker process for `a_worker_killed_mid_run_loses_nothing`
+/// (run by it through the test binary, with the server in the environment).
+#[test]
+#[ignore = "a helper process, started by a_worker_killed_mid_run_loses_nothing"]
+fn remote_worker_process() {
+    let url = std::env::var("TOKENGATE_TEST_NATS_URL").expect("started by a test");
+    let secret = std::env::var("TOKENGATE_TEST_NATS_SECRET").expect("started by a test");
+    let config = RemoteConfig::new(url).token(secret).ack_wait(Duration::from_secs(2));
+    let engine = engine(None);
+    MixedOps::register(&engine).unwrap();
+    let _worker = Worker::start(&engine, WorkerConfig::new(config)).unwrap();
+    // Until killed (or, should the test die first, for a minute).
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+fn spawn_worker(server: &NatsServer) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args(["remote::remote_worker_process", "--exact", "--ignored", "--nocapture"])
+        .env("TOKENGATE_TEST_NATS_URL", server.url())
+        .env("TOKENGATE_TEST_NATS_SECRET", &server.secret)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start a worker process")
+}
