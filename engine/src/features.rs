@@ -34,8 +34,13 @@ pub fn model_inputs(op_index: u32, arg_size: u64) -> [f64; MODEL_FEATURES.len()]
     [f64::from(op_index) * OP_STRIDE + size, size]
 }
 
-/// Version of the telemetry (Parquet) schema.
-pub const TELEMETRY_SCHEMA_VERSION: u32 = 1;
+/// Version of the telemetry (Parquet) schema. v2 added `host` and `worker` (which
+/// machine, and which remote worker, ran the rows).
+pub const TELEMETRY_SCHEMA_VERSION: u32 = 2;
+
+/// The oldest telemetry schema the trainer still reads (v1 lacks only the columns it
+/// does not use).
+pub const OLDEST_TELEMETRY_SCHEMA: u32 = 1;
 
 /// The first class edge: runtimes below it are the cheapest class.
 pub const FIRST_EDGE_NS: u64 = 10_000;

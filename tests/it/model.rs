@@ -5,7 +5,7 @@ use std::fs::File;
 use polars::prelude::*;
 use tokengate::features::{model_inputs, MODEL_FEATURES};
 use tokengate::model::{self, Model, ModelError};
-use tokengate::telemetry::{records_to_frame, RecordOutcome, TokenRecord};
+use tokengate::telemetry::{records_to_frame, Origin, RecordOutcome, TokenRecord};
 use tokengate::{Engine, LaneSet, RouteSource, Weight};
 use trainer::dataset::{self, Data, Row};
 use trainer::{fit, TrainError};
@@ -134,14 +134,14 @@ fn trainer_refuses_bad_data_clearly() {
 
     // A wrong schema version, and a missing column.
     let records: Vec<_> = (1..200).map(|i| record(0, i, i * 100)).collect();
-    let mut frame = records_to_frame(7, &records, &names, 1).unwrap();
+    let mut frame = records_to_frame(7, &records, &names, 1, &Origin::here()).unwrap();
     let versions = Column::new("schema_version".into(), vec![99u32; frame.height()]);
     frame.with_column(versions).unwrap();
     let future = dir.path().join("future.parquet");
     write(&future, &mut frame);
     let err = dataset::load(&[future], |_| {}).unwrap_err();
     assert!(err.to_string().contains("schema v99"), "{err}");
-    let mut frame = records_to_frame(7, &records, &names, 1).unwrap();
+    let mut frame = records_to_frame(7, &records, &names, 1, &Origin::here()).unwrap();
     let _ = frame.drop_in_place("run_ns").unwrap();
     let partial = dir.path().join("partial.parquet");
     write(&partial, &mut frame);
@@ -150,14 +150,14 @@ fn trainer_refuses_bad_data_clearly() {
 
     // Too few rows, then a single class.
     let few: Vec<_> = (1..20).map(|i| record(0, i, i * 1_000)).collect();
-    let mut frame = records_to_frame(7, &few, &names, 1).unwrap();
+    let mut frame = records_to_frame(7, &few, &names, 1, &Origin::here()).unwrap();
     let few_path = dir.path().join("few.parquet");
     write(&few_path, &mut frame);
     let data = dataset::load(&[few_path], |_| {}).unwrap();
     let err = fit::fit(&data, &fit::FitOptions::default()).unwrap_err();
     assert!(matches!(err, TrainError::TooFewRows { rows: 19, needed: 100 }), "{err}");
     let same: Vec<_> = (1..500).map(|i| record(0, i, 500)).collect();
-    let mut frame = records_to_frame(7, &same, &names, 1).unwrap();
+    let mut frame = records_to_frame(7, &same, &names, 1, &Origin::here()).unwrap();
     let same_path = dir.path().join("same.parquet");
     write(&same_path, &mut frame);
     let data = dataset::load(&[same_path], |_| {}).unwrap();

@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use polars::prelude::{ParquetReader, SerReader};
 use tokengate::remote::{RemoteConfig, Worker, WorkerConfig};
 use tokengate::{Engine, LaneSet, RemotePlacement};
 use tokengate_workloads::mixed::{self, MixedConfig, MixedOps, StreamRun};
@@ -135,16 +136,35 @@ fn remote_results_equal_local_ones_and_each_token_resolves_once() {
     let Some(server) = NatsServer::start() else { return };
     let plan = stream(600);
     let local = run(&engine(None), &plan);
-    let (_worker_engine, worker) = worker(&server);
+    // This worker logs its runs: the rows name it.
+    let log = tempfile::tempdir().unwrap();
+    let worker_engine =
+        Engine::builder().workers(2).pin(false).log_dir(log.path()).build().expect("engine");
+    MixedOps::register(&worker_engine).unwrap();
+    let worker = Worker::start(&worker_engine, WorkerConfig::new(server.config())).unwrap();
+    let worker_id = worker.id().to_string();
     let submitter = engine(Some(server.config().placement(RemotePlacement::Remote)));
     wait_for_workers(&submitter, 1);
     let remote = run(&submitter, &plan);
+    // The link counts an answer just after it resolves the token.
+    crate::eventually("600 answers counted", || submitter.remote_stats().unwrap().resolved == 600);
     let stats = submitter.remote_stats().unwrap();
     assert_eq!((remote.lost, remote.double_resolved, remote.failures), (0, 0, 0));
     assert_eq!(remote.digest, local.digest, "remote results differ from local ones");
     assert_eq!(stats.remote_tokens, 600, "{stats:?}");
     assert_eq!((stats.resolved, stats.pending, stats.fell_back), (600, 0, 0), "{stats:?}");
     assert_eq!(worker.stop().completed, 600);
+    worker_engine.shutdown();
+    let mut rows = 0;
+    for entry in std::fs::read_dir(log.path()).unwrap() {
+        let file = std::fs::File::open(entry.unwrap().path()).unwrap();
+        let frame = ParquetReader::new(file).finish().unwrap();
+        let column = |name: &str| frame.column(name).unwrap().str().unwrap().clone();
+        assert!(column("worker").iter().all(|w| w == Some(worker_id.as_str())));
+        assert!(column("host").iter().all(|h| h.is_some_and(|h| !h.is_empty())));
+        rows += frame.height();
+    }
+    assert_eq!(rows, 600, "the worker logs one row per call it ran");
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
-use tokengate::features::TELEMETRY_SCHEMA_VERSION;
+use tokengate::features::{OLDEST_TELEMETRY_SCHEMA, TELEMETRY_SCHEMA_VERSION};
 
 use crate::TrainError;
 
@@ -97,9 +97,11 @@ fn read_file(
     let versions = column("schema_version")?
         .u32()
         .map_err(|_| schema("column \"schema_version\" is not u32".into()))?;
-    if let Some(bad) = versions.iter().flatten().find(|&v| v != TELEMETRY_SCHEMA_VERSION) {
+    let readable = OLDEST_TELEMETRY_SCHEMA..=TELEMETRY_SCHEMA_VERSION;
+    if let Some(bad) = versions.iter().flatten().find(|v| !readable.contains(v)) {
         return Err(schema(format!(
-            "telemetry schema v{bad}, this trainer reads v{TELEMETRY_SCHEMA_VERSION}"
+            "telemetry schema v{bad}, this trainer reads v{OLDEST_TELEMETRY_SCHEMA} to \
+             v{TELEMETRY_SCHEMA_VERSION}"
         )));
     }
     let typed = |name: &str, what: &str| schema(format!("column {name:?} is not {what}"));

@@ -236,6 +236,14 @@ impl Engine {
         self.shared.remote.get().map(|link| link.stats())
     }
 
+    /// Marks this engine's telemetry rows as a remote worker's (column `worker`).
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    pub(crate) fn set_worker_id(&self, id: &str) {
+        if let Some(telemetry) = self.shared.lanes.telemetry() {
+            let _ = telemetry.origin.worker.set(id.to_string());
+        }
+    }
+
     /// The remote-capable operations, which a [`Worker`](crate::remote) serves.
     #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn served_ops(&self) -> Vec<std::sync::Arc<dyn crate::op::RemoteServe>> {

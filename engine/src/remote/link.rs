@@ -481,15 +481,7 @@ impl RemotePort for Link {
     }
 }
 
-/// This machine's host name (or `localhost`).
-pub(crate) fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-        .map(|name| name.trim().to_string())
-        .ok()
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "localhost".to_string())
-}
+pub(crate) use crate::telemetry::hostname;
 
 /// A number unlikely to repeat between two engines started on one host.
 pub(crate) fn unique() -> u64 {

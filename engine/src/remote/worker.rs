@@ -137,6 +137,7 @@ impl Worker {
             js,
             counters: Counters::default(),
         });
+        engine.set_worker_id(&ctx.id);
         let (stop, stopped) = watch::channel(false);
         for op in &ops {
             runtime.spawn(Arc::clone(&ctx).serve(Arc::clone(op), stopped.clone()));

@@ -140,8 +140,36 @@ pub(crate) struct Sink {
     pub(crate) max_bytes: u64,
 }
 
+/// Where a log's rows were run: the same for every row of an engine.
+#[derive(Debug, Default)]
+pub struct Origin {
+    /// The machine's host name.
+    pub host: String,
+    /// The remote worker's id when the engine serves as one
+    /// ([`remote::Worker`](crate::remote)), else empty.
+    pub worker: std::sync::OnceLock<String>,
+}
+
+impl Origin {
+    /// This machine, not (yet) a worker.
+    pub fn here() -> Self {
+        Origin { host: hostname(), worker: std::sync::OnceLock::new() }
+    }
+}
+
+/// This machine's host name (or `localhost`).
+pub(crate) fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|name| name.trim().to_string())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
 pub(crate) struct Telemetry {
     sender: Mutex<Option<Sender<Vec<TokenRecord>>>>,
+    pub(crate) origin: Arc<Origin>,
     pub(crate) sample_every: u64,
     recorded: AtomicU64,
     dropped: AtomicU64,
@@ -169,10 +197,14 @@ impl Telemetry {
         }
         let (sender, receiver) = crossbeam_channel::bounded(CHANNEL_BUFFERS);
         let run_id = run_id();
-        let writer = std::thread::Builder::new()
-            .name("tokengate-telemetry".into())
-            .spawn(move || write_loop(receiver, sink, run_id, sample_every.max(1), op_names))?;
+        let origin = Arc::new(Origin::here());
+        let writer_origin = Arc::clone(&origin);
+        let writer =
+            std::thread::Builder::new().name("tokengate-telemetry".into()).spawn(move || {
+                write_loop(receiver, sink, run_id, sample_every.max(1), op_names, writer_origin)
+            })?;
         Ok(Telemetry {
+            origin,
             sender: Mutex::new(Some(sender)),
             sample_every: sample_every.max(1),
             recorded: AtomicU64::new(0),
@@ -258,6 +290,7 @@ fn write_loop(
     run_id: u64,
     sample_every: u64,
     op_names: Arc<RwLock<Vec<String>>>,
+    origin: Arc<Origin>,
 ) -> WriterOutput {
     let mut out = WriterOutput::default();
     let tap = sink.tap.clone();
@@ -319,7 +352,7 @@ fn write_loop(
             let path = dir.join(format!("tokens-{run_id:016x}-{seq:05}.parquet"));
             seq += 1;
             let names = op_names.read().unwrap_or_else(|e| e.into_inner()).clone();
-            match parquet::write_segment(&path, run_id, &open, &names, sample_every) {
+            match parquet::write_segment(&path, run_id, &open, &names, sample_every, &origin) {
                 Ok(()) => {
                     out.written += open.len() as u64;
                     dir_bytes += std::fs::metadata(&path).map_or(0, |m| m.len());
@@ -354,6 +387,7 @@ mod parquet {
         _: &[super::TokenRecord],
         _: &[String],
         _: u64,
+        _: &super::Origin,
     ) -> Result<(), &'static str> {
         Err("built without the `parquet` feature")
     }

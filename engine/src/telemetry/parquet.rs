@@ -4,11 +4,11 @@ use std::path::Path;
 
 use polars::prelude::*;
 
-use super::TokenRecord;
+use super::{Origin, TokenRecord};
 use crate::features::TELEMETRY_SCHEMA_VERSION;
 
 /// The Parquet columns, in order (see ARCHITECTURE.md "Telemetry").
-pub const COLUMNS: [&str; 23] = [
+pub const COLUMNS: [&str; 25] = [
     "schema_version",
     "run_id",
     "token_id",
@@ -32,6 +32,8 @@ pub const COLUMNS: [&str; 23] = [
     "outcome",
     "attempt",
     "sample_every",
+    "host",
+    "worker",
 ];
 
 /// Builds the segment's frame from records.
@@ -40,6 +42,7 @@ pub fn records_to_frame(
     records: &[TokenRecord],
     op_names: &[String],
     sample_every: u64,
+    origin: &Origin,
 ) -> PolarsResult<DataFrame> {
     fn col<T, I>(name: &str, values: I) -> Column
     where
@@ -74,6 +77,8 @@ pub fn records_to_frame(
         col("outcome", r.iter().map(|x| x.outcome.as_str())),
         col("attempt", r.iter().map(|x| u32::from(x.attempt))),
         col("sample_every", r.iter().map(|_| sample_every)),
+        col("host", r.iter().map(|_| origin.host.as_str())),
+        col("worker", r.iter().map(|_| origin.worker.get().map_or("", String::as_str))),
     ];
     DataFrame::new(records.len(), columns)
 }
@@ -84,8 +89,9 @@ pub(super) fn write_segment(
     records: &[TokenRecord],
     op_names: &[String],
     sample_every: u64,
+    origin: &Origin,
 ) -> PolarsResult<()> {
-    let mut frame = records_to_frame(run_id, records, op_names, sample_every)?;
+    let mut frame = records_to_frame(run_id, records, op_names, sample_every, origin)?;
     let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("segment");
     let tmp = path.with_file_name(format!(".{file_name}.tmp"));
     let file = std::fs::File::create(&tmp)?;
