@@ -24,8 +24,19 @@ impl Lanes {
             }
             let stuck = marks.remove(at);
             drop(marks);
-            self.replaced.fetch_add(1, Ordering::Relaxed);
-            tracing::info!("lane {index}: token {token_id} overran its deadline; lane replaced");
+            let replaced = self.replaced.fetch_add(1, Ordering::Relaxed) + 1;
+            // At info only the 1st, 2nd, 4th, 8th…: calls that keep hanging (a soak)
+            // must not flood the log; the count is in the engine's stop event.
+            if replaced.is_power_of_two() {
+                tracing::info!(
+                    "lane {index}: token {token_id} overran its deadline; lane replaced \
+                     ({replaced} so far)"
+                );
+            } else {
+                tracing::debug!(
+                    "lane {index}: token {token_id} overran its deadline; lane replaced"
+                );
+            }
             stuck.owner.store(true, Ordering::SeqCst);
             self.assign_thread(index);
             // Released after the replacement exists, so a drain cannot finish (and stop
