@@ -61,3 +61,57 @@ pub(crate) fn init(verbosity: Verbosity) {
         builder.without_time().with_target(false).init();
     }
 }
+
+/// The line a failed command ends with, on stderr whatever the filter (it is the
+/// command's result, not a diagnostic): `error: ` and the error's chain, each cause
+/// said once (a cause that repeats the one before it, as an OS error under a message
+/// that quotes it, or a path both name, is merged).
+pub(crate) fn report(error: &anyhow::Error) {
+    eprintln!("error: {}", chain(error.chain().map(|cause| cause.to_string())));
+}
+
+fn chain(causes: impl Iterator<Item = String>) -> String {
+    let mut line = String::new();
+    for text in causes {
+        if line.is_empty() {
+            line = text;
+        } else if !line.contains(&text) {
+            // "… the model /m.bin" + "/m.bin: not found" → "… the model /m.bin: not found"
+            let overlap = (1..=text.len().min(line.len()))
+                .rev()
+                .filter(|&n| text.is_char_boundary(n))
+                .find(|&n| text[n..].starts_with(':') && line.ends_with(&text[..n]));
+            match overlap {
+                Some(n) => line.push_str(&text[n..]),
+                None => {
+                    line.push_str(": ");
+                    line.push_str(&text);
+                }
+            }
+        }
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chain;
+
+    fn joined(causes: &[&str]) -> String {
+        chain(causes.iter().map(|c| c.to_string()))
+    }
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let os = "No such file or directory (os error 2)";
+        assert_eq!(
+            joined(&["loading the model /m.bin", &format!("/m.bin: {os}"), os]),
+            format!("loading the model /m.bin: {os}")
+        );
+        assert_eq!(
+            joined(&["starting the engine", &format!("creating the log directory /x: {os}")]),
+            format!("starting the engine: creating the log directory /x: {os}")
+        );
+        assert_eq!(joined(&["a", "b: c", "c"]), "a: b: c");
+    }
+}

@@ -88,15 +88,22 @@ struct EngineArgs {
     light_budget_us: Option<u64>,
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     logging::init(cli.verbosity);
-    match cli.command {
+    let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Compare(args) => run::compare(args),
         Command::Soak(args) => faults::soak(args),
         Command::Flood(args) => faults::flood(args),
         Command::Ctl(args) => ctl::ctl(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            logging::report(&error);
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 

@@ -66,4 +66,11 @@ fn a_bad_log_directory_is_named() {
         assert!(!output.status.success());
         assert!(err.contains("log directory /proc/x: "), "{err}");
     }
+    // Each cause once: the path and the OS error are not repeated down a chain.
+    let output = tokengate(&["run", "leibniz", "--model", "/nonexistent/m.bin"]);
+    let err = stderr(&output);
+    assert!(!output.status.success());
+    assert_eq!(err.matches("/nonexistent/m.bin").count(), 1, "{err}");
+    assert_eq!(err.matches("os error").count(), 1, "{err}");
+    assert!(err.starts_with("error: loading the model /nonexistent/m.bin: "), "{err}");
 }
