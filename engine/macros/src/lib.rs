@@ -341,23 +341,32 @@ fn generate(
         _ => (quote!((#(#types,)*)), quote!((#(#names,)*))),
     };
     let output = &signature.output;
+    // A raw identifier (`r#type`) cannot be an intra-doc link target.
+    let shown = ident.unraw();
+    let link =
+        if shown == *ident { format!("[`{shown}`](fn@{shown})") } else { format!("`{shown}`") };
     let type_doc = format!(
-        "Registers [`{ident}`](fn@{ident}) as the operation `{}`: \
-         `{ident}::register(&engine)` (from `#[tokengate::operation]`).",
+        "Registers {link} as the operation `{}`: `{shown}::register(&engine)` \
+         (from `#[tokengate::operation]`).",
         name.value()
     );
     let register_doc = format!(
-        "Registers [`{ident}`](fn@{ident}) with `engine` as the operation `{}`; \
-         refused when the engine already has an operation of that name.",
+        "Registers {link} with `engine` as the operation `{}`; refused when the engine \
+         already has an operation of that name.",
         name.value()
     );
+    // What is compiled out with the fn goes with it.
+    let cfgs = function.attrs.iter().filter(|attr| attr.path().is_ident("cfg"));
+    let cfgs = quote!(#(#cfgs)*);
     quote! {
         #item
 
+        #cfgs
         #[doc = #type_doc]
         #[allow(non_camel_case_types, dead_code, missing_debug_implementations)]
         #vis enum #ident {}
 
+        #cfgs
         #[allow(dead_code)]
         impl #ident {
             /// The operation's name on the engine and on the control port.

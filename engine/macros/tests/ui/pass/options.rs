@@ -17,6 +17,12 @@ pub mod ops {
         n + 1
     }
 
+    #[tokengate::operation(weight = "light")]
+    #[cfg(any())]
+    pub fn compiled_out(x: NoSuchType) -> u64 {
+        x.0
+    }
+
     #[tokengate::operation(weight = "light", retries = 0)]
     pub(crate) fn r#type(name: &'static str) -> usize {
         name.len()
@@ -24,6 +30,7 @@ pub mod ops {
 }
 
 fn main() {
+    std::panic::set_hook(Box::new(|_| {})); // the injected panics are expected
     #[tokengate::operation(weight = "light")]
     fn local(x: i32) -> i32 {
         -x
@@ -37,6 +44,12 @@ fn main() {
     assert_eq!(ops::r#type::NAME, "type");
     assert_eq!(ops::r#type::register(&engine).unwrap().submit("four").wait().unwrap(), 4);
     assert_eq!(local::register(&engine).unwrap().submit(3).wait().unwrap(), -3);
+    {
+        // `use` brings the fn and its registration type together.
+        use ops::flaky;
+        assert_eq!(flaky(1), 2);
+        assert_eq!(flaky::NAME, "ops.flaky");
+    }
     // The same name twice is refused.
     assert!(matches!(
         ops::flaky::register(&engine),
