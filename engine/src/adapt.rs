@@ -263,7 +263,13 @@ impl Adapter {
             status.recent_accuracy = now_acc;
             status.last_fit_ms = fit_ms;
         }
-        if new_acc > now_acc + 0.02 {
+        if new_acc <= now_acc + 0.02 {
+            tracing::debug!(
+                "adaptation: candidate kept out (held-out accuracy {:.1}% vs {:.1}%, fit {fit_ms:.0} ms)",
+                new_acc * 100.0,
+                now_acc * 100.0
+            );
+        } else {
             self.config.router.swap(candidate);
             *self.last_swap.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
             self.status.lock().unwrap_or_else(|e| e.into_inner()).recent_accuracy = new_acc;

@@ -80,7 +80,10 @@ impl fmt::Display for RejectReason {
 /// could not start.
 ///
 /// Opaque on purpose (like rayon's `ThreadPoolBuildError`): the message names the
-/// option, and new kinds can be added without breaking callers.
+/// option, and new kinds can be added without breaking callers. The message is
+/// complete — what failed, the path or address involved, and the OS's or the model
+/// codec's reason — so the error has no separate `source()` to print it twice in a
+/// chain (`anyhow`'s "Caused by:" list).
 #[derive(Debug)]
 pub struct BuildError {
     kind: BuildErrorKind,
@@ -118,15 +121,7 @@ impl fmt::Display for BuildError {
     }
 }
 
-impl std::error::Error for BuildError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match &self.kind {
-            BuildErrorKind::Io(_, err) => Some(err),
-            BuildErrorKind::Model(_, err) => Some(err),
-            BuildErrorKind::Invalid(_) => None,
-        }
-    }
-}
+impl std::error::Error for BuildError {}
 
 /// Registering an operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

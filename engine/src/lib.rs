@@ -35,8 +35,35 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! # Registering a plain fn: `#[tokengate::operation]`
+//!
+//! With the default feature `macros`, an attribute on a plain `fn` generates
+//! `name::register(&engine)`, returning an `Operation<A, R>` (`A`: the argument's
+//! type, or the tuple of the arguments' types); the fn itself stays callable. The
+//! generated code names `::tokengate`, so depend on this crate under that name.
+//!
+//! ```
+//! #[tokengate::operation(weight = "light")]
+//! fn pi_term(k: u64) -> f64 {
+//!     if k % 2 == 0 { 1.0 / (2 * k + 1) as f64 } else { -1.0 / (2 * k + 1) as f64 }
+//! }
+//!
+//! #[tokengate::operation(weight = "heavy", timeout_ms = 1_000, retries = 1, name = "pi.sum")]
+//! fn pi_sum(from: u64, to: u64) -> f64 {
+//!     (from..to).map(pi_term).sum()
+//! }
+//!
+//! let engine = tokengate::Engine::builder().build()?;
+//! let term = pi_term::register(&engine)?; //      Operation<u64, f64>
+//! let sum = pi_sum::register(&engine)?; //        Operation<(u64, u64), f64>
+//! assert_eq!(term.submit(1).wait()?, pi_term(1));
+//! assert!((4.0 * sum.submit((0, 10_000)).wait()? - std::f64::consts::PI).abs() < 1e-3);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # Features
 //!
+//! * `macros` (default): `#[tokengate::operation]`, from the `tokengate-macros` crate.
 //! * `parquet` (default): telemetry to Parquet files ([`EngineBuilder::log_dir`]),
 //!   through polars. Without it the engine has no polars in its tree and keeps
 //!   telemetry in memory only ([`EngineBuilder::log_in_memory`]).
@@ -86,3 +113,6 @@ pub use router::{
 };
 pub use telemetry::{TelemetryStats, TokenRecord};
 pub use token::{join, Token, TokenState};
+
+#[cfg(feature = "macros")]
+pub use tokengate_macros::operation;

@@ -166,7 +166,15 @@ impl Model {
         let path = path.as_ref();
         let bytes = std::fs::read(path)
             .map_err(|source| ModelError::Io { path: path.display().to_string(), source })?;
-        Self::from_bytes(&bytes)
+        let model = Self::from_bytes(&bytes)?;
+        tracing::info!(
+            "cost model {} loaded: version {:08x}, {} classes, {} operations",
+            path.display(),
+            model.version,
+            model.header.classes.len(),
+            model.header.ops.len()
+        );
+        Ok(model)
     }
 
     /// Checks and compiles a model from its file bytes.

@@ -7,6 +7,7 @@ mod failures;
 mod lanes;
 mod learning;
 mod leibniz;
+mod macros;
 mod model;
 mod nested;
 mod remote;

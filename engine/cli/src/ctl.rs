@@ -45,7 +45,7 @@ fn control_secret(path: &Path) -> Result<String> {
         .open(path)
         .with_context(|| format!("creating {}", path.display()))?;
     writeln!(file, "{secret}")?;
-    eprintln!("control secret written to {} (readable only by you)", path.display());
+    tracing::info!("control secret written to {} (readable only by you)", path.display());
     Ok(secret)
 }
 

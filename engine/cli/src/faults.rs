@@ -116,7 +116,7 @@ pub(crate) fn soak(args: SoakArgs) -> Result<()> {
     std::panic::set_hook(Box::new(|info| {
         let injected = info.payload().downcast_ref::<&str>() == Some(&"injected panic");
         if !injected {
-            eprintln!("{info}");
+            tracing::warn!("{info}");
         }
     }));
     let config = tokengate_workloads::soak::SoakConfig {

@@ -12,6 +12,7 @@ use tokengate::{Engine, EngineBuilder, EwmaRouter, LearnedRouter, Router, Static
 
 mod ctl;
 mod faults;
+mod logging;
 mod remote;
 mod run;
 
@@ -20,6 +21,8 @@ mod run;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    verbosity: logging::Verbosity,
 }
 
 #[derive(Subcommand)]
@@ -89,21 +92,23 @@ struct EngineArgs {
     light_budget_us: Option<u64>,
 }
 
-fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "tokengate=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.verbosity);
+    let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Compare(args) => run::compare(args),
         Command::Soak(args) => faults::soak(args),
         Command::Flood(args) => faults::flood(args),
         Command::Ctl(args) => ctl::ctl(args),
         Command::Worker(args) => remote::worker(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            logging::report(&error);
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 
@@ -126,13 +131,13 @@ fn load_model(explicit: Option<&Path>) -> Result<Option<Model>> {
         return Ok(Some(model));
     }
     let Some(path) = default_model_path() else {
-        eprintln!("warning: no shipped model found (models/default.bin); routing by tags");
+        tracing::warn!("no shipped model found (models/default.bin); routing by tags");
         return Ok(None);
     };
     match Model::load(&path) {
         Ok(model) => Ok(Some(model)),
         Err(e) => {
-            eprintln!("warning: default model {} unusable ({e}); routing by tags", path.display());
+            tracing::warn!("default model {} refused ({e}); routing by tags", path.display());
             Ok(None)
         }
     }
@@ -178,17 +183,17 @@ fn stop_on_ctrl_c(engine: &Engine) {
         if tokio::signal::ctrl_c().await.is_err() {
             return;
         }
-        eprintln!("\ndraining: admitted work finishes; Ctrl-C again to abort");
+        tracing::info!("Ctrl-C: draining (admitted work finishes); Ctrl-C again to abort");
         stop.begin(tokengate::Shutdown::Drain);
         if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("\naborting: waiting work is cancelled");
+            tracing::info!("Ctrl-C again: aborting (waiting work is cancelled)");
             stop.begin(tokengate::Shutdown::Abort);
         }
     });
 }
 
 fn progress_bar(total: u64, quiet: bool, unit: &str) -> indicatif::ProgressBar {
-    if quiet || !std::io::stderr().is_terminal() {
+    if quiet || logging::quiet() || !std::io::stderr().is_terminal() {
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new(total);

@@ -112,7 +112,7 @@ pub(crate) fn worker(args: WorkerArgs) -> Result<()> {
         Ok(worker) => worker,
         Err(e) => bail!("starting the worker: {e}"),
     };
-    eprintln!("worker {} serving {} (Ctrl-C to stop)", worker.id(), args.nats);
+    tracing::info!(worker = worker.id(), nats = %args.nats, "serving (Ctrl-C or SIGTERM to stop)");
     let for_s = args.for_s;
     engine.block_on(async move {
         let mut term =

@@ -134,7 +134,7 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
     let engine = builder.build().context("starting the engine")?;
     stop_on_ctrl_c(&engine);
     if let Some(addr) = engine.control_addr() {
-        eprintln!("control port on ws://{addr}/ (try: tokengate ctl --connect {addr} watch)");
+        tracing::info!("control port on ws://{addr}/ (try: tokengate ctl --connect {addr} watch)");
     }
     let outcome = match args.workload {
         Workload::Leibniz => run_leibniz(&engine, &args).map(|report| (report, Vec::new())),
@@ -146,9 +146,9 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
             // Stopped on purpose (Ctrl-C or the control port): finish cleanly.
             engine.shutdown();
             if let Some(stats) = engine.telemetry_stats() {
-                eprintln!("log: {} records in {} files", stats.written, stats.files.len());
+                tracing::info!("log: {} records in {} files", stats.written, stats.files.len());
             }
-            eprintln!("stopped early: the engine was shut down before the workload finished");
+            tracing::warn!("stopped early: the engine was shut down before the workload finished");
             std::process::exit(130);
         }
         Err(e) => return Err(e),

@@ -168,6 +168,9 @@ impl Server {
             let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
             tracing::info!("control connection {id} from {peer}");
             self.session(socket, id).await;
+            tracing::info!("control connection {id} closed");
+        } else if let Err(e) = accepted {
+            tracing::debug!("control handshake from {peer} refused: {e}");
         }
         self.connections.fetch_sub(1, Ordering::SeqCst);
     }
@@ -278,6 +281,7 @@ impl Server {
         };
         let id = request.id;
         let cmd = request.command.name();
+        tracing::debug!("control connection {conn}: {cmd}");
         let c = &self.controller;
         // Carries out an override and tells every subscriber what changed.
         let announce = |op: Option<&str>, result: Result<(), ControlError>, change: Change| {

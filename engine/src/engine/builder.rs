@@ -336,6 +336,7 @@ impl EngineBuilder {
                 .map_err(|e| BuildError::io("serving the control port", e))?;
             engine.control_addr = Some(addr);
         }
+        engine.log_started();
         Ok(engine)
     }
 

@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 mod builder;
 
@@ -26,11 +27,18 @@ pub struct Engine {
     stopped: Mutex<bool>,
     pub(super) control_addr: Option<std::net::SocketAddr>,
     pub(super) runtime: Option<tokio::runtime::Runtime>,
+    started: Instant,
 }
 
 impl Engine {
     fn new(shared: Arc<Shared>, runtime: tokio::runtime::Runtime) -> Self {
-        Engine { shared, stopped: Mutex::new(false), runtime: Some(runtime), control_addr: None }
+        Engine {
+            shared,
+            stopped: Mutex::new(false),
+            runtime: Some(runtime),
+            control_addr: None,
+            started: Instant::now(),
+        }
     }
 
     /// A builder with the defaults: one pinned lane per usable core, one of them heavy.
@@ -173,6 +181,49 @@ impl Engine {
             telemetry.finish();
         }
         *stopped = true;
+        self.log_stopped();
+    }
+
+    /// One event for the start: lanes, pinning, router, capacity, control port.
+    pub(super) fn log_started(&self) {
+        let lanes = self.lanes();
+        let heavy = lanes.iter().filter(|l| l.set == crate::LaneSet::Heavy).count();
+        let pinned: Vec<usize> = lanes.iter().filter(|l| l.pinned).filter_map(|l| l.core).collect();
+        let pinning = if pinned.len() == lanes.len() {
+            format!("pinned to cores {pinned:?}")
+        } else if pinned.is_empty() {
+            "unpinned".to_string()
+        } else {
+            format!("{} pinned to cores {pinned:?}, the rest unpinned", pinned.len())
+        };
+        let model = match self.model_version() {
+            0 => "no model".to_string(),
+            version => format!("model {version:08x}"),
+        };
+        let control = self.control_addr.map(|a| format!(", control port {a}")).unwrap_or_default();
+        tracing::info!(
+            "engine started: {} lanes ({heavy} heavy), {pinning}; {model}; capacity {}{control}",
+            lanes.len(),
+            self.capacity()
+        );
+    }
+
+    fn log_stopped(&self) {
+        let tokens = self.lane_stats().iter().map(|s| s.tokens).sum::<u64>() + self.caller_tokens();
+        let secs = self.started.elapsed().as_secs_f64();
+        let telemetry = match self.telemetry_stats() {
+            Some(t) if !t.files.is_empty() || t.dropped > 0 => format!(
+                "; telemetry: {} rows in {} segments, {} dropped",
+                t.written,
+                t.files.len(),
+                t.dropped
+            ),
+            _ => String::new(),
+        };
+        tracing::info!(
+            "engine stopped: {tokens} tokens in {secs:.3} s, {} stuck lanes replaced{telemetry}",
+            self.stuck_workers()
+        );
     }
 
     /// A handle that starts a shutdown from anywhere (a signal handler, another

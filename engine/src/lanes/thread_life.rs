@@ -24,7 +24,19 @@ impl Lanes {
             }
             let stuck = marks.remove(at);
             drop(marks);
-            self.replaced.fetch_add(1, Ordering::Relaxed);
+            let replaced = self.replaced.fetch_add(1, Ordering::Relaxed) + 1;
+            // At info only the 1st, 2nd, 4th, 8th…: calls that keep hanging (a soak)
+            // must not flood the log; the count is in the engine's stop event.
+            if replaced.is_power_of_two() {
+                tracing::info!(
+                    "lane {index}: token {token_id} overran its deadline; lane replaced \
+                     ({replaced} so far)"
+                );
+            } else {
+                tracing::debug!(
+                    "lane {index}: token {token_id} overran its deadline; lane replaced"
+                );
+            }
             stuck.owner.store(true, Ordering::SeqCst);
             self.assign_thread(index);
             // Released after the replacement exists, so a drain cannot finish (and stop
@@ -155,8 +167,14 @@ fn pin_current(index: usize, lane: &Lane, pin: bool) -> LaneInfo {
         }
         _ => false,
     };
-    let affinity = core_affinity::get_core_ids()
+    let affinity: Vec<usize> = core_affinity::get_core_ids()
         .map(|ids| ids.into_iter().map(|id| id.id).collect())
         .unwrap_or_default();
+    match lane.core {
+        Some(core) if pinned => {
+            tracing::debug!("lane {index} ({}) pinned to core {}", lane.set, core.id)
+        }
+        _ => tracing::debug!("lane {index} ({}) unpinned, affinity {affinity:?}", lane.set),
+    }
     LaneInfo { index, set: lane.set, core: lane.core.map(|c| c.id), pinned, affinity }
 }

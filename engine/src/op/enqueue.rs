@@ -87,6 +87,7 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
     }
 
     /// A remote attempt that moves to the local lanes (it holds its permit).
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(super) fn retry_local(
         op: &'a Arc<OpShared<A, R>>,
         chunk: &'a Arc<Chunk<R>>,

@@ -19,8 +19,10 @@ mod run;
 mod state;
 
 pub use builder::{DedupeBuilder, OperationBuilder};
+#[cfg(feature = "nats")]
+pub(crate) use remote::CallError;
 pub use remote::RemoteBuilder;
-pub(crate) use remote::{CallError, PendingToken, RemoteServe};
+pub(crate) use remote::{PendingToken, RemoteServe};
 pub use retry::RetryPolicy;
 pub use state::{Context, SizeHint};
 

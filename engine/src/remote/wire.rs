@@ -1,6 +1,8 @@
 //! What crosses the wire: a call (submitter → worker) and its answer (worker →
 //! submitter), each one bincode message with a version, and the subjects they travel on.
 
+#![cfg_attr(not(feature = "nats"), allow(dead_code))]
+
 use serde::{Deserialize, Serialize};
 
 /// The version of [`Call`] and [`Answer`]; a message of another version is refused.

@@ -356,10 +356,15 @@ fn write_loop(
                 Ok(()) => {
                     out.written += open.len() as u64;
                     dir_bytes += std::fs::metadata(&path).map_or(0, |m| m.len());
-                    tracing::debug!("telemetry segment {} ({} rows)", path.display(), open.len());
+                    tracing::info!(
+                        "telemetry segment {} written ({} rows)",
+                        path.display(),
+                        open.len()
+                    );
                     out.files.push(path);
                 }
                 Err(e) if out.errors.len() < 8 => {
+                    tracing::warn!("telemetry segment {}: {e}; its rows are lost", path.display());
                     out.errors.push(format!("{}: {e}", path.display()))
                 }
                 Err(_) => {}

@@ -1,0 +1,76 @@
+//! The `tokengate` binary's diagnostics: on stderr, through `tracing`, without colour
+//! codes when stderr is not a terminal, each naming what it is about; `-q`/`-v` and
+//! `RUST_LOG` choose what is shown.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// Runs the binary with stdout and stderr piped and `RUST_LOG` unset.
+fn tokengate(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tokengate"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("the tokengate binary runs")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn piped_warnings_carry_no_colour_codes() {
+    let output = tokengate(&["run", "leibniz", "--terms", "1000", "--workers", "64"]);
+    let err = stderr(&output);
+    assert!(output.status.success(), "{err}");
+    assert!(!err.contains("\x1b["), "ANSI codes in piped stderr: {err:?}");
+    assert!(err.contains("WARN") && err.contains("64 pinned lanes"), "{err}");
+    assert!(err.contains("engine started") && err.contains("engine stopped"), "{err}");
+    // The report itself stays on stdout.
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(out.contains("pi ") && !err.contains("pi "), "{out}");
+}
+
+#[test]
+fn quiet_and_verbose() {
+    let quiet = tokengate(&["run", "leibniz", "--terms", "1000", "--workers", "64", "-q"]);
+    assert!(quiet.status.success());
+    assert_eq!(stderr(&quiet), "", "-q shows errors only");
+    let verbose = tokengate(&["-v", "run", "leibniz", "--terms", "1000"]);
+    let err = stderr(&verbose);
+    assert!(err.contains("DEBUG") && err.contains("lane 0"), "-v shows each lane: {err}");
+    assert!(!err.contains("\x1b["), "{err:?}");
+    let filtered = Command::new(env!("CARGO_BIN_EXE_tokengate"))
+        .args(["run", "leibniz", "--terms", "1000", "-v"])
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    assert_eq!(stderr(&filtered), "", "RUST_LOG overrides -v");
+}
+
+#[test]
+fn a_bad_log_directory_is_named() {
+    // A directory cannot be created under a regular file, on any system.
+    let file = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-log-dir-is-a-file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let dir = file.join("logs");
+    let output = tokengate(&["run", "leibniz", "--terms", "1000", "--log", dir.to_str().unwrap()]);
+    let err = stderr(&output);
+    assert!(!output.status.success());
+    assert!(err.contains(&format!("creating the log directory {}", dir.display())), "{err}");
+    assert!(!err.contains("\x1b["), "{err:?}");
+    if cfg!(target_os = "linux") {
+        let output = tokengate(&["run", "leibniz", "--terms", "1000", "--log", "/proc/x"]);
+        let err = stderr(&output);
+        assert!(!output.status.success());
+        assert!(err.contains("log directory /proc/x: "), "{err}");
+    }
+    // Each cause once: the path and the OS error are not repeated down a chain.
+    let output = tokengate(&["run", "leibniz", "--model", "/nonexistent/m.bin"]);
+    let err = stderr(&output);
+    assert!(!output.status.success());
+    assert_eq!(err.matches("/nonexistent/m.bin").count(), 1, "{err}");
+    assert_eq!(err.matches("os error").count(), 1, "{err}");
+    assert!(err.starts_with("error: loading the model /nonexistent/m.bin: "), "{err}");
+}

@@ -1,0 +1,6 @@
+#[tokengate::operation(weight = "light")]
+fn len(text: &str) -> usize {
+    text.len()
+}
+
+fn main() {}

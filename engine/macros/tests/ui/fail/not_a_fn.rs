@@ -1,0 +1,4 @@
+#[tokengate::operation(weight = "light")]
+struct Square(u64);
+
+fn main() {}
