@@ -277,18 +277,20 @@ fn bad_messages_are_refused_and_counted_and_the_worker_keeps_serving() {
             // A well-formed bincode value of another shape.
             vec![1, 0, 3, b'a', b'b', b'c'],
             Vec::new(),
+            // A length prefix claiming 2^60 bytes.
+            vec![1, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0x10],
         ] {
             js.publish("tokengate.tokens.primes", payload.into()).await.unwrap().await.unwrap();
         }
     });
-    crate::eventually("the three bad messages are refused", || worker.stats().bad_messages >= 3);
+    crate::eventually("the four bad messages are refused", || worker.stats().bad_messages >= 4);
     let run = run(&submitter, &stream(100));
     assert_eq!((run.lost, run.failures), (0, 0));
     // The worker counts an answer once the stream has stored it, which may be just
     // after the submitter saw it.
     crate::eventually("the worker counts 100 answers", || worker.stats().completed == 100);
     let stats = worker.stats();
-    assert_eq!(stats.bad_messages, 3, "{stats:?}");
+    assert_eq!(stats.bad_messages, 4, "{stats:?}");
 }
 
 /// Not a test: the body of a worker process for `a_worker_killed_mid_run_loses_nothing`

@@ -66,7 +66,7 @@ enum CtlCommand {
     Cancel,
     /// Let at most --max tokens of --op run at once (omit --max to lift the limit).
     Throttle,
-    /// Send new tokens of --op to --lanes light|heavy (omit --lanes to unpin).
+    /// Send new tokens of --op to --lanes light|heavy|remote (omit --lanes to unpin).
     Pin,
     /// Batch new tokens of --op --size at a time (omit --size to drop the override).
     Batch,
@@ -103,7 +103,7 @@ pub(crate) struct CtlArgs {
     /// For throttle: most tokens running at once (omit to lift the limit).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     max: Option<u32>,
-    /// For pin: light or heavy (omit to unpin).
+    /// For pin: light, heavy or remote (omit to unpin).
     #[arg(long)]
     lanes: Option<LaneSet>,
     /// For batch: tokens per batch (omit to drop the override).

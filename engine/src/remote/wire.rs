@@ -79,14 +79,20 @@ pub(crate) struct Heartbeat {
     pub(crate) lanes: usize,
 }
 
+/// The most a decoded message may claim (bytes): a length prefix beyond it is an error,
+/// never an allocation (NATS caps a message at 1 MiB by default anyway).
+const DECODE_LIMIT: usize = 16 << 20;
+
 pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
     bincode::serde::encode_to_vec(value, bincode::config::standard()).map_err(|e| e.to_string())
 }
 
-/// Decodes a whole message: trailing bytes are an error.
+/// Decodes a whole message: trailing bytes are an error, and so is a length prefix that
+/// claims more than [`DECODE_LIMIT`].
 pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    let (value, used) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())
-        .map_err(|e| e.to_string())?;
+    let config = bincode::config::standard().with_limit::<DECODE_LIMIT>();
+    let (value, used) =
+        bincode::serde::decode_from_slice(bytes, config).map_err(|e| e.to_string())?;
     if used != bytes.len() {
         return Err(format!("{} trailing bytes", bytes.len() - used));
     }
@@ -113,5 +119,9 @@ mod tests {
         let mut longer = bytes.clone();
         longer.push(0);
         assert!(decode::<Call>(&longer).unwrap_err().contains("trailing"));
+        // A length prefix of 2^60 bytes is refused, not allocated.
+        let huge = [1, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0x10];
+        assert!(decode::<Call>(&huge).is_err());
+        assert!(decode::<Vec<u64>>(&huge[1..]).is_err());
     }
 }
