@@ -111,6 +111,8 @@ struct Lane {
     core: Option<core_affinity::CoreId>,
     executed: AtomicU64,
     batches: AtomicU64,
+    /// Nanoseconds the lane's thread spent running batches (waits inside them included).
+    busy_ns: AtomicU64,
     /// The thread serving the lane now (a replacement takes over the slot).
     thread: Mutex<Option<Thread>>,
     info: OnceLock<LaneInfo>,
@@ -137,6 +139,8 @@ pub struct LaneStats {
     pub tokens: u64,
     /// Batches processed.
     pub batches: u64,
+    /// Nanoseconds spent running batches (two clock reads per batch, on the lane).
+    pub busy_ns: u64,
 }
 
 pub(crate) struct Lanes {
@@ -199,6 +203,7 @@ impl Lanes {
                 core,
                 executed: AtomicU64::new(0),
                 batches: AtomicU64::new(0),
+                busy_ns: AtomicU64::new(0),
                 thread: Mutex::new(None),
                 info: OnceLock::new(),
                 watch: Mutex::new(Vec::new()),
@@ -423,6 +428,7 @@ impl Lanes {
             .map(|lane| LaneStats {
                 tokens: lane.executed.load(Ordering::Relaxed),
                 batches: lane.batches.load(Ordering::Relaxed),
+                busy_ns: lane.busy_ns.load(Ordering::Relaxed),
             })
             .collect()
     }
@@ -510,8 +516,13 @@ impl Lanes {
         loop {
             if let Some(job) = self.next_job(index) {
                 misses = 0;
+                // Timed here, not in `run_job`: batches run while helping nest inside.
+                let started = std::time::Instant::now();
+                let end = self.run_job(index, ctx, job);
+                let busy = started.elapsed().as_nanos() as u64;
+                self.lanes[index].busy_ns.fetch_add(busy, Ordering::Relaxed);
                 // A call nested in a wait of this batch may have been the one replaced.
-                if self.run_job(index, ctx, job) == RunEnd::Retired || ctx.is_retired() {
+                if end == RunEnd::Retired || ctx.is_retired() {
                     ctx.flush();
                     return RunEnd::Retired;
                 }
