@@ -132,6 +132,7 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
     stop_on_ctrl_c(&engine);
     if let Some(addr) = engine.control_addr() {
         eprintln!("control port on ws://{addr}/ (try: tokengate ctl --connect {addr} watch)");
+        eprintln!("dashboard: http://{addr}/?token=<the secret in the token file>; metrics: http://{addr}/metrics (Authorization: Bearer <secret>)");
     }
     let outcome = match args.workload {
         Workload::Leibniz => run_leibniz(&engine, &args).map(|report| (report, Vec::new())),
