@@ -320,3 +320,41 @@ async fn metrics(State(server): State<Arc<Server>>, request: Request) -> Respons
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::http::{header, HeaderMap, HeaderValue};
+
+    use super::{same_origin, session_cookie, SESSION_COOKIE};
+
+    fn headers(pairs: &[(header::HeaderName, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn only_the_pages_own_origin_may_open_a_websocket() {
+        let host = (header::HOST, "127.0.0.1:7411");
+        assert!(same_origin(&headers(std::slice::from_ref(&host))), "no Origin: not a browser");
+        assert!(same_origin(&headers(&[host.clone(), (header::ORIGIN, "http://127.0.0.1:7411")])));
+        for origin in ["http://evil.example", "https://127.0.0.1:7411", "null", "http://127.0.0.1"]
+        {
+            assert!(!same_origin(&headers(&[host.clone(), (header::ORIGIN, origin)])), "{origin}");
+        }
+        assert!(!same_origin(&headers(&[(header::ORIGIN, "http://")])), "no Host");
+    }
+
+    #[test]
+    fn the_session_cookie_is_found_among_others() {
+        let map = headers(&[
+            (header::COOKIE, "a=1; tokengate_session=abc; b=2"),
+            (header::COOKIE, "c=3"),
+        ]);
+        assert_eq!(session_cookie(&map), Some("abc"));
+        assert_eq!(session_cookie(&headers(&[(header::COOKIE, "tokengate_sessionx=1")])), None);
+        assert_eq!(SESSION_COOKIE, "tokengate_session");
+    }
+}
