@@ -13,10 +13,11 @@ for (let i = 0; i < Number(count); i++) {
   socket.onmessage = (message) => {
     if (JSON.parse(message.data).event === "stats") events += 1;
   };
-  socket.onerror = () => process.exit(0); // the run ended
-  socket.onclose = () => process.exit(0);
+  socket.onerror = done; // the run ended
+  socket.onclose = done;
 }
-process.on("SIGTERM", () => {
+function done() {
   console.error(`${events} stats events`);
   process.exit(0);
-});
+}
+process.on("SIGTERM", done);
