@@ -1,5 +1,7 @@
 //! Manual control of a running engine: the [`Controller`] (usable from Rust), the
-//! typed wire [`protocol`], and the authenticated WebSocket server that speaks it.
+//! typed wire [`protocol`], and the authenticated server on one port: the WebSocket
+//! that speaks it (`server.rs`, `session.rs`), the dashboard (`dashboard.rs`, `assets/`)
+//! and `/metrics` (`metrics.rs`).
 //!
 //! `state.rs` holds each operation's overrides and live counters; the lanes read them
 //! once per batch. Overrides beat the model, which beats the declared tags.

@@ -1,4 +1,4 @@
-//! The control port's server: one listener, HTTP through axum (over hyper), serving
+//! The control port's server: one listener, HTTP through axum (over hyper), serving:
 //!
 //! * `GET /` with a WebSocket upgrade: the control protocol ([`super::protocol`],
 //!   `session.rs`); without one, the dashboard (`dashboard.rs`) and its `/assets/…`;
