@@ -328,3 +328,27 @@ async fn drive(
     std::fs::write(screenshot, client.screenshot().await?).unwrap();
     Ok(())
 }
+
+#[test]
+fn connections_beyond_the_cap_wait_until_one_closes() {
+    let engine = Engine::builder()
+        .pin(false)
+        .control("127.0.0.1:0".parse().unwrap(), SECRET, false)
+        .build()
+        .unwrap();
+    let addr = engine.control_addr().unwrap();
+    let idle: Vec<TcpStream> = (0..tokengate::control::MAX_TCP_CONNECTIONS)
+        .map(|_| TcpStream::connect(addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    // The kernel queues the next one; the server does not read it while all are open.
+    let mut extra = TcpStream::connect(addr).unwrap();
+    extra.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes()).unwrap();
+    extra.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let mut first = [0u8; 12];
+    assert!(extra.read_exact(&mut first).is_err(), "served beyond the cap");
+    drop(idle);
+    extra.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    extra.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"HTTP/1.1 401", "answered once a connection closed");
+}

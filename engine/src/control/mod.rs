@@ -16,7 +16,9 @@ mod session;
 pub(crate) mod state;
 
 pub(crate) use server::{bind, start, ControlConfig};
-pub use server::{generate_secret, MAX_CONNECTIONS, MAX_MESSAGE_BYTES, SESSION_COOKIE};
+pub use server::{
+    generate_secret, MAX_CONNECTIONS, MAX_MESSAGE_BYTES, MAX_TCP_CONNECTIONS, SESSION_COOKIE,
+};
 pub use state::{OpStats, Overrides};
 
 use crate::core::{Shared, Shutdown};

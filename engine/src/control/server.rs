@@ -9,7 +9,8 @@
 //! otherwise HTTP 401 before anything else. A WebSocket upgrade that carries an `Origin`
 //! (a browser) must come from the page's own origin (403 otherwise). Loopback by
 //! default; frames over 64 KiB close the connection with a reason; at most 16 WebSocket
-//! connections (503 beyond).
+//! connections (503 beyond) and 64 TCP connections of any kind (further ones wait in the
+//! listen backlog until one closes).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -21,8 +22,9 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
-use tokio::sync::broadcast;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{broadcast, OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
@@ -34,6 +36,8 @@ use super::Controller;
 pub const MAX_MESSAGE_BYTES: usize = 64 << 10;
 /// Most WebSocket connections served at once.
 pub const MAX_CONNECTIONS: usize = 16;
+/// Most TCP connections (HTTP or WebSocket) open at once.
+pub const MAX_TCP_CONNECTIONS: usize = 64;
 /// The dashboard's session cookie (HttpOnly, SameSite=Strict, Path=/).
 pub const SESSION_COOKIE: &str = "tokengate_session";
 
@@ -120,7 +124,10 @@ pub(crate) fn start(
 ) -> std::io::Result<SocketAddr> {
     let addr = listener.local_addr()?;
     let _guard = runtime.enter();
-    let listener = TcpListener::from_std(listener)?;
+    let listener = CappedListener {
+        listener: TcpListener::from_std(listener)?,
+        open: Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS)),
+    };
     let server = Arc::new(Server::new(controller, secret)?);
     let app = axum::Router::new()
         .route("/", get(root))
@@ -134,6 +141,91 @@ pub(crate) fn start(
         }
     });
     Ok(addr)
+}
+
+/// The port's listener: accepts a connection only while fewer than
+/// [`MAX_TCP_CONNECTIONS`] are open; each holds its permit until it closes (an upgraded
+/// WebSocket too: hyper hands the same stream over).
+struct CappedListener {
+    listener: TcpListener,
+    open: Arc<Semaphore>,
+}
+
+impl axum::serve::Listener for CappedListener {
+    type Io = CappedStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (CappedStream, SocketAddr) {
+        let permit =
+            Arc::clone(&self.open).acquire_owned().await.expect("the semaphore is never closed");
+        loop {
+            match self.listener.accept().await {
+                Ok((stream, peer)) => return (CappedStream { stream, _permit: permit }, peer),
+                // Out of file descriptors or a connection reset before accept: wait a
+                // little rather than spin.
+                Err(error) => {
+                    tracing::debug!("control port accept failed: {error}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// A connection and its place under the cap.
+struct CappedStream {
+    stream: TcpStream,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl AsyncRead for CappedStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for CappedStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
 }
 
 pub(super) struct Server {
