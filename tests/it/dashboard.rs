@@ -352,3 +352,22 @@ fn connections_beyond_the_cap_wait_until_one_closes() {
     extra.read_exact(&mut first).unwrap();
     assert_eq!(&first, b"HTTP/1.1 401", "answered once a connection closed");
 }
+
+#[test]
+fn lane_busy_time_counts_work_not_waiting_for_it() {
+    let engine = Engine::builder().workers(1).pin(false).build().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let idle = engine.lane_stats()[0].busy_ns;
+    assert!(idle < 100_000_000, "an idle lane counted {idle} ns busy in 300 ms");
+    let spin = engine
+        .register("spin", Weight::Light, |ms: u64| {
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_millis(ms) {
+                std::hint::spin_loop();
+            }
+        })
+        .unwrap();
+    spin.submit(300).wait().unwrap();
+    let busy = engine.lane_stats()[0].busy_ns - idle;
+    assert!(busy >= 290_000_000, "a 300 ms call counted {busy} ns busy");
+}

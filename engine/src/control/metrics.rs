@@ -95,7 +95,7 @@ impl Collector for EngineCollector {
         };
         let mut family = encoder.encode_descriptor(
             "lane_busy",
-            "Time each lane spent running batches.",
+            "Time each lane was not idle (idle: yielding or parked for want of work).",
             Some(&Unit::Seconds),
             MetricType::Counter,
         )?;
