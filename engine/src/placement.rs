@@ -8,7 +8,10 @@ use std::fmt;
 use std::str::FromStr;
 
 /// The cost a user declares for an operation when registering it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum Weight {
     /// Sub-microsecond to a few microseconds: batched, spread over the light lanes.
     Light,

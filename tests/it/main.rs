@@ -3,6 +3,7 @@
 mod admission;
 mod allocs;
 mod control;
+mod dashboard;
 mod failures;
 mod lanes;
 mod learning;

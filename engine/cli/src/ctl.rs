@@ -157,7 +157,9 @@ impl CtlArgs {
                     Mode::Abort => ShutdownMode::Abort,
                 }),
             },
-            CtlCommand::Watch => Command::Subscribe { interval_ms: Some(self.interval_ms) },
+            CtlCommand::Watch => {
+                Command::Subscribe { interval_ms: Some(self.interval_ms), engine: false }
+            }
         })
     }
 }
@@ -190,7 +192,7 @@ pub(crate) fn ctl(args: CtlArgs) -> Result<()> {
                     return Ok(());
                 }
                 ServerMessage::Reply(_) => {}
-                ServerMessage::Event(Event::Stats { ops, dropped_events }) if watch => {
+                ServerMessage::Event(Event::Stats { ops, dropped_events, .. }) if watch => {
                     if print_watch(&ops, dropped_events).is_err() {
                         return Ok(()); // stdout closed (e.g. piped into `head`)
                     }
@@ -320,7 +322,7 @@ mod tests {
         );
         assert_eq!(
             command(&["watch", "--interval-ms", "100"]).unwrap(),
-            Command::Subscribe { interval_ms: Some(100) }
+            Command::Subscribe { interval_ms: Some(100), engine: false }
         );
         assert_eq!(command(&["adapt", "--state", "off"]).unwrap(), Command::Adapt { on: false });
         for name in ["pause", "resume", "clear", "stats", "model"] {

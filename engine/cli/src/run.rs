@@ -135,6 +135,10 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
     stop_on_ctrl_c(&engine);
     if let Some(addr) = engine.control_addr() {
         tracing::info!("control port on ws://{addr}/ (try: tokengate ctl --connect {addr} watch)");
+        tracing::info!(
+            "dashboard: http://{addr}/?token=<the secret in the token file>; metrics: \
+             http://{addr}/metrics (Authorization: Bearer <secret>)"
+        );
     }
     let outcome = match args.workload {
         Workload::Leibniz => run_leibniz(&engine, &args).map(|report| (report, Vec::new())),

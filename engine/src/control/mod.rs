@@ -1,23 +1,32 @@
 //! Manual control of a running engine: the [`Controller`] (usable from Rust), the
-//! typed wire [`protocol`], and the authenticated WebSocket server that speaks it.
+//! typed wire [`protocol`], and the authenticated server on one port: the WebSocket
+//! that speaks it (`server.rs`, `session.rs`), the dashboard (`dashboard.rs`, `assets/`)
+//! and `/metrics` (`metrics.rs`).
 //!
 //! `state.rs` holds each operation's overrides and live counters; the lanes read them
 //! once per batch. Overrides beat the model, which beats the declared tags.
 
 use std::sync::Arc;
 
+mod dashboard;
+mod metrics;
 pub mod protocol;
 mod server;
+mod session;
 pub(crate) mod state;
 
 pub(crate) use server::{bind, start, ControlConfig};
-pub use server::{generate_secret, MAX_CONNECTIONS, MAX_MESSAGE_BYTES};
+pub use server::{
+    generate_secret, MAX_CONNECTIONS, MAX_MESSAGE_BYTES, MAX_TCP_CONNECTIONS, SESSION_COOKIE,
+};
 pub use state::{OpStats, Overrides};
 
 use crate::core::{Shared, Shutdown};
 use crate::error::CancelSource;
 use crate::placement::LaneSet;
-use protocol::OpSnapshot;
+use protocol::{
+    ClassSnapshot, EngineSnapshot, LaneSnapshot, ModelSnapshot, OpSnapshot, RecentToken,
+};
 use state::OpControl;
 
 /// Manual control of a running engine: what the control port calls, available to Rust
@@ -180,6 +189,7 @@ impl Controller {
                 let [p50, p99] = control.latency().quantiles([0.5, 0.99]);
                 OpSnapshot {
                     op: op.name().to_string(),
+                    weight: Some(op.weight()),
                     submitted: stats.submitted,
                     waiting: stats.submitted.saturating_sub(stats.finished() + running),
                     running,
@@ -207,6 +217,67 @@ impl Controller {
                 ..Default::default()
             },
         }
+    }
+
+    /// Lanes (busy share 0: it needs an earlier snapshot) and the model, with the
+    /// newest tokens the telemetry saw: what the dashboard shows beside the operations.
+    pub(crate) fn engine_snapshot(&self) -> EngineSnapshot {
+        let lanes = &self.shared.lanes;
+        let stats = lanes.stats();
+        let lanes_now = lanes
+            .infos()
+            .into_iter()
+            .zip(stats)
+            .map(|(info, stats)| LaneSnapshot {
+                lane: info.index,
+                set: info.set,
+                core: info.core,
+                tokens: stats.tokens,
+                busy_share: 0.0,
+            })
+            .collect();
+        let status = self.model_status();
+        let classes = self.shared.router.classes();
+        let class_of = |run_ns: u64| {
+            classes.iter().position(|c| run_ns >= c.min_ns && run_ns < c.max_ns).map(|c| c as u8)
+        };
+        let names = self.shared.op_names.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let recent = lanes
+            .telemetry()
+            .map(|t| t.live.recent.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .unwrap_or_default()
+            .into_iter()
+            .rev()
+            .map(|record| RecentToken {
+                token: record.token_id,
+                op: names.get(record.op as usize).cloned().unwrap_or_default(),
+                predicted: record.predicted_class,
+                actual: class_of(record.run_ns),
+                run_ns: record.run_ns,
+                lane: record.lane,
+            })
+            .collect();
+        let model = ModelSnapshot {
+            version: status.model_version,
+            swaps: status.swaps,
+            adapting: status.enabled,
+            classes: classes
+                .iter()
+                .map(|c| ClassSnapshot {
+                    min_ns: c.min_ns,
+                    max_ns: (c.max_ns != u64::MAX).then_some(c.max_ns),
+                    lanes: c.lanes,
+                    batch: c.batch,
+                })
+                .collect(),
+            recent,
+        };
+        EngineSnapshot { lanes: lanes_now, model }
+    }
+
+    /// Each lane's time spent running batches so far (ns).
+    pub(crate) fn lane_busy_ns(&self) -> Vec<u64> {
+        self.shared.lanes.stats().iter().map(|s| s.busy_ns).collect()
     }
 
     /// Turns online re-fitting on or off.

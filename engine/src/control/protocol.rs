@@ -103,6 +103,9 @@ pub enum Command {
         /// Milliseconds between stats events.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         interval_ms: Option<u64>,
+        /// Also send the lanes and the model in each stats event (the dashboard does).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        engine: bool,
     },
     /// Stops the events.
     Unsubscribe,
@@ -255,6 +258,9 @@ pub enum ErrorCode {
 pub struct OpSnapshot {
     /// Its name.
     pub op: String,
+    /// The weight it declared (absent from servers before the dashboard).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<crate::placement::Weight>,
     /// Tokens admitted.
     pub submitted: u64,
     /// Admitted, neither running nor finished.
@@ -283,6 +289,76 @@ pub struct OpSnapshot {
     pub overrides: Overrides,
 }
 
+/// The engine beside its operations: lanes and model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EngineSnapshot {
+    /// One entry per lane.
+    pub lanes: Vec<LaneSnapshot>,
+    /// The model routing now.
+    pub model: ModelSnapshot,
+}
+
+/// Live numbers of one lane.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LaneSnapshot {
+    /// The lane's index.
+    pub lane: usize,
+    /// The set it serves first.
+    pub set: LaneSet,
+    /// Its core, when pinned.
+    pub core: Option<usize>,
+    /// Tokens it has taken.
+    pub tokens: u64,
+    /// Share of wall time spent running batches since this connection's previous
+    /// snapshot (0..1; 0 in the first).
+    pub busy_share: f64,
+}
+
+/// The model routing now, and how its recent predictions fared.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSnapshot {
+    /// Its version (0: routing without a model).
+    pub version: u32,
+    /// Models swapped in by online adaptation.
+    pub swaps: u32,
+    /// Whether online re-fitting is on.
+    pub adapting: bool,
+    /// The cost classes, by class id.
+    pub classes: Vec<ClassSnapshot>,
+    /// The newest tokens the telemetry saw (empty without telemetry).
+    pub recent: Vec<RecentToken>,
+}
+
+/// One cost class of the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassSnapshot {
+    /// Lowest runtime in the class (ns).
+    pub min_ns: u64,
+    /// Upper bound (ns, exclusive; null for the last class).
+    pub max_ns: Option<u64>,
+    /// Where its tokens run.
+    pub lanes: LaneSet,
+    /// Tokens per batch.
+    pub batch: u32,
+}
+
+/// One recent token: the class the model predicted and the class its run time fell in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecentToken {
+    /// The token's id.
+    pub token: u64,
+    /// Its operation.
+    pub op: String,
+    /// The class predicted at admission (null: no model decided).
+    pub predicted: Option<u8>,
+    /// The class its measured run time falls in (null without a model).
+    pub actual: Option<u8>,
+    /// Its run time (ns).
+    pub run_ns: u64,
+    /// The lane that ran it.
+    pub lane: u16,
+}
+
 /// What an override event says changed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -309,6 +385,9 @@ pub enum Event {
         ops: Vec<OpSnapshot>,
         /// Events this subscriber missed because it read too slowly.
         dropped_events: u64,
+        /// Lanes and model, for subscribers that asked (`"engine": true`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        engine: Option<EngineSnapshot>,
     },
     /// Online adaptation swapped in a new model.
     ModelSwapped {

@@ -1,40 +1,45 @@
-//! The control port's server: an authenticated WebSocket speaking [`super::protocol`].
+//! The control port's server: one listener, HTTP through axum (over hyper), serving:
 //!
-//! Defences: loopback by default; a secret in the handshake (`Authorization: Bearer …` or
-//! `?token=`), compared in constant time, or HTTP 401 before any command is read; frames
-//! over 64 KiB close the connection with a reason; at most 16 connections; a token bucket
-//! per connection (100 requests/s, bursts of 200); events to a slow subscriber are
-//! dropped and counted, never waited for.
+//! * `GET /` with a WebSocket upgrade: the control protocol ([`super::protocol`],
+//!   `session.rs`); without one, the dashboard (`dashboard.rs`) and its `/assets/…`;
+//! * `GET /metrics`: Prometheus text (`metrics.rs`).
+//!
+//! Every route needs the secret — `Authorization: Bearer …`, or `?token=` — compared in
+//! constant time, or the session cookie that opening the dashboard with `?token=` sets;
+//! otherwise HTTP 401 before anything else. A WebSocket upgrade that carries an `Origin`
+//! (a browser) must come from the page's own origin (403 otherwise). Loopback by
+//! default; frames over 64 KiB close the connection with a reason; at most 16 WebSocket
+//! connections (503 beyond) and 64 TCP connections of any kind (further ones wait in the
+//! listen backlog until one closes).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
-use serde_json::Value;
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{broadcast, mpsc};
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use tokio_tungstenite::tungstenite::Message;
+use tokio::sync::{broadcast, OwnedSemaphorePermit, Semaphore};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
 
-use super::protocol::{
-    parse_request, Change, Command, ErrorCode, Event, OpSnapshot, Reply, ShutdownMode,
-};
-use super::{ControlError, Controller};
-use crate::core::Shutdown;
+use super::protocol::Event;
+use super::Controller;
 
 /// Largest frame a client may send.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 10;
-/// Most connections served at once.
+/// Most WebSocket connections served at once.
 pub const MAX_CONNECTIONS: usize = 16;
-const RATE_PER_S: f64 = 100.0;
-const BURST: f64 = 200.0;
-/// Rejected requests after which a flooding connection is closed.
-const FLOOD_LIMIT: u32 = 20_000;
-const EVENT_QUEUE: usize = 64;
+/// Most TCP connections (HTTP or WebSocket) open at once.
+pub const MAX_TCP_CONNECTIONS: usize = 64;
+/// The dashboard's session cookie (HttpOnly, SameSite=Strict, Path=/).
+pub const SESSION_COOKIE: &str = "tokengate_session";
 
 /// A fresh secret: 32 random bytes from the OS, hex-encoded.
 pub fn generate_secret() -> std::io::Result<String> {
@@ -53,12 +58,29 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The secret a request presents: the `Authorization: Bearer` header, or else `?token=`.
 fn presented_secret(request: &Request) -> Option<String> {
-    if let Some(value) = request.headers().get("authorization").and_then(|v| v.to_str().ok()) {
+    let headers = request.headers();
+    if let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         return value.strip_prefix("Bearer ").map(str::to_string);
     }
-    let query = request.uri().query()?;
-    query.split('&').find_map(|pair| pair.strip_prefix("token=")).map(str::to_string)
+    query_token(request)
+}
+
+fn query_token(request: &Request) -> Option<String> {
+    let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(request.uri()).ok()?;
+    pairs.into_iter().find_map(|(key, value)| (key == "token").then_some(value))
+}
+
+/// The value of our session cookie, if the request carries one.
+fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find_map(|(name, value)| (name == SESSION_COOKIE).then_some(value))
 }
 
 /// Where and how the control port listens.
@@ -102,291 +124,330 @@ pub(crate) fn start(
 ) -> std::io::Result<SocketAddr> {
     let addr = listener.local_addr()?;
     let _guard = runtime.enter();
-    let listener = TcpListener::from_std(listener)?;
-    runtime.spawn(serve(listener, controller, secret));
+    let listener = CappedListener {
+        listener: TcpListener::from_std(listener)?,
+        open: Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS)),
+    };
+    let server = Arc::new(Server::new(controller, secret)?);
+    let app = axum::Router::new()
+        .route("/", get(root))
+        .route("/metrics", get(metrics))
+        .route("/assets/{name}", get(asset))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
+        .with_state(server);
+    runtime.spawn(async move {
+        if let Err(error) = axum::serve(listener, app).await {
+            tracing::error!("the control port {addr} stopped: {error}");
+        }
+    });
     Ok(addr)
 }
 
-struct Server {
-    controller: Controller,
-    secret: String,
-    connections: AtomicUsize,
-    next_connection: AtomicU64,
-    overrides: broadcast::Sender<String>,
+/// The port's listener: accepts a connection only while fewer than
+/// [`MAX_TCP_CONNECTIONS`] are open; each holds its permit until it closes (an upgraded
+/// WebSocket too: hyper hands the same stream over).
+struct CappedListener {
+    listener: TcpListener,
+    open: Arc<Semaphore>,
 }
 
-/// Serves the control port on `listener` until the engine's runtime stops.
-async fn serve(listener: TcpListener, controller: Controller, secret: String) {
-    let (overrides, _) = broadcast::channel(256);
-    let swaps = overrides.clone();
-    controller.on_model_swap(move |version| {
-        let _ = swaps.send(to_json(&Event::ModelSwapped { version }));
-    });
-    let server = Arc::new(Server {
-        controller,
-        secret,
-        connections: AtomicUsize::new(0),
-        next_connection: AtomicU64::new(1),
-        overrides,
-    });
-    loop {
-        let Ok((stream, peer)) = listener.accept().await else { continue };
-        let server = Arc::clone(&server);
-        tokio::spawn(async move { server.connection(stream, peer).await });
+impl axum::serve::Listener for CappedListener {
+    type Io = CappedStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (CappedStream, SocketAddr) {
+        let permit =
+            Arc::clone(&self.open).acquire_owned().await.expect("the semaphore is never closed");
+        loop {
+            match self.listener.accept().await {
+                Ok((stream, peer)) => return (CappedStream { stream, _permit: permit }, peer),
+                // Out of file descriptors or a connection reset before accept: wait a
+                // little rather than spin.
+                Err(error) => {
+                    tracing::debug!("control port accept failed: {error}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
     }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// A connection and its place under the cap.
+struct CappedStream {
+    stream: TcpStream,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl AsyncRead for CappedStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for CappedStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+pub(super) struct Server {
+    pub(super) controller: Controller,
+    secret: String,
+    /// The dashboard's session cookie value: random per engine, never the secret.
+    session: String,
+    connections: AtomicUsize,
+    next_connection: AtomicU64,
+    /// Override and model-swap events, for every subscriber.
+    pub(super) overrides: broadcast::Sender<String>,
+    metrics: prometheus_client::registry::Registry,
+}
+
+/// Who a request is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Caller {
+    /// Presented the secret (header or `?token=`).
+    Secret,
+    /// Carries the dashboard's session cookie.
+    Session,
+    /// Presented nothing valid.
+    Stranger,
 }
 
 impl Server {
-    // The handshake callback's error type is tungstenite's `ErrorResponse`.
-    #[allow(clippy::result_large_err)]
-    async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
-        let full = self.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS;
-        let secret = self.secret.clone();
-        let check =
-            move |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
-                let refuse = |status: u16, body: &str| {
-                    let mut response = ErrorResponse::new(Some(body.to_string()));
-                    *response.status_mut() = status.try_into().expect("valid status");
-                    response
-                };
-                if full {
-                    return Err(refuse(503, "too many control connections"));
-                }
-                match presented_secret(request) {
-                    Some(given) if constant_time_eq(given.as_bytes(), secret.as_bytes()) => {
-                        Ok(response)
-                    }
-                    _ => Err(refuse(401, "unauthorized: present the control secret")),
-                }
-            };
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(MAX_MESSAGE_BYTES))
-            .max_frame_size(Some(MAX_MESSAGE_BYTES));
-        let accepted =
-            tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(config)).await;
-        if let Ok(socket) = accepted {
-            let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
-            tracing::info!("control connection {id} from {peer}");
-            self.session(socket, id).await;
-            tracing::info!("control connection {id} closed");
-        } else if let Err(e) = accepted {
-            tracing::debug!("control handshake from {peer} refused: {e}");
-        }
-        self.connections.fetch_sub(1, Ordering::SeqCst);
-    }
-
-    async fn session(&self, socket: tokio_tungstenite::WebSocketStream<TcpStream>, conn: u64) {
-        let (mut sink, mut stream) = socket.split();
-        let (out, mut outbox) = mpsc::channel::<Message>(EVENT_QUEUE);
-        let writer = tokio::spawn(async move {
-            while let Some(message) = outbox.recv().await {
-                let closing = matches!(message, Message::Close(_));
-                if sink.send(message).await.is_err() || closing {
-                    break;
-                }
-            }
+    fn new(controller: Controller, secret: String) -> std::io::Result<Self> {
+        let (overrides, _) = broadcast::channel(256);
+        let swaps = overrides.clone();
+        controller.on_model_swap(move |version| {
+            let _ = swaps.send(super::session::to_json(&Event::ModelSwapped { version }));
         });
-        let mut overrides = self.overrides.subscribe();
-        let mut ticker: Option<tokio::time::Interval> = None;
-        let mut last_snapshot: Option<(Instant, Vec<u64>)> = None;
-        let mut dropped_events = 0u64;
-        let (mut tokens, mut refill) = (BURST, Instant::now());
-        let mut refused = 0u32;
-        loop {
-            let subscribed = ticker.is_some();
-            let mut change: Option<Option<Duration>> = None;
-            let tick = async {
-                match ticker.as_mut() {
-                    Some(ticker) => ticker.tick().await,
-                    None => std::future::pending().await,
-                }
+        let metrics = super::metrics::registry(controller.clone());
+        Ok(Server {
+            controller,
+            secret,
+            session: generate_secret()?,
+            connections: AtomicUsize::new(0),
+            next_connection: AtomicU64::new(1),
+            overrides,
+            metrics,
+        })
+    }
+
+    fn caller(&self, request: &Request) -> Caller {
+        let presented = presented_secret(request);
+        if let Some(given) = presented {
+            return match constant_time_eq(given.as_bytes(), self.secret.as_bytes()) {
+                true => Caller::Secret,
+                false => Caller::Stranger,
             };
-            tokio::select! {
-                incoming = stream.next() => {
-                    let message = match incoming {
-                        Some(Ok(message)) => message,
-                        Some(Err(error)) => {
-                            let reason = format!("{error}");
-                            let _ = out.send(close(CloseCode::Size, &reason)).await;
-                            break;
-                        }
-                        None => break,
-                    };
-                    let now = Instant::now();
-                    tokens = (tokens + now.duration_since(refill).as_secs_f64() * RATE_PER_S).min(BURST);
-                    refill = now;
-                    let reply = if tokens < 1.0 {
-                        refused += 1;
-                        if refused > FLOOD_LIMIT {
-                            let _ = out.send(close(CloseCode::Policy, "too many requests")).await;
-                            break;
-                        }
-                        Some(Reply::error(Value::Null, ErrorCode::RateLimited, "slow down: at most 100 requests/s"))
-                    } else {
-                        tokens -= 1.0;
-                        match message {
-                            Message::Text(text) => Some(self.request(text.as_str(), conn, &mut change)),
-                            Message::Binary(_) => Some(Reply::error(Value::Null, ErrorCode::BinaryFrame, "send JSON text frames")),
-                            Message::Close(_) => break,
-                            _ => None,
-                        }
-                    };
-                    if let Some(reply) = reply {
-                        if out.send(Message::text(to_json(&reply))).await.is_err() {
-                            break;
-                        }
-                    }
-                }
-                _ = tick => {
-                    let ops = self.snapshot(&mut last_snapshot);
-                    let event = Event::Stats { ops, dropped_events };
-                    match out.try_send(Message::text(to_json(&event))) {
-                        Ok(()) => dropped_events = 0,
-                        Err(mpsc::error::TrySendError::Full(_)) => dropped_events += 1,
-                        Err(mpsc::error::TrySendError::Closed(_)) => break,
-                    }
-                }
-                changed = overrides.recv(), if subscribed => {
-                    let event = match changed {
-                        Ok(event) => event,
-                        Err(broadcast::error::RecvError::Lagged(missed)) => {
-                            dropped_events += missed;
-                            continue;
-                        }
-                        Err(broadcast::error::RecvError::Closed) => continue,
-                    };
-                    if out.try_send(Message::text(event)).is_err() {
-                        dropped_events += 1;
-                    }
-                }
-            }
-            if let Some(period) = change {
-                ticker = period.map(|period| {
-                    let mut interval = tokio::time::interval(period);
-                    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-                    interval
-                });
-            }
         }
-        drop(out);
-        let _ = writer.await;
-    }
-
-    /// Handles one text frame; always returns the reply. A (un)subscription is handed
-    /// back in `ticker` for the session loop to apply.
-    fn request(&self, text: &str, conn: u64, ticker: &mut Option<Option<Duration>>) -> Reply {
-        let request = match parse_request(text) {
-            Ok(request) => request,
-            Err(reply) => return reply,
-        };
-        let id = request.id;
-        let cmd = request.command.name();
-        tracing::debug!("control connection {conn}: {cmd}");
-        let c = &self.controller;
-        // Carries out an override and tells every subscriber what changed.
-        let announce = |op: Option<&str>, result: Result<(), ControlError>, change: Change| {
-            result.map(|()| {
-                let event =
-                    Event::Override { by: conn, cmd: cmd.into(), op: op.map(Into::into), change };
-                let _ = self.overrides.send(to_json(&event));
-            })
-        };
-        let result = match &request.command {
-            Command::Pause { op } => {
-                announce(op.as_deref(), c.pause(op.as_deref()), Change::Paused(true))
+        match session_cookie(request.headers()) {
+            Some(value) if constant_time_eq(value.as_bytes(), self.session.as_bytes()) => {
+                Caller::Session
             }
-            Command::Resume { op } => {
-                announce(op.as_deref(), c.resume(op.as_deref()), Change::Paused(false))
-            }
-            Command::Clear { op } => {
-                announce(op.as_deref(), c.clear_overrides(op.as_deref()), Change::Cleared)
-            }
-            Command::Pin { op, lanes } => {
-                announce(Some(op), c.pin(op, *lanes), Change::Lanes(*lanes))
-            }
-            Command::Batch { op, size } => {
-                announce(Some(op), c.force_batch(op, *size), Change::Batch(*size))
-            }
-            Command::Throttle { op, max } => {
-                announce(Some(op), c.throttle(op, *max), Change::Throttle(*max))
-            }
-            Command::Cancel { op: Some(op), token: None } => match c.cancel_waiting(op) {
-                Ok(held) => return Reply { cancelled_now: Some(held), ..Reply::ok(id) },
-                Err(e) => Err(e),
-            },
-            Command::Cancel { op: None, token: Some(token) } => c.cancel_token(*token),
-            Command::Cancel { .. } => {
-                let message = "cancel needs either \"op\" or \"token\"";
-                return Reply::error(id, ErrorCode::BadRequest, message);
-            }
-            Command::Stats => {
-                return Reply { ops: Some(self.snapshot(&mut None)), ..Reply::ok(id) };
-            }
-            Command::Subscribe { interval_ms } => {
-                let ms = interval_ms.unwrap_or(500);
-                if !(50..=60_000).contains(&ms) {
-                    let message = "\"interval_ms\" must be 50..=60000";
-                    return Reply::error(id, ErrorCode::BadRequest, message);
-                }
-                *ticker = Some(Some(Duration::from_millis(ms)));
-                return Reply { interval_ms: Some(ms), ..Reply::ok(id) };
-            }
-            Command::Model => {
-                return Reply { model: Some(c.model_status()), ..Reply::ok(id) };
-            }
-            Command::Adapt { on } => match c.set_adapt(*on) {
-                Ok(()) => return Reply { model: Some(c.model_status()), ..Reply::ok(id) },
-                Err(e) => Err(e),
-            },
-            Command::Unsubscribe => {
-                *ticker = Some(None);
-                Ok(())
-            }
-            Command::Shutdown { mode } => {
-                c.shutdown(match mode {
-                    None | Some(ShutdownMode::Drain) => Shutdown::Drain,
-                    Some(ShutdownMode::Abort) => Shutdown::Abort,
-                });
-                Ok(())
-            }
-        };
-        match result {
-            Ok(()) => Reply::ok(id),
-            Err(e @ ControlError::UnknownOp(_)) => {
-                Reply::error(id, ErrorCode::UnknownOp, e.to_string())
-            }
-            Err(e @ ControlError::NotWaiting(_)) => {
-                Reply::error(id, ErrorCode::NotWaiting, e.to_string())
-            }
-            Err(e) => Reply::error(id, ErrorCode::BadValue, e.to_string()),
+            _ => Caller::Stranger,
         }
     }
 
-    /// Per operation, the controller's snapshot with throughput since the last snapshot
-    /// taken on this connection.
-    fn snapshot(&self, last: &mut Option<(Instant, Vec<u64>)>) -> Vec<OpSnapshot> {
-        let now = Instant::now();
-        let mut ops = self.controller.snapshot();
-        let finished: Vec<u64> =
-            ops.iter().map(|s| s.completed + s.failed + s.cancelled + s.timed_out).collect();
-        if let Some((at, before)) = last.as_ref() {
-            let seconds = now.duration_since(*at).as_secs_f64().max(1e-6);
-            for ((op, now), before) in ops.iter_mut().zip(&finished).zip(before) {
-                op.throughput = now.saturating_sub(*before) as f64 / seconds;
-            }
+    /// Answers a WebSocket handshake with 101 and runs the session once hyper hands
+    /// over the connection.
+    fn upgrade(self: Arc<Self>, mut request: Request) -> Response {
+        let headers = request.headers();
+        let version_13 = headers.get(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13");
+        let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).filter(|_| version_13) else {
+            let mut response =
+                refuse(StatusCode::BAD_REQUEST, "a WebSocket handshake needs version 13 and a key");
+            response
+                .headers_mut()
+                .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+            return response;
+        };
+        let accept = derive_accept_key(key.as_bytes());
+        if self.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            self.connections.fetch_sub(1, Ordering::SeqCst);
+            return refuse(StatusCode::SERVICE_UNAVAILABLE, "too many control connections");
         }
-        *last = Some((now, finished));
-        ops
+        let upgrading = hyper::upgrade::on(&mut request);
+        let server = Arc::clone(&self);
+        tokio::spawn(async move {
+            match upgrading.await {
+                Ok(upgraded) => {
+                    let config = WebSocketConfig::default()
+                        .max_message_size(Some(MAX_MESSAGE_BYTES))
+                        .max_frame_size(Some(MAX_MESSAGE_BYTES));
+                    let io = TokioIo::new(upgraded);
+                    let socket =
+                        WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+                    let id = server.next_connection.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!("control connection {id} opened");
+                    server.session(socket, id).await;
+                    tracing::info!("control connection {id} closed");
+                }
+                Err(error) => tracing::debug!("a WebSocket upgrade failed: {error}"),
+            }
+            server.connections.fetch_sub(1, Ordering::SeqCst);
+        });
+        Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(header::UPGRADE, "websocket")
+            .header(header::CONNECTION, "upgrade")
+            .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+            .body(Body::empty())
+            .expect("a valid handshake response")
     }
 }
 
-fn to_json(value: &impl serde::Serialize) -> String {
-    serde_json::to_string(value).expect("protocol types always serialise")
+fn refuse(status: StatusCode, message: &str) -> Response {
+    (status, [(header::CACHE_CONTROL, "no-store")], format!("{message}\n")).into_response()
 }
 
-fn close(code: CloseCode, reason: &str) -> Message {
-    Message::Close(Some(CloseFrame {
-        code,
-        reason: reason.chars().take(100).collect::<String>().into(),
-    }))
+fn unauthorized() -> Response {
+    refuse(StatusCode::UNAUTHORIZED, "unauthorized: present the control secret")
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.get(header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+}
+
+/// A browser's WebSocket must come from a page of this port (`Origin` equal to
+/// `http://` + the `Host` it asked for); clients without an `Origin` (ctl) pass.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else { return true };
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    !host.is_empty() && origin.to_str().is_ok_and(|o| o.strip_prefix("http://") == Some(host))
+}
+
+/// `GET /`: the WebSocket, the dashboard, or the redirect that trades `?token=` for
+/// the session cookie.
+async fn root(State(server): State<Arc<Server>>, request: Request) -> Response {
+    let caller = server.caller(&request);
+    if caller == Caller::Stranger {
+        return unauthorized();
+    }
+    if is_upgrade(request.headers()) {
+        if !same_origin(request.headers()) {
+            return refuse(StatusCode::FORBIDDEN, "WebSocket from another origin");
+        }
+        return server.upgrade(request);
+    }
+    if caller == Caller::Secret && query_token(&request).is_some() {
+        // Trade the secret in the address bar for a cookie scripts cannot read.
+        let cookie =
+            format!("{SESSION_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/", server.session);
+        return Response::builder()
+            .status(StatusCode::SEE_OTHER)
+            .header(header::LOCATION, "/")
+            .header(header::SET_COOKIE, cookie)
+            .header(header::CACHE_CONTROL, "no-store")
+            .header(header::REFERRER_POLICY, "no-referrer")
+            .body(Body::empty())
+            .expect("a valid redirect");
+    }
+    super::dashboard::page()
+}
+
+/// `GET /assets/{name}`: the dashboard's script, styles and chart library.
+async fn asset(
+    State(server): State<Arc<Server>>,
+    Path(name): Path<String>,
+    request: Request,
+) -> Response {
+    if server.caller(&request) == Caller::Stranger {
+        return unauthorized();
+    }
+    super::dashboard::asset(&name).unwrap_or_else(|| refuse(StatusCode::NOT_FOUND, "no such asset"))
+}
+
+/// `GET /metrics`: Prometheus text, read from the counters the engine keeps anyway.
+async fn metrics(State(server): State<Arc<Server>>, request: Request) -> Response {
+    if server.caller(&request) == Caller::Stranger {
+        return unauthorized();
+    }
+    let mut body = String::with_capacity(16 << 10);
+    if prometheus_client::encoding::prometheus_text::encode(&mut body, &server.metrics).is_err() {
+        return refuse(StatusCode::INTERNAL_SERVER_ERROR, "encoding the metrics failed");
+    }
+    (
+        [
+            (header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::{header, HeaderMap, HeaderValue};
+
+    use super::{same_origin, session_cookie, SESSION_COOKIE};
+
+    fn headers(pairs: &[(header::HeaderName, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn only_the_pages_own_origin_may_open_a_websocket() {
+        let host = (header::HOST, "127.0.0.1:7411");
+        assert!(same_origin(&headers(std::slice::from_ref(&host))), "no Origin: not a browser");
+        assert!(same_origin(&headers(&[host.clone(), (header::ORIGIN, "http://127.0.0.1:7411")])));
+        for origin in ["http://evil.example", "https://127.0.0.1:7411", "null", "http://127.0.0.1"]
+        {
+            assert!(!same_origin(&headers(&[host.clone(), (header::ORIGIN, origin)])), "{origin}");
+        }
+        assert!(!same_origin(&headers(&[(header::ORIGIN, "http://")])), "no Host");
+    }
+
+    #[test]
+    fn the_session_cookie_is_found_among_others() {
+        let map = headers(&[
+            (header::COOKIE, "a=1; tokengate_session=abc; b=2"),
+            (header::COOKIE, "c=3"),
+        ]);
+        assert_eq!(session_cookie(&map), Some("abc"));
+        assert_eq!(session_cookie(&headers(&[(header::COOKIE, "tokengate_sessionx=1")])), None);
+        assert_eq!(SESSION_COOKIE, "tokengate_session");
+    }
 }

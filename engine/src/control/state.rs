@@ -60,6 +60,7 @@ impl OpStats {
 /// What the controller can do to an operation without knowing its types.
 pub(crate) trait OpControl: Send + Sync {
     fn name(&self) -> &str;
+    fn weight(&self) -> crate::placement::Weight;
     fn stats(&self) -> OpStats;
     fn control(&self) -> &OpControlState;
 }
@@ -266,12 +267,20 @@ impl OpControlState {
 /// [2^(k-1), 2^k) ns. Recorded once per batch (each token timed at the end of its
 /// batch: an upper bound for all but the last).
 pub(crate) struct LatencyHistogram {
-    buckets: [AtomicU64; 48],
+    buckets: [AtomicU64; LATENCY_BUCKETS],
+    /// Sum of the recorded latencies (ns), for `/metrics` (`_sum`).
+    sum_ns: AtomicU64,
 }
+
+/// Buckets of [`LatencyHistogram`].
+pub(crate) const LATENCY_BUCKETS: usize = 48;
 
 impl Default for LatencyHistogram {
     fn default() -> Self {
-        LatencyHistogram { buckets: std::array::from_fn(|_| AtomicU64::new(0)) }
+        LatencyHistogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_ns: AtomicU64::new(0),
+        }
     }
 }
 
@@ -279,6 +288,13 @@ impl LatencyHistogram {
     pub(crate) fn record(&self, latency_ns: u64, tokens: u64) {
         let bucket = ((64 - latency_ns.leading_zeros()) as usize).min(self.buckets.len() - 1);
         self.buckets[bucket].fetch_add(tokens, Relaxed);
+        self.sum_ns.fetch_add(latency_ns.saturating_mul(tokens), Relaxed);
+    }
+
+    /// The per-bucket counts (bucket k: latencies below 2^k ns and at least 2^(k-1))
+    /// and the sum of latencies (ns), read without stopping writers.
+    pub(crate) fn read(&self) -> ([u64; LATENCY_BUCKETS], u64) {
+        (std::array::from_fn(|k| self.buckets[k].load(Relaxed)), self.sum_ns.load(Relaxed))
     }
 
     /// The upper bounds (ns) of the buckets holding each quantile (0 when empty).

@@ -22,7 +22,7 @@
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle, Thread};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_deque::{Injector, Steal};
 
@@ -111,6 +111,11 @@ struct Lane {
     core: Option<core_affinity::CoreId>,
     executed: AtomicU64,
     batches: AtomicU64,
+    /// Nanoseconds the lane spent idle (yielding or parked for want of work), counted
+    /// when an idle spell ends, so busy time costs nothing per batch.
+    idle_ns: AtomicU64,
+    /// Start of the idle spell under way (ns since `Lanes::epoch`; 0: not idle).
+    idle_since: AtomicU64,
     /// The thread serving the lane now (a replacement takes over the slot).
     thread: Mutex<Option<Thread>>,
     info: OnceLock<LaneInfo>,
@@ -137,6 +142,10 @@ pub struct LaneStats {
     pub tokens: u64,
     /// Batches processed.
     pub batches: u64,
+    /// Nanoseconds since the lanes started that the lane was not idle (idle: yielding
+    /// or parked for want of work; a wait inside a call that runs nothing else counts
+    /// as busy).
+    pub busy_ns: u64,
 }
 
 pub(crate) struct Lanes {
@@ -160,6 +169,8 @@ pub(crate) struct Lanes {
     arrivals: LightArrivals,
     shutdown: AtomicBool,
     abort: AtomicBool,
+    /// When the lanes started: the origin of each lane's busy time.
+    epoch: Instant,
     telemetry: Option<Arc<Telemetry>>,
     admission: Arc<Admission>,
     pin: bool,
@@ -199,6 +210,8 @@ impl Lanes {
                 core,
                 executed: AtomicU64::new(0),
                 batches: AtomicU64::new(0),
+                idle_ns: AtomicU64::new(0),
+                idle_since: AtomicU64::new(0),
                 thread: Mutex::new(None),
                 info: OnceLock::new(),
                 watch: Mutex::new(Vec::new()),
@@ -217,6 +230,7 @@ impl Lanes {
         let isolated = config.steal == StealPolicy::Isolate;
         let heavy_takers = if isolated && primary[1] != 0 { primary[1] } else { all };
         Arc::new_cyclic(|me| Lanes {
+            epoch: Instant::now(),
             queues: [Injector::new(), Injector::new()],
             lanes,
             idle: AtomicU64::new(0),
@@ -418,12 +432,23 @@ impl Lanes {
         self.lanes.iter().filter_map(|lane| lane.info.get().cloned()).collect()
     }
 
+    /// Time since the start not spent idle: the idle spells that ended, and the one
+    /// under way (read without stopping the lane, so approximate by a spell at most).
+    fn busy_ns(&self, lane: &Lane) -> u64 {
+        let now = nanos_since(self.epoch);
+        let idle = lane.idle_ns.load(Ordering::Relaxed);
+        let since = lane.idle_since.load(Ordering::Relaxed);
+        let ongoing = if since == 0 { 0 } else { now.saturating_sub(since) };
+        now.saturating_sub(idle + ongoing)
+    }
+
     pub(crate) fn stats(&self) -> Vec<LaneStats> {
         self.lanes
             .iter()
             .map(|lane| LaneStats {
                 tokens: lane.executed.load(Ordering::Relaxed),
                 batches: lane.batches.load(Ordering::Relaxed),
+                busy_ns: self.busy_ns(lane),
             })
             .collect()
     }
@@ -508,8 +533,13 @@ impl Lanes {
         let bit = 1u64 << index;
         let mut misses = 0u32;
         let mut idle_since = std::time::Instant::now();
+        // The idle spell under way (across parks), for the lane's busy time.
+        let mut idle_from: Option<Instant> = None;
         loop {
             if let Some(job) = self.next_job(index) {
+                if let Some(from) = idle_from.take() {
+                    self.end_idle(index, from);
+                }
                 misses = 0;
                 // A call nested in a wait of this batch may have been the one replaced.
                 if self.run_job(index, ctx, job) == RunEnd::Retired || ctx.is_retired() {
@@ -528,6 +558,11 @@ impl Lanes {
             }
             if misses == SPIN_CHECKS + 1 {
                 idle_since = std::time::Instant::now();
+                if idle_from.is_none() {
+                    idle_from = Some(idle_since);
+                    let since = nanos_since(self.epoch).max(1);
+                    self.lanes[index].idle_since.store(since, Ordering::Relaxed);
+                }
             }
             if idle_since.elapsed() < IDLE_YIELD {
                 thread::yield_now();
@@ -542,11 +577,24 @@ impl Lanes {
             // After a park, yield for a while again before the next one.
             misses = SPIN_CHECKS;
         }
+        if let Some(from) = idle_from {
+            self.end_idle(index, from);
+        }
         ctx.flush();
         // Others may be parked waiting for the last batch this lane just finished.
         self.wake_all();
         RunEnd::Done
     }
+
+    fn end_idle(&self, index: usize, from: Instant) {
+        let lane = &self.lanes[index];
+        lane.idle_ns.fetch_add(from.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        lane.idle_since.store(0, Ordering::Relaxed);
+    }
+}
+
+fn nanos_since(epoch: Instant) -> u64 {
+    epoch.elapsed().as_nanos() as u64
 }
 
 fn steal(queue: &Injector<BoxJob>) -> Option<BoxJob> {

@@ -197,6 +197,10 @@ impl<A: Send + 'static, R: Send + 'static> OpControl for OpShared<A, R> {
         &self.name
     }
 
+    fn weight(&self) -> Weight {
+        self.weight
+    }
+
     fn stats(&self) -> OpStats {
         let c = &self.counters;
         let r = &self.resolutions;

@@ -72,6 +72,10 @@ impl Router for AdaptiveRouter {
         (generation << 24) | (self.current.load().model_version() & 0x00FF_FFFF)
     }
 
+    fn classes(&self) -> Vec<crate::model::ClassPolicy> {
+        self.current.load().classes()
+    }
+
     fn is_pure(&self) -> bool {
         true
     }

@@ -65,6 +65,10 @@ impl Router for LearnedRouter {
         self.model.version()
     }
 
+    fn classes(&self) -> Vec<crate::model::ClassPolicy> {
+        self.model.header().classes.clone()
+    }
+
     fn is_pure(&self) -> bool {
         true
     }

@@ -55,6 +55,12 @@ pub trait Router: Send + Sync + fmt::Debug + 'static {
         0
     }
 
+    /// The model's cost classes, by class id (empty when there is no model). Read by
+    /// the control port, never on the hot path.
+    fn classes(&self) -> Vec<crate::model::ClassPolicy> {
+        Vec::new()
+    }
+
     /// True if [`Router::route`] is a pure function of the features (no state of its
     /// own, no randomness): the engine then routes a run of tokens with equal features
     /// once (a `submit_many` of an operation without a size hint routes once per chunk).

@@ -167,7 +167,33 @@ pub(crate) fn hostname() -> String {
         .unwrap_or_else(|| "localhost".to_string())
 }
 
+/// Tokens the writer keeps for the dashboard's "recent tokens" view.
+const RECENT: usize = 32;
+
+/// What the writer thread publishes while it runs (read by the control port).
+#[derive(Default)]
+pub(crate) struct Live {
+    /// Rows written to Parquet so far.
+    pub(crate) written: AtomicU64,
+    /// The newest records received, oldest first (at most [`RECENT`]).
+    pub(crate) recent: Mutex<std::collections::VecDeque<TokenRecord>>,
+}
+
+impl Live {
+    fn see(&self, buffer: &[TokenRecord]) {
+        let newest = &buffer[buffer.len().saturating_sub(RECENT)..];
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        for record in newest {
+            if recent.len() == RECENT {
+                recent.pop_front();
+            }
+            recent.push_back(*record);
+        }
+    }
+}
+
 pub(crate) struct Telemetry {
+    pub(crate) live: Arc<Live>,
     sender: Mutex<Option<Sender<Vec<TokenRecord>>>>,
     pub(crate) origin: Arc<Origin>,
     pub(crate) sample_every: u64,
@@ -199,12 +225,16 @@ impl Telemetry {
         let run_id = run_id();
         let origin = Arc::new(Origin::here());
         let writer_origin = Arc::clone(&origin);
+        let live = Arc::new(Live::default());
+        let writer_live = Arc::clone(&live);
         let writer =
             std::thread::Builder::new().name("tokengate-telemetry".into()).spawn(move || {
-                write_loop(receiver, sink, run_id, sample_every.max(1), op_names, writer_origin)
+                let (origin, live) = (writer_origin, &writer_live);
+                write_loop(receiver, sink, run_id, sample_every.max(1), op_names, origin, live)
             })?;
         Ok(Telemetry {
             origin,
+            live,
             sender: Mutex::new(Some(sender)),
             sample_every: sample_every.max(1),
             recorded: AtomicU64::new(0),
@@ -291,10 +321,12 @@ fn write_loop(
     sample_every: u64,
     op_names: Arc<RwLock<Vec<String>>>,
     origin: Arc<Origin>,
+    live: &Live,
 ) -> WriterOutput {
     let mut out = WriterOutput::default();
     let tap = sink.tap.clone();
     let see = |buffer: &[TokenRecord]| {
+        live.see(buffer);
         if let Some(tap) = &tap {
             tap(buffer);
         }
@@ -355,6 +387,7 @@ fn write_loop(
             match parquet::write_segment(&path, run_id, &open, &names, sample_every, &origin) {
                 Ok(()) => {
                     out.written += open.len() as u64;
+                    live.written.fetch_add(open.len() as u64, Ordering::Relaxed);
                     dir_bytes += std::fs::metadata(&path).map_or(0, |m| m.len());
                     tracing::info!(
                         "telemetry segment {} written ({} rows)",

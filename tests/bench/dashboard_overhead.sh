@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The dashboard's cost to a long Leibniz run: runs with the control port on and no
+# client, interleaved with runs with 3 dashboard-like clients (dashboard_clients.mjs:
+# subscribe every 250 ms with lanes and model, parse every event) and 5 /metrics
+# scrapes; also the CPU time of the engine's control thread (tokengate-io) while the
+# clients are connected. Needs a release build and node ≥ 20.
+#   cargo build --release --workspace
+#   tests/bench/dashboard_overhead.sh [TERMS (300000000)] [ROUNDS (6)]
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+bin="$repo/target/release/tokengate"
+clients_js="$repo/tests/bench/dashboard_clients.mjs"
+terms=${1:-300000000}
+rounds=${2:-6}
+port=${PORT:-7433}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cd "$work"
+io_ns() { awk '{print $1}' "$(grep -l '^tokengate-io$' /proc/"$1"/task/*/comm | sed 's/comm$/schedstat/')"; }
+for round in $(seq 1 "$rounds"); do
+  for clients in 0 3; do
+    "$bin" run leibniz --terms "$terms" --control "127.0.0.1:$port" --json > out.json 2> err.log &
+    run=$!
+    for _ in $(seq 200); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.05; done
+    extra=""
+    if [ "$clients" -gt 0 ]; then
+      node --experimental-websocket "$clients_js" "127.0.0.1:$port" tokengate-control.token "$clients" 2> node.log &
+      node=$!
+      sleep 1
+      io_before=$(io_ns $run); t0=$(date +%s%N)
+      for _ in $(seq 5); do
+        extra="$extra $(curl -s -o /dev/null -w '%{time_total}' -H "Authorization: Bearer $(cat tokengate-control.token)" "http://127.0.0.1:$port/metrics")"
+        sleep 0.5
+      done
+      io_after=$(io_ns $run); t1=$(date +%s%N)
+      extra="metrics_s$extra control_thread_cpu_share $(python3 -c "print(f'{($io_after-$io_before)/($t1-$t0):.5f}')")"
+    fi
+    wait $run
+    if [ "$clients" -gt 0 ]; then wait "$node" 2>/dev/null || true; extra="$extra ($(tail -1 node.log))"; fi
+    rate=$(python3 -c "import json; print(round(json.load(open('out.json'))['tokens_per_s']))")
+    echo "round $round clients $clients tokens_per_s $rate $extra"
+  done
+done | tee runs.txt
+python3 - runs.txt <<'PY'
+import statistics, sys
+rows = [line.split() for line in open(sys.argv[1])]
+for clients in ("0", "3"):
+    rates = [int(r[5]) for r in rows if r[3] == clients]
+    print(f"clients {clients}: median {statistics.median(rates):,.0f} tokens/s, "
+          f"range {min(rates):,}..{max(rates):,} ({len(rates)} runs)")
+pairs = [int(b[5]) / int(a[5]) for a, b in zip(rows[0::2], rows[1::2])]
+print(f"3 clients / none, paired by round: median {statistics.median(pairs):.3f}, "
+      f"range {min(pairs):.3f}..{max(pairs):.3f}")
+scrapes = [float(x) for r in rows if r[3] == "3" for x in r[7:12]]
+print(f"/metrics: median {statistics.median(scrapes)*1e3:.2f} ms, max {max(scrapes)*1e3:.2f} ms "
+      f"({len(scrapes)} scrapes)")
+shares = [float(r[13]) for r in rows if r[3] == "3"]
+print(f"control thread CPU with 3 clients: median {statistics.median(shares)*100:.3f}% of a core")
+PY
