@@ -153,6 +153,9 @@ impl Shared {
         self.admission.close();
         if mode == Shutdown::Abort {
             self.lanes.begin_abort();
+            if let Some(remote) = self.remote.get() {
+                remote.close();
+            }
         }
         // Paused work is admitted work: a drain runs it, an abort cancels it.
         self.set_paused_all(false);

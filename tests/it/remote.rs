@@ -318,3 +318,13 @@ fn spawn_worker(server: &NatsServer) -> Child {
         .spawn()
         .expect("start a worker process")
 }
+
+#[test]
+fn a_remote_capable_name_must_be_a_subject_token() {
+    let engine = engine(None);
+    let bad = engine.operation("a.b", tokengate::Weight::Light).remote().register(|x: u64| x);
+    let error = bad.unwrap_err().to_string();
+    assert!(error.contains("a.b") && error.contains("letters"), "{error}");
+    let good = engine.operation("a_b-1", tokengate::Weight::Light).remote().register(|x: u64| x);
+    assert_eq!(good.unwrap().submit(5).wait().unwrap(), 5);
+}

@@ -85,8 +85,8 @@ pub(crate) struct WorkerArgs {
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
     concurrency: u64,
     /// Stop after this many seconds (default: until Ctrl-C or SIGTERM).
-    #[arg(long)]
-    for_s: Option<f64>,
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    for_s: Option<u64>,
     /// Write this worker's telemetry (its own runs of the remote tokens) here.
     #[arg(long)]
     log: Option<PathBuf>,
@@ -127,7 +127,7 @@ pub(crate) fn worker(args: WorkerArgs) -> Result<()> {
         };
         let deadline = async {
             match for_s {
-                Some(s) => tokio::time::sleep(Duration::from_secs_f64(s.max(0.0))).await,
+                Some(s) => tokio::time::sleep(Duration::from_secs(s)).await,
                 None => std::future::pending::<()>().await,
             }
         };

@@ -227,7 +227,7 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
             _ if self.overrides.pin.is_some() => false,
             (_, RemotePlacement::Remote) => port.available(),
             (set, RemotePlacement::Auto) => {
-                port.workers() > 0 && port.available() && self.backlogged(set)
+                port.available() && self.backlogged(set) && port.workers(Some(&self.op.name)) > 0
             }
         };
         match remote {

@@ -101,6 +101,14 @@ where
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         let OperationBuilder { engine, name, weight, options } = self.inner;
+        // The name becomes a NATS subject token and a consumer name.
+        let subject_safe = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+        if !name.chars().all(subject_safe) {
+            return Err(RegisterError::BadName(format!(
+                "{name} (a remote-capable operation's name may hold only ASCII letters, digits, \
+                 '_' and '-')"
+            )));
+        }
         Operation::register_full(engine, &name, weight, options, f, None, Some(Codec::new()))
     }
 }
@@ -167,7 +175,14 @@ impl<A: Send + 'static, R: Send + 'static> PendingToken for RemoteToken<A, R> {
 
     fn fall_back(self: Box<Self>) {
         let RemoteToken { op, chunk, index, attempt, arg, bytes, .. } = *self;
-        if chunk.slot(index).retry(attempt) {
+        if attempt == u8::MAX {
+            let error = "remote attempts exhausted (255)".to_string();
+            if chunk.slot(index).finish(attempt, Err(TokenError::Failed(error))) != Outcome::Skipped
+            {
+                op.resolutions.failed.fetch_add(1, Relaxed);
+            }
+            op.engine.admission.release(Permit::new(1, bytes), &op.queue);
+        } else if chunk.slot(index).retry(attempt) {
             // The permit stays with the token: the local batch gives it back.
             Enqueue::retry_local(&op, &chunk, index, arg, attempt + 1);
         } else {
@@ -212,15 +227,16 @@ impl<A: Send + 'static, R: Send + 'static> RemoteServe for Operation<A, R> {
     fn call(&self, arg: &[u8]) -> Result<ReplyFuture, CallError> {
         let codec = self.inner.remote.as_ref().expect("served operations have a codec");
         let arg = (codec.decode_arg)(arg).map_err(CallError::BadArgument)?;
-        let started = Instant::now();
-        let token = match self.try_submit(arg) {
-            Ok(token) => token,
-            Err(TokenError::Rejected { reason }) => return Err(CallError::Rejected(reason)),
-            Err(other) => unreachable!("try_submit only rejects: {other}"),
-        };
+        if self.inner.engine.admission.is_closed() {
+            return Err(CallError::Rejected(RejectReason::ShuttingDown));
+        }
         let encode = codec.encode_result;
+        let op = self.clone();
         Ok(Box::pin(async move {
-            let result = token.await;
+            // Waits for room like any async caller (the worker reports progress
+            // meanwhile); a stopping engine rejects it, and the call goes back.
+            let started = Instant::now();
+            let result = op.submit_async(arg).await.await;
             let run_ns = nanos(started.elapsed());
             let (outcome, payload) = match result {
                 Ok(value) => match encode(&value) {

@@ -176,10 +176,11 @@ struct Pending {
     sent: Instant,
 }
 
-/// Calls of one operation on their way to the server.
+/// Calls of one operation on their way to the server (their tokens already wait in the
+/// pending table, so the watchdog covers them from the start).
 struct Outgoing {
     op: String,
-    calls: Vec<(Vec<u8>, Box<dyn PendingToken>)>,
+    calls: Vec<(Vec<u8>, (u64, u8))>,
 }
 
 #[derive(Default)]
@@ -207,8 +208,11 @@ pub(crate) struct Link {
     pending: Mutex<HashMap<(u64, u8), Pending>>,
     counters: Counters,
     overhead_ns: Mutex<Vec<u64>>,
-    workers: Mutex<HashMap<String, Instant>>,
+    /// Each worker heard from: when, and the operations it serves.
+    workers: Mutex<HashMap<String, (Instant, Vec<String>)>>,
     up: AtomicBool,
+    /// Shut off for good (an aborting engine): nothing goes remote any more.
+    closed: AtomicBool,
 }
 
 impl Link {
@@ -222,7 +226,7 @@ impl Link {
             scope.spawn(|| runtime.block_on(config.connect())).join().expect("connect thread")
         })?;
         let (client, js) = connected;
-        let id = format!("{}-{}-{:x}", hostname(), std::process::id(), unique());
+        let id = format!("{}-{}-{:x}", subject_safe(&hostname()), std::process::id(), unique());
         let (outgoing, rx) = mpsc::unbounded_channel();
         let link = Arc::new(Link {
             answers: wire::answer_subject(&id),
@@ -236,6 +240,7 @@ impl Link {
             overhead_ns: Mutex::new(Vec::new()),
             workers: Mutex::new(HashMap::new()),
             up: AtomicBool::new(true),
+            closed: AtomicBool::new(false),
         });
         runtime.spawn(Arc::clone(&link).publish(rx));
         runtime.spawn(Arc::clone(&link).answer_loop());
@@ -261,17 +266,21 @@ impl Link {
         }
     }
 
-    /// Publishes calls as they come; the stream's acks are awaited off this loop.
+    /// Publishes calls as they come; the stream's acks are awaited together, off this
+    /// loop.
     async fn publish(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
         while let Some(Outgoing { op, calls }) = rx.recv().await {
             let subject = wire::call_subject(&op);
-            let mut acks = Vec::with_capacity(calls.len());
-            for (arg, token) in calls {
-                if !self.up.load(Relaxed) {
-                    self.fall_back(token);
+            let acks = futures_util::stream::FuturesUnordered::new();
+            for (arg, (id, attempt)) in calls {
+                if !self.pending().contains_key(&(id, attempt)) {
+                    // Moved to the local lanes while it waited here.
                     continue;
                 }
-                let (id, attempt) = token.key();
+                if !self.available() {
+                    self.fall_back_key((id, attempt));
+                    continue;
+                }
                 let call = Call {
                     version: WIRE_VERSION,
                     op: op.clone(),
@@ -281,13 +290,12 @@ impl Link {
                     arg,
                 };
                 let bytes = wire::encode(&call).expect("a call always encodes");
-                self.pending().insert((id, attempt), Pending { token, sent: Instant::now() });
                 self.counters.remote_tokens.fetch_add(1, Relaxed);
                 let message = PublishMessage::build()
                     .payload(bytes.into())
                     .message_id(format!("{}.{id}.{attempt}", self.id));
                 match self.js.send_publish(subject.clone(), message).await {
-                    Ok(ack) => acks.push(((id, attempt), ack)),
+                    Ok(ack) => acks.push(async move { (ack.await, (id, attempt)) }),
                     Err(e) => {
                         tracing::debug!(error = %e, "publishing a call failed; running it here");
                         self.fall_back_key((id, attempt));
@@ -296,13 +304,24 @@ impl Link {
             }
             let link = Arc::clone(&self);
             tokio::spawn(async move {
-                for (key, ack) in acks {
-                    if let Err(e) = ack.await {
+                let mut acks = acks;
+                while let Some((stored, key)) = acks.next().await {
+                    if let Err(e) = stored {
                         tracing::debug!(error = %e, "a call was not stored; running it here");
                         link.fall_back_key(key);
                     }
                 }
             });
+        }
+    }
+
+    /// Moves every waiting remote token to the local lanes and sends nothing remote
+    /// again (an aborting engine cancels them there).
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Relaxed);
+        let all: Vec<Pending> = self.pending().drain().map(|(_, pending)| pending).collect();
+        for pending in all {
+            self.fall_back(pending.token);
         }
     }
 
@@ -386,7 +405,8 @@ impl Link {
                     tracing::info!(worker = %beat.worker, host = %beat.host, lanes = beat.lanes,
                         "remote worker joined");
                 }
-                workers.insert(beat.worker, Instant::now());
+                workers.retain(|_, (seen, _)| seen.elapsed() < Duration::from_secs(60));
+                workers.insert(beat.worker, (Instant::now(), beat.ops));
             }
         }
     }
@@ -442,21 +462,37 @@ impl RemotePort for Link {
     }
 
     fn available(&self) -> bool {
-        self.up.load(Relaxed)
+        self.up.load(Relaxed) && !self.closed.load(Relaxed)
     }
 
-    fn workers(&self) -> usize {
+    fn workers(&self, op: Option<&str>) -> usize {
         let workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
-        workers.values().filter(|seen| seen.elapsed() < Duration::from_secs(3)).count()
+        let recent = |seen: &Instant| seen.elapsed() < Duration::from_secs(3);
+        let serves = |ops: &Vec<String>| op.is_none_or(|op| ops.iter().any(|o| o == op));
+        workers.values().filter(|(seen, ops)| recent(seen) && serves(ops)).count()
     }
 
     fn send(&self, op: &str, calls: Vec<(Vec<u8>, Box<dyn PendingToken>)>) {
+        let sent = Instant::now();
+        let mut keys = Vec::with_capacity(calls.len());
+        {
+            let mut pending = self.pending();
+            for (arg, token) in calls {
+                let key = token.key();
+                pending.insert(key, Pending { token, sent });
+                keys.push((arg, key));
+            }
+        }
         if let Err(mpsc::error::SendError(outgoing)) =
-            self.outgoing.send(Outgoing { op: op.to_string(), calls })
+            self.outgoing.send(Outgoing { op: op.to_string(), calls: keys })
         {
             // The runtime is gone (the engine is being dropped): run them here.
-            outgoing.calls.into_iter().for_each(|(_, token)| self.fall_back(token));
+            outgoing.calls.into_iter().for_each(|(_, key)| self.fall_back_key(key));
         }
+    }
+
+    fn close(&self) {
+        Link::close(self);
     }
 
     fn stats(&self) -> RemoteStats {
@@ -474,7 +510,7 @@ impl RemotePort for Link {
             fell_back: c.fell_back.load(Relaxed),
             bad_answers: c.bad_answers.load(Relaxed),
             pending: self.pending().len() as u64,
-            workers: self.workers() as u64,
+            workers: self.workers(None) as u64,
             connected: self.available(),
             overhead_p50_us,
         }
@@ -482,6 +518,12 @@ impl RemotePort for Link {
 }
 
 pub(crate) use crate::telemetry::hostname;
+
+/// `name` with every character that may not stand in a NATS subject token (or a
+/// consumer name) replaced by `-`.
+pub(crate) fn subject_safe(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '-' }).collect()
+}
 
 /// A number unlikely to repeat between two engines started on one host.
 pub(crate) fn unique() -> u64 {

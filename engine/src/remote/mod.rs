@@ -108,9 +108,12 @@ pub(crate) trait RemotePort: Send + Sync {
     fn placement(&self) -> RemotePlacement;
     /// Connected (and not given up on after an outage).
     fn available(&self) -> bool;
-    /// Workers heard from recently.
-    fn workers(&self) -> usize;
+    /// Workers heard from recently (serving `op`, when given).
+    fn workers(&self, op: Option<&str>) -> usize;
     /// Publishes the calls of operation `op` (`payload`: the encoded argument).
     fn send(&self, op: &str, calls: Vec<(Vec<u8>, Box<dyn PendingToken>)>);
     fn stats(&self) -> RemoteStats;
+    /// An aborting engine: every waiting remote token moves to the (aborting) local
+    /// lanes, which cancel it, and nothing goes remote any more.
+    fn close(&self);
 }

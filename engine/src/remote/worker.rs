@@ -9,7 +9,7 @@ use async_nats::jetstream::{self, consumer, AckKind};
 use futures_util::StreamExt;
 use tokio::sync::{watch, Semaphore};
 
-use super::link::{hostname, unique, RemoteConfig};
+use super::link::{hostname, subject_safe, unique, RemoteConfig};
 use super::wire::{self, Answer, Call, Heartbeat, WireOutcome, WIRE_VERSION};
 use crate::op::{CallError, RemoteServe};
 use crate::Engine;
@@ -30,11 +30,10 @@ impl WorkerConfig {
         WorkerConfig { remote, concurrency: 1024, max_deliver: 20 }
     }
 
-    /// Calls held at once (running, queued on the lanes, or being answered). Each
-    /// one's ack wait runs while it is held, so keep it within what the lanes finish
-    /// in an ack wait.
+    /// Calls held at once (running, queued on the lanes, or being answered; at most
+    /// 2^31). Long ones report progress, so the ack wait does not bound them.
     pub fn concurrency(mut self, calls: usize) -> Self {
-        self.concurrency = calls.max(1);
+        self.concurrency = calls.clamp(1, 1 << 31);
         self
     }
 
@@ -130,7 +129,7 @@ impl Worker {
         })?;
         let host = hostname();
         let ctx = Arc::new(Ctx {
-            id: format!("{host}-{}-{:x}", std::process::id(), unique()),
+            id: format!("{}-{}-{:x}", subject_safe(&host), std::process::id(), unique()),
             host,
             slots: Arc::new(Semaphore::new(config.concurrency)),
             config,
@@ -179,7 +178,7 @@ impl Worker {
     /// acks.
     pub fn stop(self) -> WorkerStats {
         let _ = self.stop.send(true);
-        let all = self.ctx.config.concurrency as u32;
+        let all = u32::try_from(self.ctx.config.concurrency).unwrap_or(u32::MAX);
         let wait = self.ctx.config.remote.ack_wait;
         let (slots, client) = (Arc::clone(&self.ctx.slots), self.client.clone());
         std::thread::scope(|scope| {
@@ -249,7 +248,9 @@ impl Ctx {
                 },
             )
             .await?;
-        let batch = self.config.concurrency.min(256);
+        // Pulled calls wait in the client's buffer with their ack wait running: keep
+        // that buffer small beside the calls held.
+        let batch = self.config.concurrency.min(32);
         let mut messages = consumer.stream().max_messages_per_batch(batch).messages().await?;
         loop {
             if *stopped.borrow() {
@@ -285,7 +286,7 @@ impl Ctx {
                 Err(format!("wire version {}", call.version))
             }
             Ok(call) if call.op != op.name() => Err(format!("a call of {:?}", call.op)),
-            Ok(call) if !call.reply.starts_with("tokengate.results.") => {
+            Ok(call) if !answer_subject_ok(&call.reply) => {
                 Err(format!("reply subject {:?}", call.reply))
             }
             Ok(call) => Ok(call),
@@ -381,6 +382,32 @@ impl Ctx {
         match self.js.publish(subject.to_string(), bytes.into()).await {
             Ok(ack) => ack.await.is_ok(),
             Err(_) => false,
+        }
+    }
+}
+
+/// Whether `subject` is a submitter's answer subject: `tokengate.results.` and one token
+/// of letters, digits, `_` or `-` (what [`wire::answer_subject`] makes of a submitter id).
+fn answer_subject_ok(subject: &str) -> bool {
+    subject.strip_prefix("tokengate.results.").is_some_and(|id| {
+        !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_answer_subjects_are_replied_to() {
+        assert!(super::answer_subject_ok("tokengate.results.vm-12-ab"));
+        for bad in [
+            "tokengate.results.",
+            "tokengate.results.a b",
+            "tokengate.results.>",
+            "tokengate.results.a.b",
+            "tokengate.tokens.x",
+            "other",
+        ] {
+            assert!(!super::answer_subject_ok(bad), "{bad}");
         }
     }
 }
