@@ -188,6 +188,24 @@ fn placement_follows_policy_and_the_control_port_pin() {
 }
 
 #[test]
+fn a_remote_tag_sends_an_operation_remote_where_the_tags_decide() {
+    let Some(server) = NatsServer::start() else { return };
+    let (_worker_engine, worker) = worker(&server);
+    let submitter = engine(Some(server.config().placement(RemotePlacement::Local)));
+    wait_for_workers(&submitter, 1);
+    let tagged = submitter
+        .operation("primes", tokengate::Weight::Medium)
+        .remote()
+        .preferred()
+        .register(mixed::count_primes)
+        .unwrap();
+    let results: Vec<u64> = tagged.map(0..50).into_iter().map(|r| r.unwrap()).collect();
+    assert_eq!(results, (0..50).map(mixed::count_primes).collect::<Vec<_>>());
+    assert_eq!(submitter.remote_stats().unwrap().remote_tokens, 50);
+    crate::eventually("the worker ran them", || worker.stats().completed == 50);
+}
+
+#[test]
 fn an_operation_that_is_not_remote_capable_stays_local_even_when_pinned() {
     let Some(server) = NatsServer::start() else { return };
     let submitter = engine(Some(server.config().placement(RemotePlacement::Remote)));

@@ -189,6 +189,10 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
     /// Route → override → batch, for the current features.
     fn place(&self) -> Placement {
         let mut placement = self.op.engine.router.route(&self.features);
+        if placement.source == RouteSource::Tag && self.op.options.remote_preferred {
+            // The tag says remote (it only counts where a link exists).
+            placement.lanes = LaneSet::Remote;
+        }
         let routed = placement.lanes;
         // A manual override always wins over the model, which wins over the tags.
         if let Some(lanes) = self.overrides.pin {

@@ -62,6 +62,9 @@ pub(crate) struct OpOptions<A> {
     pub(crate) arg_bytes: Option<fn(&A) -> usize>,
     /// Calls with equal keys run on the same lane while any of them is in flight.
     pub(crate) locality: Option<fn(&A) -> u64>,
+    /// The operation's tag says "remote": where the tags decide, its tokens go to the
+    /// remote set (while the link can take them).
+    pub(crate) remote_preferred: bool,
 }
 
 impl<A> Default for OpOptions<A> {
@@ -74,6 +77,7 @@ impl<A> Default for OpOptions<A> {
             queue_limit: None,
             arg_bytes: None,
             locality: None,
+            remote_preferred: false,
         }
     }
 }
