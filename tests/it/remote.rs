@@ -206,6 +206,48 @@ fn a_remote_tag_sends_an_operation_remote_where_the_tags_decide() {
 }
 
 #[test]
+fn auto_spills_a_backlog_remote_only_for_tokens_predicted_to_be_long() {
+    let Some(server) = NatsServer::start() else { return };
+    let worker_engine = engine(None);
+    let register = |engine: &Engine| {
+        let short = engine.operation("short", tokengate::Weight::Light).remote();
+        let long = engine.operation("long", tokengate::Weight::Heavy).remote();
+        (short.register(|x: u64| x + 1).unwrap(), long.register(|x: u64| x * 2).unwrap())
+    };
+    let _served = register(&worker_engine);
+    let _worker = Worker::start(&worker_engine, WorkerConfig::new(server.config())).unwrap();
+    // One lane, held by a gate: everything submitted meanwhile queues behind it.
+    let submitter = Engine::builder()
+        .workers(1)
+        .pin(false)
+        .nats(server.config().placement(RemotePlacement::Auto))
+        .build()
+        .unwrap();
+    wait_for_workers(&submitter, 1);
+    let (short, long) = register(&submitter);
+    let (gate, release) = crate::gate(&submitter, "gate");
+    let held = gate.submit(());
+    let queued: Vec<_> = (0..4).map(|x| short.submit(x)).collect();
+    crate::eventually("the lane is backlogged", || submitter.in_flight() >= 5);
+    // Backlogged: the long calls (the heavy tag's 1 ms) go remote, the short ones stay.
+    let longs: Vec<_> = (0..10).map(|x| long.submit(x)).collect();
+    let shorts: Vec<_> = (0..10).map(|x| short.submit(x)).collect();
+    // They resolve while the lane is still held: they ran on the worker.
+    let within = |t: tokengate::Token<u64>| {
+        t.wait_timeout(Duration::from_secs(20)).unwrap_or_else(|_| panic!("stayed local")).unwrap()
+    };
+    let results: Vec<u64> = longs.into_iter().map(within).collect();
+    assert_eq!(results, (0..10).map(|x| x * 2).collect::<Vec<_>>());
+    assert_eq!(submitter.remote_stats().unwrap().remote_tokens, 10);
+    release.send(()).unwrap();
+    held.wait().unwrap();
+    for token in queued.into_iter().chain(shorts) {
+        token.wait().unwrap();
+    }
+    assert_eq!(submitter.remote_stats().unwrap().remote_tokens, 10);
+}
+
+#[test]
 fn an_operation_that_is_not_remote_capable_stays_local_even_when_pinned() {
     let Some(server) = NatsServer::start() else { return };
     let submitter = engine(Some(server.config().placement(RemotePlacement::Remote)));

@@ -21,6 +21,11 @@ use crate::remote::{RemotePlacement, RemotePort};
 use crate::router::Features;
 use crate::token::Chunk;
 
+/// The `auto` policy sends a token remote only if its predicted runtime (model class,
+/// running average or tag) is at least this (ns): about what a remote round trip costs
+/// on loopback (README, "More machines"), so messaging at most doubles its cost.
+pub(crate) const REMOTE_MIN_PREDICTED_NS: u64 = 1_000_000;
+
 /// The lane sets a chunk's tokens may be queued for, in `LaneSet::index` order.
 const SETS: [LaneSet; 3] = [LaneSet::Light, LaneSet::Heavy, LaneSet::Remote];
 
@@ -204,7 +209,7 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
             placement.source = RouteSource::Override;
         }
         if placement.lanes == LaneSet::Remote || self.remote.is_some() {
-            placement.lanes = self.remote_or_local(placement.lanes, routed);
+            placement.lanes = self.remote_or_local(&placement, routed);
         }
         if self.single {
             placement.batch = 1;
@@ -215,7 +220,8 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
     /// Where a token placed on `chosen` (by the router or an override; `routed`: the
     /// router's own choice) runs: remote when it was asked for or the placement policy
     /// sends it there and the link can take it, else a local set.
-    fn remote_or_local(&self, chosen: LaneSet, routed: LaneSet) -> LaneSet {
+    fn remote_or_local(&self, placement: &Placement, routed: LaneSet) -> LaneSet {
+        let chosen = placement.lanes;
         let by_weight = || match self.op.weight {
             Weight::Heavy => LaneSet::Heavy,
             _ => LaneSet::Light,
@@ -230,8 +236,13 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
             // Pinned to a local set by the control port.
             _ if self.overrides.pin.is_some() => false,
             (_, RemotePlacement::Remote) => port.available(),
+            // The prediction decides what is worth sending: a token must be expected to
+            // run at least as long as a remote round trip costs.
             (set, RemotePlacement::Auto) => {
-                port.available() && self.backlogged(set) && port.workers(Some(&self.op.name)) > 0
+                placement.predicted_ns >= REMOTE_MIN_PREDICTED_NS
+                    && port.available()
+                    && self.backlogged(set)
+                    && port.workers(Some(&self.op.name)) > 0
             }
         };
         match remote {
