@@ -225,10 +225,19 @@ fn auto_spills_a_backlog_remote_only_for_tokens_predicted_to_be_long() {
         .unwrap();
     wait_for_workers(&submitter, 1);
     let (short, long) = register(&submitter);
-    let (gate, release) = crate::gate(&submitter, "gate");
+    // A gate that says when it holds the lane (the lane may take light work first).
+    let (started, running) = std::sync::mpsc::channel::<()>();
+    let (release, wait) = std::sync::mpsc::channel::<()>();
+    let (started, wait) = (std::sync::Mutex::new(started), std::sync::Mutex::new(wait));
+    let gate = submitter
+        .register("gate", tokengate::Weight::Heavy, move |()| {
+            let _ = started.lock().unwrap().send(());
+            let _ = wait.lock().unwrap().recv();
+        })
+        .unwrap();
     let held = gate.submit(());
+    running.recv_timeout(Duration::from_secs(20)).expect("the gate holds the lane");
     let queued: Vec<_> = (0..4).map(|x| short.submit(x)).collect();
-    crate::eventually("the lane is backlogged", || submitter.in_flight() >= 5);
     // Backlogged: the long calls (the heavy tag's 1 ms) go remote, the short ones stay.
     let longs: Vec<_> = (0..10).map(|x| long.submit(x)).collect();
     let shorts: Vec<_> = (0..10).map(|x| short.submit(x)).collect();
