@@ -102,8 +102,7 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
     ) {
         let mut enqueue = Enqueue::new(op, chunk, attempt, None);
         enqueue.remote = None;
-        enqueue.push(index, arg, op.weight, 1);
-        enqueue.finish();
+        enqueue.one(index, arg);
     }
 
     /// A retry (or a re-queue after a deadline) of one token, already moved to
@@ -116,9 +115,14 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
         attempt: u8,
         held_home: Option<usize>,
     ) {
-        let mut enqueue = Enqueue::new(op, chunk, attempt, held_home);
-        enqueue.push(index, arg, op.weight, 1);
-        enqueue.finish();
+        Enqueue::new(op, chunk, attempt, held_home).one(index, arg);
+    }
+
+    /// Places and pushes a single token of the operation's own weight.
+    fn one(mut self, index: u32, arg: A) {
+        let weight = self.op.weight;
+        self.push(index, arg, weight, 1);
+        self.finish();
     }
 
     /// Places token `index` and adds it to its lane set's open batch, pushing the batch

@@ -110,8 +110,7 @@ where
     {
         let OperationBuilder { engine, name, weight, options } = self.inner;
         // The name becomes a NATS subject token and a consumer name.
-        let subject_safe = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
-        if !name.chars().all(subject_safe) {
+        if !name.chars().all(wire::name_char) {
             return Err(RegisterError::BadName(format!(
                 "{name} (a remote-capable operation's name may hold only ASCII letters, digits, \
                  '_' and '-')"

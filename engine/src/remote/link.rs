@@ -221,11 +221,7 @@ impl Link {
         config: RemoteConfig,
         runtime: &tokio::runtime::Handle,
     ) -> Result<Arc<Link>, String> {
-        // Not on the caller's thread: it may itself be inside an async runtime.
-        let connected = std::thread::scope(|scope| {
-            scope.spawn(|| runtime.block_on(config.connect())).join().expect("connect thread")
-        })?;
-        let (client, js) = connected;
+        let (client, js) = super::block_on_aside(runtime, config.connect())?;
         let id = format!("{}-{}-{:x}", subject_safe(&hostname()), std::process::id(), unique());
         let (outgoing, rx) = mpsc::unbounded_channel();
         let link = Arc::new(Link {
@@ -312,16 +308,6 @@ impl Link {
                     }
                 }
             });
-        }
-    }
-
-    /// Moves every waiting remote token to the local lanes and sends nothing remote
-    /// again (an aborting engine cancels them there).
-    pub(crate) fn close(&self) {
-        self.closed.store(true, Relaxed);
-        let all: Vec<Pending> = self.pending().drain().map(|(_, pending)| pending).collect();
-        for pending in all {
-            self.fall_back(pending.token);
         }
     }
 
@@ -492,7 +478,11 @@ impl RemotePort for Link {
     }
 
     fn close(&self) {
-        Link::close(self);
+        self.closed.store(true, Relaxed);
+        let all: Vec<Pending> = self.pending().drain().map(|(_, pending)| pending).collect();
+        for pending in all {
+            self.fall_back(pending.token);
+        }
     }
 
     fn stats(&self) -> RemoteStats {
@@ -522,7 +512,7 @@ pub(crate) use crate::telemetry::hostname;
 /// `name` with every character that may not stand in a NATS subject token (or a
 /// consumer name) replaced by `-`.
 pub(crate) fn subject_safe(name: &str) -> String {
-    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '-' }).collect()
+    name.chars().map(|c| if wire::name_char(c) { c } else { '-' }).collect()
 }
 
 /// A number unlikely to repeat between two engines started on one host.

@@ -103,6 +103,18 @@ pub struct RemoteStats {
     pub overhead_p50_us: f64,
 }
 
+/// Runs `future` to completion on `runtime`, from a thread of its own: the caller may
+/// itself be inside an async runtime, where blocking on another one panics.
+#[cfg(feature = "nats")]
+fn block_on_aside<F>(runtime: &tokio::runtime::Handle, future: F) -> F::Output
+where
+    F: std::future::Future + Send,
+    F::Output: Send,
+{
+    std::thread::scope(|scope| scope.spawn(|| runtime.block_on(future)).join())
+        .expect("the thread blocking on the engine's runtime panicked")
+}
+
 /// What the enqueue path needs of the link.
 pub(crate) trait RemotePort: Send + Sync {
     fn placement(&self) -> RemotePlacement;

@@ -15,6 +15,12 @@ pub(crate) const ANSWERS_STREAM: &str = "TOKENGATE_ANSWERS";
 /// Workers announce themselves here (core NATS, once a second).
 pub(crate) const HEARTBEAT_SUBJECT: &str = "tokengate.workers";
 
+/// Whether `c` may stand in a name that becomes a subject token or a consumer name
+/// (an operation's, a submitter's, a worker's): ASCII letters, digits, `_` and `-`.
+pub(crate) fn name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_' || c == '-'
+}
+
 /// The subject an operation's calls are published on.
 pub(crate) fn call_subject(op: &str) -> String {
     format!("tokengate.tokens.{op}")

@@ -121,12 +121,7 @@ impl Worker {
                 .into());
         }
         let runtime = engine.handle().clone();
-        let (client, js) = std::thread::scope(|scope| {
-            scope
-                .spawn(|| runtime.block_on(config.remote.connect()))
-                .join()
-                .expect("connect thread")
-        })?;
+        let (client, js) = super::block_on_aside(&runtime, config.remote.connect())?;
         let host = hostname();
         let ctx = Arc::new(Ctx {
             id: format!("{}-{}-{:x}", subject_safe(&host), std::process::id(), unique()),
@@ -181,16 +176,9 @@ impl Worker {
         let all = u32::try_from(self.ctx.config.concurrency).unwrap_or(u32::MAX);
         let wait = self.ctx.config.remote.ack_wait;
         let (slots, client) = (Arc::clone(&self.ctx.slots), self.client.clone());
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    self.runtime.block_on(async {
-                        let _ = tokio::time::timeout(wait, slots.acquire_many(all)).await;
-                        let _ = tokio::time::timeout(Duration::from_secs(5), client.flush()).await;
-                    })
-                })
-                .join()
-                .expect("stop thread")
+        super::block_on_aside(&self.runtime, async {
+            let _ = tokio::time::timeout(wait, slots.acquire_many(all)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), client.flush()).await;
         });
         let stats = self.stats();
         tracing::info!(worker = %self.ctx.id, ?stats, "worker stopped");
@@ -389,9 +377,9 @@ impl Ctx {
 /// Whether `subject` is a submitter's answer subject: `tokengate.results.` and one token
 /// of letters, digits, `_` or `-` (what [`wire::answer_subject`] makes of a submitter id).
 fn answer_subject_ok(subject: &str) -> bool {
-    subject.strip_prefix("tokengate.results.").is_some_and(|id| {
-        !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-    })
+    subject
+        .strip_prefix("tokengate.results.")
+        .is_some_and(|id| !id.is_empty() && id.chars().all(wire::name_char))
 }
 
 #[cfg(test)]
