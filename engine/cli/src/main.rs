@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokengate::model::Model;
 use tokengate::{Engine, EngineBuilder, EwmaRouter, LearnedRouter, Router, StaticRouter};
 
+mod compare;
 mod ctl;
 mod faults;
 mod logging;
@@ -30,7 +31,7 @@ enum Command {
     /// Run a built-in workload and report throughput (and latency for mixed streams).
     Run(run::RunArgs),
     /// Run the same stream under the tag, running-average, learned and oracle routers.
-    Compare(run::CompareArgs),
+    Compare(compare::CompareArgs),
     /// Flood the engine with faulty calls for a while and account for every token.
     Soak(faults::SoakArgs),
     /// Call `try_submit` N times on an engine that cannot keep up; report peak memory.
@@ -97,7 +98,7 @@ fn main() -> std::process::ExitCode {
     logging::init(cli.verbosity);
     let result = match cli.command {
         Command::Run(args) => run::run(args),
-        Command::Compare(args) => run::compare(args),
+        Command::Compare(args) => compare::compare(args),
         Command::Soak(args) => faults::soak(args),
         Command::Flood(args) => faults::flood(args),
         Command::Ctl(args) => ctl::ctl(args),

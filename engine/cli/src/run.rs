@@ -1,4 +1,4 @@
-//! `run` and `compare`: the built-in workloads, their reports, and routers side by side.
+//! `run`: the built-in workloads and their reports (`compare.rs` puts routers side by side).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,11 +8,10 @@ use clap::Args;
 use serde_json::{json, Value};
 use tokengate::model::Model;
 use tokengate::{
-    Adaptation, AdaptiveRouter, Engine, EwmaRouter, LaneInfo, LearnedRouter, Router, StaticRouter,
-    TelemetryStats, Weight,
+    Adaptation, AdaptiveRouter, Engine, LaneInfo, StaticRouter, TelemetryStats, Weight,
 };
 use tokengate_workloads::leibniz::Pyramid;
-use tokengate_workloads::mixed::{self, MixedConfig, MixedOps, OracleRouter};
+use tokengate_workloads::mixed::{self, MixedConfig, MixedOps};
 
 use crate::ctl::{with_control, ControlArgs};
 use crate::remote::{with_nats, NatsArgs};
@@ -22,7 +21,7 @@ use crate::{
 };
 
 #[derive(Args)]
-struct StreamArgs {
+pub(crate) struct StreamArgs {
     /// Tokens in a mixed stream (default 20,000; 40,000 for `drift`).
     #[arg(long)]
     tokens: Option<usize>,
@@ -82,28 +81,6 @@ pub(crate) struct RunArgs {
     control: ControlArgs,
     #[command(flatten)]
     nats: NatsArgs,
-}
-
-#[derive(Args)]
-pub(crate) struct CompareArgs {
-    /// The stream to compare on.
-    workload: Workload,
-    #[command(flatten)]
-    stream: StreamArgs,
-    #[command(flatten)]
-    engine: EngineArgs,
-    /// Cost model file (default: the shipped models/default.bin).
-    #[arg(long)]
-    model: Option<PathBuf>,
-    /// Also run the adaptive router (always on for `drift`).
-    #[arg(long)]
-    adaptive: bool,
-    /// Runs per router (interleaved); each figure is the median over runs, with its range.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=100))]
-    repeat: u64,
-    /// Print one JSON object instead of text.
-    #[arg(long)]
-    json: bool,
 }
 
 pub(crate) fn run(args: RunArgs) -> Result<()> {
@@ -220,7 +197,7 @@ fn run_leibniz(engine: &Engine, args: &RunArgs) -> Result<Value> {
     }))
 }
 
-fn stream_config(workload: Workload, stream: &StreamArgs) -> Result<MixedConfig> {
+pub(crate) fn stream_config(workload: Workload, stream: &StreamArgs) -> Result<MixedConfig> {
     if !(0.0..=1.0).contains(&stream.mislabel_share) {
         bail!("--mislabel-share must be between 0 and 1, got {}", stream.mislabel_share);
     }
@@ -239,7 +216,7 @@ fn stream_config(workload: Workload, stream: &StreamArgs) -> Result<MixedConfig>
     Ok(MixedConfig { tokens, seed: stream.seed, mislabel_share, rate: stream.rate, drift_at })
 }
 
-fn workload_name(workload: Workload) -> &'static str {
+pub(crate) fn workload_name(workload: Workload) -> &'static str {
     match workload {
         Workload::Leibniz => "leibniz",
         Workload::Mixed => "mixed",
@@ -249,12 +226,12 @@ fn workload_name(workload: Workload) -> &'static str {
 }
 
 /// The shift's token index of a `drift` stream.
-fn shift_of(config: &MixedConfig) -> Option<usize> {
+pub(crate) fn shift_of(config: &MixedConfig) -> Option<usize> {
     config.drift_at.map(|at| mixed::shift_index(config.tokens, at))
 }
 
 /// An adaptation of `model`, re-fitted by the trainer's own fit.
-fn adaptation(model: Model, batch: u32) -> Adaptation {
+pub(crate) fn adaptation(model: Model, batch: u32) -> Adaptation {
     let router = Arc::new(AdaptiveRouter::new(model, StaticRouter::new(batch)));
     Adaptation::new(router, Arc::new(trainer::adapt::TreeRefit::default()))
 }
@@ -283,253 +260,6 @@ fn run_stream(engine: &Engine, args: &RunArgs) -> Result<(Value, Vec<(u64, Weigh
 
 fn latency_json(latency: mixed::Latency) -> Value {
     json!({ "tokens": latency.count, "p50_ms": latency.p50_ms, "p99_ms": latency.p99_ms })
-}
-
-/// The same stream under the tag, running-average, learned and oracle routers, at the
-/// engine's defaults unless lane flags are given; medians over interleaved runs.
-pub(crate) fn compare(args: CompareArgs) -> Result<()> {
-    if args.workload == Workload::Leibniz {
-        bail!("compare runs a mixed stream: use `compare mislabeled`, `mixed` or `drift`");
-    }
-    let config = stream_config(args.workload, &args.stream)?;
-    let plan = mixed::plan(&config);
-    let shift = shift_of(&config);
-    let model = load_model(args.model.as_deref())?
-        .context("compare needs a model: pass --model or restore models/default.bin")?;
-    let model_version = model.version();
-    let tags = StaticRouter::new(args.engine.batch);
-    let oracle = Arc::new(OracleRouter::default());
-    let mut routers: Vec<(&str, Option<Arc<dyn Router>>)> = vec![
-        ("tags", Some(Arc::new(tags))),
-        ("ewma", Some(Arc::new(EwmaRouter::new(tags)))),
-        ("learned", Some(Arc::new(LearnedRouter::new(model.clone(), tags)))),
-    ];
-    if args.workload == Workload::Drift || args.adaptive {
-        routers.push(("adaptive", None)); // a fresh adaptive router per run
-    }
-    routers.push(("oracle", Some(Arc::clone(&oracle) as Arc<dyn Router>)));
-    let mut runs: Vec<Vec<mixed::RouterRun>> = vec![Vec::new(); routers.len()];
-    // Interleaved repeats, so a slow patch of a shared machine hits every router alike.
-    for repeat in 0..args.repeat {
-        for ((name, router), runs) in routers.iter().zip(&mut runs) {
-            let builder = match router {
-                Some(router) => builder(&args.engine).router(Arc::clone(router)),
-                None => builder(&args.engine).adapt(adaptation(model.clone(), args.engine.batch)),
-            };
-            let follow = (*name == "oracle").then_some(&*oracle);
-            let run = mixed::run_with(builder, &plan, config.rate, shift, follow)
-                .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
-            runs.push(run);
-            if !args.json {
-                eprint!("\r{name} run {}/{}   ", repeat + 1, args.repeat);
-            }
-        }
-    }
-    if !args.json {
-        eprint!("\r{:30}\r", "");
-    }
-    let oracle_runs = runs.last().cloned().unwrap_or_default();
-    let mut results = serde_json::Map::new();
-    for ((name, _), runs) in routers.iter().zip(&runs) {
-        let makespans: Vec<f64> = runs.iter().map(|r| r.makespan.as_secs_f64()).collect();
-        let light: Vec<mixed::Latency> =
-            runs.iter().map(|r| mixed::Latency::of(r.light_ns.clone())).collect();
-        let p50s: Vec<f64> = light.iter().map(|l| l.p50_ms).collect();
-        let p99s: Vec<f64> = light.iter().map(|l| l.p99_ms).collect();
-        let (heavy, on_heavy) =
-            runs.iter().fold((0, 0), |(h, o), r| (h + r.heavy.0, o + r.heavy.1));
-        let mut result = json!({
-            "makespan_s": median(&makespans),
-            "makespan_s_range": range(&makespans),
-            "light_p50_ms": median(&p50s),
-            "light_p99_ms": median(&p99s),
-            "light_p99_ms_range": range(&p99s),
-            "light_p99_ms_runs": p99s,
-            "light_tokens": light.first().map_or(0, |l| l.count),
-            "heavy_on_heavy_lane": if heavy == 0 { 0.0 } else { on_heavy as f64 / heavy as f64 },
-            "failed": runs.iter().map(|r| r.failures).sum::<usize>(),
-        });
-        if shift.is_some() {
-            let after: Vec<f64> = runs.iter().map(after_shift_p99_ms).collect();
-            result["light_p99_after_shift_ms"] = json!(median(&after));
-            result["light_p99_after_shift_ms_range"] = json!(range(&after));
-            if *name == "adaptive" {
-                let recoveries: Vec<Option<f64>> =
-                    runs.iter().zip(&oracle_runs).map(|(r, o)| recovery_s(r, o)).collect();
-                let found: Vec<f64> = recoveries.iter().flatten().copied().collect();
-                result["recovery_s"] = if found.len() == recoveries.len() {
-                    json!(median(&found))
-                } else {
-                    Value::Null
-                };
-                result["recovery_s_runs"] = json!(recoveries);
-                result["rolling_p99_ms_runs"] = json!(runs
-                    .iter()
-                    .zip(&oracle_runs)
-                    .map(|(r, o)| rolling_table(r, o))
-                    .collect::<Vec<_>>());
-            }
-        }
-        results.insert(name.to_string(), result);
-    }
-    let report = json!({
-        "workload": workload_name(args.workload),
-        "tokens": plan.len(),
-        "repeat": args.repeat,
-        "seed": config.seed,
-        "rate": config.rate,
-        "mislabel_share": config.mislabel_share,
-        "drift_at": config.drift_at,
-        "engine_defaults": engine_defaults(&args.engine),
-        "lane_settings": lane_settings(&args.engine),
-        "model_version": format!("{model_version:08x}"),
-        "routers": results,
-    });
-    if args.json {
-        println!("{report}");
-    } else {
-        print_compare(&report);
-    }
-    Ok(())
-}
-
-/// p99 latency (ms) of the light tokens submitted after the shift.
-fn after_shift_p99_ms(run: &mixed::RouterRun) -> f64 {
-    let shift = run.shift_s.unwrap_or(0.0);
-    let after = run.light_timed.iter().filter(|(at, _)| *at >= shift).map(|(_, ns)| *ns);
-    mixed::Latency::of(after.collect()).p99_ms
-}
-
-/// Rolling p99 (ms) of light tokens submitted in [from, from + 1 s).
-fn rolling_p99_ms(run: &mixed::RouterRun, from: f64) -> Option<f64> {
-    let window: Vec<u64> = run
-        .light_timed
-        .iter()
-        .filter(|(at, _)| *at >= from && *at < from + 1.0)
-        .map(|(_, ns)| *ns)
-        .collect();
-    (!window.is_empty()).then(|| mixed::Latency::of(window).p99_ms)
-}
-
-/// Per 0.25 s step: (seconds since the start, this run's rolling 1-s light p99, the
-/// oracle's), for looking at how a router recovers.
-fn rolling_table(run: &mixed::RouterRun, oracle: &mixed::RouterRun) -> Vec<(f64, f64, f64)> {
-    let end = run.light_timed.iter().map(|(at, _)| *at).fold(0.0, f64::max) - 1.0;
-    let mut table = Vec::new();
-    let mut from = 0.0;
-    while from <= end {
-        let mine = rolling_p99_ms(run, from).unwrap_or(f64::NAN);
-        let best = rolling_p99_ms(oracle, from).unwrap_or(f64::NAN);
-        table.push((from, mine, best));
-        from += 0.25;
-    }
-    table
-}
-
-/// Seconds after the shift from which the run's rolling 1-s light p99 stays within 1.5×
-/// the oracle's (in steps of 0.25 s; the oracle's p99 is floored at 0.1 ms so that noise
-/// at a few microseconds does not count); `None` if it never does.
-fn recovery_s(run: &mixed::RouterRun, oracle: &mixed::RouterRun) -> Option<f64> {
-    let shift = run.shift_s?;
-    let end = run.light_timed.iter().map(|(at, _)| *at).fold(0.0, f64::max) - 1.0;
-    let mut recovered: Option<f64> = None;
-    let mut from = shift;
-    while from <= end {
-        let ok = match (rolling_p99_ms(run, from), rolling_p99_ms(oracle, from)) {
-            (Some(mine), Some(best)) => mine <= 1.5 * best.max(0.1),
-            _ => true,
-        };
-        match (ok, recovered) {
-            (true, None) => recovered = Some(from - shift),
-            (false, _) => recovered = None,
-            _ => {}
-        }
-        from += 0.25;
-    }
-    recovered
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    match sorted.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => sorted[n / 2],
-        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
-    }
-}
-
-fn range(values: &[f64]) -> [f64; 2] {
-    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    [min, max]
-}
-
-/// True when no lane flag changes the engine's own defaults.
-fn engine_defaults(engine: &EngineArgs) -> bool {
-    !engine.isolate_heavy
-        && engine.steal_backlog.is_none()
-        && engine.light_budget_us.is_none()
-        && engine.workers.is_none()
-        && engine.heavy_lanes.is_none()
-}
-
-fn lane_settings(engine: &EngineArgs) -> Value {
-    let policy = if engine.isolate_heavy {
-        "isolate_heavy".to_string()
-    } else if let Some(n) = engine.steal_backlog {
-        format!("steal_backlog {n}")
-    } else {
-        "cost_aware".to_string()
-    };
-    json!({
-        "policy": policy,
-        "light_budget_us": engine.light_budget_us.unwrap_or(100),
-        "workers": engine.workers,
-        "heavy_lanes": engine.heavy_lanes,
-        "pin": !engine.no_pin,
-    })
-}
-
-fn print_compare(report: &Value) {
-    let settings = &report["lane_settings"];
-    println!(
-        "{} tokens of `{}` at {} tokens/s, {:.0}% mislabelled, {} runs each (medians, min–max), lanes: {}{}, model {}",
-        report["tokens"],
-        report["workload"].as_str().unwrap_or("?"),
-        report["rate"],
-        report["mislabel_share"].as_f64().unwrap_or(0.0) * 100.0,
-        report["repeat"],
-        settings["policy"].as_str().unwrap_or("?"),
-        if report["engine_defaults"] == json!(true) { " (engine defaults)" } else { "" },
-        report["model_version"].as_str().unwrap_or("?"),
-    );
-    println!(
-        "{:<8} {:>20} {:>13} {:>22} {:>15}",
-        "router", "makespan s", "light p50 ms", "light p99 ms", "heavy on heavy"
-    );
-    let routers = report["routers"].as_object().cloned().unwrap_or_default();
-    for (name, r) in routers {
-        let f = |key: &str| r[key].as_f64().unwrap_or(f64::NAN);
-        let span = |key: &str| {
-            let v = &r[key];
-            format!(
-                "{:.3}–{:.3}",
-                v[0].as_f64().unwrap_or(f64::NAN),
-                v[1].as_f64().unwrap_or(f64::NAN)
-            )
-        };
-        println!(
-            "{:<8} {:>6.3} ({:>11}) {:>13.3} {:>7.3} ({:>12}) {:>14.0}%",
-            name,
-            f("makespan_s"),
-            span("makespan_s_range"),
-            f("light_p50_ms"),
-            f("light_p99_ms"),
-            span("light_p99_ms_range"),
-            f("heavy_on_heavy_lane") * 100.0,
-        );
-    }
 }
 
 fn lanes_json(lanes: &[LaneInfo], per_lane: &[u64]) -> Value {
