@@ -23,7 +23,6 @@ use tokengate_workloads::leibniz::{term, Pyramid, CHUNK_TERMS, PARTIAL_CHUNKS};
 
 const N: u64 = 1_000_000;
 const N_BLOCKING: u64 = 100_000;
-const WINDOW: usize = 32;
 
 fn sum(values: &[Decimal]) -> Decimal {
     values.iter().sum()
@@ -112,7 +111,7 @@ fn pyramid(c: &mut Criterion) {
     assert_eq!(rayon_par_iter(N), expected);
     assert_eq!(rayon_scope_spawn(N), expected);
     assert_eq!(runtime.block_on(tokio_pyramid(N, false)), expected);
-    assert_eq!(pyramid.run(&engine, N, WINDOW, |_| {}).unwrap().pi, expected);
+    assert_eq!(pyramid.run(&engine, N, |_| {}).unwrap().pi, expected);
 
     let mut group = c.benchmark_group("leibniz_pyramid_1M");
     group.sample_size(10).warm_up_time(Duration::from_secs(1));
@@ -120,9 +119,7 @@ fn pyramid(c: &mut Criterion) {
     group.bench_function("rayon_par_iter", |b| b.iter(|| rayon_par_iter(N)));
     group.bench_function("rayon_scope_spawn", |b| b.iter(|| rayon_scope_spawn(N)));
     group.bench_function("tokio_spawn", |b| b.iter(|| runtime.block_on(tokio_pyramid(N, false))));
-    group.bench_function("tokengate", |b| {
-        b.iter(|| pyramid.run(&engine, N, WINDOW, |_| {}).unwrap().pi)
-    });
+    group.bench_function("tokengate", |b| b.iter(|| pyramid.run(&engine, N, |_| {}).unwrap().pi));
     group.finish();
 
     let mut group = c.benchmark_group("leibniz_pyramid_100k");
@@ -131,7 +128,7 @@ fn pyramid(c: &mut Criterion) {
         b.iter(|| runtime.block_on(tokio_pyramid(N_BLOCKING, true)))
     });
     group.bench_function(BenchmarkId::new("tokengate", N_BLOCKING), |b| {
-        b.iter(|| pyramid.run(&engine, N_BLOCKING, WINDOW, |_| {}).unwrap().pi)
+        b.iter(|| pyramid.run(&engine, N_BLOCKING, |_| {}).unwrap().pi)
     });
     group.finish();
 }

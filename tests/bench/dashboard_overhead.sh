@@ -8,7 +8,7 @@
 #   tests/bench/dashboard_overhead.sh [TERMS (300000000)] [ROUNDS (6)]
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
-bin="$repo/target/release/tokengate"
+bin="${BIN:-$repo/target/release/tokengate}"
 clients_js="$repo/tests/bench/dashboard_clients.mjs"
 terms=${1:-300000000}
 rounds=${2:-6}

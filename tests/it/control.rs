@@ -151,7 +151,7 @@ fn bad_input_gets_a_clear_answer_and_the_engine_keeps_running() {
     let rt = runtime();
     std::thread::scope(|scope| {
         // A pyramid runs on the engine for the whole session below.
-        let run = scope.spawn(|| pyramid.run(&engine, 1_000_000, 32, |_| {}));
+        let run = scope.spawn(|| pyramid.run(&engine, 1_000_000, |_| {}));
         rt.block_on(async {
             let mut socket = connect(addr, Some(SECRET)).await.unwrap();
             let code = |reply: &Value| reply["error"]["code"].as_str().unwrap_or("").to_string();

@@ -109,7 +109,7 @@ fn logging_accounts_for_every_token_written_or_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::builder().log_dir(dir.path()).build().unwrap();
     let pyramid = tokengate_workloads::leibniz::Pyramid::register(&engine).unwrap();
-    let outcome = pyramid.run(&engine, 200_000, 32, |_| {}).unwrap();
+    let outcome = pyramid.run(&engine, 200_000, |_| {}).unwrap();
     engine.shutdown();
     let stats = engine.telemetry_stats().unwrap();
     // Workers never wait for the writer: whatever it could not take is counted, not lost.

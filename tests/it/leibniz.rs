@@ -8,7 +8,7 @@ fn one_million_terms_give_the_expected_pi() {
     let engine = Engine::builder().build().unwrap();
     let pyramid = Pyramid::register(&engine).unwrap();
     let mut last = 0;
-    let outcome = pyramid.run(&engine, 1_000_000, 32, |done| last = done).unwrap();
+    let outcome = pyramid.run(&engine, 1_000_000, |done| last = done).unwrap();
     assert!(outcome.pi.to_string().starts_with("3.14159165358979"), "pi = {}", outcome.pi);
     assert_eq!(last, 1_000_000);
     assert_eq!(outcome.tokens, 1_001_011);
@@ -17,10 +17,10 @@ fn one_million_terms_give_the_expected_pi() {
 }
 
 #[test]
-fn odd_sizes_and_a_window_of_one() {
+fn odd_sizes_on_one_lane() {
     let engine = Engine::builder().workers(1).pin(false).build().unwrap();
     let pyramid = Pyramid::register(&engine).unwrap();
-    let outcome = pyramid.run(&engine, 123_457, 1, |_| {}).unwrap();
+    let outcome = pyramid.run(&engine, 123_457, |_| {}).unwrap();
     let expected: rust_decimal::Decimal =
         (0..123_457u64).map(tokengate_workloads::leibniz::term).sum::<rust_decimal::Decimal>()
             * rust_decimal::Decimal::from(4);

@@ -206,6 +206,66 @@ fn a_remote_tag_sends_an_operation_remote_where_the_tags_decide() {
 }
 
 #[test]
+fn a_failed_served_call_is_retried_by_redelivery_with_its_policy() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use tokengate::{RetryPolicy, Weight};
+    let Some(server) = NatsServer::start() else { return };
+    let policy = RetryPolicy::new(3).backoff(Duration::from_millis(50));
+    // On the worker: fails on the first two deliveries of every call, and says which
+    // attempt (= delivery) it saw.
+    let worker_engine = engine(None);
+    let runs = Arc::new(AtomicU32::new(0));
+    let counted = Arc::clone(&runs);
+    worker_engine
+        .operation("flaky", Weight::Light)
+        .retry(policy)
+        .remote()
+        .register_with_context(move |x: u64, cx: &tokengate::Context<'_>| {
+            counted.fetch_add(1, Ordering::Relaxed);
+            if cx.attempt() < 3 {
+                panic!("attempt {} of {x} fails", cx.attempt());
+            }
+            x * 10 + u64::from(cx.attempt())
+        })
+        .unwrap();
+    worker_engine
+        .operation("always_fails", Weight::Light)
+        .retry(RetryPolicy::new(2))
+        .remote()
+        .register_fallible(|_: u64| Err::<u64, _>("there"))
+        .unwrap();
+    let worker = Worker::start(&worker_engine, WorkerConfig::new(server.config())).unwrap();
+    let submitter = engine(Some(server.config().placement(RemotePlacement::Remote)));
+    wait_for_workers(&submitter, 1);
+    let flaky = submitter
+        .operation("flaky", Weight::Light)
+        .retry(policy)
+        .remote()
+        .register(|x: u64| x)
+        .unwrap();
+    let results: Vec<u64> = flaky.map(0..5).into_iter().map(|r| r.unwrap()).collect();
+    // Each ran three times on the worker, never retried on its lanes: two naks, two
+    // redeliveries, one answer.
+    assert_eq!(results, (0..5).map(|x| x * 10 + 3).collect::<Vec<_>>());
+    assert_eq!(runs.load(Ordering::Relaxed), 15);
+    let stats = worker.stats();
+    assert_eq!((stats.retried, stats.completed, stats.failed), (10, 5, 0), "{stats:?}");
+    assert_eq!(stats.redelivered, 10, "{stats:?}");
+    assert_eq!(submitter.remote_stats().unwrap().remote_tokens, 5);
+    // The policy's last attempt is answered: the caller gets that failure.
+    let fails = submitter
+        .operation("always_fails", Weight::Light)
+        .retry(RetryPolicy::new(2))
+        .remote()
+        .register_fallible(|_: u64| Err::<u64, _>("here"))
+        .unwrap();
+    let error = fails.submit(1).wait().unwrap_err();
+    assert!(error.to_string().contains("there"), "{error}");
+    let stats = worker.stop();
+    assert_eq!((stats.retried, stats.failed), (11, 1), "{stats:?}");
+}
+
+#[test]
 fn auto_spills_a_backlog_remote_only_for_tokens_predicted_to_be_long() {
     let Some(server) = NatsServer::start() else { return };
     let worker_engine = engine(None);

@@ -3,14 +3,14 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
 use serde_json::{json, Value};
 use tokengate::model::Model;
 use tokengate::{
     Adaptation, AdaptiveRouter, Engine, LaneInfo, StaticRouter, TelemetryStats, Weight,
 };
-use tokengate_workloads::leibniz::Pyramid;
+use tokengate_workloads::leibniz::{self, Pyramid};
 use tokengate_workloads::mixed::{self, MixedConfig, MixedOps};
 
 use crate::ctl::{with_control, ControlArgs};
@@ -46,9 +46,6 @@ pub(crate) struct RunArgs {
     /// Leibniz terms (term tokens).
     #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
     terms: u64,
-    /// Chunks of 1,000 term tokens the Leibniz driver keeps in flight.
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=4096))]
-    window: u64,
     #[command(flatten)]
     stream: StreamArgs,
     #[command(flatten)]
@@ -74,6 +71,10 @@ pub(crate) struct RunArgs {
     /// atomic swaps; see the README).
     #[arg(long)]
     adapt: bool,
+    /// Leibniz: also time the same pyramid as a plain serial loop in this process,
+    /// right after the run, and report the ratio (`vs_serial`).
+    #[arg(long)]
+    vs_serial: bool,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -182,9 +183,17 @@ fn run_leibniz(engine: &Engine, args: &RunArgs) -> Result<Value> {
     let by_callers = engine.caller_tokens();
     let bar = progress_bar(args.terms, args.json || args.terms < 1_000_000, "terms");
     let outcome = pyramid
-        .run(engine, args.terms, args.window as usize, |done| bar.set_position(done))
+        .run(engine, args.terms, |done| bar.set_position(done))
         .context("running the leibniz pyramid")?;
     bar.finish_and_clear();
+    let serial_s = args.vs_serial.then(|| {
+        let started = std::time::Instant::now();
+        let pi = std::hint::black_box(leibniz::serial(std::hint::black_box(args.terms)));
+        (started.elapsed().as_secs_f64(), pi)
+    });
+    if let Some((_, pi)) = serial_s {
+        ensure!(pi == outcome.pi, "the serial loop got {pi}, the pyramid {}", outcome.pi);
+    }
     Ok(json!({
         "workload": "leibniz",
         "terms": args.terms,
@@ -194,6 +203,9 @@ fn run_leibniz(engine: &Engine, args: &RunArgs) -> Result<Value> {
         "pi": outcome.pi.to_string(),
         "correct_digits": outcome.correct_digits(),
         "caller_tokens": engine.caller_tokens() - by_callers,
+        "lane_tokens": outcome.per_lane,
+        "serial_wall_s": serial_s.map(|(wall, _)| wall),
+        "vs_serial": serial_s.map(|(wall, _)| outcome.wall.as_secs_f64() / wall),
     }))
 }
 
@@ -296,6 +308,12 @@ fn print_report(report: &Value, lanes: &[LaneInfo], per_lane: &[u64]) {
     println!("tokens    {}", group(num("tokens") as u64));
     println!("wall      {:.3} s", num("wall_s"));
     println!("rate      {} tokens/s", group(num("tokens_per_s") as u64));
+    if let Some(ratio) = report["vs_serial"].as_f64() {
+        println!(
+            "serial    {:.3} s: the run took {ratio:.2}× the serial loop",
+            num("serial_wall_s")
+        );
+    }
     for kind in ["light", "heavy"] {
         if let Some(l) = report.get(kind) {
             let ms = |k: &str| l[k].as_f64().unwrap_or(f64::NAN);

@@ -50,6 +50,9 @@ pub(super) struct Enqueue<'a, A, R> {
     /// The link to remote workers, for a remote-capable operation (none for a
     /// fall-back from a remote attempt: it runs here).
     remote: Option<&'a Arc<dyn RemotePort>>,
+    /// The largest batch that still gives every lane a share of this chunk (see
+    /// [`Enqueue::spread`]).
+    spread: u32,
     open: [Open<A>; 3],
 }
 
@@ -86,9 +89,21 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
                 .remote
                 .get()
                 .filter(|_| op.remote.is_some() && op.dedupe.is_none())
-                .filter(|_| op.options.locality.is_none()),
+                .filter(|_| op.options.locality.is_none())
+                // A call served for another submitter runs here: never forwarded again.
+                .filter(|_| !chunk.is_served()),
+            spread: u32::MAX,
             open: [Open::new(), Open::new(), Open::new()],
         }
+    }
+
+    /// Caps batches at a lane's share of the `len` tokens being submitted together, so
+    /// that no single batch holds all of them: other lanes can take (or steal) the
+    /// rest. This is what lets work that fans out — a token that submits 1,000
+    /// children and waits for them — run on every lane, as rayon splits a `join`.
+    pub(super) fn spread(&mut self, len: usize) {
+        let lanes = self.op.engine.lanes.len().max(1);
+        self.spread = u32::try_from(len.div_ceil(lanes)).unwrap_or(u32::MAX).max(1);
     }
 
     /// A remote attempt that moves to the local lanes (it holds its permit).
@@ -202,6 +217,7 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
             // The tag says remote (it only counts where a link exists).
             placement.lanes = LaneSet::Remote;
         }
+        placement.batch = placement.batch.min(self.spread);
         let routed = placement.lanes;
         // A manual override always wins over the model, which wins over the tags.
         if let Some(lanes) = self.overrides.pin {

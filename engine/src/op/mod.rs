@@ -35,7 +35,7 @@ use crate::control::state::{OpControl, OpStats, Overrides};
 use crate::core::Shared;
 use crate::error::{RegisterError, RejectReason, TokenError};
 use crate::placement::Weight;
-use crate::token::{block_on, Chunk, Token, FIRST_ATTEMPT};
+use crate::token::{block_on, Chunk, Start, Token};
 
 /// A registered function. Cheap to clone; every clone submits to the same engine.
 ///
@@ -200,7 +200,9 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
             let bytes = chunk.iter().map(|(arg, _)| self.inner.bytes_of(arg)).sum();
             let admitted = self.acquire_blocking(Permit::new(chunk.len(), bytes));
             let len = chunk.len();
-            self.admit_chunk(admitted, len, chunk.into_iter(), uniform, |t| tokens.push(t));
+            self.admit_chunk(admitted, len, chunk.into_iter(), uniform, Start::Submitted, |t| {
+                tokens.push(t)
+            });
         }
     }
 
@@ -221,7 +223,9 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
             let permit = Permit::new(chunk.len(), bytes);
             let admitted = self.inner.engine.admission.acquire(permit, &self.inner.queue).await;
             let items = chunk.into_iter().map(|arg| (arg, weight));
-            self.admit_chunk(admitted, items.len(), items, true, |t| tokens.push(t));
+            self.admit_chunk(admitted, items.len(), items, true, Start::Submitted, |t| {
+                tokens.push(t)
+            });
         }
     }
 
@@ -241,9 +245,13 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
     }
 
     fn admit_one(&self, admitted: Result<(), RejectReason>, arg: A) -> Token<R> {
+        self.admit_one_at(admitted, arg, Start::Submitted)
+    }
+
+    fn admit_one_at(&self, admitted: Result<(), RejectReason>, arg: A, start: Start) -> Token<R> {
         let mut token = None;
         let item = std::iter::once((arg, self.inner.weight));
-        self.admit_chunk(admitted, 1, item, true, |t| token = Some(t));
+        self.admit_chunk(admitted, 1, item, true, start, |t| token = Some(t));
         token.expect("one token per argument")
     }
 
@@ -255,6 +263,7 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
         len: usize,
         items: impl Iterator<Item = (A, Weight)>,
         uniform: bool,
+        start: Start,
         mut emit: impl FnMut(Token<R>),
     ) {
         let op = &self.inner;
@@ -272,8 +281,10 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
             Arc::clone(&op.resolutions),
             &engine.tokens,
             &engine.outside,
+            start,
         );
-        let mut enqueue = Enqueue::new(op, &chunk, FIRST_ATTEMPT, None);
+        let mut enqueue = Enqueue::new(op, &chunk, start.attempt(), None);
+        enqueue.spread(len);
         if uniform && op.dedupe.is_none() && enqueue.routes_once() {
             // One placement for the whole chunk: batches are filled straight from it.
             (0..len as u32).for_each(|index| emit(chunk.token(index)));

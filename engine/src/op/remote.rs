@@ -12,7 +12,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -24,7 +24,7 @@ use super::Operation;
 use crate::admission::Permit;
 use crate::error::{RegisterError, RejectReason, TokenError};
 use crate::remote::wire::{self, WireOutcome};
-use crate::token::{Chunk, Outcome};
+use crate::token::{Chunk, Outcome, Start};
 
 /// How a remote-capable operation's arguments and results cross the wire (bincode).
 pub(crate) struct Codec<A, R> {
@@ -203,6 +203,9 @@ pub(crate) struct Reply {
     pub(crate) outcome: WireOutcome,
     pub(crate) payload: Vec<u8>,
     pub(crate) run_ns: u64,
+    /// The operation's retry policy wants another attempt: the worker naks the
+    /// message with this delay instead of answering.
+    pub(crate) retry_after: Option<Duration>,
 }
 
 /// Why a worker could not take a call.
@@ -220,10 +223,11 @@ pub(crate) type ReplyFuture = Pin<Box<dyn Future<Output = Option<Reply>> + Send>
 /// A worker's side of a remote-capable operation.
 pub(crate) trait RemoteServe: Send + Sync {
     fn name(&self) -> &str;
-    /// Decodes `arg` and submits it to the local lanes. The future gives the answer,
-    /// or `None` if the local token was cancelled (the worker is shutting down: the
-    /// call should go to another worker).
-    fn call(&self, arg: &[u8]) -> Result<ReplyFuture, CallError>;
+    /// Decodes `arg` and submits it to the local lanes as attempt `delivery` (the
+    /// message's delivery count), which is not retried here. The future gives the
+    /// answer, or `None` if the local token was cancelled (the worker is shutting down:
+    /// the call should go to another worker).
+    fn call(&self, arg: &[u8], delivery: u64) -> Result<ReplyFuture, CallError>;
 }
 
 impl<A: Send + 'static, R: Send + 'static> RemoteServe for Operation<A, R> {
@@ -231,7 +235,7 @@ impl<A: Send + 'static, R: Send + 'static> RemoteServe for Operation<A, R> {
         &self.inner.name
     }
 
-    fn call(&self, arg: &[u8]) -> Result<ReplyFuture, CallError> {
+    fn call(&self, arg: &[u8], delivery: u64) -> Result<ReplyFuture, CallError> {
         let codec = self.inner.remote.as_ref().expect("served operations have a codec");
         let arg = (codec.decode_arg)(arg).map_err(CallError::BadArgument)?;
         if self.inner.engine.admission.is_closed() {
@@ -243,8 +247,13 @@ impl<A: Send + 'static, R: Send + 'static> RemoteServe for Operation<A, R> {
             // Waits for room like any async caller (the worker reports progress
             // meanwhile); a stopping engine rejects it, and the call goes back.
             let started = Instant::now();
-            let result = op.submit_async(arg).await.await;
+            let delivery = delivery.clamp(1, u64::from(u8::MAX)) as u8;
+            let permit = Permit::new(1, op.inner.bytes_of(&arg));
+            let admitted = op.inner.engine.admission.acquire(permit, &op.inner.queue).await;
+            let result = op.admit_one_at(admitted, arg, Start::Served { delivery }).await;
             let run_ns = nanos(started.elapsed());
+            let retry_after =
+                result.as_ref().err().and_then(|e| op.inner.redelivery_delay(delivery, e));
             let (outcome, payload) = match result {
                 Ok(value) => match encode(&value) {
                     Ok(bytes) => (WireOutcome::Completed, bytes),
@@ -257,7 +266,7 @@ impl<A: Send + 'static, R: Send + 'static> RemoteServe for Operation<A, R> {
                 Err(TokenError::TimedOut) => (WireOutcome::TimedOut, Vec::new()),
                 Err(TokenError::Cancelled { .. } | TokenError::Rejected { .. }) => return None,
             };
-            Some(Reply { outcome, payload, run_ns })
+            Some(Reply { outcome, payload, run_ns, retry_after })
         }))
     }
 }

@@ -70,6 +70,22 @@ impl<A: Send + 'static, R: Send + 'static> OpShared<A, R> {
             }
     }
 
+    /// For a call served to a remote submitter whose `delivery`-th run failed with
+    /// `error`: the delay before the server should deliver it again, if the policy
+    /// retries it (the delivery count is the attempt; a worker that died mid-call used
+    /// one too).
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    pub(super) fn redelivery_delay(&self, delivery: u8, error: &TokenError) -> Option<Duration> {
+        let policy = self.options.retry?;
+        let retried = match error {
+            TokenError::Panicked { .. } => policy.on_panic,
+            TokenError::Failed(_) => policy.on_error,
+            TokenError::TimedOut => policy.on_timeout,
+            _ => false,
+        };
+        (retried && delivery < policy.max_attempts).then(|| policy.delay(delivery))
+    }
+
     fn retries_timeout(&self, attempt: u8) -> bool {
         self.options.retry.is_some_and(|p| p.on_timeout && attempt < p.max_attempts)
     }

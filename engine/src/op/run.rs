@@ -266,14 +266,17 @@ impl<A: Send + 'static, R: Send + 'static> Attempt<'_, A, R> {
             return Err(if cancelled { Skipped::Cancelled } else { Skipped::Other });
         }
         let token_id = chunk.id_of(index);
+        // A served call is retried by a redelivery, not here (`remote.rs`).
+        let retries_here = !chunk.is_served();
         let retry_arg = match (op.options.retry, op.options.clone_arg) {
-            (Some(_), Some(clone)) => Some(clone(&arg)),
+            (Some(_), Some(clone)) if retries_here => Some(clone(&arg)),
             _ => None,
         };
         let timed = op.options.timeout.is_some();
         if timed {
             // The deadline runs from the start of this attempt.
-            op.arm_deadline(chunk, index, attempt, op.timeout_retry_arg(&arg, attempt));
+            let again = retries_here.then(|| op.timeout_retry_arg(&arg, attempt)).flatten();
+            op.arm_deadline(chunk, index, attempt, again);
         }
         if timed {
             lane.watch(token_id, &op.queue, Permit::new(1, op.bytes_of(&arg)));

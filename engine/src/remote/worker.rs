@@ -58,6 +58,9 @@ pub struct WorkerStats {
     pub nacked: u64,
     /// Calls the stream had delivered before.
     pub redelivered: u64,
+    /// Failed attempts the operation's [`RetryPolicy`](crate::RetryPolicy) retries:
+    /// nak'ed with its backoff, so the server delivers the call again (to any worker).
+    pub retried: u64,
     /// Messages refused: not a call, another wire version, the wrong operation, a
     /// bad reply subject, or an argument that does not decode (terminated).
     pub bad_messages: u64,
@@ -72,6 +75,7 @@ struct Counters {
     failed: AtomicU64,
     nacked: AtomicU64,
     redelivered: AtomicU64,
+    retried: AtomicU64,
     bad_messages: AtomicU64,
 }
 
@@ -163,6 +167,7 @@ impl Worker {
             failed: c.failed.load(Relaxed),
             nacked: c.nacked.load(Relaxed),
             redelivered: c.redelivered.load(Relaxed),
+            retried: c.retried.load(Relaxed),
             bad_messages: c.bad_messages.load(Relaxed),
             in_flight: (self.ctx.config.concurrency - self.ctx.slots.available_permits()) as u64,
         }
@@ -289,7 +294,7 @@ impl Ctx {
                 return;
             }
         };
-        let mut reply = match op.call(&call.arg) {
+        let mut reply = match op.call(&call.arg, delivered) {
             Ok(reply) => reply,
             Err(CallError::Rejected(reason)) => {
                 c.nacked.fetch_add(1, Relaxed);
@@ -325,6 +330,17 @@ impl Ctx {
             let _ = message.ack_with(AckKind::Nak(None)).await;
             return;
         };
+        // A failure the operation's policy retries goes back to the server, which
+        // delivers it again after the backoff — unless this was its last delivery.
+        if let Some(delay) =
+            reply.retry_after.filter(|_| (delivered as i64) < self.config.max_deliver)
+        {
+            c.retried.fetch_add(1, Relaxed);
+            tracing::debug!(op = op.name(), delivered, ?delay, "failed attempt: nak for a retry");
+            let delay = (!delay.is_zero()).then_some(delay);
+            let _ = message.ack_with(AckKind::Nak(delay)).await;
+            return;
+        }
         let run_ns = reply.run_ns.min(started.elapsed().as_nanos() as u64);
         let completed = reply.outcome == WireOutcome::Completed;
         let answer = self.answer(&call, reply.outcome, reply.payload, run_ns, delivered);

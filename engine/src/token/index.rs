@@ -82,7 +82,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::token::{Chunk, Resolutions, TokenState};
+    use crate::token::{Chunk, Resolutions, Start, TokenState};
 
     struct NoLanes;
 
@@ -97,7 +97,14 @@ mod tests {
         let index = Arc::new(TokenIndex::default());
         let resolutions = Arc::new(Resolutions::default());
         let outside: Arc<dyn crate::token::Outside> = Arc::new(NoLanes);
-        let chunk = Chunk::<u32>::listed(100, 4, Arc::clone(&resolutions), &index, &outside);
+        let chunk = Chunk::<u32>::listed(
+            100,
+            4,
+            Arc::clone(&resolutions),
+            &index,
+            &outside,
+            Start::Submitted,
+        );
         let tokens: Vec<_> = (0..4).map(|i| chunk.token(i)).collect();
         assert_eq!(index.len(), 1);
         assert!(index.cancel(102, CancelSource::Control));

@@ -143,9 +143,9 @@ pub(crate) struct Slot<R> {
 unsafe impl<R: Send> Sync for Slot<R> {}
 
 impl<R> Slot<R> {
-    fn new() -> Self {
+    fn new(attempt: u8) -> Self {
         Slot {
-            state: AtomicU32::new(pack(QUEUED, FIRST_ATTEMPT)),
+            state: AtomicU32::new(pack(QUEUED, attempt)),
             waker: AtomicWaker::new(),
             result: ResultCell::new(),
         }
@@ -375,6 +375,27 @@ pub(crate) struct Chunk<R> {
     /// The engine's lanes, which an outside thread waiting on one of these tokens may
     /// help (see `handle.rs`).
     outside: Option<Arc<dyn Outside>>,
+    /// Calls run for a remote submitter: their attempt is the message's delivery, and
+    /// a failure is retried by a redelivery (the worker naks), never here.
+    served: bool,
+}
+
+/// How a chunk's tokens start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Start {
+    /// Submitted here: attempt 1, retried here by the operation's policy.
+    Submitted,
+    /// A call served for a remote submitter, on its `delivery`-th delivery.
+    Served { delivery: u8 },
+}
+
+impl Start {
+    pub(crate) fn attempt(self) -> u8 {
+        match self {
+            Start::Submitted => FIRST_ATTEMPT,
+            Start::Served { delivery } => delivery.max(FIRST_ATTEMPT),
+        }
+    }
 }
 
 impl<R> Chunk<R> {
@@ -383,8 +404,8 @@ impl<R> Chunk<R> {
         len: usize,
         resolutions: Option<Arc<Resolutions>>,
     ) -> Arc<Self> {
-        let slots = (0..len).map(|_| Slot::new()).collect();
-        Arc::new(Chunk { base_id, slots, resolutions, index: None, outside: None })
+        let slots = (0..len).map(|_| Slot::new(FIRST_ATTEMPT)).collect();
+        Arc::new(Chunk { base_id, slots, resolutions, index: None, outside: None, served: false })
     }
 
     /// A chunk listed in `index`, so a token of it can be cancelled by id while it
@@ -395,17 +416,19 @@ impl<R> Chunk<R> {
         resolutions: Arc<Resolutions>,
         index: &Arc<TokenIndex>,
         outside: &Arc<dyn Outside>,
+        start: Start,
     ) -> Arc<Self>
     where
         R: Send + 'static,
     {
-        let slots = (0..len).map(|_| Slot::new()).collect();
+        let slots = (0..len).map(|_| Slot::new(start.attempt())).collect();
         let chunk = Arc::new(Chunk {
             base_id,
             slots,
             resolutions: Some(resolutions),
             index: Some(Arc::clone(index)),
             outside: Some(Arc::clone(outside)),
+            served: matches!(start, Start::Served { .. }),
         });
         index.insert(
             base_id,
@@ -413,6 +436,11 @@ impl<R> Chunk<R> {
             Arc::downgrade(&chunk) as std::sync::Weak<dyn CancelById>,
         );
         chunk
+    }
+
+    /// Whether these are calls served for a remote submitter (see [`Start::Served`]).
+    pub(crate) fn is_served(&self) -> bool {
+        self.served
     }
 
     /// Cancels slot `index` if it has not started, counting it.

@@ -1,11 +1,18 @@
-//! The Leibniz-π pyramid: `N` term tokens, chunk sums of 1,000 terms, partial sums of
-//! 100 chunks, and a final token that sums the partials and multiplies by 4.
+//! The Leibniz-π pyramid: `N` term tokens, chunk sums of 1,000 terms, partials of 100
+//! chunks, and a final token that sums the partials and multiplies by 4.
 //!
-//! Every term is its own token through the engine (admitted with `submit_many`, run
-//! in batches); nothing is fused outside the engine. The driver keeps a bounded window
-//! of chunks in flight, so memory stays flat however large `N` is.
+//! Every node is its own token through the engine, and the pyramid unfolds inside it
+//! the way a recursive program would: the final token submits one token per partial
+//! and waits for them; each partial submits its chunks, each chunk its 1,000 term
+//! tokens (`submit_many`, run in batches). A wait on a lane runs other queued work —
+//! the waiting token's own newest first, the oldest left for the other lanes to steal —
+//! so the lanes are never blocked and the caller's thread only waits for the answer.
+//! Depth-first order keeps memory flat however large `N` is: the tokens in flight are
+//! the partials, the chunks of the partials being run, and the terms of the chunks
+//! being run.
 
-use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rust_decimal::Decimal;
@@ -40,10 +47,9 @@ pub fn token_count(terms: u64) -> u64 {
 /// The four operations of the pyramid, registered on one engine.
 #[derive(Debug, Clone)]
 pub struct Pyramid {
-    term: Operation<u64, Decimal>,
-    chunk: Operation<Vec<Decimal>, Decimal>,
-    partial: Operation<Vec<Decimal>, Decimal>,
-    finish: Operation<Vec<Decimal>, Decimal>,
+    finish: Operation<u64, Decimal>,
+    /// Terms whose chunk has been summed (for progress).
+    summed: Arc<AtomicU64>,
 }
 
 /// What one run of the pyramid produced.
@@ -57,7 +63,7 @@ pub struct Outcome {
     pub wall: Duration,
     /// Tokens each lane processed during the run.
     pub per_lane: Vec<u64>,
-    /// Tokens the driver ran itself while it waited on a backlog.
+    /// Tokens threads outside the lanes ran while they waited on a backlog.
     pub by_callers: u64,
 }
 
@@ -83,93 +89,82 @@ pub fn correct_digits(value: &str) -> usize {
         .count()
 }
 
-fn sum(values: Vec<Decimal>) -> Decimal {
-    values.into_iter().sum()
+/// The same pyramid as a plain loop on the calling thread (no engine, no tokens): the
+/// serial baseline. Sums in the pyramid's order, so the result is the same.
+pub fn serial(terms: u64) -> Decimal {
+    let per_partial = CHUNK_TERMS * PARTIAL_CHUNKS as u64;
+    let partial = |(start, end)| {
+        ranges(start, end, CHUNK_TERMS)
+            .map(|(s, e)| (s..e).map(term).sum::<Decimal>())
+            .sum::<Decimal>()
+    };
+    ranges(0, terms, per_partial).map(partial).sum::<Decimal>() * Decimal::from(4)
+}
+
+/// Waits for every token and sums the results (the first error wins).
+fn sum_of(tokens: Vec<Token<Decimal>>) -> Result<Decimal, TokenError> {
+    tokens.into_iter().map(Token::wait).sum()
+}
+
+/// `start..end` cut into ranges of `step`.
+fn ranges(start: u64, end: u64, step: u64) -> impl Iterator<Item = (u64, u64)> {
+    (start..end).step_by(step as usize).map(move |from| (from, (from + step).min(end)))
 }
 
 impl Pyramid {
-    /// Registers `pi_term` (light), `pi_chunk` and `pi_partial` (medium) and `pi_final`
-    /// (light) on `engine`.
+    /// Registers `pi_term` (light; remote-capable), `pi_chunk` and `pi_partial`
+    /// (medium) and `pi_final` (light) on `engine`.
     pub fn register(engine: &Engine) -> Result<Self, RegisterError> {
-        Ok(Pyramid {
-            term: engine.operation("pi_term", Weight::Light).remote().register(term)?,
-            chunk: engine.register("pi_chunk", Weight::Medium, sum)?,
-            partial: engine.register("pi_partial", Weight::Medium, sum)?,
-            finish: engine.register("pi_final", Weight::Light, |partials: Vec<Decimal>| {
-                sum(partials) * Decimal::from(4)
-            })?,
-        })
+        let summed = Arc::new(AtomicU64::new(0));
+        let terms = engine.operation("pi_term", Weight::Light).remote().register(term)?;
+        let done = Arc::clone(&summed);
+        let chunks = engine.operation("pi_chunk", Weight::Medium).register_fallible(
+            move |(start, end): (u64, u64)| {
+                let sum = sum_of(terms.submit_many(start..end));
+                done.fetch_add(end - start, Relaxed);
+                sum
+            },
+        )?;
+        let partials = engine.operation("pi_partial", Weight::Medium).register_fallible(
+            move |(start, end): (u64, u64)| {
+                sum_of(chunks.submit_many(ranges(start, end, CHUNK_TERMS)))
+            },
+        )?;
+        let per_partial = CHUNK_TERMS * PARTIAL_CHUNKS as u64;
+        let finish =
+            engine.operation("pi_final", Weight::Light).register_fallible(move |terms: u64| {
+                let partials = partials.submit_many(ranges(0, terms, per_partial));
+                Ok::<_, TokenError>(sum_of(partials)? * Decimal::from(4))
+            })?;
+        Ok(Pyramid { finish, summed })
     }
 
-    /// Runs the pyramid for `terms` terms, keeping `window` chunks of term tokens in
-    /// flight, and calls `progress(terms_done)` after each chunk.
+    /// Runs the pyramid for `terms` terms and calls `progress(terms_summed)` every
+    /// 100 ms or so, and once at the end.
     pub fn run(
         &self,
         engine: &Engine,
         terms: u64,
-        window: usize,
         mut progress: impl FnMut(u64),
     ) -> Result<Outcome, TokenError> {
-        let window = window.max(1);
         let lanes_before = engine.lane_stats();
         let callers_before = engine.caller_tokens();
+        let summed_before = self.summed.load(Relaxed);
         let started = Instant::now();
-        let mut term_chunks: VecDeque<Vec<Token<Decimal>>> = VecDeque::with_capacity(window);
-        let mut chunk_sums: Vec<Token<Decimal>> = Vec::with_capacity(PARTIAL_CHUNKS);
-        let mut full_groups: VecDeque<Vec<Token<Decimal>>> = VecDeque::new();
-        let mut partials: Vec<Token<Decimal>> = Vec::new();
-        let mut next = 0u64;
-        let mut done = 0u64;
-        let mut values: Vec<Decimal> = Vec::with_capacity(CHUNK_TERMS as usize);
-        while next < terms || !term_chunks.is_empty() {
-            while term_chunks.len() < window && next < terms {
-                let end = (next + CHUNK_TERMS).min(terms);
-                term_chunks.push_back(self.term.submit_many(next..end));
-                next = end;
+        let mut pending = self.finish.submit(terms);
+        let pi = loop {
+            match pending.wait_timeout(Duration::from_millis(100)) {
+                Ok(pi) => break pi?,
+                Err(token) => pending = token,
             }
-            // A group of chunk sums completed an iteration ago is almost surely done.
-            if let Some(group) = full_groups.pop_front() {
-                partials.push(self.partial.submit(wait_all(group, Vec::new())?));
-            }
-            let Some(chunk) = term_chunks.pop_front() else {
-                break;
-            };
-            done += chunk.len() as u64;
-            values = wait_all(chunk, values)?;
-            chunk_sums.push(
-                self.chunk.submit(std::mem::replace(
-                    &mut values,
-                    Vec::with_capacity(CHUNK_TERMS as usize),
-                )),
-            );
-            if chunk_sums.len() == PARTIAL_CHUNKS {
-                full_groups.push_back(std::mem::take(&mut chunk_sums));
-            }
-            progress(done);
-        }
-        full_groups.extend((!chunk_sums.is_empty()).then_some(chunk_sums));
-        for group in full_groups {
-            partials.push(self.partial.submit(wait_all(group, Vec::new())?));
-        }
-        let partial_values = wait_all(partials, Vec::new())?;
-        let pi = self.finish.submit(partial_values).wait()?;
+            progress(self.summed.load(Relaxed) - summed_before);
+        };
         let wall = started.elapsed();
+        progress(self.summed.load(Relaxed) - summed_before);
         let per_lane = lane_delta(&lanes_before, &engine.lane_stats());
         let by_callers = engine.caller_tokens() - callers_before;
         Ok(Outcome { pi, tokens: token_count(terms), wall, per_lane, by_callers })
     }
-}
-
-fn wait_all(
-    tokens: Vec<Token<Decimal>>,
-    mut into: Vec<Decimal>,
-) -> Result<Vec<Decimal>, TokenError> {
-    into.clear();
-    into.reserve(tokens.len());
-    for token in tokens {
-        into.push(token.wait()?);
-    }
-    Ok(into)
 }
 
 fn lane_delta(before: &[LaneStats], after: &[LaneStats]) -> Vec<u64> {
@@ -191,6 +186,16 @@ mod tests {
     fn correct_digits_counts_leading_matches() {
         assert_eq!(correct_digits("3.14159165358979"), 6);
         assert_eq!(correct_digits("2.7"), 0);
+    }
+
+    #[test]
+    fn the_serial_loop_sums_in_the_pyramid_order() {
+        let by_levels: Decimal = (0..2_500u64)
+            .collect::<Vec<_>>()
+            .chunks(CHUNK_TERMS as usize)
+            .map(|chunk| chunk.iter().map(|&n| term(n)).sum::<Decimal>())
+            .sum();
+        assert_eq!(serial(2_500), by_levels * Decimal::from(4));
     }
 
     #[test]
