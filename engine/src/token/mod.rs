@@ -421,7 +421,8 @@ impl<R> Chunk<R> {
     where
         R: Send + 'static,
     {
-        let slots = (0..len).map(|_| Slot::new(start.attempt())).collect();
+        let attempt = start.attempt();
+        let slots = (0..len).map(|_| Slot::new(attempt)).collect();
         let chunk = Arc::new(Chunk {
             base_id,
             slots,
