@@ -47,6 +47,35 @@ fn cancelled_timed_out_and_panicked_calls_are_rows_too() {
 }
 
 #[test]
+fn a_call_that_never_returns_is_a_timed_out_row_once() {
+    let engine = Engine::builder().workers(1).pin(false).log_in_memory().build().unwrap();
+    let (unblock, blocked) = std::sync::mpsc::channel::<()>();
+    let blocked = std::sync::Mutex::new(blocked);
+    let hangs = engine
+        .operation("hangs", Weight::Light)
+        .timeout(Duration::from_millis(30))
+        .register(move |()| {
+            let _ = blocked.lock().unwrap().recv();
+        })
+        .unwrap();
+    let fine = engine.register("fine", Weight::Light, |x: u8| x).unwrap();
+    assert!(hangs.submit(()).wait().is_err());
+    // The lane was replaced; the engine goes on and stops with the call still hung.
+    assert_eq!(fine.submit(1).wait(), Ok(1));
+    engine.shutdown();
+    let records = engine.take_records();
+    let rows: Vec<_> = records.iter().filter(|r| r.op == 0).collect();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].outcome, RecordOutcome::TimedOut);
+    assert!(rows[0].run_ns >= 30_000_000, "it ran until its deadline: {:?}", rows[0]);
+    assert!(rows[0].end_to_end_ns >= rows[0].run_ns);
+    // When it does return, no second row.
+    unblock.send(()).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(engine.take_records().iter().all(|r| r.op != 0));
+}
+
+#[test]
 fn a_full_log_directory_takes_no_more_rows_and_says_how_many() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("earlier.parquet"), vec![0u8; 4096]).unwrap();

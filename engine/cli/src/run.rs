@@ -204,6 +204,7 @@ fn run_leibniz(engine: &Engine, args: &RunArgs) -> Result<Value> {
         "correct_digits": outcome.correct_digits(),
         "caller_tokens": engine.caller_tokens() - by_callers,
         "lane_tokens": outcome.per_lane,
+        "lane_busy_share": outcome.lane_busy,
         "serial_wall_s": serial_s.map(|(wall, _)| wall),
         "vs_serial": serial_s.map(|(wall, _)| outcome.wall.as_secs_f64() / wall),
     }))

@@ -24,6 +24,10 @@ pub(super) struct Watch {
     pub(super) permit: Permit,
     /// The "stuck" flag of the thread running it.
     pub(super) owner: Arc<AtomicBool>,
+    /// The call's telemetry row, when it is logged, and when it started: should the
+    /// call never return, the lane's replacement writes it (timed out, run time up to
+    /// then), so a hung call is a row too.
+    pub(super) row: Option<(TokenRecord, Instant)>,
 }
 
 /// A lane's own state, handed to each batch it runs.
@@ -123,10 +127,16 @@ impl LaneCtx {
 
     /// Marks this lane as running `token_id` under a deadline. Marks stack up when a
     /// call runs inside another's wait: each deadline finds its own.
-    pub(crate) fn watch(&self, token_id: u64, queue: &Arc<OpQueue>, permit: Permit) {
+    pub(crate) fn watch(
+        &self,
+        token_id: u64,
+        queue: &Arc<OpQueue>,
+        permit: Permit,
+        row: Option<(TokenRecord, Instant)>,
+    ) {
         let lane = &self.lanes.lanes[usize::from(self.index)];
-        let mark =
-            Watch { token_id, queue: Arc::clone(queue), permit, owner: Arc::clone(&self.stuck) };
+        let owner = Arc::clone(&self.stuck);
+        let mark = Watch { token_id, queue: Arc::clone(queue), permit, owner, row };
         lane.watch.lock().unwrap_or_else(|e| e.into_inner()).push(mark);
     }
 

@@ -38,6 +38,15 @@ impl Lanes {
                 );
             }
             stuck.owner.store(true, Ordering::SeqCst);
+            if let (Some((mut row, started)), Some(telemetry)) = (stuck.row, &self.telemetry) {
+                // The hung call's row: timed out, having run until now. Its thread writes
+                // none if it ever returns.
+                row.run_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                row.end_to_end_ns = row.queue_wait_ns.saturating_add(row.run_ns);
+                if let Some(sender) = telemetry.sender() {
+                    telemetry.submit(&sender, vec![row]);
+                }
+            }
             self.assign_thread(index);
             // Released after the replacement exists, so a drain cannot finish (and stop
             // the lanes) in between.

@@ -200,13 +200,22 @@ impl<A: Send + 'static, R: Send + 'static> Batch<A, R> {
             let sampled = log.as_ref().is_some_and(|l| l.sample_every != 1);
             let start = if logged && sampled { Instant::now() } else { last };
             let helped_before = lane.helped_ns();
-            let (row, ran) = match token.run(arg, &mut tally) {
-                Ok((row, retired)) => {
-                    if retired {
-                        end = RunEnd::Retired;
-                    }
-                    (row, true)
+            // A call under a deadline leaves its row with the watch, for a replacement
+            // to write should it never return.
+            let provisional = (logged && op.options.timeout.is_some()).then(|| {
+                let log = log.as_ref().expect("logged");
+                let times = Times { start, end: start, helped: 0 };
+                let timed_out = RecordOutcome::TimedOut;
+                let row = log.record(&op, &chunk, index, position, attempt, lane, times, timed_out);
+                (row, start)
+            });
+            let (row, ran) = match token.run(arg, &mut tally, provisional) {
+                Ok((_, true)) => {
+                    // Replaced at the deadline: the replacement wrote the row.
+                    end = RunEnd::Retired;
+                    continue;
                 }
+                Ok((row, false)) => (row, true),
                 // Cancelled while it waited: a row too, with no run time.
                 Err(Skipped::Cancelled) => (RecordOutcome::Cancelled, false),
                 Err(Skipped::Other) => continue,
@@ -247,7 +256,12 @@ impl<A: Send + 'static, R: Send + 'static> Attempt<'_, A, R> {
     /// replaced meanwhile (an overrun deadline: it must retire). Kept out of line: the
     /// run loop's short branch is the hot one.
     #[inline(never)]
-    fn run(&self, arg: A, tally: &mut Tally) -> Result<(RecordOutcome, bool), Skipped> {
+    fn run(
+        &self,
+        arg: A,
+        tally: &mut Tally,
+        row: Option<(TokenRecord, Instant)>,
+    ) -> Result<(RecordOutcome, bool), Skipped> {
         let Attempt { op, chunk, index, attempt, lane } = *self;
         let slot = chunk.slot(index);
         let _home = HomeGuard::new(op, &arg);
@@ -279,7 +293,7 @@ impl<A: Send + 'static, R: Send + 'static> Attempt<'_, A, R> {
             op.arm_deadline(chunk, index, attempt, again);
         }
         if timed {
-            lane.watch(token_id, &op.queue, Permit::new(1, op.bytes_of(&arg)));
+            lane.watch(token_id, &op.queue, Permit::new(1, op.bytes_of(&arg)), row);
         }
         let result = call(&op.f, arg, attempt, &|| slot.is_running(attempt));
         tally.ran += 1;

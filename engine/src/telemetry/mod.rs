@@ -15,7 +15,7 @@
 //! [`EngineBuilder::log_in_memory`]: crate::EngineBuilder::log_in_memory
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -201,6 +201,9 @@ pub(crate) struct Telemetry {
     dropped: AtomicU64,
     writer: Mutex<Option<JoinHandle<WriterOutput>>>,
     finished: Mutex<Option<WriterOutput>>,
+    /// Set by `finish`: the writer takes what is queued and ends, even while a lane
+    /// thread stuck in a call that never returns still holds a sender.
+    closing: Arc<AtomicBool>,
 }
 
 #[derive(Default)]
@@ -227,10 +230,12 @@ impl Telemetry {
         let writer_origin = Arc::clone(&origin);
         let live = Arc::new(Live::default());
         let writer_live = Arc::clone(&live);
+        let closing = Arc::new(AtomicBool::new(false));
+        let input = Input { receiver, closing: Arc::clone(&closing) };
         let writer =
             std::thread::Builder::new().name("tokengate-telemetry".into()).spawn(move || {
                 let (origin, live) = (writer_origin, &writer_live);
-                write_loop(receiver, sink, run_id, sample_every.max(1), op_names, origin, live)
+                write_loop(input, sink, run_id, sample_every.max(1), op_names, origin, live)
             })?;
         Ok(Telemetry {
             origin,
@@ -241,6 +246,7 @@ impl Telemetry {
             dropped: AtomicU64::new(0),
             writer: Mutex::new(Some(writer)),
             finished: Mutex::new(None),
+            closing,
         })
     }
 
@@ -263,6 +269,7 @@ impl Telemetry {
     /// writer to write the last segment.
     pub(crate) fn finish(&self) {
         drop(self.sender.lock().unwrap_or_else(|e| e.into_inner()).take());
+        self.closing.store(true, Ordering::Release);
         let handle = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(handle) = handle {
             let output = handle.join().unwrap_or_else(|_| WriterOutput {
@@ -314,8 +321,38 @@ fn run_id() -> u64 {
     nanos ^ (u64::from(std::process::id()) << 32)
 }
 
-fn write_loop(
+/// The writer's end of the channel.
+struct Input {
     receiver: Receiver<Vec<TokenRecord>>,
+    closing: Arc<AtomicBool>,
+}
+
+enum Next {
+    Rows(Vec<TokenRecord>),
+    Idle,
+    Closed,
+}
+
+impl Input {
+    /// The next buffer, waiting at most `wait`. Closed once every sender is gone, or
+    /// once the engine is closing and nothing more is queued.
+    fn next(&self, wait: Duration) -> Next {
+        if self.closing.load(Ordering::Acquire) {
+            return match self.receiver.try_recv() {
+                Ok(rows) => Next::Rows(rows),
+                Err(_) => Next::Closed,
+            };
+        }
+        match self.receiver.recv_timeout(wait) {
+            Ok(rows) => Next::Rows(rows),
+            Err(RecvTimeoutError::Timeout) => Next::Idle,
+            Err(RecvTimeoutError::Disconnected) => Next::Closed,
+        }
+    }
+}
+
+fn write_loop(
+    input: Input,
     sink: Sink,
     run_id: u64,
     sample_every: u64,
@@ -332,13 +369,18 @@ fn write_loop(
         }
     };
     let Some(dir) = sink.dir else {
-        for buffer in receiver {
-            see(&buffer);
-            if sink.memory {
-                out.memory.extend(buffer);
+        loop {
+            match input.next(Duration::from_millis(250)) {
+                Next::Rows(buffer) => {
+                    see(&buffer);
+                    if sink.memory {
+                        out.memory.extend(buffer);
+                    }
+                }
+                Next::Idle => {}
+                Next::Closed => return out,
             }
         }
-        return out;
     };
     let (segment_rows, segment_secs) = (sink.segment_rows, sink.segment_secs);
     // The cap counts what the directory holds already: a log directory stays bounded
@@ -348,8 +390,8 @@ fn write_loop(
     let mut opened = Instant::now();
     let mut seq = 0u32;
     loop {
-        let closed = match receiver.recv_timeout(Duration::from_millis(250)) {
-            Ok(buffer) => {
+        let closed = match input.next(Duration::from_millis(250)) {
+            Next::Rows(buffer) => {
                 see(&buffer);
                 if open.is_empty() {
                     opened = Instant::now();
@@ -357,8 +399,8 @@ fn write_loop(
                 open.extend(buffer);
                 false
             }
-            Err(RecvTimeoutError::Timeout) => false,
-            Err(RecvTimeoutError::Disconnected) => true,
+            Next::Idle => false,
+            Next::Closed => true,
         };
         let due = open.len() >= segment_rows
             || (!open.is_empty() && opened.elapsed() >= Duration::from_secs(segment_secs));

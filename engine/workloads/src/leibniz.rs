@@ -63,6 +63,8 @@ pub struct Outcome {
     pub wall: Duration,
     /// Tokens each lane processed during the run.
     pub per_lane: Vec<u64>,
+    /// The share of the run's wall time each lane was busy (not idle for want of work).
+    pub lane_busy: Vec<f64>,
     /// Tokens threads outside the lanes ran while they waited on a backlog.
     pub by_callers: u64,
 }
@@ -161,9 +163,15 @@ impl Pyramid {
         };
         let wall = started.elapsed();
         progress(self.summed.load(Relaxed) - summed_before);
-        let per_lane = lane_delta(&lanes_before, &engine.lane_stats());
+        let lanes_after = engine.lane_stats();
+        let per_lane = lane_delta(&lanes_before, &lanes_after);
+        let lane_busy = lanes_after
+            .iter()
+            .zip(&lanes_before)
+            .map(|(a, b)| (a.busy_ns - b.busy_ns) as f64 / wall.as_nanos().max(1) as f64)
+            .collect();
         let by_callers = engine.caller_tokens() - callers_before;
-        Ok(Outcome { pi, tokens: token_count(terms), wall, per_lane, by_callers })
+        Ok(Outcome { pi, tokens: token_count(terms), wall, per_lane, lane_busy, by_callers })
     }
 }
 
