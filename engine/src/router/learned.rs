@@ -4,17 +4,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::{Features, LaneSet, Placement, RouteSource, Router, StaticRouter};
 use crate::features::model_inputs;
-use crate::model::{batch_for, Model};
-
-/// What the router needs of one class.
-#[derive(Debug, Clone, Copy)]
-struct ClassPlacement {
-    lanes: LaneSet,
-    batch: u32,
-    median_ns: u64,
-    /// The class's runtime range, `[min, max)` ns.
-    range: (u64, u64),
-}
+use crate::model::Model;
 
 /// Most operations a learned router maps (ids beyond it fall back to tags).
 pub const MAX_OPS: usize = 4_096;
@@ -28,29 +18,17 @@ pub struct LearnedRouter {
     /// Engine op id → the model's vocabulary index.
     op_index: Box<[AtomicU32]>,
     /// Class id → placement, copied out of the header for a short hot path.
-    placements: Box<[ClassPlacement]>,
-    /// The fitted per-batch dispatch overhead (ns).
-    dispatch_ns: u64,
+    placements: Box<[(LaneSet, u32, u64)]>,
     fallback: StaticRouter,
 }
 
 impl LearnedRouter {
     /// A router over `model`, with `fallback` for unknown operations.
     pub fn new(model: Model, fallback: StaticRouter) -> Self {
-        let placements = model
-            .header()
-            .classes
-            .iter()
-            .map(|c| ClassPlacement {
-                lanes: c.lanes,
-                batch: c.batch,
-                median_ns: c.median_ns,
-                range: (c.min_ns, c.max_ns),
-            })
-            .collect();
-        let dispatch_ns = model.header().training.dispatch_overhead_ns;
+        let placements =
+            model.header().classes.iter().map(|c| (c.lanes, c.batch, c.median_ns)).collect();
         let op_index = (0..MAX_OPS).map(|_| AtomicU32::new(UNKNOWN_OP)).collect();
-        LearnedRouter { model, op_index, placements, dispatch_ns, fallback }
+        LearnedRouter { model, op_index, placements, fallback }
     }
 
     /// The model it predicts with.
@@ -70,16 +48,7 @@ impl Router for LearnedRouter {
             return self.fallback.route(features);
         }
         let class = self.model.predict(&model_inputs(index, features.arg_size));
-        let ClassPlacement { lanes, mut batch, median_ns: mut predicted_ns, range } =
-            self.placements[class];
-        // A class spans a range of runtimes (a 40-ns term and a 600-ns token may share
-        // one). Where the operation's running average lies inside the predicted class,
-        // it is the finer estimate: the class's batch rule is applied to it.
-        let recent = features.op_recent_ns;
-        if lanes == LaneSet::Light && recent > 0 && (range.0..range.1).contains(&recent) {
-            predicted_ns = recent;
-            batch = batch_for(recent, self.dispatch_ns);
-        }
+        let (lanes, batch, predicted_ns) = self.placements[class];
         let class = Some(class as u8);
         Placement { lanes, batch, class, predicted_ns, source: RouteSource::Model }
     }
