@@ -16,6 +16,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::model::Model;
+use crate::placement::LaneSet;
 use crate::router::AdaptiveRouter;
 use crate::telemetry::{RecordOutcome, TokenRecord};
 
@@ -256,14 +257,16 @@ impl Adapter {
         };
         let fit_ms = started.elapsed().as_secs_f64() * 1e3;
         let current = self.config.router.model();
-        let (now_acc, new_acc) =
-            (accuracy(&current, &ops, newest), accuracy(&candidate, &ops, newest));
+        let (now, new) = (score(&current, &ops, newest), score(&candidate, &ops, newest));
+        let (now_acc, new_acc) = (now.accuracy, new.accuracy);
         {
             let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
             status.recent_accuracy = now_acc;
             status.last_fit_ms = fit_ms;
         }
-        if new_acc <= now_acc + 0.02 {
+        // Clearly more accurate, and sending no more heavy calls to the light lanes
+        // (where each one holds up the light tokens behind it).
+        if new_acc <= now_acc + 0.02 || new.heavy_on_light > now.heavy_on_light {
             tracing::debug!(
                 "adaptation: candidate kept out (held-out accuracy {:.1}% vs {:.1}%, fit {fit_ms:.0} ms)",
                 new_acc * 100.0,
@@ -286,20 +289,31 @@ impl Adapter {
     }
 }
 
-/// Share of `samples` whose runtime falls in the class `model` predicts for them.
-fn accuracy(model: &Model, ops: &[String], samples: &[Sample]) -> f64 {
+/// How a model does on held-out samples.
+struct Score {
+    /// Share whose runtime falls in the class predicted for them.
+    accuracy: f64,
+    /// Share that ran as long as heavy work ([`HEAVY_NS`](crate::model::HEAVY_NS) or
+    /// more) but were predicted into a class the light lanes run.
+    heavy_on_light: f64,
+}
+
+fn score(model: &Model, ops: &[String], samples: &[Sample]) -> Score {
     let classes = &model.header().classes;
-    let hits = samples
-        .iter()
-        .filter(|s| {
-            let Some(index) = ops.get(s.op as usize).and_then(|name| model.op_index(name)) else {
-                return false;
-            };
-            let class = model.predict(&crate::features::model_inputs(index, s.arg_size));
-            classes.get(class).is_some_and(|c| c.min_ns <= s.run_ns && s.run_ns < c.max_ns)
-        })
-        .count();
-    hits as f64 / samples.len().max(1) as f64
+    let (mut hits, mut heavy_on_light) = (0usize, 0usize);
+    for s in samples {
+        let class = ops
+            .get(s.op as usize)
+            .and_then(|name| model.op_index(name))
+            .map(|index| model.predict(&crate::features::model_inputs(index, s.arg_size)))
+            .and_then(|class| classes.get(class));
+        let Some(class) = class else { continue };
+        hits += usize::from(class.min_ns <= s.run_ns && s.run_ns < class.max_ns);
+        heavy_on_light +=
+            usize::from(s.run_ns >= crate::model::HEAVY_NS && class.lanes == LaneSet::Light);
+    }
+    let all = samples.len().max(1) as f64;
+    Score { accuracy: hits as f64 / all, heavy_on_light: heavy_on_light as f64 / all }
 }
 
 /// Re-fits share the lanes' cores: make this thread the first the scheduler preempts.
