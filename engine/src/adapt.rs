@@ -62,13 +62,13 @@ impl std::fmt::Debug for Adaptation {
 
 impl Adaptation {
     /// Adapts `router`'s model with `refit`: a re-fit every 100 ms on the rows of the
-    /// last 500 ms (at most 50,000 kept).
+    /// last 500 ms (at least the newest 1,000; at most 50,000 kept).
     pub fn new(router: Arc<AdaptiveRouter>, refit: Arc<dyn Refit>) -> Self {
         Adaptation {
             router,
             refit,
             every: Duration::from_millis(100),
-            horizon: Duration::from_millis(500),
+            horizon: Duration::from_millis(HORIZON_MS),
             window: 50_000,
         }
     }
@@ -79,7 +79,8 @@ impl Adaptation {
         self
     }
 
-    /// Only rows this recent are fitted on (default 500 ms).
+    /// Only rows this recent are fitted on (default 500 ms; at least the newest 1,000
+    /// rows whatever their age).
     pub fn horizon(mut self, horizon: Duration) -> Self {
         self.horizon = horizon;
         self
@@ -92,8 +93,12 @@ impl Adaptation {
     }
 }
 
+/// The default horizon: a re-fit sees only rows this recent (ms).
+const HORIZON_MS: u64 = 500;
 /// Most rows one re-fit uses.
 const MAX_FIT_ROWS: usize = 10_000;
+/// Fewest rows one re-fit uses (more than the horizon holds, on a slow stream).
+const MIN_FIT_ROWS: usize = 1_000;
 
 /// What adaptation has done so far.
 #[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
@@ -228,10 +233,11 @@ impl Adapter {
         let recent: Vec<Sample> = {
             let rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
-            rows.iter()
-                .filter(|(at, _)| now.duration_since(*at) <= horizon)
-                .map(|(_, s)| *s)
-                .collect()
+            // The rows of the horizon, or the newest `MIN_FIT_ROWS` where the horizon
+            // holds fewer (a slow stream still adapts, over a longer span).
+            let within = rows.iter().rev().take_while(|(at, _)| now.duration_since(*at) <= horizon);
+            let take = within.count().max(MIN_FIT_ROWS).min(rows.len());
+            rows.iter().skip(rows.len() - take).map(|(_, s)| *s).collect()
         };
         if recent.len() < 500 {
             return;
