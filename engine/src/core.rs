@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use crate::adapt::Adapter;
 use crate::admission::Admission;
-use crate::control::state::OpControl;
+use crate::control::state::{LatencyHistogram, OpControl};
 use crate::error::RegisterError;
 use crate::lanes::Lanes;
 use crate::op::RemoteServe;
@@ -44,6 +44,9 @@ pub(crate) struct Shared {
     pub(crate) remote: OnceLock<Arc<dyn RemotePort>>,
     /// The remote-capable operations, which this engine serves when it is a worker.
     served: RwLock<Vec<Arc<dyn RemoteServe>>>,
+    /// End-to-end latency of every token, by the lane set it ran on (`LaneSet::index`
+    /// order: light, heavy, remote): what the dashboard's p99 chart shows.
+    pub(crate) set_latency: [LatencyHistogram; 3],
 }
 
 impl Shared {
@@ -72,6 +75,7 @@ impl Shared {
             adapter,
             remote: OnceLock::new(),
             served: RwLock::new(Vec::new()),
+            set_latency: Default::default(),
         }
     }
 

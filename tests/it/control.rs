@@ -259,6 +259,45 @@ fn subscribers_get_stats_and_override_events() {
 }
 
 #[test]
+fn engine_events_give_each_lane_sets_latency_over_the_window() {
+    let engine = engine_with_control();
+    let addr = engine.control_addr().unwrap();
+    let echo = engine.register("echo", Weight::Light, |x: u32| x).unwrap();
+    let slow = engine
+        .register("slow", Weight::Heavy, |()| std::thread::sleep(Duration::from_millis(3)))
+        .unwrap();
+    runtime().block_on(async {
+        let mut watcher = connect(addr, Some(SECRET)).await.unwrap();
+        let subscribe = json!({"id": 1, "cmd": "subscribe", "interval_ms": 100, "engine": true});
+        cmd(&mut watcher, subscribe).await;
+        let (mut light, mut heavy) = (false, false);
+        while !(light && heavy) {
+            // Keep both sets busy, so every window has tokens of each.
+            let tokens = echo.submit_many(0..100);
+            slow.submit(()).wait().unwrap();
+            tokens.into_iter().for_each(|t| drop(t.wait()));
+            let frame = tokio::time::timeout(Duration::from_secs(10), watcher.next())
+                .await
+                .expect("events keep coming")
+                .unwrap()
+                .unwrap();
+            let event: Value = serde_json::from_str(frame.to_text().unwrap()).unwrap();
+            if event["event"] != json!("stats") {
+                continue;
+            }
+            let sets = event["engine"]["sets"].as_array().expect("sets").clone();
+            assert_eq!(sets.len(), 3, "{sets:?}");
+            let of = |name: &str| sets.iter().find(|s| s["set"] == json!(name)).unwrap().clone();
+            let (l, h) = (of("light"), of("heavy"));
+            light |= l["tokens"].as_u64().unwrap() > 0 && l["p99_ms"].as_f64().unwrap() > 0.0;
+            // The heavy set's tokens took at least their 3 ms.
+            heavy |= h["tokens"].as_u64().unwrap() > 0 && h["p99_ms"].as_f64().unwrap() >= 3.0;
+            assert_eq!(of("remote")["tokens"], json!(0));
+        }
+    });
+}
+
+#[test]
 fn cancel_and_throttle_take_effect_on_the_running_engine() {
     let engine = engine_with_control();
     let addr = engine.control_addr().unwrap();

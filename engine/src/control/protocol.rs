@@ -296,6 +296,22 @@ pub struct EngineSnapshot {
     pub lanes: Vec<LaneSnapshot>,
     /// The model routing now.
     pub model: ModelSnapshot,
+    /// Latency by the lane set tokens ran on (light, heavy, remote), since this
+    /// connection's previous snapshot.
+    #[serde(default)]
+    pub sets: Vec<SetLatency>,
+}
+
+/// End-to-end latency of the tokens one lane set resolved in a window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SetLatency {
+    /// The lane set.
+    pub set: LaneSet,
+    /// Tokens it resolved in the window (0 in a connection's first snapshot).
+    pub tokens: u64,
+    /// Their 99th-percentile admission → resolution latency (ms; the upper bound of its
+    /// power-of-two bucket; 0 without tokens).
+    pub p99_ms: f64,
 }
 
 /// Live numbers of one lane.

@@ -16,11 +16,13 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::protocol::{
     parse_request, Change, Command, EngineSnapshot, ErrorCode, Event, OpSnapshot, Reply,
-    ShutdownMode,
+    SetLatency, ShutdownMode,
 };
 use super::server::Server;
+use super::state::{quantile_of, LATENCY_BUCKETS};
 use super::ControlError;
 use crate::core::Shutdown;
+use crate::placement::LaneSet;
 
 const RATE_PER_S: f64 = 100.0;
 const BURST: f64 = 200.0;
@@ -39,6 +41,7 @@ struct Subscription {
 struct Previous {
     ops: Option<(Instant, Vec<u64>)>,
     lanes: Option<(Instant, Vec<u64>)>,
+    sets: Option<[[u64; LATENCY_BUCKETS]; 3]>,
 }
 
 impl Server {
@@ -110,7 +113,7 @@ impl Server {
                 }
                 _ = tick => {
                     let ops = self.snapshot(&mut previous.ops);
-                    let engine = with_engine.then(|| self.engine_snapshot(&mut previous.lanes));
+                    let engine = with_engine.then(|| self.engine_snapshot(&mut previous));
                     let event = Event::Stats { ops, dropped_events, engine };
                     match out.try_send(Message::text(to_json(&event))) {
                         Ok(()) => dropped_events = 0,
@@ -255,19 +258,41 @@ impl Server {
 
     /// Lanes and model, with each lane's busy share since the previous snapshot taken
     /// on this connection.
-    fn engine_snapshot(&self, last: &mut Option<(Instant, Vec<u64>)>) -> EngineSnapshot {
+    fn engine_snapshot(&self, previous: &mut Previous) -> EngineSnapshot {
         let now = Instant::now();
         let mut snapshot = self.controller.engine_snapshot();
         let busy: Vec<u64> = self.controller.lane_busy_ns();
-        if let Some((at, before)) = last.as_ref() {
+        if let Some((at, before)) = previous.lanes.as_ref() {
             let wall_ns = now.duration_since(*at).as_nanos().max(1) as f64;
             for ((lane, now), before) in snapshot.lanes.iter_mut().zip(&busy).zip(before) {
                 lane.busy_share = (now.saturating_sub(*before) as f64 / wall_ns).min(1.0);
             }
         }
-        *last = Some((now, busy));
+        previous.lanes = Some((now, busy));
+        let counts = self.controller.set_latency_counts();
+        snapshot.sets = set_latency(previous.sets.as_ref(), &counts);
+        previous.sets = Some(counts);
         snapshot
     }
+}
+
+/// Each lane set's tokens and p99 in the window between two reads of its histogram.
+fn set_latency(
+    before: Option<&[[u64; LATENCY_BUCKETS]; 3]>,
+    now: &[[u64; LATENCY_BUCKETS]; 3],
+) -> Vec<SetLatency> {
+    [LaneSet::Light, LaneSet::Heavy, LaneSet::Remote]
+        .into_iter()
+        .map(|set| {
+            let now = &now[set.index()];
+            let window: Vec<u64> = match before {
+                Some(before) => now.iter().zip(&before[set.index()]).map(|(n, b)| n - b).collect(),
+                None => vec![0; LATENCY_BUCKETS],
+            };
+            let p99_ns = quantile_of(&window, 0.99);
+            SetLatency { set, tokens: window.iter().sum(), p99_ms: p99_ns as f64 / 1e6 }
+        })
+        .collect()
 }
 
 pub(super) fn to_json(value: &impl serde::Serialize) -> String {
@@ -279,4 +304,25 @@ fn close(code: CloseCode, reason: &str) -> Message {
         code,
         reason: reason.chars().take(100).collect::<String>().into(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_latency_is_the_window_between_two_reads() {
+        let mut before = [[0u64; LATENCY_BUCKETS]; 3];
+        before[0][10] = 500; // light: 500 tokens under ~1 µs, before the window
+        let mut now = before;
+        now[0][10] += 98; // in the window: 98 fast and 2 slow light tokens
+        now[0][20] += 2;
+        now[1][15] += 7;
+        assert!(set_latency(None, &now).iter().all(|s| s.tokens == 0 && s.p99_ms == 0.0));
+        let sets = set_latency(Some(&before), &now);
+        assert_eq!((sets[0].set, sets[0].tokens), (LaneSet::Light, 100));
+        assert_eq!(sets[0].p99_ms, (1u64 << 20) as f64 / 1e6, "the 99th of 100 is slow");
+        assert_eq!((sets[1].tokens, sets[1].p99_ms), (7, (1u64 << 15) as f64 / 1e6));
+        assert_eq!((sets[2].set, sets[2].tokens), (LaneSet::Remote, 0));
+    }
 }

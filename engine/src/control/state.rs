@@ -299,23 +299,27 @@ impl LatencyHistogram {
 
     /// The upper bounds (ns) of the buckets holding each quantile (0 when empty).
     pub(crate) fn quantiles<const N: usize>(&self, quantiles: [f64; N]) -> [u64; N] {
-        let counts: Vec<u64> = self.buckets.iter().map(|c| c.load(Relaxed)).collect();
-        let total: u64 = counts.iter().sum();
-        quantiles.map(|q| {
-            if total == 0 {
-                return 0;
-            }
-            let rank = ((total as f64) * q).ceil().max(1.0) as u64;
-            let mut seen = 0;
-            for (bucket, count) in counts.iter().enumerate() {
-                seen += count;
-                if seen >= rank {
-                    return 1u64 << bucket;
-                }
-            }
-            1u64 << (counts.len() - 1)
-        })
+        let (counts, _) = self.read();
+        quantiles.map(|q| quantile_of(&counts, q))
     }
+}
+
+/// The upper bound (ns) of the bucket of [`LatencyHistogram`] counts holding quantile
+/// `q` (0 when empty). Counts may be a difference of two reads (a window).
+pub(crate) fn quantile_of(counts: &[u64], q: f64) -> u64 {
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return 0;
+    }
+    let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    for (bucket, count) in counts.iter().enumerate() {
+        seen += count;
+        if seen >= rank {
+            return 1u64 << bucket;
+        }
+    }
+    1u64 << (counts.len() - 1)
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ use super::state::{nanos, BoxFn, Context, OpShared};
 use super::Operation;
 use crate::admission::Permit;
 use crate::error::{RegisterError, RejectReason, TokenError};
+use crate::placement::LaneSet;
 use crate::remote::wire::{self, WireOutcome};
 use crate::token::{Chunk, Outcome, Start};
 
@@ -169,8 +170,9 @@ impl<A: Send + 'static, R: Send + 'static> PendingToken for RemoteToken<A, R> {
             ))),
         };
         let resolved = chunk.slot(index).finish(attempt, result);
-        let now = Instant::now();
-        op.control.latency().record(nanos(now.saturating_duration_since(admitted_at)), 1);
+        let latency = nanos(Instant::now().saturating_duration_since(admitted_at));
+        op.control.latency().record(latency, 1);
+        op.engine.set_latency[LaneSet::Remote.index()].record(latency, 1);
         match resolved {
             Outcome::Completed => op.resolutions.completed.fetch_add(1, Relaxed),
             Outcome::Failed => op.resolutions.failed.fetch_add(1, Relaxed),

@@ -155,7 +155,7 @@ impl<A: Send + 'static, R: Send + 'static> Job for Batch<A, R> {
 
 impl<A: Send + 'static, R: Send + 'static> Batch<A, R> {
     fn run_items(self, lane: &LaneCtx) -> RunEnd {
-        let Batch { op, chunk, items, meta, attempt, bytes, admitted_at, .. } = self;
+        let Batch { op, chunk, items, meta, attempt, bytes, admitted_at, set, .. } = self;
         let permit = Permit::new(items.len(), bytes);
         // The one control load of the batch: tokens below `cancel_before` were
         // cancelled by command (their ids ascend within a batch).
@@ -231,6 +231,7 @@ impl<A: Send + 'static, R: Send + 'static> Batch<A, R> {
         op.settle_batch(
             started,
             admitted_at,
+            set,
             tally.ran,
             [tally.completed, tally.failed, tally.skipped],
         );

@@ -12,7 +12,7 @@ use crate::admission::OpQueue;
 use crate::control::state::{OpControl, OpControlState, OpStats};
 use crate::core::Shared;
 use crate::error::TokenError;
-use crate::placement::Weight;
+use crate::placement::{LaneSet, Weight};
 use crate::token::Resolutions;
 
 pub(crate) type BoxFn<A, R> = Box<dyn Fn(A, &Context<'_>) -> Result<R, TokenError> + Send + Sync>;
@@ -172,12 +172,15 @@ impl<A, R> OpShared<A, R> {
         &self,
         started: Instant,
         admitted_at: Instant,
+        set: LaneSet,
         ran: u64,
         [completed, failed, skipped]: [u64; 3],
     ) {
         let now = Instant::now();
         if ran > 0 {
-            self.control.latency().record(nanos(now.saturating_duration_since(admitted_at)), ran);
+            let latency = nanos(now.saturating_duration_since(admitted_at));
+            self.control.latency().record(latency, ran);
+            self.engine.set_latency[set.index()].record(latency, ran);
         }
         if let Some(per_token) = nanos(now.saturating_duration_since(started)).checked_div(ran) {
             let old = self.recent_ns.load(Relaxed);

@@ -12,7 +12,7 @@ const $ = (id) => document.getElementById(id);
 let socket = null;
 let nextId = 1;
 let updates = 0;
-const history = { t: [], throughput: [], light: [], heavy: [] };
+const history = { t: [], throughput: [], light: [], heavy: [], remote: [] };
 let charts = null;
 
 function cell(row, text, cls) {
@@ -134,23 +134,30 @@ function makeCharts() {
   return {
     throughput: new uPlot(opts([{ label: "tokens/s", stroke: "#1f77b4", width: 1.5 }]),
       [history.t, history.throughput], $("chart-throughput")),
-    p99: new uPlot(opts([{ label: "light", stroke: "#2ca02c", width: 1.5 },
-      { label: "heavy/medium", stroke: "#d62728", width: 1.5 }]),
-      [history.t, history.light, history.heavy], $("chart-p99")),
+    p99: new uPlot(opts([{ label: "light lanes", stroke: "#2ca02c", width: 1.5 },
+      { label: "heavy lanes", stroke: "#d62728", width: 1.5 },
+      { label: "remote", stroke: "#9467bd", width: 1.5 }]),
+      [history.t, history.light, history.heavy, history.remote], $("chart-p99")),
   };
 }
 
-function record(ops) {
-  const maxOf = (list) => list.length ? Math.max(...list.map((o) => o.p99_ms)) : null;
+// p99 of the tokens each lane set resolved since the previous update (the engine's
+// per-set histograms); a set that resolved nothing leaves a gap.
+function record(ops, sets) {
+  const p99Of = (name) => {
+    const set = (sets || []).find((s) => s.set === name);
+    return set && set.tokens > 0 ? set.p99_ms : null;
+  };
   history.t.push(Date.now() / 1000);
   history.throughput.push(ops.reduce((sum, o) => sum + o.throughput, 0));
-  history.light.push(maxOf(ops.filter((o) => o.weight === "light")));
-  history.heavy.push(maxOf(ops.filter((o) => o.weight && o.weight !== "light")));
+  history.light.push(p99Of("light"));
+  history.heavy.push(p99Of("heavy"));
+  history.remote.push(p99Of("remote"));
   if (history.t.length > HISTORY) for (const key in history) history[key].shift();
   charts = charts || makeCharts();
   if (charts) {
     charts.throughput.setData([history.t, history.throughput]);
-    charts.p99.setData([history.t, history.light, history.heavy]);
+    charts.p99.setData([history.t, history.light, history.heavy, history.remote]);
   }
 }
 
@@ -159,7 +166,7 @@ function onStats(event) {
   $("updates").textContent = `${updates} updates` +
     (event.dropped_events ? `, ${event.dropped_events} dropped` : "");
   renderOps(event.ops);
-  record(event.ops);
+  record(event.ops, event.engine && event.engine.sets);
   if (event.engine) {
     renderLanes(event.engine.lanes);
     renderModel(event.engine.model);
