@@ -32,13 +32,20 @@ fn pinned_lanes_run_on_exactly_one_core_each() {
     cores.dedup();
     assert_eq!(cores.len(), lanes.len(), "one core per lane");
 
-    // And from inside user code, with the kernel's own answer.
-    let mask = engine.register("mask", Weight::Light, |_: u32| current_affinity()).unwrap();
+    // And from inside user code, with the kernel's own answer. (A waiting caller may
+    // run a batch of a backlog itself, on its own unpinned thread: those are skipped.)
+    let on_lane = || std::thread::current().name().is_some_and(|n| n.starts_with("tokengate-lane"));
+    let mask = engine
+        .register("mask", Weight::Light, move |_: u32| on_lane().then(current_affinity))
+        .unwrap();
+    let mut on_lanes = 0;
     for token in mask.submit_many(0..2_000u32) {
-        let seen = token.wait().unwrap();
-        assert_eq!(seen.len(), 1, "a token ran on a thread whose mask is {seen:?}");
+        let Some(seen) = token.wait().unwrap() else { continue };
+        assert_eq!(seen.len(), 1, "a token ran on a lane whose mask is {seen:?}");
         assert!(cores.contains(&seen[0]));
+        on_lanes += 1;
     }
+    assert!(on_lanes > 0, "the lanes ran some");
 }
 
 #[test]

@@ -248,6 +248,8 @@ fn a_failed_served_call_is_retried_by_redelivery_with_its_policy() {
     // redeliveries, one answer.
     assert_eq!(results, (0..5).map(|x| x * 10 + 3).collect::<Vec<_>>());
     assert_eq!(runs.load(Ordering::Relaxed), 15);
+    // The worker counts an answer just after the stream has stored it.
+    crate::eventually("5 answers counted", || worker.stats().completed == 5);
     let stats = worker.stats();
     assert_eq!((stats.retried, stats.completed, stats.failed), (10, 5, 0), "{stats:?}");
     assert_eq!(stats.redelivered, 10, "{stats:?}");
@@ -261,6 +263,7 @@ fn a_failed_served_call_is_retried_by_redelivery_with_its_policy() {
         .unwrap();
     let error = fails.submit(1).wait().unwrap_err();
     assert!(error.to_string().contains("there"), "{error}");
+    crate::eventually("the failure counted", || worker.stats().failed == 1);
     let stats = worker.stop();
     assert_eq!((stats.retried, stats.failed), (11, 1), "{stats:?}");
 }

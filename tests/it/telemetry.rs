@@ -39,7 +39,7 @@ fn cancelled_timed_out_and_panicked_calls_are_rows_too() {
     assert_eq!(outcome(2), RecordOutcome::Panicked);
     let mut fine_rows: Vec<_> = records.iter().filter(|r| r.op == 3).collect();
     fine_rows.sort_by_key(|r| r.token_id);
-    assert_eq!(fine_rows[0].outcome, RecordOutcome::Cancelled);
+    assert_eq!(fine_rows[0].outcome, RecordOutcome::Cancelled, "{fine_rows:?}");
     assert_eq!(fine_rows[0].run_ns, 0);
     assert_eq!(fine_rows[1].outcome, RecordOutcome::Completed);
     let timed_out = records.iter().find(|r| r.op == 1).unwrap();

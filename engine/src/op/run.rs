@@ -186,9 +186,11 @@ impl<A: Send + 'static, R: Send + 'static> Batch<A, R> {
             }
             let logged = !short && log_every != 0 && chunk.id_of(index) % log_every == 0;
             if short || (op.plain && !logged) {
-                if slot.claim(attempt) {
+                // A plain operation's running call can only end by returning: claim it
+                // straight into WRITING (one CAS, not two).
+                if slot.claim_to_write(attempt) {
                     tally.ran += 1;
-                    tally.count(slot.finish(attempt, call(&op.f, arg, attempt, &|| true)));
+                    tally.count(slot.publish(attempt, call(&op.f, arg, attempt, &|| true)));
                 } else {
                     tally.skipped += 1;
                 }

@@ -201,8 +201,9 @@ pub(crate) struct Telemetry {
     dropped: AtomicU64,
     writer: Mutex<Option<JoinHandle<WriterOutput>>>,
     finished: Mutex<Option<WriterOutput>>,
-    /// Set by `finish`: the writer takes what is queued and ends, even while a lane
-    /// thread stuck in a call that never returns still holds a sender.
+    /// Set by `finish`: the writer takes what is queued and ends once every sender is
+    /// gone, or after a grace of [`STUCK_GRACE`] while a lane thread stuck in a call
+    /// that has not returned still holds one.
     closing: Arc<AtomicBool>,
 }
 
@@ -231,7 +232,7 @@ impl Telemetry {
         let live = Arc::new(Live::default());
         let writer_live = Arc::clone(&live);
         let closing = Arc::new(AtomicBool::new(false));
-        let input = Input { receiver, closing: Arc::clone(&closing) };
+        let input = Input { receiver, closing: Arc::clone(&closing), until: Default::default() };
         let writer =
             std::thread::Builder::new().name("tokengate-telemetry".into()).spawn(move || {
                 let (origin, live) = (writer_origin, &writer_live);
@@ -321,10 +322,16 @@ fn run_id() -> u64 {
     nanos ^ (u64::from(std::process::id()) << 32)
 }
 
+/// How long the writer, once the engine is closing, still waits for rows from lane
+/// threads stuck in an overrun call (they flush when the call returns).
+const STUCK_GRACE: Duration = Duration::from_secs(1);
+
 /// The writer's end of the channel.
 struct Input {
     receiver: Receiver<Vec<TokenRecord>>,
     closing: Arc<AtomicBool>,
+    /// Set when the writer first sees `closing`: the end of the grace.
+    until: std::cell::Cell<Option<Instant>>,
 }
 
 enum Next {
@@ -334,11 +341,15 @@ enum Next {
 }
 
 impl Input {
-    /// The next buffer, waiting at most `wait`. Closed once every sender is gone, or
-    /// once the engine is closing and nothing more is queued.
+    /// The next buffer, waiting at most `wait`. Closed once every sender is gone, or,
+    /// once the engine is closing, when a thread stuck in a call that has not returned
+    /// still holds one after [`STUCK_GRACE`].
     fn next(&self, wait: Duration) -> Next {
         if self.closing.load(Ordering::Acquire) {
-            return match self.receiver.try_recv() {
+            let until = *self.until.get().get_or_insert(Instant::now() + STUCK_GRACE);
+            self.until.set(Some(until));
+            let left = until.saturating_duration_since(Instant::now());
+            return match self.receiver.recv_timeout(left) {
                 Ok(rows) => Next::Rows(rows),
                 Err(_) => Next::Closed,
             };

@@ -188,6 +188,36 @@ impl<R> Slot<R> {
         Ok(())
     }
 
+    /// The short path's claim, for calls nobody else can resolve once they start (no
+    /// deadline, no retry, no dedupe: only a cancel, which takes queued tokens alone):
+    /// straight from queued to `WRITING`, so the result is published without a second
+    /// CAS. False if the token was cancelled first. The caller must then
+    /// [`Slot::publish`] exactly once.
+    #[inline]
+    pub(crate) fn claim_to_write(&self, attempt: u8) -> bool {
+        self.state
+            .compare_exchange(
+                pack(QUEUED, attempt),
+                pack(WRITING, attempt),
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+    }
+
+    /// Resolves a token claimed by [`Slot::claim_to_write`].
+    #[inline]
+    pub(crate) fn publish(&self, attempt: u8, result: Result<R, TokenError>) -> Outcome {
+        let outcome = if result.is_ok() { Outcome::Completed } else { Outcome::Failed };
+        let terminal = terminal_code(&result);
+        // SAFETY: `claim_to_write` won the CAS into WRITING for us, so we are the only
+        // writer, and no reader looks at `result` before the terminal state below.
+        unsafe { self.result.write(result) };
+        self.state.store(pack(terminal, attempt), Ordering::Release);
+        self.waker.wake();
+        outcome
+    }
+
     /// The worker finished running attempt `attempt`.
     #[inline]
     pub(crate) fn finish(&self, attempt: u8, result: Result<R, TokenError>) -> Outcome {
@@ -562,6 +592,34 @@ mod loom_tests {
             match token.wait() {
                 Ok(7) => assert!(worked),
                 Err(TokenError::TimedOut) => assert!(timed_out),
+                Err(TokenError::Cancelled { .. }) => assert!(cancelled),
+                other => panic!("unexpected {other:?}"),
+            }
+        });
+    }
+
+    #[test]
+    fn loom_short_path_against_cancel() {
+        loom::model(|| {
+            let chunk = Chunk::<u32>::new(0, 1, Some(Arc::new(Resolutions::default())));
+            let token = chunk.token(0);
+            let worker = {
+                let chunk = Arc::clone(&chunk);
+                loom::thread::spawn(move || {
+                    let slot = chunk.slot(0);
+                    if slot.claim_to_write(1) {
+                        slot.publish(1, Ok(7))
+                    } else {
+                        Outcome::Skipped
+                    }
+                })
+            };
+            let cancelled = token.cancel();
+            let worked = worker.join().unwrap() == Outcome::Completed;
+            assert_eq!(u64::from(worked) + resolutions(&chunk), 1, "exactly one resolution");
+            assert_ne!(worked, cancelled);
+            match token.wait() {
+                Ok(7) => assert!(worked),
                 Err(TokenError::Cancelled { .. }) => assert!(cancelled),
                 other => panic!("unexpected {other:?}"),
             }
