@@ -126,6 +126,9 @@ pub(crate) struct Adapter {
     config: Adaptation,
     rows: Mutex<VecDeque<(Instant, Sample)>>,
     rows_seen: AtomicU64,
+    /// `rows_seen` at the last round: a round with no new rows is skipped (an idle
+    /// engine does not re-fit the same rows every 100 ms).
+    fitted_at: AtomicU64,
     enabled: AtomicBool,
     stop: (Mutex<bool>, Condvar),
     status: Mutex<AdaptStatus>,
@@ -142,6 +145,7 @@ impl Adapter {
             config,
             rows: Mutex::new(VecDeque::new()),
             rows_seen: AtomicU64::new(0),
+            fitted_at: AtomicU64::new(0),
             enabled: AtomicBool::new(true),
             stop: (Mutex::new(false), Condvar::new()),
             status: Mutex::new(AdaptStatus { enabled: true, ..AdaptStatus::default() }),
@@ -229,6 +233,10 @@ impl Adapter {
     /// One re-fit: fit on the older 80% of the recent rows, score both models on the
     /// newest 20%, swap if the candidate is clearly better.
     fn round(&self) {
+        let seen = self.rows_seen.load(Ordering::Relaxed);
+        if self.fitted_at.swap(seen, Ordering::Relaxed) == seen {
+            return;
+        }
         let horizon = self.config.horizon;
         let recent: Vec<Sample> = {
             let rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());

@@ -286,7 +286,11 @@ fn set_latency(
         .map(|set| {
             let now = &now[set.index()];
             let window: Vec<u64> = match before {
-                Some(before) => now.iter().zip(&before[set.index()]).map(|(n, b)| n - b).collect(),
+                Some(before) => now
+                    .iter()
+                    .zip(&before[set.index()])
+                    .map(|(n, b)| n.saturating_sub(*b))
+                    .collect(),
                 None => vec![0; LATENCY_BUCKETS],
             };
             let p99_ns = quantile_of(&window, 0.99);

@@ -9,8 +9,8 @@
 //! batches is counted apart (`helped_ns`), so a waiting call's logged run time leaves
 //! it out.
 //!
-//! A thread *outside* the lanes that waits on a token (the CLI's pyramid driver, a
-//! `submit_many(...)` followed by waits) helps too, but only with light batches without
+//! A thread *outside* the lanes that waits on a token (a `submit_many(...)` followed
+//! by waits) helps too, but only with light batches without
 //! deadline or locality, and only while the light queue holds at least two batches per
 //! light lane, more than the lanes will reach soon: a lone call is never run inline on
 //! its caller, and the helper stops as soon as the lanes can keep up. On 2 cores this

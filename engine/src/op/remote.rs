@@ -170,9 +170,11 @@ impl<A: Send + 'static, R: Send + 'static> PendingToken for RemoteToken<A, R> {
             ))),
         };
         let resolved = chunk.slot(index).finish(attempt, result);
-        let latency = nanos(Instant::now().saturating_duration_since(admitted_at));
-        op.control.latency().record(latency, 1);
-        op.engine.set_latency[LaneSet::Remote.index()].record(latency, 1);
+        if resolved != Outcome::Skipped {
+            let latency = nanos(Instant::now().saturating_duration_since(admitted_at));
+            op.control.latency().record(latency, 1);
+            op.engine.set_latency[LaneSet::Remote.index()].record(latency, 1);
+        }
         match resolved {
             Outcome::Completed => op.resolutions.completed.fetch_add(1, Relaxed),
             Outcome::Failed => op.resolutions.failed.fetch_add(1, Relaxed),

@@ -244,6 +244,12 @@ impl Ctx {
         // Pulled calls wait in the client's buffer with their ack wait running: keep
         // that buffer small beside the calls held.
         let batch = self.config.concurrency.min(32);
+        // The stored consumer's own limit counts (an existing durable keeps its config):
+        // a nak on its last delivery would be dropped by the server. ≤ 0: unlimited.
+        let max_deliver = match consumer.cached_info().config.max_deliver {
+            n if n <= 0 => i64::MAX,
+            n => n,
+        };
         let mut messages = consumer.stream().max_messages_per_batch(batch).messages().await?;
         loop {
             if *stopped.borrow() {
@@ -261,13 +267,13 @@ impl Ctx {
             let message = message?;
             let (ctx, op) = (Arc::clone(self), Arc::clone(op));
             tokio::spawn(async move {
-                ctx.handle(&*op, message).await;
+                ctx.handle(&*op, message, max_deliver).await;
                 drop(slot);
             });
         }
     }
 
-    async fn handle(&self, op: &dyn RemoteServe, message: jetstream::Message) {
+    async fn handle(&self, op: &dyn RemoteServe, message: jetstream::Message, max_deliver: i64) {
         let c = &self.counters;
         c.received.fetch_add(1, Relaxed);
         let delivered = message.info().map_or(1, |info| info.delivered.max(1) as u64);
@@ -332,9 +338,7 @@ impl Ctx {
         };
         // A failure the operation's policy retries goes back to the server, which
         // delivers it again after the backoff — unless this was its last delivery.
-        if let Some(delay) =
-            reply.retry_after.filter(|_| (delivered as i64) < self.config.max_deliver)
-        {
+        if let Some(delay) = reply.retry_after.filter(|_| (delivered as i64) < max_deliver) {
             c.retried.fetch_add(1, Relaxed);
             tracing::debug!(op = op.name(), delivered, ?delay, "failed attempt: nak for a retry");
             let delay = (!delay.is_zero()).then_some(delay);

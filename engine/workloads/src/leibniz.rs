@@ -23,6 +23,8 @@ use tokengate::{Engine, LaneStats, Operation, RegisterError, Token, TokenError, 
 pub const CHUNK_TERMS: u64 = 1_000;
 /// Chunks per partial token.
 pub const PARTIAL_CHUNKS: usize = 100;
+/// Partial tokens the final token keeps in flight.
+const PARTIALS_IN_FLIGHT: usize = 64;
 /// π to 40 places, to count correct digits.
 pub const PI_DIGITS: &str = "3.1415926535897932384626433832795028841971";
 
@@ -135,8 +137,18 @@ impl Pyramid {
         let per_partial = CHUNK_TERMS * PARTIAL_CHUNKS as u64;
         let finish =
             engine.operation("pi_final", Weight::Light).register_fallible(move |terms: u64| {
-                let partials = partials.submit_many(ranges(0, terms, per_partial));
-                Ok::<_, TokenError>(sum_of(partials)? * Decimal::from(4))
+                // At most `PARTIALS_IN_FLIGHT` partials at a time: every waiting parent
+                // holds an admission permit, so however large `terms` is, parents waiting
+                // for children never hold the engine's whole capacity.
+                let mut pending = ranges(0, terms, per_partial).peekable();
+                let mut sum = Decimal::ZERO;
+                while pending.peek().is_some() {
+                    let group = partials.submit_many(pending.by_ref().take(PARTIALS_IN_FLIGHT));
+                    for partial in group {
+                        sum += partial.wait()?; // the serial loop's order
+                    }
+                }
+                Ok::<_, TokenError>(sum * Decimal::from(4))
             })?;
         Ok(Pyramid { finish, summed })
     }
@@ -168,7 +180,9 @@ impl Pyramid {
         let lane_busy = lanes_after
             .iter()
             .zip(&lanes_before)
-            .map(|(a, b)| (a.busy_ns - b.busy_ns) as f64 / wall.as_nanos().max(1) as f64)
+            .map(|(a, b)| {
+                a.busy_ns.saturating_sub(b.busy_ns) as f64 / wall.as_nanos().max(1) as f64
+            })
             .collect();
         let by_callers = engine.caller_tokens() - callers_before;
         Ok(Outcome { pi, tokens: token_count(terms), wall, per_lane, lane_busy, by_callers })
