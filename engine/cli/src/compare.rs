@@ -106,12 +106,14 @@ pub(crate) fn compare(args: CompareArgs) -> Result<()> {
             if *name == "adaptive" {
                 let recoveries: Vec<Option<f64>> =
                     runs.iter().zip(&oracle_runs).map(|(r, o)| recovery_s(r, o)).collect();
-                let found: Vec<f64> = recoveries.iter().flatten().copied().collect();
-                result["recovery_s"] = if found.len() == recoveries.len() {
-                    json!(median(&found))
-                } else {
-                    Value::Null
-                };
+                // A run that never recovered counts as never (+∞): the median exists
+                // while more than half the runs recovered.
+                let ranked: Vec<f64> =
+                    recoveries.iter().map(|r| r.unwrap_or(f64::INFINITY)).collect();
+                let middle = median(&ranked);
+                let recovered = recoveries.iter().flatten().count();
+                result["recovery_s"] = if middle.is_finite() { json!(middle) } else { Value::Null };
+                result["recovered_runs"] = json!(recovered);
                 result["recovery_s_runs"] = json!(recoveries);
                 result["rolling_p99_ms_runs"] = json!(runs
                     .iter()
