@@ -37,16 +37,21 @@ async fn connect(addr: SocketAddr, secret: Option<&str>) -> Result<Socket, Strin
     }
 }
 
+/// The next JSON frame (a reply or an event), within 10 s.
+async fn next_frame(socket: &mut Socket) -> Value {
+    let frame = tokio::time::timeout(Duration::from_secs(10), socket.next())
+        .await
+        .expect("a frame in time")
+        .expect("the connection stays open")
+        .unwrap();
+    serde_json::from_str(frame.to_text().unwrap()).unwrap()
+}
+
 /// Sends one frame and returns the next reply (skipping events).
 async fn ask(socket: &mut Socket, message: Message) -> Value {
     socket.send(message).await.unwrap();
     loop {
-        let reply = tokio::time::timeout(Duration::from_secs(10), socket.next())
-            .await
-            .expect("a reply in time")
-            .expect("the connection stays open")
-            .unwrap();
-        let value: Value = serde_json::from_str(reply.to_text().unwrap()).unwrap();
+        let value = next_frame(socket).await;
         if value.get("event").is_none() {
             return value;
         }
@@ -239,12 +244,7 @@ fn subscribers_get_stats_and_override_events() {
         cmd(&mut steerer, json!({"id": 1, "cmd": "pin", "op": "echo", "lanes": "light"})).await;
         let (mut stats, mut override_seen) = (false, false);
         while !(stats && override_seen) {
-            let frame = tokio::time::timeout(Duration::from_secs(10), watcher.next())
-                .await
-                .expect("events keep coming")
-                .unwrap()
-                .unwrap();
-            let event: Value = serde_json::from_str(frame.to_text().unwrap()).unwrap();
+            let event = next_frame(&mut watcher).await;
             match event["event"].as_str() {
                 Some("stats") => stats |= event["ops"][0]["op"] == json!("echo"),
                 Some("override") => {
@@ -276,12 +276,7 @@ fn engine_events_give_each_lane_sets_latency_over_the_window() {
             let tokens = echo.submit_many(0..100);
             slow.submit(()).wait().unwrap();
             tokens.into_iter().for_each(|t| drop(t.wait()));
-            let frame = tokio::time::timeout(Duration::from_secs(10), watcher.next())
-                .await
-                .expect("events keep coming")
-                .unwrap()
-                .unwrap();
-            let event: Value = serde_json::from_str(frame.to_text().unwrap()).unwrap();
+            let event = next_frame(&mut watcher).await;
             if event["event"] != json!("stats") {
                 continue;
             }

@@ -119,17 +119,18 @@ impl Collector for EngineCollector {
             let written = t.live.written.load(std::sync::atomic::Ordering::Relaxed);
             (stats.recorded, stats.dropped, written)
         });
-        let rows = [
+        let status = self.controller.model_status();
+        let counters = [
             ("telemetry_rows_recorded", "Telemetry rows handed to the writer.", recorded),
             ("telemetry_rows_written", "Telemetry rows written to Parquet.", written),
             ("telemetry_rows_dropped", "Telemetry rows dropped: the writer fell behind.", dropped),
+            ("model_swaps", "Models swapped in by online adaptation.", u64::from(status.swaps)),
         ];
-        for (name, help, value) in rows {
+        for (name, help, value) in counters {
             let metric = ConstCounter::new(value);
             metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)?;
         }
 
-        let status = self.controller.model_status();
         let version = ConstGauge::new(i64::from(status.model_version));
         let help = "The model routing now (0: no model).";
         version.encode(encoder.encode_descriptor(
@@ -137,14 +138,6 @@ impl Collector for EngineCollector {
             help,
             None,
             version.metric_type(),
-        )?)?;
-        let swaps = ConstCounter::new(u64::from(status.swaps));
-        let help = "Models swapped in by online adaptation.";
-        swaps.encode(encoder.encode_descriptor(
-            "model_swaps",
-            help,
-            None,
-            swaps.metric_type(),
         )?)?;
         Ok(())
     }

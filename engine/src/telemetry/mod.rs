@@ -346,7 +346,7 @@ impl Input {
     /// still holds one after [`STUCK_GRACE`].
     fn next(&self, wait: Duration) -> Next {
         if self.closing.load(Ordering::Acquire) {
-            let until = *self.until.get().get_or_insert(Instant::now() + STUCK_GRACE);
+            let until = self.until.get().unwrap_or_else(|| Instant::now() + STUCK_GRACE);
             self.until.set(Some(until));
             let left = until.saturating_duration_since(Instant::now());
             return match self.receiver.recv_timeout(left) {

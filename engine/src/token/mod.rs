@@ -179,12 +179,7 @@ impl<R> Slot<R> {
         {
             return Err(result);
         }
-        let terminal = terminal_code(&result);
-        // SAFETY: we won the CAS into WRITING, so we are the only writer, and no reader
-        // looks at `result` before it sees the terminal state stored below.
-        unsafe { self.result.write(result) };
-        self.state.store(pack(terminal, attempt), Ordering::Release);
-        self.waker.wake();
+        self.publish(attempt, result);
         Ok(())
     }
 
@@ -205,13 +200,15 @@ impl<R> Slot<R> {
             .is_ok()
     }
 
-    /// Resolves a token claimed by [`Slot::claim_to_write`].
+    /// Writes the result and resolves the token: the one way out of `WRITING`, for
+    /// whoever won the CAS into it ([`Slot::claim_to_write`], `finish_and`,
+    /// `resolve_from`).
     #[inline]
     pub(crate) fn publish(&self, attempt: u8, result: Result<R, TokenError>) -> Outcome {
         let outcome = if result.is_ok() { Outcome::Completed } else { Outcome::Failed };
         let terminal = terminal_code(&result);
-        // SAFETY: `claim_to_write` won the CAS into WRITING for us, so we are the only
-        // writer, and no reader looks at `result` before the terminal state below.
+        // SAFETY: the caller won the CAS into WRITING, so it is the only writer, and no
+        // reader looks at `result` before the terminal state below.
         unsafe { self.result.write(result) };
         self.state.store(pack(terminal, attempt), Ordering::Release);
         self.waker.wake();
@@ -234,7 +231,6 @@ impl<R> Slot<R> {
         result: Result<R, TokenError>,
         first: impl FnOnce(&Result<R, TokenError>),
     ) -> Outcome {
-        let outcome = if result.is_ok() { Outcome::Completed } else { Outcome::Failed };
         let running = pack(RUNNING, attempt);
         let writing = pack(WRITING, attempt);
         if self
@@ -247,13 +243,7 @@ impl<R> Slot<R> {
             return Outcome::Skipped;
         }
         first(&result);
-        let terminal = terminal_code(&result);
-        // SAFETY: we won the CAS into WRITING, so we are the only writer, and no reader
-        // looks at `result` before it sees the terminal state stored below.
-        unsafe { self.result.write(result) };
-        self.state.store(pack(terminal, attempt), Ordering::Release);
-        self.waker.wake();
-        outcome
+        self.publish(attempt, result)
     }
 
     /// Resolves a token that was never queued to run (a duplicate of a call in flight)
@@ -566,11 +556,17 @@ mod loom_tests {
             + r.timed_out.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// One token's chunk, counting resolutions, and its handle.
+    fn one_token() -> (Arc<Chunk<u32>>, Token<u32>) {
+        let chunk = Chunk::<u32>::new(0, 1, Some(Arc::new(Resolutions::default())));
+        let token = chunk.token(0);
+        (chunk, token)
+    }
+
     #[test]
     fn loom_worker_deadline_and_cancel() {
         loom::model(|| {
-            let chunk = Chunk::<u32>::new(0, 1, Some(Arc::new(Resolutions::default())));
-            let token = chunk.token(0);
+            let (chunk, token) = one_token();
             let worker = {
                 let chunk = Arc::clone(&chunk);
                 loom::thread::spawn(move || {
@@ -601,8 +597,7 @@ mod loom_tests {
     #[test]
     fn loom_short_path_against_cancel() {
         loom::model(|| {
-            let chunk = Chunk::<u32>::new(0, 1, Some(Arc::new(Resolutions::default())));
-            let token = chunk.token(0);
+            let (chunk, token) = one_token();
             let worker = {
                 let chunk = Arc::clone(&chunk);
                 loom::thread::spawn(move || {
@@ -629,8 +624,7 @@ mod loom_tests {
     #[test]
     fn loom_stale_attempt_against_retry() {
         loom::model(|| {
-            let chunk = Chunk::<u32>::new(0, 1, Some(Arc::new(Resolutions::default())));
-            let token = chunk.token(0);
+            let (chunk, token) = one_token();
             assert!(chunk.slot(0).claim(1));
             // The deadline of attempt 1 moves the token to attempt 2 while attempt 1 is
             // still running; a second lane runs attempt 2; attempt 1 returns late.
