@@ -210,3 +210,31 @@ fn overruns_inside_nested_waits_still_resolve_and_drain() {
     });
     finished.recv_timeout(Duration::from_secs(20)).expect("the engine drains");
 }
+
+/// `map` keeps no token per call: its results still come back in argument order, one
+/// per call, across several admission chunks (more calls than a chunk), with each
+/// call's own failure; after shutdown every call is rejected.
+#[test]
+fn map_returns_every_result_in_order_across_chunks() {
+    let engine = Engine::builder().pin(false).build().unwrap();
+    let odd_fails = engine
+        .register_fallible("odd_fails", Weight::Light, |x: u64| match x % 2 {
+            0 => Ok(x * 3),
+            _ => Err(format!("{x} is odd")),
+        })
+        .unwrap();
+    let results = odd_fails.map(0..10_000);
+    assert_eq!(results.len(), 10_000);
+    for (x, result) in (0..10_000u64).zip(&results) {
+        match x % 2 {
+            0 => assert_eq!(result, &Ok(x * 3)),
+            _ => assert_eq!(result, &Err(TokenError::Failed(format!("{x} is odd")))),
+        }
+    }
+    let stats = odd_fails.stats();
+    assert_eq!((stats.completed, stats.failed), (5_000, 5_000));
+    engine.shutdown();
+    let rejected = odd_fails.map(0..3);
+    assert_eq!(rejected.len(), 3);
+    assert!(rejected.iter().all(|r| matches!(r, Err(TokenError::Rejected { .. }))), "{rejected:?}");
+}

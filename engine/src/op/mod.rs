@@ -35,7 +35,7 @@ use crate::control::state::{OpControl, OpStats, Overrides};
 use crate::core::Shared;
 use crate::error::{RegisterError, RejectReason, TokenError};
 use crate::placement::Weight;
-use crate::token::{block_on, Chunk, Start, Token};
+use crate::token::{block_on, wait_slot, Chunk, Start, Token};
 
 /// A registered function. Cheap to clone; every clone submits to the same engine.
 ///
@@ -157,9 +157,9 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
     }
 
     /// Runs the operation on every argument and returns the results in order: a
-    /// `submit_many` followed by a wait on each token. Inside another operation the
-    /// waits run other queued work (these calls first), so fanning out never blocks a
-    /// lane.
+    /// `submit_many` followed by a wait on each call, without a `Token` per call (one
+    /// handle per chunk of calls instead). Inside another operation the waits run
+    /// other queued work (these calls first), so fanning out never blocks a lane.
     ///
     /// ```
     /// # let engine = tokengate::Engine::builder().build()?;
@@ -171,7 +171,24 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn map<I: IntoIterator<Item = A>>(&self, args: I) -> Vec<Result<R, TokenError>> {
-        self.submit_many(args).into_iter().map(Token::wait).collect()
+        let weight = self.inner.weight;
+        let args = args.into_iter().map(|arg| (arg, weight));
+        let mut results = Vec::with_capacity(args.size_hint().0);
+        let mut chunks = Vec::new();
+        self.admit_chunks(args, true, |admitted, len| chunks.push((admitted, len)));
+        for (admitted, len) in chunks {
+            match admitted {
+                Ok(chunk) => results.extend((0..len as u32).map(|index| {
+                    // SAFETY: no `Token` was made for this chunk's slots; this loop is
+                    // their unique handle and takes each result once.
+                    unsafe { wait_slot(&chunk, index) }
+                })),
+                Err((_, reason)) => {
+                    results.extend((0..len).map(|_| Err(TokenError::Rejected { reason })))
+                }
+            }
+        }
+        results
     }
 
     /// [`Operation::submit_many`] where each call declares its own weight (overriding
@@ -184,25 +201,38 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
         self.submit_chunks(args.into_iter(), false)
     }
 
-    /// Admits and queues `args` a chunk at a time; `uniform`: every weight is the
-    /// operation's own.
+    /// Admits and queues `args` a chunk at a time and hands out a token per call, in
+    /// order; `uniform`: every weight is the operation's own.
     fn submit_chunks(
         &self,
-        mut args: impl Iterator<Item = (A, Weight)>,
+        args: impl Iterator<Item = (A, Weight)>,
         uniform: bool,
     ) -> Vec<Token<R>> {
         let mut tokens = Vec::with_capacity(args.size_hint().0);
+        self.admit_chunks(args, uniform, |admitted, len| tokens.extend(tokens_of(admitted, len)));
+        tokens
+    }
+
+    /// Admits and queues `args` a chunk at a time, handing each chunk (or its
+    /// rejection) and its length to `each`.
+    fn admit_chunks(
+        &self,
+        mut args: impl Iterator<Item = (A, Weight)>,
+        uniform: bool,
+        mut each: impl FnMut(Admitted<R>, usize),
+    ) {
         loop {
             let chunk: Vec<(A, Weight)> = args.by_ref().take(self.chunk_len()).collect();
             if chunk.is_empty() {
-                return tokens;
+                return;
             }
             let bytes = chunk.iter().map(|(arg, _)| self.inner.bytes_of(arg)).sum();
             let admitted = self.acquire_blocking(Permit::new(chunk.len(), bytes));
             let len = chunk.len();
-            self.admit_chunk(admitted, len, chunk.into_iter(), uniform, Start::Submitted, |t| {
-                tokens.push(t)
-            });
+            each(
+                self.admit_chunk(admitted, len, chunk.into_iter(), uniform, Start::Submitted),
+                len,
+            );
         }
     }
 
@@ -223,9 +253,9 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
             let permit = Permit::new(chunk.len(), bytes);
             let admitted = self.inner.engine.admission.acquire(permit, &self.inner.queue).await;
             let items = chunk.into_iter().map(|arg| (arg, weight));
-            self.admit_chunk(admitted, items.len(), items, true, Start::Submitted, |t| {
-                tokens.push(t)
-            });
+            let len = items.len();
+            let admitted = self.admit_chunk(admitted, len, items, true, Start::Submitted);
+            tokens.extend(tokens_of(admitted, len));
         }
     }
 
@@ -249,10 +279,9 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
     }
 
     fn admit_one_at(&self, admitted: Result<(), RejectReason>, arg: A, start: Start) -> Token<R> {
-        let mut token = None;
         let item = std::iter::once((arg, self.inner.weight));
-        self.admit_chunk(admitted, 1, item, true, start, |t| token = Some(t));
-        token.expect("one token per argument")
+        let admitted = self.admit_chunk(admitted, 1, item, true, start);
+        tokens_of(admitted, 1).next().expect("one token per argument")
     }
 
     /// Lists, routes and queues `len` items, for which permits are held when
@@ -264,15 +293,13 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
         items: impl Iterator<Item = (A, Weight)>,
         uniform: bool,
         start: Start,
-        mut emit: impl FnMut(Token<R>),
-    ) {
+    ) -> Admitted<R> {
         let op = &self.inner;
         let engine = &op.engine;
         let base_id = engine.next_token_id.fetch_add(len as u64, Relaxed);
         if let Err(reason) = admitted {
             op.counters.rejected.fetch_add(len as u64, Relaxed);
-            (0..len as u64).for_each(|i| emit(Token::rejected(base_id + i, reason)));
-            return;
+            return Err((base_id, reason));
         }
         op.counters.submitted.fetch_add(len as u64, Relaxed);
         let chunk = Chunk::listed(
@@ -287,14 +314,12 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
         enqueue.spread(len);
         if uniform && op.dedupe.is_none() && enqueue.routes_once() {
             // One placement for the whole chunk: batches are filled straight from it.
-            (0..len as u32).for_each(|index| emit(chunk.token(index)));
             enqueue.push_all(items.enumerate().map(|(index, (arg, _))| (index as u32, arg)), len);
             enqueue.finish();
-            return;
+            return Ok(chunk);
         }
         for (index, (arg, declared)) in items.enumerate() {
             let index = index as u32;
-            emit(chunk.token(index));
             if let Some(dedupe) = &op.dedupe {
                 if dedupe.join((dedupe.key)(&arg), &chunk, index, op.bytes_of(&arg)) {
                     // A duplicate of a call in flight: it waits for that call's result
@@ -305,5 +330,18 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
             enqueue.push(index, arg, declared, len - index as usize);
         }
         enqueue.finish();
+        Ok(chunk)
     }
+}
+
+/// A chunk of admitted calls, or why none was admitted (and the first of the ids they
+/// were given).
+type Admitted<R> = Result<Arc<Chunk<R>>, (u64, RejectReason)>;
+
+/// The tokens of an admitted chunk of `len` calls, in order.
+fn tokens_of<R>(admitted: Admitted<R>, len: usize) -> impl Iterator<Item = Token<R>> {
+    (0..len as u32).map(move |index| match &admitted {
+        Ok(chunk) => chunk.token(index),
+        Err((base_id, reason)) => Token::rejected(base_id + u64::from(index), *reason),
+    })
 }

@@ -67,31 +67,9 @@ impl<R> Token<R> {
     /// Blocks the calling thread until the token resolves.
     ///
     /// Do not call this from inside an async task; `.await` the token instead.
-    pub fn wait(mut self) -> Result<R, TokenError> {
+    pub fn wait(self) -> Result<R, TokenError> {
         // SAFETY: `self` is the slot's unique handle, owned here.
-        if let Some(result) = unsafe { self.slot().try_take() } {
-            return result; // the common case in bulk: checked before anything else
-        }
-        // A thread that is not a lane spins (then yields) a little before it parks: a
-        // short call resolves within microseconds, and a park costs a wake-up on each
-        // side. A lane runs other work instead (see `block_on`).
-        let outside = HELPER.with(Cell::get).is_none();
-        if outside {
-            let backoff = crossbeam_utils::Backoff::new();
-            while !backoff.is_completed() {
-                backoff.snooze();
-                // SAFETY: as above.
-                if let Some(result) = unsafe { self.slot().try_take() } {
-                    return result;
-                }
-            }
-        }
-        match self.chunk.outside.clone() {
-            Some(lanes) if outside && !HELPING_OUTSIDE.with(Cell::get) => {
-                help_outside(&mut self, &*lanes)
-            }
-            _ => block_on(&mut self),
-        }
+        unsafe { wait_slot(&self.chunk, self.index) }
     }
 
     /// Like [`Token::wait`], but gives the token back if it has not resolved within
@@ -122,19 +100,77 @@ impl<R> Future for Token<R> {
     type Output = Result<R, TokenError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let slot = self.slot();
         // SAFETY: `Pin<&mut Token>` is exclusive access to the slot's unique handle.
-        if let Some(result) = unsafe { slot.try_take() } {
-            return Poll::Ready(result);
+        unsafe { poll_slot(self.slot(), cx) }
+    }
+}
+
+/// Polls a slot for its result.
+///
+/// # Safety
+/// The caller is the slot's unique handle (a `Token`, or a caller that made no handle
+/// for the slot, as [`Operation::map`](crate::Operation::map)).
+#[inline]
+unsafe fn poll_slot<R>(slot: &Slot<R>, cx: &mut Context<'_>) -> Poll<Result<R, TokenError>> {
+    // SAFETY: the unique handle, per this function's contract.
+    if let Some(result) = unsafe { slot.try_take() } {
+        return Poll::Ready(result);
+    }
+    slot.waker.register(cx.waker());
+    // Re-check: the worker may have resolved it between the first check and the
+    // registration, and then it woke nobody.
+    // SAFETY: as above.
+    match unsafe { slot.try_take() } {
+        Some(result) => Poll::Ready(result),
+        None => Poll::Pending,
+    }
+}
+
+/// A slot's result as a future, for a caller that holds no `Token` for it.
+struct SlotWait<'a, R>(&'a Slot<R>);
+
+impl<R> Future for SlotWait<'_, R> {
+    type Output = Result<R, TokenError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // SAFETY: a `SlotWait` is only made by `wait_slot`, whose caller is the slot's
+        // unique handle.
+        unsafe { poll_slot(self.0, cx) }
+    }
+}
+
+/// Blocks until slot `index` of `chunk` resolves and takes its result: a blocking wait
+/// that runs other work on a lane (see [`block_on`]), and on an outside thread spins a
+/// little, then helps a backlog (see [`help_outside`]), then parks.
+///
+/// # Safety
+/// The caller is the slot's unique handle, as for [`poll_slot`].
+pub(crate) unsafe fn wait_slot<R>(chunk: &Chunk<R>, index: u32) -> Result<R, TokenError> {
+    let slot = chunk.slot(index);
+    // SAFETY: the unique handle, per this function's contract.
+    if let Some(result) = unsafe { slot.try_take() } {
+        return result; // the common case in bulk: checked before anything else
+    }
+    // A thread that is not a lane spins (then yields) a little before it parks: a
+    // short call resolves within microseconds, and a park costs a wake-up on each
+    // side. A lane runs other work instead (see `block_on`).
+    let outside = HELPER.with(Cell::get).is_none();
+    if outside {
+        let backoff = crossbeam_utils::Backoff::new();
+        while !backoff.is_completed() {
+            backoff.snooze();
+            // SAFETY: as above.
+            if let Some(result) = unsafe { slot.try_take() } {
+                return result;
+            }
         }
-        slot.waker.register(cx.waker());
-        // Re-check: the worker may have resolved it between the first check and the
-        // registration, and then it woke nobody.
-        // SAFETY: as above, exclusive access to the unique handle.
-        match unsafe { slot.try_take() } {
-            Some(result) => Poll::Ready(result),
-            None => Poll::Pending,
+    }
+    let mut wait = SlotWait(slot);
+    match &chunk.outside {
+        Some(lanes) if outside && !HELPING_OUTSIDE.with(Cell::get) => {
+            help_outside(&mut wait, &**lanes)
         }
+        _ => block_on(&mut wait),
     }
 }
 

@@ -40,7 +40,7 @@ mod handle;
 mod index;
 mod sync;
 
-pub(crate) use handle::{block_on, with_helper, Helper, Outside};
+pub(crate) use handle::{block_on, wait_slot, with_helper, Helper, Outside};
 pub use handle::{join, Token};
 pub(crate) use index::{CancelById, TokenIndex};
 

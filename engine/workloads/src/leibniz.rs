@@ -4,7 +4,7 @@
 //! Every node is its own token through the engine, and the pyramid unfolds inside it
 //! the way a recursive program would: the final token submits one token per partial
 //! and waits for them; each partial submits its chunks, each chunk its 1,000 term
-//! tokens (`submit_many`, run in batches). A wait on a lane runs other queued work —
+//! tokens (`Operation::map`: one handle per chunk of calls, run in batches). A wait on a lane runs other queued work —
 //! the waiting token's own newest first, the oldest left for the other lanes to steal —
 //! so the lanes are never blocked and the caller's thread only waits for the answer.
 //! Depth-first order keeps memory flat however large `N` is: the tokens in flight are
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use rust_decimal::Decimal;
 
-use tokengate::{Engine, LaneStats, Operation, RegisterError, Token, TokenError, Weight};
+use tokengate::{Engine, LaneStats, Operation, RegisterError, TokenError, Weight};
 
 /// Terms per chunk token.
 pub const CHUNK_TERMS: u64 = 1_000;
@@ -105,9 +105,9 @@ pub fn serial(terms: u64) -> Decimal {
     ranges(0, terms, per_partial).map(partial).sum::<Decimal>() * Decimal::from(4)
 }
 
-/// Waits for every token and sums the results (the first error wins).
-fn sum_of(tokens: Vec<Token<Decimal>>) -> Result<Decimal, TokenError> {
-    tokens.into_iter().map(Token::wait).sum()
+/// Sums the results (the first error wins).
+fn sum_of(results: Vec<Result<Decimal, TokenError>>) -> Result<Decimal, TokenError> {
+    results.into_iter().sum()
 }
 
 /// `start..end` cut into ranges of `step`.
@@ -124,15 +124,13 @@ impl Pyramid {
         let done = Arc::clone(&summed);
         let chunks = engine.operation("pi_chunk", Weight::Medium).register_fallible(
             move |(start, end): (u64, u64)| {
-                let sum = sum_of(terms.submit_many(start..end));
+                let sum = sum_of(terms.map(start..end));
                 done.fetch_add(end - start, Relaxed);
                 sum
             },
         )?;
         let partials = engine.operation("pi_partial", Weight::Medium).register_fallible(
-            move |(start, end): (u64, u64)| {
-                sum_of(chunks.submit_many(ranges(start, end, CHUNK_TERMS)))
-            },
+            move |(start, end): (u64, u64)| sum_of(chunks.map(ranges(start, end, CHUNK_TERMS))),
         )?;
         let per_partial = CHUNK_TERMS * PARTIAL_CHUNKS as u64;
         let finish =
