@@ -117,13 +117,13 @@ unsafe fn poll_slot<R>(slot: &Slot<R>, cx: &mut Context<'_>) -> Poll<Result<R, T
         return Poll::Ready(result);
     }
     slot.waker.register(cx.waker());
-    // Re-check: the worker may have resolved it between the first check and the
-    // registration, and then it woke nobody.
-    // SAFETY: as above.
-    match unsafe { slot.try_take() } {
-        Some(result) => Poll::Ready(result),
-        None => Poll::Pending,
+    // Marked only after the waker is in place: a resolution that sees the mark wakes
+    // it; one that came first fails the mark, and the result is taken here.
+    if slot.mark_waiter() {
+        return Poll::Pending;
     }
+    // SAFETY: as above.
+    Poll::Ready(unsafe { slot.try_take() }.expect("a token that is not pending is resolved"))
 }
 
 /// A slot's result as a future, for a caller that holds no `Token` for it.

@@ -22,6 +22,10 @@
 //! dropped, never delivered. The handle reads the result only after seeing a terminal
 //! state with `Acquire`, and marks it `TAKEN` so it is moved out once and the chunk's
 //! destructor knows not to drop it again. A token therefore resolves exactly once.
+//! A waiter that finds the token pending registers its waker and then sets the
+//! `WAITER` bit on the (not yet terminal) state; every transition keeps the bit, and
+//! the publishing swap into the terminal state wakes the waker only when the bit was
+//! set, so a result nobody waits for yet costs no wake-up.
 //! The `loom_tests` module at the end of this file model-checks these races
 //! (`RUSTFLAGS="--cfg tokengate_loom" cargo test -p tokengate --lib loom`).
 //!
@@ -30,9 +34,7 @@
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use self::sync::{AtomicU32, Ordering, ResultCell};
-
-use atomic_waker::AtomicWaker;
+use self::sync::{AtomicU32, AtomicWaker, Ordering, ResultCell};
 
 use crate::error::{CancelSource, TokenError};
 
@@ -54,6 +56,9 @@ const TIMED_OUT: u8 = 6;
 const REJECTED: u8 = 7;
 /// Set on a terminal state once the handle has moved the result out.
 const TAKEN: u8 = 0x80;
+/// Set on a state that is not terminal yet once a waiter has registered its waker:
+/// only then does resolving the token wake anybody (see [`Slot::publish`]).
+const WAITER: u32 = 0x40;
 const STATE_BITS: u32 = 0xFF;
 /// The first attempt's number.
 pub(crate) const FIRST_ATTEMPT: u8 = 1;
@@ -63,9 +68,10 @@ fn pack(state: u8, attempt: u8) -> u32 {
     (u32::from(attempt) << 8) | u32::from(state)
 }
 
+/// The state byte (with `TAKEN`, without `WAITER`).
 #[inline]
 fn state_of(word: u32) -> u8 {
-    (word & STATE_BITS) as u8
+    (word & STATE_BITS & !WAITER) as u8
 }
 
 #[inline]
@@ -155,14 +161,46 @@ impl<R> Slot<R> {
     /// resolved or moved to another attempt.
     #[inline]
     pub(crate) fn claim(&self, attempt: u8) -> bool {
-        self.state
-            .compare_exchange(
-                pack(QUEUED, attempt),
-                pack(RUNNING, attempt),
+        self.advance(pack(QUEUED, attempt), pack(RUNNING, attempt), Ordering::Acquire)
+    }
+
+    /// Moves the state word from `from` to `to` (neither with `WAITER`), keeping the
+    /// waiter bit if a waiter set it meanwhile. False if the word is neither.
+    #[inline]
+    fn advance(&self, from: u32, to: u32, success: Ordering) -> bool {
+        match self.state.compare_exchange(from, to, success, Ordering::Relaxed) {
+            Ok(_) => true,
+            // A waiter registered: the bit is never cleared before the token resolves,
+            // so one more try settles it.
+            Err(actual) if actual == from | WAITER => {
+                self.state.compare_exchange(actual, to | WAITER, success, Ordering::Relaxed).is_ok()
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Marks the slot as waited for (its waker is registered). False if the token has
+    /// resolved already: the waiter then takes the result instead of waiting.
+    #[inline]
+    fn mark_waiter(&self) -> bool {
+        let mut current = self.state.load(Ordering::Acquire);
+        loop {
+            if state_of(current) >= COMPLETED {
+                return false;
+            }
+            if current & WAITER != 0 {
+                return true;
+            }
+            match self.state.compare_exchange(
+                current,
+                current | WAITER,
+                Ordering::AcqRel,
                 Ordering::Acquire,
-                Ordering::Relaxed,
-            )
-            .is_ok()
+            ) {
+                Ok(_) => return true,
+                Err(actual) => current = actual,
+            }
+        }
     }
 
     /// Resolves the token if its state word is still `from`. Returns the value back if
@@ -174,7 +212,7 @@ impl<R> Slot<R> {
         result: Result<R, TokenError>,
     ) -> Result<(), Result<R, TokenError>> {
         let attempt = attempt_of(from);
-        let writing = pack(WRITING, attempt);
+        let writing = pack(WRITING, attempt) | (from & WAITER);
         if self.state.compare_exchange(from, writing, Ordering::Acquire, Ordering::Relaxed).is_err()
         {
             return Err(result);
@@ -190,14 +228,7 @@ impl<R> Slot<R> {
     /// [`Slot::publish`] exactly once.
     #[inline]
     pub(crate) fn claim_to_write(&self, attempt: u8) -> bool {
-        self.state
-            .compare_exchange(
-                pack(QUEUED, attempt),
-                pack(WRITING, attempt),
-                Ordering::Acquire,
-                Ordering::Relaxed,
-            )
-            .is_ok()
+        self.advance(pack(QUEUED, attempt), pack(WRITING, attempt), Ordering::Acquire)
     }
 
     /// Writes the result and resolves the token: the one way out of `WRITING`, for
@@ -210,8 +241,14 @@ impl<R> Slot<R> {
         // SAFETY: the caller won the CAS into WRITING, so it is the only writer, and no
         // reader looks at `result` before the terminal state below.
         unsafe { self.result.write(result) };
-        self.state.store(pack(terminal, attempt), Ordering::Release);
-        self.waker.wake();
+        // One swap publishes the result and tells whether anybody waits: a token whose
+        // handle finds it resolved (most of a bulk submit's) never registered a waker,
+        // and then there is nobody to wake. Acquire pairs with the waiter's mark, made
+        // after it registered its waker.
+        let before = self.state.swap(pack(terminal, attempt), Ordering::AcqRel);
+        if before & WAITER != 0 {
+            self.waker.wake();
+        }
         outcome
     }
 
@@ -231,13 +268,7 @@ impl<R> Slot<R> {
         result: Result<R, TokenError>,
         first: impl FnOnce(&Result<R, TokenError>),
     ) -> Outcome {
-        let running = pack(RUNNING, attempt);
-        let writing = pack(WRITING, attempt);
-        if self
-            .state
-            .compare_exchange(running, writing, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
+        if !self.advance(pack(RUNNING, attempt), pack(WRITING, attempt), Ordering::Acquire) {
             // A deadline resolved it or moved it on while it ran: the late value is
             // dropped here, never delivered.
             return Outcome::Skipped;
@@ -273,14 +304,8 @@ impl<R> Slot<R> {
     /// After a failed attempt the worker hands the token to the next attempt. False if
     /// a deadline got there first.
     pub(crate) fn retry(&self, attempt: u8) -> bool {
-        self.state
-            .compare_exchange(
-                pack(RUNNING, attempt),
-                pack(QUEUED, attempt.wrapping_add(1)),
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            )
-            .is_ok()
+        let next = pack(QUEUED, attempt.wrapping_add(1));
+        self.advance(pack(RUNNING, attempt), next, Ordering::AcqRel)
     }
 
     /// A deadline for attempt `attempt` passed: time the token out, or (`retry`) move it
@@ -302,7 +327,7 @@ impl<R> Slot<R> {
                     }
                 };
             }
-            let next = pack(QUEUED, attempt.wrapping_add(1));
+            let next = pack(QUEUED, attempt.wrapping_add(1)) | (current & WAITER);
             match self.state.compare_exchange(current, next, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => return Expired::Retried { running },
                 Err(actual) => current = actual,
@@ -332,7 +357,7 @@ impl<R> Slot<R> {
 
     /// True while the given attempt is running and nobody has resolved or moved it.
     pub(crate) fn is_running(&self, attempt: u8) -> bool {
-        self.state.load(Ordering::Acquire) == pack(RUNNING, attempt)
+        self.state.load(Ordering::Acquire) & !WAITER == pack(RUNNING, attempt)
     }
 
     pub(crate) fn state(&self) -> TokenState {
@@ -618,6 +643,61 @@ mod loom_tests {
                 Err(TokenError::Cancelled { .. }) => assert!(cancelled),
                 other => panic!("unexpected {other:?}"),
             }
+        });
+    }
+
+    /// A waiter that registers while a lane resolves the token is woken (loom reports a
+    /// deadlock if a wake-up is lost), also when the lane finds it cancelled. (A third
+    /// thread cancelling concurrently made the model too large to finish.)
+    #[test]
+    fn loom_waiter_against_publish() {
+        for cancel_first in [false, true] {
+            loom::model(move || {
+                let (chunk, token) = one_token();
+                if cancel_first {
+                    assert!(token.cancel());
+                }
+                let worker = {
+                    let chunk = Arc::clone(&chunk);
+                    loom::thread::spawn(move || {
+                        let slot = chunk.slot(0);
+                        if slot.claim_to_write(1) {
+                            slot.publish(1, Ok(7))
+                        } else {
+                            Outcome::Skipped
+                        }
+                    })
+                };
+                let result = loom::future::block_on(token);
+                let worked = worker.join().unwrap() == Outcome::Completed;
+                assert_ne!(worked, cancel_first);
+                match result {
+                    Ok(7) => assert!(worked),
+                    Err(TokenError::Cancelled { .. }) => assert!(cancel_first),
+                    other => panic!("unexpected {other:?}"),
+                }
+            });
+        }
+    }
+
+    /// The waiter's mark survives every transition of the full path (claim, a failed
+    /// attempt handed to the next, its claim and finish): the final resolution wakes it.
+    #[test]
+    fn loom_waiter_across_a_retry() {
+        loom::model(|| {
+            let (chunk, token) = one_token();
+            let worker = {
+                let chunk = Arc::clone(&chunk);
+                loom::thread::spawn(move || {
+                    let slot = chunk.slot(0);
+                    assert!(slot.claim(1));
+                    assert!(slot.retry(1));
+                    assert!(slot.claim(2));
+                    slot.finish(2, Ok(2))
+                })
+            };
+            assert_eq!(loom::future::block_on(token), Ok(2));
+            assert_eq!(worker.join().unwrap(), Outcome::Completed);
         });
     }
 

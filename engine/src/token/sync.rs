@@ -10,6 +10,28 @@ pub(super) use std::sync::atomic::{AtomicU32, Ordering};
 pub(super) use loom::sync::atomic::{AtomicU32, Ordering};
 
 #[cfg(not(tokengate_loom))]
+pub(super) use atomic_waker::AtomicWaker;
+
+/// loom's model of the waker cell, with `atomic_waker`'s method names.
+#[cfg(tokengate_loom)]
+pub(super) struct AtomicWaker(loom::future::AtomicWaker);
+
+#[cfg(tokengate_loom)]
+impl AtomicWaker {
+    pub(super) fn new() -> Self {
+        AtomicWaker(loom::future::AtomicWaker::new())
+    }
+
+    pub(super) fn register(&self, waker: &std::task::Waker) {
+        self.0.register_by_ref(waker);
+    }
+
+    pub(super) fn wake(&self) {
+        self.0.wake();
+    }
+}
+
+#[cfg(not(tokengate_loom))]
 type Cell<T> = std::cell::UnsafeCell<MaybeUninit<T>>;
 
 #[cfg(tokengate_loom)]
