@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::remote::{PendingToken, RemoteToken};
-use super::run::{Batch, BatchMeta, Items, TokenMeta};
+use super::run::{Batch, BatchMeta, ItemList, Items, TokenMeta};
 use super::state::OpShared;
 use crate::admission::Permit;
 use crate::control::state::Overrides;
@@ -189,6 +189,22 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
         self.features.arg_size = 0;
         let placement = self.place();
         let (set, batch) = (placement.lanes, placement.batch.max(1) as usize);
+        if len == 1 && set != LaneSet::Remote {
+            // A single call: its batch holds it inline (no item list to allocate).
+            if let Some((index, arg)) = items.next() {
+                let open = &mut self.open[set.index()];
+                open.cost_ns += placement.predicted_ns;
+                if self.logging && open.meta.is_none() {
+                    let mut meta =
+                        BatchMeta::new(self.admitted_at, &self.features, &self.op.engine, set);
+                    meta.tokens.push(TokenMeta::new(&self.features, &placement));
+                    open.meta = Some(Box::new(meta));
+                }
+                let (cost, meta) = (std::mem::take(&mut open.cost_ns), open.meta.take());
+                self.queue(set, [(index, arg)], cost, meta);
+            }
+            return;
+        }
         let mut remaining = len;
         while remaining > 0 {
             let open = &mut self.open[set.index()];
@@ -334,10 +350,22 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
         if set == LaneSet::Remote {
             return self.flush_remote();
         }
-        let op = self.op;
         let open = &mut self.open[set.index()];
         let items = std::mem::take(&mut open.items);
-        let home = match (self.held_home.take(), op.options.locality, items.first()) {
+        let (cost, meta) = (std::mem::take(&mut open.cost_ns), open.meta.take());
+        self.queue(set, items, cost, meta);
+    }
+
+    /// Pushes one batch of `items` onto `set`'s queue (or its locality home's).
+    fn queue<I: ItemList<A>>(
+        &mut self,
+        set: LaneSet,
+        items: I,
+        predicted_ns: u64,
+        meta: Option<Box<BatchMeta>>,
+    ) {
+        let op = self.op;
+        let home = match (self.held_home.take(), op.options.locality, items.as_ref().first()) {
             (Some(lane), _, _) => Some(lane),
             (None, Some(key), Some((_, arg))) => Some(op.enter_home(key(arg), set)),
             _ => None,
@@ -345,10 +373,10 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
         let batch = Box::new(Batch {
             op: Arc::clone(op),
             chunk: Arc::clone(self.chunk),
-            bytes: op.bytes_of_all(&items),
+            bytes: op.bytes_of_all(items.as_ref()),
             items,
-            meta: open.meta.take(),
-            predicted_ns: std::mem::take(&mut open.cost_ns),
+            meta,
+            predicted_ns,
             attempt: self.attempt,
             set,
             admitted_at: self.admitted_at,

@@ -178,10 +178,10 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
         self.admit_chunks(args, true, |admitted, len| chunks.push((admitted, len)));
         for (admitted, len) in chunks {
             match admitted {
-                Ok(chunk) => results.extend((0..len as u32).map(|index| {
+                Ok(chunk) => results.extend(chunk.slots()[..len].iter().map(|slot| {
                     // SAFETY: no `Token` was made for this chunk's slots; this loop is
                     // their unique handle and takes each result once.
-                    unsafe { wait_slot(&chunk, index) }
+                    unsafe { wait_slot(&chunk, slot) }
                 })),
                 Err((_, reason)) => {
                     results.extend((0..len).map(|_| Err(TokenError::Rejected { reason })))

@@ -21,16 +21,28 @@ use crate::router::Features;
 use crate::telemetry::{RecordOutcome, TokenRecord};
 use crate::token::{Chunk, Outcome, TokenState};
 
-/// A batch's tokens (slot index, argument). A plain `Vec`: an inline first item would
-/// save a single call one allocation but costs bulk tokens ~20 instructions each
-/// (`cargo bench --bench instructions`).
+/// A batch's tokens (slot index, argument): a `Vec`, or for a single call an array of
+/// one, which saves it the `Vec`'s allocation. Each is its own monomorphised run loop,
+/// so bulk batches pay nothing for the single calls' case (an inline first item in a
+/// `Vec`-like type cost bulk tokens ~20 instructions each).
 pub(super) type Items<A> = Vec<(u32, A)>;
 
+/// What a batch keeps its tokens in (see [`Items`]).
+pub(super) trait ItemList<A>:
+    AsRef<[(u32, A)]> + IntoIterator<Item = (u32, A)> + Send + 'static
+{
+}
+
+impl<A, T> ItemList<A> for T where
+    T: AsRef<[(u32, A)]> + IntoIterator<Item = (u32, A)> + Send + 'static
+{
+}
+
 /// Tokens of one operation queued together; one queue operation runs them all.
-pub(super) struct Batch<A, R> {
+pub(super) struct Batch<A, R, I = Items<A>> {
     pub(super) op: Arc<OpShared<A, R>>,
     pub(super) chunk: Arc<Chunk<R>>,
-    pub(super) items: Items<A>,
+    pub(super) items: I,
     pub(super) meta: Option<Box<BatchMeta>>,
     /// The attempt every item of the batch is on.
     pub(super) attempt: u8,
@@ -111,9 +123,9 @@ impl Tally {
     }
 }
 
-impl<A: Send + 'static, R: Send + 'static> Job for Batch<A, R> {
+impl<A: Send + 'static, R: Send + 'static, I: ItemList<A>> Job for Batch<A, R, I> {
     fn len(&self) -> usize {
-        self.items.len()
+        self.items.as_ref().len()
     }
 
     fn predicted_ns(&self) -> u64 {
@@ -132,6 +144,7 @@ impl<A: Send + 'static, R: Send + 'static> Job for Batch<A, R> {
 
     fn cancel_all(self: Box<Self>, by: CancelSource) {
         let Batch { op, chunk, items, bytes, .. } = *self;
+        let items = items.as_ref();
         for (index, arg) in items.iter() {
             let _home = HomeGuard::new(&op, arg);
             chunk.cancel(*index, by);
@@ -153,23 +166,25 @@ impl<A: Send + 'static, R: Send + 'static> Job for Batch<A, R> {
     }
 }
 
-impl<A: Send + 'static, R: Send + 'static> Batch<A, R> {
+impl<A: Send + 'static, R: Send + 'static, I: ItemList<A>> Batch<A, R, I> {
     fn run_items(self, lane: &LaneCtx) -> RunEnd {
         let Batch { op, chunk, items, meta, attempt, bytes, admitted_at, set, .. } = self;
-        let permit = Permit::new(items.len(), bytes);
+        let len = items.as_ref().len();
+        let first = items.as_ref().first().map(|&(index, _)| index);
+        let permit = Permit::new(len, bytes);
         // The one control load of the batch: tokens below `cancel_before` were
         // cancelled by command (their ids ascend within a batch).
         let cancel_before = match op.control.flags() & CANCELLING {
             0 => 0,
             _ => op.control.cancelled_before(),
         };
-        let cancels = items.first().is_some_and(|&(index, _)| chunk.id_of(index) < cancel_before);
+        let cancels = first.is_some_and(|index| chunk.id_of(index) < cancel_before);
         // A plain operation's batch without telemetry takes the short branch for every
         // token; with sampled telemetry, its unlogged tokens do.
         let short = op.plain && meta.is_none();
         let log = meta.map(|meta| BatchLog {
             batch_id: lane.next_batch_id(),
-            batch_size: items.len() as u32,
+            batch_size: len as u32,
             sample_every: lane.sample_every(),
             meta,
         });
@@ -179,8 +194,9 @@ impl<A: Send + 'static, R: Send + 'static> Batch<A, R> {
         let mut last = started;
         let mut tally = Tally::default();
         let mut end = RunEnd::Done;
+        let slots = chunk.slots();
         for (position, (index, arg)) in items.into_iter().enumerate() {
-            let slot = chunk.slot(index);
+            let slot = &slots[index as usize];
             if cancels && chunk.id_of(index) < cancel_before {
                 chunk.cancel(index, CancelSource::Control);
             }

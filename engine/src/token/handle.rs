@@ -26,7 +26,7 @@ impl<R> Token<R> {
     pub(crate) fn rejected(id: u64, reason: RejectReason) -> Self {
         let chunk = Chunk::new(id, 1, None);
         let rejected = Err(TokenError::Rejected { reason });
-        let _ = chunk.slots[0].resolve_from(pack(QUEUED, FIRST_ATTEMPT), rejected);
+        let _ = chunk.slot(0).resolve_from(pack(QUEUED, FIRST_ATTEMPT), rejected);
         chunk.token(0)
     }
 
@@ -69,7 +69,7 @@ impl<R> Token<R> {
     /// Do not call this from inside an async task; `.await` the token instead.
     pub fn wait(self) -> Result<R, TokenError> {
         // SAFETY: `self` is the slot's unique handle, owned here.
-        unsafe { wait_slot(&self.chunk, self.index) }
+        unsafe { wait_slot(&self.chunk, self.slot()) }
     }
 
     /// Like [`Token::wait`], but gives the token back if it has not resolved within
@@ -139,14 +139,13 @@ impl<R> Future for SlotWait<'_, R> {
     }
 }
 
-/// Blocks until slot `index` of `chunk` resolves and takes its result: a blocking wait
+/// Blocks until `slot` (one of `chunk`'s) resolves and takes its result: a blocking wait
 /// that runs other work on a lane (see [`block_on`]), and on an outside thread spins a
 /// little, then helps a backlog (see [`help_outside`]), then parks.
 ///
 /// # Safety
 /// The caller is the slot's unique handle, as for [`poll_slot`].
-pub(crate) unsafe fn wait_slot<R>(chunk: &Chunk<R>, index: u32) -> Result<R, TokenError> {
-    let slot = chunk.slot(index);
+pub(crate) unsafe fn wait_slot<R>(chunk: &Chunk<R>, slot: &Slot<R>) -> Result<R, TokenError> {
     // SAFETY: the unique handle, per this function's contract.
     if let Some(result) = unsafe { slot.try_take() } {
         return result; // the common case in bulk: checked before anything else

@@ -407,12 +407,12 @@ pub(crate) fn slot_size<R>() -> usize {
     std::mem::size_of::<Slot<R>>()
 }
 
-/// The slots of the tokens admitted together; one allocation for many tokens. (An inline
-/// slot for single calls would save them an allocation but costs every bulk token ~10
-/// instructions on slot access.)
+/// The slots of the tokens admitted together; one allocation for many tokens, and a
+/// single call's slot inline (no allocation of its own). Hot loops take the slice once
+/// ([`Chunk::slots`]) and index it, so the inline case costs bulk tokens nothing.
 pub(crate) struct Chunk<R> {
     base_id: u64,
-    slots: Box<[Slot<R>]>,
+    slots: Slots<R>,
     /// The operation's resolution counters (cancels are counted where they happen).
     resolutions: Option<Arc<Resolutions>>,
     /// Where the chunk is listed for cancels by id, until it is dropped.
@@ -423,6 +423,28 @@ pub(crate) struct Chunk<R> {
     /// Calls run for a remote submitter: their attempt is the message's delivery, and
     /// a failure is retried by a redelivery (the worker naks), never here.
     served: bool,
+}
+
+/// A chunk's slots: one inline, or many in one allocation.
+enum Slots<R> {
+    One(Slot<R>),
+    Many(Box<[Slot<R>]>),
+}
+
+impl<R> Slots<R> {
+    fn new(len: usize, attempt: u8) -> Self {
+        match len {
+            1 => Slots::One(Slot::new(attempt)),
+            _ => Slots::Many((0..len).map(|_| Slot::new(attempt)).collect()),
+        }
+    }
+
+    fn as_mut(&mut self) -> &mut [Slot<R>] {
+        match self {
+            Slots::One(slot) => std::slice::from_mut(slot),
+            Slots::Many(slots) => slots,
+        }
+    }
 }
 
 /// How a chunk's tokens start.
@@ -449,7 +471,7 @@ impl<R> Chunk<R> {
         len: usize,
         resolutions: Option<Arc<Resolutions>>,
     ) -> Arc<Self> {
-        let slots = (0..len).map(|_| Slot::new(FIRST_ATTEMPT)).collect();
+        let slots = Slots::new(len, FIRST_ATTEMPT);
         Arc::new(Chunk { base_id, slots, resolutions, index: None, outside: None, served: false })
     }
 
@@ -467,7 +489,7 @@ impl<R> Chunk<R> {
         R: Send + 'static,
     {
         let attempt = start.attempt();
-        let slots = (0..len).map(|_| Slot::new(attempt)).collect();
+        let slots = Slots::new(len, attempt);
         let chunk = Arc::new(Chunk {
             base_id,
             slots,
@@ -526,7 +548,16 @@ impl<R> Chunk<R> {
 
     #[inline]
     pub(crate) fn slot(&self, index: u32) -> &Slot<R> {
-        &self.slots[index as usize]
+        &self.slots()[index as usize]
+    }
+
+    /// Every slot, in index order.
+    #[inline]
+    pub(crate) fn slots(&self) -> &[Slot<R>] {
+        match &self.slots {
+            Slots::One(slot) => std::slice::from_ref(slot),
+            Slots::Many(slots) => slots,
+        }
     }
 
     /// The id of the token in slot `index`.
@@ -544,7 +575,7 @@ impl<R> Chunk<R> {
 
 impl<R: Send> CancelById for Chunk<R> {
     fn cancel_id(&self, id: u64, by: CancelSource) -> bool {
-        let index = id.checked_sub(self.base_id).filter(|&i| i < self.slots.len() as u64);
+        let index = id.checked_sub(self.base_id).filter(|&i| i < self.slots().len() as u64);
         index.is_some_and(|index| self.cancel(index as u32, by))
     }
 }
@@ -554,7 +585,7 @@ impl<R> Drop for Chunk<R> {
         if let Some(index) = &self.index {
             index.remove(self.base_id);
         }
-        for slot in self.slots.iter_mut() {
+        for slot in self.slots.as_mut() {
             let state = state_of(sync::load_mut(&mut slot.state));
             if state >= COMPLETED && state & TAKEN == 0 {
                 // SAFETY: terminal and not taken, so the value is initialised; we have
