@@ -161,7 +161,9 @@ impl Adapter {
         let now = Instant::now();
         let mut rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
         for r in records {
-            if matches!(r.outcome, RecordOutcome::Completed | RecordOutcome::TimedOut) {
+            // A remote run's row carries the worker's serving time, not a run time.
+            let learnable = matches!(r.outcome, RecordOutcome::Completed | RecordOutcome::TimedOut);
+            if learnable && r.lane_set != LaneSet::Remote {
                 rows.push_back((now, Sample { op: r.op, arg_size: r.arg_size, run_ns: r.run_ns }));
             }
         }

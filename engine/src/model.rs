@@ -23,8 +23,8 @@ use crate::placement::LaneSet;
 
 const MAGIC: &[u8; 8] = b"TKGMODEL";
 /// Version of the file layout (2: the training info records the fitted dispatch
-/// overhead).
-pub const FORMAT_VERSION: u16 = 2;
+/// overhead; 3: and the fitted remote overhead). Files of version 2 still load.
+pub const FORMAT_VERSION: u16 = 3;
 const PREFIX_LEN: usize = 16;
 const DECODE_LIMIT: usize = 64 << 20;
 /// Deepest tree the engine accepts (fits bound theirs far below this).
@@ -33,6 +33,12 @@ pub const MAX_TREE_DEPTH: usize = 64;
 pub const HEAVY_NS: u64 = 200_000;
 /// Batches are sized so that one takes about this long.
 pub const TARGET_BATCH_NS: u64 = 50_000;
+/// The `auto` placement sends a backlogged token remote only if its predicted run time
+/// (model class, running average or tag) is at least what a remote run adds, so that
+/// messaging at most doubles its cost: the remote overhead a model was fitted with
+/// ([`Model::remote_min_ns`]), or without one this (ns), about a round trip on
+/// loopback (README, "More machines").
+pub const DEFAULT_REMOTE_MIN_NS: u64 = 1_000_000;
 /// The largest batch a policy asks for.
 pub const MAX_BATCH: u32 = 1_024;
 
@@ -89,6 +95,57 @@ pub struct TrainingInfo {
     /// start of a batch's first token when its queue was empty. Class batch sizes are
     /// derived from it (see [`batch_for`]).
     pub dispatch_overhead_ns: u64,
+    /// What running a call on a remote worker adds to it (ns), fitted from the
+    /// submitter's rows of remote runs: the median of end-to-end minus the worker's
+    /// run time (publishing, the worker's queue, the answer). `None` when the logs held
+    /// no remote runs. The router's `auto` placement sends a backlogged call remote only
+    /// if its predicted run time is at least this (see [`Model::remote_min_ns`]).
+    pub remote_overhead_ns: Option<u64>,
+}
+
+/// The header of a version-2 file (no remote overhead), read into [`ModelHeader`].
+#[derive(Deserialize)]
+struct HeaderV2 {
+    feature_schema: u16,
+    feature_names: Vec<String>,
+    ops: Vec<String>,
+    classes: Vec<ClassPolicy>,
+    training: TrainingV2,
+}
+
+#[derive(Deserialize)]
+struct TrainingV2 {
+    rows: u64,
+    train_rows: u64,
+    validation_rows: u64,
+    validation_accuracy: f64,
+    max_depth: u32,
+    created_unix: u64,
+    sources: Vec<String>,
+    dispatch_overhead_ns: u64,
+}
+
+impl From<HeaderV2> for ModelHeader {
+    fn from(v2: HeaderV2) -> Self {
+        let t = v2.training;
+        ModelHeader {
+            feature_schema: v2.feature_schema,
+            feature_names: v2.feature_names,
+            ops: v2.ops,
+            classes: v2.classes,
+            training: TrainingInfo {
+                rows: t.rows,
+                train_rows: t.train_rows,
+                validation_rows: t.validation_rows,
+                validation_accuracy: t.validation_accuracy,
+                max_depth: t.max_depth,
+                created_unix: t.created_unix,
+                sources: t.sources,
+                dispatch_overhead_ns: t.dispatch_overhead_ns,
+                remote_overhead_ns: None,
+            },
+        }
+    }
 }
 
 /// The largest share of a batch's time its dispatch may take.
@@ -134,7 +191,9 @@ pub enum ModelError {
     #[error("not a tokengate model file (bad magic bytes)")]
     NotAModel,
     /// The file layout version is not one this build reads.
-    #[error("model format version {found} is not supported (this build reads {FORMAT_VERSION})")]
+    #[error(
+        "model format version {found} is not supported (this build reads 2 and {FORMAT_VERSION})"
+    )]
     UnsupportedFormat {
         /// Version in the file.
         found: u16,
@@ -204,6 +263,13 @@ impl Model {
         self.header.ops.iter().position(|op| op == name).map(|i| i as u32)
     }
 
+    /// The least predicted run time (ns) worth sending to a remote worker: the remote
+    /// overhead the model was fitted with (messaging then at most doubles a call's
+    /// cost), or `None` if it saw no remote runs.
+    pub fn remote_min_ns(&self) -> Option<u64> {
+        self.header.training.remote_overhead_ns
+    }
+
     /// The predicted class for one input vector.
     #[inline]
     pub fn predict(&self, inputs: &[f64; MODEL_FEATURES.len()]) -> usize {
@@ -238,7 +304,7 @@ pub fn decode(bytes: &[u8]) -> Result<(ModelHeader, DecisionTree<f64, usize>), M
         return Err(ModelError::NotAModel);
     }
     let format = u16::from_le_bytes([bytes[8], bytes[9]]);
-    if format != FORMAT_VERSION {
+    if format != FORMAT_VERSION && format != 2 {
         return Err(ModelError::UnsupportedFormat { found: format });
     }
     let schema = u16::from_le_bytes([bytes[10], bytes[11]]);
@@ -251,9 +317,14 @@ pub fn decode(bytes: &[u8]) -> Result<(ModelHeader, DecisionTree<f64, usize>), M
         return Err(ModelError::Corrupt("truncated header".into()));
     }
     let config = bincode::config::standard().with_limit::<DECODE_LIMIT>();
-    let (header, used): (ModelHeader, usize) =
-        bincode::serde::decode_from_slice(&rest[..header_len], config)
-            .map_err(|e| ModelError::Corrupt(format!("header: {e}")))?;
+    let header_bytes = &rest[..header_len];
+    let corrupt = |e: bincode::error::DecodeError| ModelError::Corrupt(format!("header: {e}"));
+    let (header, used): (ModelHeader, usize) = match format {
+        2 => bincode::serde::decode_from_slice::<HeaderV2, _>(header_bytes, config)
+            .map(|(v2, used)| (v2.into(), used))
+            .map_err(corrupt)?,
+        _ => bincode::serde::decode_from_slice(header_bytes, config).map_err(corrupt)?,
+    };
     if used != header_len {
         return Err(ModelError::Corrupt("header length mismatch".into()));
     }
@@ -405,9 +476,25 @@ mod tests {
         let model = Model::from_bytes(&bytes).unwrap();
         let (header, tree) = decode(&bytes).unwrap();
         assert_eq!(model.header(), &header);
-        assert_eq!(encode(&header, &tree).unwrap(), bytes, "one codec: re-encoding is exact");
+        // The shipped file is format 2 (no remote overhead); it re-encodes as the
+        // current format, which round-trips exactly.
+        assert_eq!(u16::from_le_bytes([bytes[8], bytes[9]]), 2);
+        assert_eq!(model.remote_min_ns(), None);
+        let current = encode(&header, &tree).unwrap();
+        let (again, _) = decode(&current).unwrap();
+        assert_eq!(again, header);
+        assert_eq!(encode(&again, &tree).unwrap(), current, "one codec: re-encoding is exact");
         assert!(!model.tree().is_empty());
         assert!(model.tree().depth() <= MAX_TREE_DEPTH);
+    }
+
+    #[test]
+    fn a_fitted_remote_overhead_is_the_models_remote_threshold() {
+        let (mut header, tree) = decode(&shipped()).unwrap();
+        header.training.remote_overhead_ns = Some(420_000);
+        let model = Model::from_bytes(&encode(&header, &tree).unwrap()).unwrap();
+        assert_eq!(model.remote_min_ns(), Some(420_000));
+        assert_eq!(model.header().training.remote_overhead_ns, Some(420_000));
     }
 
     #[test]

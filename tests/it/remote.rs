@@ -167,6 +167,70 @@ fn remote_results_equal_local_ones_and_each_token_resolves_once() {
     assert_eq!(rows, 600, "the worker logs one row per call it ran");
 }
 
+/// The submitter logs a row for each call a worker ran (lane set `remote`, the
+/// worker's run time, the rest of the end-to-end time as the wait), and the trainer
+/// fits the remote overhead from those rows into the model, which then sets the
+/// `auto` placement's threshold.
+#[test]
+fn the_trainer_fits_the_remote_overhead_from_the_submitters_rows() {
+    let Some(server) = NatsServer::start() else { return };
+    let worker_engine = engine(None);
+    MixedOps::register(&worker_engine).unwrap();
+    let worker = Worker::start(&worker_engine, WorkerConfig::new(server.config())).unwrap();
+    let log = tempfile::tempdir().unwrap();
+    let submitter = Engine::builder()
+        .workers(2)
+        .pin(false)
+        .log_dir(log.path())
+        .nats(server.config().placement(RemotePlacement::Remote))
+        .build()
+        .expect("engine");
+    wait_for_workers(&submitter, 1);
+    let remote = run(&submitter, &stream(600));
+    assert_eq!((remote.lost, remote.double_resolved, remote.failures), (0, 0, 0));
+    submitter.shutdown();
+    worker.stop();
+    let remote_files = trainer::dataset::collect_files(&[log.path().display().to_string()]);
+    let files = remote_files.unwrap();
+    let mut remote_rows = 0;
+    for path in &files {
+        let frame = ParquetReader::new(std::fs::File::open(path).unwrap()).finish().unwrap();
+        let u64s = |name: &str| frame.column(name).unwrap().u64().unwrap().clone();
+        let sets = frame.column("lane_set").unwrap().str().unwrap().clone();
+        let (wait, run, end) = (u64s("queue_wait_ns"), u64s("run_ns"), u64s("end_to_end_ns"));
+        for (i, set) in sets.iter().enumerate() {
+            assert_eq!(set, Some("remote"), "every call ran remotely");
+            let (wait, run, end) = (wait.get(i).unwrap(), run.get(i).unwrap(), end.get(i).unwrap());
+            assert_eq!(wait + run, end, "row {i}: the wait is the rest of end-to-end");
+            assert!(wait > 0, "row {i}: a remote run costs messaging");
+            remote_rows += 1;
+        }
+    }
+    assert_eq!(remote_rows, 600, "the submitter logs one row per remote call");
+    let data = trainer::dataset::load(&files, |_| {}).unwrap();
+    assert_eq!((data.remote_ns.len(), data.remote_rows), (600, 600));
+    assert!(data.rows.is_empty(), "a worker's serving time is not a lane's run time");
+    assert!(data.dispatch_ns.is_empty(), "remote rows are no local batch's dispatch");
+    // The tree is fitted on local runs, logged beside them.
+    let local_log = tempfile::tempdir().unwrap();
+    let local = Engine::builder().workers(2).pin(false).log_dir(local_log.path()).build();
+    let local = local.expect("engine");
+    run(&local, &stream(600));
+    local.shutdown();
+    let local_files = trainer::dataset::collect_files(&[local_log.path().display().to_string()]);
+    let files: Vec<_> = files.into_iter().chain(local_files.unwrap()).collect();
+    let data = trainer::dataset::load(&files, |_| {}).unwrap();
+    assert_eq!((data.rows.len(), data.remote_ns.len()), (600, 600));
+    let options = trainer::fit::FitOptions { min_rows: 100, ..Default::default() };
+    let fitted = trainer::fit::fit(&data, &options).unwrap();
+    let overhead = fitted.header.training.remote_overhead_ns.expect("fitted from remote rows");
+    let mut sorted = data.remote_ns.clone();
+    sorted.sort_unstable();
+    assert_eq!(overhead, sorted[300], "the median of what remote runs added");
+    let model = tokengate::model::Model::from_bytes(&fitted.bytes).unwrap();
+    assert_eq!(model.remote_min_ns(), Some(overhead));
+}
+
 #[test]
 fn placement_follows_policy_and_the_control_port_pin() {
     let Some(server) = NatsServer::start() else { return };
@@ -271,6 +335,32 @@ fn a_failed_served_call_is_retried_by_redelivery_with_its_policy() {
 #[test]
 fn auto_spills_a_backlog_remote_only_for_tokens_predicted_to_be_long() {
     let Some(server) = NatsServer::start() else { return };
+    // Backlogged: the long calls (the heavy tag's 1 ms) go remote, the short ones stay.
+    auto_with_a_backlog(&server, None, true);
+}
+
+/// The model's fitted remote overhead is the `auto` threshold: a model that says a
+/// remote run adds a second keeps the same long calls here.
+#[test]
+fn a_models_remote_overhead_sets_the_auto_threshold() {
+    let Some(server) = NatsServer::start() else { return };
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/models/default.bin");
+    let (mut header, tree) = tokengate::model::decode(&std::fs::read(shipped).unwrap()).unwrap();
+    header.training.remote_overhead_ns = Some(1_000_000_000);
+    let bytes = tokengate::model::encode(&header, &tree).unwrap();
+    let model = tokengate::model::Model::from_bytes(&bytes).unwrap();
+    let router = tokengate::LearnedRouter::new(model, tokengate::StaticRouter::new(128));
+    auto_with_a_backlog(&server, Some(Arc::new(router)), false);
+}
+
+/// Holds a one-lane submitter's lane under `auto` placement and submits 10 long
+/// (heavy-tagged) and 14 short calls: the long ones must go remote (and resolve while
+/// the lane is still held) if `remote`, else stay; the short ones always stay.
+fn auto_with_a_backlog(
+    server: &NatsServer,
+    router: Option<Arc<dyn tokengate::Router>>,
+    remote: bool,
+) {
     let worker_engine = engine(None);
     let register = |engine: &Engine| {
         let short = engine.operation("short", tokengate::Weight::Light).remote();
@@ -280,12 +370,14 @@ fn auto_spills_a_backlog_remote_only_for_tokens_predicted_to_be_long() {
     let _served = register(&worker_engine);
     let _worker = Worker::start(&worker_engine, WorkerConfig::new(server.config())).unwrap();
     // One lane, held by a gate: everything submitted meanwhile queues behind it.
-    let submitter = Engine::builder()
+    let mut builder = Engine::builder()
         .workers(1)
         .pin(false)
-        .nats(server.config().placement(RemotePlacement::Auto))
-        .build()
-        .unwrap();
+        .nats(server.config().placement(RemotePlacement::Auto));
+    if let Some(router) = router {
+        builder = builder.router(router);
+    }
+    let submitter = builder.build().unwrap();
     wait_for_workers(&submitter, 1);
     let (short, long) = register(&submitter);
     // A gate that says when it holds the lane (the lane may take light work first).
@@ -301,22 +393,27 @@ fn auto_spills_a_backlog_remote_only_for_tokens_predicted_to_be_long() {
     let held = gate.submit(());
     running.recv_timeout(Duration::from_secs(20)).expect("the gate holds the lane");
     let queued: Vec<_> = (0..4).map(|x| short.submit(x)).collect();
-    // Backlogged: the long calls (the heavy tag's 1 ms) go remote, the short ones stay.
     let longs: Vec<_> = (0..10).map(|x| long.submit(x)).collect();
     let shorts: Vec<_> = (0..10).map(|x| short.submit(x)).collect();
-    // They resolve while the lane is still held: they ran on the worker.
-    let within = |t: tokengate::Token<u64>| {
-        t.wait_timeout(Duration::from_secs(20)).unwrap_or_else(|_| panic!("stayed local")).unwrap()
+    let longs: Vec<_> = if remote {
+        // They resolve while the lane is still held: they ran on the worker.
+        let within = |t: tokengate::Token<u64>| {
+            let result = t.wait_timeout(Duration::from_secs(20));
+            result.unwrap_or_else(|_| panic!("stayed local")).unwrap()
+        };
+        longs.into_iter().map(within).collect()
+    } else {
+        release.send(()).unwrap();
+        longs.into_iter().map(|t| t.wait().unwrap()).collect()
     };
-    let results: Vec<u64> = longs.into_iter().map(within).collect();
-    assert_eq!(results, (0..10).map(|x| x * 2).collect::<Vec<_>>());
-    assert_eq!(submitter.remote_stats().unwrap().remote_tokens, 10);
-    release.send(()).unwrap();
+    assert_eq!(longs, (0..10).map(|x| x * 2).collect::<Vec<_>>());
+    let _ = release.send(());
     held.wait().unwrap();
     for token in queued.into_iter().chain(shorts) {
         token.wait().unwrap();
     }
-    assert_eq!(submitter.remote_stats().unwrap().remote_tokens, 10);
+    let sent = submitter.remote_stats().unwrap().remote_tokens;
+    assert_eq!(sent, if remote { 10 } else { 0 }, "long calls sent remote");
 }
 
 #[test]

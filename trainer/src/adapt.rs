@@ -45,7 +45,9 @@ impl Refit for TreeRefit {
                 .collect(),
             files: Vec::new(),
             skipped: 0,
+            remote_rows: 0,
             dispatch_ns: Vec::new(),
+            remote_ns: Vec::new(),
         };
         let fitted = fit(&data, &self.options).map_err(|e| e.to_string())?;
         Model::from_bytes(&fitted.bytes).map_err(|e| e.to_string())

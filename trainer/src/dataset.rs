@@ -35,9 +35,15 @@ pub struct Data {
     pub files: Vec<PathBuf>,
     /// Rows skipped (failed tokens).
     pub skipped: usize,
+    /// Rows of remote runs, logged by their submitter: kept out of `rows` (their run
+    /// time includes the worker's queue); what they add is in `remote_ns`.
+    pub remote_rows: usize,
     /// Per batch queued onto an empty queue: admission → start of its first token (ns),
     /// the dispatch overhead a batch pays.
     pub dispatch_ns: Vec<u64>,
+    /// Per completed call that ran on a remote worker, logged by its submitter:
+    /// end-to-end minus the worker's run time (ns), what running remotely added.
+    pub remote_ns: Vec<u64>,
 }
 
 /// Expands directories (their `*.parquet` files), files and glob patterns, sorted and
@@ -109,9 +115,17 @@ fn read_file(
     let arg_size = column("arg_size")?.u64().map_err(|_| typed("arg_size", "u64"))?;
     let run_ns = column("run_ns")?.u64().map_err(|_| typed("run_ns", "u64"))?;
     let outcome = column("outcome")?.str().map_err(|_| typed("outcome", "a string"))?;
-    for (((op, arg_size), run_ns), outcome) in
-        op.iter().zip(arg_size.iter()).zip(run_ns.iter()).zip(outcome.iter())
+    // A submitter's row of a remote run carries the worker's whole serving time (its
+    // queue too), not a lane's run time: it feeds the remote overhead, not the tree.
+    let set = frame.column("lane_set").ok().and_then(|c| c.str().ok().cloned());
+    let remote = |i: usize| set.as_ref().is_some_and(|set| set.get(i) == Some("remote"));
+    for (i, (((op, arg_size), run_ns), outcome)) in
+        op.iter().zip(arg_size.iter()).zip(run_ns.iter()).zip(outcome.iter()).enumerate()
     {
+        if remote(i) {
+            data.remote_rows += 1;
+            continue;
+        }
         // A call that overran its deadline ran at least that long: it teaches the model
         // where such calls belong (off the light lanes). Failures and cancels do not.
         let (Some(op), Some(arg_size), Some(run_ns), Some("completed" | "timed_out")) =
@@ -128,7 +142,24 @@ fn read_file(
         data.rows.push(Row { op: index, arg_size, run_ns });
     }
     read_dispatch(&frame, data);
+    read_remote(&frame, data);
     Ok(())
+}
+
+/// What a remote run added to each completed call a submitter logged (`lane_set`
+/// remote: `queue_wait_ns` is end-to-end minus the worker's run time). Files without
+/// the columns add nothing.
+fn read_remote(frame: &DataFrame, data: &mut Data) {
+    let strs = |name: &str| frame.column(name).ok().and_then(|c| c.str().ok().cloned());
+    let wait = frame.column("queue_wait_ns").ok().and_then(|c| c.u64().ok().cloned());
+    let (Some(set), Some(outcome), Some(wait)) = (strs("lane_set"), strs("outcome"), wait) else {
+        return;
+    };
+    for ((set, outcome), wait) in set.iter().zip(outcome.iter()).zip(wait.iter()) {
+        if let (Some("remote"), Some("completed"), Some(wait)) = (set, outcome, wait) {
+            data.remote_ns.push(wait);
+        }
+    }
 }
 
 /// The dispatch overhead of batches queued onto an empty queue (`lane_load` 0): the
@@ -141,8 +172,14 @@ fn read_dispatch(frame: &DataFrame, data: &mut Data) {
     else {
         return;
     };
+    // Rows of remote runs (their submitter's) ran in no local batch.
+    let set = frame.column("lane_set").ok().and_then(|c| c.str().ok().cloned());
+    let remote = |i: usize| set.as_ref().is_some_and(|set| set.get(i) == Some("remote"));
     let mut first: HashMap<u64, u64> = HashMap::new();
-    for ((batch, load), wait) in batch.iter().zip(load.iter()).zip(wait.iter()) {
+    for (i, ((batch, load), wait)) in batch.iter().zip(load.iter()).zip(wait.iter()).enumerate() {
+        if remote(i) {
+            continue;
+        }
         if let (Some(batch), Some(0), Some(wait)) = (batch, load, wait) {
             let entry = first.entry(batch).or_insert(wait);
             *entry = (*entry).min(wait);

@@ -115,6 +115,7 @@ pub fn fit(data: &Data, options: &FitOptions) -> Result<Fitted, TrainError> {
                 .map_or(0, |d| d.as_secs()),
             sources: data.files.iter().map(|p| p.display().to_string()).collect(),
             dispatch_overhead_ns: overhead_ns,
+            remote_overhead_ns: remote_overhead_ns(&data.remote_ns),
         },
     };
     // Score through the engine's own inference path, then check linfa agrees with it.
@@ -194,6 +195,20 @@ fn dispatch_overhead_ns(logged: &[u64]) -> u64 {
     let mut sorted = logged.to_vec();
     let middle = sorted.len() / 2;
     *sorted.select_nth_unstable(middle).1
+}
+
+/// Remote runs a fit needs before it trusts their overhead over the engine's default.
+pub const MIN_REMOTE_ROWS: usize = 10;
+
+/// The fitted remote overhead: the median of what the logged remote runs added, if
+/// there are enough of them.
+fn remote_overhead_ns(logged: &[u64]) -> Option<u64> {
+    if logged.len() < MIN_REMOTE_ROWS {
+        return None;
+    }
+    let mut sorted = logged.to_vec();
+    let middle = sorted.len() / 2;
+    Some(*sorted.select_nth_unstable(middle).1)
 }
 
 fn class_table(

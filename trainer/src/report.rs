@@ -108,6 +108,21 @@ pub fn describe(header: &ModelHeader, tree: &DecisionTree<f64, usize>) -> String
         tokengate::model::MAX_OVERHEAD_SHARE * 100.0,
         ns(tokengate::model::BATCH_LATENCY_BUDGET_NS)
     );
+    let _ = match t.remote_overhead_ns {
+        Some(remote) => writeln!(
+            out,
+            "remote      {} per call (fitted from the submitter's rows of remote runs); \
+             `auto` placement sends a backlogged call remote when its predicted run time \
+             is at least that",
+            ns(remote)
+        ),
+        None => writeln!(
+            out,
+            "remote      no remote runs in the logs: `auto` placement uses its default \
+             threshold ({})",
+            ns(tokengate::model::DEFAULT_REMOTE_MIN_NS)
+        ),
+    };
     let _ = writeln!(out, "\nclass  runtime range           median      rows  lanes  batch");
     for (k, c) in header.classes.iter().enumerate() {
         let max = if c.max_ns == u64::MAX { "∞".to_string() } else { ns(c.max_ns) };

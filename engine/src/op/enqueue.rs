@@ -16,15 +16,11 @@ use super::state::OpShared;
 use crate::admission::Permit;
 use crate::control::state::Overrides;
 use crate::error::TokenError;
+use crate::model::DEFAULT_REMOTE_MIN_NS;
 use crate::placement::{LaneSet, Placement, RouteSource, Weight};
 use crate::remote::{RemotePlacement, RemotePort};
 use crate::router::Features;
 use crate::token::Chunk;
-
-/// The `auto` policy sends a token remote only if its predicted runtime (model class,
-/// running average or tag) is at least this (ns): about what a remote round trip costs
-/// on loopback (README, "More machines"), so messaging at most doubles its cost.
-pub(crate) const REMOTE_MIN_PREDICTED_NS: u64 = 1_000_000;
 
 /// The lane sets a chunk's tokens may be queued for, in `LaneSet::index` order.
 const SETS: [LaneSet; 3] = [LaneSet::Light, LaneSet::Heavy, LaneSet::Remote];
@@ -160,7 +156,7 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
         };
         let set = placement.lanes;
         let open = &mut self.open[set.index()];
-        if self.logging && set != LaneSet::Remote {
+        if self.logging {
             self.features.declared = declared;
             self.features.arg_size = arg_size;
             let meta = open.meta.get_or_insert_with(|| {
@@ -212,7 +208,7 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
             open.items.reserve_exact(take);
             open.items.extend(items.by_ref().take(take));
             open.cost_ns += placement.predicted_ns * take as u64;
-            if self.logging && open.meta.is_none() && set != LaneSet::Remote {
+            if self.logging && open.meta.is_none() {
                 let mut meta =
                     BatchMeta::new(self.admitted_at, &self.features, &self.op.engine, set);
                 meta.tokens.push(TokenMeta::new(&self.features, &placement));
@@ -275,7 +271,8 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
             // The prediction decides what is worth sending: a token must be expected to
             // run at least as long as a remote round trip costs.
             (set, RemotePlacement::Auto) => {
-                placement.predicted_ns >= REMOTE_MIN_PREDICTED_NS
+                let router = &self.op.engine.router;
+                placement.predicted_ns >= router.remote_min_ns().unwrap_or(DEFAULT_REMOTE_MIN_NS)
                     && port.available()
                     && self.backlogged(set)
                     && port.workers(Some(&self.op.name)) > 0
@@ -309,10 +306,13 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
         let open = &mut self.open[LaneSet::Remote.index()];
         let items = std::mem::take(&mut open.items);
         open.cost_ns = 0;
+        // With logging on, each remote token's row is written here when its answer
+        // comes (see `RemoteToken::resolve`).
+        let meta: Option<Arc<BatchMeta>> = open.meta.take().map(Arc::from);
         let port = self.remote.expect("remote batches only with a link");
         let codec = op.remote.as_ref().expect("remote-capable");
         let mut calls = Vec::with_capacity(items.len());
-        for (index, arg) in items {
+        for (position, (index, arg)) in items.into_iter().enumerate() {
             let bytes = op.bytes_of(&arg);
             let slot = chunk.slot(index);
             if !slot.claim(attempt) {
@@ -330,6 +330,7 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
                         arg,
                         bytes,
                         admitted_at: self.admitted_at,
+                        log: meta.as_ref().map(|meta| (Arc::clone(meta), position)),
                     };
                     calls.push((payload, Box::new(token) as Box<dyn PendingToken>));
                 }

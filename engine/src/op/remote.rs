@@ -19,12 +19,14 @@ use serde::Serialize;
 
 use super::builder::OperationBuilder;
 use super::enqueue::Enqueue;
+use super::run::BatchMeta;
 use super::state::{nanos, BoxFn, Context, OpShared};
 use super::Operation;
 use crate::admission::Permit;
 use crate::error::{RegisterError, RejectReason, TokenError};
 use crate::placement::LaneSet;
 use crate::remote::wire::{self, WireOutcome};
+use crate::telemetry::RecordOutcome;
 use crate::token::{Chunk, Outcome, Start};
 
 /// How a remote-capable operation's arguments and results cross the wire (bincode).
@@ -127,7 +129,8 @@ pub(crate) trait PendingToken: Send {
     fn key(&self) -> (u64, u8);
     /// Resolves the token with a worker's answer. False if it had moved on (the
     /// answer is a duplicate).
-    fn resolve(self: Box<Self>, outcome: WireOutcome, payload: &[u8]) -> bool;
+    /// `run_ns`: the worker's run time of the call.
+    fn resolve(self: Box<Self>, outcome: WireOutcome, payload: &[u8], run_ns: u64) -> bool;
     /// Runs the token on the local lanes instead: the remote attempt is abandoned and
     /// a late answer to it counts as a duplicate.
     fn fall_back(self: Box<Self>);
@@ -143,6 +146,9 @@ pub(super) struct RemoteToken<A, R> {
     pub(super) arg: A,
     pub(super) bytes: usize,
     pub(super) admitted_at: Instant,
+    /// With logging on: what was known at admission, and the token's place among the
+    /// batch's, for its telemetry row.
+    pub(super) log: Option<(Arc<BatchMeta>, usize)>,
 }
 
 impl<A: Send + 'static, R: Send + 'static> PendingToken for RemoteToken<A, R> {
@@ -150,8 +156,8 @@ impl<A: Send + 'static, R: Send + 'static> PendingToken for RemoteToken<A, R> {
         (self.chunk.id_of(self.index), self.attempt)
     }
 
-    fn resolve(self: Box<Self>, outcome: WireOutcome, payload: &[u8]) -> bool {
-        let RemoteToken { op, chunk, index, attempt, bytes, admitted_at, .. } = *self;
+    fn resolve(self: Box<Self>, outcome: WireOutcome, payload: &[u8], run_ns: u64) -> bool {
+        let RemoteToken { op, chunk, index, attempt, bytes, admitted_at, log, .. } = *self;
         let message = || String::from_utf8_lossy(payload).into_owned();
         let result = match outcome {
             WireOutcome::Completed => {
@@ -169,11 +175,26 @@ impl<A: Send + 'static, R: Send + 'static> PendingToken for RemoteToken<A, R> {
                 message()
             ))),
         };
+        let row = match (&result, outcome) {
+            (Ok(_), _) => RecordOutcome::Completed,
+            (Err(_), WireOutcome::Panicked) => RecordOutcome::Panicked,
+            (Err(_), WireOutcome::TimedOut) => RecordOutcome::TimedOut,
+            (Err(_), _) => RecordOutcome::Failed,
+        };
         let resolved = chunk.slot(index).finish(attempt, result);
         if resolved != Outcome::Skipped {
-            let latency = nanos(Instant::now().saturating_duration_since(admitted_at));
+            let now = Instant::now();
+            let latency = nanos(now.saturating_duration_since(admitted_at));
             op.control.latency().record(latency, 1);
             op.engine.set_latency[LaneSet::Remote.index()].record(latency, 1);
+            if let (Some((meta, position)), Some(telemetry)) = (log, op.engine.lanes.telemetry()) {
+                let token_id = chunk.id_of(index);
+                let record =
+                    meta.remote_record(position, token_id, op.id, attempt, run_ns, now, row);
+                if let Some(sender) = telemetry.sender() {
+                    telemetry.submit(&sender, vec![record]);
+                }
+            }
         }
         match resolved {
             Outcome::Completed => op.resolutions.completed.fetch_add(1, Relaxed),

@@ -84,6 +84,50 @@ impl BatchMeta {
     }
 }
 
+impl BatchMeta {
+    /// The row of a call that ran on a remote worker, written by the submitter when
+    /// the answer came at `end`: `lane_set` remote, no local lane (`lane` u16::MAX,
+    /// `core` -1, `batch_id` 0), `run_ns` the worker's, and `queue_wait_ns` everything
+    /// else (publishing, the worker's queue, the answer): what the trainer fits the
+    /// remote overhead from.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn remote_record(
+        &self,
+        position: usize,
+        token_id: u64,
+        op: u32,
+        attempt: u8,
+        run_ns: u64,
+        end: Instant,
+        outcome: RecordOutcome,
+    ) -> TokenRecord {
+        let token = self.tokens.get(position).unwrap_or(&self.tokens[0]);
+        let end_to_end_ns = nanos(end.saturating_duration_since(self.admitted_at));
+        TokenRecord {
+            token_id,
+            op,
+            declared: token.declared,
+            route_source: token.source,
+            lane_set: LaneSet::Remote,
+            predicted_class: token.class,
+            model_version: self.model_version,
+            lane: u16::MAX,
+            core: -1,
+            batch_id: 0,
+            batch_size: 1,
+            arg_size: token.arg_size,
+            queue_depth: self.queue_depth,
+            lane_load: self.lane_load,
+            op_recent_ns: self.op_recent_ns,
+            queue_wait_ns: end_to_end_ns.saturating_sub(run_ns),
+            run_ns,
+            end_to_end_ns,
+            outcome,
+            attempt,
+        }
+    }
+}
+
 pub(super) struct TokenMeta {
     arg_size: u64,
     declared: Weight,

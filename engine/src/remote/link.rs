@@ -369,7 +369,7 @@ impl Link {
                 samples.push(overhead);
             }
         }
-        if pending.token.resolve(answer.outcome, &answer.payload) {
+        if pending.token.resolve(answer.outcome, &answer.payload, answer.run_ns) {
             self.counters.resolved.fetch_add(1, Relaxed);
         } else {
             self.counters.duplicate_results.fetch_add(1, Relaxed);

@@ -67,6 +67,10 @@ impl Router for AdaptiveRouter {
 
     /// Raised by every swap: the swap count in the top byte, the model's fingerprint
     /// below it.
+    fn remote_min_ns(&self) -> Option<u64> {
+        self.current.load().remote_min_ns()
+    }
+
     fn model_version(&self) -> u32 {
         let generation = self.generation.load(Ordering::Relaxed).min(255);
         (generation << 24) | (self.current.load().model_version() & 0x00FF_FFFF)

@@ -65,6 +65,10 @@ impl Router for LearnedRouter {
         self.model.version()
     }
 
+    fn remote_min_ns(&self) -> Option<u64> {
+        self.model.remote_min_ns()
+    }
+
     fn classes(&self) -> Vec<crate::model::ClassPolicy> {
         self.model.header().classes.clone()
     }

@@ -55,6 +55,13 @@ pub trait Router: Send + Sync + fmt::Debug + 'static {
         0
     }
 
+    /// The least predicted run time (ns) the model says is worth a remote round trip
+    /// (fitted from remote runs; see [`Model::remote_min_ns`](crate::model::Model::remote_min_ns)).
+    /// `None`: the engine's default threshold.
+    fn remote_min_ns(&self) -> Option<u64> {
+        None
+    }
+
     /// The model's cost classes, by class id (empty when there is no model). Read by
     /// the control port, never on the hot path.
     fn classes(&self) -> Vec<crate::model::ClassPolicy> {
