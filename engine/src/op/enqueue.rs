@@ -190,7 +190,9 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
             if let Some((index, arg)) = items.next() {
                 let open = &mut self.open[set.index()];
                 open.cost_ns += placement.predicted_ns;
-                if self.logging && open.meta.is_none() {
+                if self.logging {
+                    // The chunk's first batch: nothing is open yet.
+                    debug_assert!(open.meta.is_none());
                     let mut meta =
                         BatchMeta::new(self.admitted_at, &self.features, &self.op.engine, set);
                     meta.tokens.push(TokenMeta::new(&self.features, &placement));

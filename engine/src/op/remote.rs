@@ -187,8 +187,11 @@ impl<A: Send + 'static, R: Send + 'static> PendingToken for RemoteToken<A, R> {
             let latency = nanos(now.saturating_duration_since(admitted_at));
             op.control.latency().record(latency, 1);
             op.engine.set_latency[LaneSet::Remote.index()].record(latency, 1);
-            if let (Some((meta, position)), Some(telemetry)) = (log, op.engine.lanes.telemetry()) {
-                let token_id = chunk.id_of(index);
+            let token_id = chunk.id_of(index);
+            let telemetry = op.engine.lanes.telemetry();
+            // Sampled like a lane's rows: one token id in `sample_every`.
+            let telemetry = telemetry.filter(|t| token_id % t.sample_every == 0);
+            if let (Some((meta, position)), Some(telemetry)) = (log, telemetry) {
                 let record =
                     meta.remote_record(position, token_id, op.id, attempt, run_ns, now, row);
                 if let Some(sender) = telemetry.sender() {

@@ -20,12 +20,15 @@ pub struct AdaptiveRouter {
     ops: RwLock<Vec<(u32, String)>>,
     /// Models swapped in so far (0: the starting one).
     generation: AtomicU32,
+    /// The starting model's fitted remote overhead.
+    base_remote_ns: Option<u64>,
 }
 
 impl AdaptiveRouter {
     /// Starts with `model`; operations it does not know fall back to `fallback`.
     pub fn new(model: Model, fallback: StaticRouter) -> Self {
         AdaptiveRouter {
+            base_remote_ns: model.remote_min_ns(),
             current: ArcSwap::from_pointee(LearnedRouter::new(model, fallback)),
             fallback,
             ops: RwLock::new(Vec::new()),
@@ -65,12 +68,14 @@ impl Router for AdaptiveRouter {
         self.current.load().register_op(op, name);
     }
 
-    /// Raised by every swap: the swap count in the top byte, the model's fingerprint
-    /// below it.
+    /// The current model's remote overhead, else the starting model's: re-fits see no
+    /// remote runs (their rows are not run times), so they keep the fitted threshold.
     fn remote_min_ns(&self) -> Option<u64> {
-        self.current.load().remote_min_ns()
+        self.current.load().remote_min_ns().or(self.base_remote_ns)
     }
 
+    /// Raised by every swap: the swap count in the top byte, the model's fingerprint
+    /// below it.
     fn model_version(&self) -> u32 {
         let generation = self.generation.load(Ordering::Relaxed).min(255);
         (generation << 24) | (self.current.load().model_version() & 0x00FF_FFFF)

@@ -142,8 +142,9 @@ pub(crate) struct Slot<R> {
 }
 
 // SAFETY: `result` is written only by the single thread that won the CAS into
-// `WRITING`, and read only by the unique `Token` handle after it observed a terminal
-// state with `Acquire` (which pairs with the writer's `Release` store). No two threads
+// `WRITING`, and read only by the slot's unique handle (its `Token`, or
+// `Operation::map`, which makes none) after it observed a terminal state with
+// `Acquire` (which pairs with the writer's `AcqRel` swap in `publish`). No two threads
 // ever touch `result` at the same time, so sharing a `Slot` is sound whenever the
 // value itself may be sent between threads.
 unsafe impl<R: Send> Sync for Slot<R> {}
@@ -375,7 +376,8 @@ impl<R> Slot<R> {
     /// Moves the result out if the token has resolved.
     ///
     /// # Safety
-    /// Only the slot's unique `Token` handle may call this (callers hold `&mut Token`).
+    /// Only the slot's unique handle may call this: its `Token` (callers hold
+    /// `&mut Token`), or a caller that made no `Token` for it (`Operation::map`).
     #[inline]
     unsafe fn try_take(&self) -> Option<Result<R, TokenError>> {
         let word = self.state.load(Ordering::Acquire);
@@ -439,7 +441,7 @@ impl<R> Slots<R> {
         }
     }
 
-    fn as_mut(&mut self) -> &mut [Slot<R>] {
+    fn as_mut_slice(&mut self) -> &mut [Slot<R>] {
         match self {
             Slots::One(slot) => std::slice::from_mut(slot),
             Slots::Many(slots) => slots,
@@ -566,7 +568,8 @@ impl<R> Chunk<R> {
         self.base_id + u64::from(index)
     }
 
-    /// Hands out the token for slot `index`. Called once per slot.
+    /// Hands out the token for slot `index`. Called at most once per slot (never for
+    /// the slots of a chunk `Operation::map` waits on itself).
     #[inline]
     pub(crate) fn token(self: &Arc<Self>, index: u32) -> Token<R> {
         Token { chunk: Arc::clone(self), index }
@@ -585,7 +588,7 @@ impl<R> Drop for Chunk<R> {
         if let Some(index) = &self.index {
             index.remove(self.base_id);
         }
-        for slot in self.slots.as_mut() {
+        for slot in self.slots.as_mut_slice() {
             let state = state_of(sync::load_mut(&mut slot.state));
             if state >= COMPLETED && state & TAKEN == 0 {
                 // SAFETY: terminal and not taken, so the value is initialised; we have
@@ -709,6 +712,41 @@ mod loom_tests {
                 }
             });
         }
+    }
+
+    /// A cancel racing the waiter's mark: the waiter is woken with the cancellation.
+    #[test]
+    fn loom_waiter_against_cancel() {
+        loom::model(|| {
+            let (chunk, token) = one_token();
+            let canceller = {
+                let chunk = Arc::clone(&chunk);
+                loom::thread::spawn(move || chunk.cancel(0, CancelSource::Caller))
+            };
+            let result = loom::future::block_on(token);
+            assert!(canceller.join().unwrap());
+            assert_eq!(result, Err(TokenError::Cancelled { by: CancelSource::Caller }));
+        });
+    }
+
+    /// A deadline that moves a running attempt on (retry on timeout) keeps the mark:
+    /// the next attempt's result wakes the waiter.
+    #[test]
+    fn loom_waiter_across_a_deadline_retry() {
+        loom::model(|| {
+            let (chunk, token) = one_token();
+            let worker = {
+                let chunk = Arc::clone(&chunk);
+                loom::thread::spawn(move || {
+                    assert!(chunk.slot(0).claim(1));
+                    assert_eq!(chunk.expire(0, 1, true), Expired::Retried { running: true });
+                    assert!(chunk.slot(0).claim(2));
+                    chunk.slot(0).finish(2, Ok(5))
+                })
+            };
+            assert_eq!(loom::future::block_on(token), Ok(5));
+            assert_eq!(worker.join().unwrap(), Outcome::Completed);
+        });
     }
 
     /// The waiter's mark survives every transition of the full path (claim, a failed

@@ -4,9 +4,10 @@
 //! Every node is its own token through the engine, and the pyramid unfolds inside it
 //! the way a recursive program would: the final token submits one token per partial
 //! and waits for them; each partial submits its chunks, each chunk its 1,000 term
-//! tokens (`Operation::map`: one handle per chunk of calls, run in batches). A wait on a lane runs other queued work —
-//! the waiting token's own newest first, the oldest left for the other lanes to steal —
-//! so the lanes are never blocked and the caller's thread only waits for the answer.
+//! tokens (`Operation::map`: one handle per chunk of calls, run in batches). A wait on
+//! a lane runs other queued work — the waiting token's own newest first, the oldest
+//! left for the other lanes to steal — so the lanes are never blocked and the caller's
+//! thread only waits for the answer.
 //! Depth-first order keeps memory flat however large `N` is: the tokens in flight are
 //! the partials, the chunks of the partials being run, and the terms of the chunks
 //! being run.
