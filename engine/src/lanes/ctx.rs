@@ -48,7 +48,12 @@ pub(crate) struct LaneCtx {
     /// Nanoseconds this thread has spent running other batches inside waits, so a
     /// waiting call's own run time can leave them out.
     helped_ns: Cell<u64>,
+    /// When the lane last offered its core to other threads (see [`LaneCtx::share_core`]).
+    yielded_at: Cell<Instant>,
 }
+
+/// A busy lane offers its core to other runnable threads at least this often.
+const SHARE_CORE_EVERY: std::time::Duration = std::time::Duration::from_millis(1);
 
 thread_local! {
     /// The lane this thread is serving, while it serves one.
@@ -70,6 +75,21 @@ impl LaneCtx {
             stuck,
             depth: Cell::new(0),
             helped_ns: Cell::new(0),
+            yielded_at: Cell::new(Instant::now()),
+        }
+    }
+
+    /// Called after each batch with the time it ended: once a millisecond of batches
+    /// has passed, yields the core (`sched_yield`). Lanes that never idle otherwise hold
+    /// their cores for the scheduler's whole slice (a few ms), and a thread that wakes
+    /// meanwhile — the control port answering `/metrics`, a caller's thread, the
+    /// trainer's re-fit — waits that long. With nobody waiting for the core the yield
+    /// returns at once (a syscall per millisecond).
+    #[inline]
+    pub(crate) fn share_core(&self, now: Instant) {
+        if now.saturating_duration_since(self.yielded_at.get()) >= SHARE_CORE_EVERY {
+            std::thread::yield_now();
+            self.yielded_at.set(Instant::now());
         }
     }
 

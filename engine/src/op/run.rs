@@ -290,13 +290,14 @@ impl<A: Send + 'static, R: Send + 'static, I: ItemList<A>> Batch<A, R, I> {
             let times = Times { start: if ran { start } else { now }, end: now, helped };
             lane.record(log.record(&op, &chunk, index, position, attempt, lane, times, row));
         }
-        op.settle_batch(
+        let ended = op.settle_batch(
             started,
             admitted_at,
             set,
             tally.ran,
             [tally.completed, tally.failed, tally.skipped],
         );
+        lane.share_core(ended);
         if end == RunEnd::Done {
             op.engine.admission.release(permit, &op.queue);
         }

@@ -175,7 +175,7 @@ impl<A, R> OpShared<A, R> {
         set: LaneSet,
         ran: u64,
         [completed, failed, skipped]: [u64; 3],
-    ) {
+    ) -> Instant {
         let now = Instant::now();
         if ran > 0 {
             let latency = nanos(now.saturating_duration_since(admitted_at));
@@ -196,6 +196,7 @@ impl<A, R> OpShared<A, R> {
         if skipped > 0 {
             self.counters.skipped.fetch_add(skipped, Relaxed);
         }
+        now
     }
 }
 
