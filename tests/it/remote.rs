@@ -249,6 +249,18 @@ fn placement_follows_policy_and_the_control_port_pin() {
     let run = mixed::drive(&ops, &plan, 50_000.0, None);
     assert_eq!((run.lost, run.failures), (0, 0));
     assert_eq!(submitter.remote_stats().unwrap().remote_tokens, pinned);
+    // Paused, the pinned operation's calls wait on the local lanes, where pause holds,
+    // and run there once resumed.
+    let primes = ops.op("primes").unwrap();
+    submitter.controller().pause(Some("primes")).unwrap();
+    let held: Vec<_> = (0..5).map(|n| primes.submit(1_000 + n)).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(held.iter().all(|t| !t.is_finished()), "a paused operation's calls wait");
+    submitter.controller().resume(Some("primes")).unwrap();
+    for token in held {
+        token.wait().unwrap();
+    }
+    assert_eq!(submitter.remote_stats().unwrap().remote_tokens, pinned, "none went remote");
 }
 
 #[test]

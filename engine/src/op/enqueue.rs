@@ -265,6 +265,9 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
             return if chosen == LaneSet::Remote { local(routed) } else { chosen };
         };
         let remote = match (chosen, port.placement()) {
+            // A paused or throttled operation's tokens stay where pause and throttle
+            // hold: the local lanes (a remote worker would run them at once).
+            _ if self.overrides.paused || self.overrides.throttle.is_some() => false,
             (LaneSet::Remote, _) => port.available(),
             (_, RemotePlacement::Local) => false,
             // Pinned to a local set by the control port.

@@ -239,6 +239,11 @@ impl MixedOps {
         Ok(MixedOps { ops, shifted })
     }
 
+    /// One of the four operations, by name (`primes`, `sort`, `hash`, `text`).
+    pub fn op(&self, name: &str) -> Option<&Operation<u64, u64>> {
+        self.ops.iter().find(|op| op.name() == name)
+    }
+
     /// The flag a `drift` stream sets at its shift (an oracle reads it too).
     pub fn shift_flag(&self) -> Arc<AtomicBool> {
         Arc::clone(&self.shifted)
