@@ -25,6 +25,8 @@ const MAGIC: &[u8; 8] = b"TKGMODEL";
 /// Version of the file layout (2: the training info records the fitted dispatch
 /// overhead; 3: and the fitted remote overhead). Files of version 2 still load.
 pub const FORMAT_VERSION: u16 = 3;
+/// The oldest layout this build reads (no remote overhead; see [`HeaderV2`]).
+const FORMAT_V2: u16 = 2;
 const PREFIX_LEN: usize = 16;
 const DECODE_LIMIT: usize = 64 << 20;
 /// Deepest tree the engine accepts (fits bound theirs far below this).
@@ -304,7 +306,7 @@ pub fn decode(bytes: &[u8]) -> Result<(ModelHeader, DecisionTree<f64, usize>), M
         return Err(ModelError::NotAModel);
     }
     let format = u16::from_le_bytes([bytes[8], bytes[9]]);
-    if format != FORMAT_VERSION && format != 2 {
+    if format != FORMAT_VERSION && format != FORMAT_V2 {
         return Err(ModelError::UnsupportedFormat { found: format });
     }
     let schema = u16::from_le_bytes([bytes[10], bytes[11]]);
@@ -320,7 +322,7 @@ pub fn decode(bytes: &[u8]) -> Result<(ModelHeader, DecisionTree<f64, usize>), M
     let header_bytes = &rest[..header_len];
     let corrupt = |e: bincode::error::DecodeError| ModelError::Corrupt(format!("header: {e}"));
     let (header, used): (ModelHeader, usize) = match format {
-        2 => bincode::serde::decode_from_slice::<HeaderV2, _>(header_bytes, config)
+        FORMAT_V2 => bincode::serde::decode_from_slice::<HeaderV2, _>(header_bytes, config)
             .map(|(v2, used)| (v2.into(), used))
             .map_err(corrupt)?,
         _ => bincode::serde::decode_from_slice(header_bytes, config).map_err(corrupt)?,
@@ -478,7 +480,7 @@ mod tests {
         assert_eq!(model.header(), &header);
         // The shipped file is format 2 (no remote overhead); it re-encodes as the
         // current format, which round-trips exactly.
-        assert_eq!(u16::from_le_bytes([bytes[8], bytes[9]]), 2);
+        assert_eq!(u16::from_le_bytes([bytes[8], bytes[9]]), FORMAT_V2);
         assert_eq!(model.remote_min_ns(), None);
         let current = encode(&header, &tree).unwrap();
         let (again, _) = decode(&current).unwrap();

@@ -77,6 +77,9 @@ pub enum LaneSet {
 }
 
 impl LaneSet {
+    /// Every lane set, in [`LaneSet::index`] order.
+    pub(crate) const ALL: [LaneSet; 3] = [LaneSet::Light, LaneSet::Heavy, LaneSet::Remote];
+
     pub(crate) fn index(self) -> usize {
         match self {
             LaneSet::Light => 0,
@@ -165,9 +168,7 @@ mod tests {
         for weight in [Weight::Light, Weight::Medium, Weight::Heavy] {
             assert_eq!(weight.as_str().parse::<Weight>(), Ok(weight));
         }
-        for (index, set) in
-            [LaneSet::Light, LaneSet::Heavy, LaneSet::Remote].into_iter().enumerate()
-        {
+        for (index, set) in LaneSet::ALL.into_iter().enumerate() {
             assert_eq!(set.as_str().parse::<LaneSet>(), Ok(set));
             assert_eq!(set.index(), index);
         }

@@ -275,12 +275,12 @@ impl Controller {
         EngineSnapshot { lanes: lanes_now, model, sets: Vec::new() }
     }
 
-    /// Each lane's time spent running batches so far (ns).
     /// The latency histograms' counts by lane set (light, heavy, remote).
     pub(crate) fn set_latency_counts(&self) -> [[u64; state::LATENCY_BUCKETS]; 3] {
         std::array::from_fn(|set| self.shared.set_latency[set].read().0)
     }
 
+    /// Each lane's time spent running batches so far (ns).
     pub(crate) fn lane_busy_ns(&self) -> Vec<u64> {
         self.shared.lanes.stats().iter().map(|s| s.busy_ns).collect()
     }

@@ -281,7 +281,7 @@ fn set_latency(
     before: Option<&[[u64; LATENCY_BUCKETS]; 3]>,
     now: &[[u64; LATENCY_BUCKETS]; 3],
 ) -> Vec<SetLatency> {
-    [LaneSet::Light, LaneSet::Heavy, LaneSet::Remote]
+    LaneSet::ALL
         .into_iter()
         .map(|set| {
             let now = &now[set.index()];

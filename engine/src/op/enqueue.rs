@@ -22,9 +22,6 @@ use crate::remote::{RemotePlacement, RemotePort};
 use crate::router::Features;
 use crate::token::Chunk;
 
-/// The lane sets a chunk's tokens may be queued for, in `LaneSet::index` order.
-const SETS: [LaneSet; 3] = [LaneSet::Light, LaneSet::Heavy, LaneSet::Remote];
-
 /// Tokens of one chunk on their way into the lanes' queues.
 pub(super) struct Enqueue<'a, A, R> {
     op: &'a Arc<OpShared<A, R>>,
@@ -186,35 +183,25 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
         let placement = self.place();
         let (set, batch) = (placement.lanes, placement.batch.max(1) as usize);
         if len == 1 && set != LaneSet::Remote {
-            // A single call: its batch holds it inline (no item list to allocate).
+            // A single call: its batch holds it inline (no item list to allocate), and
+            // it is the chunk's only batch (nothing is open yet).
             if let Some((index, arg)) = items.next() {
-                let open = &mut self.open[set.index()];
-                open.cost_ns += placement.predicted_ns;
-                if self.logging {
-                    // The chunk's first batch: nothing is open yet.
-                    debug_assert!(open.meta.is_none());
-                    let mut meta =
-                        BatchMeta::new(self.admitted_at, &self.features, &self.op.engine, set);
-                    meta.tokens.push(TokenMeta::new(&self.features, &placement));
-                    open.meta = Some(Box::new(meta));
-                }
-                let (cost, meta) = (std::mem::take(&mut open.cost_ns), open.meta.take());
-                self.queue(set, [(index, arg)], cost, meta);
+                let meta = self.logging.then(|| self.batch_meta(set, &placement));
+                self.queue(set, [(index, arg)], placement.predicted_ns, meta);
             }
             return;
         }
         let mut remaining = len;
         while remaining > 0 {
+            let meta = (self.logging && self.open[set.index()].meta.is_none())
+                .then(|| self.batch_meta(set, &placement));
             let open = &mut self.open[set.index()];
             let take = batch.min(remaining);
             open.items.reserve_exact(take);
             open.items.extend(items.by_ref().take(take));
             open.cost_ns += placement.predicted_ns * take as u64;
-            if self.logging && open.meta.is_none() {
-                let mut meta =
-                    BatchMeta::new(self.admitted_at, &self.features, &self.op.engine, set);
-                meta.tokens.push(TokenMeta::new(&self.features, &placement));
-                open.meta = Some(Box::new(meta));
+            if meta.is_some() {
+                open.meta = meta;
             }
             open.limit = batch;
             remaining -= take;
@@ -222,6 +209,14 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
                 self.flush(set);
             }
         }
+    }
+
+    /// Telemetry's admission-time features of a batch on `set` whose every token got
+    /// `placement` (one token description for the batch).
+    fn batch_meta(&self, set: LaneSet, placement: &Placement) -> Box<BatchMeta> {
+        let mut meta = BatchMeta::new(self.admitted_at, &self.features, &self.op.engine, set);
+        meta.tokens.push(TokenMeta::new(&self.features, placement));
+        Box::new(meta)
     }
 
     /// Route → override → batch, for the current features.
@@ -298,7 +293,7 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
 
     /// Pushes the open batches.
     pub(super) fn finish(mut self) {
-        for set in SETS {
+        for set in LaneSet::ALL {
             if !self.open[set.index()].items.is_empty() {
                 self.flush(set);
             }

@@ -622,6 +622,20 @@ mod loom_tests {
         (chunk, token)
     }
 
+    /// A lane running the token's call on the short path: claimed straight into
+    /// `WRITING`, published with 7 (or skipped if it was resolved first).
+    fn short_path_worker(chunk: &Arc<Chunk<u32>>) -> loom::thread::JoinHandle<Outcome> {
+        let chunk = Arc::clone(chunk);
+        loom::thread::spawn(move || {
+            let slot = chunk.slot(0);
+            if slot.claim_to_write(1) {
+                slot.publish(1, Ok(7))
+            } else {
+                Outcome::Skipped
+            }
+        })
+    }
+
     #[test]
     fn loom_worker_deadline_and_cancel() {
         loom::model(|| {
@@ -657,17 +671,7 @@ mod loom_tests {
     fn loom_short_path_against_cancel() {
         loom::model(|| {
             let (chunk, token) = one_token();
-            let worker = {
-                let chunk = Arc::clone(&chunk);
-                loom::thread::spawn(move || {
-                    let slot = chunk.slot(0);
-                    if slot.claim_to_write(1) {
-                        slot.publish(1, Ok(7))
-                    } else {
-                        Outcome::Skipped
-                    }
-                })
-            };
+            let worker = short_path_worker(&chunk);
             let cancelled = token.cancel();
             let worked = worker.join().unwrap() == Outcome::Completed;
             assert_eq!(u64::from(worked) + resolutions(&chunk), 1, "exactly one resolution");
@@ -691,17 +695,7 @@ mod loom_tests {
                 if cancel_first {
                     assert!(token.cancel());
                 }
-                let worker = {
-                    let chunk = Arc::clone(&chunk);
-                    loom::thread::spawn(move || {
-                        let slot = chunk.slot(0);
-                        if slot.claim_to_write(1) {
-                            slot.publish(1, Ok(7))
-                        } else {
-                            Outcome::Skipped
-                        }
-                    })
-                };
+                let worker = short_path_worker(&chunk);
                 let result = loom::future::block_on(token);
                 let worked = worker.join().unwrap() == Outcome::Completed;
                 assert_ne!(worked, cancel_first);
