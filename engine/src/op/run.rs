@@ -201,17 +201,24 @@ impl<A: Send + 'static, R: Send + 'static, I: ItemList<A>> Job for Batch<A, R, I
 
     fn run(self: Box<Self>, lane: &LaneCtx) -> RunEnd {
         let op = Arc::clone(&self.op);
-        let _slot = RunningSlot(&op);
-        if lane.aborting() {
-            self.cancel_all(CancelSource::Shutdown);
-            return RunEnd::Done;
-        }
-        (*self).run_items(lane)
+        let (end, ended) = {
+            let _slot = RunningSlot(&op);
+            if lane.aborting() {
+                self.cancel_all(CancelSource::Shutdown);
+                return RunEnd::Done;
+            }
+            (*self).run_items(lane)
+        };
+        // Only once the batch is wholly done (counted, its running slot and permits
+        // given back): a yield before that would leave its stats behind its results.
+        lane.share_core(ended);
+        end
     }
 }
 
 impl<A: Send + 'static, R: Send + 'static, I: ItemList<A>> Batch<A, R, I> {
-    fn run_items(self, lane: &LaneCtx) -> RunEnd {
+    /// Runs the batch's calls; how it ended, and when.
+    fn run_items(self, lane: &LaneCtx) -> (RunEnd, Instant) {
         let Batch { op, chunk, items, meta, attempt, bytes, admitted_at, set, .. } = self;
         let len = items.as_ref().len();
         let first = items.as_ref().first().map(|&(index, _)| index);
@@ -297,11 +304,10 @@ impl<A: Send + 'static, R: Send + 'static, I: ItemList<A>> Batch<A, R, I> {
             tally.ran,
             [tally.completed, tally.failed, tally.skipped],
         );
-        lane.share_core(ended);
         if end == RunEnd::Done {
             op.engine.admission.release(permit, &op.queue);
         }
-        end
+        (end, ended)
     }
 }
 
