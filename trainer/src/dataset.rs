@@ -118,7 +118,7 @@ fn read_file(
     // A submitter's row of a remote run carries the worker's whole serving time (its
     // queue too), not a lane's run time: it feeds the remote overhead, not the tree.
     let set = frame.column("lane_set").ok().and_then(|c| c.str().ok().cloned());
-    let remote = |i: usize| set.as_ref().is_some_and(|set| set.get(i) == Some("remote"));
+    let remote = |i: usize| is_remote(set.as_ref(), i);
     for (i, (((op, arg_size), run_ns), outcome)) in
         op.iter().zip(arg_size.iter()).zip(run_ns.iter()).zip(outcome.iter()).enumerate()
     {
@@ -141,22 +141,28 @@ fn read_file(
         });
         data.rows.push(Row { op: index, arg_size, run_ns });
     }
-    read_dispatch(&frame, data);
-    read_remote(&frame, data);
+    read_dispatch(&frame, set.as_ref(), data);
+    read_remote(&frame, set.as_ref(), data);
     Ok(())
+}
+
+/// Whether row `i` is a submitter's row of a remote run (`lane_set` remote; files
+/// without the column have none).
+fn is_remote(set: Option<&StringChunked>, i: usize) -> bool {
+    set.is_some_and(|set| set.get(i) == Some("remote"))
 }
 
 /// What a remote run added to each completed call a submitter logged (`lane_set`
 /// remote: `queue_wait_ns` is end-to-end minus the worker's run time). Files without
 /// the columns add nothing.
-fn read_remote(frame: &DataFrame, data: &mut Data) {
-    let strs = |name: &str| frame.column(name).ok().and_then(|c| c.str().ok().cloned());
+fn read_remote(frame: &DataFrame, set: Option<&StringChunked>, data: &mut Data) {
+    let outcome = frame.column("outcome").ok().and_then(|c| c.str().ok().cloned());
     let wait = frame.column("queue_wait_ns").ok().and_then(|c| c.u64().ok().cloned());
-    let (Some(set), Some(outcome), Some(wait)) = (strs("lane_set"), strs("outcome"), wait) else {
+    let (Some(outcome), Some(wait)) = (outcome, wait) else {
         return;
     };
-    for ((set, outcome), wait) in set.iter().zip(outcome.iter()).zip(wait.iter()) {
-        if let (Some("remote"), Some("completed"), Some(wait)) = (set, outcome, wait) {
+    for (i, (outcome, wait)) in outcome.iter().zip(wait.iter()).enumerate() {
+        if let (true, Some("completed"), Some(wait)) = (is_remote(set, i), outcome, wait) {
             data.remote_ns.push(wait);
         }
     }
@@ -165,19 +171,17 @@ fn read_remote(frame: &DataFrame, data: &mut Data) {
 /// The dispatch overhead of batches queued onto an empty queue (`lane_load` 0): the
 /// smallest `queue_wait_ns` of each such batch, which is its first token's. Files
 /// without the columns add nothing.
-fn read_dispatch(frame: &DataFrame, data: &mut Data) {
+fn read_dispatch(frame: &DataFrame, set: Option<&StringChunked>, data: &mut Data) {
     let u64s = |name: &str| frame.column(name).ok().and_then(|c| c.u64().ok().cloned());
     let (Some(batch), Some(load), Some(wait)) =
         (u64s("batch_id"), u64s("lane_load"), u64s("queue_wait_ns"))
     else {
         return;
     };
-    // Rows of remote runs (their submitter's) ran in no local batch.
-    let set = frame.column("lane_set").ok().and_then(|c| c.str().ok().cloned());
-    let remote = |i: usize| set.as_ref().is_some_and(|set| set.get(i) == Some("remote"));
     let mut first: HashMap<u64, u64> = HashMap::new();
     for (i, ((batch, load), wait)) in batch.iter().zip(load.iter()).zip(wait.iter()).enumerate() {
-        if remote(i) {
+        // Rows of remote runs (their submitter's) ran in no local batch.
+        if is_remote(set, i) {
             continue;
         }
         if let (Some(batch), Some(0), Some(wait)) = (batch, load, wait) {

@@ -187,23 +187,24 @@ pub(crate) fn matrix(
 /// 2-core machine (a wake-up of a parked lane).
 pub const DEFAULT_DISPATCH_NS: u64 = 5_000;
 
+/// Logged samples a fit needs before it trusts an overhead it measured (per-batch
+/// dispatch, remote runs) over the default.
+pub const MIN_OVERHEAD_SAMPLES: usize = 10;
+
 /// The fitted per-batch dispatch overhead: the median of the logged ones.
 fn dispatch_overhead_ns(logged: &[u64]) -> u64 {
-    if logged.len() < 10 {
-        return DEFAULT_DISPATCH_NS;
-    }
-    let mut sorted = logged.to_vec();
-    let middle = sorted.len() / 2;
-    *sorted.select_nth_unstable(middle).1
+    fitted_median(logged).unwrap_or(DEFAULT_DISPATCH_NS)
 }
-
-/// Remote runs a fit needs before it trusts their overhead over the engine's default.
-pub const MIN_REMOTE_ROWS: usize = 10;
 
 /// The fitted remote overhead: the median of what the logged remote runs added, if
 /// there are enough of them.
 fn remote_overhead_ns(logged: &[u64]) -> Option<u64> {
-    if logged.len() < MIN_REMOTE_ROWS {
+    fitted_median(logged)
+}
+
+/// The median of `logged`, once there are [`MIN_OVERHEAD_SAMPLES`] of them.
+fn fitted_median(logged: &[u64]) -> Option<u64> {
+    if logged.len() < MIN_OVERHEAD_SAMPLES {
         return None;
     }
     let mut sorted = logged.to_vec();
