@@ -110,7 +110,8 @@ impl Outside for Lanes {
         // A context for this round only: a cached one would keep the engine's telemetry
         // channel open past its shutdown.
         let Some(me) = self.me.upgrade() else { return false };
-        let ctx = LaneCtx::new(me, usize::from(OUTSIDE_LANE), -1, Arc::default());
+        let stuck = Arc::clone(&self.outside_stuck);
+        let ctx = LaneCtx::new(me, usize::from(OUTSIDE_LANE), -1, stuck);
         let mut ran = false;
         while !done() && self.shared_len(light) >= backlog {
             let Some(job) = self.take_shared(light) else { break };

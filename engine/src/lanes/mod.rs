@@ -54,8 +54,11 @@ const SPIN_CHECKS: u32 = 64;
 const IDLE_YIELD: Duration = Duration::from_micros(100);
 const PARK_TIMEOUT: Duration = Duration::from_millis(20);
 
-/// A batch of tokens of one operation, type-erased for the queues.
-pub(crate) trait Job: Send {
+/// A batch of tokens of one operation, type-erased for the queues. Queued behind an
+/// `Arc` so that a single call's chunk can be its own queue entry (see
+/// `op::run::Single`); a queue entry has one holder at a time, the only one that calls
+/// these methods (hence `Sync` is no promise of concurrent use).
+pub(crate) trait Job: Send + Sync {
     /// Tokens in the batch.
     fn len(&self) -> usize;
 
@@ -64,7 +67,7 @@ pub(crate) trait Job: Send {
     fn predicted_ns(&self) -> u64;
     /// Runs (or skips, if resolved elsewhere) every token of the batch and gives its
     /// admission permits back.
-    fn run(self: Box<Self>, lane: &LaneCtx) -> RunEnd;
+    fn run(self: Arc<Self>, lane: &LaneCtx) -> RunEnd;
 
     /// Whether a thread outside the lanes may run it while it waits (no deadline, no
     /// locality: nothing that needs a lane of its own).
@@ -73,11 +76,11 @@ pub(crate) trait Job: Send {
     /// Takes a running slot of the batch's operation and hands the batch back to run;
     /// or, if the operation is paused (or at its throttle limit), sets the batch aside
     /// (it keeps its permits) until it may run, and returns `None`.
-    fn start(self: Box<Self>) -> Option<Box<dyn Job>>;
+    fn start(self: Arc<Self>) -> Option<BoxJob>;
 
     /// Cancels every token of the batch that has not started, and gives its permits
     /// back (for batches set aside, on a `cancel` command).
-    fn cancel_all(self: Box<Self>, by: crate::CancelSource);
+    fn cancel_all(self: Arc<Self>, by: crate::CancelSource);
 }
 
 /// How a batch left its lane.
@@ -89,7 +92,40 @@ pub(crate) enum RunEnd {
     Retired,
 }
 
-pub(crate) type BoxJob = Box<dyn Job>;
+/// A queued batch: the one handle on it (not `Clone`). A job has one holder at a time,
+/// and only the holder calls its methods; that is what lets a job read its contents
+/// without a lock (a single call's chunk, `op::run::Single`, is shared with its token).
+pub(crate) struct BoxJob(Arc<dyn Job>);
+
+impl BoxJob {
+    /// `job` must be its only queue handle: no other `BoxJob` made from a clone of it.
+    pub(crate) fn new(job: Arc<dyn Job>) -> Self {
+        BoxJob(job)
+    }
+
+    /// See [`Job::run`].
+    pub(crate) fn run(self, lane: &LaneCtx) -> RunEnd {
+        self.0.run(lane)
+    }
+
+    /// See [`Job::start`].
+    pub(crate) fn start(self) -> Option<BoxJob> {
+        self.0.start()
+    }
+
+    /// See [`Job::cancel_all`].
+    pub(crate) fn cancel_all(self, by: crate::CancelSource) {
+        self.0.cancel_all(by)
+    }
+}
+
+impl std::ops::Deref for BoxJob {
+    type Target = dyn Job + 'static;
+
+    fn deref(&self) -> &(dyn Job + 'static) {
+        &*self.0
+    }
+}
 
 /// How a lane was set up, as seen from inside its thread.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,6 +219,10 @@ pub(crate) struct Lanes {
     replaced: AtomicU64,
     /// Tokens run by waiting callers outside the lanes (see `help.rs`).
     by_callers: AtomicU64,
+    /// The stuck flag of an outside thread's context (see `help.rs`): never set, as an
+    /// outside context never runs a call with a deadline; shared so that helping
+    /// allocates nothing.
+    outside_stuck: Arc<AtomicBool>,
     /// This value's own `Arc`, for the contexts of outside helpers.
     me: std::sync::Weak<Lanes>,
 }
@@ -250,6 +290,7 @@ impl Lanes {
             spares: Mutex::new(Vec::new()),
             replaced: AtomicU64::new(0),
             by_callers: AtomicU64::new(0),
+            outside_stuck: Arc::default(),
             me: me.clone(),
         })
     }
@@ -621,16 +662,20 @@ mod tests {
         fn predicted_ns(&self) -> u64 {
             self.1
         }
-        fn run(self: Box<Self>, _: &LaneCtx) -> RunEnd {
+        fn run(self: Arc<Self>, _: &LaneCtx) -> RunEnd {
             RunEnd::Done
         }
-        fn start(self: Box<Self>) -> Option<BoxJob> {
-            Some(self)
+        fn start(self: Arc<Self>) -> Option<BoxJob> {
+            Some(BoxJob::new(self))
         }
         fn may_run_outside(&self) -> bool {
             true
         }
-        fn cancel_all(self: Box<Self>, _: crate::CancelSource) {}
+        fn cancel_all(self: Arc<Self>, _: crate::CancelSource) {}
+    }
+
+    fn job(timed: Timed) -> BoxJob {
+        BoxJob::new(Arc::new(timed))
     }
 
     /// A 1 ms batch that only says which one it is.
@@ -641,15 +686,15 @@ mod tests {
     #[test]
     fn short_light_batches_run_before_long_ones_until_those_age() {
         let lanes = lanes(false, 1);
-        lanes.push(LaneSet::Light, Box::new(Timed(1, 60_000)));
-        lanes.push(LaneSet::Light, Box::new(Timed(2, 2_000)));
-        lanes.push(LaneSet::Light, Box::new(Timed(3, 2_000)));
+        lanes.push(LaneSet::Light, job(Timed(1, 60_000)));
+        lanes.push(LaneSet::Light, job(Timed(2, 2_000)));
+        lanes.push(LaneSet::Light, job(Timed(3, 2_000)));
         assert_eq!(next(&lanes, 0), Some(2), "short first");
         assert_eq!(next(&lanes, 0), Some(3));
         assert_eq!(next(&lanes, 0), Some(1), "then the long one");
-        lanes.push(LaneSet::Light, Box::new(Timed(4, 60_000)));
+        lanes.push(LaneSet::Light, job(Timed(4, 60_000)));
         std::thread::sleep(order::MAX_AGE * 2);
-        lanes.push(LaneSet::Light, Box::new(Timed(5, 2_000)));
+        lanes.push(LaneSet::Light, job(Timed(5, 2_000)));
         assert_eq!(next(&lanes, 0), Some(4), "an aged long batch goes first");
         assert_eq!(next(&lanes, 0), Some(5));
         assert_eq!(lanes.queued_ns[0].load(Ordering::Relaxed), 0, "costs are given back");
@@ -675,11 +720,11 @@ mod tests {
     #[test]
     fn each_set_serves_its_own_queue_first_and_helps_the_other() {
         let lanes = lanes(false, 1);
-        lanes.push(LaneSet::Light, Box::new(named(1)));
-        lanes.push(LaneSet::Heavy, Box::new(named(2)));
+        lanes.push(LaneSet::Light, job(named(1)));
+        lanes.push(LaneSet::Heavy, job(named(2)));
         assert_eq!(next(&lanes, 1), Some(2), "the heavy lane takes heavy work first");
         assert_eq!(next(&lanes, 1), Some(1), "then helps with light work");
-        lanes.push(LaneSet::Heavy, Box::new(named(3)));
+        lanes.push(LaneSet::Heavy, job(named(3)));
         assert_eq!(next(&lanes, 0), Some(3), "an idle light lane takes heavy work");
         assert_eq!(next(&lanes, 0), None);
         assert!(!lanes.has_work(0) && !lanes.has_work(1));
@@ -688,25 +733,25 @@ mod tests {
     #[test]
     fn isolation_and_backlog_keep_heavy_work_off_light_lanes() {
         let isolated = lanes(true, 1);
-        isolated.push(LaneSet::Heavy, Box::new(named(1)));
+        isolated.push(LaneSet::Heavy, job(named(1)));
         assert_eq!(next(&isolated, 0), None);
         assert!(!isolated.has_work(0));
         assert_eq!(next(&isolated, 1), Some(1));
 
         let backlog = lanes(false, 2);
-        backlog.push(LaneSet::Heavy, Box::new(named(1)));
+        backlog.push(LaneSet::Heavy, job(named(1)));
         assert_eq!(next(&backlog, 0), None, "one heavy batch is not a backlog");
-        backlog.push(LaneSet::Heavy, Box::new(named(2)));
+        backlog.push(LaneSet::Heavy, job(named(2)));
         assert_eq!(next(&backlog, 0), Some(1), "two are");
     }
 
     #[test]
     fn a_lane_takes_its_locality_queue_before_shared_work() {
         let lanes = lanes(false, 1);
-        lanes.push(LaneSet::Light, Box::new(named(1)));
-        lanes.push_to(0, Box::new(named(2)));
+        lanes.push(LaneSet::Light, job(named(1)));
+        lanes.push_to(0, job(named(2)));
         assert_eq!(next(&lanes, 1), Some(1), "other lanes never take a lane's own batches");
-        lanes.push(LaneSet::Light, Box::new(named(3)));
+        lanes.push(LaneSet::Light, job(named(3)));
         assert_eq!(next(&lanes, 0), Some(2));
         assert_eq!(next(&lanes, 0), Some(3));
     }

@@ -11,16 +11,17 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::remote::{PendingToken, RemoteToken};
-use super::run::{Batch, BatchMeta, ItemList, Items, TokenMeta};
+use super::run::{Batch, BatchMeta, ItemList, Items, Single, SingleJob, TokenMeta};
 use super::state::OpShared;
 use crate::admission::Permit;
 use crate::control::state::Overrides;
 use crate::error::TokenError;
+use crate::lanes::BoxJob;
 use crate::model::DEFAULT_REMOTE_MIN_NS;
 use crate::placement::{LaneSet, Placement, RouteSource, Weight};
 use crate::remote::{RemotePlacement, RemotePort};
 use crate::router::Features;
-use crate::token::Chunk;
+use crate::token::{Chunk, ChunkOf};
 
 /// Tokens of one chunk on their way into the lanes' queues.
 pub(super) struct Enqueue<'a, A, R> {
@@ -47,6 +48,9 @@ pub(super) struct Enqueue<'a, A, R> {
     /// [`Enqueue::spread`]).
     spread: u32,
     open: [Open<A>; 3],
+    /// A single call's chunk, which carries its own batch (see [`Single`]): queued
+    /// as itself, without a batch allocation of its own.
+    inline: Option<Arc<ChunkOf<R, Single<A, R>>>>,
 }
 
 impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
@@ -87,7 +91,13 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
                 .filter(|_| !chunk.is_served()),
             spread: u32::MAX,
             open: [Open::new(), Open::new(), Open::new()],
+            inline: None,
         }
+    }
+
+    /// A single call whose chunk can carry its batch: it is queued as itself.
+    pub(super) fn inline(&mut self, chunk: Arc<ChunkOf<R, Single<A, R>>>) {
+        self.inline = Some(chunk);
     }
 
     /// Caps batches at a lane's share of the `len` tokens being submitted together, so
@@ -161,6 +171,12 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
             });
             meta.tokens.push(TokenMeta::new(&self.features, &placement));
         }
+        if remaining == 1 && open.items.is_empty() && set != LaneSet::Remote {
+            // The chunk's last call and nothing open on its set: it is a batch of one
+            // (inline in its chunk for a single call), with no item list.
+            let meta = open.meta.take();
+            return self.queue_one(set, index, arg, placement.predicted_ns, meta);
+        }
         open.cost_ns += placement.predicted_ns;
         open.push(index, arg, placement.batch, remaining);
         if open.is_full() {
@@ -187,7 +203,7 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
             // it is the chunk's only batch (nothing is open yet).
             if let Some((index, arg)) = items.next() {
                 let meta = self.logging.then(|| self.batch_meta(set, &placement));
-                self.queue(set, [(index, arg)], placement.predicted_ns, meta);
+                self.queue_one(set, index, arg, placement.predicted_ns, meta);
             }
             return;
         }
@@ -366,12 +382,8 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
         meta: Option<Box<BatchMeta>>,
     ) {
         let op = self.op;
-        let home = match (self.held_home.take(), op.options.locality, items.as_ref().first()) {
-            (Some(lane), _, _) => Some(lane),
-            (None, Some(key), Some((_, arg))) => Some(op.enter_home(key(arg), set)),
-            _ => None,
-        };
-        let batch = Box::new(Batch {
+        let home = self.home(items.as_ref().first().map(|(_, arg)| arg), set);
+        let batch = Arc::new(Batch {
             op: Arc::clone(op),
             chunk: Arc::clone(self.chunk),
             bytes: op.bytes_of_all(items.as_ref()),
@@ -382,9 +394,54 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
             set,
             admitted_at: self.admitted_at,
         });
+        self.push_job(home, set, BoxJob::new(batch));
+    }
+
+    /// Pushes a batch of one call: a single call's chunk itself, else a batch holding
+    /// the call inline (no item list).
+    fn queue_one(
+        &mut self,
+        set: LaneSet,
+        index: u32,
+        arg: A,
+        predicted_ns: u64,
+        meta: Option<Box<BatchMeta>>,
+    ) {
+        let Some(chunk) = self.inline.take() else {
+            return self.queue(set, [(index, arg)], predicted_ns, meta);
+        };
+        let op = self.op;
+        let home = self.home(Some(&arg), set);
+        let job = SingleJob {
+            op: Arc::clone(op),
+            index,
+            bytes: op.bytes_of(&arg),
+            arg,
+            meta,
+            attempt: self.attempt,
+            set,
+            admitted_at: self.admitted_at,
+            predicted_ns,
+        };
+        // SAFETY: the chunk is not queued yet, and this thread queues it (below).
+        unsafe { chunk.tail.put(job) };
+        self.push_job(home, set, BoxJob::new(chunk));
+    }
+
+    /// The lane a batch whose first call is `first` must run on, if any (a retry's
+    /// held home, or its locality key's).
+    fn home(&mut self, first: Option<&A>, set: LaneSet) -> Option<usize> {
+        match (self.held_home.take(), self.op.options.locality, first) {
+            (Some(lane), _, _) => Some(lane),
+            (None, Some(key), Some(arg)) => Some(self.op.enter_home(key(arg), set)),
+            _ => None,
+        }
+    }
+
+    fn push_job(&self, home: Option<usize>, set: LaneSet, job: BoxJob) {
         match home {
-            Some(lane) => op.engine.lanes.push_to(lane, batch),
-            None => op.engine.lanes.push(set, batch),
+            Some(lane) => self.op.engine.lanes.push_to(lane, job),
+            None => self.op.engine.lanes.push(set, job),
         }
     }
 }

@@ -28,6 +28,7 @@ pub use state::{Context, SizeHint};
 
 use dedupe::Dedupe;
 use enqueue::Enqueue;
+use run::Single;
 use state::{BoxFn, OpOptions, OpShared};
 
 use crate::admission::Permit;
@@ -302,15 +303,21 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
             return Err((base_id, reason));
         }
         op.counters.submitted.fetch_add(len as u64, Relaxed);
-        let chunk = Chunk::listed(
-            base_id,
-            len,
-            Arc::clone(&op.resolutions),
-            &engine.tokens,
-            &engine.outside,
-            start,
-        );
+        let resolutions = Arc::clone(&op.resolutions);
+        let (tokens, outside) = (&engine.tokens, &engine.outside);
+        let (chunk, single) = if len == 1 {
+            // A single call: its chunk carries its batch (one allocation for both).
+            let single = Single::empty();
+            let single =
+                Chunk::listed_with(base_id, 1, resolutions, tokens, outside, start, single);
+            (Arc::clone(&single) as Arc<Chunk<R>>, Some(single))
+        } else {
+            (Chunk::listed(base_id, len, resolutions, tokens, outside, start), None)
+        };
         let mut enqueue = Enqueue::new(op, &chunk, start.attempt(), None);
+        if let Some(single) = single {
+            enqueue.inline(single);
+        }
         enqueue.spread(len);
         if uniform && op.dedupe.is_none() && enqueue.routes_once() {
             // One placement for the whole chunk: batches are filled straight from it.

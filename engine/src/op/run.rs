@@ -6,6 +6,7 @@
 //! branch: claim, call, resolve, and counters once per batch. The loop borrows the lane
 //! only through `&LaneCtx`, so a call may re-enter a lane's loop while it waits.
 
+use std::cell::UnsafeCell;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,13 +20,16 @@ use crate::lanes::{BoxJob, Job, LaneCtx, RunEnd};
 use crate::placement::{LaneSet, Placement, RouteSource, Weight};
 use crate::router::Features;
 use crate::telemetry::{RecordOutcome, TokenRecord};
-use crate::token::{Chunk, Outcome, TokenState};
+use crate::token::{Chunk, ChunkOf, Outcome, Tail, TokenState};
 
 /// A batch's tokens (slot index, argument): a `Vec`, or for a single call an array of
 /// one, which saves it the `Vec`'s allocation. Each is its own monomorphised run loop,
 /// so bulk batches pay nothing for the single calls' case (an inline first item in a
 /// `Vec`-like type cost bulk tokens ~20 instructions each).
 pub(super) type Items<A> = Vec<(u32, A)>;
+
+/// A batch of one call, held inline.
+pub(super) type One<A> = [(u32, A); 1];
 
 /// What a batch keeps its tokens in (see [`Items`]).
 pub(super) trait ItemList<A>:
@@ -167,6 +171,10 @@ impl Tally {
     }
 }
 
+// SAFETY: a queued batch has one holder at a time (the queue entry's owner), the only
+// thread that touches it; `Job: Sync` only lets the entry be an `Arc` (see `Job`).
+unsafe impl<A: Send, R: Send, I: Send> Sync for Batch<A, R, I> {}
+
 impl<A: Send + 'static, R: Send + 'static, I: ItemList<A>> Job for Batch<A, R, I> {
     fn len(&self) -> usize {
         self.items.as_ref().len()
@@ -177,17 +185,33 @@ impl<A: Send + 'static, R: Send + 'static, I: ItemList<A>> Job for Batch<A, R, I
     }
 
     fn may_run_outside(&self) -> bool {
-        self.op.options.timeout.is_none() && self.op.options.locality.is_none()
+        self.op.may_run_outside()
     }
 
-    fn start(self: Box<Self>) -> Option<BoxJob> {
-        let op = Arc::clone(&self.op);
+    fn start(self: Arc<Self>) -> Option<BoxJob> {
+        let (op, set) = (Arc::clone(&self.op), self.set);
         let aborting = op.engine.lanes.is_aborting();
-        op.control.start_batch(self.set, self, aborting)
+        op.control.start_batch(set, BoxJob::new(self), aborting)
     }
 
-    fn cancel_all(self: Box<Self>, by: CancelSource) {
-        let Batch { op, chunk, items, bytes, .. } = *self;
+    fn cancel_all(self: Arc<Self>, by: CancelSource) {
+        Self::owned(self).cancel(by)
+    }
+
+    fn run(self: Arc<Self>, lane: &LaneCtx) -> RunEnd {
+        Self::owned(self).run(lane)
+    }
+}
+
+impl<A: Send + 'static, R: Send + 'static, I: ItemList<A>> Batch<A, R, I> {
+    /// The batch out of its queue entry, which nobody else holds.
+    fn owned(job: Arc<Self>) -> Self {
+        Arc::into_inner(job).expect("a queued batch has one holder")
+    }
+
+    /// Cancels every token of the batch that has not started, and gives its permits back.
+    fn cancel(self, by: CancelSource) {
+        let Batch { op, chunk, items, bytes, .. } = self;
         let items = items.as_ref();
         for (index, arg) in items.iter() {
             let _home = HomeGuard::new(&op, arg);
@@ -199,20 +223,140 @@ impl<A: Send + 'static, R: Send + 'static, I: ItemList<A>> Job for Batch<A, R, I
         op.engine.admission.release(Permit::new(items.len(), bytes), &op.queue);
     }
 
-    fn run(self: Box<Self>, lane: &LaneCtx) -> RunEnd {
+    /// Runs (or skips) every token of the batch and gives its permits back.
+    fn run(self, lane: &LaneCtx) -> RunEnd {
         let op = Arc::clone(&self.op);
         let (end, ended) = {
             let _slot = RunningSlot(&op);
             if lane.aborting() {
-                self.cancel_all(CancelSource::Shutdown);
+                self.cancel(CancelSource::Shutdown);
                 return RunEnd::Done;
             }
-            (*self).run_items(lane)
+            self.run_items(lane)
         };
         // Only once the batch is wholly done (counted, its running slot and permits
         // given back): a yield before that would leave its stats behind its results.
         lane.share_core(ended);
         end
+    }
+}
+
+/// A single call's batch, carried in its chunk's tail: the chunk is then both the
+/// token's handle and the lanes' queue entry, one allocation for the call (a `Batch`
+/// of its own would be a second). Empty until the call is queued, and again once a
+/// lane took it to run or cancel.
+pub(super) struct Single<A, R> {
+    job: UnsafeCell<Option<SingleJob<A, R>>>,
+}
+
+/// What a [`Batch`] of one holds besides its chunk.
+pub(super) struct SingleJob<A, R> {
+    pub(super) op: Arc<OpShared<A, R>>,
+    pub(super) index: u32,
+    pub(super) arg: A,
+    pub(super) meta: Option<Box<BatchMeta>>,
+    pub(super) attempt: u8,
+    pub(super) bytes: usize,
+    pub(super) set: LaneSet,
+    pub(super) admitted_at: Instant,
+    pub(super) predicted_ns: u64,
+}
+
+// SAFETY: the cell is written once by the submitting thread before the chunk is queued
+// (the queue's push publishes it), and then read and emptied only by the queue entry's
+// one holder; the token's handles never look at a chunk's tail.
+unsafe impl<A: Send, R: Send> Sync for Single<A, R> {}
+
+impl<A: Send + 'static, R: Send + 'static> Tail for Single<A, R> {}
+
+impl<A, R> Single<A, R> {
+    pub(super) fn empty() -> Self {
+        Single { job: UnsafeCell::new(None) }
+    }
+
+    /// Fills the cell.
+    ///
+    /// # Safety
+    /// Only before the chunk is queued, by the thread that queues it.
+    pub(super) unsafe fn put(&self, job: SingleJob<A, R>) {
+        // SAFETY: nobody else reads the cell before the chunk is queued.
+        unsafe { *self.job.get() = Some(job) };
+    }
+
+    /// # Safety
+    /// Only by the queue entry's holder.
+    unsafe fn job(&self) -> Option<&SingleJob<A, R>> {
+        // SAFETY: the holder is the only thread touching the cell.
+        unsafe { (*self.job.get()).as_ref() }
+    }
+
+    /// # Safety
+    /// Only by the queue entry's holder.
+    unsafe fn take(&self) -> Option<SingleJob<A, R>> {
+        // SAFETY: as for `job`.
+        unsafe { (*self.job.get()).take() }
+    }
+}
+
+impl<A: Send + 'static, R: Send + 'static> ChunkOf<R, Single<A, R>> {
+    /// The call as a batch of one, taken out of the tail (None if already taken).
+    fn batch(self: Arc<Self>) -> Option<Batch<A, R, One<A>>> {
+        // SAFETY: the caller holds the queue entry (run and cancel_all take it).
+        let job = unsafe { self.tail.take() }?;
+        Some(Batch {
+            op: job.op,
+            chunk: self,
+            items: [(job.index, job.arg)],
+            meta: job.meta,
+            attempt: job.attempt,
+            bytes: job.bytes,
+            set: job.set,
+            admitted_at: job.admitted_at,
+            predicted_ns: job.predicted_ns,
+        })
+    }
+}
+
+// The `&self` methods read the tail: the `Job` contract (one holder) makes that sound.
+impl<A: Send + 'static, R: Send + 'static> Job for ChunkOf<R, Single<A, R>> {
+    fn len(&self) -> usize {
+        // SAFETY: called by the queue entry's holder.
+        usize::from(unsafe { self.tail.job() }.is_some())
+    }
+
+    fn predicted_ns(&self) -> u64 {
+        // SAFETY: as above.
+        unsafe { self.tail.job() }.map_or(0, |job| job.predicted_ns)
+    }
+
+    fn may_run_outside(&self) -> bool {
+        // SAFETY: as above.
+        unsafe { self.tail.job() }.is_some_and(|job| job.op.may_run_outside())
+    }
+
+    fn start(self: Arc<Self>) -> Option<BoxJob> {
+        // SAFETY: as above.
+        let job = unsafe { self.tail.job() };
+        debug_assert!(job.is_some(), "a queued single call holds its call");
+        let (op, set) = job.map(|job| (Arc::clone(&job.op), job.set))?;
+        let aborting = op.engine.lanes.is_aborting();
+        op.control.start_batch(set, BoxJob::new(self), aborting)
+    }
+
+    fn cancel_all(self: Arc<Self>, by: CancelSource) {
+        let batch = self.batch();
+        debug_assert!(batch.is_some(), "a queued single call holds its call");
+        if let Some(batch) = batch {
+            batch.cancel(by);
+        }
+    }
+
+    fn run(self: Arc<Self>, lane: &LaneCtx) -> RunEnd {
+        // Started (`start` found the call), so the call is there: only this holder
+        // takes it.
+        let batch = self.batch();
+        debug_assert!(batch.is_some(), "a started single call holds its call");
+        batch.map_or(RunEnd::Done, |batch| batch.run(lane))
     }
 }
 

@@ -152,6 +152,12 @@ impl<A, R> OpShared<A, R> {
         }
     }
 
+    /// Whether a thread outside the lanes may run its calls while it waits: nothing
+    /// that needs a lane of its own (no deadline, no locality).
+    pub(super) fn may_run_outside(&self) -> bool {
+        self.options.timeout.is_none() && self.options.locality.is_none()
+    }
+
     /// The estimated memory one token with this argument holds while admitted.
     pub(super) fn bytes_of(&self, arg: &A) -> usize {
         self.fixed_bytes + self.options.arg_bytes.map_or(0, |bytes| bytes(arg))

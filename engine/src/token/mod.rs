@@ -411,8 +411,13 @@ pub(crate) fn slot_size<R>() -> usize {
 
 /// The slots of the tokens admitted together; one allocation for many tokens, and a
 /// single call's slot inline (no allocation of its own). Hot loops take the slice once
-/// ([`Chunk::slots`]) and index it, so the inline case costs bulk tokens nothing.
-pub(crate) struct Chunk<R> {
+/// ([`ChunkOf::slots`]) and index it, so the inline case costs bulk tokens nothing.
+///
+/// After the slots comes a tail: nothing for the chunks of `submit_many` and `map`;
+/// for a single call, its queued batch (`op::run::Single`), so that one allocation is
+/// both the token's handle and the lanes' queue entry. Handles see every chunk as a
+/// [`Chunk`], whose tail is unsized and opaque to them.
+pub(crate) struct ChunkOf<R, T: ?Sized> {
     base_id: u64,
     slots: Slots<R>,
     /// The operation's resolution counters (cancels are counted where they happen).
@@ -425,7 +430,17 @@ pub(crate) struct Chunk<R> {
     /// Calls run for a remote submitter: their attempt is the message's delivery, and
     /// a failure is retried by a redelivery (the worker naks), never here.
     served: bool,
+    /// What the chunk carries besides its slots (see above).
+    pub(crate) tail: T,
 }
+
+/// A chunk as its handles see it: the tail is whatever it was made with.
+pub(crate) type Chunk<R> = ChunkOf<R, dyn Tail>;
+
+/// What a chunk may carry after its slots (see [`ChunkOf`]). Only its owner reads it.
+pub(crate) trait Tail: Send + Sync {}
+
+impl Tail for () {}
 
 /// A chunk's slots: one inline, or many in one allocation.
 enum Slots<R> {
@@ -474,7 +489,15 @@ impl<R> Chunk<R> {
         resolutions: Option<Arc<Resolutions>>,
     ) -> Arc<Self> {
         let slots = Slots::new(len, FIRST_ATTEMPT);
-        Arc::new(Chunk { base_id, slots, resolutions, index: None, outside: None, served: false })
+        Arc::new(ChunkOf {
+            base_id,
+            slots,
+            resolutions,
+            index: None,
+            outside: None,
+            served: false,
+            tail: (),
+        })
     }
 
     /// A chunk listed in `index`, so a token of it can be cancelled by id while it
@@ -490,15 +513,32 @@ impl<R> Chunk<R> {
     where
         R: Send + 'static,
     {
+        Self::listed_with(base_id, len, resolutions, index, outside, start, ())
+    }
+
+    /// [`Chunk::listed`], carrying `tail` after its slots.
+    pub(crate) fn listed_with<T: Tail + 'static>(
+        base_id: u64,
+        len: usize,
+        resolutions: Arc<Resolutions>,
+        index: &Arc<TokenIndex>,
+        outside: &Arc<dyn Outside>,
+        start: Start,
+        tail: T,
+    ) -> Arc<ChunkOf<R, T>>
+    where
+        R: Send + 'static,
+    {
         let attempt = start.attempt();
         let slots = Slots::new(len, attempt);
-        let chunk = Arc::new(Chunk {
+        let chunk = Arc::new(ChunkOf {
             base_id,
             slots,
             resolutions: Some(resolutions),
             index: Some(Arc::clone(index)),
             outside: Some(Arc::clone(outside)),
             served: matches!(start, Start::Served { .. }),
+            tail,
         });
         index.insert(
             base_id,
@@ -508,6 +548,15 @@ impl<R> Chunk<R> {
         chunk
     }
 
+    /// Hands out the token for slot `index`. Called at most once per slot (never for
+    /// the slots of a chunk `Operation::map` waits on itself).
+    #[inline]
+    pub(crate) fn token(self: &Arc<Self>, index: u32) -> Token<R> {
+        Token { chunk: Arc::clone(self), index }
+    }
+}
+
+impl<R, T: ?Sized> ChunkOf<R, T> {
     /// Whether these are calls served for a remote submitter (see [`Start::Served`]).
     pub(crate) fn is_served(&self) -> bool {
         self.served
@@ -567,23 +616,16 @@ impl<R> Chunk<R> {
     pub(crate) fn id_of(&self, index: u32) -> u64 {
         self.base_id + u64::from(index)
     }
-
-    /// Hands out the token for slot `index`. Called at most once per slot (never for
-    /// the slots of a chunk `Operation::map` waits on itself).
-    #[inline]
-    pub(crate) fn token(self: &Arc<Self>, index: u32) -> Token<R> {
-        Token { chunk: Arc::clone(self), index }
-    }
 }
 
-impl<R: Send> CancelById for Chunk<R> {
+impl<R: Send, T: ?Sized + Tail> CancelById for ChunkOf<R, T> {
     fn cancel_id(&self, id: u64, by: CancelSource) -> bool {
         let index = id.checked_sub(self.base_id).filter(|&i| i < self.slots().len() as u64);
         index.is_some_and(|index| self.cancel(index as u32, by))
     }
 }
 
-impl<R> Drop for Chunk<R> {
+impl<R, T: ?Sized> Drop for ChunkOf<R, T> {
     fn drop(&mut self) {
         if let Some(index) = &self.index {
             index.remove(self.base_id);
