@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::remote::{PendingToken, RemoteToken};
-use super::run::{Batch, BatchMeta, ItemList, Items, Single, SingleJob, TokenMeta};
+use super::run::{Batch, BatchHead, BatchMeta, ItemList, Items, Single, SingleJob, TokenMeta};
 use super::state::OpShared;
 use crate::admission::Permit;
 use crate::control::state::Overrides;
@@ -381,19 +381,10 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
         predicted_ns: u64,
         meta: Option<Box<BatchMeta>>,
     ) {
-        let op = self.op;
         let home = self.home(items.as_ref().first().map(|(_, arg)| arg), set);
-        let batch = Arc::new(Batch {
-            op: Arc::clone(op),
-            chunk: Arc::clone(self.chunk),
-            bytes: op.bytes_of_all(items.as_ref()),
-            items,
-            meta,
-            predicted_ns,
-            attempt: self.attempt,
-            set,
-            admitted_at: self.admitted_at,
-        });
+        let bytes = self.op.bytes_of_all(items.as_ref());
+        let head = self.head(set, bytes, predicted_ns, meta);
+        let batch = Arc::new(Batch { head, chunk: Arc::clone(self.chunk), items });
         self.push_job(home, set, BoxJob::new(batch));
     }
 
@@ -410,22 +401,31 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
         let Some(chunk) = self.inline.take() else {
             return self.queue(set, [(index, arg)], predicted_ns, meta);
         };
-        let op = self.op;
         let home = self.home(Some(&arg), set);
-        let job = SingleJob {
-            op: Arc::clone(op),
-            index,
-            bytes: op.bytes_of(&arg),
-            arg,
-            meta,
-            attempt: self.attempt,
-            set,
-            admitted_at: self.admitted_at,
-            predicted_ns,
-        };
+        let head = self.head(set, self.op.bytes_of(&arg), predicted_ns, meta);
+        let job = SingleJob { head, call: (index, arg) };
         // SAFETY: the chunk is not queued yet, and this thread queues it (below).
         unsafe { chunk.tail.put(job) };
         self.push_job(home, set, BoxJob::new(chunk));
+    }
+
+    /// A batch's description: this chunk's operation, attempt and admission time.
+    fn head(
+        &self,
+        set: LaneSet,
+        bytes: usize,
+        predicted_ns: u64,
+        meta: Option<Box<BatchMeta>>,
+    ) -> BatchHead<A, R> {
+        BatchHead {
+            op: Arc::clone(self.op),
+            meta,
+            attempt: self.attempt,
+            bytes,
+            set,
+            admitted_at: self.admitted_at,
+            predicted_ns,
+        }
     }
 
     /// The lane a batch whose first call is `first` must run on, if any (a retry's

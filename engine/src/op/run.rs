@@ -44,9 +44,15 @@ impl<A, T> ItemList<A> for T where
 
 /// Tokens of one operation queued together; one queue operation runs them all.
 pub(super) struct Batch<A, R, I = Items<A>> {
-    pub(super) op: Arc<OpShared<A, R>>,
+    pub(super) head: BatchHead<A, R>,
     pub(super) chunk: Arc<Chunk<R>>,
     pub(super) items: I,
+}
+
+/// What a batch holds besides its chunk and its calls (a single call's chunk carries
+/// this and its call: see [`Single`]).
+pub(super) struct BatchHead<A, R> {
+    pub(super) op: Arc<OpShared<A, R>>,
     pub(super) meta: Option<Box<BatchMeta>>,
     /// The attempt every item of the batch is on.
     pub(super) attempt: u8,
@@ -181,15 +187,15 @@ impl<A: Send + 'static, R: Send + 'static, I: ItemList<A>> Job for Batch<A, R, I
     }
 
     fn predicted_ns(&self) -> u64 {
-        self.predicted_ns
+        self.head.predicted_ns
     }
 
     fn may_run_outside(&self) -> bool {
-        self.op.may_run_outside()
+        self.head.op.may_run_outside()
     }
 
     fn start(self: Arc<Self>) -> Option<BoxJob> {
-        let (op, set) = (Arc::clone(&self.op), self.set);
+        let (op, set) = (Arc::clone(&self.head.op), self.head.set);
         let aborting = op.engine.lanes.is_aborting();
         op.control.start_batch(set, BoxJob::new(self), aborting)
     }
@@ -211,7 +217,7 @@ impl<A: Send + 'static, R: Send + 'static, I: ItemList<A>> Batch<A, R, I> {
 
     /// Cancels every token of the batch that has not started, and gives its permits back.
     fn cancel(self, by: CancelSource) {
-        let Batch { op, chunk, items, bytes, .. } = self;
+        let Batch { head: BatchHead { op, bytes, .. }, chunk, items } = self;
         let items = items.as_ref();
         for (index, arg) in items.iter() {
             let _home = HomeGuard::new(&op, arg);
@@ -225,7 +231,7 @@ impl<A: Send + 'static, R: Send + 'static, I: ItemList<A>> Batch<A, R, I> {
 
     /// Runs (or skips) every token of the batch and gives its permits back.
     fn run(self, lane: &LaneCtx) -> RunEnd {
-        let op = Arc::clone(&self.op);
+        let op = Arc::clone(&self.head.op);
         let (end, ended) = {
             let _slot = RunningSlot(&op);
             if lane.aborting() {
@@ -249,17 +255,11 @@ pub(super) struct Single<A, R> {
     job: UnsafeCell<Option<SingleJob<A, R>>>,
 }
 
-/// What a [`Batch`] of one holds besides its chunk.
+/// A [`Batch`] of one without its chunk: the chunk carries it.
 pub(super) struct SingleJob<A, R> {
-    pub(super) op: Arc<OpShared<A, R>>,
-    pub(super) index: u32,
-    pub(super) arg: A,
-    pub(super) meta: Option<Box<BatchMeta>>,
-    pub(super) attempt: u8,
-    pub(super) bytes: usize,
-    pub(super) set: LaneSet,
-    pub(super) admitted_at: Instant,
-    pub(super) predicted_ns: u64,
+    pub(super) head: BatchHead<A, R>,
+    /// The call: its slot index and argument.
+    pub(super) call: (u32, A),
 }
 
 // SAFETY: the cell is written once by the submitting thread before the chunk is queued
@@ -302,18 +302,8 @@ impl<A: Send + 'static, R: Send + 'static> ChunkOf<R, Single<A, R>> {
     /// The call as a batch of one, taken out of the tail (None if already taken).
     fn batch(self: Arc<Self>) -> Option<Batch<A, R, One<A>>> {
         // SAFETY: the caller holds the queue entry (run and cancel_all take it).
-        let job = unsafe { self.tail.take() }?;
-        Some(Batch {
-            op: job.op,
-            chunk: self,
-            items: [(job.index, job.arg)],
-            meta: job.meta,
-            attempt: job.attempt,
-            bytes: job.bytes,
-            set: job.set,
-            admitted_at: job.admitted_at,
-            predicted_ns: job.predicted_ns,
-        })
+        let SingleJob { head, call } = unsafe { self.tail.take() }?;
+        Some(Batch { head, chunk: self, items: [call] })
     }
 }
 
@@ -326,19 +316,19 @@ impl<A: Send + 'static, R: Send + 'static> Job for ChunkOf<R, Single<A, R>> {
 
     fn predicted_ns(&self) -> u64 {
         // SAFETY: as above.
-        unsafe { self.tail.job() }.map_or(0, |job| job.predicted_ns)
+        unsafe { self.tail.job() }.map_or(0, |job| job.head.predicted_ns)
     }
 
     fn may_run_outside(&self) -> bool {
         // SAFETY: as above.
-        unsafe { self.tail.job() }.is_some_and(|job| job.op.may_run_outside())
+        unsafe { self.tail.job() }.is_some_and(|job| job.head.op.may_run_outside())
     }
 
     fn start(self: Arc<Self>) -> Option<BoxJob> {
         // SAFETY: as above.
         let job = unsafe { self.tail.job() };
         debug_assert!(job.is_some(), "a queued single call holds its call");
-        let (op, set) = job.map(|job| (Arc::clone(&job.op), job.set))?;
+        let (op, set) = job.map(|job| (Arc::clone(&job.head.op), job.head.set))?;
         let aborting = op.engine.lanes.is_aborting();
         op.control.start_batch(set, BoxJob::new(self), aborting)
     }
@@ -363,7 +353,8 @@ impl<A: Send + 'static, R: Send + 'static> Job for ChunkOf<R, Single<A, R>> {
 impl<A: Send + 'static, R: Send + 'static, I: ItemList<A>> Batch<A, R, I> {
     /// Runs the batch's calls; how it ended, and when.
     fn run_items(self, lane: &LaneCtx) -> (RunEnd, Instant) {
-        let Batch { op, chunk, items, meta, attempt, bytes, admitted_at, set, .. } = self;
+        let Batch { head, chunk, items } = self;
+        let BatchHead { op, meta, attempt, bytes, admitted_at, set, .. } = head;
         let len = items.as_ref().len();
         let first = items.as_ref().first().map(|&(index, _)| index);
         let permit = Permit::new(len, bytes);
