@@ -10,14 +10,16 @@
 //!
 //! `drift` is `mixed` whose cost-versus-argument relation changes at a point of the
 //! stream (default half-way) for two operations: `sort`'s light band becomes heavy
-//! (250–330 µs, just past the heavy threshold, so the heavy lane can still keep up) and
+//! (250–330 µs, just past the heavy threshold, so two lanes can still keep up; the sort
+//! sizes that cost that are calibrated on the machine before the stream starts, as
+//! sorting speed differs twofold between machines of the same kind) and
 //! `hash`'s heavy band becomes light, while every token still declares the weight of
 //! its band before the shift. A static model is then wrong for those two operations;
 //! online adaptation has to notice.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
@@ -134,10 +136,42 @@ pub const DRIFTING: [bool; 4] = [false, true, true, false];
 /// cost like its light band.
 fn shifted_cost(op: usize, size: u64) -> u64 {
     match (op, size) {
-        (1, n) if n <= BANDS[1][0].1 => sort_numbers(28_000 + n * 10),
+        (1, n) if n <= BANDS[1][0].1 => sort_numbers(shifted_sort_size(n)),
         (2, n) if n >= BANDS[2][2].0 => iterate_hash(n / 500),
         (op, n) => [count_primes, sort_numbers, iterate_hash, transform_text][op](n),
     }
+}
+
+/// The shifted cost of `sort`'s light sizes, from the first to the last of the band.
+const SHIFTED_SORT_NS: (f64, f64) = (250_000.0, 330_000.0);
+
+/// Nanoseconds per element of [`sort_numbers`] near the shifted sizes, measured once.
+static SORT_NS_PER_ELEMENT: OnceLock<f64> = OnceLock::new();
+
+/// Measures how fast this machine sorts (the fastest of a few sorts of 24,000 numbers,
+/// about 5 ms in all): the shifted sizes are chosen to cost [`SHIFTED_SORT_NS`] here.
+pub fn calibrate_drift() -> f64 {
+    *SORT_NS_PER_ELEMENT.get_or_init(|| {
+        const SIZE: u64 = 24_000;
+        let fastest = (0..8)
+            .map(|_| {
+                let t = Instant::now();
+                std::hint::black_box(sort_numbers(std::hint::black_box(SIZE)));
+                t.elapsed()
+            })
+            .min()
+            .unwrap_or_default();
+        (fastest.as_nanos() as f64 / SIZE as f64).max(0.1)
+    })
+}
+
+/// The sort size that makes a light `sort` size `n` cost 250–330 µs after the shift
+/// (linear in `n` across the light band).
+fn shifted_sort_size(n: u64) -> u64 {
+    let (low, high) = BANDS[1][0];
+    let at = (n.clamp(low, high) - low) as f64 / (high - low) as f64;
+    let ns = SHIFTED_SORT_NS.0 + at * (SHIFTED_SORT_NS.1 - SHIFTED_SORT_NS.0);
+    (ns / calibrate_drift()) as u64
 }
 
 /// The true weight of a token after the shift.
@@ -297,6 +331,9 @@ pub fn digest_of(op: usize, size: u64, result: &Result<u64, tokengate::TokenErro
 /// wave is submitted.
 pub fn drive(ops: &MixedOps, plan: &[Planned], rate: f64, shift: Option<usize>) -> StreamRun {
     let per_wave = ((rate / 1_000.0).round() as usize).max(1);
+    if shift.is_some() {
+        calibrate_drift();
+    }
     let started = Instant::now();
     let mut tokens: Vec<(Token<u64>, &Planned)> = Vec::with_capacity(plan.len());
     let mut by_op: Vec<Vec<(u64, Weight)>> = vec![Vec::new(); OPS.len()];
@@ -519,16 +556,17 @@ impl OracleRouter {
 impl Router for OracleRouter {
     fn route(&self, features: &Features) -> Placement {
         let op = self.ops.get(features.op as usize).map_or(u32::MAX, |o| o.load(Ordering::Relaxed));
-        let mut band = if op == u32::MAX { 1 } else { Self::band(op as usize, features.arg_size) };
+        let band = if op == u32::MAX { 1 } else { Self::band(op as usize, features.arg_size) };
+        let mut predicted_ns = BAND_NS[band];
         if op != u32::MAX && DRIFTING[op as usize] && self.is_shifted() {
-            band = match (op, band) {
-                (1, 0) => 2, // sort's light sizes now cost heavy
-                (2, 2) => 0, // hash's heavy sizes now cost light
-                (_, band) => band,
+            predicted_ns = match (op, band) {
+                // sort's light sizes now cost heavy, at the shifted cost
+                (1, 0) => (SHIFTED_SORT_NS.0 + SHIFTED_SORT_NS.1) as u64 / 2,
+                (2, 2) => BAND_NS[0], // hash's heavy sizes now cost light
+                _ => predicted_ns,
             };
         }
-        let (lanes, batch) = policy_for(BAND_NS[band]);
-        let predicted_ns = BAND_NS[band];
+        let (lanes, batch) = policy_for(predicted_ns);
         Placement { lanes, batch, class: None, predicted_ns, source: RouteSource::Heuristic }
     }
 
@@ -559,14 +597,13 @@ mod tests {
                 (x.op, x.truth) == (1, Weight::Light) || (x.op, x.truth) == (2, Weight::Heavy);
             assert_eq!(x.truth != y.truth, swapped, "{x:?} → {y:?}");
         }
-        // The drifting costs really change: a light size of `sort` now costs far more.
-        let light = BANDS[1][0].1;
-        let t = Instant::now();
-        shifted_cost(1, light);
-        let slow = t.elapsed();
-        let t = Instant::now();
-        sort_numbers(light);
-        assert!(slow > t.elapsed() * 10, "{slow:?}");
+        // The drifting costs really change: a light size of `sort` now sorts as many
+        // numbers as cost 250–330 µs at this machine's measured sorting speed.
+        let (low, high) = BANDS[1][0];
+        let ns = |n| shifted_sort_size(n) as f64 * calibrate_drift();
+        assert!((240e3..=250e3).contains(&ns(low)), "{}", ns(low));
+        assert!((320e3..=330e3).contains(&ns(high)), "{}", ns(high));
+        assert_eq!(shifted_cost(1, high), sort_numbers(shifted_sort_size(high)));
     }
 
     #[test]
