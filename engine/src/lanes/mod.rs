@@ -40,7 +40,7 @@ mod thread_life;
 pub(crate) use ctx::LaneCtx;
 use ctx::Watch;
 use local::LocalQueue;
-use order::{LongQueue, LONG_NS};
+use order::{LongQueue, HEAVY_LONG_NS, HEAVY_MAX_AGE, LONG_NS, MAX_AGE};
 use steal::LightArrivals;
 pub(crate) use steal::{StealPolicy, LIGHT_BUDGET};
 pub(crate) use thread_life::spawn_workers;
@@ -199,8 +199,12 @@ pub(crate) struct Lanes {
     steal: StealPolicy,
     /// Long light batches, behind short ones (`order.rs`).
     long: LongQueue,
+    /// Long heavy batches, behind short ones (`order.rs`).
+    long_heavy: LongQueue,
     /// Per shared queue: the predicted nanoseconds of the batches in it.
     queued_ns: [AtomicU64; 2],
+    /// The part of the heavy queue's predicted nanoseconds in `long_heavy`.
+    long_heavy_ns: AtomicU64,
     /// Arrivals of light work, for the cost-aware rule.
     arrivals: LightArrivals,
     shutdown: AtomicBool,
@@ -279,7 +283,9 @@ impl Lanes {
             has_heavy: config.heavy_lanes > 0,
             steal: config.steal,
             queued_ns: Default::default(),
-            long: LongQueue::default(),
+            long: LongQueue::new(MAX_AGE),
+            long_heavy: LongQueue::new(HEAVY_MAX_AGE),
+            long_heavy_ns: AtomicU64::new(0),
             arrivals: LightArrivals::default(),
             shutdown: AtomicBool::new(false),
             abort: AtomicBool::new(false),
@@ -345,24 +351,45 @@ impl Lanes {
         }
     }
 
-    /// Takes the next batch of shared queue `queue`: for the light queue, a long batch
-    /// that has waited too long, else a short one, else a long one (`order.rs`).
+    /// Takes the next batch of shared queue `queue`: a long batch that has waited too
+    /// long, else a short one, else a long one (`order.rs`).
     fn take_shared(&self, queue: usize) -> Option<BoxJob> {
-        let job = if queue == LaneSet::Light.index() {
-            self.long
-                .pop(true)
-                .or_else(|| steal(&self.queues[queue]))
-                .or_else(|| self.long.pop(false))
-        } else {
-            steal(&self.queues[queue])
-        }?;
+        if queue == LaneSet::Heavy.index() {
+            return self.take_heavy(true, true);
+        }
+        let job = self
+            .long
+            .pop(true)
+            .or_else(|| steal(&self.queues[queue]))
+            .or_else(|| self.long.pop(false))?;
         self.queued_ns[queue].fetch_sub(job.predicted_ns(), Ordering::Relaxed);
         Some(job)
     }
 
+    /// Takes the next heavy batch, from the short part, the long part or both (in the
+    /// order of [`Lanes::take_shared`]).
+    fn take_heavy(&self, short: bool, long: bool) -> Option<BoxJob> {
+        let heavy = LaneSet::Heavy.index();
+        let job = long
+            .then(|| self.long_heavy.pop(true))
+            .flatten()
+            .or_else(|| short.then(|| steal(&self.queues[heavy])).flatten())
+            .or_else(|| long.then(|| self.long_heavy.pop(false)).flatten())?;
+        let ns = job.predicted_ns();
+        self.queued_ns[heavy].fetch_sub(ns, Ordering::Relaxed);
+        if ns >= HEAVY_LONG_NS {
+            self.long_heavy_ns.fetch_sub(ns, Ordering::Relaxed);
+        }
+        Some(job)
+    }
+
     fn enqueue_shared(&self, queue: usize, job: BoxJob) {
-        if queue == LaneSet::Light.index() && job.predicted_ns() >= LONG_NS {
+        let ns = job.predicted_ns();
+        if queue == LaneSet::Light.index() && ns >= LONG_NS {
             self.long.push(job);
+        } else if queue == LaneSet::Heavy.index() && ns >= HEAVY_LONG_NS {
+            self.long_heavy_ns.fetch_add(ns, Ordering::Relaxed);
+            self.long_heavy.push(job);
         } else {
             self.queues[queue].push(job);
         }
@@ -370,8 +397,8 @@ impl Lanes {
 
     /// Batches waiting in shared queue `queue`.
     fn shared_len(&self, queue: usize) -> usize {
-        let long = if queue == LaneSet::Light.index() { self.long.len() } else { 0 };
-        self.queues[queue].len() + long
+        let long = if queue == LaneSet::Light.index() { &self.long } else { &self.long_heavy };
+        self.queues[queue].len() + long.len()
     }
 
     /// Queues one batch on shared queue `queue` and wakes a lane that can run it.
@@ -507,10 +534,22 @@ impl Lanes {
     }
 
     fn light_may_take_heavy(&self) -> bool {
+        let (short, long) = self.heavy_parts_to_take();
+        short || long
+    }
+
+    /// Whether a light lane may take from the short and from the long part of the heavy
+    /// queue now (the steal policy weighs each part's batch length against the whole
+    /// heavy backlog).
+    fn heavy_parts_to_take(&self) -> (bool, bool) {
         let heavy = LaneSet::Heavy.index();
-        let batches = self.queues[heavy].len();
-        let queued_ns = self.queued_ns[heavy].load(Ordering::Relaxed);
-        self.steal.light_may_take_heavy(batches, queued_ns, &self.arrivals)
+        let all_ns = self.queued_ns[heavy].load(Ordering::Relaxed);
+        let long_ns = self.long_heavy_ns.load(Ordering::Relaxed).min(all_ns);
+        let (short_n, long_n) = (self.queues[heavy].len(), self.long_heavy.len());
+        let all = (short_n + long_n, all_ns);
+        let lanes = self.primary[heavy].count_ones();
+        let may = |part| self.steal.light_may_take_heavy(part, all, lanes, &self.arrivals);
+        (may((short_n, all_ns - long_ns)), may((long_n, long_ns)))
     }
 
     /// The next batch for `lane`: its own newest local batch, its locality queue, its
@@ -529,10 +568,18 @@ impl Lanes {
             return Some(job);
         }
         let other = 1 - own;
-        if self.may_take(lane, other) {
-            return self.take_shared(other).or_else(|| self.steal_local(lane, other));
+        if self.takers[other] & (1 << lane) == 0 {
+            return None;
         }
-        None
+        if other == LaneSet::Heavy.index() && self.primary[other] & (1 << lane) == 0 {
+            // A light lane helping with heavy work: only the parts the policy allows.
+            let (short, long) = self.heavy_parts_to_take();
+            if !(short || long) {
+                return None;
+            }
+            return self.take_heavy(short, long).or_else(|| self.steal_local(lane, other));
+        }
+        self.take_shared(other).or_else(|| self.steal_local(lane, other))
     }
 
     /// The oldest batch meant for `queue` in another lane's local queue.
@@ -698,6 +745,24 @@ mod tests {
         assert_eq!(next(&lanes, 0), Some(4), "an aged long batch goes first");
         assert_eq!(next(&lanes, 0), Some(5));
         assert_eq!(lanes.queued_ns[0].load(Ordering::Relaxed), 0, "costs are given back");
+    }
+
+    #[test]
+    fn short_heavy_batches_run_before_long_ones_until_those_age() {
+        let lanes = lanes(false, 1);
+        lanes.push(LaneSet::Heavy, job(Timed(1, 3_000_000)));
+        lanes.push(LaneSet::Heavy, job(Timed(2, 300_000)));
+        assert_eq!(next(&lanes, 0), Some(2), "a light lane helping takes the short one");
+        lanes.push(LaneSet::Heavy, job(Timed(3, 300_000)));
+        assert_eq!(next(&lanes, 1), Some(3), "the heavy lane too: short first");
+        assert_eq!(next(&lanes, 1), Some(1), "then the long one");
+        lanes.push(LaneSet::Heavy, job(Timed(4, 3_000_000)));
+        std::thread::sleep(HEAVY_MAX_AGE * 2);
+        lanes.push(LaneSet::Heavy, job(Timed(5, 300_000)));
+        assert_eq!(next(&lanes, 1), Some(4), "an aged long batch goes first");
+        assert_eq!(next(&lanes, 1), Some(5));
+        assert_eq!(lanes.queued_ns[1].load(Ordering::Relaxed), 0, "costs are given back");
+        assert_eq!(lanes.long_heavy_ns.load(Ordering::Relaxed), 0);
     }
 
     fn lanes(isolate_heavy: bool, steal_backlog: usize) -> Arc<Lanes> {

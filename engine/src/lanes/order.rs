@@ -1,11 +1,16 @@
-//! Order within the light set: short batches first, long ones aged.
+//! Order within a set: short batches first, long ones aged.
 //!
 //! The light queue holds work of very different lengths (a 2 µs token and a 60 µs one
 //! are both "light"). Running the predicted-short batches first lowers light latency
 //! (shortest predicted job first, as in Mitzenmacher's scheduling with predictions);
 //! batches predicted to run at least [`LONG_NS`] wait in a second FIFO that lanes take
 //! from when no short batch waits, or at once when its oldest batch has waited
-//! [`MAX_AGE`] — so nothing starves. The heavy queue stays one FIFO: all of it is long.
+//! [`MAX_AGE`] — so nothing starves.
+//!
+//! The heavy set is split the same way at [`HEAVY_LONG_NS`] (a 300 µs call and a 5 ms
+//! one are both "heavy"), aged at [`HEAVY_MAX_AGE`], and for one more reason: a light
+//! lane that helps with heavy work (`steal.rs`) weighs the short and the long part
+//! separately, so it takes the 300 µs calls long before it would take a 5 ms one.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,28 +23,37 @@ use super::BoxJob;
 pub(super) const LONG_NS: u64 = 20_000;
 /// The longest a long light batch waits behind short ones.
 pub(super) const MAX_AGE: Duration = Duration::from_millis(1);
+/// A heavy batch predicted to run at least this long waits behind short heavy ones.
+pub(super) const HEAVY_LONG_NS: u64 = 1_000_000;
+/// The longest a long heavy batch waits behind short ones.
+pub(super) const HEAVY_MAX_AGE: Duration = Duration::from_millis(10);
 
-/// Long light batches, oldest first, with when each was queued.
-#[derive(Default)]
+/// Long batches, oldest first, with when each was queued.
 pub(super) struct LongQueue {
     jobs: Mutex<VecDeque<(Instant, BoxJob)>>,
     len: AtomicUsize,
+    max_age: Duration,
 }
 
 impl LongQueue {
+    /// A queue whose batches go first once they have waited `max_age`.
+    pub(super) fn new(max_age: Duration) -> Self {
+        LongQueue { jobs: Mutex::default(), len: AtomicUsize::new(0), max_age }
+    }
+
     pub(super) fn push(&self, job: BoxJob) {
         let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
         jobs.push_back((Instant::now(), job));
         self.len.store(jobs.len(), Ordering::SeqCst);
     }
 
-    /// The oldest batch, if any (`aged_only`: only if it has waited [`MAX_AGE`]).
+    /// The oldest batch, if any (`aged_only`: only if it has waited its maximum age).
     pub(super) fn pop(&self, aged_only: bool) -> Option<BoxJob> {
         if self.is_empty() {
             return None;
         }
         let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
-        if aged_only && jobs.front().is_none_or(|(at, _)| at.elapsed() < MAX_AGE) {
+        if aged_only && jobs.front().is_none_or(|(at, _)| at.elapsed() < self.max_age) {
             return None;
         }
         let job = jobs.pop_front().map(|(_, job)| job);

@@ -10,14 +10,23 @@
 //! * light work is unlikely to arrive meanwhile: the expected number of light arrivals
 //!   during the batch, `duration / gap`, is at most 0.1, where `gap` is the recent mean
 //!   gap between light arrivals, or the time since the last one if that is longer (light
-//!   traffic that has stopped counts as sparse).
+//!   traffic that has stopped counts as sparse), or
+//! * the heavy lanes are so far behind that the wait it saves outweighs the light
+//!   latency it costs: the heavy backlog per heavy lane (the wait a heavy batch queued
+//!   now faces) is at least [`LIGHT_WEIGHT`] times the light delay the batch causes,
+//!   `duration × duration / gap` (the light arrivals expected during it, each held up
+//!   by up to its duration). Light latency counts ten times as much as heavy waiting.
 //!
 //! So a light lane may sit idle while heavy work waits. That is deliberate (size-based
 //! assignment with the short jobs' side kept below its share, as in SITA-V): the heavy
 //! lanes' own backlog is what a light lane would save, and light p99 is what it would
-//! spend. The batch duration used is the heavy queue's mean predicted batch cost (the
-//! queue cannot be peeked): every queued batch carries its prediction (the model's class
-//! runtime, the running average, or the tag's nominal cost).
+//! spend. The last clause is what keeps that from turning into a core left idle beside
+//! a heavy queue that grows without end: when heavy work arrives faster than the heavy
+//! lanes run it (a cost shift, a flood), the backlog grows until the light lanes take
+//! the excess, and stays near the point where the two costs balance. The batch duration
+//! used is the heavy queue's mean predicted batch cost (the queue cannot be peeked):
+//! every queued batch carries its prediction (the model's class runtime, the running
+//! average, or the tag's nominal cost).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -35,6 +44,10 @@ pub(crate) enum StealPolicy {
 
 /// The default light-latency budget.
 pub(crate) const LIGHT_BUDGET: Duration = Duration::from_micros(100);
+
+/// How many times a nanosecond of light latency counts against a nanosecond of heavy
+/// waiting, in the backlog clause.
+pub(crate) const LIGHT_WEIGHT: u128 = 10;
 
 /// Arrivals of light work, for the rule's rate estimate.
 pub(super) struct LightArrivals {
@@ -84,23 +97,36 @@ impl LightArrivals {
 }
 
 impl StealPolicy {
-    /// Whether a light lane may take a heavy batch now. `batches` and `queued_ns`
-    /// describe the heavy queue.
+    /// Whether a light lane may take a batch of one part of the heavy queue now.
+    /// `part` and `all` are (batches, predicted ns) of that part and of the whole heavy
+    /// queue, which `heavy_lanes` lanes serve first.
     pub(super) fn light_may_take_heavy(
         self,
-        batches: usize,
-        queued_ns: u64,
+        part: (usize, u64),
+        all: (usize, u64),
+        heavy_lanes: u32,
         arrivals: &LightArrivals,
     ) -> bool {
+        let (batches, queued_ns) = part;
+        if batches == 0 {
+            return false;
+        }
         match self {
             StealPolicy::Isolate => false,
-            StealPolicy::Backlog(n) => batches >= n.max(1),
+            StealPolicy::Backlog(n) => all.0 >= n.max(1),
             StealPolicy::CostAware { budget_ns } => {
-                if batches == 0 {
-                    return false;
-                }
                 let duration = queued_ns / batches as u64;
-                duration <= budget_ns || duration.saturating_mul(10) <= arrivals.expected_gap_ns()
+                if duration <= budget_ns {
+                    return true;
+                }
+                let gap = arrivals.expected_gap_ns();
+                if duration.saturating_mul(10) <= gap {
+                    return true;
+                }
+                // Backlog per heavy lane ≥ LIGHT_WEIGHT × duration² / gap.
+                let backlog = u128::from(all.1 / u64::from(heavy_lanes.max(1)));
+                let duration = u128::from(duration);
+                backlog * u128::from(gap) >= LIGHT_WEIGHT * duration * duration
             }
         }
     }
@@ -117,29 +143,61 @@ mod tests {
         let arrivals = LightArrivals::default();
         arrivals.arrived();
         arrivals.arrived(); // busy light traffic: a gap of about nothing
-        assert!(POLICY.light_may_take_heavy(2, 2 * 80_000, &arrivals));
-        assert!(!POLICY.light_may_take_heavy(2, 2 * 2_000_000, &arrivals));
-        assert!(!POLICY.light_may_take_heavy(0, 0, &arrivals), "nothing to take");
+        let take = |part: (usize, u64)| POLICY.light_may_take_heavy(part, part, 1, &arrivals);
+        assert!(take((2, 2 * 80_000)));
+        assert!(!take((2, 2 * 2_000_000)));
+        assert!(!take((0, 0)), "nothing to take");
+        assert!(
+            POLICY.light_may_take_heavy((1, 80_000), (3, 4_080_000), 1, &arrivals),
+            "the short part of a queue whose long part is not to be taken"
+        );
     }
 
     #[test]
     fn long_batches_wait_while_light_work_keeps_arriving() {
         let arrivals = LightArrivals::default();
-        assert!(POLICY.light_may_take_heavy(1, 2_000_000, &arrivals), "no light work seen yet");
+        let take = || POLICY.light_may_take_heavy((1, 2_000_000), (1, 2_000_000), 1, &arrivals);
+        assert!(take(), "no light work seen yet");
         arrivals.arrived();
         arrivals.arrived();
-        assert!(!POLICY.light_may_take_heavy(1, 2_000_000, &arrivals));
+        assert!(!take());
         // Light traffic stops: after ten batch durations without an arrival, take it.
         std::thread::sleep(Duration::from_millis(25));
-        assert!(POLICY.light_may_take_heavy(1, 2_000_000, &arrivals));
+        assert!(take());
+    }
+
+    #[test]
+    fn a_heavy_backlog_that_outweighs_the_light_delay_is_shared() {
+        // Light batches every 200 µs; heavy batches of 500 µs delay light work by
+        // 500 × 500 / 200 = 1,250 µs each: the light lanes join in once the backlog per
+        // heavy lane passes ten times that, 12.5 ms.
+        let arrivals = LightArrivals { epoch: Instant::now(), ..LightArrivals::default() };
+        arrivals.gap_ns.store(200_000, Relaxed);
+        arrivals.last_ns.store(arrivals.now_ns(), Relaxed);
+        let take = |batches: u64, lanes| {
+            let part = (batches as usize, batches * 500_000);
+            POLICY.light_may_take_heavy(part, part, lanes, &arrivals)
+        };
+        assert!(!take(4, 1), "2 ms behind: the heavy lane catches up");
+        assert!(!take(24, 1), "12 ms");
+        assert!(take(26, 1), "13 ms behind");
+        assert!(!take(26, 2), "two heavy lanes: 6.5 ms each");
+        assert!(take(52, 2));
+        // Long calls behind them make the backlog, and the short ones are what to take.
+        let short = (4, 4 * 500_000);
+        assert!(POLICY.light_may_take_heavy(short, (12, 2_000_000 + 8 * 2_000_000), 1, &arrivals));
+        assert!(!POLICY.light_may_take_heavy((8, 16_000_000), (12, 18_000_000), 1, &arrivals));
     }
 
     #[test]
     fn explicit_overrides_keep_their_meaning() {
         let arrivals = LightArrivals::default();
-        assert!(!StealPolicy::Isolate.light_may_take_heavy(9, 0, &arrivals));
-        assert!(StealPolicy::Backlog(1).light_may_take_heavy(1, u64::MAX, &arrivals));
-        assert!(!StealPolicy::Backlog(4).light_may_take_heavy(3, 0, &arrivals));
-        assert!(StealPolicy::Backlog(4).light_may_take_heavy(4, 0, &arrivals));
+        let take =
+            |policy: StealPolicy, part, all| policy.light_may_take_heavy(part, all, 1, &arrivals);
+        assert!(!take(StealPolicy::Isolate, (9, u64::MAX), (9, u64::MAX)));
+        assert!(take(StealPolicy::Backlog(1), (1, u64::MAX), (1, u64::MAX)));
+        assert!(!take(StealPolicy::Backlog(4), (3, 0), (3, 0)));
+        assert!(take(StealPolicy::Backlog(4), (1, 0), (4, 0)), "counted over the whole queue");
+        assert!(!take(StealPolicy::Backlog(4), (0, 0), (4, 0)), "nothing in this part");
     }
 }
