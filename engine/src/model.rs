@@ -7,6 +7,9 @@
 //! 12..16  header length (u32 LE)
 //! …       header: ModelHeader (bincode 2, standard config)
 //! …       tree: linfa_trees::DecisionTree<f64, usize> (bincode 2, serde)
+//! …       (format 4) leaf runtimes: Vec<u64> (bincode 2), the mean runtime (ns) of
+//!         the training rows in each leaf, indexed like the compiled tree's nodes
+//!         (0 for an internal node); empty when the fit recorded none
 //! ```
 //!
 //! This module is the only place that encodes or decodes it. On load the tree is
@@ -23,10 +26,13 @@ use crate::placement::LaneSet;
 
 const MAGIC: &[u8; 8] = b"TKGMODEL";
 /// Version of the file layout (2: the training info records the fitted dispatch
-/// overhead; 3: and the fitted remote overhead). Files of version 2 still load.
-pub const FORMAT_VERSION: u16 = 3;
+/// overhead; 3: and the fitted remote overhead; 4: and each leaf's mean runtime).
+/// Files of versions 2 and 3 still load.
+pub const FORMAT_VERSION: u16 = 4;
 /// The oldest layout this build reads (no remote overhead; see [`HeaderV2`]).
 const FORMAT_V2: u16 = 2;
+/// The layout before leaf runtimes.
+const FORMAT_V3: u16 = 3;
 const PREFIX_LEN: usize = 16;
 const DECODE_LIMIT: usize = 64 << 20;
 /// Deepest tree the engine accepts (fits bound theirs far below this).
@@ -194,7 +200,7 @@ pub enum ModelError {
     NotAModel,
     /// The file layout version is not one this build reads.
     #[error(
-        "model format version {found} is not supported (this build reads 2 and {FORMAT_VERSION})"
+        "model format version {found} is not supported (this build reads 2 to {FORMAT_VERSION})"
     )]
     UnsupportedFormat {
         /// Version in the file.
@@ -218,6 +224,9 @@ pub enum ModelError {
 pub struct Model {
     header: ModelHeader,
     tree: FlatTree,
+    /// Per node of `tree`: the mean runtime of the training rows in that leaf (ns;
+    /// 0 for an internal node or an unknown leaf). Empty for files before format 4.
+    leaf_ns: Box<[u64]>,
     version: u32,
 }
 
@@ -240,9 +249,16 @@ impl Model {
 
     /// Checks and compiles a model from its file bytes.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, ModelError> {
-        let (header, tree) = decode(bytes)?;
+        let (header, tree, leaf_ns) = decode_all(bytes)?;
         let flat = FlatTree::compile(&tree, header.classes.len())?;
-        Ok(Model { header, tree: flat, version: fnv1a(bytes) })
+        if !leaf_ns.is_empty() && leaf_ns.len() != flat.len() {
+            return Err(ModelError::Corrupt(format!(
+                "{} leaf runtimes for a tree of {} nodes",
+                leaf_ns.len(),
+                flat.len()
+            )));
+        }
+        Ok(Model { header, tree: flat, leaf_ns: leaf_ns.into(), version: fnv1a(bytes) })
     }
 
     /// The header: vocabulary, class table, provenance.
@@ -277,12 +293,35 @@ impl Model {
     pub fn predict(&self, inputs: &[f64; MODEL_FEATURES.len()]) -> usize {
         self.tree.predict(inputs)
     }
+
+    /// The predicted class and runtime (ns) for one input vector: one walk of the tree;
+    /// the runtime is the mean of the training rows in the leaf it ends at, or the
+    /// class's median where the file has no leaf runtimes (formats 2 and 3).
+    #[inline]
+    pub fn predict_cost(&self, inputs: &[f64; MODEL_FEATURES.len()]) -> (usize, u64) {
+        let leaf = self.tree.leaf(inputs);
+        let class = self.tree.leaf_class(leaf);
+        let ns = match self.leaf_ns.get(leaf) {
+            Some(&ns) if ns > 0 => ns,
+            _ => self.header.classes[class].median_ns,
+        };
+        (class, ns)
+    }
+
+    /// Per node of the compiled tree (see [`FlatTree::leaf`]): the mean runtime (ns)
+    /// of the training rows that ended at that leaf, 0 for internal nodes; empty for
+    /// files before format 4.
+    pub fn leaf_runtimes(&self) -> &[u64] {
+        &self.leaf_ns
+    }
 }
 
-/// Encodes a model file.
+/// Encodes a model file; `leaf_ns` is indexed like [`FlatTree`]'s nodes (see
+/// [`FlatTree::leaf`]), or empty.
 pub fn encode(
     header: &ModelHeader,
     tree: &DecisionTree<f64, usize>,
+    leaf_ns: &[u64],
 ) -> Result<Vec<u8>, ModelError> {
     let config = bincode::config::standard();
     let header_bytes = bincode::serde::encode_to_vec(header, config)
@@ -296,17 +335,26 @@ pub fn encode(
     out.extend_from_slice(&(header_bytes.len() as u32).to_le_bytes());
     out.extend_from_slice(&header_bytes);
     out.extend_from_slice(&tree_bytes);
+    bincode::serde::encode_into_std_write(leaf_ns, &mut out, config)
+        .map_err(|e| ModelError::Corrupt(format!("encoding the leaf runtimes: {e}")))?;
     Ok(out)
 }
 
 /// Decodes and checks a model file's header and tree (the trainer's `eval` and
 /// `inspect` use the linfa tree itself).
 pub fn decode(bytes: &[u8]) -> Result<(ModelHeader, DecisionTree<f64, usize>), ModelError> {
+    decode_all(bytes).map(|(header, tree, _)| (header, tree))
+}
+
+type Decoded = (ModelHeader, DecisionTree<f64, usize>, Vec<u64>);
+
+/// [`decode`], and the leaf runtimes (empty before format 4).
+fn decode_all(bytes: &[u8]) -> Result<Decoded, ModelError> {
     if bytes.len() < PREFIX_LEN || &bytes[..8] != MAGIC {
         return Err(ModelError::NotAModel);
     }
     let format = u16::from_le_bytes([bytes[8], bytes[9]]);
-    if format != FORMAT_VERSION && format != FORMAT_V2 {
+    if !matches!(format, FORMAT_V2 | FORMAT_V3 | FORMAT_VERSION) {
         return Err(ModelError::UnsupportedFormat { found: format });
     }
     let schema = u16::from_le_bytes([bytes[10], bytes[11]]);
@@ -331,13 +379,21 @@ pub fn decode(bytes: &[u8]) -> Result<(ModelHeader, DecisionTree<f64, usize>), M
         return Err(ModelError::Corrupt("header length mismatch".into()));
     }
     check_header(&header)?;
+    let rest = &rest[header_len..];
     let (tree, used): (DecisionTree<f64, usize>, usize) =
-        bincode::serde::decode_from_slice(&rest[header_len..], config)
+        bincode::serde::decode_from_slice(rest, config)
             .map_err(|e| ModelError::Corrupt(format!("tree: {e}")))?;
-    if used != rest.len() - header_len {
+    let rest = &rest[used..];
+    let (leaf_ns, used): (Vec<u64>, usize) = if format == FORMAT_VERSION {
+        bincode::serde::decode_from_slice(rest, config)
+            .map_err(|e| ModelError::Corrupt(format!("leaf runtimes: {e}")))?
+    } else {
+        (Vec::new(), 0)
+    };
+    if used != rest.len() {
         return Err(ModelError::Corrupt("trailing bytes after the tree".into()));
     }
-    Ok((header, tree))
+    Ok((header, tree, leaf_ns))
 }
 
 fn check_header(header: &ModelHeader) -> Result<(), ModelError> {
@@ -408,15 +464,28 @@ impl FlatTree {
     /// The class for one input vector: at most `depth` steps over the node slice.
     #[inline]
     pub fn predict(&self, inputs: &[f64; MODEL_FEATURES.len()]) -> usize {
+        self.leaf_class(self.leaf(inputs))
+    }
+
+    /// The index of the leaf one input vector ends at (an index into the node array,
+    /// which the file's leaf runtimes follow).
+    #[inline]
+    pub fn leaf(&self, inputs: &[f64; MODEL_FEATURES.len()]) -> usize {
         let mut index = 0usize;
         loop {
             let node = self.nodes[index];
             if node.feature == LEAF {
-                return node.left as usize;
+                return index;
             }
             let go_left = inputs[node.feature as usize] < node.threshold;
             index = if go_left { node.left } else { node.right } as usize;
         }
+    }
+
+    /// The class of leaf `leaf` (from [`FlatTree::leaf`]).
+    #[inline]
+    pub fn leaf_class(&self, leaf: usize) -> usize {
+        self.nodes[leaf].left as usize
     }
 }
 
@@ -478,23 +547,57 @@ mod tests {
         let model = Model::from_bytes(&bytes).unwrap();
         let (header, tree) = decode(&bytes).unwrap();
         assert_eq!(model.header(), &header);
-        // The shipped file is format 2 (no remote overhead); it re-encodes as the
-        // current format, which round-trips exactly.
-        assert_eq!(u16::from_le_bytes([bytes[8], bytes[9]]), FORMAT_V2);
-        assert_eq!(model.remote_min_ns(), None);
-        let current = encode(&header, &tree).unwrap();
-        let (again, _) = decode(&current).unwrap();
-        assert_eq!(again, header);
-        assert_eq!(encode(&again, &tree).unwrap(), current, "one codec: re-encoding is exact");
+        assert_eq!(u16::from_le_bytes([bytes[8], bytes[9]]), FORMAT_VERSION);
+        assert_eq!(model.leaf_runtimes().len(), model.tree().len(), "one runtime per node");
+        let again = encode(&header, &tree, model.leaf_runtimes()).unwrap();
+        assert_eq!(again, bytes, "one codec: re-encoding is exact");
         assert!(!model.tree().is_empty());
         assert!(model.tree().depth() <= MAX_TREE_DEPTH);
+    }
+
+    #[test]
+    fn leaf_runtimes_refine_the_class_median_and_older_files_still_load() {
+        let model = Model::from_bytes(&shipped()).unwrap();
+        let tree = model.tree();
+        // Every leaf's runtime lies in its class's range (the fit computed them from the
+        // rows that ended there), and is what the model predicts for calls ending there.
+        for leaf in (0..tree.len()).filter(|&i| model.leaf_runtimes()[i] > 0) {
+            let class = &model.header().classes[tree.leaf_class(leaf)];
+            let ns = model.leaf_runtimes()[leaf];
+            assert!(class.min_ns <= ns && ns < class.max_ns, "leaf {leaf}: {ns} ns");
+        }
+        let inputs = crate::features::model_inputs(0, 1_000);
+        let (class, ns) = model.predict_cost(&inputs);
+        assert_eq!(class, model.predict(&inputs));
+        assert_eq!(ns, model.leaf_runtimes()[tree.leaf(&inputs)]);
+
+        // Format 2 (the shipped model of earlier releases): no remote overhead, no leaf
+        // runtimes; the class median stands in.
+        let v2 = include_bytes!("../testdata/model-v2.bin");
+        assert_eq!(u16::from_le_bytes([v2[8], v2[9]]), FORMAT_V2);
+        let old = Model::from_bytes(v2).unwrap();
+        assert_eq!(old.remote_min_ns(), None);
+        assert!(old.leaf_runtimes().is_empty());
+        let (class, ns) = old.predict_cost(&inputs);
+        assert_eq!(ns, old.header().classes[class].median_ns);
+
+        // Format 3: format 4 without the leaf section.
+        let (header, linfa) = decode(&shipped()).unwrap();
+        let mut v3 = encode(&header, &linfa, &[]).unwrap();
+        assert_eq!(v3.pop(), Some(0), "an empty leaf list is one byte");
+        v3[8..10].copy_from_slice(&FORMAT_V3.to_le_bytes());
+        assert!(Model::from_bytes(&v3).unwrap().leaf_runtimes().is_empty());
+
+        // A leaf list that does not match the tree is refused.
+        let short = encode(&header, &linfa, &[1, 2]).unwrap();
+        assert!(matches!(Model::from_bytes(&short), Err(ModelError::Corrupt(_))));
     }
 
     #[test]
     fn a_fitted_remote_overhead_is_the_models_remote_threshold() {
         let (mut header, tree) = decode(&shipped()).unwrap();
         header.training.remote_overhead_ns = Some(420_000);
-        let model = Model::from_bytes(&encode(&header, &tree).unwrap()).unwrap();
+        let model = Model::from_bytes(&encode(&header, &tree, &[]).unwrap()).unwrap();
         assert_eq!(model.remote_min_ns(), Some(420_000));
         assert_eq!(model.header().training.remote_overhead_ns, Some(420_000));
     }

@@ -151,9 +151,10 @@ pub struct Placement {
     pub batch: u32,
     /// The predicted cost class, when a model made the decision.
     pub class: Option<u8>,
-    /// The predicted runtime of the token (ns): the model class's typical runtime, the
-    /// running average, or the tag's [`Weight::nominal_ns`]. Lanes use it to decide
-    /// what to take next.
+    /// The predicted runtime of the token (ns): the mean runtime of the model leaf it
+    /// ends at (its class's median for models without leaf runtimes), the running
+    /// average, or the tag's [`Weight::nominal_ns`]. Lanes use it to decide what to
+    /// take next.
     pub predicted_ns: u64,
     /// Who decided.
     pub source: RouteSource,

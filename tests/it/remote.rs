@@ -359,7 +359,7 @@ fn a_models_remote_overhead_sets_the_auto_threshold() {
     let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/models/default.bin");
     let (mut header, tree) = tokengate::model::decode(&std::fs::read(shipped).unwrap()).unwrap();
     header.training.remote_overhead_ns = Some(1_000_000_000);
-    let bytes = tokengate::model::encode(&header, &tree).unwrap();
+    let bytes = tokengate::model::encode(&header, &tree, &[]).unwrap();
     let model = tokengate::model::Model::from_bytes(&bytes).unwrap();
     let router = tokengate::LearnedRouter::new(model, tokengate::StaticRouter::new(128));
     auto_with_a_backlog(&server, Some(Arc::new(router)), false);

@@ -76,4 +76,29 @@ mod tests {
         assert!(classes[class(1_000_000)].min_ns >= 200_000);
         assert!(TreeRefit::default().refit(&ops, &samples[..10]).is_err(), "too few rows");
     }
+
+    #[test]
+    fn leaves_carry_runtimes_finer_than_their_class() {
+        // 300 µs calls of one operation and 3 ms calls of another are one class (200 µs
+        // to 4 ms), but they end at different leaves (the classifier has to split the
+        // operations apart: size 1,000 is slow for one and cheap for the other), and
+        // the leaves know which is which, so a light lane helping with heavy work can
+        // tell them apart. (Where no class changes between them, a classification tree
+        // does not split, and calls share a leaf and its mean.)
+        let ops = vec!["short".to_string(), "long".to_string()];
+        let samples: Vec<Sample> = (0..4_000u64)
+            .map(|i| match i % 4 {
+                0 => Sample { op: 0, arg_size: 10, run_ns: 2_000 },
+                1 => Sample { op: 0, arg_size: 1_000, run_ns: 300_000 + i },
+                2 => Sample { op: 1, arg_size: 1_000, run_ns: 2_000 },
+                _ => Sample { op: 1, arg_size: 100_000, run_ns: 3_000_000 + i },
+            })
+            .collect();
+        let model = TreeRefit::default().refit(&ops, &samples).unwrap();
+        let cost = |op, size| model.predict_cost(&tokengate::features::model_inputs(op, size));
+        let ((short_class, short_ns), (long_class, long_ns)) = (cost(0, 1_000), cost(1, 100_000));
+        assert_eq!(short_class, long_class);
+        assert!((300_000..305_000).contains(&short_ns), "{short_ns}");
+        assert!((3_000_000..3_005_000).contains(&long_ns), "{long_ns}");
+    }
 }

@@ -132,7 +132,9 @@ fn main() -> Result<()> {
             if tikz {
                 println!("{}", tree.export_to_tikz().with_legend());
             } else {
-                print!("{}", report::describe(&header, &tree));
+                let compiled = tokengate::model::Model::from_bytes(&bytes)
+                    .with_context(|| format!("compiling {}", model.display()))?;
+                print!("{}", report::describe(&header, &tree, compiled.leaf_runtimes()));
             }
         }
     }

@@ -83,8 +83,10 @@ impl fmt::Display for Metrics {
     }
 }
 
-/// Header, class table, the tree as text and feature importance.
-pub fn describe(header: &ModelHeader, tree: &DecisionTree<f64, usize>) -> String {
+/// Header, class table, the tree as text (each leaf with its mean runtime, when the
+/// file has them: `leaf_ns` as [`Model::leaf_runtimes`](tokengate::model::Model::leaf_runtimes))
+/// and feature importance.
+pub fn describe(header: &ModelHeader, tree: &DecisionTree<f64, usize>, leaf_ns: &[u64]) -> String {
     let mut out = String::new();
     let t = &header.training;
     let _ = writeln!(out, "tokengate cost model (feature schema v{})", header.feature_schema);
@@ -138,7 +140,7 @@ pub fn describe(header: &ModelHeader, tree: &DecisionTree<f64, usize>) -> String
         );
     }
     let _ = writeln!(out, "\ntree ({} leaves, depth {})", tree.num_leaves(), tree.max_depth());
-    write_node(&mut out, tree.root_node(), header, 0);
+    write_node(&mut out, tree.root_node(), header, 0, &mut Leaves { ns: leaf_ns, next: 0 });
     let _ = writeln!(out, "\nfeature importance");
     for (name, share) in MODEL_FEATURES.iter().zip(tree.feature_importance()) {
         let _ = writeln!(out, "  {name:<16} {share:.3}");
@@ -146,13 +148,32 @@ pub fn describe(header: &ModelHeader, tree: &DecisionTree<f64, usize>) -> String
     out
 }
 
-fn write_node(out: &mut String, node: &TreeNode<f64, usize>, header: &ModelHeader, depth: usize) {
+/// The leaf runtimes, walked in the compiled tree's node order (pre-order, left first,
+/// which is also the order the text is written in).
+struct Leaves<'a> {
+    ns: &'a [u64],
+    next: usize,
+}
+
+fn write_node(
+    out: &mut String,
+    node: &TreeNode<f64, usize>,
+    header: &ModelHeader,
+    depth: usize,
+    leaves: &mut Leaves<'_>,
+) {
     let indent = "  ".repeat(depth);
+    let index = leaves.next;
+    leaves.next += 1;
     if let Some(class) = node.prediction() {
         let policy = header.classes.get(class);
         let place = policy
             .map_or(String::new(), |p| format!(" → {} lanes, batch {}", p.lanes.as_str(), p.batch));
-        let _ = writeln!(out, "{indent}class {class}{place}");
+        let runtime = match leaves.ns.get(index) {
+            Some(&ns) if ns > 0 => format!(" (mean runtime {})", self::ns(ns)),
+            _ => String::new(),
+        };
+        let _ = writeln!(out, "{indent}class {class}{runtime}{place}");
         return;
     }
     let (feature, threshold, _) = node.split();
@@ -172,11 +193,11 @@ fn write_node(out: &mut String, node: &TreeNode<f64, usize>, header: &ModelHeade
     let children = node.children();
     let _ = writeln!(out, "{indent}if {condition}:");
     if let Some(left) = children[0].as_deref() {
-        write_node(out, left, header, depth + 1);
+        write_node(out, left, header, depth + 1, leaves);
     }
     let _ = writeln!(out, "{indent}else:");
     if let Some(right) = children[1].as_deref() {
-        write_node(out, right, header, depth + 1);
+        write_node(out, right, header, depth + 1, leaves);
     }
 }
 

@@ -18,15 +18,14 @@ pub struct LearnedRouter {
     /// Engine op id → the model's vocabulary index.
     op_index: Box<[AtomicU32]>,
     /// Class id → placement, copied out of the header for a short hot path.
-    placements: Box<[(LaneSet, u32, u64)]>,
+    placements: Box<[(LaneSet, u32)]>,
     fallback: StaticRouter,
 }
 
 impl LearnedRouter {
     /// A router over `model`, with `fallback` for unknown operations.
     pub fn new(model: Model, fallback: StaticRouter) -> Self {
-        let placements =
-            model.header().classes.iter().map(|c| (c.lanes, c.batch, c.median_ns)).collect();
+        let placements = model.header().classes.iter().map(|c| (c.lanes, c.batch)).collect();
         let op_index = (0..MAX_OPS).map(|_| AtomicU32::new(UNKNOWN_OP)).collect();
         LearnedRouter { model, op_index, placements, fallback }
     }
@@ -47,8 +46,9 @@ impl Router for LearnedRouter {
         if index == UNKNOWN_OP {
             return self.fallback.route(features);
         }
-        let class = self.model.predict(&model_inputs(index, features.arg_size));
-        let (lanes, batch, predicted_ns) = self.placements[class];
+        let (class, predicted_ns) =
+            self.model.predict_cost(&model_inputs(index, features.arg_size));
+        let (lanes, batch) = self.placements[class];
         let class = Some(class as u8);
         Placement { lanes, batch, class, predicted_ns, source: RouteSource::Model }
     }
