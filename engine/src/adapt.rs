@@ -294,9 +294,11 @@ impl Adapter {
             self.status.lock().unwrap_or_else(|e| e.into_inner()).recent_accuracy = new_acc;
             let version = crate::router::Router::model_version(&*self.config.router);
             tracing::info!(
-                "adaptation: model {version:08x} swapped in (held-out accuracy {:.1}% → {:.1}%, fit {fit_ms:.0} ms)",
+                "adaptation: model {version:08x} swapped in (held-out accuracy {:.1}% → {:.1}%, on the wrong lane set {:.2}% → {:.2}%, fit {fit_ms:.0} ms)",
                 now_acc * 100.0,
-                new_acc * 100.0
+                new_acc * 100.0,
+                now.misplaced() * 100.0,
+                new.misplaced() * 100.0,
             );
             if let Some(f) = self.on_swap.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
                 f(version);
@@ -315,6 +317,8 @@ struct Score {
     /// Share that ran shorter than heavy work but were predicted into a class the heavy
     /// lanes run (where they wait behind heavy calls).
     light_on_heavy: f64,
+    /// Held-out rows scored.
+    rows: usize,
 }
 
 impl Score {
@@ -326,13 +330,16 @@ impl Score {
     /// Whether a candidate scoring `self` should replace the model scoring `now`: it
     /// sends no more heavy calls to the light lanes (each holds up the light tokens
     /// behind it), and it is clearly more accurate (2 points) or, as accurate within a
-    /// point, clearly places better (half a point fewer rows on the wrong lane set: a
-    /// band of 1% of the calls moving lanes decides a p99, and moves accuracy by 1%).
+    /// point, clearly places better (half a point and at least 3 rows fewer on the wrong
+    /// lane set: a band of 1% of the calls moving lanes decides a p99, and moves
+    /// accuracy by 1%; with few held-out rows, one row is not evidence).
     fn better_than(&self, now: &Score) -> bool {
         let no_more_heavy_on_light = self.heavy_on_light <= now.heavy_on_light;
         let more_accurate = self.accuracy > now.accuracy + 0.02;
-        let places_better =
-            self.accuracy >= now.accuracy - 0.01 && self.misplaced() < now.misplaced() - 0.005;
+        let fewer_misplaced = (now.misplaced() - self.misplaced()) * self.rows as f64;
+        let places_better = self.accuracy >= now.accuracy - 0.01
+            && self.misplaced() < now.misplaced() - 0.005
+            && fewer_misplaced >= 3.0 - 1e-9;
         no_more_heavy_on_light && (more_accurate || places_better)
     }
 }
@@ -357,6 +364,7 @@ fn score(model: &Model, ops: &[String], samples: &[Sample]) -> Score {
         accuracy: hits as f64 / all,
         heavy_on_light: heavy_on_light as f64 / all,
         light_on_heavy: light_on_heavy as f64 / all,
+        rows: samples.len(),
     }
 }
 
@@ -368,5 +376,30 @@ fn lower_priority() {
     unsafe {
         let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
         libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Score;
+
+    fn score(accuracy: f64, heavy_on_light: f64, light_on_heavy: f64, rows: usize) -> Score {
+        Score { accuracy, heavy_on_light, light_on_heavy, rows }
+    }
+
+    #[test]
+    fn a_candidate_gets_in_by_accuracy_or_by_placing_a_band_better() {
+        let now = score(0.90, 0.0, 0.0125, 800);
+        // 2 points more accurate.
+        assert!(score(0.93, 0.0, 0.0125, 800).better_than(&now));
+        // As accurate, and the 1.25% band (10 of 800 rows) moved to the right lanes.
+        assert!(score(0.905, 0.0, 0.0, 800).better_than(&now));
+        // Never more heavy calls on the light lanes, whatever else it gains.
+        assert!(!score(0.95, 0.001, 0.0, 800).better_than(&now));
+        // Placing better but clearly less accurate.
+        assert!(!score(0.88, 0.0, 0.0, 800).better_than(&now));
+        // One row of a hundred is not evidence.
+        let few = score(0.90, 0.0, 0.01, 100);
+        assert!(!score(0.90, 0.0, 0.0, 100).better_than(&few));
     }
 }

@@ -37,6 +37,9 @@ const PREFIX_LEN: usize = 16;
 const DECODE_LIMIT: usize = 64 << 20;
 /// Deepest tree the engine accepts (fits bound theirs far below this).
 pub const MAX_TREE_DEPTH: usize = 64;
+/// The longest leaf runtime a model file may state (a day): queues add predictions up,
+/// so an absurd one is refused as corruption rather than overflowing a sum.
+pub const MAX_LEAF_NS: u64 = 86_400 * 1_000_000_000;
 /// A class whose typical token runs this long or longer goes to the heavy lanes.
 pub const HEAVY_NS: u64 = 200_000;
 /// Batches are sized so that one takes about this long.
@@ -257,6 +260,9 @@ impl Model {
                 leaf_ns.len(),
                 flat.len()
             )));
+        }
+        if let Some(ns) = leaf_ns.iter().find(|&&ns| ns > MAX_LEAF_NS) {
+            return Err(ModelError::Corrupt(format!("a leaf runtime of {ns} ns (over a day)")));
         }
         Ok(Model { header, tree: flat, leaf_ns: leaf_ns.into(), version: fnv1a(bytes) })
     }
@@ -559,13 +565,10 @@ mod tests {
     fn leaf_runtimes_refine_the_class_median_and_older_files_still_load() {
         let model = Model::from_bytes(&shipped()).unwrap();
         let tree = model.tree();
-        // Every leaf's runtime lies in its class's range (the fit computed them from the
-        // rows that ended there), and is what the model predicts for calls ending there.
-        for leaf in (0..tree.len()).filter(|&i| model.leaf_runtimes()[i] > 0) {
-            let class = &model.header().classes[tree.leaf_class(leaf)];
-            let ns = model.leaf_runtimes()[leaf];
-            assert!(class.min_ns <= ns && ns < class.max_ns, "leaf {leaf}: {ns} ns");
-        }
+        // Leaves have runtimes (the fit computed them from the rows that ended there),
+        // internal nodes none; a leaf's is what the model predicts for calls ending there.
+        let leaves = (0..tree.len()).filter(|&i| model.leaf_runtimes()[i] > 0).count();
+        assert_eq!(leaves * 2 - 1, tree.len(), "a binary tree's leaves, and only those");
         let inputs = crate::features::model_inputs(0, 1_000);
         let (class, ns) = model.predict_cost(&inputs);
         assert_eq!(class, model.predict(&inputs));
@@ -588,9 +591,13 @@ mod tests {
         v3[8..10].copy_from_slice(&FORMAT_V3.to_le_bytes());
         assert!(Model::from_bytes(&v3).unwrap().leaf_runtimes().is_empty());
 
-        // A leaf list that does not match the tree is refused.
+        // A leaf list that does not match the tree, or states an absurd runtime, is refused.
         let short = encode(&header, &linfa, &[1, 2]).unwrap();
         assert!(matches!(Model::from_bytes(&short), Err(ModelError::Corrupt(_))));
+        let mut absurd = model.leaf_runtimes().to_vec();
+        *absurd.iter_mut().find(|ns| **ns > 0).unwrap() = u64::MAX;
+        let absurd = encode(&header, &linfa, &absurd).unwrap();
+        assert!(matches!(Model::from_bytes(&absurd), Err(ModelError::Corrupt(_))));
     }
 
     #[test]

@@ -132,9 +132,12 @@ fn main() -> Result<()> {
             if tikz {
                 println!("{}", tree.export_to_tikz().with_legend());
             } else {
-                let compiled = tokengate::model::Model::from_bytes(&bytes)
-                    .with_context(|| format!("compiling {}", model.display()))?;
-                print!("{}", report::describe(&header, &tree, compiled.leaf_runtimes()));
+                // Leaf runtimes come from the compiled model; a file that decodes but does
+                // not compile is still described, without them.
+                let leaf_ns = tokengate::model::Model::from_bytes(&bytes)
+                    .map(|m| m.leaf_runtimes().to_vec())
+                    .unwrap_or_default();
+                print!("{}", report::describe(&header, &tree, &leaf_ns));
             }
         }
     }

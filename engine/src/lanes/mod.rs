@@ -5,11 +5,12 @@
 //!
 //! # Queues and hand-off
 //!
-//! The light and heavy lane sets each have one lock-free FIFO (`crossbeam_deque::Injector`)
-//! of *batches*: a submit pushes one batch per queue operation, never one token. Every
-//! worker pops from its own set's queue first; when that is empty it takes from the
-//! other set's queue (work-conserving), except that light workers never take heavy
-//! batches when the engine isolates heavy work.
+//! The light and heavy lane sets each have a lock-free FIFO (`crossbeam_deque::Injector`)
+//! of *batches* predicted to be short, beside a mutex-guarded FIFO of the long ones
+//! (`order.rs`): a submit pushes one batch per queue operation, never one token. Every
+//! worker pops from its own set's queue first; when that is empty it may take from the
+//! other set's: heavy lanes always help with light work, light lanes take heavy work as
+//! the steal policy says (`steal.rs`).
 //!
 //! # Sleeping without losing a wake-up
 //!
@@ -572,12 +573,14 @@ impl Lanes {
             return None;
         }
         if other == LaneSet::Heavy.index() && self.primary[other] & (1 << lane) == 0 {
-            // A light lane helping with heavy work: only the parts the policy allows.
+            // A light lane helping with heavy work: only the parts the policy allows (a
+            // lane's local heavy batches are of any length: only with the long part).
             let (short, long) = self.heavy_parts_to_take();
             if !(short || long) {
                 return None;
             }
-            return self.take_heavy(short, long).or_else(|| self.steal_local(lane, other));
+            let job = self.take_heavy(short, long);
+            return if long { job.or_else(|| self.steal_local(lane, other)) } else { job };
         }
         self.take_shared(other).or_else(|| self.steal_local(lane, other))
     }

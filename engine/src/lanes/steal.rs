@@ -12,8 +12,9 @@
 //!   gap between light arrivals, or the time since the last one if that is longer (light
 //!   traffic that has stopped counts as sparse), or
 //! * the heavy lanes are so far behind that the wait it saves outweighs the light
-//!   latency it costs: the heavy backlog per heavy lane (the wait a heavy batch queued
-//!   now faces) is at least [`LIGHT_WEIGHT`] times the light delay the batch causes,
+//!   latency it costs: the heavy backlog per heavy lane (the predicted work queued for
+//!   each, short and long parts together) is at least [`LIGHT_WEIGHT`] times the light
+//!   delay the batch causes,
 //!   `duration × duration / gap` (the light arrivals expected during it, each held up
 //!   by up to its duration). Light latency counts ten times as much as heavy waiting.
 //!
@@ -23,10 +24,11 @@
 //! spend. The last clause is what keeps that from turning into a core left idle beside
 //! a heavy queue that grows without end: when heavy work arrives faster than the heavy
 //! lanes run it (a cost shift, a flood), the backlog grows until the light lanes take
-//! the excess, and stays near the point where the two costs balance. The batch duration
-//! used is the heavy queue's mean predicted batch cost (the queue cannot be peeked):
-//! every queued batch carries its prediction (the model's class runtime, the running
-//! average, or the tag's nominal cost).
+//! the excess, and stays near the point where the two costs balance. The heavy queue has
+//! a short and a long part (`order.rs`), each weighed on its own: the batch duration used
+//! is that part's mean predicted batch cost (a queue cannot be peeked). Every queued
+//! batch carries its prediction (the model leaf's mean runtime, the running average, or
+//! the tag's nominal cost).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -126,7 +128,7 @@ impl StealPolicy {
                 // Backlog per heavy lane ≥ LIGHT_WEIGHT × duration² / gap.
                 let backlog = u128::from(all.1 / u64::from(heavy_lanes.max(1)));
                 let duration = u128::from(duration);
-                backlog * u128::from(gap) >= LIGHT_WEIGHT * duration * duration
+                backlog * u128::from(gap) >= LIGHT_WEIGHT.saturating_mul(duration * duration)
             }
         }
     }
