@@ -41,7 +41,7 @@ mod thread_life;
 pub(crate) use ctx::LaneCtx;
 use ctx::Watch;
 use local::LocalQueue;
-use order::{LongQueue, HEAVY_LONG_NS, HEAVY_MAX_AGE, LONG_NS, MAX_AGE};
+use order::LongQueue;
 use steal::LightArrivals;
 pub(crate) use steal::{StealPolicy, LIGHT_BUDGET};
 pub(crate) use thread_life::spawn_workers;
@@ -198,14 +198,10 @@ pub(crate) struct Lanes {
     has_heavy: bool,
     /// When light lanes take heavy batches (`steal.rs`).
     steal: StealPolicy,
-    /// Long light batches, behind short ones (`order.rs`).
-    long: LongQueue,
-    /// Long heavy batches, behind short ones (`order.rs`).
-    long_heavy: LongQueue,
-    /// Per shared queue: the predicted nanoseconds of the batches in it.
+    /// Per set: its long batches, behind the short ones in `queues` (`order.rs`).
+    long: [LongQueue; 2],
+    /// Per set: the predicted nanoseconds of its batches in `queues` and `long`.
     queued_ns: [AtomicU64; 2],
-    /// The part of the heavy queue's predicted nanoseconds in `long_heavy`.
-    long_heavy_ns: AtomicU64,
     /// Arrivals of light work, for the cost-aware rule.
     arrivals: LightArrivals,
     shutdown: AtomicBool,
@@ -284,9 +280,7 @@ impl Lanes {
             has_heavy: config.heavy_lanes > 0,
             steal: config.steal,
             queued_ns: Default::default(),
-            long: LongQueue::new(MAX_AGE),
-            long_heavy: LongQueue::new(HEAVY_MAX_AGE),
-            long_heavy_ns: AtomicU64::new(0),
+            long: [LongQueue::light(), LongQueue::heavy()],
             arrivals: LightArrivals::default(),
             shutdown: AtomicBool::new(false),
             abort: AtomicBool::new(false),
@@ -355,42 +349,25 @@ impl Lanes {
     /// Takes the next batch of shared queue `queue`: a long batch that has waited too
     /// long, else a short one, else a long one (`order.rs`).
     fn take_shared(&self, queue: usize) -> Option<BoxJob> {
-        if queue == LaneSet::Heavy.index() {
-            return self.take_heavy(true, true);
-        }
-        let job = self
-            .long
-            .pop(true)
-            .or_else(|| steal(&self.queues[queue]))
-            .or_else(|| self.long.pop(false))?;
+        self.take_parts(queue, true, true)
+    }
+
+    /// Takes the next batch of shared queue `queue` from its short part, its long part or
+    /// both (in the order of [`Lanes::take_shared`]).
+    fn take_parts(&self, queue: usize, short: bool, long: bool) -> Option<BoxJob> {
+        let long_part = &self.long[queue];
+        let job = long
+            .then(|| long_part.pop(true))
+            .flatten()
+            .or_else(|| short.then(|| steal(&self.queues[queue])).flatten())
+            .or_else(|| long.then(|| long_part.pop(false)).flatten())?;
         self.queued_ns[queue].fetch_sub(job.predicted_ns(), Ordering::Relaxed);
         Some(job)
     }
 
-    /// Takes the next heavy batch, from the short part, the long part or both (in the
-    /// order of [`Lanes::take_shared`]).
-    fn take_heavy(&self, short: bool, long: bool) -> Option<BoxJob> {
-        let heavy = LaneSet::Heavy.index();
-        let job = long
-            .then(|| self.long_heavy.pop(true))
-            .flatten()
-            .or_else(|| short.then(|| steal(&self.queues[heavy])).flatten())
-            .or_else(|| long.then(|| self.long_heavy.pop(false)).flatten())?;
-        let ns = job.predicted_ns();
-        self.queued_ns[heavy].fetch_sub(ns, Ordering::Relaxed);
-        if ns >= HEAVY_LONG_NS {
-            self.long_heavy_ns.fetch_sub(ns, Ordering::Relaxed);
-        }
-        Some(job)
-    }
-
     fn enqueue_shared(&self, queue: usize, job: BoxJob) {
-        let ns = job.predicted_ns();
-        if queue == LaneSet::Light.index() && ns >= LONG_NS {
-            self.long.push(job);
-        } else if queue == LaneSet::Heavy.index() && ns >= HEAVY_LONG_NS {
-            self.long_heavy_ns.fetch_add(ns, Ordering::Relaxed);
-            self.long_heavy.push(job);
+        if self.long[queue].holds(job.predicted_ns()) {
+            self.long[queue].push(job);
         } else {
             self.queues[queue].push(job);
         }
@@ -398,8 +375,7 @@ impl Lanes {
 
     /// Batches waiting in shared queue `queue`.
     fn shared_len(&self, queue: usize) -> usize {
-        let long = if queue == LaneSet::Light.index() { &self.long } else { &self.long_heavy };
-        self.queues[queue].len() + long.len()
+        self.queues[queue].len() + self.long[queue].len()
     }
 
     /// Queues one batch on shared queue `queue` and wakes a lane that can run it.
@@ -545,8 +521,8 @@ impl Lanes {
     fn heavy_parts_to_take(&self) -> (bool, bool) {
         let heavy = LaneSet::Heavy.index();
         let all_ns = self.queued_ns[heavy].load(Ordering::Relaxed);
-        let long_ns = self.long_heavy_ns.load(Ordering::Relaxed).min(all_ns);
-        let (short_n, long_n) = (self.queues[heavy].len(), self.long_heavy.len());
+        let long_ns = self.long[heavy].queued_ns().min(all_ns);
+        let (short_n, long_n) = (self.queues[heavy].len(), self.long[heavy].len());
         let all = (short_n + long_n, all_ns);
         let lanes = self.primary[heavy].count_ones();
         let may = |part| self.steal.light_may_take_heavy(part, all, lanes, &self.arrivals);
@@ -579,7 +555,7 @@ impl Lanes {
             if !(short || long) {
                 return None;
             }
-            let job = self.take_heavy(short, long);
+            let job = self.take_parts(other, short, long);
             return if long { job.or_else(|| self.steal_local(lane, other)) } else { job };
         }
         self.take_shared(other).or_else(|| self.steal_local(lane, other))
@@ -760,12 +736,12 @@ mod tests {
         assert_eq!(next(&lanes, 1), Some(3), "the heavy lane too: short first");
         assert_eq!(next(&lanes, 1), Some(1), "then the long one");
         lanes.push(LaneSet::Heavy, job(Timed(4, 3_000_000)));
-        std::thread::sleep(HEAVY_MAX_AGE * 2);
+        std::thread::sleep(order::HEAVY_MAX_AGE * 2);
         lanes.push(LaneSet::Heavy, job(Timed(5, 300_000)));
         assert_eq!(next(&lanes, 1), Some(4), "an aged long batch goes first");
         assert_eq!(next(&lanes, 1), Some(5));
         assert_eq!(lanes.queued_ns[1].load(Ordering::Relaxed), 0, "costs are given back");
-        assert_eq!(lanes.long_heavy_ns.load(Ordering::Relaxed), 0);
+        assert_eq!(lanes.long[1].queued_ns(), 0);
     }
 
     fn lanes(isolate_heavy: bool, steal_backlog: usize) -> Arc<Lanes> {

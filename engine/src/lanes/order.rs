@@ -13,35 +13,60 @@
 //! separately, so it takes the 300 µs calls long before it would take a 5 ms one.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::BoxJob;
 
 /// A light batch predicted to run at least this long waits behind short ones.
-pub(super) const LONG_NS: u64 = 20_000;
+const LONG_NS: u64 = 20_000;
 /// The longest a long light batch waits behind short ones.
 pub(super) const MAX_AGE: Duration = Duration::from_millis(1);
 /// A heavy batch predicted to run at least this long waits behind short heavy ones.
-pub(super) const HEAVY_LONG_NS: u64 = 1_000_000;
+const HEAVY_LONG_NS: u64 = 1_000_000;
 /// The longest a long heavy batch waits behind short ones.
 pub(super) const HEAVY_MAX_AGE: Duration = Duration::from_millis(10);
 
-/// Long batches, oldest first, with when each was queued.
+/// One set's long batches, oldest first, with when each was queued, and the sum of
+/// their predicted nanoseconds.
 pub(super) struct LongQueue {
     jobs: Mutex<VecDeque<(Instant, BoxJob)>>,
     len: AtomicUsize,
+    queued_ns: AtomicU64,
+    /// Batches predicted to run at least this long belong here.
+    from_ns: u64,
     max_age: Duration,
 }
 
 impl LongQueue {
-    /// A queue whose batches go first once they have waited `max_age`.
-    pub(super) fn new(max_age: Duration) -> Self {
-        LongQueue { jobs: Mutex::default(), len: AtomicUsize::new(0), max_age }
+    /// The light set's: from [`LONG_NS`], aged at [`MAX_AGE`].
+    pub(super) fn light() -> Self {
+        Self::new(LONG_NS, MAX_AGE)
+    }
+
+    /// The heavy set's: from [`HEAVY_LONG_NS`], aged at [`HEAVY_MAX_AGE`].
+    pub(super) fn heavy() -> Self {
+        Self::new(HEAVY_LONG_NS, HEAVY_MAX_AGE)
+    }
+
+    fn new(from_ns: u64, max_age: Duration) -> Self {
+        LongQueue {
+            jobs: Mutex::default(),
+            len: AtomicUsize::new(0),
+            queued_ns: AtomicU64::new(0),
+            from_ns,
+            max_age,
+        }
+    }
+
+    /// Whether a batch predicted to run `ns` belongs here.
+    pub(super) fn holds(&self, ns: u64) -> bool {
+        ns >= self.from_ns
     }
 
     pub(super) fn push(&self, job: BoxJob) {
+        self.queued_ns.fetch_add(job.predicted_ns(), Ordering::Relaxed);
         let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
         jobs.push_back((Instant::now(), job));
         self.len.store(jobs.len(), Ordering::SeqCst);
@@ -58,7 +83,16 @@ impl LongQueue {
         }
         let job = jobs.pop_front().map(|(_, job)| job);
         self.len.store(jobs.len(), Ordering::SeqCst);
+        drop(jobs);
+        if let Some(job) = &job {
+            self.queued_ns.fetch_sub(job.predicted_ns(), Ordering::Relaxed);
+        }
         job
+    }
+
+    /// The predicted nanoseconds of the batches in it.
+    pub(super) fn queued_ns(&self) -> u64 {
+        self.queued_ns.load(Ordering::Relaxed)
     }
 
     pub(super) fn len(&self) -> usize {
