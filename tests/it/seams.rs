@@ -90,9 +90,11 @@ fn throttled_batches_run_oldest_first() {
     let rest: Vec<_> = (1..=5)
         .map(|n| {
             let token = step.submit(n);
-            // Each reaches the throttle (and waits there) before the next is submitted.
+            // Each reaches the throttle (and waits there) before the next is submitted:
+            // `waiting` alone also counts a call still in a lane's queue, which a later
+            // call could overtake on its way to the throttle.
             eventually("the call waits at the throttle", || {
-                engine.controller().snapshot()[0].waiting == u64::from(n)
+                engine.controller().snapshot()[0].held == u64::from(n)
             });
             token
         })
@@ -103,6 +105,7 @@ fn throttled_batches_run_oldest_first() {
         token.wait().unwrap();
     }
     assert_eq!(*order.lock().unwrap(), vec![0, 1, 2, 3, 4, 5]);
+    assert_eq!(engine.controller().snapshot()[0].held, 0, "nothing is left at the throttle");
 }
 
 /// `waiting` used to count running tokens too.

@@ -193,6 +193,7 @@ impl Controller {
                     submitted: stats.submitted,
                     waiting: stats.submitted.saturating_sub(stats.finished() + running),
                     running,
+                    held: control.held(),
                     completed: stats.completed,
                     failed: stats.failed,
                     cancelled: stats.cancelled,

@@ -258,6 +258,14 @@ impl OpControlState {
         self.running.load(Relaxed)
     }
 
+    /// Batches set aside now by a pause or a throttle (two short locks: for snapshots,
+    /// not the lanes).
+    pub(crate) fn held(&self) -> u64 {
+        let parked = self.parked.lock().unwrap_or_else(|e| e.into_inner()).len();
+        let throttled = self.throttled.lock().unwrap_or_else(|e| e.into_inner()).len();
+        (parked + throttled) as u64
+    }
+
     pub(crate) fn latency(&self) -> &LatencyHistogram {
         &self.latency
     }
