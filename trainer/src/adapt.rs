@@ -29,8 +29,18 @@ pub struct TreeRefit {
 impl Default for TreeRefit {
     fn default() -> Self {
         // The engine scores candidates on rows it holds out itself: fit on (nearly) all.
+        // A window holds few rows of a rare band, so no split on the shared size axis
+        // (see `FitOptions::shared_size_axis`): a candidate must not move one
+        // operation's calls because another's changed. The depth that saves is given
+        // back (about three levels per operation).
         TreeRefit {
-            options: FitOptions { validation_share: 0.05, min_rows: 200, ..FitOptions::default() },
+            options: FitOptions {
+                validation_share: 0.05,
+                min_rows: 200,
+                max_depth: 16,
+                shared_size_axis: false,
+                ..FitOptions::default()
+            },
         }
     }
 }
@@ -75,6 +85,43 @@ mod tests {
         assert!(classes[class(10)].max_ns <= 10_000);
         assert!(classes[class(1_000_000)].min_ns >= 200_000);
         assert!(TreeRefit::default().refit(&ops, &samples[..10]).is_err(), "too few rows");
+    }
+
+    /// `steady` and `other` are heavy from 100k up (rows up to 150k); `shifted`'s sizes
+    /// from 160k turned cheap. On the shared size axis one split (155k) then parts the
+    /// large calls, and sends `steady`'s larger sizes, which no row covered, to the
+    /// light lanes with `shifted`'s.
+    fn one_operation_changed() -> (Vec<String>, Vec<Sample>) {
+        let ops = ["steady", "shifted", "other"].map(String::from).to_vec();
+        let samples: Vec<Sample> = (0..6_000u64)
+            .map(|i| {
+                let op = (i % 3) as u32;
+                let (arg_size, run_ns) = match (op, i % 2) {
+                    (_, 0) => (10 + i % 50, 2_000),
+                    (1, _) => (160_000 + i * 100, 2_000),
+                    _ => (100_000 + i * 8, 3_000_000),
+                };
+                Sample { op, arg_size, run_ns }
+            })
+            .collect();
+        (ops, samples)
+    }
+
+    #[test]
+    fn a_refit_moves_only_the_operation_that_changed() {
+        let (ops, samples) = one_operation_changed();
+        let lanes = |refit: &TreeRefit, size| {
+            let model = refit.refit(&ops, &samples).unwrap();
+            let class = model.predict(&tokengate::features::model_inputs(0, size));
+            model.header().classes[class].lanes
+        };
+        let refit = TreeRefit::default();
+        for size in [120_000, 200_000, 400_000, 10_000_000] {
+            assert_eq!(lanes(&refit, size), tokengate::LaneSet::Heavy, "steady at {size}");
+        }
+        // What the default fit (with the shared size axis) does with the same rows.
+        let shared = TreeRefit { options: FitOptions { shared_size_axis: true, ..refit.options } };
+        assert_eq!(lanes(&shared, 400_000), tokengate::LaneSet::Light);
     }
 
     #[test]

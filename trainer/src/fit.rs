@@ -38,6 +38,15 @@ pub struct FitOptions {
     /// Fewest training rows in a leaf (default 20): keeps the tree from spending its
     /// depth on runtime noise at a class edge.
     pub min_leaf_rows: usize,
+    /// Whether the tree may split on the shared `arg_size_log2` axis (default true).
+    /// One such split serves every operation at once, which saves depth, but in a node
+    /// that still holds several operations it also moves the sizes of one that no
+    /// training row covered to the side another's rows chose: in `drift`, a split
+    /// carving out `hash`'s heavy sizes (turned light) put `sort`'s largest calls on the
+    /// light lanes too. Without it every split lies on the operation-major axis and so
+    /// divides one operation's sizes only; the tree needs more depth (about three
+    /// levels per operation). Online re-fits turn it off.
+    pub shared_size_axis: bool,
 }
 
 impl Default for FitOptions {
@@ -50,6 +59,7 @@ impl Default for FitOptions {
             seed: 42,
             min_rows: 100,
             min_leaf_rows: 20,
+            shared_size_axis: true,
         }
     }
 }
@@ -89,7 +99,7 @@ pub fn fit(data: &Data, options: &FitOptions) -> Result<Fitted, TrainError> {
     let held_out = ((rows.len() as f64 * options.validation_share) as usize).max(1);
     let (validation, train) = order.split_at(held_out);
 
-    let (x_train, y_train) = matrix(rows, &labels, train);
+    let (x_train, y_train) = matrix(rows, &labels, train, options.shared_size_axis);
     let dataset = Dataset::new(x_train, y_train).with_feature_names(MODEL_FEATURES.to_vec());
     let tree: DecisionTree<f64, usize> = DecisionTree::params()
         .max_depth(Some(options.max_depth))
@@ -125,7 +135,7 @@ pub fn fit(data: &Data, options: &FitOptions) -> Result<Fitted, TrainError> {
         .iter()
         .map(|&i| compiled.predict(&model_inputs(rows[i].op, rows[i].arg_size)))
         .collect();
-    let (x_val, _) = matrix(rows, &labels, validation);
+    let (x_val, _) = matrix(rows, &labels, validation, options.shared_size_axis);
     let linfa_predicted = tree.predict(&x_val);
     let flat_mismatches = linfa_predicted.iter().zip(&predicted).filter(|(a, b)| a != b).count();
     let metrics = Metrics::score(
@@ -183,16 +193,26 @@ fn check(options: &FitOptions) -> Result<(), TrainError> {
     Ok(())
 }
 
-/// The feature matrix and labels of the rows at `indices`.
+/// The column of `arg_size_log2` in [`MODEL_FEATURES`].
+const SIZE_AXIS: usize = 1;
+
+/// The feature matrix and labels of the rows at `indices`. Without `shared_size_axis`
+/// that column is left at zero: a constant column has no split, so the tree never uses
+/// it, and the model keeps the engine's input list (the engine still computes the
+/// input; no node reads it).
 pub(crate) fn matrix(
     rows: &[Row],
     labels: &[usize],
     indices: &[usize],
+    shared_size_axis: bool,
 ) -> (Array2<f64>, Array1<usize>) {
     let mut x = Array2::zeros((indices.len(), MODEL_FEATURES.len()));
     let mut y = Array1::zeros(indices.len());
     for (out, &i) in indices.iter().enumerate() {
-        let inputs = model_inputs(rows[i].op, rows[i].arg_size);
+        let mut inputs = model_inputs(rows[i].op, rows[i].arg_size);
+        if !shared_size_axis {
+            inputs[SIZE_AXIS] = 0.0;
+        }
         for (column, value) in inputs.into_iter().enumerate() {
             x[(out, column)] = value;
         }

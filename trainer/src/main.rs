@@ -45,6 +45,10 @@ enum Command {
         /// Fewest training rows in a leaf.
         #[arg(long, default_value_t = 20)]
         min_leaf_rows: usize,
+        /// Split on the operation-major axis only, never on the size axis shared by
+        /// every operation (needs more depth: about three levels per operation).
+        #[arg(long)]
+        no_shared_size_axis: bool,
     },
     /// Score a saved model on (other) telemetry.
     Eval {
@@ -77,6 +81,7 @@ fn main() -> Result<()> {
             validation_share,
             seed,
             min_leaf_rows,
+            no_shared_size_axis,
         } => {
             let data = read(&data)?;
             let options = fit::FitOptions {
@@ -86,6 +91,7 @@ fn main() -> Result<()> {
                 validation_share,
                 seed,
                 min_leaf_rows,
+                shared_size_axis: !no_shared_size_axis,
                 ..Default::default()
             };
             let spinner = spinner(format!("fitting on {} rows", data.rows.len()));
