@@ -111,6 +111,8 @@ fn pause_stops_one_operation_while_others_run_and_resume_loses_nothing() {
     eventually("b runs while a is paused", || b.stats().completed == 200);
     assert_eq!(a.stats().completed, 0, "a is paused: nothing of it ran");
     assert!(a_tokens.iter().all(|t| !t.is_finished()), "its tokens wait, not lost");
+    let held = || engine.controller().snapshot().iter().find(|s| s.op == "a").unwrap().held;
+    eventually("the lanes set every token of a aside", || held() == 200);
     let reply = rt.block_on(cmd(&mut socket, json!({"id": 2, "cmd": "resume", "op": "a"})));
     assert_eq!(reply["ok"], json!(true));
     for (i, token) in a_tokens.into_iter().enumerate() {
@@ -119,6 +121,7 @@ fn pause_stops_one_operation_while_others_run_and_resume_loses_nothing() {
     for token in b_tokens {
         token.wait().unwrap();
     }
+    assert_eq!(held(), 0, "a resume runs what the pause held");
     stop.store(true, Ordering::SeqCst);
 
     // Pin and batch overrides beat the router, and the telemetry says so.

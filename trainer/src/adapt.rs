@@ -114,18 +114,26 @@ mod tests {
     #[test]
     fn a_refit_moves_only_the_operation_that_changed() {
         let (ops, samples) = one_operation_changed();
-        let lanes = |refit: &TreeRefit, size| {
+        let lanes = |refit: &TreeRefit| {
             let model = refit.refit(&ops, &samples).unwrap();
-            let class = model.predict(&tokengate::features::model_inputs(0, size));
-            model.header().classes[class].lanes
+            move |op: u32, size| {
+                let class = model.predict(&tokengate::features::model_inputs(op, size));
+                model.header().classes[class].lanes
+            }
         };
+        let (light, heavy) = (tokengate::LaneSet::Light, tokengate::LaneSet::Heavy);
         let refit = TreeRefit::default();
+        let placed = lanes(&refit);
+        assert_eq!(placed(1, 400_000), light, "the change is learned");
+        assert_eq!(placed(2, 120_000), heavy);
         for size in [120_000, 200_000, 400_000, 10_000_000] {
-            assert_eq!(lanes(&refit, size), tokengate::LaneSet::Heavy, "steady at {size}");
+            assert_eq!(placed(0, size), heavy, "steady at {size}");
         }
-        // What the default fit (with the shared size axis) does with the same rows.
+        // What a fit with the shared size axis does with the same rows.
         let shared = TreeRefit { options: FitOptions { shared_size_axis: true, ..refit.options } };
-        assert_eq!(lanes(&shared, 400_000), tokengate::LaneSet::Light);
+        let placed = lanes(&shared);
+        assert_eq!(placed(1, 400_000), light);
+        assert_eq!(placed(0, 400_000), light, "steady's unseen sizes moved with shifted's");
     }
 
     #[test]

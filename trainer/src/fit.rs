@@ -43,9 +43,12 @@ pub struct FitOptions {
     /// that still holds several operations it also moves the sizes of one that no
     /// training row covered to the side another's rows chose: in `drift`, a split
     /// carving out `hash`'s heavy sizes (turned light) put `sort`'s largest calls on the
-    /// light lanes too. Without it every split lies on the operation-major axis and so
-    /// divides one operation's sizes only; the tree needs more depth (about three
-    /// levels per operation). Online re-fits turn it off.
+    /// light lanes too. Without it every split lies on the operation-major axis: one
+    /// inside an operation's range of sizes divides that operation's calls only, and
+    /// one between two operations' ranges lies halfway (32 doublings of size or more
+    /// from either), so only an operation without rows is placed by its neighbours'.
+    /// The tree needs more depth: a level per band edge, nearly one operation after
+    /// the other. Online re-fits turn it off (at depth 16).
     pub shared_size_axis: bool,
 }
 
@@ -292,5 +295,49 @@ fn class_range(edges: &[u64], class: usize) -> String {
     match edges.get(class) {
         Some(&high) => format!("{} to {}", ns(low), ns(high)),
         None => format!("{} and up", ns(low)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Three operations, each cheap below size 1,000 and slow above: one split on the
+    /// shared size axis explains every row.
+    fn data() -> Data {
+        let rows = (0..3_000u64)
+            .map(|i| {
+                let arg_size = if i % 2 == 0 { 10 + i % 100 } else { 10_000 + i };
+                let run_ns = if i % 2 == 0 { 2_000 } else { 1_500_000 };
+                Row { op: (i % 3) as u32, arg_size, run_ns }
+            })
+            .collect();
+        Data {
+            ops: ["a", "b", "c"].map(String::from).to_vec(),
+            rows,
+            files: Vec::new(),
+            skipped: 0,
+            remote_rows: 0,
+            dispatch_ns: Vec::new(),
+            remote_ns: Vec::new(),
+        }
+    }
+
+    fn features_split_on(options: &FitOptions) -> Vec<usize> {
+        let fitted = fit(&data(), options).unwrap();
+        assert_eq!(fitted.metrics.accuracy, 1.0);
+        let (_, tree) = model::decode(&fitted.bytes).unwrap();
+        let mut features: Vec<usize> =
+            tree.iter_nodes().filter(|n| !n.is_leaf()).map(|n| n.split().0).collect();
+        features.sort_unstable();
+        features.dedup();
+        features
+    }
+
+    #[test]
+    fn without_the_shared_size_axis_no_node_splits_on_it() {
+        assert_eq!(features_split_on(&FitOptions::default()), vec![SIZE_AXIS]);
+        let options = FitOptions { shared_size_axis: false, ..FitOptions::default() };
+        assert_eq!(features_split_on(&options), vec![0]);
     }
 }

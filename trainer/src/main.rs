@@ -46,7 +46,8 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         min_leaf_rows: usize,
         /// Split on the operation-major axis only, never on the size axis shared by
-        /// every operation (needs more depth: about three levels per operation).
+        /// every operation, as online re-fits do (give it more depth, e.g. 16: a level
+        /// per band edge, nearly one operation after the other).
         #[arg(long)]
         no_shared_size_axis: bool,
     },

@@ -220,10 +220,11 @@ fn print_watch(ops: &[OpSnapshot], dropped_events: u64) -> std::io::Result<()> {
     }
     writeln!(
         out,
-        "{:<16} {:>10} {:>8} {:>7} {:>10} {:>7} {:>9} {:>8} {:>8} {:>11} {:>9} {:>9}  overrides",
+        "{:<16} {:>10} {:>8} {:>7} {:>7} {:>10} {:>7} {:>9} {:>8} {:>8} {:>11} {:>9} {:>9}  overrides",
         "op",
         "submitted",
         "waiting",
+        "held",
         "running",
         "completed",
         "failed",
@@ -251,10 +252,11 @@ fn print_watch(ops: &[OpSnapshot], dropped_events: u64) -> std::io::Result<()> {
         }
         writeln!(
             out,
-            "{:<16} {:>10} {:>8} {:>7} {:>10} {:>7} {:>9} {:>8} {:>8} {:>11.0} {:>9.3} {:>9.3}  {}",
+            "{:<16} {:>10} {:>8} {:>7} {:>7} {:>10} {:>7} {:>9} {:>8} {:>8} {:>11.0} {:>9.3} {:>9.3}  {}",
             op.op,
             op.submitted,
             op.waiting,
+            op.held,
             op.running,
             op.completed,
             op.failed,

@@ -267,8 +267,9 @@ pub struct OpSnapshot {
     pub waiting: u64,
     /// Running now.
     pub running: u64,
-    /// Batches among the waiting tokens set aside by a pause or a throttle, until a
-    /// resume or a free running slot (absent from servers before it was added).
+    /// The waiting tokens set aside by a pause or a throttle (until a resume, a free
+    /// running slot, a lifted throttle or a cancel), apart from those still queued
+    /// (absent from servers before it was added).
     #[serde(default)]
     pub held: u64,
     /// Returned a value.

@@ -258,11 +258,13 @@ impl OpControlState {
         self.running.load(Relaxed)
     }
 
-    /// Batches set aside now by a pause or a throttle (two short locks: for snapshots,
-    /// not the lanes).
+    /// Tokens in the batches set aside now by a pause or a throttle (two short locks,
+    /// one after the other: for snapshots, not the lanes).
     pub(crate) fn held(&self) -> u64 {
-        let parked = self.parked.lock().unwrap_or_else(|e| e.into_inner()).len();
-        let throttled = self.throttled.lock().unwrap_or_else(|e| e.into_inner()).len();
+        let tokens = |jobs: &[(LaneSet, BoxJob)]| jobs.iter().map(|(_, job)| job.len()).sum();
+        let parked: usize = tokens(&self.parked.lock().unwrap_or_else(|e| e.into_inner()));
+        let throttled: usize =
+            tokens(self.throttled.lock().unwrap_or_else(|e| e.into_inner()).make_contiguous());
         (parked + throttled) as u64
     }
 

@@ -5,7 +5,7 @@
 
 const INTERVAL_MS = 250;
 const HISTORY = 5 * 60 * 1000 / INTERVAL_MS; // five minutes of points
-const FIELDS = ["weight", "submitted", "waiting", "running", "completed", "failed", "cancelled",
+const FIELDS = ["weight", "submitted", "waiting", "held", "running", "completed", "failed", "cancelled",
   "timed_out", "rejected", "throughput", "p50_ms", "p99_ms", "overrides"];
 
 const $ = (id) => document.getElementById(id);
