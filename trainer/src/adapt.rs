@@ -51,12 +51,23 @@ impl Default for TreeRefit {
 
 impl Refit for TreeRefit {
     fn refit(&self, ops: &[String], samples: &[Sample]) -> Result<Model, String> {
+        // Only the operations the window has rows of are in the candidate's vocabulary:
+        // an operation without rows would be placed by whatever its neighbours on the
+        // operation-major axis are; unknown, it is routed by its tag.
+        let mut index = vec![u32::MAX; ops.len()];
+        let mut present = Vec::new();
+        let mut rows = Vec::with_capacity(samples.len());
+        for s in samples {
+            let Some(slot) = index.get_mut(s.op as usize) else { continue };
+            if *slot == u32::MAX {
+                *slot = present.len() as u32;
+                present.push(ops[s.op as usize].clone());
+            }
+            rows.push(Row { op: *slot, arg_size: s.arg_size, run_ns: s.run_ns });
+        }
         let data = Data {
-            ops: ops.to_vec(),
-            rows: samples
-                .iter()
-                .map(|s| Row { op: s.op, arg_size: s.arg_size, run_ns: s.run_ns })
-                .collect(),
+            ops: present,
+            rows,
             files: Vec::new(),
             skipped: 0,
             remote_rows: 0,
@@ -74,15 +85,16 @@ mod tests {
 
     #[test]
     fn a_refit_learns_which_sizes_are_slow() {
-        let ops = vec!["work".to_string()];
+        let ops = vec!["idle".to_string(), "work".to_string()];
         let samples: Vec<Sample> = (0..2_000u64)
             .map(|i| {
                 let arg_size = if i % 2 == 0 { 10 } else { 1_000_000 };
                 let run_ns = if i % 2 == 0 { 2_000 } else { 1_500_000 };
-                Sample { op: 0, arg_size, run_ns }
+                Sample { op: 1, arg_size, run_ns }
             })
             .collect();
         let model = TreeRefit::default().refit(&ops, &samples).unwrap();
+        assert_eq!(model.op_index("idle"), None, "no rows: left to its tag");
         let index = model.op_index("work").unwrap();
         let class = |size| model.predict(&tokengate::features::model_inputs(index, size));
         let classes = &model.header().classes;
