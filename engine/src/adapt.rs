@@ -62,7 +62,7 @@ impl std::fmt::Debug for Adaptation {
 
 impl Adaptation {
     /// Adapts `router`'s model with `refit`: a re-fit every 100 ms on the rows of the
-    /// last 500 ms (at least the newest 1,000; at most 50,000 kept).
+    /// last 300 ms (at least the newest 1,000; at most 50,000 kept).
     pub fn new(router: Arc<AdaptiveRouter>, refit: Arc<dyn Refit>) -> Self {
         Adaptation {
             router,
@@ -79,7 +79,7 @@ impl Adaptation {
         self
     }
 
-    /// Only rows this recent are fitted on (default 500 ms; at least the newest 1,000
+    /// Only rows this recent are fitted on (default 300 ms; at least the newest 1,000
     /// rows whatever their age).
     pub fn horizon(mut self, horizon: Duration) -> Self {
         self.horizon = horizon;
@@ -94,7 +94,7 @@ impl Adaptation {
 }
 
 /// The default horizon: a re-fit sees only rows this recent (ms).
-const HORIZON_MS: u64 = 500;
+const HORIZON_MS: u64 = 300;
 /// Most rows one re-fit uses.
 const MAX_FIT_ROWS: usize = 10_000;
 /// Fewest rows one re-fit uses (more than the horizon holds, on a slow stream).

@@ -29,20 +29,18 @@ pub struct TreeRefit {
 impl Default for TreeRefit {
     fn default() -> Self {
         // The engine scores candidates on rows it holds out itself: fit on (nearly) all.
-        // A window holds few rows of a rare band, so no split on the shared size axis
-        // (see `FitOptions::shared_size_axis`): a candidate must not move one
-        // operation's calls because another's changed. The depth is given back: on one
-        // axis the tree spends a level per band edge, nearly one operation after the
-        // other (datasets/' 6 operations took 9 levels; at 8, `hash`, the fourth, lost
-        // its heavy band). It costs fit time on many noisy rows: a 200,000-row window
-        // fits in about 1 s instead of 0.44 (depth 8, shared axis); at 10,000 rows (what
-        // a round fits) 14 ms instead of 12.
+        // One tree per operation: a window holds few rows of a rare band, and in one
+        // tree over all operations such rows can end in a leaf of another operation's
+        // (see `FitOptions::per_operation`); a candidate must not move one operation's
+        // calls because another's changed. Leaves of 10 rows: a band of 1% of the
+        // calls has about 25 rows in a window of 300 ms at 8,000 calls/s, and a split
+        // needs twice the leaf size on each side's parent.
         TreeRefit {
             options: FitOptions {
                 validation_share: 0.05,
                 min_rows: 200,
-                max_depth: 16,
-                shared_size_axis: false,
+                min_leaf_rows: 10,
+                per_operation: true,
                 ..FitOptions::default()
             },
         }
@@ -141,8 +139,8 @@ mod tests {
         for size in [120_000, 200_000, 400_000, 10_000_000] {
             assert_eq!(placed(0, size), heavy, "steady at {size}");
         }
-        // What a fit with the shared size axis does with the same rows.
-        let shared = TreeRefit { options: FitOptions { shared_size_axis: true, ..refit.options } };
+        // What one tree over every operation does with the same rows.
+        let shared = TreeRefit { options: FitOptions { per_operation: false, ..refit.options } };
         let placed = lanes(&shared);
         assert_eq!(placed(1, 400_000), light);
         assert_eq!(placed(0, 400_000), light, "steady's unseen sizes moved with shifted's");

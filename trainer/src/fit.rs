@@ -8,7 +8,7 @@ use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use tokengate::features::{
-    class_edges_ns, class_of, model_inputs, FEATURE_SCHEMA_VERSION, MODEL_FEATURES,
+    class_edges_ns, class_of, model_inputs, FEATURE_SCHEMA_VERSION, MODEL_FEATURES, OP_STRIDE,
 };
 use tokengate::model::{
     self, batch_for, policy_for, ClassPolicy, Model, ModelHeader, TrainingInfo,
@@ -38,18 +38,17 @@ pub struct FitOptions {
     /// Fewest training rows in a leaf (default 20): keeps the tree from spending its
     /// depth on runtime noise at a class edge.
     pub min_leaf_rows: usize,
-    /// Whether the tree may split on the shared `arg_size_log2` axis (default true).
-    /// One such split serves every operation at once, which saves depth, but in a node
-    /// that still holds several operations it also moves the sizes of one that no
-    /// training row covered to the side another's rows chose: in `drift`, a split
-    /// carving out `hash`'s heavy sizes (turned light) put `sort`'s largest calls on the
-    /// light lanes too. Without it every split lies on the operation-major axis: one
-    /// inside an operation's range of sizes divides that operation's calls only, and
-    /// one between two operations' ranges lies halfway (32 doublings of size or more
-    /// from either), so only an operation without rows is placed by its neighbours'.
-    /// The tree needs more depth: a level per band edge, nearly one operation after
-    /// the other. Online re-fits turn it off (at depth 16).
-    pub shared_size_axis: bool,
+    /// One tree per operation, joined under splits at the operations' boundaries
+    /// (default false: one tree over all rows). The single tree may split on the
+    /// `arg_size_log2` axis that every operation shares, and anywhere on the
+    /// operation-major axis: a leaf can then hold the largest calls of one operation
+    /// with the smallest of the next, or the same sizes of several, which saves depth
+    /// but places an operation's sizes that few or no rows covered by its neighbours'
+    /// (in `drift`, after a re-fit carved out `hash`'s heavy sizes turned light,
+    /// `sort`'s largest calls went to the light lanes with them). Per operation, each
+    /// operation's sizes are placed by its own rows only, and sizes beyond them by its
+    /// own largest or smallest. Online re-fits use it.
+    pub per_operation: bool,
 }
 
 impl Default for FitOptions {
@@ -62,7 +61,7 @@ impl Default for FitOptions {
             seed: 42,
             min_rows: 100,
             min_leaf_rows: 20,
-            shared_size_axis: true,
+            per_operation: false,
         }
     }
 }
@@ -102,14 +101,11 @@ pub fn fit(data: &Data, options: &FitOptions) -> Result<Fitted, TrainError> {
     let held_out = ((rows.len() as f64 * options.validation_share) as usize).max(1);
     let (validation, train) = order.split_at(held_out);
 
-    let (x_train, y_train) = matrix(rows, &labels, train, options.shared_size_axis);
-    let dataset = Dataset::new(x_train, y_train).with_feature_names(MODEL_FEATURES.to_vec());
-    let tree: DecisionTree<f64, usize> = DecisionTree::params()
-        .max_depth(Some(options.max_depth))
-        .min_weight_leaf(options.min_leaf_rows as f32)
-        .min_weight_split(2.0 * options.min_leaf_rows as f32)
-        .fit(&dataset)
-        .map_err(|e| TrainError::Fit(e.to_string()))?;
+    let tree = if options.per_operation {
+        per_operation_tree(rows, &labels, train, options)?
+    } else {
+        fit_tree(rows, &labels, train, options, true)?
+    };
 
     let overhead_ns = dispatch_overhead_ns(&data.dispatch_ns);
     let mut header = ModelHeader {
@@ -138,7 +134,7 @@ pub fn fit(data: &Data, options: &FitOptions) -> Result<Fitted, TrainError> {
         .iter()
         .map(|&i| compiled.predict(&model_inputs(rows[i].op, rows[i].arg_size)))
         .collect();
-    let (x_val, _) = matrix(rows, &labels, validation, options.shared_size_axis);
+    let (x_val, _) = matrix(rows, &labels, validation, true);
     let linfa_predicted = tree.predict(&x_val);
     let flat_mismatches = linfa_predicted.iter().zip(&predicted).filter(|(a, b)| a != b).count();
     let metrics = Metrics::score(
@@ -199,8 +195,84 @@ fn check(options: &FitOptions) -> Result<(), TrainError> {
 /// The column of `arg_size_log2` in [`MODEL_FEATURES`].
 const SIZE_AXIS: usize = 1;
 
+/// A bounded-depth tree on the rows at `indices`.
+fn fit_tree(
+    rows: &[Row],
+    labels: &[usize],
+    indices: &[usize],
+    options: &FitOptions,
+    shared_size_axis: bool,
+) -> Result<DecisionTree<f64, usize>, TrainError> {
+    let (x, y) = matrix(rows, labels, indices, shared_size_axis);
+    let dataset = Dataset::new(x, y).with_feature_names(MODEL_FEATURES.to_vec());
+    DecisionTree::params()
+        .max_depth(Some(options.max_depth))
+        .min_weight_leaf(options.min_leaf_rows as f32)
+        .min_weight_split(2.0 * options.min_leaf_rows as f32)
+        .fit(&dataset)
+        .map_err(|e| TrainError::Fit(e.to_string()))
+}
+
+/// One tree per operation (each on its own rows, on the operation-major axis alone),
+/// joined by a balanced tree of splits at the operations' boundaries on that axis. An
+/// operation's inputs lie in `[op × OP_STRIDE, op × OP_STRIDE + 64]`, so a boundary
+/// just under the next operation's start parts them exactly. linfa-trees has no public
+/// constructor for nodes: the trees are joined in their serde form (the one the model
+/// file stores), and the result is read back and checked like any tree.
+fn per_operation_tree(
+    rows: &[Row],
+    labels: &[usize],
+    train: &[usize],
+    options: &FitOptions,
+) -> Result<DecisionTree<f64, usize>, TrainError> {
+    let mut by_op: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
+    for &i in train {
+        by_op.entry(rows[i].op).or_default().push(i);
+    }
+    let mut subtrees = Vec::with_capacity(by_op.len());
+    for (op, indices) in by_op {
+        let tree = fit_tree(rows, labels, &indices, options, false)?;
+        let mut value = serde_json::to_value(&tree).map_err(|e| TrainError::Fit(e.to_string()))?;
+        subtrees.push((op, value["root_node"].take()));
+    }
+    let mut root = join_at_boundaries(&mut subtrees);
+    set_depths(&mut root, 0);
+    let tree = serde_json::json!({ "root_node": root, "num_features": MODEL_FEATURES.len() });
+    serde_json::from_value(tree).map_err(|e| TrainError::Fit(format!("joining trees: {e}")))
+}
+
+/// A balanced tree over `subtrees` (sorted by operation, at least one).
+fn join_at_boundaries(subtrees: &mut [(u32, serde_json::Value)]) -> serde_json::Value {
+    if let [(_, only)] = subtrees {
+        return only.take();
+    }
+    let mid = subtrees.len() / 2;
+    let boundary = f64::from(subtrees[mid].0) * OP_STRIDE - 0.5;
+    let (left, right) = subtrees.split_at_mut(mid);
+    serde_json::json!({
+        "feature_idx": 0,
+        "feature_name": MODEL_FEATURES[0],
+        "split_value": boundary,
+        "impurity_decrease": 0.0,
+        "left_child": join_at_boundaries(left),
+        "right_child": join_at_boundaries(right),
+        "leaf_node": false,
+        "prediction": 0,
+        "depth": 0,
+    })
+}
+
+fn set_depths(node: &mut serde_json::Value, depth: usize) {
+    node["depth"] = depth.into();
+    for child in ["left_child", "right_child"] {
+        if node[child].is_object() {
+            set_depths(&mut node[child], depth + 1);
+        }
+    }
+}
+
 /// The feature matrix and labels of the rows at `indices`. Without `shared_size_axis`
-/// that column is left at zero: a constant column has no split, so the tree never uses
+/// the `arg_size_log2` column is left at zero: a constant column has no split, so the tree never uses
 /// it, and the model keeps the engine's input list (the engine still computes the
 /// input; no node reads it).
 pub(crate) fn matrix(
@@ -335,9 +407,9 @@ mod tests {
     }
 
     #[test]
-    fn without_the_shared_size_axis_no_node_splits_on_it() {
+    fn per_operation_no_node_splits_on_the_shared_size_axis() {
         assert_eq!(features_split_on(&FitOptions::default()), vec![SIZE_AXIS]);
-        let options = FitOptions { shared_size_axis: false, ..FitOptions::default() };
+        let options = FitOptions { per_operation: true, ..FitOptions::default() };
         assert_eq!(features_split_on(&options), vec![0]);
     }
 }

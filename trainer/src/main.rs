@@ -45,11 +45,11 @@ enum Command {
         /// Fewest training rows in a leaf.
         #[arg(long, default_value_t = 20)]
         min_leaf_rows: usize,
-        /// Split on the operation-major axis only, never on the size axis shared by
-        /// every operation, as online re-fits do (give it more depth, e.g. 16: a level
-        /// per band edge, nearly one operation after the other).
+        /// One tree per operation, joined at the operations' boundaries, as online
+        /// re-fits do: an operation's sizes are placed by its own rows only (the depth
+        /// bound applies to each operation's tree).
         #[arg(long)]
-        no_shared_size_axis: bool,
+        per_operation: bool,
     },
     /// Score a saved model on (other) telemetry.
     Eval {
@@ -82,7 +82,7 @@ fn main() -> Result<()> {
             validation_share,
             seed,
             min_leaf_rows,
-            no_shared_size_axis,
+            per_operation,
         } => {
             let data = read(&data)?;
             let options = fit::FitOptions {
@@ -92,7 +92,7 @@ fn main() -> Result<()> {
                 validation_share,
                 seed,
                 min_leaf_rows,
-                shared_size_axis: !no_shared_size_axis,
+                per_operation,
                 ..Default::default()
             };
             let spinner = spinner(format!("fitting on {} rows", data.rows.len()));

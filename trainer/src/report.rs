@@ -180,9 +180,14 @@ fn write_node(
     let condition = match MODEL_FEATURES.get(feature).copied() {
         Some("op_size") => {
             let op = (threshold / OP_STRIDE).floor();
-            let size = (threshold - op * OP_STRIDE).exp2() - 1.0;
-            let name = header.ops.get(op as usize).map_or("?", String::as_str);
-            format!("(op, arg_size) < ({name}, {size:.0})")
+            let within = threshold - op * OP_STRIDE;
+            let name = |op: f64| header.ops.get(op as usize).map_or("?", String::as_str);
+            if within > 64.0 {
+                // Past every size of `op`: a boundary between operations.
+                format!("op < {}", name(op + 1.0))
+            } else {
+                format!("(op, arg_size) < ({}, {:.0})", name(op), within.exp2() - 1.0)
+            }
         }
         Some("arg_size_log2") => {
             format!("arg_size < {:.0} (log2 {threshold:.2})", threshold.exp2() - 1.0)

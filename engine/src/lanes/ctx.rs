@@ -50,7 +50,17 @@ pub(crate) struct LaneCtx {
     helped_ns: Cell<u64>,
     /// When the lane last offered its core to other threads (see [`LaneCtx::share_core`]).
     yielded_at: Cell<Instant>,
+    /// When the oldest buffered record was buffered.
+    buffered_at: Cell<Instant>,
 }
+
+/// A lane hands its records to the writer once it holds this long a buffer's oldest
+/// (or [`FLUSH_ROWS`] of them, or when it idles): online adaptation and the live stats
+/// see rows within tens of milliseconds, not the quarter second a busy lane takes to
+/// fill a buffer.
+const FLUSH_AGE: std::time::Duration = std::time::Duration::from_millis(20);
+/// The buffer's age is checked every this many records (a clock read each).
+const FLUSH_AGE_CHECK: usize = 8;
 
 /// A busy lane offers its core to other runnable threads at least this often.
 const SHARE_CORE_EVERY: std::time::Duration = std::time::Duration::from_millis(1);
@@ -76,6 +86,7 @@ impl LaneCtx {
             depth: Cell::new(0),
             helped_ns: Cell::new(0),
             yielded_at: Cell::new(Instant::now()),
+            buffered_at: Cell::new(Instant::now()),
         }
     }
 
@@ -185,8 +196,13 @@ impl LaneCtx {
     pub(crate) fn record(&self, record: TokenRecord) {
         let full = {
             let mut records = self.records.borrow_mut();
+            if records.is_empty() {
+                self.buffered_at.set(Instant::now());
+            }
             records.push(record);
             records.len() >= FLUSH_ROWS
+                || (records.len().is_multiple_of(FLUSH_AGE_CHECK)
+                    && self.buffered_at.get().elapsed() >= FLUSH_AGE)
         };
         if full {
             self.flush();
