@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use tokengate::{Refit, Sample};
+use tokengate::{Refit, Sample, Weight};
 use trainer::adapt::TreeRefit;
 
 /// A splitmix64 stream: reproducible rows without a dependency.
@@ -42,7 +42,7 @@ fn samples(rows: usize) -> Vec<Sample> {
             let per_byte = [0.5, 2.0, 8.0, 0.1, 20.0, 1.0][op as usize];
             let noise = 0.75 + 0.5 * rng.unit();
             let run_ns = (1_000.0 + per_byte * arg_size as f64 * noise).min(5e6) as u64;
-            Sample { op, arg_size, run_ns }
+            Sample { op, arg_size, run_ns, declared: Weight::Light }
         })
         .collect()
 }

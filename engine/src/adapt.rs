@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::model::Model;
-use crate::placement::LaneSet;
+use crate::placement::{LaneSet, Weight};
 use crate::router::AdaptiveRouter;
 use crate::telemetry::{RecordOutcome, TokenRecord};
 
@@ -29,6 +29,9 @@ pub struct Sample {
     pub arg_size: u64,
     /// How long it ran (ns).
     pub run_ns: u64,
+    /// The weight it declared: where its tag places it when a model does not know
+    /// the operation.
+    pub declared: Weight,
 }
 
 /// Fits a candidate model on recent samples.
@@ -164,7 +167,15 @@ impl Adapter {
             // A remote run's row carries the worker's serving time, not a run time.
             let learnable = matches!(r.outcome, RecordOutcome::Completed | RecordOutcome::TimedOut);
             if learnable && r.lane_set != LaneSet::Remote {
-                rows.push_back((now, Sample { op: r.op, arg_size: r.arg_size, run_ns: r.run_ns }));
+                rows.push_back((
+                    now,
+                    Sample {
+                        op: r.op,
+                        arg_size: r.arg_size,
+                        run_ns: r.run_ns,
+                        declared: r.declared,
+                    },
+                ));
             }
         }
         let excess = rows.len().saturating_sub(self.config.window);
@@ -353,11 +364,19 @@ fn score(model: &Model, ops: &[String], samples: &[Sample]) -> Score {
             .and_then(|name| model.op_index(name))
             .map(|index| model.predict(&crate::features::model_inputs(index, s.arg_size)))
             .and_then(|class| classes.get(class));
-        let Some(class) = class else { continue };
-        hits += usize::from(class.min_ns <= s.run_ns && s.run_ns < class.max_ns);
+        // An operation the model does not know is placed by its tag (the router's
+        // fallback), and scored so: a candidate without it is not excused its rows.
+        let lanes = match class {
+            Some(class) => {
+                hits += usize::from(class.min_ns <= s.run_ns && s.run_ns < class.max_ns);
+                class.lanes
+            }
+            None if s.declared == Weight::Heavy => LaneSet::Heavy,
+            None => LaneSet::Light,
+        };
         let heavy = s.run_ns >= crate::model::HEAVY_NS;
-        heavy_on_light += usize::from(heavy && class.lanes == LaneSet::Light);
-        light_on_heavy += usize::from(!heavy && class.lanes == LaneSet::Heavy);
+        heavy_on_light += usize::from(heavy && lanes == LaneSet::Light);
+        light_on_heavy += usize::from(!heavy && lanes == LaneSet::Heavy);
     }
     let all = samples.len().max(1) as f64;
     Score {
@@ -401,5 +420,19 @@ mod tests {
         // One row of a hundred is not evidence.
         let few = score(0.90, 0.0, 0.01, 100);
         assert!(!score(0.90, 0.0, 0.0, 100).better_than(&few));
+    }
+
+    #[test]
+    fn rows_of_an_operation_the_model_does_not_know_are_scored_where_their_tag_places_them() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/default.bin");
+        let model = crate::model::Model::load(path).unwrap();
+        let ops = vec!["not_in_the_model".to_string()];
+        let row = |declared, run_ns| super::Sample { op: 0, arg_size: 10, run_ns, declared };
+        let (heavy, light) = (super::Weight::Heavy, super::Weight::Light);
+        let scored = super::score(&model, &ops, &[row(heavy, 2_000), row(light, 2_000)]);
+        assert_eq!((scored.light_on_heavy, scored.heavy_on_light), (0.5, 0.0));
+        let scored = super::score(&model, &ops, &[row(light, 3_000_000), row(heavy, 3_000_000)]);
+        assert_eq!((scored.light_on_heavy, scored.heavy_on_light), (0.0, 0.5));
+        assert_eq!(scored.accuracy, 0.0, "no class predicted, none hit");
     }
 }

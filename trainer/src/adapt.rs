@@ -80,6 +80,7 @@ impl Refit for TreeRefit {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokengate::Weight;
 
     #[test]
     fn a_refit_learns_which_sizes_are_slow() {
@@ -88,7 +89,7 @@ mod tests {
             .map(|i| {
                 let arg_size = if i % 2 == 0 { 10 } else { 1_000_000 };
                 let run_ns = if i % 2 == 0 { 2_000 } else { 1_500_000 };
-                Sample { op: 1, arg_size, run_ns }
+                Sample { op: 1, arg_size, run_ns, declared: Weight::Light }
             })
             .collect();
         let model = TreeRefit::default().refit(&ops, &samples).unwrap();
@@ -115,7 +116,7 @@ mod tests {
                     (1, _) => (160_000 + i * 100, 2_000),
                     _ => (100_000 + i * 8, 3_000_000),
                 };
-                Sample { op, arg_size, run_ns }
+                Sample { op, arg_size, run_ns, declared: Weight::Light }
             })
             .collect();
         (ops, samples)
@@ -157,10 +158,17 @@ mod tests {
         let ops = vec!["short".to_string(), "long".to_string()];
         let samples: Vec<Sample> = (0..4_000u64)
             .map(|i| match i % 4 {
-                0 => Sample { op: 0, arg_size: 10, run_ns: 2_000 },
-                1 => Sample { op: 0, arg_size: 1_000, run_ns: 300_000 + i },
-                2 => Sample { op: 1, arg_size: 1_000, run_ns: 2_000 },
-                _ => Sample { op: 1, arg_size: 100_000, run_ns: 3_000_000 + i },
+                0 => Sample { op: 0, arg_size: 10, run_ns: 2_000, declared: Weight::Light },
+                1 => {
+                    Sample { op: 0, arg_size: 1_000, run_ns: 300_000 + i, declared: Weight::Light }
+                }
+                2 => Sample { op: 1, arg_size: 1_000, run_ns: 2_000, declared: Weight::Light },
+                _ => Sample {
+                    op: 1,
+                    arg_size: 100_000,
+                    run_ns: 3_000_000 + i,
+                    declared: Weight::Light,
+                },
             })
             .collect();
         let model = TreeRefit::default().refit(&ops, &samples).unwrap();

@@ -98,7 +98,25 @@ pub fn fit(data: &Data, options: &FitOptions) -> Result<Fitted, TrainError> {
     }
     let mut order: Vec<usize> = (0..rows.len()).collect();
     order.shuffle(&mut SmallRng::seed_from_u64(options.seed));
-    let held_out = ((rows.len() as f64 * options.validation_share) as usize).max(1);
+    let mut held_out = ((rows.len() as f64 * options.validation_share) as usize).max(1);
+    if options.per_operation {
+        // Every operation keeps a training row (its own tree): one held out entirely
+        // moves a row to the training side, or its calls would fall into a neighbour's
+        // leaf.
+        let mut trained: std::collections::HashSet<u32> =
+            order[held_out..].iter().map(|&i| rows[i].op).collect();
+        let mut k = 0;
+        while k < held_out {
+            let op = rows[order[k]].op;
+            if trained.contains(&op) || held_out == 1 {
+                k += 1;
+                continue;
+            }
+            held_out -= 1;
+            order.swap(k, held_out);
+            trained.insert(op);
+        }
+    }
     let (validation, train) = order.split_at(held_out);
 
     let tree = if options.per_operation {
@@ -404,6 +422,24 @@ mod tests {
         features.sort_unstable();
         features.dedup();
         features
+    }
+
+    #[test]
+    fn per_operation_every_operation_keeps_a_training_row() {
+        // `lone`'s one call is cheap; `busy`'s large calls, beside it on the
+        // operation-major axis, are slow. Held out, the lone row would leave `lone`
+        // without a tree of its own, placed by `busy`'s largest calls.
+        let mut data = data();
+        data.ops = vec!["busy".to_string(), "lone".to_string()];
+        data.rows.retain(|r| r.op == 0);
+        data.rows.push(Row { op: 1, arg_size: 10, run_ns: 2_000 });
+        for seed in 0..30 {
+            let options = FitOptions { per_operation: true, seed, ..FitOptions::default() };
+            let fitted = fit(&data, &options).unwrap();
+            let model = Model::from_bytes(&fitted.bytes).unwrap();
+            let class = model.predict(&model_inputs(1, 10));
+            assert_eq!(class, 0, "seed {seed}");
+        }
     }
 
     #[test]

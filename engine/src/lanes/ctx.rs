@@ -50,14 +50,17 @@ pub(crate) struct LaneCtx {
     helped_ns: Cell<u64>,
     /// When the lane last offered its core to other threads (see [`LaneCtx::share_core`]).
     yielded_at: Cell<Instant>,
-    /// When the oldest buffered record was buffered.
+    /// Whether records are handed on by age too ([`FLUSH_AGE`]): when online adaptation
+    /// reads them.
+    fresh: bool,
+    /// When the oldest buffered record was buffered (kept when `fresh`).
     buffered_at: Cell<Instant>,
 }
 
-/// A lane hands its records to the writer once it holds this long a buffer's oldest
-/// (or [`FLUSH_ROWS`] of them, or when it idles): online adaptation and the live stats
-/// see rows within tens of milliseconds, not the quarter second a busy lane takes to
-/// fill a buffer.
+/// With online adaptation, a lane hands its records to the writer once it holds this
+/// long a buffer's oldest (or [`FLUSH_ROWS`] of them, or when it idles): the re-fits see
+/// rows within tens of milliseconds, not the quarter second a busy lane takes to fill
+/// a buffer.
 const FLUSH_AGE: std::time::Duration = std::time::Duration::from_millis(20);
 /// The buffer's age is checked every this many records (a clock read each).
 const FLUSH_AGE_CHECK: usize = 8;
@@ -74,6 +77,7 @@ impl LaneCtx {
     pub(super) fn new(lanes: Arc<Lanes>, index: usize, core: i32, stuck: Arc<AtomicBool>) -> Self {
         let telemetry =
             lanes.telemetry.as_ref().and_then(|t| t.sender().map(|sender| (Arc::clone(t), sender)));
+        let fresh = telemetry.as_ref().is_some_and(|(t, _)| t.fresh);
         let records = if telemetry.is_some() { Vec::with_capacity(FLUSH_ROWS) } else { Vec::new() };
         LaneCtx {
             lanes,
@@ -86,6 +90,7 @@ impl LaneCtx {
             depth: Cell::new(0),
             helped_ns: Cell::new(0),
             yielded_at: Cell::new(Instant::now()),
+            fresh,
             buffered_at: Cell::new(Instant::now()),
         }
     }
@@ -196,12 +201,13 @@ impl LaneCtx {
     pub(crate) fn record(&self, record: TokenRecord) {
         let full = {
             let mut records = self.records.borrow_mut();
-            if records.is_empty() {
+            if self.fresh && records.is_empty() {
                 self.buffered_at.set(Instant::now());
             }
             records.push(record);
             records.len() >= FLUSH_ROWS
-                || (records.len().is_multiple_of(FLUSH_AGE_CHECK)
+                || (self.fresh
+                    && records.len().is_multiple_of(FLUSH_AGE_CHECK)
                     && self.buffered_at.get().elapsed() >= FLUSH_AGE)
         };
         if full {
@@ -217,7 +223,13 @@ impl LaneCtx {
             if records.is_empty() {
                 return;
             }
-            std::mem::replace(&mut *records, Vec::with_capacity(FLUSH_ROWS))
+            // Buffers handed on by age hold tens of rows, not a thousand: the next one
+            // starts at about that size (the channel bounds buffers, not rows).
+            let capacity = match self.fresh {
+                true => (records.len() * 2).clamp(64, FLUSH_ROWS),
+                false => FLUSH_ROWS,
+            };
+            std::mem::replace(&mut *records, Vec::with_capacity(capacity))
         };
         telemetry.submit(sender, full);
     }

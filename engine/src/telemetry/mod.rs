@@ -197,6 +197,9 @@ pub(crate) struct Telemetry {
     sender: Mutex<Option<Sender<Vec<TokenRecord>>>>,
     pub(crate) origin: Arc<Origin>,
     pub(crate) sample_every: u64,
+    /// Whether rows are wanted fresh (a tap, online adaptation, reads them): lanes then
+    /// also hand on a buffer by its age, not only when full.
+    pub(crate) fresh: bool,
     recorded: AtomicU64,
     dropped: AtomicU64,
     writer: Mutex<Option<JoinHandle<WriterOutput>>>,
@@ -226,6 +229,7 @@ impl Telemetry {
             std::fs::create_dir_all(dir)?;
         }
         let (sender, receiver) = crossbeam_channel::bounded(CHANNEL_BUFFERS);
+        let fresh = sink.tap.is_some();
         let run_id = run_id();
         let origin = Arc::new(Origin::here());
         let writer_origin = Arc::clone(&origin);
@@ -243,6 +247,7 @@ impl Telemetry {
             live,
             sender: Mutex::new(Some(sender)),
             sample_every: sample_every.max(1),
+            fresh,
             recorded: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             writer: Mutex::new(Some(writer)),
