@@ -63,15 +63,7 @@ impl Refit for TreeRefit {
             }
             rows.push(Row { op: *slot, arg_size: s.arg_size, run_ns: s.run_ns });
         }
-        let data = Data {
-            ops: present,
-            rows,
-            files: Vec::new(),
-            skipped: 0,
-            remote_rows: 0,
-            dispatch_ns: Vec::new(),
-            remote_ns: Vec::new(),
-        };
+        let data = Data { ops: present, rows, ..Data::default() };
         let fitted = fit(&data, &self.options).map_err(|e| e.to_string())?;
         Model::from_bytes(&fitted.bytes).map_err(|e| e.to_string())
     }

@@ -402,15 +402,7 @@ mod tests {
                 Row { op: (i % 3) as u32, arg_size, run_ns }
             })
             .collect();
-        Data {
-            ops: ["a", "b", "c"].map(String::from).to_vec(),
-            rows,
-            files: Vec::new(),
-            skipped: 0,
-            remote_rows: 0,
-            dispatch_ns: Vec::new(),
-            remote_ns: Vec::new(),
-        }
+        Data { ops: ["a", "b", "c"].map(String::from).to_vec(), rows, ..Data::default() }
     }
 
     fn features_split_on(options: &FitOptions) -> Vec<usize> {
