@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::model::Model;
 use crate::placement::{LaneSet, Weight};
-use crate::router::AdaptiveRouter;
+use crate::router::{AdaptiveRouter, CostWatch, LearnedRouter};
 use crate::telemetry::{RecordOutcome, TokenRecord};
 
 /// One observed run the model can learn from.
@@ -120,6 +120,14 @@ pub struct AdaptStatus {
     pub last_swap_s_ago: Option<f64>,
     /// CPU time of the last re-fit (ms).
     pub last_fit_ms: f64,
+    /// Watch cells (an operation's half-octave of sizes) of the current model that the
+    /// cost watch has moved to the other lane set, their recent calls having run in
+    /// that set's class.
+    #[serde(default)]
+    pub cells_moved: u32,
+    /// Cell moves (either way) since the start.
+    #[serde(default)]
+    pub cell_moves: u64,
 }
 
 type SwapHook = Box<dyn Fn(u32) + Send>;
@@ -140,6 +148,9 @@ pub(crate) struct Adapter {
     thread: Mutex<Option<JoinHandle<()>>>,
     /// Called with the new version after each swap (the control port's event).
     on_swap: Mutex<Option<SwapHook>>,
+    /// Follows what calls cost between re-fits (fed by `observe`).
+    watch: Mutex<CostWatch>,
+    cell_moves: AtomicU64,
 }
 
 impl Adapter {
@@ -156,17 +167,27 @@ impl Adapter {
             op_names,
             thread: Mutex::new(None),
             on_swap: Mutex::new(None),
+            watch: Mutex::new(CostWatch::default()),
+            cell_moves: AtomicU64::new(0),
         })
     }
 
-    /// Takes a buffer of telemetry rows into the window (the telemetry writer calls it).
+    /// Takes a buffer of telemetry rows into the window, and each into the cost watch
+    /// (the telemetry writer calls it).
     pub(crate) fn observe(&self, records: &[TokenRecord]) {
         let now = Instant::now();
+        let router = self.config.router.current();
+        let watching = self.enabled.load(Ordering::Relaxed);
+        let mut watch = self.watch.lock().unwrap_or_else(|e| e.into_inner());
+        let mut moves = 0;
         let mut rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
         for r in records {
             // A remote run's row carries the worker's serving time, not a run time.
             let learnable = matches!(r.outcome, RecordOutcome::Completed | RecordOutcome::TimedOut);
             if learnable && r.lane_set != LaneSet::Remote {
+                if watching {
+                    moves += u64::from(watch.observe(&router, r.op, r.arg_size, r.run_ns));
+                }
                 rows.push_back((
                     now,
                     Sample {
@@ -181,6 +202,13 @@ impl Adapter {
         let excess = rows.len().saturating_sub(self.config.window);
         rows.drain(..excess);
         self.rows_seen.fetch_add(records.len() as u64, Ordering::Relaxed);
+        if moves > 0 {
+            self.cell_moves.fetch_add(moves, Ordering::Relaxed);
+            tracing::debug!(
+                "adaptation: the cost watch moved {moves} cells ({} moved now)",
+                router.moved_cells()
+            );
+        }
     }
 
     /// Starts the re-fitting thread.
@@ -215,6 +243,8 @@ impl Adapter {
         status.model_version = crate::router::Router::model_version(&*self.config.router);
         status.swaps = self.config.router.swaps();
         status.rows_seen = self.rows_seen.load(Ordering::Relaxed);
+        status.cells_moved = self.config.router.current().moved_cells() as u32;
+        status.cell_moves = self.cell_moves.load(Ordering::Relaxed);
         status.last_swap_s_ago = self
             .last_swap
             .lock()
@@ -283,8 +313,12 @@ impl Adapter {
             }
         };
         let fit_ms = started.elapsed().as_secs_f64() * 1e3;
-        let current = self.config.router.model();
-        let (now, new) = (score(&current, &ops, newest), score(&candidate, &ops, newest));
+        // The current router is scored as it places now, moved cells included: a
+        // candidate that would put a moved cell back is not better for it.
+        let candidate = self.config.router.router_for(candidate);
+        let current = self.config.router.current();
+        candidate.carry_moves(&current, self.config.router.op_ids().into_iter());
+        let (now, new) = (score(&current, newest), score(&candidate, newest));
         let (now_acc, new_acc) = (now.accuracy, new.accuracy);
         {
             let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
@@ -300,7 +334,7 @@ impl Adapter {
                 now.misplaced() * 100.0,
             );
         } else {
-            self.config.router.swap(candidate);
+            self.config.router.swap_router(Arc::new(candidate));
             *self.last_swap.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
             self.status.lock().unwrap_or_else(|e| e.into_inner()).recent_accuracy = new_acc;
             let version = crate::router::Router::model_version(&*self.config.router);
@@ -355,15 +389,11 @@ impl Score {
     }
 }
 
-fn score(model: &Model, ops: &[String], samples: &[Sample]) -> Score {
-    let classes = &model.header().classes;
+fn score(router: &LearnedRouter, samples: &[Sample]) -> Score {
+    let classes = &router.model().header().classes;
     let (mut hits, mut heavy_on_light, mut light_on_heavy) = (0usize, 0usize, 0usize);
     for s in samples {
-        let class = ops
-            .get(s.op as usize)
-            .and_then(|name| model.op_index(name))
-            .map(|index| model.predict(&crate::features::model_inputs(index, s.arg_size)))
-            .and_then(|class| classes.get(class));
+        let class = router.spot(s.op, s.arg_size).map(|spot| &classes[router.spot_cost(spot).0]);
         // An operation the model does not know is placed by its tag (the router's
         // fallback), and scored so: a candidate without it is not excused its rows.
         let lanes = match class {
@@ -388,13 +418,19 @@ fn score(model: &Model, ops: &[String], samples: &[Sample]) -> Score {
 }
 
 /// Re-fits share the lanes' cores: make this thread the first the scheduler preempts.
+/// On Linux it runs under `SCHED_IDLE` (only on time no other thread wants, and a lane
+/// that wakes preempts it at once; at nice 10 a waking lane could wait out the re-fit's
+/// time slice), or at nice 10 where that is refused.
 fn lower_priority() {
     #[cfg(target_os = "linux")]
-    // SAFETY: plain syscalls on the calling thread; `gettid` cannot fail and a failed
-    // `setpriority` only leaves the priority as it was.
+    // SAFETY: plain syscalls on the calling thread, with a valid parameter block;
+    // `gettid` cannot fail, and a refused change leaves the thread as it was.
     unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+        let param = libc::sched_param { sched_priority: 0 };
+        if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+        }
     }
 }
 
@@ -426,12 +462,13 @@ mod tests {
     fn rows_of_an_operation_the_model_does_not_know_are_scored_where_their_tag_places_them() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/default.bin");
         let model = crate::model::Model::load(path).unwrap();
-        let ops = vec!["not_in_the_model".to_string()];
+        let router = crate::router::LearnedRouter::new(model, crate::StaticRouter::new(64));
+        crate::Router::register_op(&router, 0, "not_in_the_model");
         let row = |declared, run_ns| super::Sample { op: 0, arg_size: 10, run_ns, declared };
         let (heavy, light) = (super::Weight::Heavy, super::Weight::Light);
-        let scored = super::score(&model, &ops, &[row(heavy, 2_000), row(light, 2_000)]);
+        let scored = super::score(&router, &[row(heavy, 2_000), row(light, 2_000)]);
         assert_eq!((scored.light_on_heavy, scored.heavy_on_light), (0.5, 0.0));
-        let scored = super::score(&model, &ops, &[row(light, 3_000_000), row(heavy, 3_000_000)]);
+        let scored = super::score(&router, &[row(light, 3_000_000), row(heavy, 3_000_000)]);
         assert_eq!((scored.light_on_heavy, scored.heavy_on_light), (0.0, 0.5));
         assert_eq!(scored.accuracy, 0.0, "no class predicted, none hit");
     }

@@ -305,7 +305,13 @@ impl Model {
     /// class's median where the file has no leaf runtimes (formats 2 and 3).
     #[inline]
     pub fn predict_cost(&self, inputs: &[f64; MODEL_FEATURES.len()]) -> (usize, u64) {
-        let leaf = self.tree.leaf(inputs);
+        self.leaf_cost(self.tree.leaf(inputs))
+    }
+
+    /// The class and runtime (ns) of leaf `leaf` (from [`FlatTree::leaf`]), as
+    /// [`Model::predict_cost`] gives them.
+    #[inline]
+    pub fn leaf_cost(&self, leaf: usize) -> (usize, u64) {
         let class = self.tree.leaf_class(leaf);
         let ns = match self.leaf_ns.get(leaf) {
             Some(&ns) if ns > 0 => ns,

@@ -170,6 +170,7 @@ fn metrics_parse_as_prometheus_text_and_count_what_ran() {
     assert!(value("tokengate_telemetry_rows_recorded_total", None) >= 0.0);
     assert!(value("tokengate_telemetry_rows_dropped_total", None) >= 0.0);
     assert_eq!(value("tokengate_model_swaps_total", None), 0.0);
+    assert_eq!(value("tokengate_model_cell_moves_total", None), 0.0);
     value("tokengate_model_version", None);
     stop_feeding(&engine, &stop, feeder);
 }

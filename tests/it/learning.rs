@@ -175,3 +175,62 @@ fn adaptation_learns_an_unseen_operation_and_swaps_its_model_in() {
     assert_eq!(last.route_source, RouteSource::Model);
     assert_eq!(last.model_version, engine.model_version());
 }
+
+/// The cost watch: calls of a size the model places on the light lanes start running
+/// as long as heavy work; within a few calls, and before any re-fit, that size goes to
+/// the heavy lanes, and other sizes stay where they were.
+#[test]
+fn the_cost_watch_moves_sizes_whose_calls_turned_heavy_before_any_refit() {
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokengate::{Adaptation, AdaptiveRouter, LaneSet, RouteSource, StaticRouter};
+
+    let model =
+        tokengate::model::Model::load(concat!(env!("CARGO_MANIFEST_DIR"), "/models/default.bin"))
+            .unwrap();
+    let router = Arc::new(AdaptiveRouter::new(model, StaticRouter::new(128)));
+    // No re-fit within the test: only the watch moves anything.
+    let adaptation =
+        Adaptation::new(Arc::clone(&router), Arc::new(trainer::adapt::TreeRefit::default()))
+            .every(Duration::from_secs(3_600));
+    let engine = Engine::builder().pin(false).adapt(adaptation).log_in_memory().build().unwrap();
+    // The shipped model places `sort` of sizes below 4,025 on the light lanes.
+    let sort = engine
+        .operation("sort", Weight::Light)
+        .size_hint(|n: &u64| *n)
+        .register(|n: u64| {
+            if n == 300 {
+                let until = std::time::Instant::now() + Duration::from_millis(1);
+                while std::time::Instant::now() < until {
+                    std::hint::spin_loop();
+                }
+            }
+            n
+        })
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while engine.adapt_status().unwrap().cells_moved == 0 {
+        assert!(std::time::Instant::now() < deadline, "nothing moved: {:?}", engine.adapt_status());
+        assert_eq!(sort.submit(300).wait().unwrap(), 300);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let status = engine.controller().model_status();
+    assert_eq!((status.swaps, status.cells_moved), (0, 1), "{status:?}");
+    assert!(status.cell_moves >= 1, "{status:?}");
+    let [moved, kept] = [300, 100].map(|size| {
+        let token = sort.submit(size);
+        let id = token.id();
+        assert_eq!(token.wait().unwrap(), size);
+        id
+    });
+    engine.shutdown();
+    let records = engine.take_records();
+    let record = |id| records.iter().find(|r| r.token_id == id).unwrap();
+    let first = records.iter().min_by_key(|r| r.token_id).unwrap();
+    assert_eq!((first.arg_size, first.lane_set), (300, LaneSet::Light));
+    assert_eq!(
+        (record(moved).lane_set, record(moved).route_source),
+        (LaneSet::Heavy, RouteSource::Model)
+    );
+    assert_eq!(record(kept).lane_set, LaneSet::Light);
+}

@@ -125,6 +125,11 @@ impl Collector for EngineCollector {
             ("telemetry_rows_written", "Telemetry rows written to Parquet.", written),
             ("telemetry_rows_dropped", "Telemetry rows dropped: the writer fell behind.", dropped),
             ("model_swaps", "Models swapped in by online adaptation.", u64::from(status.swaps)),
+            (
+                "model_cell_moves",
+                "Size cells moved between lane sets by online adaptation's cost watch.",
+                status.cell_moves,
+            ),
         ];
         for (name, help, value) in counters {
             let metric = ConstCounter::new(value);

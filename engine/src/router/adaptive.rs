@@ -48,11 +48,38 @@ impl AdaptiveRouter {
 
     /// Routes with `model` from now on.
     pub fn swap(&self, model: Model) {
+        self.swap_router(Arc::new(self.router_for(model)));
+    }
+
+    /// The learned router routing now (its leaves may have been moved by the watch).
+    pub(crate) fn current(&self) -> Arc<LearnedRouter> {
+        self.current.load_full()
+    }
+
+    /// A learned router over `model` that knows this router's operations.
+    pub(crate) fn router_for(&self, model: Model) -> LearnedRouter {
         let router = LearnedRouter::new(model, self.fallback);
         for (id, name) in self.ops.read().unwrap_or_else(|e| e.into_inner()).iter() {
             router.register_op(*id, name);
         }
-        self.current.store(Arc::new(router));
+        router
+    }
+
+    /// The engine ids of the operations registered so far.
+    pub(crate) fn op_ids(&self) -> Vec<u32> {
+        self.ops.read().unwrap_or_else(|e| e.into_inner()).iter().map(|(id, _)| *id).collect()
+    }
+
+    /// Routes with `router` (from [`AdaptiveRouter::router_for`]) from now on.
+    pub(crate) fn swap_router(&self, router: Arc<LearnedRouter>) {
+        // Under the lock `register_op` takes: an operation registered since
+        // `router_for` is in the new router too.
+        let ops = self.ops.read().unwrap_or_else(|e| e.into_inner());
+        for (id, name) in ops.iter() {
+            router.register_op(*id, name);
+        }
+        self.current.store(router);
+        drop(ops);
         self.generation.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -64,7 +91,8 @@ impl Router for AdaptiveRouter {
     }
 
     fn register_op(&self, op: u32, name: &str) {
-        self.ops.write().unwrap_or_else(|e| e.into_inner()).push((op, name.to_string()));
+        let mut ops = self.ops.write().unwrap_or_else(|e| e.into_inner());
+        ops.push((op, name.to_string()));
         self.current.load().register_op(op, name);
     }
 

@@ -1,6 +1,6 @@
 //! The learned router: the cost model's predicted class decides the placement.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 
 use super::{Features, LaneSet, Placement, RouteSource, Router, StaticRouter};
 use crate::features::model_inputs;
@@ -9,6 +9,26 @@ use crate::model::Model;
 /// Most operations a learned router maps (ids beyond it fall back to tags).
 pub const MAX_OPS: usize = 4_096;
 const UNKNOWN_OP: u32 = u32::MAX;
+/// Watch cells per operation: half-octaves of the size hint (sizes from 2^63 share
+/// the last).
+pub(crate) const CELLS_PER_OP: usize = 128;
+
+/// Where a token is placed from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Spot {
+    /// The model leaf it ends at.
+    pub(crate) leaf: usize,
+    /// Its watch cell: its operation and the half-octave of its size hint. The watch
+    /// moves cells rather than leaves: a leaf may span sizes that drifted and sizes
+    /// that did not.
+    pub(crate) cell: usize,
+}
+
+/// The watch cell of model operation `index` at `log2_size` (log2(size + 1)).
+#[inline]
+fn cell(index: u32, log2_size: f64) -> usize {
+    index as usize * CELLS_PER_OP + ((log2_size * 2.0) as usize).min(CELLS_PER_OP - 1)
+}
 
 /// Places each token by the class a fitted cost model predicts from its features;
 /// operations the model never saw fall back to their tags.
@@ -20,6 +40,10 @@ pub struct LearnedRouter {
     /// Class id → placement, copied out of the header for a short hot path.
     placements: Box<[(LaneSet, u32)]>,
     fallback: StaticRouter,
+    /// Per watch cell (an operation's half-octave of sizes, see [`Spot`]): 0, or 1 + the
+    /// class a [`CostWatch`](super::CostWatch) moved the cell to (only an adaptive
+    /// router's watch moves cells).
+    moved: Box<[AtomicU8]>,
 }
 
 impl LearnedRouter {
@@ -27,7 +51,106 @@ impl LearnedRouter {
     pub fn new(model: Model, fallback: StaticRouter) -> Self {
         let placements = model.header().classes.iter().map(|c| (c.lanes, c.batch)).collect();
         let op_index = (0..MAX_OPS).map(|_| AtomicU32::new(UNKNOWN_OP)).collect();
-        LearnedRouter { model, op_index, placements, fallback }
+        let cells = model.header().ops.len() * CELLS_PER_OP;
+        let moved = (0..cells).map(|_| AtomicU8::new(0)).collect();
+        LearnedRouter { model, op_index, placements, fallback, moved }
+    }
+
+    /// Where a token of engine operation `op` with this size hint is placed from: its
+    /// leaf and its watch cell; `None` if the model does not know the operation (its
+    /// tokens are placed by tag).
+    #[inline]
+    pub(crate) fn spot(&self, op: u32, arg_size: u64) -> Option<Spot> {
+        let index = self.op_index.get(op as usize)?.load(Ordering::Relaxed);
+        if index == UNKNOWN_OP {
+            return None;
+        }
+        let inputs = model_inputs(index, arg_size);
+        let leaf = self.model.tree().leaf(&inputs);
+        Some(Spot { leaf, cell: cell(index, inputs[1]) })
+    }
+
+    /// The class and runtime (ns) a token at `spot` is placed by: the model's, or the
+    /// class the watch moved its cell to (with that class's median runtime).
+    #[inline]
+    pub(crate) fn spot_cost(&self, spot: Spot) -> (usize, u64) {
+        match self.moved.get(spot.cell).map_or(0, |m| m.load(Ordering::Relaxed)) {
+            0 => self.model.leaf_cost(spot.leaf),
+            moved => {
+                let class = usize::from(moved - 1);
+                (class, self.model.header().classes[class].median_ns)
+            }
+        }
+    }
+
+    /// The spot of a token of model operation `index` in the middle of watch cell
+    /// `cell`'s sizes (`None`: not a cell of that operation).
+    pub(crate) fn cell_spot(&self, index: u32, cell: usize) -> Option<Spot> {
+        let half_octave = cell.checked_sub(index as usize * CELLS_PER_OP)?;
+        if half_octave >= CELLS_PER_OP {
+            return None;
+        }
+        let log2_size = (half_octave as f64 + 0.5) / 2.0;
+        let size = (log2_size.exp2() - 1.0).max(0.0) as u64;
+        let inputs = model_inputs(index, size);
+        Some(Spot { leaf: self.model.tree().leaf(&inputs), cell })
+    }
+
+    /// The model operation index of engine operation `op`, if the model knows it.
+    pub(crate) fn model_op(&self, op: u32) -> Option<u32> {
+        let index = self.op_index.get(op as usize)?.load(Ordering::Relaxed);
+        (index != UNKNOWN_OP).then_some(index)
+    }
+
+    /// Moves, in `self`, the cells that `old` has moved and `self`'s model places in
+    /// the other lane set: the watch's evidence is newer than any re-fit's rows. `ops`
+    /// are the engine's operation ids (cells are per model operation, and two models'
+    /// vocabularies may differ).
+    pub(crate) fn carry_moves(&self, old: &LearnedRouter, ops: impl Iterator<Item = u32>) {
+        for op in ops {
+            let (Some(from), Some(to)) = (old.model_op(op), self.model_op(op)) else {
+                continue;
+            };
+            for half_octave in 0..CELLS_PER_OP {
+                let old_cell = from as usize * CELLS_PER_OP + half_octave;
+                let class = match old.moved.get(old_cell).map(|m| m.load(Ordering::Relaxed)) {
+                    Some(moved) if moved != 0 => usize::from(moved - 1),
+                    _ => continue,
+                };
+                let lanes = old.class_lanes(class);
+                let cell = to as usize * CELLS_PER_OP + half_octave;
+                let Some(spot) = self.cell_spot(to, cell) else { continue };
+                if self.class_lanes(self.spot_cost(spot).0) == lanes {
+                    continue;
+                }
+                let median = old.model.header().classes[class].median_ns;
+                if let Some(class) = super::watch::nearest_class(self, lanes, median) {
+                    self.move_cell(cell, Some(class));
+                }
+            }
+        }
+    }
+
+    /// The lane set of `class`.
+    pub(crate) fn class_lanes(&self, class: usize) -> LaneSet {
+        self.placements[class].0
+    }
+
+    /// Watch cells (see [`Spot::cell`]), [`CELLS_PER_OP`] per model operation.
+    pub(crate) fn cells(&self) -> usize {
+        self.moved.len()
+    }
+
+    /// Places the tokens of watch cell `cell` by `class` from now on (`None`: by their
+    /// leaves' classes again).
+    pub(crate) fn move_cell(&self, cell: usize, class: Option<usize>) {
+        let value = class.map_or(0, |class| class as u8 + 1);
+        self.moved[cell].store(value, Ordering::Relaxed);
+    }
+
+    /// Watch cells placed by another class than the model's now.
+    pub(crate) fn moved_cells(&self) -> usize {
+        self.moved.iter().filter(|m| m.load(Ordering::Relaxed) != 0).count()
     }
 
     /// The model it predicts with.
@@ -46,8 +169,9 @@ impl Router for LearnedRouter {
         if index == UNKNOWN_OP {
             return self.fallback.route(features);
         }
-        let (class, predicted_ns) =
-            self.model.predict_cost(&model_inputs(index, features.arg_size));
+        let inputs = model_inputs(index, features.arg_size);
+        let spot = Spot { leaf: self.model.tree().leaf(&inputs), cell: cell(index, inputs[1]) };
+        let (class, predicted_ns) = self.spot_cost(spot);
         let (lanes, batch) = self.placements[class];
         let class = Some(class as u8);
         Placement { lanes, batch, class, predicted_ns, source: RouteSource::Model }

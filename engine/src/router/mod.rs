@@ -13,9 +13,11 @@ pub use crate::placement::{LaneSet, Placement, RouteSource, Weight};
 
 mod adaptive;
 mod learned;
+mod watch;
 
 pub use adaptive::AdaptiveRouter;
 pub use learned::{LearnedRouter, MAX_OPS};
+pub(crate) use watch::CostWatch;
 
 /// What a router sees about a token at admission.
 #[derive(Debug, Clone, Copy, PartialEq)]
