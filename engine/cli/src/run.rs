@@ -59,8 +59,9 @@ pub(crate) struct RunArgs {
     /// Write one Parquet record per finished token into this directory.
     #[arg(long)]
     log: Option<PathBuf>,
-    /// Log one token in K (default 1; 64 for `leibniz --adapt`, whose sub-microsecond
-    /// tokens would otherwise spend more on their rows than on their work).
+    /// Log one token in K (default 1; 256 for `leibniz --adapt`, whose sub-microsecond
+    /// tokens would otherwise spend more on their rows than on their work: one in 256
+    /// still fills a re-fit's 300 ms horizon with more than the 10,000 rows a fit uses).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     log_sample: Option<u64>,
     /// Cap of the log directory in MiB (segments already there count); past it no more
@@ -88,7 +89,7 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
     if args.model.is_some() && args.router != RouterChoice::Model {
         bail!("--model only applies with --router model");
     }
-    let default_sample = if args.adapt && args.workload == Workload::Leibniz { 64 } else { 1 };
+    let default_sample = if args.adapt && args.workload == Workload::Leibniz { 256 } else { 1 };
     let mut builder = builder(&args.engine).log_sample(args.log_sample.unwrap_or(default_sample));
     if args.adapt {
         if args.router != RouterChoice::Model {
