@@ -1,6 +1,6 @@
 //! The learned router: the cost model's predicted class decides the placement.
 
-use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 
 use super::{Features, LaneSet, Placement, RouteSource, Router, StaticRouter};
 use crate::features::model_inputs;
@@ -44,6 +44,8 @@ pub struct LearnedRouter {
     /// class a [`CostWatch`](super::CostWatch) moved the cell to (only an adaptive
     /// router's watch moves cells).
     moved: Box<[AtomicU8]>,
+    /// Set by the first move: until then routing skips the cell lookup.
+    any_moved: AtomicBool,
 }
 
 impl LearnedRouter {
@@ -53,7 +55,8 @@ impl LearnedRouter {
         let op_index = (0..MAX_OPS).map(|_| AtomicU32::new(UNKNOWN_OP)).collect();
         let cells = model.header().ops.len() * CELLS_PER_OP;
         let moved = (0..cells).map(|_| AtomicU8::new(0)).collect();
-        LearnedRouter { model, op_index, placements, fallback, moved }
+        let any_moved = AtomicBool::new(false);
+        LearnedRouter { model, op_index, placements, fallback, moved, any_moved }
     }
 
     /// Where a token of engine operation `op` with this size hint is placed from: its
@@ -146,6 +149,7 @@ impl LearnedRouter {
     pub(crate) fn move_cell(&self, cell: usize, class: Option<usize>) {
         let value = class.map_or(0, |class| class as u8 + 1);
         self.moved[cell].store(value, Ordering::Relaxed);
+        self.any_moved.store(true, Ordering::Relaxed);
     }
 
     /// Watch cells placed by another class than the model's now.
@@ -170,8 +174,11 @@ impl Router for LearnedRouter {
             return self.fallback.route(features);
         }
         let inputs = model_inputs(index, features.arg_size);
-        let spot = Spot { leaf: self.model.tree().leaf(&inputs), cell: cell(index, inputs[1]) };
-        let (class, predicted_ns) = self.spot_cost(spot);
+        let leaf = self.model.tree().leaf(&inputs);
+        let (class, predicted_ns) = match self.any_moved.load(Ordering::Relaxed) {
+            false => self.model.leaf_cost(leaf),
+            true => self.spot_cost(Spot { leaf, cell: cell(index, inputs[1]) }),
+        };
         let (lanes, batch) = self.placements[class];
         let class = Some(class as u8);
         Placement { lanes, batch, class, predicted_ns, source: RouteSource::Model }
