@@ -176,9 +176,11 @@ impl Adapter {
     /// (the telemetry writer calls it).
     pub(crate) fn observe(&self, records: &[TokenRecord]) {
         let now = Instant::now();
-        let router = self.config.router.current();
         let watching = self.enabled.load(Ordering::Relaxed);
+        // The watch's lock first: a swap (which takes it too) then falls wholly before
+        // or after this buffer, and no move lands in a router just replaced.
         let mut watch = self.watch.lock().unwrap_or_else(|e| e.into_inner());
+        let router = self.config.router.current();
         let mut moves = 0;
         let mut rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
         for r in records {
@@ -314,18 +316,27 @@ impl Adapter {
         };
         let fit_ms = started.elapsed().as_secs_f64() * 1e3;
         // The current router is scored as it places now, moved cells included: a
-        // candidate that would put a moved cell back is not better for it.
+        // candidate that would put a moved cell back is not better for it. The watch
+        // moves nothing from the carrying of its moves to the swap.
         let candidate = self.config.router.router_for(candidate);
-        let current = self.config.router.current();
-        candidate.carry_moves(&current, self.config.router.op_ids().into_iter());
-        let (now, new) = (score(&current, newest), score(&candidate, newest));
+        let (now, new, swapped) = {
+            let _watch = self.watch.lock().unwrap_or_else(|e| e.into_inner());
+            let current = self.config.router.current();
+            candidate.carry_moves(&current, self.config.router.op_ids().into_iter());
+            let (now, new) = (score(&current, newest), score(&candidate, newest));
+            let swapped = new.better_than(&now);
+            if swapped {
+                self.config.router.swap_router(Arc::new(candidate));
+            }
+            (now, new, swapped)
+        };
         let (now_acc, new_acc) = (now.accuracy, new.accuracy);
         {
             let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
             status.recent_accuracy = now_acc;
             status.last_fit_ms = fit_ms;
         }
-        if !new.better_than(&now) {
+        if !swapped {
             tracing::debug!(
                 "adaptation: candidate kept out (held-out accuracy {:.1}% vs {:.1}%, misplaced {:.2}% vs {:.2}%, fit {fit_ms:.0} ms)",
                 new_acc * 100.0,
@@ -334,7 +345,6 @@ impl Adapter {
                 now.misplaced() * 100.0,
             );
         } else {
-            self.config.router.swap_router(Arc::new(candidate));
             *self.last_swap.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
             self.status.lock().unwrap_or_else(|e| e.into_inner()).recent_accuracy = new_acc;
             let version = crate::router::Router::model_version(&*self.config.router);

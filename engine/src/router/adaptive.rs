@@ -51,7 +51,7 @@ impl AdaptiveRouter {
         self.swap_router(Arc::new(self.router_for(model)));
     }
 
-    /// The learned router routing now (its leaves may have been moved by the watch).
+    /// The learned router routing now (the cost watch may have moved some of its cells).
     pub(crate) fn current(&self) -> Arc<LearnedRouter> {
         self.current.load_full()
     }

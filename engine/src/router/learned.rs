@@ -9,8 +9,8 @@ use crate::model::Model;
 /// Most operations a learned router maps (ids beyond it fall back to tags).
 pub const MAX_OPS: usize = 4_096;
 const UNKNOWN_OP: u32 = u32::MAX;
-/// Watch cells per operation: half-octaves of the size hint (sizes from 2^63 share
-/// the last).
+/// Watch cells per operation: half-octaves of the size hint (the last also holds the
+/// few sizes past it).
 pub(crate) const CELLS_PER_OP: usize = 128;
 
 /// Where a token is placed from.
@@ -20,7 +20,8 @@ pub(crate) struct Spot {
     pub(crate) leaf: usize,
     /// Its watch cell: its operation and the half-octave of its size hint. The watch
     /// moves cells rather than leaves: a leaf may span sizes that drifted and sizes
-    /// that did not.
+    /// that did not. (A cell may in turn span a leaf boundary; where the watch needs
+    /// one leaf for a whole cell, it takes its centre's.)
     pub(crate) cell: usize,
 }
 
@@ -147,7 +148,8 @@ impl LearnedRouter {
     /// Places the tokens of watch cell `cell` by `class` from now on (`None`: by their
     /// leaves' classes again).
     pub(crate) fn move_cell(&self, cell: usize, class: Option<usize>) {
-        let value = class.map_or(0, |class| class as u8 + 1);
+        // Models have at most 64 classes (checked at load).
+        let value = class.map_or(0, |class| u8::try_from(class + 1).unwrap_or(u8::MAX));
         self.moved[cell].store(value, Ordering::Relaxed);
         self.any_moved.store(true, Ordering::Relaxed);
     }
