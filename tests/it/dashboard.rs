@@ -361,12 +361,7 @@ fn lane_busy_time_counts_work_not_waiting_for_it() {
     let idle = engine.lane_stats()[0].busy_ns;
     assert!(idle < 100_000_000, "an idle lane counted {idle} ns busy in 300 ms");
     let spin = engine
-        .register("spin", Weight::Light, |ms: u64| {
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_millis(ms) {
-                std::hint::spin_loop();
-            }
-        })
+        .register("spin", Weight::Light, |ms: u64| crate::spin_for(Duration::from_millis(ms)))
         .unwrap();
     spin.submit(300).wait().unwrap();
     let busy = engine.lane_stats()[0].busy_ns - idle;

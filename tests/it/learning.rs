@@ -4,9 +4,12 @@
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::sync::Arc;
+use std::time::Duration;
 
 use polars::prelude::{ParquetReader, SerReader};
 use tokengate::telemetry::{TokenRecord, COLUMNS};
+use tokengate::{Adaptation, AdaptiveRouter, StaticRouter};
 use tokengate::{Engine, EngineBuilder, LaneSet, RouteSource, Weight};
 use tokengate_workloads::mixed::{self, MixedConfig, MixedOps};
 use trainer::{dataset, fit};
@@ -129,33 +132,29 @@ fn logging_accounts_for_every_token_written_or_dropped() {
     assert_eq!(leftovers, 0);
 }
 
+/// An unpinned engine, logging in memory, adapting the shipped model with the
+/// trainer's re-fit as `tune` sets it.
+fn adaptive_engine(tune: impl FnOnce(Adaptation) -> Adaptation) -> Engine {
+    let model =
+        tokengate::model::Model::load(concat!(env!("CARGO_MANIFEST_DIR"), "/models/default.bin"))
+            .unwrap();
+    let router = Arc::new(AdaptiveRouter::new(model, StaticRouter::new(128)));
+    let adaptation = Adaptation::new(router, Arc::new(trainer::adapt::TreeRefit::default()));
+    Engine::builder().pin(false).adapt(tune(adaptation)).log_in_memory().build().unwrap()
+}
+
 /// Online adaptation: an operation the starting model has never seen, whose cost
 /// follows its size, is learned from the engine's own telemetry and a model that knows
 /// it is swapped in (version raised, reported by the controller).
 #[test]
 fn adaptation_learns_an_unseen_operation_and_swaps_its_model_in() {
-    use std::sync::Arc;
-    use std::time::Duration;
-    use tokengate::{Adaptation, AdaptiveRouter, RouteSource, StaticRouter};
-
-    let model =
-        tokengate::model::Model::load(concat!(env!("CARGO_MANIFEST_DIR"), "/models/default.bin"))
-            .unwrap();
-    let router = Arc::new(AdaptiveRouter::new(model, StaticRouter::new(128)));
-    let adaptation =
-        Adaptation::new(Arc::clone(&router), Arc::new(trainer::adapt::TreeRefit::default()))
-            .every(Duration::from_millis(50))
-            .horizon(Duration::from_secs(30));
-    let engine = Engine::builder().pin(false).adapt(adaptation).log_in_memory().build().unwrap();
+    let engine = adaptive_engine(|adaptation| {
+        adaptation.every(Duration::from_millis(50)).horizon(Duration::from_secs(30))
+    });
     let spin = engine
         .operation("spin_unseen", Weight::Medium)
         .size_hint(|micros: &u64| *micros)
-        .register(|micros: u64| {
-            let until = std::time::Instant::now() + Duration::from_micros(micros);
-            while std::time::Instant::now() < until {
-                std::hint::spin_loop();
-            }
-        })
+        .register(|micros: u64| crate::spin_for(Duration::from_micros(micros)))
         .unwrap();
     let version = engine.model_version();
     assert_eq!(engine.adapt_status().unwrap().swaps, 0);
@@ -181,29 +180,15 @@ fn adaptation_learns_an_unseen_operation_and_swaps_its_model_in() {
 /// the heavy lanes, and other sizes stay where they were.
 #[test]
 fn the_cost_watch_moves_sizes_whose_calls_turned_heavy_before_any_refit() {
-    use std::sync::Arc;
-    use std::time::Duration;
-    use tokengate::{Adaptation, AdaptiveRouter, LaneSet, RouteSource, StaticRouter};
-
-    let model =
-        tokengate::model::Model::load(concat!(env!("CARGO_MANIFEST_DIR"), "/models/default.bin"))
-            .unwrap();
-    let router = Arc::new(AdaptiveRouter::new(model, StaticRouter::new(128)));
     // No re-fit within the test: only the watch moves anything.
-    let adaptation =
-        Adaptation::new(Arc::clone(&router), Arc::new(trainer::adapt::TreeRefit::default()))
-            .every(Duration::from_secs(3_600));
-    let engine = Engine::builder().pin(false).adapt(adaptation).log_in_memory().build().unwrap();
+    let engine = adaptive_engine(|adaptation| adaptation.every(Duration::from_secs(3_600)));
     // The shipped model places `sort` of sizes below 4,025 on the light lanes.
     let sort = engine
         .operation("sort", Weight::Light)
         .size_hint(|n: &u64| *n)
         .register(|n: u64| {
             if n == 300 {
-                let until = std::time::Instant::now() + Duration::from_millis(1);
-                while std::time::Instant::now() < until {
-                    std::hint::spin_loop();
-                }
+                crate::spin_for(Duration::from_millis(1));
             }
             n
         })

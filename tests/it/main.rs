@@ -72,3 +72,11 @@ pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }
+
+/// Keeps this thread's core busy for `time` (a call that costs what it says).
+pub fn spin_for(time: std::time::Duration) {
+    let until = std::time::Instant::now() + time;
+    while std::time::Instant::now() < until {
+        std::hint::spin_loop();
+    }
+}
