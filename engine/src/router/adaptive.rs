@@ -48,7 +48,7 @@ impl AdaptiveRouter {
 
     /// Routes with `model` from now on.
     pub fn swap(&self, model: Model) {
-        self.swap_router(Arc::new(self.router_for(model)));
+        self.swap_router(Arc::new(LearnedRouter::new(model, self.fallback)));
     }
 
     /// The learned router routing now (the cost watch may have moved some of its cells).

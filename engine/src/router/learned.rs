@@ -65,10 +65,7 @@ impl LearnedRouter {
     /// tokens are placed by tag).
     #[inline]
     pub(crate) fn spot(&self, op: u32, arg_size: u64) -> Option<Spot> {
-        let index = self.op_index.get(op as usize)?.load(Ordering::Relaxed);
-        if index == UNKNOWN_OP {
-            return None;
-        }
+        let index = self.model_op(op)?;
         let inputs = model_inputs(index, arg_size);
         let leaf = self.model.tree().leaf(&inputs);
         Some(Spot { leaf, cell: cell(index, inputs[1]) })
@@ -78,12 +75,18 @@ impl LearnedRouter {
     /// class the watch moved its cell to (with that class's median runtime).
     #[inline]
     pub(crate) fn spot_cost(&self, spot: Spot) -> (usize, u64) {
-        match self.moved.get(spot.cell).map_or(0, |m| m.load(Ordering::Relaxed)) {
-            0 => self.model.leaf_cost(spot.leaf),
-            moved => {
-                let class = usize::from(moved - 1);
-                (class, self.model.header().classes[class].median_ns)
-            }
+        match self.moved_class(spot.cell) {
+            None => self.model.leaf_cost(spot.leaf),
+            Some(class) => (class, self.model.header().classes[class].median_ns),
+        }
+    }
+
+    /// The class the watch moved cell `cell` to, if it did.
+    #[inline]
+    fn moved_class(&self, cell: usize) -> Option<usize> {
+        match self.moved.get(cell)?.load(Ordering::Relaxed) {
+            0 => None,
+            moved => Some(usize::from(moved - 1)),
         }
     }
 
@@ -101,6 +104,7 @@ impl LearnedRouter {
     }
 
     /// The model operation index of engine operation `op`, if the model knows it.
+    #[inline]
     pub(crate) fn model_op(&self, op: u32) -> Option<u32> {
         let index = self.op_index.get(op as usize)?.load(Ordering::Relaxed);
         (index != UNKNOWN_OP).then_some(index)
@@ -117,10 +121,7 @@ impl LearnedRouter {
             };
             for half_octave in 0..CELLS_PER_OP {
                 let old_cell = from as usize * CELLS_PER_OP + half_octave;
-                let class = match old.moved.get(old_cell).map(|m| m.load(Ordering::Relaxed)) {
-                    Some(moved) if moved != 0 => usize::from(moved - 1),
-                    _ => continue,
-                };
+                let Some(class) = old.moved_class(old_cell) else { continue };
                 let lanes = old.class_lanes(class);
                 let cell = to as usize * CELLS_PER_OP + half_octave;
                 let Some(spot) = self.cell_spot(to, cell) else { continue };
@@ -156,7 +157,7 @@ impl LearnedRouter {
 
     /// Watch cells placed by another class than the model's now.
     pub(crate) fn moved_cells(&self) -> usize {
-        self.moved.iter().filter(|m| m.load(Ordering::Relaxed) != 0).count()
+        (0..self.moved.len()).filter(|&cell| self.moved_class(cell).is_some()).count()
     }
 
     /// The model it predicts with.
@@ -168,13 +169,9 @@ impl LearnedRouter {
 impl Router for LearnedRouter {
     #[inline]
     fn route(&self, features: &Features) -> Placement {
-        let index = match self.op_index.get(features.op as usize) {
-            Some(slot) => slot.load(Ordering::Relaxed),
-            None => UNKNOWN_OP,
-        };
-        if index == UNKNOWN_OP {
+        let Some(index) = self.model_op(features.op) else {
             return self.fallback.route(features);
-        }
+        };
         let inputs = model_inputs(index, features.arg_size);
         let leaf = self.model.tree().leaf(&inputs);
         let (class, predicted_ns) = match self.any_moved.load(Ordering::Relaxed) {

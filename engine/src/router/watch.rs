@@ -94,7 +94,8 @@ impl CostWatch {
             // on this call).
             *evidence = 0.0;
             let leaf = spot.leaf;
-            self.prime(router, index, |other| other.leaf == leaf, placed, 1.0);
+            let cells = first_cell(index)..first_cell(index + 1);
+            self.prime(router, index, cells, |other| other.leaf == leaf, placed, 1.0);
         }
         let calls = &mut self.cells[spot.cell];
         calls.evidence = (calls.evidence + step).max(0.0);
@@ -119,23 +120,25 @@ impl CostWatch {
         router.move_cell(spot.cell, class);
         // A shift seldom ends at a half-octave: the neighbouring cells placed where
         // this one was need only two calls of their own to follow it.
-        let near = |other: Spot| other.cell.abs_diff(spot.cell) == 1;
-        self.prime(router, index, near, placed, NEIGHBOUR_CALLS);
+        let near = spot.cell.saturating_sub(1)..spot.cell + 2;
+        let not_this = |other: Spot| other.cell != spot.cell;
+        self.prime(router, index, near, not_this, placed, NEIGHBOUR_CALLS);
         true
     }
 
-    /// Sets the evidence of operation `index`'s cells that `pick` picks and that are
-    /// placed in `placed` so that `calls` calls in a row in the other set move them.
+    /// Sets the evidence of those `cells` of operation `index` that `pick` picks and
+    /// that are placed in `placed` so that `calls` calls in a row in the other set
+    /// move them (cells not of the operation are skipped).
     fn prime(
         &mut self,
         router: &LearnedRouter,
         index: u32,
+        cells: std::ops::Range<usize>,
         pick: impl Fn(Spot) -> bool,
         placed: LaneSet,
         calls: f32,
     ) {
-        let first = index as usize * CELLS_PER_OP;
-        for cell in first..first + CELLS_PER_OP {
+        for cell in cells {
             let Some(spot) = router.cell_spot(index, cell) else { continue };
             if pick(spot) && router.class_lanes(router.spot_cost(spot).0) == placed {
                 let evidence = &mut self.cells[cell].evidence;
@@ -143,6 +146,11 @@ impl CostWatch {
             }
         }
     }
+}
+
+/// The first watch cell of model operation `index`.
+fn first_cell(index: u32) -> usize {
+    index as usize * CELLS_PER_OP
 }
 
 /// The class of lane set `lanes` whose runtime range holds `ns`, else the one whose
