@@ -290,9 +290,9 @@ fn set_depths(node: &mut serde_json::Value, depth: usize) {
 }
 
 /// The feature matrix and labels of the rows at `indices`. Without `shared_size_axis`
-/// the `arg_size_log2` column is left at zero: a constant column has no split, so the tree never uses
-/// it, and the model keeps the engine's input list (the engine still computes the
-/// input; no node reads it).
+/// the `arg_size_log2` column is left at zero: a constant column has no split, so the
+/// tree never uses it, and the model keeps the engine's input list (the engine still
+/// computes the input; no node reads it).
 pub(crate) fn matrix(
     rows: &[Row],
     labels: &[usize],
