@@ -188,7 +188,7 @@ fn overruns_inside_nested_waits_still_resolve_and_drain() {
         .unwrap();
     let parent = engine
         .operation("waiting_parent", Weight::Light)
-        .timeout(Duration::from_millis(2_000))
+        .timeout(Duration::from_millis(1_000))
         .register(move |(child_ms, after_ms): (u64, u64)| {
             let result = child.submit(child_ms).wait();
             std::thread::sleep(Duration::from_millis(after_ms));
@@ -197,13 +197,12 @@ fn overruns_inside_nested_waits_still_resolve_and_drain() {
         .unwrap();
     // The child overruns (its lane is replaced while the parent's stack is on it); then
     // the parent overruns too; and a parent that finishes in time. Each overrun lasts
-    // long past its deadline (1.48 s, 1.5 s), so a deadline timer that a loaded machine
+    // long past its deadline (480 ms, 1.5 s), so a deadline timer that a loaded machine
     // runs late still finds the call running (one that finds it returned only times it
     // out, and replaces nothing: with 130 ms, 1 run in 40 beside three CPU-bound
-    // processes saw one replacement; with 480 ms, one CI run of the whole suite). The
-    // first parent, whose stack is under its child's, returns 500 ms before its own
-    // deadline.
-    let tokens = vec![parent.submit((1_500, 0)), parent.submit((1, 3_500)), parent.submit((1, 0))];
+    // processes saw one replacement). The first parent, whose stack is under its
+    // child's, returns 500 ms before its own deadline.
+    let tokens = vec![parent.submit((500, 0)), parent.submit((1, 2_500)), parent.submit((1, 0))];
     let results: Vec<_> = tokens.into_iter().map(|t| t.wait()).collect();
     assert_eq!(results[0], Ok(false), "the child timed out, the parent returned in time");
     assert_eq!(results[1], Err(TokenError::TimedOut));
