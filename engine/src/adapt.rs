@@ -432,16 +432,7 @@ fn score(router: &LearnedRouter, samples: &[Sample]) -> Score {
 /// that wakes preempts it at once; at nice 10 a waking lane could wait out the re-fit's
 /// time slice), or at nice 10 where that is refused.
 fn lower_priority() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: plain syscalls on the calling thread, with a valid parameter block;
-    // `gettid` cannot fail, and a refused change leaves the thread as it was.
-    unsafe {
-        let param = libc::sched_param { sched_priority: 0 };
-        if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
-            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-            libc::setpriority(libc::PRIO_PROCESS, tid, 10);
-        }
-    }
+    crate::lanes::lower_current(10);
 }
 
 #[cfg(test)]

@@ -106,7 +106,7 @@ pub use lanes::{LaneInfo, LaneStats};
 pub use op::{
     Context, DedupeBuilder, Operation, OperationBuilder, RemoteBuilder, RetryPolicy, SizeHint,
 };
-pub use placement::{LaneSet, Placement, RouteSource, Weight};
+pub use placement::{LanePriority, LaneSet, LaneSplit, Placement, RouteSource, Weight};
 pub use remote::{RemotePlacement, RemoteStats};
 pub use router::{
     AdaptiveRouter, EwmaRouter, Features, LearnedRouter, Router, StaticRouter, MAX_OPS,

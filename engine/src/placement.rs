@@ -116,6 +116,85 @@ impl FromStr for LaneSet {
     }
 }
 
+/// How the light and heavy lane sets share the machine's cores.
+///
+/// The default, [`LaneSplit::Preemptive`], is preemptive priority by class: cheap work
+/// gets a core back within a scheduler tick, expensive work uses every core cheap work
+/// leaves idle. [`LaneSplit::Pinned`] is the older static split, kept for comparison
+/// (`docs/lanes.md` has both measured side by side).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum LaneSplit {
+    /// One light lane pinned to each core at normal priority; the heavy lanes are
+    /// threads allowed onto every core of the engine at the kernel's lowest priority
+    /// (`SCHED_IDLE` on Linux, nice 19 where that is refused): the kernel preempts a
+    /// heavy call the moment a light lane wakes. Light lanes never take heavy work,
+    /// heavy lanes never take light work.
+    #[default]
+    Preemptive,
+    /// Every lane pinned to its own core at normal priority; `heavy_lanes` of the cores
+    /// serve heavy work first, and light lanes take heavy work by the cost-aware rule.
+    /// Lanes run each call to completion, so a light call that arrives behind a heavy
+    /// one on the same lane waits for all of it.
+    Pinned,
+}
+
+impl LaneSplit {
+    /// The lower-case name (`preemptive`, `pinned`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LaneSplit::Preemptive => "preemptive",
+            LaneSplit::Pinned => "pinned",
+        }
+    }
+}
+
+impl fmt::Display for LaneSplit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for LaneSplit {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "preemptive" => Ok(LaneSplit::Preemptive),
+            "pinned" => Ok(LaneSplit::Pinned),
+            other => Err(format!("unknown lane split {other:?}: expected preemptive or pinned")),
+        }
+    }
+}
+
+/// The scheduling priority a lane's thread got from the OS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum LanePriority {
+    /// The OS default (`SCHED_OTHER`, nice 0 on Linux).
+    Normal,
+    /// Linux `SCHED_IDLE`: runs only on time no normal thread wants, and is preempted
+    /// as soon as one wakes.
+    Idle,
+    /// A raised nice value (the fallback where `SCHED_IDLE` is refused): weighted less
+    /// by the scheduler, but not preempted at once.
+    Nice(i8),
+    /// A lower priority was asked for and refused (or the OS has none): the thread runs
+    /// at normal priority, and cheap work no longer preempts it.
+    Refused,
+}
+
+impl fmt::Display for LanePriority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LanePriority::Normal => f.write_str("normal"),
+            LanePriority::Idle => f.write_str("idle"),
+            LanePriority::Nice(n) => write!(f, "nice {n}"),
+            LanePriority::Refused => f.write_str("normal (lower refused)"),
+        }
+    }
+}
+
 /// Which layer of routing made a decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RouteSource {

@@ -1,6 +1,8 @@
 //! Lanes: pinning, heavy/light sets, work conservation, builder validation.
 
-use tokengate::{Engine, LaneSet, TokenState, Weight};
+use std::sync::mpsc;
+
+use tokengate::{Engine, LanePriority, LaneSet, LaneSplit, Operation, TokenState, Weight};
 
 use crate::{eventually, gate};
 
@@ -16,13 +18,36 @@ fn current_affinity() -> Vec<usize> {
     }
 }
 
+/// A call of `weight` that holds its lane until released.
+fn gate_of(
+    engine: &Engine,
+    name: &str,
+    weight: Weight,
+) -> (Operation<(), ()>, mpsc::SyncSender<()>) {
+    let (release, wait) = mpsc::sync_channel::<()>(0);
+    let wait = std::sync::Mutex::new(wait);
+    let op = engine
+        .register(name, weight, move |()| {
+            let _ = wait.lock().unwrap().recv();
+        })
+        .expect("register gate");
+    (op, release)
+}
+
+/// The calling thread's scheduling policy.
+fn current_policy() -> i32 {
+    // SAFETY: a plain query of the calling thread.
+    unsafe { libc::sched_getscheduler(0) }
+}
+
 #[test]
 fn pinned_lanes_run_on_exactly_one_core_each() {
-    let engine = Engine::builder().pin(true).build().unwrap();
+    let engine = Engine::builder().pin(true).split(LaneSplit::Pinned).build().unwrap();
     let lanes = engine.lanes();
     assert!(!lanes.is_empty());
     let mut cores = Vec::new();
     for lane in &lanes {
+        assert_eq!(lane.priority, LanePriority::Normal);
         assert!(lane.pinned, "lane {} did not pin", lane.index);
         let core = lane.core.expect("a pinned lane has a core");
         assert_eq!(lane.affinity, vec![core], "lane {} mask read back in its thread", lane.index);
@@ -49,6 +74,74 @@ fn pinned_lanes_run_on_exactly_one_core_each() {
 }
 
 #[test]
+fn preemptive_split_pins_light_lanes_and_floats_heavy_ones_at_idle_priority() {
+    let engine = Engine::builder().pin(true).build().unwrap();
+    let lanes = engine.lanes();
+    let light: Vec<_> = lanes.iter().filter(|l| l.set == LaneSet::Light).collect();
+    let heavy: Vec<_> = lanes.iter().filter(|l| l.set == LaneSet::Heavy).collect();
+    let mask = current_affinity();
+    assert_eq!(light.len(), mask.len(), "a light lane per usable core");
+    assert_eq!(heavy.len(), light.len(), "as many heavy lanes by default");
+    let mut cores: Vec<usize> = light.iter().map(|l| l.core.expect("pinned")).collect();
+    for lane in &light {
+        assert!(lane.pinned);
+        assert_eq!(lane.priority, LanePriority::Normal);
+        assert_eq!(lane.affinity, vec![lane.core.unwrap()]);
+    }
+    cores.sort_unstable();
+    assert_eq!(cores, mask, "one light lane on each core");
+    for lane in &heavy {
+        assert!(!lane.pinned);
+        assert_eq!(lane.core, None);
+        assert_eq!(lane.affinity, mask, "a heavy lane may run on every core of the engine");
+        assert_eq!(lane.priority, LanePriority::Idle, "SCHED_IDLE is granted on Linux");
+    }
+    // And from inside user code: heavy calls run at idle priority on any core, light
+    // calls at normal priority on one.
+    let probe = |_: u32| (current_policy(), current_affinity());
+    let heavy_op = engine.register("heavy_probe", Weight::Heavy, probe).unwrap();
+    let (policy, seen) = heavy_op.submit(0).wait().unwrap();
+    assert_eq!((policy, seen), (libc::SCHED_IDLE, mask.clone()));
+    let light_op = engine.register("light_probe", Weight::Light, probe).unwrap();
+    let (policy, seen) = light_op.submit(0).wait().unwrap();
+    assert_eq!(policy, libc::SCHED_OTHER);
+    assert_eq!(seen.len(), 1);
+}
+
+#[test]
+fn preemptive_sets_never_run_each_others_work_outside_a_wait() {
+    let engine = Engine::builder().workers(2).heavy_lanes(1).pin(false).build().unwrap();
+    let sets: Vec<_> = engine.lanes().iter().map(|l| l.set).collect();
+    assert_eq!(sets, vec![LaneSet::Light, LaneSet::Light, LaneSet::Heavy]);
+    // The heavy lane held: more heavy work waits for it, with both light lanes idle.
+    let (hold, release) = gate_of(&engine, "hold_heavy", Weight::Heavy);
+    let holding = hold.submit(());
+    eventually("the heavy gate runs", || holding.state() == TokenState::Running);
+    let heavy = engine.operation::<u32>("heavy", Weight::Heavy).register(|x: u32| x).unwrap();
+    let waiting = heavy.submit(1);
+    let echo = engine.register("echo", Weight::Light, |x: u32| x).unwrap();
+    for token in echo.submit_many(0..1_000u32) {
+        token.wait().unwrap();
+    }
+    assert_eq!(waiting.state(), TokenState::Admitted, "light lanes leave heavy work alone");
+    release.send(()).unwrap();
+    assert_eq!(waiting.wait(), Ok(1));
+    holding.wait().unwrap();
+    // Both light lanes held: light work waits, the idle heavy lane leaves it alone.
+    let (hold, release) = gate_of(&engine, "hold_light", Weight::Light);
+    let held: Vec<_> = (0..2).map(|_| hold.submit(())).collect();
+    eventually("both light gates run", || held.iter().all(|t| t.state() == TokenState::Running));
+    let light = echo.submit(7);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert_eq!(light.state(), TokenState::Admitted, "the heavy lane leaves light work alone");
+    for _ in 0..2 {
+        release.send(()).unwrap();
+    }
+    assert_eq!(light.wait(), Ok(7));
+    held.into_iter().for_each(|t| t.wait().unwrap());
+}
+
+#[test]
 fn unpinned_lanes_keep_the_process_mask() {
     let engine = Engine::builder().pin(false).build().unwrap();
     for lane in engine.lanes() {
@@ -60,7 +153,7 @@ fn unpinned_lanes_keep_the_process_mask() {
 
 #[test]
 fn heavy_lane_is_the_last_and_a_held_lane_leaves_work_to_the_other() {
-    let engine = Engine::builder().workers(2).pin(false).build().unwrap();
+    let engine = Engine::builder().workers(2).pin(false).split(LaneSplit::Pinned).build().unwrap();
     let sets: Vec<_> = engine.lanes().iter().map(|l| l.set).collect();
     assert_eq!(sets, vec![LaneSet::Light, LaneSet::Heavy]);
     let (hold, release) = gate(&engine, "hold");
@@ -90,8 +183,13 @@ fn light_lanes_take_heavy_work_unless_isolated() {
     // Hold the heavy lane, then submit more heavy work: a work-conserving light lane
     // runs it; an isolating engine leaves it queued for the heavy lane.
     for isolate in [false, true] {
-        let engine =
-            Engine::builder().workers(2).pin(false).isolate_heavy(isolate).build().unwrap();
+        let engine = Engine::builder()
+            .workers(2)
+            .pin(false)
+            .split(LaneSplit::Pinned)
+            .isolate_heavy(isolate)
+            .build()
+            .unwrap();
         let (hold, release) = gate(&engine, "hold");
         let holding = hold.submit(());
         eventually("the gate runs", || holding.state() == TokenState::Running);
@@ -114,8 +212,15 @@ fn bad_options_are_clear_errors() {
     let cases: Vec<(tokengate::EngineBuilder, &str)> = vec![
         (Engine::builder().workers(0), "workers"),
         (Engine::builder().workers(1000).pin(false), "workers"),
-        (Engine::builder().workers(2).pin(false).heavy_lanes(2), "heavy_lanes"),
-        (Engine::builder().workers(1).pin(false).heavy_lanes(1), "heavy_lanes"),
+        (
+            Engine::builder().workers(2).pin(false).split(LaneSplit::Pinned).heavy_lanes(2),
+            "heavy_lanes",
+        ),
+        (
+            Engine::builder().workers(1).pin(false).split(LaneSplit::Pinned).heavy_lanes(1),
+            "heavy_lanes",
+        ),
+        (Engine::builder().workers(2).pin(false).heavy_lanes(63), "heavy_lanes"),
         (Engine::builder().light_batch(0), "light_batch"),
         (Engine::builder().capacity(0), "capacity"),
         (Engine::builder().cores([100_000]), "core 100000"),

@@ -38,7 +38,9 @@ fn logged_runs_train_a_model_that_routes_mislabelled_heavy_work_to_the_heavy_lan
     let logs = dir.path().join("logs");
 
     // 1. Collect data with the tag router, logging every token to Parquet.
-    let builder = Engine::builder().pin(false).workers(2).log_dir(&logs).log_in_memory();
+    let tag_router = || std::sync::Arc::new(tokengate::StaticRouter::new(128));
+    let builder =
+        Engine::builder().pin(false).workers(2).router(tag_router()).log_dir(&logs).log_in_memory();
     let (engine, records, _) = run_stream(builder, 1);
     let stats = engine.telemetry_stats().unwrap();
     assert_eq!((stats.recorded, stats.dropped), (3_000, 0));
@@ -71,13 +73,18 @@ fn logged_runs_train_a_model_that_routes_mislabelled_heavy_work_to_the_heavy_lan
     // 3. Run a new stream (another seed) under the learned and the tag router. Heavy
     //    lanes are isolated so "ran on the heavy lane" follows from placement alone.
     let learned = Engine::builder().pin(false).workers(2).isolate_heavy(true).model(&model);
-    let tags = Engine::builder().pin(false).workers(2).isolate_heavy(true);
+    let tags = Engine::builder().pin(false).workers(2).isolate_heavy(true).router(tag_router());
     let (learned_engine, learned_records, truths) = run_stream(learned.log_in_memory(), 2);
     let (tags_engine, tags_records, _) = run_stream(tags.log_in_memory(), 2);
     assert_ne!(learned_engine.model_version(), 0);
     assert_eq!(tags_engine.model_version(), 0);
 
-    let heavy_lane = learned_engine.lanes().iter().find(|l| l.set == LaneSet::Heavy).unwrap().index;
+    let heavy_lanes: Vec<usize> = learned_engine
+        .lanes()
+        .iter()
+        .filter(|l| l.set == LaneSet::Heavy)
+        .map(|l| l.index)
+        .collect();
     let mislabelled_heavy = |records: &[TokenRecord]| -> Vec<TokenRecord> {
         records
             .iter()
@@ -94,13 +101,13 @@ fn logged_runs_train_a_model_that_routes_mislabelled_heavy_work_to_the_heavy_lan
         records.iter().filter(|r| pred(r)).count() as f64 / records.len() as f64
     };
     let placed_heavy = |r: &TokenRecord| r.lane_set == LaneSet::Heavy;
-    let ran_heavy = |r: &TokenRecord| usize::from(r.lane) == heavy_lane;
+    let ran_heavy = |r: &TokenRecord| heavy_lanes.contains(&usize::from(r.lane));
     // Runtimes in a shared test process are noisy, so the model that learned them is
     // not perfect; the tag router, by construction, gets none of these right.
     let placed = share(&learned_heavy, &placed_heavy);
     assert!(placed >= 0.8, "learned router places them heavy: {placed}");
     let ran = share(&learned_heavy, &ran_heavy);
-    assert!(ran >= 0.8, "and they run on the heavy lane: {ran}");
+    assert!(ran >= 0.8, "and they run on a heavy lane: {ran}");
     assert!(learned_heavy.iter().all(|r| r.route_source == RouteSource::Model));
     assert_eq!(share(&tags_heavy, &placed_heavy), 0.0, "the tag router believes the tag");
     assert!(tags_heavy.iter().all(|r| r.route_source == RouteSource::Tag));

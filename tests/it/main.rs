@@ -49,7 +49,14 @@ pub fn in_child(name: &str) -> bool {
 /// An engine with a single unpinned lane, so a test can hold the lane and be sure
 /// that everything submitted after stays queued.
 pub fn one_lane(capacity: usize) -> Engine {
-    Engine::builder().workers(1).pin(false).capacity(capacity).build().expect("engine")
+    single_lane().capacity(capacity).build().expect("engine")
+}
+
+/// A builder for an engine with one lane that serves everything, light and heavy (the
+/// pinned split: the preemptive one adds heavy lanes beside each light lane), so that
+/// a held call holds the whole engine.
+pub fn single_lane() -> tokengate::EngineBuilder {
+    Engine::builder().workers(1).pin(false).split(tokengate::LaneSplit::Pinned)
 }
 
 /// An operation that blocks its lane until the returned sender is sent to (or dropped).

@@ -382,10 +382,7 @@ fn auto_with_a_backlog(
     let _served = register(&worker_engine);
     let _worker = Worker::start(&worker_engine, WorkerConfig::new(server.config())).unwrap();
     // One lane, held by a gate: everything submitted meanwhile queues behind it.
-    let mut builder = Engine::builder()
-        .workers(1)
-        .pin(false)
-        .nats(server.config().placement(RemotePlacement::Auto));
+    let mut builder = crate::single_lane().nats(server.config().placement(RemotePlacement::Auto));
     if let Some(router) = router {
         builder = builder.router(router);
     }

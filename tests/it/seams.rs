@@ -14,7 +14,7 @@ use crate::{eventually, gate};
 /// for ever (after which every token took a global lock); now it is refused at once.
 #[test]
 fn cancelling_a_token_that_is_not_waiting_is_refused() {
-    let engine = Engine::builder().workers(1).pin(false).build().unwrap();
+    let engine = crate::single_lane().build().unwrap();
     let echo = engine.register("echo", Weight::Light, |x: u32| x).unwrap();
     let controller: Controller = engine.controller();
     let done = echo.submit(1);

@@ -10,7 +10,7 @@ use crate::gate;
 
 #[test]
 fn cancelled_timed_out_and_panicked_calls_are_rows_too() {
-    let engine = Engine::builder().workers(1).pin(false).log_in_memory().build().unwrap();
+    let engine = crate::single_lane().log_in_memory().build().unwrap();
     let (held, release) = gate(&engine, "gate");
     let slow = engine
         .operation("slow", Weight::Light)
@@ -48,7 +48,7 @@ fn cancelled_timed_out_and_panicked_calls_are_rows_too() {
 
 #[test]
 fn a_call_that_never_returns_is_a_timed_out_row_once() {
-    let engine = Engine::builder().workers(1).pin(false).log_in_memory().build().unwrap();
+    let engine = crate::single_lane().log_in_memory().build().unwrap();
     let (unblock, blocked) = std::sync::mpsc::channel::<()>();
     let blocked = std::sync::Mutex::new(blocked);
     let hangs = engine

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokengate::model::Model;
 use tokengate::{Engine, EngineBuilder, EwmaRouter, LearnedRouter, Router, StaticRouter};
 
+mod bench;
 mod compare;
 mod ctl;
 mod faults;
@@ -41,6 +42,8 @@ enum Command {
     /// Serve the built-in workloads' remote-capable operations to submitters over NATS
     /// JetStream (`run ... --nats URL`).
     Worker(remote::WorkerArgs),
+    /// Benchmark tokengate beside its peers (`bench service`).
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -103,6 +106,7 @@ fn main() -> std::process::ExitCode {
         Command::Flood(args) => faults::flood(args),
         Command::Ctl(args) => ctl::ctl(args),
         Command::Worker(args) => remote::worker(args),
+        Command::Bench(args) => bench::bench(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -283,7 +283,7 @@ fn lanes_json(lanes: &[LaneInfo], per_lane: &[u64]) -> Value {
         .map(|(lane, tokens)| {
             json!({
                 "lane": lane.index, "set": lane.set.as_str(), "core": lane.core,
-                "pinned": lane.pinned, "tokens": tokens,
+                "pinned": lane.pinned, "priority": lane.priority.to_string(), "tokens": tokens,
             })
         })
         .collect()
@@ -356,6 +356,6 @@ fn print_report(report: &Value, lanes: &[LaneInfo], per_lane: &[u64]) {
 fn describe(lane: &LaneInfo) -> String {
     match (lane.core, lane.pinned) {
         (Some(core), true) => format!("{:<5} core {core:<3}", lane.set.as_str()),
-        _ => format!("{:<5} unpinned", lane.set.as_str()),
+        _ => format!("{:<5} floating, {} priority", lane.set.as_str(), lane.priority),
     }
 }

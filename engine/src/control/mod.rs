@@ -232,7 +232,8 @@ impl Controller {
             .map(|(info, stats)| LaneSnapshot {
                 lane: info.index,
                 set: info.set,
-                core: info.core,
+                core: info.core.filter(|_| info.pinned),
+                priority: Some(info.priority),
                 tokens: stats.tokens,
                 busy_share: 0.0,
             })

@@ -326,8 +326,11 @@ pub struct LaneSnapshot {
     pub lane: usize,
     /// The set it serves first.
     pub set: LaneSet,
-    /// Its core, when pinned.
+    /// Its core, when pinned (none: the lane floats over the engine's cores).
     pub core: Option<usize>,
+    /// The scheduling priority its thread runs at (absent from older engines).
+    #[serde(default)]
+    pub priority: Option<crate::placement::LanePriority>,
     /// Tokens it has taken.
     pub tokens: u64,
     /// Share of wall time spent running batches since this connection's previous

@@ -13,7 +13,8 @@ use crate::core::Shared;
 use crate::error::BuildError;
 use crate::lanes::{self, LaneConfig, Lanes, StealPolicy, LIGHT_BUDGET, MAX_LANES};
 use crate::model::Model;
-use crate::router::{LearnedRouter, Router, StaticRouter};
+use crate::placement::LaneSplit;
+use crate::router::{EwmaRouter, LearnedRouter, Router, StaticRouter};
 use crate::telemetry::{Sink, Tap, Telemetry};
 
 /// Configures an [`Engine`]. Every option is checked once, in [`EngineBuilder::build`].
@@ -22,6 +23,7 @@ pub struct EngineBuilder {
     workers: Option<usize>,
     cores: Option<Vec<usize>>,
     heavy_lanes: Option<usize>,
+    split: LaneSplit,
     light_batch: u32,
     capacity: usize,
     memory_capacity: Option<usize>,
@@ -47,6 +49,7 @@ impl Default for EngineBuilder {
             workers: None,
             cores: None,
             heavy_lanes: None,
+            split: LaneSplit::default(),
             light_batch: 128,
             capacity: 1 << 16,
             memory_capacity: None,
@@ -83,10 +86,21 @@ impl EngineBuilder {
         self
     }
 
-    /// Lanes reserved for heavy work. Default: 1 when there are at least 2 lanes,
-    /// else 0 (the single lane serves everything).
+    /// Lanes that run heavy work. Under the default [`LaneSplit::Preemptive`]: the
+    /// number of idle-priority threads that float over every core of the engine, beside
+    /// the light lanes (default: as many as the light lanes, one per core; they take the
+    /// shortest predicted heavy call first, and more of them measured worse: see
+    /// `docs/lanes.md`; 0 runs heavy work on the light lanes). Under [`LaneSplit::Pinned`]: how many of the pinned lanes serve
+    /// heavy work first (default 1 when there are at least 2 lanes, else 0).
     pub fn heavy_lanes(mut self, heavy_lanes: usize) -> Self {
         self.heavy_lanes = Some(heavy_lanes);
+        self
+    }
+
+    /// How light and heavy lanes share the cores (default [`LaneSplit::Preemptive`]:
+    /// light lanes pinned at normal priority, heavy lanes floating at the lowest).
+    pub fn split(mut self, split: LaneSplit) -> Self {
+        self.split = split;
         self
     }
 
@@ -156,7 +170,9 @@ impl EngineBuilder {
         self
     }
 
-    /// Replaces the tag router.
+    /// Replaces the default router: without a model, an [`EwmaRouter`] that learns
+    /// each operation's (and each argument size's) cost online and places by tag only
+    /// until it has measured it; pass a [`StaticRouter`] to place by tags alone.
     pub fn router(mut self, router: Arc<dyn Router>) -> Self {
         self.router = Some(router);
         self
@@ -236,7 +252,8 @@ impl EngineBuilder {
                     .map_err(|e| BuildError::model(path.display().to_string(), e))?;
                 Arc::new(LearnedRouter::new(model, fallback))
             }
-            (None, None) => Arc::new(fallback),
+            // No model: learn costs online from a cold start (tags until measured).
+            (None, None) => Arc::new(EwmaRouter::new(fallback)),
         };
         if let Some(dir) = &self.log_dir {
             if !cfg!(feature = "parquet") {
@@ -296,6 +313,8 @@ impl EngineBuilder {
         let lanes = Lanes::new(LaneConfig {
             cores: valid.cores,
             heavy_lanes: valid.heavy_lanes,
+            split: self.split,
+            float_cores: valid.float_cores,
             steal: valid.steal,
             telemetry: telemetry.clone(),
             admission: Arc::clone(&admission),
@@ -417,24 +436,57 @@ impl EngineBuilder {
             workers = cores.len();
         }
         cores.truncate(workers);
-        let heavy_lanes = self.heavy_lanes.unwrap_or(usize::from(workers >= 2));
-        if heavy_lanes >= workers && !(workers == 1 && heavy_lanes == 0) {
-            return Err(BuildError::invalid(format!(
-                "heavy_lanes must leave at least one light lane: {heavy_lanes} of {workers} lanes"
-            )));
-        }
-        let lane_cores =
-            (0..workers).map(|i| pin.then(|| core_affinity::CoreId { id: cores[i] })).collect();
-        Ok(ValidConfig { cores: lane_cores, heavy_lanes, capacity: self.capacity, steal })
+        let float_cores = if pin { cores.clone() } else { Vec::new() };
+        let pinned_core = |i: usize| pin.then(|| core_affinity::CoreId { id: cores[i] });
+        let (lane_cores, heavy_lanes) = match self.split {
+            LaneSplit::Pinned => {
+                let heavy_lanes = self.heavy_lanes.unwrap_or(usize::from(workers >= 2));
+                if heavy_lanes >= workers && !(workers == 1 && heavy_lanes == 0) {
+                    return Err(BuildError::invalid(format!(
+                        "heavy_lanes must leave at least one light lane: {heavy_lanes} of \
+                         {workers} lanes"
+                    )));
+                }
+                ((0..workers).map(pinned_core).collect(), heavy_lanes)
+            }
+            LaneSplit::Preemptive => {
+                // Every worker is a light lane; the heavy lanes come on top, unpinned.
+                let light = workers.min(MAX_LANES - 1);
+                let room = MAX_LANES - light;
+                let heavy_lanes = match self.heavy_lanes {
+                    Some(heavy) if heavy > room => {
+                        return Err(BuildError::invalid(format!(
+                            "heavy_lanes: at most {room} beside {light} light lanes (the engine \
+                             runs at most {MAX_LANES} lanes), got {heavy}"
+                        )));
+                    }
+                    Some(heavy) => heavy,
+                    None => (HEAVY_LANES_PER_LIGHT * light).min(room),
+                };
+                let cores = (0..light).map(pinned_core).chain((0..heavy_lanes).map(|_| None));
+                (cores.collect(), heavy_lanes)
+            }
+        };
+        Ok(ValidConfig {
+            cores: lane_cores,
+            heavy_lanes,
+            float_cores,
+            capacity: self.capacity,
+            steal,
+        })
     }
 }
 
 /// The default cap of a log directory.
 const DEFAULT_LOG_MAX_BYTES: u64 = 1 << 30;
 
+/// Heavy lanes per light lane under the preemptive split, by default.
+const HEAVY_LANES_PER_LIGHT: usize = 1;
+
 struct ValidConfig {
     cores: Vec<Option<core_affinity::CoreId>>,
     heavy_lanes: usize,
+    float_cores: Vec<usize>,
     capacity: usize,
     steal: StealPolicy,
 }

@@ -196,6 +196,11 @@ impl Engine {
         } else {
             format!("{} pinned to cores {pinned:?}, the rest unpinned", pinned.len())
         };
+        let lowered = lanes.iter().find(|l| l.priority != crate::LanePriority::Normal);
+        let pinning = match lowered {
+            Some(lane) => format!("{pinning}; heavy lanes at {} priority", lane.priority),
+            None => pinning,
+        };
         let model = match self.model_version() {
             0 => "no model".to_string(),
             version => format!("model {version:08x}"),

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::{LaneCtx, Lanes, SPIN_CHECKS};
+use super::{BoxJob, LaneCtx, Lanes, SPIN_CHECKS};
 use crate::placement::LaneSet;
 use crate::token::{Helper, Outside};
 
@@ -58,7 +58,7 @@ impl Lanes {
             // children) is taken, so the stack stays bounded by the recursion itself.
             let depth = ctx.depth().get();
             let job = if depth < MAX_DEPTH {
-                self.next_job(index)
+                self.next_job(index, true).or_else(|| self.other_set_job(index))
             } else {
                 self.lanes[index].local.pop_newest()
             };
@@ -97,6 +97,21 @@ impl Lanes {
         if ctx.is_retired() && !done() {
             thread::park_timeout(HELP_PARK);
         }
+    }
+}
+
+impl Lanes {
+    /// A waiting lane's last resort: work of the set it does not serve. Under the
+    /// preemptive split neither set takes the other's work in its loop, so a light call
+    /// waiting on a heavy child whose heavy lane waits on a light grandchild would wait
+    /// for ever if neither could run the other's work while waiting. A lane that is
+    /// waiting holds its core anyway.
+    fn other_set_job(&self, index: usize) -> Option<BoxJob> {
+        if !self.lanes[index].floating && self.floating == 0 {
+            return None; // Pinned split: `next_job` already took what the lane may.
+        }
+        let other = 1 - self.queue_index(self.lanes[index].set);
+        self.take_shared(other).or_else(|| self.steal_local(index, other))
     }
 }
 

@@ -6,7 +6,10 @@
 //! stuck thread finds what the stuck one left.
 //!
 //! Each job is tagged with the shared queue it was meant for (light or heavy), so a
-//! thief takes only what it may take; the owner pushes only jobs it may run itself.
+//! thief takes only what it may take. Under the pinned split the owner pushes only jobs
+//! it may run itself; under the preemptive split it pushes every job it submits (a
+//! waiting call runs its own children, of either set, newest first), and outside a
+//! wait it takes only its own set's, leaving the rest to the other set's thieves.
 //!
 //! A mutex guards it, but only the thread that pushed or a thief with nothing else to
 //! do takes it; a count per tag lets everyone else skip an empty queue with one load.
@@ -41,6 +44,18 @@ impl<T> LocalQueue<T> {
         }
         let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
         let (tag, job) = jobs.pop_back()?;
+        self.len[tag].fetch_sub(1, Ordering::SeqCst);
+        Some(job)
+    }
+
+    /// The owner's pop outside a wait: the newest job tagged `tag`.
+    pub(super) fn pop_newest_of(&self, tag: usize) -> Option<T> {
+        if !self.has(tag) {
+            return None;
+        }
+        let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        let position = jobs.iter().rposition(|(t, _)| *t == tag)?;
+        let (_, job) = jobs.remove(position)?;
         self.len[tag].fetch_sub(1, Ordering::SeqCst);
         Some(job)
     }

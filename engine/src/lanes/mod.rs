@@ -28,13 +28,14 @@ use std::time::{Duration, Instant};
 use crossbeam_deque::{Injector, Steal};
 
 use crate::admission::Admission;
-use crate::placement::LaneSet;
+use crate::placement::{LanePriority, LaneSet, LaneSplit};
 use crate::telemetry::Telemetry;
 
 mod ctx;
 mod help;
 mod local;
 mod order;
+mod priority;
 mod steal;
 mod thread_life;
 
@@ -42,6 +43,7 @@ pub(crate) use ctx::LaneCtx;
 use ctx::Watch;
 use local::LocalQueue;
 use order::LongQueue;
+pub(crate) use priority::lower_current;
 use steal::LightArrivals;
 pub(crate) use steal::{StealPolicy, LIGHT_BUDGET};
 pub(crate) use thread_life::spawn_workers;
@@ -130,6 +132,7 @@ impl std::ops::Deref for BoxJob {
 
 /// How a lane was set up, as seen from inside its thread.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LaneInfo {
     /// The lane's index (0-based).
     pub index: usize,
@@ -141,11 +144,17 @@ pub struct LaneInfo {
     pub pinned: bool,
     /// The cores in the thread's affinity mask, read back after pinning.
     pub affinity: Vec<usize>,
+    /// The scheduling priority the thread got: normal for light lanes; the lowest the
+    /// OS grants for the floating heavy lanes of a [`LaneSplit::Preemptive`] split.
+    pub priority: LanePriority,
 }
 
 struct Lane {
     set: LaneSet,
     core: Option<core_affinity::CoreId>,
+    /// A heavy lane of a preemptive split: allowed onto every core of the engine, at
+    /// the lowest priority (`priority.rs`).
+    floating: bool,
     executed: AtomicU64,
     batches: AtomicU64,
     /// Nanoseconds the lane spent idle (yielding or parked for want of work), counted
@@ -194,6 +203,8 @@ pub(crate) struct Lanes {
     primary: [u64; 2],
     /// Per queue: every lane allowed to take from it.
     takers: [u64; 2],
+    /// The floating lanes (heavy lanes of a preemptive split).
+    floating: u64,
     /// Heavy batches go to the light queue when there is no heavy lane.
     has_heavy: bool,
     /// When light lanes take heavy batches (`steal.rs`).
@@ -214,9 +225,12 @@ pub(crate) struct Lanes {
     /// Every lane thread ever started, with its "stuck" flag: a thread whose call overran
     /// a deadline is never joined (it may never return).
     handles: Mutex<Vec<(Arc<AtomicBool>, JoinHandle<()>)>>,
-    /// Threads that came back from an overrun, waiting to replace the next stuck lane
-    /// (reusing threads keeps memory flat: a new thread brings a new malloc arena).
-    spares: Mutex<Vec<std::sync::mpsc::SyncSender<usize>>>,
+    /// The cores floating lanes may run on (empty: unpinned, the inherited mask).
+    float_cores: Vec<usize>,
+    /// Threads that came back from an overrun, waiting to replace the next stuck lane of
+    /// their kind (floating or not: a thread's priority is not raised back), as reusing
+    /// threads keeps memory flat (a new thread brings a new malloc arena).
+    spares: Mutex<Vec<(bool, std::sync::mpsc::SyncSender<usize>)>>,
     replaced: AtomicU64,
     /// Tokens run by waiting callers outside the lanes (see `help.rs`).
     by_callers: AtomicU64,
@@ -229,8 +243,13 @@ pub(crate) struct Lanes {
 }
 
 pub(crate) struct LaneConfig {
+    /// Per lane, light lanes first: its core when pinned (none for floating lanes).
     pub cores: Vec<Option<core_affinity::CoreId>>,
+    /// The last this many lanes are heavy.
     pub heavy_lanes: usize,
+    pub split: LaneSplit,
+    /// The engine's cores, the affinity of floating lanes (empty: unpinned).
+    pub float_cores: Vec<usize>,
     pub steal: StealPolicy,
     pub telemetry: Option<Arc<Telemetry>>,
     pub admission: Arc<Admission>,
@@ -249,6 +268,7 @@ impl Lanes {
             .map(|(index, core)| Lane {
                 set: if index >= first_heavy { LaneSet::Heavy } else { LaneSet::Light },
                 core,
+                floating: index >= first_heavy && config.split == LaneSplit::Preemptive,
                 executed: AtomicU64::new(0),
                 batches: AtomicU64::new(0),
                 idle_ns: AtomicU64::new(0),
@@ -261,14 +281,20 @@ impl Lanes {
             })
             .collect();
         let mut primary = [0u64; 2];
+        let mut floating = 0u64;
         for (index, lane) in lanes.iter().enumerate() {
             primary[lane.set.index()] |= 1 << index;
+            floating |= u64::from(lane.floating) << index;
         }
         let all = primary[0] | primary[1];
-        // Heavy lanes may always help with light work; light lanes help with heavy work
-        // unless isolation is strict (or they are the only lanes there are).
-        let light_takers = all;
-        let isolated = config.steal == StealPolicy::Isolate;
+        // Pinned split: heavy lanes may always help with light work; light lanes help
+        // with heavy work unless isolation is strict (or they are the only lanes there
+        // are). Preemptive split: each set runs only its own work (a light call on an
+        // idle-priority thread could wait out any amount of normal work; a heavy call on
+        // a light lane could not be preempted by light work).
+        let preemptive = config.split == LaneSplit::Preemptive && primary[1] != 0;
+        let light_takers = if preemptive { primary[0] } else { all };
+        let isolated = config.steal == StealPolicy::Isolate || preemptive;
         let heavy_takers = if isolated && primary[1] != 0 { primary[1] } else { all };
         Arc::new_cyclic(|me| Lanes {
             epoch: Instant::now(),
@@ -277,6 +303,7 @@ impl Lanes {
             idle: AtomicU64::new(0),
             primary,
             takers: [light_takers, heavy_takers],
+            floating,
             has_heavy: config.heavy_lanes > 0,
             steal: config.steal,
             queued_ns: Default::default(),
@@ -287,6 +314,7 @@ impl Lanes {
             telemetry: config.telemetry,
             admission: config.admission,
             pin: config.pin,
+            float_cores: config.float_cores,
             handles: Mutex::new(Vec::new()),
             spares: Mutex::new(Vec::new()),
             replaced: AtomicU64::new(0),
@@ -395,7 +423,9 @@ impl Lanes {
     pub(crate) fn push(&self, set: LaneSet, job: BoxJob) {
         let queue = self.queue_index(set);
         match LaneCtx::current_lane(self) {
-            Some(lane) if self.takers[queue] & (1 << lane) != 0 => {
+            // Preemptive split: every lane keeps what it submits, so a wait finds its
+            // children whatever their set (the other set's lanes steal them meanwhile).
+            Some(lane) if self.takers[queue] & (1 << lane) != 0 || self.floating != 0 => {
                 if queue == LaneSet::Light.index() {
                     self.arrivals.arrived();
                 }
@@ -444,7 +474,10 @@ impl Lanes {
             if candidates == 0 {
                 return;
             }
-            let bit = 1u64 << candidates.trailing_zeros();
+            let bit = match self.local_lane(candidates) {
+                Some(bit) => bit,
+                None => 1u64 << candidates.trailing_zeros(),
+            };
             // Claim the sleeper so the next push wakes a different one.
             let before = self.idle.fetch_and(!bit, Ordering::SeqCst);
             if before & bit != 0 {
@@ -453,6 +486,19 @@ impl Lanes {
             }
             idle = before & !bit;
         }
+    }
+
+    /// Under the preemptive split, the bit of the lane among `candidates` pinned to the
+    /// core this thread runs on, if any: waking it needs no interrupt to another core,
+    /// and preempts no heavy call (this core runs the pusher, not a heavy lane).
+    fn local_lane(&self, candidates: u64) -> Option<u64> {
+        if self.floating == 0 || candidates & !self.floating == 0 {
+            return None;
+        }
+        let cpu = current_cpu()?;
+        let index = self.lanes.iter().position(|lane| lane.core.is_some_and(|c| c.id == cpu))?;
+        let bit = 1u64 << index;
+        (candidates & bit != 0).then_some(bit)
     }
 
     fn wake_all(&self) {
@@ -529,12 +575,18 @@ impl Lanes {
         (may((short_n, all_ns - long_ns)), may((long_n, long_ns)))
     }
 
-    /// The next batch for `lane`: its own newest local batch, its locality queue, its
-    /// set's queue, the oldest local batch of another lane of its set, then (if it may
-    /// take from it) the other set's queue and lanes.
-    fn next_job(&self, lane: usize) -> Option<BoxJob> {
+    /// The next batch for `lane`: its own newest local batch (of any set while it
+    /// waits, else of the sets it may take), its locality queue, its set's queue, the
+    /// oldest local batch of another lane of its set, then (if it may take from it) the
+    /// other set's queue and lanes.
+    fn next_job(&self, lane: usize, waiting: bool) -> Option<BoxJob> {
         let this = &self.lanes[lane];
-        if let Some(job) = this.local.pop_newest() {
+        let local = if waiting || self.floating == 0 {
+            this.local.pop_newest()
+        } else {
+            this.local.pop_newest_of(self.queue_index(this.set))
+        };
+        if let Some(job) = local {
             return Some(job);
         }
         if let Some(job) = steal(&this.own) {
@@ -577,8 +629,10 @@ impl Lanes {
 
     fn has_work(&self, lane: usize) -> bool {
         let own = self.queue_index(self.lanes[lane].set);
+        // (A lane's own local batches count only under the pinned split, where it takes
+        // them whatever their set; otherwise they count with their set's queue.)
         !self.lanes[lane].own.is_empty()
-            || !self.lanes[lane].local.is_empty()
+            || (self.floating == 0 && !self.lanes[lane].local.is_empty())
             || self.queue_has_work(own)
             || (self.may_take(lane, 1 - own) && self.queue_has_work(1 - own))
     }
@@ -603,7 +657,7 @@ impl Lanes {
         // The idle spell under way (across parks), for the lane's busy time.
         let mut idle_from: Option<Instant> = None;
         loop {
-            if let Some(job) = self.next_job(index) {
+            if let Some(job) = self.next_job(index, false) {
                 if let Some(from) = idle_from.take() {
                     self.end_idle(index, from);
                 }
@@ -631,7 +685,7 @@ impl Lanes {
                     self.lanes[index].idle_since.store(since, Ordering::Relaxed);
                 }
             }
-            if idle_since.elapsed() < IDLE_YIELD {
+            if idle_since.elapsed() < IDLE_YIELD && self.yields_when_idle(index) {
                 thread::yield_now();
                 continue;
             }
@@ -653,11 +707,39 @@ impl Lanes {
         RunEnd::Done
     }
 
+    /// Whether an idle lane yields a while before it parks (so a caller that submits
+    /// call after call finds it awake). Not a floating lane (its core's owner is the
+    /// light lane), and not a light lane while heavy lanes have work: a yielding lane
+    /// still holds its core against idle-priority threads, which get it only once the
+    /// light lane parks.
+    fn yields_when_idle(&self, index: usize) -> bool {
+        let lane = &self.lanes[index];
+        if lane.floating {
+            return false;
+        }
+        let floating = self.floating;
+        floating == 0
+            || (self.idle.load(Ordering::Relaxed) & floating == floating
+                && self.shared_len(LaneSet::Heavy.index()) == 0)
+    }
+
     fn end_idle(&self, index: usize, from: Instant) {
         let lane = &self.lanes[index];
         lane.idle_ns.fetch_add(from.elapsed().as_nanos() as u64, Ordering::Relaxed);
         lane.idle_since.store(0, Ordering::Relaxed);
     }
+}
+
+/// The CPU the calling thread runs on (a vDSO call on Linux; none elsewhere).
+fn current_cpu() -> Option<usize> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: `sched_getcpu` takes no arguments and only reads the CPU number.
+        let cpu = unsafe { libc::sched_getcpu() };
+        usize::try_from(cpu).ok()
+    }
+    #[cfg(not(target_os = "linux"))]
+    None
 }
 
 fn nanos_since(epoch: Instant) -> u64 {
@@ -751,6 +833,8 @@ mod tests {
             cores: vec![None, None],
             heavy_lanes: 1,
             steal,
+            split: LaneSplit::Pinned,
+            float_cores: Vec::new(),
             telemetry: None,
             admission: Arc::new(Admission::new(16, usize::MAX)),
             pin: false,
@@ -758,7 +842,7 @@ mod tests {
     }
 
     fn next(lanes: &Lanes, lane: usize) -> Option<usize> {
-        lanes.next_job(lane).map(|job| job.len())
+        lanes.next_job(lane, false).map(|job| job.len())
     }
 
     #[test]

@@ -6,7 +6,8 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
 
-use super::{Lane, LaneCtx, LaneInfo, Lanes, RunEnd};
+use super::{priority, Lane, LaneCtx, LaneInfo, Lanes, RunEnd};
+use crate::placement::LanePriority;
 use crate::token::with_helper;
 
 impl Lanes {
@@ -57,8 +58,13 @@ impl Lanes {
 
     /// Gives lane `index` a thread: a spare if one is waiting, else a new one.
     fn assign_thread(self: &Arc<Self>, index: usize) {
+        let floating = self.lanes[index].floating;
         loop {
-            let spare = self.spares.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let spare = {
+                let mut spares = self.spares.lock().unwrap_or_else(|e| e.into_inner());
+                let kind = spares.iter().rposition(|(kind, _)| *kind == floating);
+                kind.map(|at| spares.remove(at).1)
+            };
             match spare {
                 Some(spare) if spare.send(index).is_ok() => return,
                 Some(_) => continue,
@@ -133,7 +139,7 @@ fn lane_thread(
     loop {
         let lane = &lanes.lanes[index];
         *lane.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread::current());
-        let info = pin_current(index, lane, lanes.pin);
+        let info = pin_current(index, lane, &lanes);
         let core = if info.pinned { info.core.map_or(-1, |c| c as i32) } else { -1 };
         let _ = lane.info.set(info);
         let ctx = LaneCtx::new(Arc::clone(&lanes), index, core, Arc::clone(&stuck));
@@ -152,7 +158,7 @@ fn lane_thread(
             if lanes.shutdown.load(Ordering::SeqCst) {
                 return;
             }
-            spares.push(offer);
+            spares.push((lanes.lanes[index].floating, offer));
         }
         match assignment.recv() {
             Ok(next) => index = next,
@@ -162,9 +168,13 @@ fn lane_thread(
 }
 
 static PIN_WARNING: std::sync::Once = std::sync::Once::new();
+static PRIORITY_WARNING: std::sync::Once = std::sync::Once::new();
 
-fn pin_current(index: usize, lane: &Lane, pin: bool) -> LaneInfo {
-    let pinned = match (pin, lane.core) {
+/// Sets the calling thread up for lane `index`: pinned to its core (a light lane, or any
+/// lane of a pinned split), or allowed onto every core of the engine at the lowest
+/// priority (a floating lane).
+fn pin_current(index: usize, lane: &Lane, lanes: &Lanes) -> LaneInfo {
+    let pinned = match (lanes.pin, lane.core) {
         (true, Some(core)) => {
             let ok = core_affinity::set_for_current(core);
             if !ok {
@@ -176,6 +186,22 @@ fn pin_current(index: usize, lane: &Lane, pin: bool) -> LaneInfo {
         }
         _ => false,
     };
+    let priority = if lane.floating {
+        if lanes.pin {
+            priority::allow_cores(&lanes.float_cores);
+        }
+        priority::lower_current(19)
+    } else {
+        priority::normal_current()
+    };
+    if matches!(priority, LanePriority::Refused | LanePriority::Nice(_)) {
+        PRIORITY_WARNING.call_once(|| {
+            tracing::warn!(
+                "heavy lanes run at {priority} priority (SCHED_IDLE refused): light work \
+                 no longer preempts heavy work at once"
+            );
+        });
+    }
     let affinity: Vec<usize> = core_affinity::get_core_ids()
         .map(|ids| ids.into_iter().map(|id| id.id).collect())
         .unwrap_or_default();
@@ -183,7 +209,10 @@ fn pin_current(index: usize, lane: &Lane, pin: bool) -> LaneInfo {
         Some(core) if pinned => {
             tracing::debug!("lane {index} ({}) pinned to core {}", lane.set, core.id)
         }
-        _ => tracing::debug!("lane {index} ({}) unpinned, affinity {affinity:?}", lane.set),
+        _ => tracing::debug!(
+            "lane {index} ({}) unpinned, affinity {affinity:?}, priority {priority}",
+            lane.set
+        ),
     }
-    LaneInfo { index, set: lane.set, core: lane.core.map(|c| c.id), pinned, affinity }
+    LaneInfo { index, set: lane.set, core: lane.core.map(|c| c.id), pinned, affinity, priority }
 }

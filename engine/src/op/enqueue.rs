@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use super::remote::{PendingToken, RemoteToken};
 use super::run::{Batch, BatchHead, BatchMeta, ItemList, Items, Single, SingleJob, TokenMeta};
-use super::state::OpShared;
+use super::state::{OpShared, NO_CELL};
 use crate::admission::Permit;
 use crate::control::state::Overrides;
 use crate::error::TokenError;
@@ -73,6 +73,7 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
                 arg_size: 0,
                 queue_depth: engine.admission.in_flight() as u64,
                 op_recent_ns: op.recent_ns.load(Relaxed),
+                size_recent_ns: 0,
             },
             single: op.options.timeout.is_some()
                 || op.options.locality.is_some()
@@ -148,12 +149,14 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
     pub(super) fn push(&mut self, index: u32, arg: A, declared: Weight, remaining: usize) {
         let op = self.op;
         let arg_size = op.options.size_hint.map_or(0, |hint| hint(&arg));
+        let cell = op.size_cell(arg_size);
         let placement = match self.last {
             // A pure router gives equal features the same placement: route once per run.
             Some((d, size, placement)) if d == declared && size == arg_size => placement,
             _ => {
                 self.features.declared = declared;
                 self.features.arg_size = arg_size;
+                self.features.size_recent_ns = op.size_recent_ns(cell);
                 let placement = self.place();
                 if self.pure {
                     self.last = Some((declared, arg_size, placement));
@@ -162,6 +165,10 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
             }
         };
         let set = placement.lanes;
+        if placement.batch == 1 && !self.open[set.index()].items.is_empty() {
+            // A call that runs alone (an unmeasured size, say) keeps its batch of one.
+            self.flush(set);
+        }
         let open = &mut self.open[set.index()];
         if self.logging {
             self.features.declared = declared;
@@ -175,8 +182,10 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
             // The chunk's last call and nothing open on its set: it is a batch of one
             // (inline in its chunk for a single call), with no item list.
             let meta = open.meta.take();
+            open.cell = cell;
             return self.queue_one(set, index, arg, placement.predicted_ns, meta);
         }
+        open.cell = if open.items.is_empty() || open.cell == cell { cell } else { NO_CELL };
         open.cost_ns += placement.predicted_ns;
         open.push(index, arg, placement.batch, remaining);
         if open.is_full() {
@@ -383,7 +392,8 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
     ) {
         let home = self.home(items.as_ref().first().map(|(_, arg)| arg), set);
         let bytes = self.op.bytes_of_all(items.as_ref());
-        let head = self.head(set, bytes, predicted_ns, meta);
+        let mut head = self.head(set, bytes, predicted_ns, meta);
+        head.cell = std::mem::replace(&mut self.open[set.index()].cell, NO_CELL);
         let batch = Arc::new(Batch { head, chunk: Arc::clone(self.chunk), items });
         self.push_job(home, set, BoxJob::new(batch));
     }
@@ -402,7 +412,8 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
             return self.queue(set, [(index, arg)], predicted_ns, meta);
         };
         let home = self.home(Some(&arg), set);
-        let head = self.head(set, self.op.bytes_of(&arg), predicted_ns, meta);
+        let mut head = self.head(set, self.op.bytes_of(&arg), predicted_ns, meta);
+        head.cell = self.open[set.index()].cell;
         let job = SingleJob { head, call: (index, arg) };
         // SAFETY: the chunk is not queued yet, and this thread queues it (below).
         unsafe { chunk.tail.put(job) };
@@ -425,6 +436,7 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
             set,
             admitted_at: self.admitted_at,
             predicted_ns,
+            cell: NO_CELL,
         }
     }
 
@@ -451,13 +463,15 @@ struct Open<A> {
     items: Items<A>,
     /// The items' predicted cost (ns).
     cost_ns: u64,
+    /// The size cell every item fell in (`NO_CELL`: several, or no size hint).
+    cell: u8,
     limit: usize,
     meta: Option<Box<BatchMeta>>,
 }
 
 impl<A> Open<A> {
     fn new() -> Self {
-        Open { items: Items::new(), cost_ns: 0, limit: usize::MAX, meta: None }
+        Open { items: Items::new(), cost_ns: 0, cell: NO_CELL, limit: usize::MAX, meta: None }
     }
 
     fn push(&mut self, index: u32, arg: A, batch: u32, remaining: usize) {

@@ -64,6 +64,9 @@ pub(super) struct BatchHead<A, R> {
     pub(super) admitted_at: Instant,
     /// Its predicted runtime (ns), for the lanes' choice of what to run.
     pub(super) predicted_ns: u64,
+    /// The size cell all its calls fell in (`state::NO_CELL`: none, or several), whose
+    /// running average its run updates.
+    pub(super) cell: u8,
 }
 
 /// What telemetry needs from admission; built only when logging is on.
@@ -354,7 +357,7 @@ impl<A: Send + 'static, R: Send + 'static, I: ItemList<A>> Batch<A, R, I> {
     /// Runs the batch's calls; how it ended, and when.
     fn run_items(self, lane: &LaneCtx) -> (RunEnd, Instant) {
         let Batch { head, chunk, items } = self;
-        let BatchHead { op, meta, attempt, bytes, admitted_at, set, .. } = head;
+        let BatchHead { op, meta, attempt, bytes, admitted_at, set, cell, .. } = head;
         let len = items.as_ref().len();
         let first = items.as_ref().first().map(|&(index, _)| index);
         let permit = Permit::new(len, bytes);
@@ -377,6 +380,9 @@ impl<A: Send + 'static, R: Send + 'static, I: ItemList<A>> Batch<A, R, I> {
         // 0: nothing logged in this batch; else log tokens whose id is a multiple.
         let log_every = log.as_ref().map_or(0, |l| l.sample_every);
         let started = Instant::now();
+        // What the batch's calls spent running other batches while they waited is not
+        // their own cost (the running averages would call a recursion's parents heavy).
+        let helped_at_start = lane.helped_ns();
         let mut last = started;
         let mut tally = Tally::default();
         let mut end = RunEnd::Done;
@@ -432,10 +438,11 @@ impl<A: Send + 'static, R: Send + 'static, I: ItemList<A>> Batch<A, R, I> {
             let times = Times { start: if ran { start } else { now }, end: now, helped };
             lane.record(log.record(&op, &chunk, index, position, attempt, lane, times, row));
         }
+        let helped = Duration::from_nanos(lane.helped_ns() - helped_at_start);
         let ended = op.settle_batch(
-            started,
+            started.checked_add(helped).unwrap_or(started),
             admitted_at,
-            set,
+            (set, cell),
             tally.ran,
             [tally.completed, tally.failed, tally.skipped],
         );

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 
-use super::{Features, LaneSet, Placement, RouteSource, Router, StaticRouter};
+use super::{EwmaRouter, Features, LaneSet, Placement, RouteSource, Router, StaticRouter};
 use crate::features::model_inputs;
 use crate::model::Model;
 
@@ -40,7 +40,9 @@ pub struct LearnedRouter {
     op_index: Box<[AtomicU32]>,
     /// Class id → placement, copied out of the header for a short hot path.
     placements: Box<[(LaneSet, u32)]>,
-    fallback: StaticRouter,
+    /// For operations the model does not know: their costs learned online, their tags
+    /// until measured.
+    fallback: EwmaRouter,
     /// Per watch cell (an operation's half-octave of sizes, see [`Spot`]): 0, or 1 + the
     /// class a [`CostWatch`](super::CostWatch) moved the cell to (only an adaptive
     /// router's watch moves cells).
@@ -50,8 +52,11 @@ pub struct LearnedRouter {
 }
 
 impl LearnedRouter {
-    /// A router over `model`, with `fallback` for unknown operations.
+    /// A router over `model`. Operations it does not know are placed as the default
+    /// no-model router places them ([`EwmaRouter`]: by their cost measured online, by
+    /// `fallback`, their tags, until measured).
     pub fn new(model: Model, fallback: StaticRouter) -> Self {
+        let fallback = EwmaRouter::new(fallback);
         let placements = model.header().classes.iter().map(|c| (c.lanes, c.batch)).collect();
         let op_index = (0..MAX_OPS).map(|_| AtomicU32::new(UNKNOWN_OP)).collect();
         let cells = model.header().ops.len() * CELLS_PER_OP;

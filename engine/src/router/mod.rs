@@ -33,13 +33,17 @@ pub struct Features {
     pub queue_depth: u64,
     /// The operation's recent average runtime per token (ns; 0 before its first batch).
     pub op_recent_ns: u64,
+    /// The recent average runtime of the operation's calls of about this size — the
+    /// same half-octave of the size hint (ns; 0 before one was measured, or when the
+    /// operation has no size hint).
+    pub size_recent_ns: u64,
 }
 
 impl Features {
     /// Features of a token of operation `op` with this weight and size hint, arriving at
     /// an idle engine (for custom routers' tests and benches).
     pub fn new(op: u32, declared: Weight, arg_size: u64) -> Self {
-        Features { op, declared, arg_size, queue_depth: 0, op_recent_ns: 0 }
+        Features { op, declared, arg_size, queue_depth: 0, op_recent_ns: 0, size_recent_ns: 0 }
     }
 }
 
@@ -79,10 +83,14 @@ pub trait Router: Send + Sync + fmt::Debug + 'static {
     }
 }
 
-/// The no-model heuristic: places each token by its operation's running average
-/// runtime (an exponentially weighted mean kept by the lanes), using the same policy
-/// the trainer derives for a class with that typical runtime. Before an operation's
-/// first batch finishes it uses the tag.
+/// The no-model router, and the engine's default: it learns online, from a cold start,
+/// which operations and which argument sizes are expensive. Each token is placed by the
+/// running-average runtime of its operation's calls of about its size (the same
+/// half-octave of the size hint), else of its operation, using the same policy the
+/// trainer derives for a class with that typical runtime (heavy from 200 µs). An
+/// operation is placed by its tag until its first batch has run; a size not yet measured
+/// runs in a batch of its own, so that its first call measures it. The averages are kept
+/// by the lanes, once per batch.
 #[derive(Debug, Clone, Copy)]
 pub struct EwmaRouter {
     fallback: StaticRouter,
@@ -98,12 +106,22 @@ impl EwmaRouter {
 impl Router for EwmaRouter {
     #[inline]
     fn route(&self, features: &Features) -> Placement {
-        if features.op_recent_ns == 0 {
-            return self.fallback.route(features);
+        let recent_ns = match features.size_recent_ns {
+            0 => features.op_recent_ns,
+            size_ns => size_ns,
+        };
+        let mut placement = if recent_ns == 0 {
+            self.fallback.route(features)
+        } else {
+            let (lanes, batch) = policy_for(recent_ns);
+            let predicted_ns = recent_ns;
+            Placement { lanes, batch, class: None, predicted_ns, source: RouteSource::Heuristic }
+        };
+        if features.size_recent_ns == 0 && features.arg_size > 0 {
+            // A size not measured yet: alone, so that its run measures it.
+            placement.batch = 1;
         }
-        let (lanes, batch) = policy_for(features.op_recent_ns);
-        let predicted_ns = features.op_recent_ns;
-        Placement { lanes, batch, class: None, predicted_ns, source: RouteSource::Heuristic }
+        placement
     }
 
     fn is_pure(&self) -> bool {
@@ -150,7 +168,7 @@ mod tests {
     use super::*;
 
     fn features(declared: Weight) -> Features {
-        Features { op: 0, declared, arg_size: 0, queue_depth: 0, op_recent_ns: 0 }
+        Features::new(0, declared, 0)
     }
 
     #[test]

@@ -6,5 +6,6 @@
 
 pub mod leibniz;
 pub mod mixed;
+pub mod service;
 pub mod soak;
 pub mod sys;

@@ -77,7 +77,7 @@ function renderLanes(lanes) {
     const row = document.createElement("tr");
     cell(row, lane.lane);
     cell(row, lane.set);
-    cell(row, lane.core ?? "unpinned");
+    cell(row, lane.core ?? (lane.priority === "idle" ? "any (idle priority)" : "any"));
     cell(row, (lane.busy_share * 100).toFixed(0) + " %");
     cell(row, fmt(lane.tokens));
     return row;
