@@ -74,24 +74,32 @@ struct EngineArgs {
     /// Lanes (worker threads); default one per usable core.
     #[arg(long)]
     workers: Option<usize>,
-    /// Lanes reserved for heavy work (default 1 when there are 2 or more lanes).
+    /// Heavy lanes: idle-priority threads beside the light lanes under the preemptive
+    /// split (default one per light lane); under `--split pinned`, how many of the
+    /// pinned lanes serve heavy work first (default 1 when there are 2 or more lanes).
     #[arg(long)]
     heavy_lanes: Option<usize>,
+    /// How light and heavy lanes share the cores: `preemptive` (light lanes pinned,
+    /// heavy lanes floating at idle priority) or `pinned` (the static split).
+    #[arg(long, default_value = "preemptive", value_parser = parse_split)]
+    split: tokengate::LaneSplit,
     /// Tokens per batch for light operations under the tag router.
     #[arg(long, default_value_t = 128)]
     batch: u32,
     /// Do not pin lanes to cores.
     #[arg(long)]
     no_pin: bool,
-    /// Light lanes never run heavy work.
+    /// Light lanes never run heavy work (the pinned split; the preemptive split never
+    /// lets them).
     #[arg(long)]
     isolate_heavy: bool,
-    /// Light lanes take heavy work whenever this many heavy batches wait, whatever its
-    /// predicted cost (1: fully work-conserving). Default: the cost-aware rule.
+    /// Pinned split: light lanes take heavy work whenever this many heavy batches wait,
+    /// whatever its predicted cost (1: fully work-conserving). Default: the cost-aware
+    /// rule.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     steal_backlog: Option<u64>,
-    /// The cost-aware rule's light-latency budget in µs: a light lane takes a heavy
-    /// batch predicted to fit it (default 100).
+    /// Pinned split: the cost-aware rule's light-latency budget in µs: a light lane
+    /// takes a heavy batch predicted to fit it (default 100).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     light_budget_us: Option<u64>,
 }
@@ -152,7 +160,8 @@ fn builder(args: &EngineArgs) -> EngineBuilder {
     let mut builder = Engine::builder()
         .pin(!args.no_pin)
         .light_batch(args.batch)
-        .isolate_heavy(args.isolate_heavy);
+        .isolate_heavy(args.isolate_heavy)
+        .split(args.split);
     if let Some(batches) = args.steal_backlog {
         builder = builder.steal_backlog(batches as usize);
     }
@@ -166,6 +175,10 @@ fn builder(args: &EngineArgs) -> EngineBuilder {
         builder = builder.heavy_lanes(heavy);
     }
     builder
+}
+
+fn parse_split(s: &str) -> Result<tokengate::LaneSplit, String> {
+    s.parse()
 }
 
 fn make_router(choice: RouterChoice, model: Option<&Path>, batch: u32) -> Result<Arc<dyn Router>> {

@@ -74,3 +74,41 @@ fn a_bad_log_directory_is_named() {
     assert_eq!(err.matches("os error").count(), 1, "{err}");
     assert!(err.starts_with("error: loading the model /nonexistent/m.bin: "), "{err}");
 }
+
+#[test]
+fn the_service_bench_reports_every_executor_with_equal_results() {
+    let output = tokengate(&[
+        "-q",
+        "bench",
+        "service",
+        "--loads",
+        "0.2",
+        "--rounds",
+        "1",
+        "--secs",
+        "0.5",
+        "--warmup",
+        "0.3",
+        "--executors",
+        "spawn-blocking,rayon,tagged,untagged",
+        "--json",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    let load = &report["loads"][0];
+    assert_eq!(load["results_equal"], true);
+    let names: Vec<&str> = load["executors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["executor"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["spawn_blocking", "rayon", "tokengate tagged", "tokengate untagged"]);
+    for executor in load["executors"].as_array().unwrap() {
+        assert!(executor["cheap_p99_ms"]["median"].as_f64().unwrap() > 0.0, "{executor}");
+        assert!(executor["throughput_per_s"]["median"].as_f64().unwrap() > 0.0, "{executor}");
+    }
+    let bad = tokengate(&["bench", "service", "--loads", "7"]);
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("--loads"), "{}", stderr(&bad));
+}

@@ -133,22 +133,23 @@ impl EngineBuilder {
         self
     }
 
-    /// When true, light lanes never run heavy work, even when idle. Overrides the
-    /// default cost-aware rule (see [`EngineBuilder::light_budget`]).
+    /// Pinned split only: when true, light lanes never run heavy work, even when idle.
+    /// Overrides the default cost-aware rule (see [`EngineBuilder::light_budget`]). (Under
+    /// the preemptive split light lanes never take heavy work outside a wait.)
     pub fn isolate_heavy(mut self, isolate: bool) -> Self {
         self.isolate_heavy = isolate;
         self
     }
 
-    /// Light lanes take heavy work whenever at least `batches` heavy batches wait,
-    /// whatever its predicted cost (1: fully work-conserving). Overrides the default
-    /// cost-aware rule.
+    /// Pinned split only: light lanes take heavy work whenever at least `batches` heavy
+    /// batches wait, whatever its predicted cost (1: fully work-conserving). Overrides
+    /// the default cost-aware rule.
     pub fn steal_backlog(mut self, batches: usize) -> Self {
         self.steal_backlog = Some(batches);
         self
     }
 
-    /// The default rule for light lanes and heavy work is cost-aware: a light lane
+    /// Pinned split only. The default rule for light lanes and heavy work is cost-aware: a light lane
     /// takes a queued heavy batch only if its predicted runtime fits this budget
     /// (default 100 µs), or if light work is unlikely to arrive while it runs (fewer
     /// than 0.1 light arrivals expected, from the recent light arrival rate). So a light

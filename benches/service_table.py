@@ -1,0 +1,46 @@
+#!/usr/bin/env python3
+"""Renders `tokengate bench service --json` as the Markdown tables of docs/benchmarks.md.
+
+    target/release/tokengate -q bench service --json > service.json
+    python3 benches/service_table.py service.json
+"""
+import json
+import sys
+
+
+def cell(v, digits=2):
+    if not v:
+        return "–"
+    return f"{v['median']:.{digits}f} ({v['min']:.{digits}f}–{v['max']:.{digits}f})"
+
+
+def main(path):
+    report = json.load(open(path))
+    print(
+        f"{report['cores']} cores; cheap call {report['cheap_us']:.1f} µs, expensive mean "
+        f"{report['expensive_mean_ms']:.2f} ms; {report['rounds']} interleaved rounds of "
+        f"{report['secs']:g} s after a {report['warmup_s']:g} s warm-up; seed {report['seed']}; "
+        "median (min–max) over the rounds; ratios are per round, to `spawn_blocking` in the "
+        "same round; every round's results checked equal across executors.\n"
+    )
+    for load in report["loads"]:
+        print(f"**{load['load'] * 100:.0f}% of both cores busy** ({load['rate_per_s']:.0f} requests/s)\n")
+        print(
+            "| executor | cheap p50 ms | cheap p99 ms | cheap p99.9 ms | expensive p50 ms | "
+            "expensive p99 ms | cheap p99 ÷ spawn_blocking | expensive p50 ÷ spawn_blocking | "
+            "requests/s | CPU (cores) |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for row in load["executors"]:
+            print(
+                f"| {row['executor']} | {cell(row['cheap_p50_ms'], 3)} | {cell(row['cheap_p99_ms'])} | "
+                f"{cell(row['cheap_p999_ms'])} | {cell(row['expensive_p50_ms'])} | "
+                f"{cell(row['expensive_p99_ms'], 1)} | {cell(row['cheap_p99_vs_spawn_blocking'])} | "
+                f"{cell(row['expensive_p50_vs_spawn_blocking'])} | "
+                f"{row['throughput_per_s']['median']:.0f} | {row['cpu_cores']['median']:.2f} |"
+            )
+        print()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "/dev/stdin")
