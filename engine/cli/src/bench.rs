@@ -14,7 +14,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{json, Value};
-use tokengate::{Engine, LaneSplit, Operation, StaticRouter, Weight};
+use tokengate::model::Model;
+use tokengate::telemetry::RecordOutcome;
+use tokengate::{Engine, LaneSplit, LearnedRouter, Operation, StaticRouter, Weight};
+use trainer::dataset::{Data, Row};
+use trainer::fit::{fit, FitOptions};
 use tokengate_workloads::service::{self, Buffer, Call, Request};
 
 #[derive(Args)]
@@ -74,6 +78,9 @@ enum Executor {
     Tags,
     /// tokengate with the static pinned split (`LaneSplit::Pinned`), honest tags.
     Pinned,
+    /// tokengate routed by a model fitted (per operation, on the size hint) on a logged
+    /// run of the same stream's shape with another seed, every call tagged light.
+    Model,
 }
 
 impl Executor {
@@ -85,14 +92,16 @@ impl Executor {
             Executor::Untagged => "tokengate untagged",
             Executor::Tags => "tokengate tags only",
             Executor::Pinned => "tokengate pinned split",
+            Executor::Model => "tokengate fitted model",
         }
     }
 
-    const ALL: [Executor; 6] = [
+    const ALL: [Executor; 7] = [
         Executor::SpawnBlocking,
         Executor::Rayon,
         Executor::Tagged,
         Executor::Untagged,
+        Executor::Model,
         Executor::Tags,
         Executor::Pinned,
     ];
@@ -135,7 +144,11 @@ impl Exec {
     }
 }
 
-fn engine_for(executor: Executor, heavy_lanes: Option<usize>) -> Result<Option<(Engine, Exec)>> {
+fn engine_for(
+    executor: Executor,
+    heavy_lanes: Option<usize>,
+    model: Option<&[u8]>,
+) -> Result<Option<(Engine, Exec)>> {
     let mut builder = Engine::builder();
     if let Some(heavy) = heavy_lanes.filter(|_| executor != Executor::Pinned) {
         builder = builder.heavy_lanes(heavy);
@@ -143,6 +156,11 @@ fn engine_for(executor: Executor, heavy_lanes: Option<usize>) -> Result<Option<(
     let heavy = match executor {
         Executor::SpawnBlocking | Executor::Rayon => return Ok(None),
         Executor::Untagged => Weight::Light,
+        Executor::Model => {
+            let model = Model::from_bytes(model.context("no fitted model")?)?;
+            builder = builder.router(Arc::new(LearnedRouter::new(model, StaticRouter::new(128))));
+            Weight::Light
+        }
         Executor::Tagged => Weight::Heavy,
         Executor::Tags => {
             builder = builder.router(Arc::new(StaticRouter::new(128)));
@@ -160,6 +178,44 @@ fn engine_for(executor: Executor, heavy_lanes: Option<usize>) -> Result<Option<(
         .size_hint(service::buffer_len)
         .register(service::expensive)?;
     Ok(Some((engine, Exec::Engine { cheap, expensive })))
+}
+
+/// Fits the `model` executor's cost model: runs `secs` of the stream (seed `seed`) on a
+/// tag-routed engine that logs every call, every call tagged light, then fits one tree
+/// per operation on the size hint, as `trainer fit --per-operation` does.
+fn fit_model(
+    runtime: &tokio::runtime::Runtime,
+    rate: f64,
+    secs: f64,
+    seed: u64,
+    base_len: u32,
+) -> Result<(Vec<u8>, f64)> {
+    let engine = Engine::builder()
+        .router(Arc::new(StaticRouter::new(128)))
+        .log_in_memory()
+        .build()
+        .context("building the logging engine")?;
+    let cheap = engine.register("cheap", Weight::Light, service::cheap)?;
+    let expensive = engine
+        .operation::<Buffer>("expensive", Weight::Light)
+        .size_hint(service::buffer_len)
+        .register(service::expensive)?;
+    let exec = Exec::Engine { cheap, expensive };
+    let requests = service::stream(seed, rate, secs, base_len);
+    let _ = run_round(runtime, &exec, &requests, 0);
+    drop(exec);
+    engine.shutdown();
+    let ops = vec!["cheap".to_string(), "expensive".to_string()];
+    let rows = engine
+        .take_records()
+        .into_iter()
+        .filter(|r| r.outcome == RecordOutcome::Completed)
+        .map(|r| Row { op: r.op, arg_size: r.arg_size, run_ns: r.run_ns })
+        .collect();
+    let data = Data { ops, rows, ..Data::default() };
+    let options = FitOptions { per_operation: true, ..FitOptions::default() };
+    let fitted = fit(&data, &options).context("fitting the model")?;
+    Ok((fitted.bytes, fitted.metrics.accuracy))
 }
 
 /// One executor's round: latencies (ns) of the measured cheap and expensive calls, the
@@ -301,10 +357,19 @@ fn service_bench(args: ServiceArgs) -> Result<()> {
         let rate = load * cores as f64 * 1e9 / mean_ns;
         let requests = service::stream(args.seed, rate, args.warmup + args.secs, base_len);
         let warmup_ns = (args.warmup * 1e9) as u64;
+        let model = match executors.contains(&Executor::Model) {
+            true => {
+                let (bytes, accuracy) =
+                    fit_model(&runtime, rate, 4.0, args.seed.wrapping_add(1000), base_len)?;
+                eprintln!("load {load:.2}: fitted a model, held-out accuracy {accuracy:.3}");
+                Some(bytes)
+            }
+            false => None,
+        };
         let mut rounds: Vec<Vec<Round>> = executors.iter().map(|_| Vec::new()).collect();
         for round in 0..args.rounds {
             for (at, &executor) in executors.iter().enumerate() {
-                let (engine, exec) = match engine_for(executor, args.heavy_lanes)? {
+                let (engine, exec) = match engine_for(executor, args.heavy_lanes, model.as_deref())? {
                     Some((engine, exec)) => (Some(engine), exec),
                     None if executor == Executor::Rayon => (None, Exec::Rayon(Arc::clone(&rayon))),
                     None => (None, Exec::Blocking),

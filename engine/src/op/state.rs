@@ -120,6 +120,20 @@ pub(crate) struct OpShared<A, R> {
     pub(super) remote: Option<super::remote::Codec<A, R>>,
 }
 
+/// A running average (ns) after one more sample, weighted `1 / weight` (0: none yet).
+/// A sample counts at most four times the average (and at least a quarter of it): a
+/// call preempted for milliseconds, or a lane descheduled in the middle of a batch, must
+/// not send a 100 ns operation to the heavy lanes for its next few batches, while a real
+/// change of cost still moves the average by a factor of up to 1.75 (cells) or 1.375
+/// (operations) per batch.
+fn running_average(old: u64, sample: u64, weight: u64) -> u64 {
+    if old == 0 {
+        return sample.max(1);
+    }
+    let sample = sample.clamp(old / 4, old.saturating_mul(4));
+    ((old.saturating_mul(weight - 1)).saturating_add(sample) / weight).max(1)
+}
+
 /// Size cells per operation with a size hint: the half-octaves of a `u64`.
 const SIZE_CELLS: usize = 128;
 /// The size cell of a call whose operation has no size hint, or of a batch whose calls
@@ -222,15 +236,10 @@ impl<A, R> OpShared<A, R> {
             self.engine.set_latency[set.index()].record(latency, ran);
         }
         if let Some(per_token) = nanos(now.saturating_duration_since(started)).checked_div(ran) {
-            let old = self.recent_ns.load(Relaxed);
-            let new = if old == 0 { per_token.max(1) } else { ((old * 7 + per_token) / 8).max(1) };
-            self.recent_ns.store(new, Relaxed);
+            self.recent_ns.store(running_average(self.recent_ns.load(Relaxed), per_token, 8), Relaxed);
             if let Some(size_ns) = self.size_ns.get(usize::from(cell)) {
                 // Faster than the operation's: a cell sees fewer calls.
-                let old = size_ns.load(Relaxed);
-                let new =
-                    if old == 0 { per_token.max(1) } else { ((old * 3 + per_token) / 4).max(1) };
-                size_ns.store(new, Relaxed);
+                size_ns.store(running_average(size_ns.load(Relaxed), per_token, 4), Relaxed);
             }
         }
         if completed > 0 {
