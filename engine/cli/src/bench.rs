@@ -17,9 +17,9 @@ use serde_json::{json, Value};
 use tokengate::model::Model;
 use tokengate::telemetry::RecordOutcome;
 use tokengate::{Engine, LaneSplit, LearnedRouter, Operation, StaticRouter, Weight};
+use tokengate_workloads::service::{self, Buffer, Call, Request};
 use trainer::dataset::{Data, Row};
 use trainer::fit::{fit, FitOptions};
-use tokengate_workloads::service::{self, Buffer, Call, Request};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -369,7 +369,8 @@ fn service_bench(args: ServiceArgs) -> Result<()> {
         let mut rounds: Vec<Vec<Round>> = executors.iter().map(|_| Vec::new()).collect();
         for round in 0..args.rounds {
             for (at, &executor) in executors.iter().enumerate() {
-                let (engine, exec) = match engine_for(executor, args.heavy_lanes, model.as_deref())? {
+                let (engine, exec) = match engine_for(executor, args.heavy_lanes, model.as_deref())?
+                {
                     Some((engine, exec)) => (Some(engine), exec),
                     None if executor == Executor::Rayon => (None, Exec::Rayon(Arc::clone(&rayon))),
                     None => (None, Exec::Blocking),

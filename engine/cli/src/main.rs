@@ -80,9 +80,10 @@ struct EngineArgs {
     #[arg(long)]
     heavy_lanes: Option<usize>,
     /// How light and heavy lanes share the cores: `preemptive` (light lanes pinned,
-    /// heavy lanes floating at idle priority) or `pinned` (the static split).
-    #[arg(long, default_value = "preemptive", value_parser = parse_split)]
-    split: tokengate::LaneSplit,
+    /// heavy lanes floating at idle priority; the default, but for `worker`) or
+    /// `pinned` (the static split; the default for `worker`).
+    #[arg(long, value_parser = parse_split)]
+    split: Option<tokengate::LaneSplit>,
     /// Tokens per batch for light operations under the tag router.
     #[arg(long, default_value_t = 128)]
     batch: u32,
@@ -160,8 +161,10 @@ fn builder(args: &EngineArgs) -> EngineBuilder {
     let mut builder = Engine::builder()
         .pin(!args.no_pin)
         .light_batch(args.batch)
-        .isolate_heavy(args.isolate_heavy)
-        .split(args.split);
+        .isolate_heavy(args.isolate_heavy);
+    if let Some(split) = args.split {
+        builder = builder.split(split);
+    }
     if let Some(batches) = args.steal_backlog {
         builder = builder.steal_backlog(batches as usize);
     }

@@ -77,9 +77,10 @@ pub(crate) struct WorkerArgs {
     /// File holding the NATS server's secret token (kept off the command line).
     #[arg(long)]
     nats_token_file: Option<PathBuf>,
-    /// Seconds a call may go unacknowledged before the server redelivers it (the
-    /// worker reports progress on long calls every third of it).
-    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Seconds a call may go unacknowledged before the server redelivers it to another
+    /// worker: how long a dead or hung worker holds its calls (the worker reports
+    /// progress on each call it holds every third of it).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
     ack_wait_s: u64,
     /// Calls held at once.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
@@ -99,6 +100,12 @@ pub(crate) struct WorkerArgs {
 /// (JSON) on stdout.
 pub(crate) fn worker(args: WorkerArgs) -> Result<()> {
     let mut builder = builder(&args.engine);
+    if args.engine.split.is_none() {
+        // A worker serves other machines' calls, often beside other processes: its heavy
+        // calls must not wait on every normal thread of the machine, as idle-priority
+        // heavy lanes would (docs/lanes.md, "What SCHED_IDLE costs").
+        builder = builder.split(tokengate::LaneSplit::Pinned);
+    }
     if let Some(dir) = &args.log {
         builder = builder.log_dir(dir);
     }

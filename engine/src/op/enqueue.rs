@@ -288,11 +288,15 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
             // A paused or throttled operation's tokens stay where pause and throttle
             // hold: the local lanes (a remote worker would run them at once).
             _ if self.overrides.paused || self.overrides.throttle.is_some() => false,
-            (LaneSet::Remote, _) => port.available(),
+            // Remote by a pin, the router or the placement: only while a live worker
+            // serves the operation (else it runs here, until one is heard from).
+            (LaneSet::Remote, _) => port.available() && port.workers(Some(&self.op.name)) > 0,
             (_, RemotePlacement::Local) => false,
             // Pinned to a local set by the control port.
             _ if self.overrides.pin.is_some() => false,
-            (_, RemotePlacement::Remote) => port.available(),
+            (_, RemotePlacement::Remote) => {
+                port.available() && port.workers(Some(&self.op.name)) > 0
+            }
             // The prediction decides what is worth sending: a token must be expected to
             // run at least as long as a remote round trip costs.
             (set, RemotePlacement::Auto) => {

@@ -236,7 +236,8 @@ impl<A, R> OpShared<A, R> {
             self.engine.set_latency[set.index()].record(latency, ran);
         }
         if let Some(per_token) = nanos(now.saturating_duration_since(started)).checked_div(ran) {
-            self.recent_ns.store(running_average(self.recent_ns.load(Relaxed), per_token, 8), Relaxed);
+            self.recent_ns
+                .store(running_average(self.recent_ns.load(Relaxed), per_token, 8), Relaxed);
             if let Some(size_ns) = self.size_ns.get(usize::from(cell)) {
                 // Faster than the operation's: a cell sees fewer calls.
                 size_ns.store(running_average(size_ns.load(Relaxed), per_token, 4), Relaxed);

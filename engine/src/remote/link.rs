@@ -41,6 +41,7 @@ pub struct RemoteConfig {
     pub(crate) outage_grace: Duration,
     pub(crate) connect_timeout: Duration,
     pub(crate) ack_wait: Duration,
+    pub(crate) worker_grace: Duration,
 }
 
 impl std::fmt::Debug for RemoteConfig {
@@ -52,13 +53,15 @@ impl std::fmt::Debug for RemoteConfig {
             .field("result_timeout", &self.result_timeout)
             .field("outage_grace", &self.outage_grace)
             .field("ack_wait", &self.ack_wait)
+            .field("worker_grace", &self.worker_grace)
             .finish()
     }
 }
 
 impl RemoteConfig {
     /// A server at `url` (`nats://host:port` or `host:port`), no secret, placement
-    /// `auto`, a 60 s result timeout and a 2 s outage grace.
+    /// `auto`, a 60 s result timeout, a 2 s outage grace, a 2 s ack wait and a 3 s
+    /// worker grace.
     pub fn new(url: impl Into<String>) -> Self {
         RemoteConfig {
             url: url.into(),
@@ -67,7 +70,8 @@ impl RemoteConfig {
             result_timeout: Duration::from_secs(60),
             outage_grace: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(5),
-            ack_wait: Duration::from_secs(30),
+            ack_wait: Duration::from_secs(2),
+            worker_grace: Duration::from_secs(3),
         }
     }
 
@@ -116,10 +120,23 @@ impl RemoteConfig {
     }
 
     /// How long a worker may hold a call without acking it before the server
-    /// redelivers it (default 30 s; workers send "in progress" every third of it).
-    /// Used by [`Worker`](super::Worker); a worker and its submitters should agree.
+    /// redelivers it to another worker (default 2 s): how long a dead or hung worker
+    /// holds its calls. A live worker sends "in progress" for each call it holds every
+    /// third of it, so a shorter wait costs more messages per held call per second (at
+    /// 2 s, 1.5 a second). Used by [`Worker`](super::Worker) when it creates its
+    /// operations' consumers; a consumer that already exists keeps the ack wait it was
+    /// created with (the worker warns when it differs).
     pub fn ack_wait(mut self, ack_wait: Duration) -> Self {
         self.ack_wait = ack_wait;
+        self
+    }
+
+    /// How long a submitter may go without a heartbeat from any worker serving an
+    /// operation (workers send one a second) before it runs that operation's waiting
+    /// remote tokens on its own lanes and keeps new ones here, until a worker is heard
+    /// from again (default 3 s).
+    pub fn worker_grace(mut self, grace: Duration) -> Self {
+        self.worker_grace = grace.max(Duration::from_millis(100));
         self
     }
 
@@ -161,19 +178,54 @@ impl RemoteConfig {
             ..Default::default()
         };
         for config in [calls, answers] {
-            let name = config.name.clone();
-            js.get_or_create_stream(config).await.map_err(|e| {
-                format!("creating the JetStream stream {name} at {}: {e}", self.url)
-            })?;
+            ensure_stream(&js, config).await.map_err(|e| format!("{e} (server {})", self.url))?;
         }
         Ok((client, js))
     }
+}
+
+/// Gets the stream `want` names, creating it if it does not exist. Creators may race
+/// (workers and submitters started together on a fresh server): a create that loses the
+/// race fails, and the next get finds the winner's stream. A stream that exists with
+/// other subjects or another retention is an error naming the setting.
+async fn ensure_stream(js: &jetstream::Context, want: stream::Config) -> Result<(), String> {
+    let name = want.name.clone();
+    let mut tries = 0;
+    let stream = loop {
+        match js.get_or_create_stream(want.clone()).await {
+            Ok(stream) => break stream,
+            Err(e) if tries < 8 => {
+                tries += 1;
+                tracing::debug!(stream = %name, error = %e, "stream set-up raced; trying again");
+                tokio::time::sleep(Duration::from_millis(25 * tries)).await;
+            }
+            Err(e) => return Err(format!("creating the JetStream stream {name}: {e}")),
+        }
+    };
+    let have = &stream.cached_info().config;
+    if have.subjects != want.subjects {
+        return Err(format!(
+            "the JetStream stream {name} exists with subjects {:?}, not {:?}: delete it or use \
+             another server",
+            have.subjects, want.subjects
+        ));
+    }
+    if have.retention != want.retention {
+        return Err(format!(
+            "the JetStream stream {name} exists with retention {:?}, not {:?}: delete it or use \
+             another server",
+            have.retention, want.retention
+        ));
+    }
+    Ok(())
 }
 
 /// A token waiting for its answer.
 struct Pending {
     token: Box<dyn PendingToken>,
     sent: Instant,
+    /// Its operation, whose workers' heartbeats keep it waiting.
+    op: Arc<str>,
 }
 
 /// Calls of one operation on their way to the server (their tokens already wait in the
@@ -419,23 +471,38 @@ impl Link {
             }
             let down = !self.up.load(Relaxed);
             let timeout = self.config.result_timeout;
-            let overdue: Vec<Pending> = {
+            let (mut overdue, mut orphaned) = (0, 0);
+            let moved: Vec<Pending> = {
                 let mut pending = self.pending();
                 if pending.is_empty() {
                     continue;
                 }
-                let keys: Vec<(u64, u8)> = pending
-                    .iter()
-                    .filter(|(_, p)| down || now.duration_since(p.sent) > timeout)
-                    .map(|(key, _)| *key)
-                    .collect();
+                // Operations with waiting tokens and no live worker (looked up once each).
+                let mut served: HashMap<Arc<str>, bool> = HashMap::new();
+                let mut keys = Vec::new();
+                for (key, p) in pending.iter() {
+                    let live = *served
+                        .entry(Arc::clone(&p.op))
+                        .or_insert_with(|| self.workers(Some(&p.op)) > 0);
+                    if down || !live {
+                        orphaned += usize::from(!down && !live);
+                        keys.push(*key);
+                    } else if now.duration_since(p.sent) > timeout {
+                        overdue += 1;
+                        keys.push(*key);
+                    }
+                }
                 keys.iter().filter_map(|key| pending.remove(key)).collect()
             };
-            if !overdue.is_empty() && !down {
-                tracing::warn!(tokens = overdue.len(), timeout = ?timeout,
+            if overdue > 0 {
+                tracing::warn!(tokens = overdue, timeout = ?timeout,
                     "remote answers overdue: running those tokens here");
             }
-            for pending in overdue {
+            if orphaned > 0 {
+                tracing::warn!(tokens = orphaned, grace = ?self.config.worker_grace,
+                    "no live worker serves their operation: running those tokens here");
+            }
+            for pending in moved {
                 self.fall_back(pending.token);
             }
         }
@@ -453,19 +520,20 @@ impl RemotePort for Link {
 
     fn workers(&self, op: Option<&str>) -> usize {
         let workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
-        let recent = |seen: &Instant| seen.elapsed() < Duration::from_secs(3);
+        let recent = |seen: &Instant| seen.elapsed() < self.config.worker_grace;
         let serves = |ops: &Vec<String>| op.is_none_or(|op| ops.iter().any(|o| o == op));
         workers.values().filter(|(seen, ops)| recent(seen) && serves(ops)).count()
     }
 
     fn send(&self, op: &str, calls: Vec<(Vec<u8>, Box<dyn PendingToken>)>) {
         let sent = Instant::now();
+        let op_name: Arc<str> = op.into();
         let mut keys = Vec::with_capacity(calls.len());
         {
             let mut pending = self.pending();
             for (arg, token) in calls {
                 let key = token.key();
-                pending.insert(key, Pending { token, sent });
+                pending.insert(key, Pending { token, sent, op: Arc::clone(&op_name) });
                 keys.push((arg, key));
             }
         }

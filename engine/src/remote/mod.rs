@@ -17,19 +17,27 @@
 //!   worker has no room for (or is stopping) is nak'ed with a delay, for another worker;
 //!   a call that failed, panicked or timed out is answered as such and terminated;
 //!   a message that does not decode is terminated and counted.
-//! - **Exactly once to the caller.** Delivery is at-least-once (a worker killed before
-//!   its ack has its calls redelivered after the ack wait), so the submitter resolves a
-//!   token from the first answer to its pending attempt and counts the rest as
-//!   duplicates. If the server is unreachable for longer than a grace period, or an
-//!   answer is later than the result timeout, remote placement turns off and the
-//!   pending tokens move to the local lanes (a late answer is then a duplicate).
+//! - **Exactly once to the caller.** Delivery is at-least-once (a worker killed or hung
+//!   before its ack has its calls redelivered to another worker after the ack wait,
+//!   2 s by default, while a live worker reports progress on every call it holds), so
+//!   the submitter resolves a token from the first answer to its pending attempt and
+//!   counts the rest as duplicates. If the server is unreachable for longer than a
+//!   grace period, if no worker serving the token's operation has sent a heartbeat for
+//!   the worker grace (3 s), or if an answer is later than the result timeout, the
+//!   pending tokens move to the local lanes (a late answer is then a duplicate, and a
+//!   call left in the work queue that a returning worker runs is answered as one).
+//! - **Set-up.** Streams are got or created, and a creator that loses a race with
+//!   another (workers and submitters started together on a fresh server) gets the
+//!   winner's stream; a stream that exists with other subjects or retention is an error
+//!   naming the setting. Consumers are got or created, and re-bound after a failure.
 //!
-//! Placement ([`RemotePlacement`]): `auto` sends a token remote only when a worker has
-//! announced itself in the last three seconds and the local lanes of the token's set
-//! are backlogged (at least two queued batches per lane); `remote` sends every token of
-//! a remote-capable operation; `local` none. A control-port `pin <op> remote` (or a
-//! router placing on [`LaneSet::Remote`]) sends the operation's tokens remote whenever
-//! the link is up.
+//! Placement ([`RemotePlacement`]): `auto` sends a token remote only when a worker
+//! serving its operation has sent a heartbeat within the worker grace and the local
+//! lanes of the token's set are backlogged (at least two queued batches per lane);
+//! `remote` sends every token of a remote-capable operation while a live worker serves
+//! it; `local` none. A control-port `pin <op> remote` (or a router placing on
+//! [`LaneSet::Remote`]) sends the operation's tokens remote while the link is up and a
+//! live worker serves it; otherwise they run on the local set the router chose.
 //!
 //! [`LaneSet::Remote`]: crate::LaneSet::Remote
 

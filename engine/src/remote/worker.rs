@@ -241,6 +241,12 @@ impl Ctx {
                 },
             )
             .await?;
+        let stored = consumer.cached_info().config.ack_wait;
+        if stored != self.config.remote.ack_wait {
+            tracing::warn!(op = op.name(), consumer = %durable, stored = ?stored,
+                configured = ?self.config.remote.ack_wait,
+                "the consumer exists with another ack wait, which the server keeps using");
+        }
         // Pulled calls wait in the client's buffer with their ack wait running: keep
         // that buffer small beside the calls held.
         let batch = self.config.concurrency.min(32);
