@@ -197,9 +197,14 @@ impl fmt::Display for LanePriority {
 
 /// Which layer of routing made a decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum RouteSource {
     /// A manual override from the control port.
     Override,
+    /// A `pin <op> remote` override that could not be honoured (the link is down or no
+    /// live worker serves the operation): the token ran on the local set the router
+    /// chose.
+    OverrideUnmet,
     /// The learned cost model.
     Model,
     /// The weight declared at registration.
@@ -210,10 +215,11 @@ pub enum RouteSource {
 }
 
 impl RouteSource {
-    /// The lower-case name (`override`, `model`, `tag`, `heuristic`).
+    /// The lower-case name (`override`, `override_unmet`, `model`, `tag`, `heuristic`).
     pub fn as_str(self) -> &'static str {
         match self {
             RouteSource::Override => "override",
+            RouteSource::OverrideUnmet => "override_unmet",
             RouteSource::Model => "model",
             RouteSource::Tag => "tag",
             RouteSource::Heuristic => "heuristic",

@@ -264,6 +264,37 @@ fn placement_follows_policy_and_the_control_port_pin() {
 }
 
 #[test]
+fn a_remote_pin_without_a_live_worker_runs_here_and_says_so() {
+    let Some(server) = NatsServer::start() else { return };
+    // A link, but no worker: the pin cannot be honoured.
+    let submitter = Engine::builder()
+        .workers(2)
+        .pin(false)
+        .log_in_memory()
+        .nats(server.config().placement(RemotePlacement::Local))
+        .build()
+        .unwrap();
+    let ops = MixedOps::register(&submitter).unwrap();
+    submitter.controller().pin("primes", Some(LaneSet::Remote)).unwrap();
+    let plan = stream(300);
+    let run = mixed::drive(&ops, &plan, 50_000.0, None);
+    assert_eq!((run.lost, run.failures, run.double_resolved), (0, 0, 0));
+    assert_eq!(submitter.remote_stats().unwrap().remote_tokens, 0);
+    let pinned = plan.iter().filter(|call| mixed::OPS[call.op] == "primes").count() as u64;
+    let primes = ops.op("primes").unwrap();
+    assert_eq!(primes.stats().pin_unmet, pinned, "every pinned call is counted as unmet");
+    let snapshot = submitter.controller().snapshot();
+    let row = snapshot.iter().find(|op| op.op == "primes").unwrap();
+    assert_eq!(row.pin_unmet, pinned, "and the control port's stats say so");
+    submitter.shutdown();
+    let records = submitter.take_records();
+    let unmet =
+        records.iter().filter(|r| r.route_source == tokengate::RouteSource::OverrideUnmet).count()
+            as u64;
+    assert_eq!(unmet, pinned, "telemetry names the unmet pin on every pinned call's row");
+}
+
+#[test]
 fn a_remote_tag_sends_an_operation_remote_where_the_tags_decide() {
     let Some(server) = NatsServer::start() else { return };
     let (_worker_engine, worker) = worker(&server);

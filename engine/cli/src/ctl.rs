@@ -242,7 +242,10 @@ fn print_watch(ops: &[OpSnapshot], dropped_events: u64) -> std::io::Result<()> {
             marks.push("paused".to_string());
         }
         if let Some(pin) = o.pin {
-            marks.push(format!("pin {pin}"));
+            match op.pin_unmet {
+                0 => marks.push(format!("pin {pin}")),
+                n => marks.push(format!("pin {pin} (not honoured: {n} ran here)")),
+            }
         }
         if let Some(batch) = o.batch {
             marks.push(format!("batch {batch}"));

@@ -194,6 +194,7 @@ impl Controller {
                     waiting: stats.submitted.saturating_sub(stats.finished() + running),
                     running,
                     held: control.held(),
+                    pin_unmet: stats.pin_unmet,
                     completed: stats.completed,
                     failed: stats.failed,
                     cancelled: stats.cancelled,

@@ -272,6 +272,9 @@ pub struct OpSnapshot {
     /// (absent from servers before it was added).
     #[serde(default)]
     pub held: u64,
+    /// Tokens a `pin remote` override could not send remote (they ran here).
+    #[serde(default)]
+    pub pin_unmet: u64,
     /// Returned a value.
     pub completed: u64,
     /// Panicked or returned an error.

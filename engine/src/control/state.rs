@@ -48,6 +48,9 @@ pub struct OpStats {
     pub skipped: u64,
     /// The running-average runtime per token (ns; 0 before the first batch).
     pub recent_ns: u64,
+    /// Tokens a `pin remote` override could not send remote (no link, or no live
+    /// worker serving the operation): they ran on the local lanes.
+    pub pin_unmet: u64,
 }
 
 impl OpStats {

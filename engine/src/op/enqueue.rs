@@ -265,6 +265,15 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
         if placement.lanes == LaneSet::Remote || self.remote.is_some() {
             placement.lanes = self.remote_or_local(&placement, routed);
         }
+        let held_here = self.overrides.paused || self.overrides.throttle.is_some();
+        if self.overrides.pin == Some(LaneSet::Remote)
+            && placement.lanes != LaneSet::Remote
+            && !held_here
+        {
+            // Said, not silently ignored: the row and the operation's stats count it.
+            placement.source = RouteSource::OverrideUnmet;
+            self.op.counters.pin_unmet.fetch_add(1, Relaxed);
+        }
         if self.single {
             placement.batch = 1;
         }

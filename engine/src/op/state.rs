@@ -88,6 +88,8 @@ pub(super) struct OpCounters {
     pub(super) rejected: AtomicU64,
     pub(super) retried: AtomicU64,
     pub(super) skipped: AtomicU64,
+    /// Tokens a `pin remote` override could not send remote.
+    pub(super) pin_unmet: AtomicU64,
 }
 
 pub(crate) struct OpShared<A, R> {
@@ -277,6 +279,7 @@ impl<A: Send + 'static, R: Send + 'static> OpControl for OpShared<A, R> {
             timed_out: r.timed_out.load(Relaxed),
             retried: c.retried.load(Relaxed),
             skipped: c.skipped.load(Relaxed),
+            pin_unmet: c.pin_unmet.load(Relaxed),
             recent_ns: self.recent_ns.load(Relaxed),
         }
     }

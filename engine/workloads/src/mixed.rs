@@ -308,8 +308,11 @@ pub struct StreamRun {
     pub double_resolved: usize,
 }
 
-/// How long the driver waits, after its last submit, for the results still missing.
-pub const WAIT_BOUND: Duration = Duration::from_secs(45);
+/// How long the driver waits, after its last submit, for the results still missing:
+/// longer than any of the engine's own bounds on a token at their CLI defaults and
+/// limits (a remote result timeout of at most 75 s, `run --result-timeout-s`, plus the
+/// link's outage and worker graces), so a token counted lost truly never resolved.
+pub const WAIT_BOUND: Duration = Duration::from_secs(90);
 
 /// One (operation, argument, result) folded into a digest: summed (wrapping), so the
 /// order of results does not matter.

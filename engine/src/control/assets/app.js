@@ -28,10 +28,10 @@ function fmt(value, digits) {
   return value.toLocaleString("en-US", { maximumFractionDigits: digits ?? 0 });
 }
 
-function describeOverrides(o) {
+function describeOverrides(o, unmet) {
   const parts = [];
   if (o.paused) parts.push("paused");
-  if (o.pin) parts.push("pin " + o.pin);
+  if (o.pin) parts.push("pin " + o.pin + (unmet ? ` (not honoured: ${fmt(unmet)} ran here)` : ""));
   if (o.batch) parts.push("batch " + o.batch);
   if (o.throttle) parts.push("throttle " + o.throttle);
   return parts.join(", ");
@@ -51,7 +51,7 @@ function renderOps(ops) {
     for (const field of FIELDS) {
       const td = row.querySelector(`td[data-field="${field}"]`);
       const value = op[field];
-      td.textContent = field === "overrides" ? describeOverrides(value)
+      td.textContent = field === "overrides" ? describeOverrides(value, op.pin_unmet)
         : field.endsWith("_ms") ? fmt(value, 3)
         : value === undefined || value === null ? "" : fmt(value);
     }
@@ -64,10 +64,10 @@ function renderOps(ops) {
     select.replaceChildren(...names.map((name) => new Option(name, name)));
     if (names.includes(chosen)) select.value = chosen;
   }
-  const active = ops.filter((o) => describeOverrides(o.overrides));
+  const active = ops.filter((o) => describeOverrides(o.overrides, o.pin_unmet));
   $("overrides").replaceChildren(...(active.length ? active : [null]).map((o) => {
     const li = document.createElement("li");
-    li.textContent = o ? `${o.op}: ${describeOverrides(o.overrides)}` : "none";
+    li.textContent = o ? `${o.op}: ${describeOverrides(o.overrides, o.pin_unmet)}` : "none";
     return li;
   }));
 }
