@@ -126,36 +126,36 @@ fn the_only_worker_killed_mid_run_loses_nothing() {
     assert_accounted(&remote);
 }
 
-#[test]
-fn one_of_two_workers_killed_mid_run_loses_nothing() {
-    let Some(server) = start_server("one-killed") else { return };
-    let (mut first, mut second) = (worker(&server), worker(&server));
-    std::thread::sleep(Duration::from_millis(1_500));
+/// Two workers, a remote run, and `fault` done to the first 0.8 s into it.
+fn one_of_two(name: &str, fault: impl FnOnce(&Child)) -> Option<serde_json::Value> {
+    let server = start_server(name)?;
+    let mut workers = [worker(&server), worker(&server)];
+    std::thread::sleep(Duration::from_millis(1_500)); // their consumers and heartbeats
     let submitter = run(Some(&server));
     std::thread::sleep(Duration::from_millis(800));
-    signal(&first, libc::SIGKILL);
-    let _ = first.wait();
+    fault(&workers[0]);
     let remote = report(submitter.wait_with_output().unwrap());
-    let _ = second.kill();
-    let _ = second.wait();
+    for child in &mut workers {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    Some(remote)
+}
+
+#[test]
+fn one_of_two_workers_killed_mid_run_loses_nothing() {
+    let Some(remote) = one_of_two("one-killed", |w| signal(w, libc::SIGKILL)) else { return };
     assert_accounted(&remote);
 }
 
 #[test]
-fn a_worker_hung_past_the_ack_wait_answers_only_duplicates() {
-    let Some(server) = start_server("one-hung") else { return };
-    let (mut hung, mut other) = (worker(&server), worker(&server));
-    std::thread::sleep(Duration::from_millis(1_500));
-    let submitter = run(Some(&server));
-    std::thread::sleep(Duration::from_millis(800));
-    signal(&hung, libc::SIGSTOP);
-    std::thread::sleep(Duration::from_secs(5)); // past the 2 s ack wait
-    signal(&hung, libc::SIGCONT);
-    let remote = report(submitter.wait_with_output().unwrap());
-    for child in [&mut hung, &mut other] {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+fn a_worker_hung_past_the_ack_wait_loses_nothing() {
+    let hang = |w: &Child| {
+        signal(w, libc::SIGSTOP);
+        std::thread::sleep(Duration::from_secs(5)); // past the 2 s ack wait
+        signal(w, libc::SIGCONT);
+    };
+    let Some(remote) = one_of_two("one-hung", hang) else { return };
     assert_accounted(&remote);
 }
 

@@ -50,23 +50,22 @@ impl<T> LocalQueue<T> {
 
     /// The owner's pop outside a wait: the newest job tagged `tag`.
     pub(super) fn pop_newest_of(&self, tag: usize) -> Option<T> {
-        if !self.has(tag) {
-            return None;
-        }
-        let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
-        let position = jobs.iter().rposition(|(t, _)| *t == tag)?;
-        let (_, job) = jobs.remove(position)?;
-        self.len[tag].fetch_sub(1, Ordering::SeqCst);
-        Some(job)
+        self.take_of(tag, true)
     }
 
     /// A thief's pop: the oldest job tagged `tag`.
     pub(super) fn steal_oldest(&self, tag: usize) -> Option<T> {
+        self.take_of(tag, false)
+    }
+
+    /// The newest or the oldest job tagged `tag`.
+    fn take_of(&self, tag: usize, newest: bool) -> Option<T> {
         if !self.has(tag) {
             return None;
         }
         let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
-        let position = jobs.iter().position(|(t, _)| *t == tag)?;
+        let mut tagged = jobs.iter().map(|(t, _)| *t == tag);
+        let position = if newest { tagged.rposition(|t| t) } else { tagged.position(|t| t) }?;
         let (_, job) = jobs.remove(position)?;
         self.len[tag].fetch_sub(1, Ordering::SeqCst);
         Some(job)
