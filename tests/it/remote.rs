@@ -597,3 +597,31 @@ fn a_remote_capable_name_must_be_a_subject_token() {
     let good = engine.operation("a_b-1", tokengate::Weight::Light).remote().register(|x: u64| x);
     assert_eq!(good.unwrap().submit(5).wait().unwrap(), 5);
 }
+
+#[test]
+fn a_stream_that_exists_with_other_settings_is_an_error_naming_the_setting() {
+    let Some(server) = NatsServer::start() else { return };
+    // Someone else's TOKENGATE_CALLS, kept by limits instead of as a work queue.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let client = async_nats::ConnectOptions::with_token(server.secret.clone())
+            .connect(server.url())
+            .await
+            .unwrap();
+        let js = async_nats::jetstream::new(client);
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: "TOKENGATE_CALLS".into(),
+            subjects: vec!["tokengate.tokens.>".into()],
+            retention: async_nats::jetstream::stream::RetentionPolicy::Limits,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    });
+    let error = Engine::builder().workers(1).pin(false).nats(server.config()).build().unwrap_err();
+    let message = error.to_string();
+    assert!(
+        message.contains("TOKENGATE_CALLS") && message.contains("retention"),
+        "the error names the stream and the setting: {message}"
+    );
+}
