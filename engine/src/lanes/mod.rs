@@ -1,16 +1,22 @@
-//! Lanes: one worker thread per usable core, pinned, fed by two shared queues.
+//! Lanes: worker threads fed by two shared queues — under the default preemptive split
+//! one light lane pinned per usable core and heavy lanes floating over those cores at the
+//! lowest priority (`priority.rs`, docs/lanes.md); under the pinned split one lane per
+//! core, the last ones heavy.
 //!
-//! `ctx.rs` holds what a lane hands each batch it runs; `thread.rs` starts, pins and
-//! replaces the threads.
+//! `ctx.rs` holds what a lane hands each batch it runs; `thread_life.rs` starts, pins
+//! and replaces the threads.
 //!
 //! # Queues and hand-off
 //!
 //! The light and heavy lane sets each have a lock-free FIFO (`crossbeam_deque::Injector`)
 //! of *batches* predicted to be short, beside a mutex-guarded FIFO of the long ones
 //! (`order.rs`): a submit pushes one batch per queue operation, never one token. Every
-//! worker pops from its own set's queue first; when that is empty it may take from the
-//! other set's: heavy lanes always help with light work, light lanes take heavy work as
-//! the steal policy says (`steal.rs`).
+//! worker pops from its own set's queue first. Under the pinned split, when that is
+//! empty it may take from the other set's: heavy lanes always help with light work,
+//! light lanes take heavy work as the steal policy says (`steal.rs`). Under the
+//! preemptive split neither set takes the other's work except while it waits
+//! (`help.rs`); a lane keeps every batch it submits in its local queue, tagged with its
+//! set, where the other set's lanes steal it.
 //!
 //! # Sleeping without losing a wake-up
 //!
