@@ -99,10 +99,12 @@ fn a_parents_logged_run_time_leaves_out_the_work_it_ran_while_waiting() {
 }
 
 /// Waits inside operations keep every net: a child that panics and is retried, one
-/// cancelled while queued, and a shutdown while parents wait.
+/// cancelled while queued, and a shutdown while parents wait. (One lane for everything:
+/// with a second lane, a parent placed heavy could see its queued child started by a
+/// light lane before it cancels it.)
 #[test]
 fn nested_waits_keep_retries_cancels_and_shutdown() {
-    let engine = Engine::builder().workers(1).pin(false).build().unwrap();
+    let engine = crate::single_lane().build().unwrap();
     let flaky = engine
         .operation("flaky", Weight::Light)
         .retry(RetryPolicy::new(2))
