@@ -68,6 +68,17 @@ impl NatsServer {
         RemoteConfig::new(self.url()).token(self.secret.clone()).ack_wait(Duration::from_secs(2))
     }
 
+    /// A JetStream context of this server's, on a runtime of its own, for tests that
+    /// talk to the server behind the engine's back.
+    fn jetstream(&self) -> (tokio::runtime::Runtime, async_nats::jetstream::Context) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let js = runtime.block_on(async {
+            let options = async_nats::ConnectOptions::with_token(self.secret.clone());
+            async_nats::jetstream::new(options.connect(self.url()).await.unwrap())
+        });
+        (runtime, js)
+    }
+
     fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -534,13 +545,8 @@ fn bad_messages_are_refused_and_counted_and_the_worker_keeps_serving() {
     let (_worker_engine, worker) = worker(&server);
     let submitter = engine(Some(server.config().placement(RemotePlacement::Remote)));
     wait_for_workers(&submitter, 1);
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (runtime, js) = server.jetstream();
     runtime.block_on(async {
-        let client = async_nats::ConnectOptions::with_token(server.secret.clone())
-            .connect(server.url())
-            .await
-            .unwrap();
-        let js = async_nats::jetstream::new(client);
         for payload in [
             b"\xff\xfe garbage".to_vec(),
             // A well-formed bincode value of another shape.
@@ -602,13 +608,8 @@ fn a_remote_capable_name_must_be_a_subject_token() {
 fn a_stream_that_exists_with_other_settings_is_an_error_naming_the_setting() {
     let Some(server) = NatsServer::start() else { return };
     // Someone else's TOKENGATE_CALLS, kept by limits instead of as a work queue.
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (runtime, js) = server.jetstream();
     runtime.block_on(async {
-        let client = async_nats::ConnectOptions::with_token(server.secret.clone())
-            .connect(server.url())
-            .await
-            .unwrap();
-        let js = async_nats::jetstream::new(client);
         js.create_stream(async_nats::jetstream::stream::Config {
             name: "TOKENGATE_CALLS".into(),
             subjects: vec!["tokengate.tokens.>".into()],

@@ -90,8 +90,9 @@ impl EngineBuilder {
     /// number of idle-priority threads that float over every core of the engine, beside
     /// the light lanes (default: as many as the light lanes, one per core; they take the
     /// shortest predicted heavy call first, and more of them measured worse: see
-    /// `docs/lanes.md`; 0 runs heavy work on the light lanes). Under [`LaneSplit::Pinned`]: how many of the pinned lanes serve
-    /// heavy work first (default 1 when there are at least 2 lanes, else 0).
+    /// `docs/lanes.md`; 0 runs heavy work on the light lanes). Under
+    /// [`LaneSplit::Pinned`]: how many of the pinned lanes serve heavy work first
+    /// (default 1 when there are at least 2 lanes, else 0).
     pub fn heavy_lanes(mut self, heavy_lanes: usize) -> Self {
         self.heavy_lanes = Some(heavy_lanes);
         self
@@ -149,11 +150,12 @@ impl EngineBuilder {
         self
     }
 
-    /// Pinned split only. The default rule for light lanes and heavy work is cost-aware: a light lane
-    /// takes a queued heavy batch only if its predicted runtime fits this budget
-    /// (default 100 µs), or if light work is unlikely to arrive while it runs (fewer
-    /// than 0.1 light arrivals expected, from the recent light arrival rate). So a light
-    /// lane may stay idle while heavy work waits; the README explains why.
+    /// Pinned split only. The default rule for light lanes and heavy work is
+    /// cost-aware: a light lane takes a queued heavy batch only if its predicted runtime
+    /// fits this budget (default 100 µs), or if light work is unlikely to arrive while
+    /// it runs (fewer than 0.1 light arrivals expected, from the recent light arrival
+    /// rate). So a light lane may stay idle while heavy work waits; the README explains
+    /// why.
     pub fn light_budget(mut self, budget: Duration) -> Self {
         self.light_budget = budget;
         self

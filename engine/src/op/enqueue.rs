@@ -182,8 +182,7 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
             // The chunk's last call and nothing open on its set: it is a batch of one
             // (inline in its chunk for a single call), with no item list.
             let meta = open.meta.take();
-            open.cell = cell;
-            return self.queue_one(set, index, arg, placement.predicted_ns, meta);
+            return self.queue_one(set, index, arg, (placement.predicted_ns, cell), meta);
         }
         open.cell = if open.items.is_empty() || open.cell == cell { cell } else { NO_CELL };
         open.cost_ns += placement.predicted_ns;
@@ -212,7 +211,7 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
             // it is the chunk's only batch (nothing is open yet).
             if let Some((index, arg)) = items.next() {
                 let meta = self.logging.then(|| self.batch_meta(set, &placement));
-                self.queue_one(set, index, arg, placement.predicted_ns, meta);
+                self.queue_one(set, index, arg, (placement.predicted_ns, NO_CELL), meta);
             }
             return;
         }
@@ -265,10 +264,9 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
         if placement.lanes == LaneSet::Remote || self.remote.is_some() {
             placement.lanes = self.remote_or_local(&placement, routed);
         }
-        let held_here = self.overrides.paused || self.overrides.throttle.is_some();
         if self.overrides.pin == Some(LaneSet::Remote)
             && placement.lanes != LaneSet::Remote
-            && !held_here
+            && !self.held_here()
         {
             // Said, not silently ignored: the row and the operation's stats count it.
             placement.source = RouteSource::OverrideUnmet;
@@ -293,19 +291,18 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
         let Some(port) = self.remote else {
             return if chosen == LaneSet::Remote { local(routed) } else { chosen };
         };
+        // Remote by a pin, the router or the placement: only while a live worker serves
+        // the operation (else it runs here, until one is heard from).
+        let served = || port.available() && port.workers(Some(&self.op.name)) > 0;
         let remote = match (chosen, port.placement()) {
             // A paused or throttled operation's tokens stay where pause and throttle
             // hold: the local lanes (a remote worker would run them at once).
-            _ if self.overrides.paused || self.overrides.throttle.is_some() => false,
-            // Remote by a pin, the router or the placement: only while a live worker
-            // serves the operation (else it runs here, until one is heard from).
-            (LaneSet::Remote, _) => port.available() && port.workers(Some(&self.op.name)) > 0,
+            _ if self.held_here() => false,
+            (LaneSet::Remote, _) => served(),
             (_, RemotePlacement::Local) => false,
             // Pinned to a local set by the control port.
             _ if self.overrides.pin.is_some() => false,
-            (_, RemotePlacement::Remote) => {
-                port.available() && port.workers(Some(&self.op.name)) > 0
-            }
+            (_, RemotePlacement::Remote) => served(),
             // The prediction decides what is worth sending: a token must be expected to
             // run at least as long as a remote round trip costs.
             (set, RemotePlacement::Auto) => {
@@ -321,6 +318,12 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
             false if chosen == LaneSet::Remote => local(routed),
             false => chosen,
         }
+    }
+
+    /// Whether the operation's overrides keep its tokens on the local lanes, where pause
+    /// and throttle hold.
+    fn held_here(&self) -> bool {
+        self.overrides.paused || self.overrides.throttle.is_some()
     }
 
     /// At least two queued batches per lane of `set`.
@@ -392,21 +395,22 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
         let open = &mut self.open[set.index()];
         let items = std::mem::take(&mut open.items);
         let (cost, meta) = (std::mem::take(&mut open.cost_ns), open.meta.take());
-        self.queue(set, items, cost, meta);
+        let cell = std::mem::replace(&mut open.cell, NO_CELL);
+        self.queue(set, items, (cost, cell), meta);
     }
 
-    /// Pushes one batch of `items` onto `set`'s queue (or its locality home's).
+    /// Pushes one batch of `items` onto `set`'s queue (or its locality home's), with
+    /// its predicted cost and the size cell its items fell in.
     fn queue<I: ItemList<A>>(
         &mut self,
         set: LaneSet,
         items: I,
-        predicted_ns: u64,
+        cost: (u64, u8),
         meta: Option<Box<BatchMeta>>,
     ) {
         let home = self.home(items.as_ref().first().map(|(_, arg)| arg), set);
         let bytes = self.op.bytes_of_all(items.as_ref());
-        let mut head = self.head(set, bytes, predicted_ns, meta);
-        head.cell = std::mem::replace(&mut self.open[set.index()].cell, NO_CELL);
+        let head = self.head(set, bytes, cost, meta);
         let batch = Arc::new(Batch { head, chunk: Arc::clone(self.chunk), items });
         self.push_job(home, set, BoxJob::new(batch));
     }
@@ -418,27 +422,27 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
         set: LaneSet,
         index: u32,
         arg: A,
-        predicted_ns: u64,
+        cost: (u64, u8),
         meta: Option<Box<BatchMeta>>,
     ) {
         let Some(chunk) = self.inline.take() else {
-            return self.queue(set, [(index, arg)], predicted_ns, meta);
+            return self.queue(set, [(index, arg)], cost, meta);
         };
         let home = self.home(Some(&arg), set);
-        let mut head = self.head(set, self.op.bytes_of(&arg), predicted_ns, meta);
-        head.cell = self.open[set.index()].cell;
+        let head = self.head(set, self.op.bytes_of(&arg), cost, meta);
         let job = SingleJob { head, call: (index, arg) };
         // SAFETY: the chunk is not queued yet, and this thread queues it (below).
         unsafe { chunk.tail.put(job) };
         self.push_job(home, set, BoxJob::new(chunk));
     }
 
-    /// A batch's description: this chunk's operation, attempt and admission time.
+    /// A batch's description: this chunk's operation, attempt and admission time, and
+    /// `cost`: its predicted runtime and its size cell.
     fn head(
         &self,
         set: LaneSet,
         bytes: usize,
-        predicted_ns: u64,
+        (predicted_ns, cell): (u64, u8),
         meta: Option<Box<BatchMeta>>,
     ) -> BatchHead<A, R> {
         BatchHead {
@@ -449,7 +453,7 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
             set,
             admitted_at: self.admitted_at,
             predicted_ns,
-            cell: NO_CELL,
+            cell,
         }
     }
 
