@@ -12,6 +12,7 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use tokengate::features::{OpFeatures, NO_COST};
 use tokengate::{Refit, Sample, Weight};
 use trainer::adapt::TreeRefit;
 
@@ -42,14 +43,14 @@ fn samples(rows: usize) -> Vec<Sample> {
             let per_byte = [0.5, 2.0, 8.0, 0.1, 20.0, 1.0][op as usize];
             let noise = 0.75 + 0.5 * rng.unit();
             let run_ns = (1_000.0 + per_byte * arg_size as f64 * noise).min(5e6) as u64;
-            Sample { op, arg_size, run_ns, declared: Weight::Light }
+            Sample { op, arg_size, cost: NO_COST, run_ns, declared: Weight::Light }
         })
         .collect()
 }
 
 fn refit(c: &mut Criterion) {
-    let ops: Vec<String> =
-        ["primes", "sort", "text", "hash", "pi_term", "pi_chunk"].map(String::from).to_vec();
+    let ops: Vec<OpFeatures> =
+        ["primes", "sort", "text", "hash", "pi_term", "pi_chunk"].map(OpFeatures::named).to_vec();
     let refit = TreeRefit::default();
     let mut group = c.benchmark_group("refit");
     group.sample_size(10).warm_up_time(Duration::from_secs(1));

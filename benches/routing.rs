@@ -24,7 +24,7 @@ fn routing(c: &mut Criterion) {
     let model = Model::load(path).expect("the shipped model");
     let learned = LearnedRouter::new(model.clone(), StaticRouter::new(128));
     for (i, name) in model.header().ops.iter().take(4).enumerate() {
-        learned.register_op(i as u32, name);
+        learned.register_op(i as u32, name, &[]);
     }
     let tags = StaticRouter::new(128);
     let features = features();

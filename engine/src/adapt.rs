@@ -11,22 +11,25 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::features::{CostInputs, OpFeatures};
 use crate::model::Model;
 use crate::placement::{LaneSet, Weight};
 use crate::router::{AdaptiveRouter, CostWatch, LearnedRouter};
 use crate::telemetry::{RecordOutcome, TokenRecord};
 
 /// One observed run the model can learn from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sample {
-    /// The operation's engine id (an index into the names [`Refit::refit`] gets).
+    /// The operation's engine id (an index into the operations [`Refit::refit`] gets).
     pub op: u32,
     /// Its argument-size hint.
     pub arg_size: u64,
+    /// Its cost features (0 where the operation declared none).
+    pub cost: CostInputs,
     /// How long it ran (ns).
     pub run_ns: u64,
     /// The weight it declared: where its tag places it when a model does not know
@@ -36,8 +39,9 @@ pub struct Sample {
 
 /// Fits a candidate model on recent samples.
 pub trait Refit: Send + Sync + 'static {
-    /// A model fitted on `samples`, whose `op` fields index `ops`.
-    fn refit(&self, ops: &[String], samples: &[Sample]) -> Result<Model, String>;
+    /// A model fitted on `samples`, whose `op` fields index `ops` (names and cost
+    /// features of the engine's operations).
+    fn refit(&self, ops: &[OpFeatures], samples: &[Sample]) -> Result<Model, String>;
 }
 
 /// How the engine adapts; see [`EngineBuilder::adapt`](crate::EngineBuilder::adapt).
@@ -144,7 +148,7 @@ pub(crate) struct Adapter {
     stop: (Mutex<bool>, Condvar),
     status: Mutex<AdaptStatus>,
     last_swap: Mutex<Option<Instant>>,
-    op_names: Arc<RwLock<Vec<String>>>,
+    op_names: crate::features::OpNames,
     thread: Mutex<Option<JoinHandle<()>>>,
     /// Called with the new version after each swap (the control port's event).
     on_swap: Mutex<Option<SwapHook>>,
@@ -154,7 +158,7 @@ pub(crate) struct Adapter {
 }
 
 impl Adapter {
-    pub(crate) fn new(config: Adaptation, op_names: Arc<RwLock<Vec<String>>>) -> Arc<Self> {
+    pub(crate) fn new(config: Adaptation, op_names: crate::features::OpNames) -> Arc<Self> {
         Arc::new(Adapter {
             config,
             rows: Mutex::new(VecDeque::new()),
@@ -195,6 +199,7 @@ impl Adapter {
                     Sample {
                         op: r.op,
                         arg_size: r.arg_size,
+                        cost: r.cost,
                         run_ns: r.run_ns,
                         declared: r.declared,
                     },
@@ -403,7 +408,8 @@ fn score(router: &LearnedRouter, samples: &[Sample]) -> Score {
     let classes = &router.model().header().classes;
     let (mut hits, mut heavy_on_light, mut light_on_heavy) = (0usize, 0usize, 0usize);
     for s in samples {
-        let class = router.spot(s.op, s.arg_size).map(|spot| &classes[router.spot_cost(spot).0]);
+        let class =
+            router.spot(s.op, s.arg_size, &s.cost).map(|spot| &classes[router.spot_cost(spot).0]);
         // An operation the model does not know is placed by its tag (the router's
         // fallback), and scored so: a candidate without it is not excused its rows.
         let lanes = match class {
@@ -464,8 +470,14 @@ mod tests {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/default.bin");
         let model = crate::model::Model::load(path).unwrap();
         let router = crate::router::LearnedRouter::new(model, crate::StaticRouter::new(64));
-        crate::Router::register_op(&router, 0, "not_in_the_model");
-        let row = |declared, run_ns| super::Sample { op: 0, arg_size: 10, run_ns, declared };
+        crate::Router::register_op(&router, 0, "not_in_the_model", &[]);
+        let row = |declared, run_ns| super::Sample {
+            op: 0,
+            arg_size: 10,
+            cost: crate::features::NO_COST,
+            run_ns,
+            declared,
+        };
         let (heavy, light) = (super::Weight::Heavy, super::Weight::Light);
         let scored = super::score(&router, &[row(heavy, 2_000), row(light, 2_000)]);
         assert_eq!((scored.light_on_heavy, scored.heavy_on_light), (0.5, 0.0));

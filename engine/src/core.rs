@@ -12,6 +12,7 @@ use crate::adapt::Adapter;
 use crate::admission::Admission;
 use crate::control::state::{LatencyHistogram, OpControl};
 use crate::error::RegisterError;
+use crate::features::OpFeatures;
 use crate::lanes::Lanes;
 use crate::op::RemoteServe;
 use crate::remote::RemotePort;
@@ -32,7 +33,7 @@ pub(crate) struct Shared {
     /// The lanes, as outside threads waiting on a token may help them.
     pub(crate) outside: Arc<dyn Outside>,
     /// Op id → name, for telemetry.
-    pub(crate) op_names: Arc<RwLock<Vec<String>>>,
+    pub(crate) op_names: crate::features::OpNames,
     names: Mutex<HashMap<String, u32>>,
     /// Every operation, for manual control (index = op id).
     ops: RwLock<Vec<Arc<dyn OpControl>>>,
@@ -55,7 +56,7 @@ impl Shared {
         lanes: Arc<Lanes>,
         router: Arc<dyn Router>,
         runtime: tokio::runtime::Handle,
-        op_names: Arc<RwLock<Vec<String>>>,
+        op_names: crate::features::OpNames,
         chunk_len: usize,
         adapter: Option<Arc<Adapter>>,
     ) -> Self {
@@ -90,7 +91,7 @@ impl Shared {
     }
 
     /// Reserves `name` and gives it the next operation id.
-    pub(crate) fn claim_name(&self, name: &str) -> Result<u32, RegisterError> {
+    pub(crate) fn claim_name(&self, name: &str, cost: &[String]) -> Result<u32, RegisterError> {
         if name.is_empty() || name.len() > 64 {
             return Err(RegisterError::BadName(name.to_string()));
         }
@@ -100,7 +101,8 @@ impl Shared {
         }
         let id = names.len() as u32;
         names.insert(name.to_string(), id);
-        self.op_names.write().unwrap_or_else(|e| e.into_inner()).push(name.to_string());
+        let op = OpFeatures { name: name.to_string(), cost: cost.to_vec() };
+        self.op_names.write().unwrap_or_else(|e| e.into_inner()).push(op);
         Ok(id)
     }
 

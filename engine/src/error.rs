@@ -133,4 +133,9 @@ pub enum RegisterError {
     /// The name is empty or longer than 64 bytes.
     #[error("operation name {0:?} must be 1 to 64 bytes")]
     BadName(String),
+    /// The cost features given to
+    /// [`OperationBuilder::cost_features`](crate::OperationBuilder::cost_features) are
+    /// not usable (the message says why).
+    #[error("{0}")]
+    BadCostFeatures(String),
 }

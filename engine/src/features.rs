@@ -5,11 +5,48 @@
 //! or an encoding means bumping [`FEATURE_SCHEMA_VERSION`]: model files record the
 //! version they were fitted with, and the engine refuses a mismatch.
 
-/// Version of the model's input list and encodings.
-pub const FEATURE_SCHEMA_VERSION: u16 = 1;
+/// Version of the model's input list and encodings (2 added the four cost-feature
+/// inputs; models of version 1 still load: their trees read only the first two).
+pub const FEATURE_SCHEMA_VERSION: u16 = 2;
 
-/// Names of the model's inputs, in column order.
-pub const MODEL_FEATURES: [&str; 2] = ["op_size", "arg_size_log2"];
+/// The oldest feature schema whose models the engine still loads.
+pub const OLDEST_FEATURE_SCHEMA: u16 = 1;
+
+/// Most cost features one operation may declare
+/// ([`OperationBuilder::cost_features`](crate::OperationBuilder::cost_features)).
+pub const MAX_COST_FEATURES: usize = 4;
+
+/// One call's cost-feature values, unused slots 0.
+pub type CostInputs = [f64; MAX_COST_FEATURES];
+
+/// Names of the model's inputs, in column order. `cost_0`…`cost_3` are each
+/// operation's own cost features, in the order it declared them: their meaning is the
+/// operation's, so only a tree fitted on that operation's rows alone splits on them.
+pub const MODEL_FEATURES: [&str; 6] =
+    ["op_size", "arg_size_log2", "cost_0", "cost_1", "cost_2", "cost_3"];
+
+/// The first cost-feature column of [`MODEL_FEATURES`].
+pub const COST_AXIS: usize = 2;
+
+/// An operation as the cost model knows it: its name and the names of its cost
+/// features (empty when it declared none).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpFeatures {
+    /// The operation's name.
+    pub name: String,
+    /// Its cost features' names, in declared order (at most [`MAX_COST_FEATURES`]).
+    pub cost: Vec<String>,
+}
+
+/// The engine's operations by id, shared with the telemetry writer and the adapter.
+pub(crate) type OpNames = std::sync::Arc<std::sync::RwLock<Vec<OpFeatures>>>;
+
+impl OpFeatures {
+    /// An operation without cost features.
+    pub fn named(name: impl Into<String>) -> Self {
+        OpFeatures { name: name.into(), cost: Vec::new() }
+    }
+}
 
 /// The span of `arg_size_log2` (sizes are `u64`, so `log2(size + 1) <= 64`).
 pub const OP_STRIDE: f64 = 65.0;
@@ -28,15 +65,25 @@ pub const OP_STRIDE: f64 = 65.0;
 ///
 /// The declared weight is deliberately *not* an input: tags can be wrong, and a model
 /// that learned to trust them would break exactly where it is needed.
+/// * `cost_0`…`cost_3`: the operation's cost features as its closure computed them
+///   (non-finite values are 0).
 #[inline]
-pub fn model_inputs(op_index: u32, arg_size: u64) -> [f64; MODEL_FEATURES.len()] {
+pub fn model_inputs(
+    op_index: u32,
+    arg_size: u64,
+    cost: &CostInputs,
+) -> [f64; MODEL_FEATURES.len()] {
     let size = ((arg_size as f64) + 1.0).log2();
-    [f64::from(op_index) * OP_STRIDE + size, size]
+    [f64::from(op_index) * OP_STRIDE + size, size, cost[0], cost[1], cost[2], cost[3]]
 }
 
+/// No cost features: the inputs of an operation that declared none.
+pub const NO_COST: CostInputs = [0.0; MAX_COST_FEATURES];
+
 /// Version of the telemetry (Parquet) schema. v2 added `host` and `worker` (which
-/// machine, and which remote worker, ran the rows).
-pub const TELEMETRY_SCHEMA_VERSION: u32 = 2;
+/// machine, and which remote worker, ran the rows); v3 the cost features (`cost_names`,
+/// the operation's feature names joined by commas, and `cost_0`…`cost_3`).
+pub const TELEMETRY_SCHEMA_VERSION: u32 = 3;
 
 /// The oldest telemetry schema the trainer still reads (v1 lacks only the columns it
 /// does not use).
@@ -78,9 +125,10 @@ mod tests {
 
     #[test]
     fn inputs_are_log_scaled_and_op_major() {
-        assert_eq!(model_inputs(3, 0), [3.0 * OP_STRIDE, 0.0]);
-        assert_eq!(model_inputs(0, 1023), [10.0, 10.0]);
+        assert_eq!(model_inputs(3, 0, &NO_COST), [3.0 * OP_STRIDE, 0.0, 0.0, 0.0, 0.0, 0.0]);
+        assert_eq!(model_inputs(0, 1023, &[1.0, 2.0, 3.0, 4.0])[..3], [10.0, 10.0, 1.0]);
+        assert_eq!(model_inputs(0, 1023, &[1.0, 2.0, 3.0, 4.0])[5], 4.0);
         // The largest size of one operation stays below the smallest of the next.
-        assert!(model_inputs(0, u64::MAX)[0] < model_inputs(1, 0)[0]);
+        assert!(model_inputs(0, u64::MAX, &NO_COST)[0] < model_inputs(1, 0, &NO_COST)[0]);
     }
 }

@@ -7,6 +7,7 @@
 //! 12..16  header length (u32 LE)
 //! …       header: ModelHeader (bincode 2, standard config)
 //! …       tree: linfa_trees::DecisionTree<f64, usize> (bincode 2, serde)
+//! …       (format 5: the header records each operation's cost-feature names)
 //! …       (format 4) leaf runtimes: Vec<u64> (bincode 2), the mean runtime (ns) of
 //!         the training rows in each leaf, indexed like the compiled tree's nodes
 //!         (0 for an internal node); empty when the fit recorded none
@@ -21,14 +22,16 @@ use std::path::Path;
 use linfa_trees::{DecisionTree, TreeNode};
 use serde::{Deserialize, Serialize};
 
-use crate::features::{FEATURE_SCHEMA_VERSION, MODEL_FEATURES};
+use crate::features::{FEATURE_SCHEMA_VERSION, MODEL_FEATURES, OLDEST_FEATURE_SCHEMA};
 use crate::placement::LaneSet;
 
 const MAGIC: &[u8; 8] = b"TKGMODEL";
 /// Version of the file layout (2: the training info records the fitted dispatch
-/// overhead; 3: and the fitted remote overhead; 4: and each leaf's mean runtime).
-/// Files of versions 2 and 3 still load.
-pub const FORMAT_VERSION: u16 = 4;
+/// overhead; 3: and the fitted remote overhead; 4: and each leaf's mean runtime; 5: and
+/// each operation's cost-feature names). Files of versions 2 to 4 still load.
+pub const FORMAT_VERSION: u16 = 5;
+/// The layout before cost-feature names.
+const FORMAT_V4: u16 = 4;
 /// The oldest layout this build reads (no remote overhead; see [`HeaderV2`]).
 const FORMAT_V2: u16 = 2;
 /// The layout before leaf runtimes.
@@ -66,6 +69,49 @@ pub struct ModelHeader {
     pub classes: Vec<ClassPolicy>,
     /// How and on what the model was fitted.
     pub training: TrainingInfo,
+    /// Per operation of `ops`: the names of the cost features the model was fitted on
+    /// (empty for an operation without any, and for files before format 5). The engine
+    /// places an operation whose registered cost features differ as if the model did
+    /// not know it, and warns naming it.
+    pub op_features: Vec<Vec<String>>,
+    /// Per operation of `ops`: the share of its training rows' impurity decrease (Gini,
+    /// weighted by rows) that each input earned — its size first, then each of its cost
+    /// features — summing to 1 (all 0 when its calls needed no split). Empty for files
+    /// before format 5.
+    pub op_importance: Vec<Vec<f64>>,
+}
+
+impl ModelHeader {
+    /// The cost-feature names the model has for operation `index` of `ops` (empty when
+    /// none).
+    pub fn cost_features(&self, index: usize) -> &[String] {
+        self.op_features.get(index).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// The header of a version-3 or -4 file (no cost-feature names), read into
+/// [`ModelHeader`].
+#[derive(Deserialize)]
+struct HeaderV4 {
+    feature_schema: u16,
+    feature_names: Vec<String>,
+    ops: Vec<String>,
+    classes: Vec<ClassPolicy>,
+    training: TrainingInfo,
+}
+
+impl From<HeaderV4> for ModelHeader {
+    fn from(v4: HeaderV4) -> Self {
+        ModelHeader {
+            feature_schema: v4.feature_schema,
+            feature_names: v4.feature_names,
+            ops: v4.ops,
+            classes: v4.classes,
+            training: v4.training,
+            op_features: Vec::new(),
+            op_importance: Vec::new(),
+        }
+    }
 }
 
 /// A cost class and the placement the router uses for it.
@@ -155,6 +201,8 @@ impl From<HeaderV2> for ModelHeader {
                 dispatch_overhead_ns: t.dispatch_overhead_ns,
                 remote_overhead_ns: None,
             },
+            op_features: Vec::new(),
+            op_importance: Vec::new(),
         }
     }
 }
@@ -366,11 +414,11 @@ fn decode_all(bytes: &[u8]) -> Result<Decoded, ModelError> {
         return Err(ModelError::NotAModel);
     }
     let format = u16::from_le_bytes([bytes[8], bytes[9]]);
-    if !matches!(format, FORMAT_V2 | FORMAT_V3 | FORMAT_VERSION) {
+    if !matches!(format, FORMAT_V2 | FORMAT_V3 | FORMAT_V4 | FORMAT_VERSION) {
         return Err(ModelError::UnsupportedFormat { found: format });
     }
     let schema = u16::from_le_bytes([bytes[10], bytes[11]]);
-    if schema != FEATURE_SCHEMA_VERSION {
+    if !(OLDEST_FEATURE_SCHEMA..=FEATURE_SCHEMA_VERSION).contains(&schema) {
         return Err(ModelError::FeatureSchema { found: schema, expected: FEATURE_SCHEMA_VERSION });
     }
     let header_len = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]) as usize;
@@ -385,6 +433,11 @@ fn decode_all(bytes: &[u8]) -> Result<Decoded, ModelError> {
         FORMAT_V2 => bincode::serde::decode_from_slice::<HeaderV2, _>(header_bytes, config)
             .map(|(v2, used)| (v2.into(), used))
             .map_err(corrupt)?,
+        FORMAT_V3 | FORMAT_V4 => {
+            bincode::serde::decode_from_slice::<HeaderV4, _>(header_bytes, config)
+                .map(|(v4, used)| (v4.into(), used))
+                .map_err(corrupt)?
+        }
         _ => bincode::serde::decode_from_slice(header_bytes, config).map_err(corrupt)?,
     };
     if used != header_len {
@@ -396,7 +449,7 @@ fn decode_all(bytes: &[u8]) -> Result<Decoded, ModelError> {
         bincode::serde::decode_from_slice(rest, config)
             .map_err(|e| ModelError::Corrupt(format!("tree: {e}")))?;
     let rest = &rest[used..];
-    let (leaf_ns, used): (Vec<u64>, usize) = if format == FORMAT_VERSION {
+    let (leaf_ns, used): (Vec<u64>, usize) = if format >= FORMAT_V4 {
         bincode::serde::decode_from_slice(rest, config)
             .map_err(|e| ModelError::Corrupt(format!("leaf runtimes: {e}")))?
     } else {
@@ -409,17 +462,23 @@ fn decode_all(bytes: &[u8]) -> Result<Decoded, ModelError> {
 }
 
 fn check_header(header: &ModelHeader) -> Result<(), ModelError> {
-    if header.feature_schema != FEATURE_SCHEMA_VERSION {
-        return Err(ModelError::FeatureSchema {
-            found: header.feature_schema,
-            expected: FEATURE_SCHEMA_VERSION,
-        });
-    }
-    if header.feature_names != MODEL_FEATURES {
+    // Schema 1 had the first two inputs only; the later ones were appended.
+    let inputs = match header.feature_schema {
+        1 => 2,
+        FEATURE_SCHEMA_VERSION => MODEL_FEATURES.len(),
+        found => return Err(ModelError::FeatureSchema { found, expected: FEATURE_SCHEMA_VERSION }),
+    };
+    if header.feature_names != MODEL_FEATURES[..inputs] {
         return Err(ModelError::Corrupt(format!(
             "feature names {:?} differ from {:?}",
-            header.feature_names, MODEL_FEATURES
+            header.feature_names,
+            &MODEL_FEATURES[..inputs]
         )));
+    }
+    if header.op_features.len() > header.ops.len()
+        || header.op_features.iter().any(|names| names.len() > crate::features::MAX_COST_FEATURES)
+    {
+        return Err(ModelError::Corrupt("cost-feature names do not fit the operations".into()));
     }
     if header.classes.is_empty() || header.classes.len() > 64 {
         return Err(ModelError::Corrupt(format!("{} classes", header.classes.len())));
@@ -440,6 +499,20 @@ struct FlatNode {
     /// Left child index; for a leaf, the class.
     left: u32,
     right: u32,
+}
+
+/// An internal node of a [`FlatTree`] (see [`FlatTree::split`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub struct TreeSplit {
+    /// The index of the model input it reads ([`MODEL_FEATURES`]).
+    pub input: usize,
+    /// Inputs below it go left.
+    pub threshold: f64,
+    /// The left child's node index.
+    pub left: usize,
+    /// The right child's node index.
+    pub right: usize,
 }
 
 /// A decision tree as a flat node array: node 0 is the root, and an input goes left
@@ -492,6 +565,19 @@ impl FlatTree {
             let go_left = inputs[node.feature as usize] < node.threshold;
             index = if go_left { node.left } else { node.right } as usize;
         }
+    }
+
+    /// The split at node `index`: the input it reads, the threshold (an input below it
+    /// goes left), and its left and right children; `None` for a leaf (for tools that
+    /// walk the tree, such as the trainer's feature importance).
+    pub fn split(&self, index: usize) -> Option<TreeSplit> {
+        let node = self.nodes.get(index)?;
+        (node.feature != LEAF).then_some(TreeSplit {
+            input: node.feature as usize,
+            threshold: node.threshold,
+            left: node.left as usize,
+            right: node.right as usize,
+        })
     }
 
     /// The class of leaf `leaf` (from [`FlatTree::leaf`]).
@@ -553,6 +639,10 @@ mod tests {
         std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../models/default.bin")).unwrap()
     }
 
+    fn encode_leaves_len(leaves: &[u64]) -> usize {
+        bincode::serde::encode_to_vec(leaves, bincode::config::standard()).unwrap().len()
+    }
+
     #[test]
     fn the_shipped_model_round_trips_through_the_codec() {
         let bytes = shipped();
@@ -575,7 +665,7 @@ mod tests {
         // internal nodes none; a leaf's is what the model predicts for calls ending there.
         let leaves = (0..tree.len()).filter(|&i| model.leaf_runtimes()[i] > 0).count();
         assert_eq!(leaves * 2 - 1, tree.len(), "a binary tree's leaves, and only those");
-        let inputs = crate::features::model_inputs(0, 1_000);
+        let inputs = crate::features::model_inputs(0, 1_000, &crate::features::NO_COST);
         let (class, ns) = model.predict_cost(&inputs);
         assert_eq!(class, model.predict(&inputs));
         assert_eq!(ns, model.leaf_runtimes()[tree.leaf(&inputs)]);
@@ -590,12 +680,26 @@ mod tests {
         let (class, ns) = old.predict_cost(&inputs);
         assert_eq!(ns, old.header().classes[class].median_ns);
 
+        // Format 4, feature schema 1 (the shipped model of the release before cost
+        // features): it loads, and its tree reads only the first two inputs.
+        let v4 = include_bytes!("../testdata/model-v4.bin");
+        assert_eq!(u16::from_le_bytes([v4[8], v4[9]]), FORMAT_V4);
+        assert_eq!(u16::from_le_bytes([v4[10], v4[11]]), 1);
+        let old = Model::from_bytes(v4).unwrap();
+        assert!(old.header().op_features.is_empty() && old.header().op_importance.is_empty());
+        assert_eq!(old.header().feature_names, MODEL_FEATURES[..2]);
+        assert_eq!(old.predict(&inputs), model.predict(&inputs), "refitted on the same rows");
+
         // Format 3: format 4 without the leaf section.
-        let (header, linfa) = decode(&shipped()).unwrap();
-        let mut v3 = encode(&header, &linfa, &[]).unwrap();
-        assert_eq!(v3.pop(), Some(0), "an empty leaf list is one byte");
+        let mut v3 = v4.to_vec();
+        let (_, linfa) = decode(v4).unwrap();
+        let tree_len = bincode::serde::encode_to_vec(&linfa, bincode::config::standard()).unwrap();
+        let leaves_at = v3.len() - encode_leaves_len(old.leaf_runtimes());
+        v3.truncate(leaves_at);
+        assert!(v3.ends_with(&tree_len));
         v3[8..10].copy_from_slice(&FORMAT_V3.to_le_bytes());
         assert!(Model::from_bytes(&v3).unwrap().leaf_runtimes().is_empty());
+        let (header, linfa) = decode(&shipped()).unwrap();
 
         // A leaf list that does not match the tree, or states an absurd runtime, is refused.
         let short = encode(&header, &linfa, &[1, 2]).unwrap();

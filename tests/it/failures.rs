@@ -11,7 +11,7 @@ use tokengate::{
     Weight,
 };
 
-use crate::{eventually, gate, one_lane};
+use crate::{eventually, gate, one_lane, single_lane};
 
 #[test]
 fn a_call_past_its_deadline_times_out_and_its_lane_is_replaced() {
@@ -336,7 +336,8 @@ fn duplicate_calls_in_flight_share_one_run() {
 
 #[test]
 fn admission_is_bounded_by_estimated_memory_too() {
-    let engine = Engine::builder().workers(1).pin(false).memory_capacity(10_000).build().unwrap();
+    // One lane, so that the held gate holds every call behind it.
+    let engine = single_lane().memory_capacity(10_000).build().unwrap();
     let (hold, release) = gate(&engine, "hold");
     let holding = hold.submit(());
     eventually("the gate runs", || holding.state() == TokenState::Running);

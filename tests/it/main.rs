@@ -3,6 +3,7 @@
 mod admission;
 mod allocs;
 mod control;
+mod cost_features;
 mod dashboard;
 mod failures;
 mod lanes;

@@ -3,7 +3,7 @@
 use std::fs::File;
 
 use polars::prelude::*;
-use tokengate::features::{model_inputs, MODEL_FEATURES};
+use tokengate::features::{model_inputs, OpFeatures, MODEL_FEATURES, NO_COST};
 use tokengate::model::{self, Model, ModelError};
 use tokengate::telemetry::{records_to_frame, Origin, RecordOutcome, TokenRecord};
 use tokengate::{Engine, LaneSet, RouteSource, Weight};
@@ -15,7 +15,8 @@ fn synthetic() -> Data {
     let mut rows = Vec::new();
     for i in 0..3_000u64 {
         let size = 1 + (i * 7919) % 100_000;
-        rows.push(Row { op: (i % 2) as u32, arg_size: size, run_ns: size * (3 + 5 * (i % 2)) });
+        let run_ns = size * (3 + 5 * (i % 2));
+        rows.push(Row { op: (i % 2) as u32, arg_size: size, cost: NO_COST, run_ns });
     }
     Data { ops: vec!["a".into(), "b".into()], rows, ..Data::default() }
 }
@@ -33,7 +34,7 @@ fn the_flat_tree_predicts_exactly_what_linfa_predicts() {
     let mut inputs = Vec::new();
     for op in 0..2u32 {
         for size in (0..200_000u64).step_by(97) {
-            inputs.push(model_inputs(op, size));
+            inputs.push(model_inputs(op, size, &NO_COST));
         }
     }
     let x = ndarray::Array2::from_shape_fn((inputs.len(), 2), |(r, c)| inputs[r][c]);
@@ -43,7 +44,7 @@ fn the_flat_tree_predicts_exactly_what_linfa_predicts() {
         assert_eq!(compiled.predict(row), *expected, "input {row:?}");
     }
     // Placements follow the class table: the slowest class goes heavy.
-    let slow = compiled.predict(&model_inputs(1, 150_000));
+    let slow = compiled.predict(&model_inputs(1, 150_000, &NO_COST));
     assert_eq!(header.classes[slow].lanes, LaneSet::Heavy);
 }
 
@@ -105,6 +106,7 @@ fn record(op: u32, arg_size: u64, run_ns: u64) -> TokenRecord {
         end_to_end_ns: run_ns,
         outcome: RecordOutcome::Completed,
         attempt: 1,
+        cost: NO_COST,
     }
 }
 
@@ -115,7 +117,7 @@ fn write(path: &std::path::Path, frame: &mut DataFrame) {
 #[test]
 fn trainer_refuses_bad_data_clearly() {
     let dir = tempfile::tempdir().unwrap();
-    let names = vec!["op".to_string()];
+    let names = vec![OpFeatures::named("op")];
     let inputs = |p: &std::path::Path| vec![p.display().to_string()];
 
     // No files.

@@ -13,6 +13,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+use tokengate::features::OpFeatures;
 use tokengate::model::Model;
 use tokengate::{Refit, Sample};
 
@@ -48,22 +49,24 @@ impl Default for TreeRefit {
 }
 
 impl Refit for TreeRefit {
-    fn refit(&self, ops: &[String], samples: &[Sample]) -> Result<Model, String> {
+    fn refit(&self, ops: &[OpFeatures], samples: &[Sample]) -> Result<Model, String> {
         // Only the operations the window has rows of are in the candidate's vocabulary:
         // an operation without rows would be placed by whatever its neighbours on the
         // operation-major axis are; unknown, it is routed by its tag.
         let mut index = vec![u32::MAX; ops.len()];
         let mut present = Vec::new();
+        let mut op_features = Vec::new();
         let mut rows = Vec::with_capacity(samples.len());
         for s in samples {
             let Some(slot) = index.get_mut(s.op as usize) else { continue };
             if *slot == u32::MAX {
                 *slot = present.len() as u32;
-                present.push(ops[s.op as usize].clone());
+                present.push(ops[s.op as usize].name.clone());
+                op_features.push(ops[s.op as usize].cost.clone());
             }
-            rows.push(Row { op: *slot, arg_size: s.arg_size, run_ns: s.run_ns });
+            rows.push(Row { op: *slot, arg_size: s.arg_size, cost: s.cost, run_ns: s.run_ns });
         }
-        let data = Data { ops: present, rows, ..Data::default() };
+        let data = Data { ops: present, op_features, rows, ..Data::default() };
         let fitted = fit(&data, &self.options).map_err(|e| e.to_string())?;
         Model::from_bytes(&fitted.bytes).map_err(|e| e.to_string())
     }
@@ -72,22 +75,23 @@ impl Refit for TreeRefit {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokengate::features::NO_COST;
     use tokengate::Weight;
 
     #[test]
     fn a_refit_learns_which_sizes_are_slow() {
-        let ops = vec!["idle".to_string(), "work".to_string()];
+        let ops = vec![OpFeatures::named("idle"), OpFeatures::named("work")];
         let samples: Vec<Sample> = (0..2_000u64)
             .map(|i| {
                 let arg_size = if i % 2 == 0 { 10 } else { 1_000_000 };
                 let run_ns = if i % 2 == 0 { 2_000 } else { 1_500_000 };
-                Sample { op: 1, arg_size, run_ns, declared: Weight::Light }
+                Sample { op: 1, arg_size, cost: NO_COST, run_ns, declared: Weight::Light }
             })
             .collect();
         let model = TreeRefit::default().refit(&ops, &samples).unwrap();
         assert_eq!(model.op_index("idle"), None, "no rows: left to its tag");
         let index = model.op_index("work").unwrap();
-        let class = |size| model.predict(&tokengate::features::model_inputs(index, size));
+        let class = |size| model.predict(&tokengate::features::model_inputs(index, size, &NO_COST));
         let classes = &model.header().classes;
         assert!(classes[class(10)].max_ns <= 10_000);
         assert!(classes[class(1_000_000)].min_ns >= 200_000);
@@ -98,8 +102,8 @@ mod tests {
     /// from 160k turned cheap. On the shared size axis one split (155k) then parts the
     /// large calls, and sends `steady`'s larger sizes, which no row covered, to the
     /// light lanes with `shifted`'s.
-    fn one_operation_changed() -> (Vec<String>, Vec<Sample>) {
-        let ops = ["steady", "shifted", "other"].map(String::from).to_vec();
+    fn one_operation_changed() -> (Vec<OpFeatures>, Vec<Sample>) {
+        let ops = ["steady", "shifted", "other"].map(OpFeatures::named).to_vec();
         let samples: Vec<Sample> = (0..6_000u64)
             .map(|i| {
                 let op = (i % 3) as u32;
@@ -108,7 +112,7 @@ mod tests {
                     (1, _) => (160_000 + i * 100, 2_000),
                     _ => (100_000 + i * 8, 3_000_000),
                 };
-                Sample { op, arg_size, run_ns, declared: Weight::Light }
+                Sample { op, arg_size, cost: NO_COST, run_ns, declared: Weight::Light }
             })
             .collect();
         (ops, samples)
@@ -120,7 +124,7 @@ mod tests {
         let lanes = |refit: &TreeRefit| {
             let model = refit.refit(&ops, &samples).unwrap();
             move |op: u32, size| {
-                let class = model.predict(&tokengate::features::model_inputs(op, size));
+                let class = model.predict(&tokengate::features::model_inputs(op, size, &NO_COST));
                 model.header().classes[class].lanes
             }
         };
@@ -147,24 +151,42 @@ mod tests {
         // the leaves know which is which, so a light lane helping with heavy work can
         // tell them apart. (Where no class changes between them, a classification tree
         // does not split, and calls share a leaf and its mean.)
-        let ops = vec!["short".to_string(), "long".to_string()];
+        let ops = vec![OpFeatures::named("short"), OpFeatures::named("long")];
         let samples: Vec<Sample> = (0..4_000u64)
             .map(|i| match i % 4 {
-                0 => Sample { op: 0, arg_size: 10, run_ns: 2_000, declared: Weight::Light },
-                1 => {
-                    Sample { op: 0, arg_size: 1_000, run_ns: 300_000 + i, declared: Weight::Light }
-                }
-                2 => Sample { op: 1, arg_size: 1_000, run_ns: 2_000, declared: Weight::Light },
+                0 => Sample {
+                    op: 0,
+                    arg_size: 10,
+                    cost: NO_COST,
+                    run_ns: 2_000,
+                    declared: Weight::Light,
+                },
+                1 => Sample {
+                    op: 0,
+                    arg_size: 1_000,
+                    cost: NO_COST,
+                    run_ns: 300_000 + i,
+                    declared: Weight::Light,
+                },
+                2 => Sample {
+                    op: 1,
+                    arg_size: 1_000,
+                    cost: NO_COST,
+                    run_ns: 2_000,
+                    declared: Weight::Light,
+                },
                 _ => Sample {
                     op: 1,
                     arg_size: 100_000,
+                    cost: NO_COST,
                     run_ns: 3_000_000 + i,
                     declared: Weight::Light,
                 },
             })
             .collect();
         let model = TreeRefit::default().refit(&ops, &samples).unwrap();
-        let cost = |op, size| model.predict_cost(&tokengate::features::model_inputs(op, size));
+        let cost =
+            |op, size| model.predict_cost(&tokengate::features::model_inputs(op, size, &NO_COST));
         let ((short_class, short_ns), (long_class, long_ns)) = (cost(0, 1_000), cost(1, 100_000));
         assert_eq!(short_class, long_class);
         assert!((300_000..305_000).contains(&short_ns), "{short_ns}");

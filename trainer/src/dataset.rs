@@ -9,17 +9,22 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
-use tokengate::features::{OLDEST_TELEMETRY_SCHEMA, TELEMETRY_SCHEMA_VERSION};
+use tokengate::features::{
+    CostInputs, MAX_COST_FEATURES, NO_COST, OLDEST_TELEMETRY_SCHEMA, TELEMETRY_SCHEMA_VERSION,
+};
 
 use crate::TrainError;
 
 /// One usable record: a completed token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Row {
     /// Index into [`Data::ops`].
     pub op: u32,
     /// The argument-size hint.
     pub arg_size: u64,
+    /// The operation's cost features (0 where it declared none; their names are
+    /// [`Data::op_features`]).
+    pub cost: CostInputs,
     /// Measured runtime (ns).
     pub run_ns: u64,
 }
@@ -29,6 +34,8 @@ pub struct Row {
 pub struct Data {
     /// Operation names, in first-seen order.
     pub ops: Vec<String>,
+    /// Per operation of `ops`: the names of its cost features (empty without any).
+    pub op_features: Vec<Vec<String>>,
     /// The rows.
     pub rows: Vec<Row>,
     /// The files read.
@@ -119,6 +126,11 @@ fn read_file(
     // queue too), not a lane's run time: it feeds the remote overhead, not the tree.
     let set = frame.column("lane_set").ok().and_then(|c| c.str().ok().cloned());
     let remote = |i: usize| is_remote(set.as_ref(), i);
+    // Cost features (telemetry v3; older files have none).
+    let cost_names = frame.column("cost_names").ok().and_then(|c| c.str().ok().cloned());
+    let cost_columns: Vec<Option<Float64Chunked>> = (0..MAX_COST_FEATURES)
+        .map(|k| frame.column(&format!("cost_{k}")).ok().and_then(|c| c.f64().ok().cloned()))
+        .collect();
     for (i, (((op, arg_size), run_ns), outcome)) in
         op.iter().zip(arg_size.iter()).zip(run_ns.iter()).zip(outcome.iter()).enumerate()
     {
@@ -134,12 +146,29 @@ fn read_file(
             data.skipped += 1;
             continue;
         };
+        let names: Vec<String> = cost_names
+            .as_ref()
+            .and_then(|c| c.get(i))
+            .map(|joined| joined.split(',').map(str::to_string).collect())
+            .unwrap_or_default();
         let next = vocab.len() as u32;
         let index = *vocab.entry(op.to_string()).or_insert_with(|| {
             data.ops.push(op.to_string());
+            data.op_features.push(names.clone());
             next
         });
-        data.rows.push(Row { op: index, arg_size, run_ns });
+        if data.op_features[index as usize] != names {
+            return Err(schema(format!(
+                "operation {op:?} was logged with cost features {:?} and also {names:?}: \
+                 fit the logs of each apart",
+                data.op_features[index as usize]
+            )));
+        }
+        let mut cost = NO_COST;
+        for (k, value) in cost.iter_mut().enumerate().take(names.len()) {
+            *value = cost_columns[k].as_ref().and_then(|c| c.get(i)).unwrap_or(0.0);
+        }
+        data.rows.push(Row { op: index, arg_size, cost, run_ns });
     }
     read_dispatch(&frame, set.as_ref(), data);
     read_remote(&frame, set.as_ref(), data);

@@ -8,7 +8,8 @@ use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use tokengate::features::{
-    class_edges_ns, class_of, model_inputs, FEATURE_SCHEMA_VERSION, MODEL_FEATURES, OP_STRIDE,
+    class_edges_ns, class_of, model_inputs, COST_AXIS, FEATURE_SCHEMA_VERSION, MODEL_FEATURES,
+    OP_STRIDE,
 };
 use tokengate::model::{
     self, batch_for, policy_for, ClassPolicy, Model, ModelHeader, TrainingInfo,
@@ -47,7 +48,9 @@ pub struct FitOptions {
     /// (in `drift`, after a re-fit carved out `hash`'s heavy sizes turned light,
     /// `sort`'s largest calls went to the light lanes with them). Per operation, each
     /// operation's sizes are placed by its own rows only, and sizes beyond them by its
-    /// own largest or smallest. Online re-fits use it.
+    /// own largest or smallest. Online re-fits use it, and every fit whose logs hold an
+    /// operation with cost features (a cost feature means what its own operation says
+    /// it means, so only that operation's tree may split on it).
     pub per_operation: bool,
 }
 
@@ -99,7 +102,9 @@ pub fn fit(data: &Data, options: &FitOptions) -> Result<Fitted, TrainError> {
     let mut order: Vec<usize> = (0..rows.len()).collect();
     order.shuffle(&mut SmallRng::seed_from_u64(options.seed));
     let mut held_out = ((rows.len() as f64 * options.validation_share) as usize).max(1);
-    if options.per_operation {
+    let per_operation =
+        options.per_operation || data.op_features.iter().any(|names| !names.is_empty());
+    if per_operation {
         // Every operation keeps a training row (its own tree): one held out entirely
         // moves a row to the training side, or its calls would fall into a neighbour's
         // leaf.
@@ -119,7 +124,7 @@ pub fn fit(data: &Data, options: &FitOptions) -> Result<Fitted, TrainError> {
     }
     let (validation, train) = order.split_at(held_out);
 
-    let tree = if options.per_operation {
+    let tree = if per_operation {
         per_operation_tree(rows, &labels, train, options)?
     } else {
         fit_tree(rows, &labels, train, options, true)?
@@ -144,23 +149,31 @@ pub fn fit(data: &Data, options: &FitOptions) -> Result<Fitted, TrainError> {
             dispatch_overhead_ns: overhead_ns,
             remote_overhead_ns: remote_overhead_ns(&data.remote_ns),
         },
+        op_features: (0..data.ops.len())
+            .map(|op| data.op_features.get(op).cloned().unwrap_or_default())
+            .collect(),
+        op_importance: Vec::new(),
     };
     // Score through the engine's own inference path, then check linfa agrees with it.
     let compiled = Model::from_bytes(&model::encode(&header, &tree, &[])?)?;
     let leaf_ns = leaf_runtimes(&compiled, rows, train);
-    let predicted: Vec<usize> = validation
-        .iter()
-        .map(|&i| compiled.predict(&model_inputs(rows[i].op, rows[i].arg_size)))
-        .collect();
-    let (x_val, _) = matrix(rows, &labels, validation, true);
+    let predicted: Vec<usize> =
+        validation.iter().map(|&i| compiled.predict(&inputs_of(&rows[i]))).collect();
+    header.op_importance = crate::importance::per_operation(
+        compiled.tree(),
+        data.ops.len(),
+        classes,
+        train.iter().map(|&i| (rows[i].op, inputs_of(&rows[i]), labels[i])),
+    );
+    let (x_val, _) = matrix(rows, &labels, validation, !per_operation);
     let linfa_predicted = tree.predict(&x_val);
     let flat_mismatches = linfa_predicted.iter().zip(&predicted).filter(|(a, b)| a != b).count();
     let metrics = Metrics::score(
         &data.ops,
         classes,
         validation.iter().zip(&predicted).map(|(&i, &p)| (rows[i].op, labels[i], p)),
-        tree.feature_importance(),
-    );
+    )
+    .with_importance(&header);
     header.training.validation_accuracy = metrics.accuracy;
     let bytes = model::encode(&header, &tree, &leaf_ns)?;
     Ok(Fitted { header, bytes, metrics, flat_mismatches })
@@ -174,7 +187,7 @@ pub fn fit(data: &Data, options: &FitOptions) -> Result<Fitted, TrainError> {
 fn leaf_runtimes(model: &Model, rows: &[Row], train: &[usize]) -> Vec<u64> {
     let mut by_leaf = vec![(0u128, 0u64); model.tree().len()];
     for &i in train {
-        let leaf = model.tree().leaf(&model_inputs(rows[i].op, rows[i].arg_size));
+        let leaf = model.tree().leaf(&inputs_of(&rows[i]));
         by_leaf[leaf].0 += u128::from(rows[i].run_ns);
         by_leaf[leaf].1 += 1;
     }
@@ -289,10 +302,17 @@ fn set_depths(node: &mut serde_json::Value, depth: usize) {
     }
 }
 
+/// The model inputs of one row, as the engine computes them at submit.
+pub(crate) fn inputs_of(row: &Row) -> [f64; MODEL_FEATURES.len()] {
+    model_inputs(row.op, row.arg_size, &row.cost)
+}
+
 /// The feature matrix and labels of the rows at `indices`. Without `shared_size_axis`
-/// the `arg_size_log2` column is left at zero: a constant column has no split, so the
-/// tree never uses it, and the model keeps the engine's input list (the engine still
-/// computes the input; no node reads it).
+/// (a tree of one operation's rows) the `arg_size_log2` column is left at zero: a
+/// constant column has no split, so the tree never uses it, and the model keeps the
+/// engine's input list (the engine still computes the input; no node reads it). With
+/// it (one tree over every operation) the cost-feature columns are zero instead: each
+/// operation's mean something else.
 pub(crate) fn matrix(
     rows: &[Row],
     labels: &[usize],
@@ -302,8 +322,10 @@ pub(crate) fn matrix(
     let mut x = Array2::zeros((indices.len(), MODEL_FEATURES.len()));
     let mut y = Array1::zeros(indices.len());
     for (out, &i) in indices.iter().enumerate() {
-        let mut inputs = model_inputs(rows[i].op, rows[i].arg_size);
-        if !shared_size_axis {
+        let mut inputs = inputs_of(&rows[i]);
+        if shared_size_axis {
+            inputs[COST_AXIS..].fill(0.0);
+        } else {
             inputs[SIZE_AXIS] = 0.0;
         }
         for (column, value) in inputs.into_iter().enumerate() {
@@ -391,6 +413,7 @@ fn class_range(edges: &[u64], class: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokengate::features::NO_COST;
 
     /// Three operations, each cheap below size 1,000 and slow above: one split on the
     /// shared size axis explains every row.
@@ -399,7 +422,7 @@ mod tests {
             .map(|i| {
                 let arg_size = if i % 2 == 0 { 10 + i % 100 } else { 10_000 + i };
                 let run_ns = if i % 2 == 0 { 2_000 } else { 1_500_000 };
-                Row { op: (i % 3) as u32, arg_size, run_ns }
+                Row { op: (i % 3) as u32, arg_size, cost: NO_COST, run_ns }
             })
             .collect();
         Data { ops: ["a", "b", "c"].map(String::from).to_vec(), rows, ..Data::default() }
@@ -424,12 +447,12 @@ mod tests {
         let mut data = data();
         data.ops = vec!["busy".to_string(), "lone".to_string()];
         data.rows.retain(|r| r.op == 0);
-        data.rows.push(Row { op: 1, arg_size: 10, run_ns: 2_000 });
+        data.rows.push(Row { op: 1, arg_size: 10, cost: NO_COST, run_ns: 2_000 });
         for seed in 0..30 {
             let options = FitOptions { per_operation: true, seed, ..FitOptions::default() };
             let fitted = fit(&data, &options).unwrap();
             let model = Model::from_bytes(&fitted.bytes).unwrap();
-            let class = model.predict(&model_inputs(1, 10));
+            let class = model.predict(&model_inputs(1, 10, &NO_COST));
             assert_eq!(class, 0, "seed {seed}");
         }
     }

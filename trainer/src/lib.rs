@@ -22,6 +22,7 @@ pub mod dataset;
 mod error;
 pub mod eval;
 pub mod fit;
+pub mod importance;
 pub mod report;
 
 pub use error::TrainError;

@@ -17,8 +17,28 @@ pub struct Metrics {
     pub confusion: Vec<Vec<u64>>,
     /// Per operation: name, rows right, rows.
     pub per_op: Vec<(String, u64, u64)>,
-    /// Per model input: name, share of the tree's impurity decrease.
-    pub importance: Vec<(String, f64)>,
+    /// Per operation: its name, and per input (its size, then each of its cost
+    /// features) the share of the impurity decrease it earned on that operation's rows
+    /// (weighted by rows; see [`crate::importance`]). Empty where none was computed.
+    pub importance: Vec<(String, Vec<(String, f64)>)>,
+}
+
+/// Names [`crate::importance::per_operation`]'s shares, per operation of `ops` that has
+/// any (an operation whose rows no split parted is left out).
+pub fn importance_table(
+    ops: &[String],
+    op_features: &[Vec<String>],
+    shares: &[Vec<f64>],
+) -> Vec<(String, Vec<(String, f64)>)> {
+    ops.iter()
+        .enumerate()
+        .filter_map(|(op, name)| {
+            let shares = shares.get(op).filter(|s| s.iter().any(|&x| x > 0.0))?;
+            let features = op_features.get(op).map_or(&[][..], Vec::as_slice);
+            let named = crate::importance::axis_names(features).into_iter().zip(shares.clone());
+            Some((name.clone(), named.collect()))
+        })
+        .collect()
 }
 
 impl Metrics {
@@ -27,7 +47,6 @@ impl Metrics {
         ops: &[String],
         classes: usize,
         outcomes: impl IntoIterator<Item = (u32, usize, usize)>,
-        importance: Vec<f64>,
     ) -> Self {
         let mut confusion = vec![vec![0u64; classes]; classes];
         let mut per_op = vec![(0u64, 0u64); ops.len()];
@@ -49,8 +68,15 @@ impl Metrics {
                 .filter(|(_, (_, total))| *total > 0)
                 .map(|(name, (right, total))| (name.clone(), right, total))
                 .collect(),
-            importance: MODEL_FEATURES.iter().map(|s| s.to_string()).zip(importance).collect(),
+            importance: Vec::new(),
         }
+    }
+
+    /// With the importance a fit recorded in `header` (per operation, on its training
+    /// rows).
+    pub fn with_importance(mut self, header: &ModelHeader) -> Self {
+        self.importance = importance_table(&header.ops, &header.op_features, &header.op_importance);
+        self
     }
 }
 
@@ -70,14 +96,16 @@ impl fmt::Display for Metrics {
             }
             writeln!(f)?;
         }
-        writeln!(f, "per operation")?;
+        writeln!(f, "per operation (held-out accuracy; importance: each input's share of the splits' weighted impurity decrease on its rows)")?;
         for (name, right, total) in &self.per_op {
             let share = *right as f64 / *total as f64 * 100.0;
-            writeln!(f, "  {name:<16} {share:>6.2}%  ({right}/{total})")?;
-        }
-        writeln!(f, "feature importance")?;
-        for (name, share) in &self.importance {
-            writeln!(f, "  {name:<16} {:.3}", share)?;
+            write!(f, "  {name:<16} {share:>6.2}%  ({right}/{total})")?;
+            if let Some((_, inputs)) = self.importance.iter().find(|(op, _)| op == name) {
+                let inputs: Vec<String> =
+                    inputs.iter().map(|(input, share)| format!("{input} {share:.2}")).collect();
+                write!(f, "  {}", inputs.join(", "))?;
+            }
+            writeln!(f)?;
         }
         Ok(())
     }
@@ -141,9 +169,22 @@ pub fn describe(header: &ModelHeader, tree: &DecisionTree<f64, usize>, leaf_ns: 
     }
     let _ = writeln!(out, "\ntree ({} leaves, depth {})", tree.num_leaves(), tree.max_depth());
     write_node(&mut out, tree.root_node(), header, 0, &mut Leaves { ns: leaf_ns, next: 0 });
-    let _ = writeln!(out, "\nfeature importance");
-    for (name, share) in MODEL_FEATURES.iter().zip(tree.feature_importance()) {
-        let _ = writeln!(out, "  {name:<16} {share:.3}");
+    let _ = writeln!(
+        out,
+        "\nfeature importance per operation (each input's share of the splits' impurity \
+         decrease on its training rows, weighted by rows)"
+    );
+    let table = importance_table(&header.ops, &header.op_features, &header.op_importance);
+    if table.is_empty() {
+        let _ = writeln!(
+            out,
+            "  (not recorded: a file before format 5, or no split parts any operation's rows)"
+        );
+    }
+    for (op, inputs) in table {
+        let inputs: Vec<String> =
+            inputs.iter().map(|(input, share)| format!("{input} {share:.3}")).collect();
+        let _ = writeln!(out, "  {op:<16} {}", inputs.join(", "));
     }
     out
 }

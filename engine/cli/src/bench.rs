@@ -210,7 +210,7 @@ fn fit_model(
         .take_records()
         .into_iter()
         .filter(|r| r.outcome == RecordOutcome::Completed)
-        .map(|r| Row { op: r.op, arg_size: r.arg_size, run_ns: r.run_ns })
+        .map(|r| Row { op: r.op, arg_size: r.arg_size, cost: r.cost, run_ns: r.run_ns })
         .collect();
     let data = Data { ops, rows, ..Data::default() };
     let options = FitOptions { per_operation: true, ..FitOptions::default() };

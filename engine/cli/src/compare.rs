@@ -16,11 +16,11 @@ use crate::{builder, load_model, EngineArgs, Workload};
 #[derive(Args)]
 pub(crate) struct CompareArgs {
     /// The stream to compare on.
-    workload: Workload,
+    pub(crate) workload: Workload,
     #[command(flatten)]
-    stream: StreamArgs,
+    pub(crate) stream: StreamArgs,
     #[command(flatten)]
-    engine: EngineArgs,
+    pub(crate) engine: EngineArgs,
     /// Cost model file (default: the shipped models/default.bin).
     #[arg(long)]
     model: Option<PathBuf>,
@@ -29,17 +29,23 @@ pub(crate) struct CompareArgs {
     adaptive: bool,
     /// Runs per router (interleaved); each figure is the median over runs, with its range.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=100))]
-    repeat: u64,
+    pub(crate) repeat: u64,
     /// Print one JSON object instead of text.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 /// The same stream under the tag, running-average, learned and oracle routers, at the
 /// engine's defaults unless lane flags are given; medians over interleaved runs.
 pub(crate) fn compare(args: CompareArgs) -> Result<()> {
     if args.workload == Workload::Leibniz {
-        bail!("compare runs a mixed stream: use `compare mislabeled`, `mixed` or `drift`");
+        bail!("compare runs a stream of mixed calls: use `compare mislabeled`, `mixed`, `drift` or `text`");
+    }
+    if args.workload == Workload::Text {
+        if args.model.is_some() || args.adaptive {
+            bail!("`compare text` fits its own two models (size only, and with cost features): --model and --adaptive do not apply");
+        }
+        return crate::compare_text::compare_text(args);
     }
     let config = stream_config(args.workload, &args.stream)?;
     let plan = mixed::plan(&config);
@@ -201,7 +207,7 @@ fn recovery_s(run: &mixed::RouterRun, oracle: &mixed::RouterRun) -> Option<f64> 
     recovered
 }
 
-fn median(values: &[f64]) -> f64 {
+pub(crate) fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     match sorted.len() {
@@ -211,14 +217,14 @@ fn median(values: &[f64]) -> f64 {
     }
 }
 
-fn range(values: &[f64]) -> [f64; 2] {
+pub(crate) fn range(values: &[f64]) -> [f64; 2] {
     let min = values.iter().copied().fold(f64::INFINITY, f64::min);
     let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     [min, max]
 }
 
 /// True when no lane flag changes the engine's own defaults.
-fn engine_defaults(engine: &EngineArgs) -> bool {
+pub(crate) fn engine_defaults(engine: &EngineArgs) -> bool {
     !engine.isolate_heavy
         && engine.steal_backlog.is_none()
         && engine.light_budget_us.is_none()
@@ -226,7 +232,7 @@ fn engine_defaults(engine: &EngineArgs) -> bool {
         && engine.heavy_lanes.is_none()
 }
 
-fn lane_settings(engine: &EngineArgs) -> Value {
+pub(crate) fn lane_settings(engine: &EngineArgs) -> Value {
     let policy = if engine.isolate_heavy {
         "isolate_heavy".to_string()
     } else if let Some(n) = engine.steal_backlog {
@@ -243,7 +249,7 @@ fn lane_settings(engine: &EngineArgs) -> Value {
     })
 }
 
-fn print_compare(report: &Value) {
+pub(crate) fn print_compare(report: &Value) {
     let settings = &report["lane_settings"];
     println!(
         "{} tokens of `{}` at {} tokens/s, {:.0}% mislabelled, {} runs each (medians, min–max), lanes: {}{}, model {}",

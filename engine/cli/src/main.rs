@@ -12,6 +12,7 @@ use tokengate::{Engine, EngineBuilder, EwmaRouter, LearnedRouter, Router, Static
 
 mod bench;
 mod compare;
+mod compare_text;
 mod ctl;
 mod faults;
 mod logging;
@@ -57,6 +58,10 @@ enum Workload {
     /// `mixed` whose `sort` and `hash` swap their light and heavy costs mid-run (tags
     /// unchanged): where online adaptation must win.
     Drift,
+    /// Regex search, gunzip, JSON parse and a checksum on generated documents, whose
+    /// cost follows their content as much as their length; the operations declare cost
+    /// features (non-ASCII share, the gzip trailer's length, JSON density and depth).
+    Text,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -8,10 +8,11 @@ use clap::Args;
 use serde_json::{json, Value};
 use tokengate::model::Model;
 use tokengate::{
-    Adaptation, AdaptiveRouter, Engine, LaneInfo, StaticRouter, TelemetryStats, Weight,
+    Adaptation, AdaptiveRouter, Engine, LaneInfo, LaneSet, StaticRouter, TelemetryStats, Weight,
 };
 use tokengate_workloads::leibniz::{self, Pyramid};
 use tokengate_workloads::mixed::{self, MixedConfig, MixedOps};
+use tokengate_workloads::text;
 
 use crate::ctl::{with_control, ControlArgs};
 use crate::remote::{with_nats, NatsArgs};
@@ -37,6 +38,28 @@ pub(crate) struct StreamArgs {
     /// Share of tokens declaring the wrong weight (`mislabeled` only).
     #[arg(long, default_value_t = 0.25)]
     mislabel_share: f64,
+    /// `text` only: the share of all cores the stream keeps busy (its rate follows from
+    /// each call's cost, measured before the run; `--rate` does not apply).
+    #[arg(long, default_value_t = 0.6)]
+    pub(crate) load: f64,
+}
+
+impl StreamArgs {
+    /// Calls in a `text` stream (default 20,000).
+    pub(crate) fn text_calls(&self) -> Result<usize> {
+        let calls = self.tokens.unwrap_or(20_000);
+        if calls == 0 {
+            bail!("--tokens must be at least 1");
+        }
+        if !(self.load > 0.0 && self.load <= 1.0) {
+            bail!("--load must be in (0, 1], got {}", self.load);
+        }
+        Ok(calls)
+    }
+
+    pub(crate) fn seed(&self) -> u64 {
+        self.seed
+    }
 }
 
 #[derive(Args)]
@@ -122,6 +145,7 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
     let outcome = match args.workload {
         Workload::Leibniz => run_leibniz(&engine, &args).map(|report| (report, Vec::new())),
         Workload::Mixed | Workload::Mislabeled | Workload::Drift => run_stream(&engine, &args),
+        Workload::Text => run_text(&engine, &args),
     };
     let (mut report, truths) = match outcome {
         Ok(outcome) => outcome,
@@ -236,6 +260,7 @@ pub(crate) fn workload_name(workload: Workload) -> &'static str {
         Workload::Mixed => "mixed",
         Workload::Mislabeled => "mislabeled",
         Workload::Drift => "drift",
+        Workload::Text => "text",
     }
 }
 
@@ -270,6 +295,48 @@ fn run_stream(engine: &Engine, args: &RunArgs) -> Result<(Value, Vec<(u64, Weigh
         "result_digest": format!("{:016x}", run.digest),
     });
     Ok((report, run.truths))
+}
+
+/// The engine's light lanes: one per core it runs on.
+pub(crate) fn light_lanes(engine: &Engine) -> usize {
+    engine.lanes().iter().filter(|l| l.set == LaneSet::Light).count().max(1)
+}
+
+/// Plans the `text` stream (its documents generated and each call measured alone, with
+/// a progress bar), for `run text` and `compare text`.
+pub(crate) fn text_plan(calls: usize, seed: u64, quiet: bool) -> Vec<text::TextCall> {
+    let bar = progress_bar(calls as u64, quiet || calls < 5_000, "documents measured");
+    let plan = text::plan(calls, seed, |done| {
+        if done % 256 == 0 {
+            bar.set_position(done as u64)
+        }
+    });
+    bar.finish_and_clear();
+    plan
+}
+
+/// Runs the `text` stream; returns the report and each call's true weight (measured
+/// alone before the run).
+fn run_text(engine: &Engine, args: &RunArgs) -> Result<(Value, Vec<(u64, Weight)>)> {
+    let calls = args.stream.text_calls()?;
+    let plan = text_plan(calls, args.stream.seed, args.json);
+    let rate = text::rate_for(&plan, args.stream.load, light_lanes(engine));
+    let ops = text::TextOps::register(engine, text::Told::Features)?;
+    let run = text::drive(&ops, &plan, rate);
+    let truths = run.ids.iter().zip(&plan).map(|(id, call)| (*id, call.truth())).collect();
+    let report = json!({
+        "workload": "text",
+        "tokens": plan.len(),
+        "seed": args.stream.seed,
+        "rate": rate,
+        "load": args.stream.load,
+        "wall_s": run.makespan.as_secs_f64(),
+        "tokens_per_s": plan.len() as f64 / run.makespan.as_secs_f64(),
+        "failed": run.failures,
+        "lost": run.lost,
+        "result_digest": format!("{:016x}", run.digest),
+    });
+    Ok((report, truths))
 }
 
 fn latency_json(latency: mixed::Latency) -> Value {

@@ -253,7 +253,7 @@ impl Controller {
             .rev()
             .map(|record| RecentToken {
                 token: record.token_id,
-                op: names.get(record.op as usize).cloned().unwrap_or_default(),
+                op: names.get(record.op as usize).map(|o| o.name.clone()).unwrap_or_default(),
                 predicted: record.predicted_class,
                 actual: class_of(record.run_ns),
                 run_ns: record.run_ns,

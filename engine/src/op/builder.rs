@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use super::dedupe::Dedupe;
 use super::retry::RetryPolicy;
-use super::state::{BoxFn, Context, OpOptions, SizeHint};
+use super::state::{BoxFn, Context, OpOptions};
 use super::Operation;
 use crate::core::Shared;
 use crate::error::{RegisterError, TokenError};
+use crate::features::{MAX_COST_FEATURES, NO_COST};
 use crate::placement::Weight;
 
 /// Registers one operation with options; from [`Engine::operation`](crate::Engine::operation).
@@ -44,9 +45,72 @@ impl<A: Clone> OperationBuilder<'_, A> {
 
 impl<'e, A: Send + 'static> OperationBuilder<'e, A> {
     /// A cheap function giving each argument's size (bytes, elements, iterations…):
-    /// the learned router's main input besides the operation itself.
-    pub fn size_hint(mut self, hint: SizeHint<A>) -> Self {
-        self.options.size_hint = Some(hint);
+    /// the routers' main input besides the operation itself (the running averages are
+    /// kept per half-octave of it; a fitted model splits on it). Any closure works,
+    /// capturing state included.
+    pub fn size_hint(mut self, hint: impl Fn(&A) -> u64 + Send + Sync + 'static) -> Self {
+        self.options.size_hint = Some(Box::new(hint));
+        self
+    }
+
+    /// Up to [`MAX_COST_FEATURES`] named numbers computed from each argument that say
+    /// what a call costs where its size alone does not: the share of non-ASCII bytes a
+    /// regex must decode, a document's nesting depth, the decompressed length a gzip
+    /// trailer states. They are logged with each call (telemetry columns `cost_0`…), a
+    /// model fitted on those logs splits on them for this operation (`trainer inspect`
+    /// shows which earned their keep), and the learned router computes them at submit.
+    /// Operations without them pay nothing for them.
+    ///
+    /// The closure runs on the submitting thread for every call: keep it cheap (a scan
+    /// of a prefix, a header field). Non-finite values count as 0. Names are 1 to 32
+    /// bytes of letters, digits and `_`, distinct; a bad name makes
+    /// [`register`](Self::register) fail with [`RegisterError::BadCostFeatures`](crate::RegisterError::BadCostFeatures).
+    /// A model whose features for this operation have other names does not place it
+    /// (its calls go as the running averages place them) and says so in a warning.
+    ///
+    /// ```
+    /// # let engine = tokengate::Engine::builder().workers(1).build()?;
+    /// let search = engine
+    ///     .operation::<String>("search", tokengate::Weight::Light)
+    ///     .size_hint(|text| text.len() as u64)
+    ///     .cost_features(["non_ascii", "lines"], |text| {
+    ///         let sample = &text.as_bytes()[..text.len().min(256)];
+    ///         let non_ascii = sample.iter().filter(|b| !b.is_ascii()).count();
+    ///         [non_ascii as f64 / sample.len().max(1) as f64, text.lines().count() as f64]
+    ///     })
+    ///     .register(|text| text.contains("needle"))?;
+    /// assert!(!search.submit("haystack".to_string()).wait()?);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn cost_features<const N: usize>(
+        mut self,
+        names: [&str; N],
+        features: impl Fn(&A) -> [f64; N] + Send + Sync + 'static,
+    ) -> Self {
+        const { assert!(N >= 1 && N <= MAX_COST_FEATURES, "an operation has 1 to 4 cost features") };
+        let bad = |name: &str| {
+            name.is_empty()
+                || name.len() > 32
+                || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        };
+        if let Some(name) = names.iter().find(|name| bad(name)) {
+            self.options.invalid = Some(crate::RegisterError::BadCostFeatures(format!(
+                "cost feature name {name:?} must be 1 to 32 letters, digits or '_'"
+            )));
+        } else if (1..N).any(|i| names[..i].contains(&names[i])) {
+            self.options.invalid = Some(crate::RegisterError::BadCostFeatures(format!(
+                "cost feature names {names:?} repeat a name"
+            )));
+        }
+        self.options.cost_names = names.iter().map(|name| name.to_string()).collect();
+        self.options.cost = Some(Box::new(move |arg| {
+            let values = features(arg);
+            let mut inputs = NO_COST;
+            for (input, value) in inputs.iter_mut().zip(values) {
+                *input = if value.is_finite() { value } else { 0.0 };
+            }
+            inputs
+        }));
         self
     }
 

@@ -74,6 +74,7 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
                 queue_depth: engine.admission.in_flight() as u64,
                 op_recent_ns: op.recent_ns.load(Relaxed),
                 size_recent_ns: 0,
+                cost: crate::features::NO_COST,
             },
             single: op.options.timeout.is_some()
                 || op.options.locality.is_some()
@@ -148,7 +149,11 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
     /// once full. `remaining` (this one included) sizes the batch's allocation.
     pub(super) fn push(&mut self, index: u32, arg: A, declared: Weight, remaining: usize) {
         let op = self.op;
-        let arg_size = op.options.size_hint.map_or(0, |hint| hint(&arg));
+        let arg_size = op.options.size_hint.as_ref().map_or(0, |hint| hint(&arg));
+        if let Some(cost) = &op.options.cost {
+            // Not remembered in `last`: an operation with cost features routes each call.
+            self.features.cost = cost(&arg);
+        }
         let cell = op.size_cell(arg_size);
         let placement = match self.last {
             // A pure router gives equal features the same placement: route once per run.
@@ -158,7 +163,7 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
                 self.features.arg_size = arg_size;
                 self.features.size_recent_ns = op.size_recent_ns(cell);
                 let placement = self.place();
-                if self.pure {
+                if self.pure && op.options.cost.is_none() {
                     self.last = Some((declared, arg_size, placement));
                 }
                 placement
@@ -196,7 +201,7 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
     /// that sees no per-token input (no size hint). Telemetry then keeps one token
     /// description per batch.
     pub(super) fn routes_once(&self) -> bool {
-        self.pure && self.op.options.size_hint.is_none()
+        self.pure && self.op.options.size_hint.is_none() && self.op.options.cost.is_none()
     }
 
     /// Places `len` tokens of the operation's own weight at once (see

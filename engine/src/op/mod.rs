@@ -73,8 +73,12 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
         dedupe: Option<Dedupe<A, R>>,
         remote: Option<remote::Codec<A, R>>,
     ) -> Result<Self, RegisterError> {
-        let id = engine.claim_name(name)?;
-        engine.router.register_op(id, name);
+        let mut options = options;
+        if let Some(invalid) = options.invalid.take() {
+            return Err(invalid);
+        }
+        let id = engine.claim_name(name, &options.cost_names)?;
+        engine.router.register_op(id, name, &options.cost_names);
         let serves = remote.is_some();
         let inner = Arc::new(OpShared::new(
             Arc::clone(engine),

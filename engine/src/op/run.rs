@@ -137,12 +137,14 @@ impl BatchMeta {
             end_to_end_ns,
             outcome,
             attempt,
+            cost: token.cost,
         }
     }
 }
 
 pub(super) struct TokenMeta {
     arg_size: u64,
+    cost: crate::features::CostInputs,
     declared: Weight,
     source: RouteSource,
     class: Option<u8>,
@@ -153,6 +155,7 @@ impl TokenMeta {
     pub(super) fn new(features: &Features, placement: &Placement) -> Self {
         TokenMeta {
             arg_size: features.arg_size,
+            cost: features.cost,
             declared: features.declared,
             source: placement.source,
             class: placement.class,
@@ -606,6 +609,7 @@ impl BatchLog {
             end_to_end_ns: nanos(end.saturating_duration_since(meta.admitted_at)),
             outcome,
             attempt,
+            cost: token.cost,
         }
     }
 }

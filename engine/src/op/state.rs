@@ -12,13 +12,21 @@ use crate::admission::OpQueue;
 use crate::control::state::{OpControl, OpControlState, OpStats};
 use crate::core::Shared;
 use crate::error::TokenError;
+use crate::features::CostInputs;
 use crate::placement::{LaneSet, Weight};
 use crate::token::Resolutions;
 
 pub(crate) type BoxFn<A, R> = Box<dyn Fn(A, &Context<'_>) -> Result<R, TokenError> + Send + Sync>;
 
-/// A cheap function from an argument to its size hint (a router feature).
+/// A cheap function from an argument to its size hint (a router feature). Any closure
+/// `Fn(&A) -> u64` works in [`OperationBuilder::size_hint`](crate::OperationBuilder::size_hint); this is the plain-function form.
 pub type SizeHint<A> = fn(&A) -> u64;
+
+/// A size hint as kept: any closure.
+pub(crate) type SizeFn<A> = Box<dyn Fn(&A) -> u64 + Send + Sync>;
+
+/// Cost features as kept: the declared ones first, unused slots 0, non-finite values 0.
+pub(crate) type CostFn<A> = Box<dyn Fn(&A) -> CostInputs + Send + Sync>;
 
 /// What a running call can ask about its own token: whether it is still wanted.
 ///
@@ -52,7 +60,12 @@ impl std::fmt::Debug for Context<'_> {
 
 /// Per-operation options, set on [`OperationBuilder`](crate::OperationBuilder).
 pub(crate) struct OpOptions<A> {
-    pub(crate) size_hint: Option<SizeHint<A>>,
+    pub(crate) size_hint: Option<SizeFn<A>>,
+    /// The cost features (a router and telemetry input), and their names.
+    pub(crate) cost: Option<CostFn<A>>,
+    pub(crate) cost_names: Vec<String>,
+    /// A builder option that was invalid, reported by `register`.
+    pub(crate) invalid: Option<crate::RegisterError>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) retry: Option<RetryPolicy>,
     /// `A::clone`, when retries need the argument again.
@@ -71,6 +84,9 @@ impl<A> Default for OpOptions<A> {
     fn default() -> Self {
         OpOptions {
             size_hint: None,
+            cost: None,
+            cost_names: Vec::new(),
+            invalid: None,
             timeout: None,
             retry: None,
             clone_arg: None,
@@ -174,7 +190,7 @@ impl<A, R> OpShared<A, R> {
             counters: OpCounters::default(),
             resolutions: Arc::new(Resolutions::default()),
             recent_ns: AtomicU64::new(0),
-            size_ns: match options.size_hint {
+            size_ns: match &options.size_hint {
                 Some(_) => (0..SIZE_CELLS).map(|_| AtomicU64::new(0)).collect(),
                 None => Box::default(),
             },

@@ -17,7 +17,7 @@ pub struct AdaptiveRouter {
     current: ArcSwap<LearnedRouter>,
     fallback: StaticRouter,
     /// Operation names by engine id, to register them with each new model.
-    ops: RwLock<Vec<(u32, String)>>,
+    ops: RwLock<Vec<(u32, String, Vec<String>)>>,
     /// Models swapped in so far (0: the starting one).
     generation: AtomicU32,
     /// The starting model's fitted remote overhead.
@@ -59,15 +59,15 @@ impl AdaptiveRouter {
     /// A learned router over `model` that knows this router's operations.
     pub(crate) fn router_for(&self, model: Model) -> LearnedRouter {
         let router = LearnedRouter::new(model, self.fallback);
-        for (id, name) in self.ops.read().unwrap_or_else(|e| e.into_inner()).iter() {
-            router.register_op(*id, name);
+        for (id, name, cost) in self.ops.read().unwrap_or_else(|e| e.into_inner()).iter() {
+            router.register_op(*id, name, cost);
         }
         router
     }
 
     /// The engine ids of the operations registered so far.
     pub(crate) fn op_ids(&self) -> Vec<u32> {
-        self.ops.read().unwrap_or_else(|e| e.into_inner()).iter().map(|(id, _)| *id).collect()
+        self.ops.read().unwrap_or_else(|e| e.into_inner()).iter().map(|(id, ..)| *id).collect()
     }
 
     /// Routes with `router` (from [`AdaptiveRouter::router_for`]) from now on.
@@ -75,8 +75,8 @@ impl AdaptiveRouter {
         // Under the lock `register_op` takes: an operation registered since
         // `router_for` is in the new router too.
         let ops = self.ops.read().unwrap_or_else(|e| e.into_inner());
-        for (id, name) in ops.iter() {
-            router.register_op(*id, name);
+        for (id, name, cost) in ops.iter() {
+            router.register_op(*id, name, cost);
         }
         self.current.store(router);
         drop(ops);
@@ -90,10 +90,10 @@ impl Router for AdaptiveRouter {
         self.current.load().route(features)
     }
 
-    fn register_op(&self, op: u32, name: &str) {
+    fn register_op(&self, op: u32, name: &str, cost_features: &[String]) {
         let mut ops = self.ops.write().unwrap_or_else(|e| e.into_inner());
-        ops.push((op, name.to_string()));
-        self.current.load().register_op(op, name);
+        ops.push((op, name.to_string(), cost_features.to_vec()));
+        self.current.load().register_op(op, name, cost_features);
     }
 
     /// The current model's remote overhead, else the starting model's: re-fits see no

@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 
 use super::{EwmaRouter, Features, LaneSet, Placement, RouteSource, Router, StaticRouter};
-use crate::features::model_inputs;
+use crate::features::{model_inputs, CostInputs, NO_COST};
 use crate::model::Model;
 
 /// Most operations a learned router maps (ids beyond it fall back to tags).
@@ -65,13 +65,13 @@ impl LearnedRouter {
         LearnedRouter { model, op_index, placements, fallback, moved, any_moved }
     }
 
-    /// Where a token of engine operation `op` with this size hint is placed from: its
-    /// leaf and its watch cell; `None` if the model does not know the operation (its
-    /// tokens are placed by tag).
+    /// Where a token of engine operation `op` with this size hint and these cost
+    /// features is placed from: its leaf and its watch cell; `None` if the model does
+    /// not know the operation (its tokens are placed by tag).
     #[inline]
-    pub(crate) fn spot(&self, op: u32, arg_size: u64) -> Option<Spot> {
+    pub(crate) fn spot(&self, op: u32, arg_size: u64, cost: &CostInputs) -> Option<Spot> {
         let index = self.model_op(op)?;
-        let inputs = model_inputs(index, arg_size);
+        let inputs = model_inputs(index, arg_size, cost);
         let leaf = self.model.tree().leaf(&inputs);
         Some(Spot { leaf, cell: cell(index, inputs[1]) })
     }
@@ -104,8 +104,15 @@ impl LearnedRouter {
         }
         let log2_size = (half_octave as f64 + 0.5) / 2.0;
         let size = (log2_size.exp2() - 1.0).max(0.0) as u64;
-        let inputs = model_inputs(index, size);
+        let inputs = model_inputs(index, size, &NO_COST);
         Some(Spot { leaf: self.model.tree().leaf(&inputs), cell })
+    }
+
+    /// Whether the model places model operation `index` by cost features too: a watch
+    /// cell (a band of sizes) then mixes calls the model tells apart, and the watch
+    /// leaves it alone.
+    pub(crate) fn has_cost_features(&self, index: u32) -> bool {
+        !self.model.header().cost_features(index as usize).is_empty()
     }
 
     /// The model operation index of engine operation `op`, if the model knows it.
@@ -177,7 +184,7 @@ impl Router for LearnedRouter {
         let Some(index) = self.model_op(features.op) else {
             return self.fallback.route(features);
         };
-        let inputs = model_inputs(index, features.arg_size);
+        let inputs = model_inputs(index, features.arg_size, &features.cost);
         let leaf = self.model.tree().leaf(&inputs);
         let (class, predicted_ns) = match self.any_moved.load(Ordering::Relaxed) {
             false => self.model.leaf_cost(leaf),
@@ -188,12 +195,21 @@ impl Router for LearnedRouter {
         Placement { lanes, batch, class, predicted_ns, source: RouteSource::Model }
     }
 
-    fn register_op(&self, op: u32, name: &str) {
-        if let (Some(slot), Some(index)) =
-            (self.op_index.get(op as usize), self.model.op_index(name))
-        {
-            slot.store(index, Ordering::Relaxed);
+    fn register_op(&self, op: u32, name: &str, cost_features: &[String]) {
+        let (Some(slot), Some(index)) = (self.op_index.get(op as usize), self.model.op_index(name))
+        else {
+            return;
+        };
+        let fitted = self.model.header().cost_features(index as usize);
+        if fitted != cost_features {
+            tracing::warn!(
+                "the cost model knows operation {name:?} with cost features {fitted:?}, but it \
+                 was registered with {cost_features:?}: the model does not place it (its \
+                 running averages do); refit on logs of the registered features"
+            );
+            return;
         }
+        slot.store(index, Ordering::Relaxed);
     }
 
     fn model_version(&self) -> u32 {

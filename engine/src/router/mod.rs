@@ -8,6 +8,7 @@
 
 use std::fmt;
 
+use crate::features::{CostInputs, NO_COST};
 use crate::model::policy_for;
 pub use crate::placement::{LaneSet, Placement, RouteSource, Weight};
 
@@ -37,13 +38,23 @@ pub struct Features {
     /// same half-octave of the size hint (ns; 0 before one was measured, or when the
     /// operation has no size hint).
     pub size_recent_ns: u64,
+    /// The operation's cost features for this call (0 where it declared none).
+    pub cost: CostInputs,
 }
 
 impl Features {
     /// Features of a token of operation `op` with this weight and size hint, arriving at
     /// an idle engine (for custom routers' tests and benches).
     pub fn new(op: u32, declared: Weight, arg_size: u64) -> Self {
-        Features { op, declared, arg_size, queue_depth: 0, op_recent_ns: 0, size_recent_ns: 0 }
+        Features {
+            op,
+            declared,
+            arg_size,
+            queue_depth: 0,
+            op_recent_ns: 0,
+            size_recent_ns: 0,
+            cost: NO_COST,
+        }
     }
 }
 
@@ -53,8 +64,9 @@ pub trait Router: Send + Sync + fmt::Debug + 'static {
     /// The placement for one token.
     fn route(&self, features: &Features) -> Placement;
 
-    /// Called once per operation at registration, before any of its tokens is routed.
-    fn register_op(&self, _op: u32, _name: &str) {}
+    /// Called once per operation at registration, before any of its tokens is routed,
+    /// with the names of its cost features (empty when it has none).
+    fn register_op(&self, _op: u32, _name: &str, _cost_features: &[String]) {}
 
     /// The model fingerprint logged with each decision (0 when there is no model).
     fn model_version(&self) -> u32 {

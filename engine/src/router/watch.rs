@@ -11,6 +11,7 @@
 //! classes. A re-fitted model takes over the moves its own tree does not make
 //! ([`LearnedRouter::carry_moves`]), and the watch's evidence starts afresh on it.
 
+use crate::features::NO_COST;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -71,7 +72,13 @@ impl CostWatch {
             self.cells.resize(router.cells(), CellCalls::default());
             self.groups.clear();
         }
-        let Some(spot) = router.spot(op, arg_size) else { return false };
+        // Cells are bands of sizes: where the model also reads cost features, a cell
+        // mixes calls it tells apart, and moving it would undo them.
+        let index = router.model_op(op);
+        if index.is_none_or(|index| router.has_cost_features(index)) {
+            return false;
+        }
+        let Some(spot) = router.spot(op, arg_size, &NO_COST) else { return false };
         let Some(calls) = self.cells.get_mut(spot.cell) else { return false };
         let ln = (run_ns.max(1) as f32).ln();
         let ran = if run_ns >= HEAVY_NS { LaneSet::Heavy } else { LaneSet::Light };
@@ -184,7 +191,7 @@ mod tests {
     fn router() -> Arc<LearnedRouter> {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/default.bin");
         let router = LearnedRouter::new(Model::load(path).unwrap(), StaticRouter::new(64));
-        router.register_op(SORT, "sort");
+        router.register_op(SORT, "sort", &[]);
         Arc::new(router)
     }
 
@@ -273,7 +280,7 @@ mod tests {
     fn moves_are_carried_to_a_model_whose_vocabulary_is_in_another_order() {
         const PI_TERM: u32 = 1;
         let (old, mut watch) = (router(), CostWatch::default());
-        old.register_op(PI_TERM, "pi_term");
+        old.register_op(PI_TERM, "pi_term", &[]);
         for _ in 0..5 {
             watch.observe(&old, SORT, 300, HEAVY_RUN);
         }
@@ -284,8 +291,8 @@ mod tests {
         let leaf_ns = Model::load(path).unwrap().leaf_runtimes().to_vec();
         let bytes = crate::model::encode(&header, &tree, &leaf_ns).unwrap();
         let new = LearnedRouter::new(Model::from_bytes(&bytes).unwrap(), StaticRouter::new(64));
-        new.register_op(SORT, "sort");
-        new.register_op(PI_TERM, "pi_term");
+        new.register_op(SORT, "sort", &[]);
+        new.register_op(PI_TERM, "pi_term", &[]);
         assert_ne!(new.model_op(SORT), old.model_op(SORT));
         new.carry_moves(&old, [SORT, PI_TERM].into_iter());
         let lanes_of = |op| new.route(&Features::new(op, Weight::Light, 300)).lanes;

@@ -16,7 +16,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -104,6 +104,9 @@ pub struct TokenRecord {
     pub outcome: RecordOutcome,
     /// Attempt number (1 = first).
     pub attempt: u8,
+    /// The operation's cost features for this call (0 where it declared none; see
+    /// [`OperationBuilder::cost_features`](crate::OperationBuilder::cost_features)).
+    pub cost: crate::features::CostInputs,
 }
 
 /// What the telemetry did over the engine's life, final after shutdown.
@@ -223,7 +226,7 @@ impl Telemetry {
     pub(crate) fn start(
         sink: Sink,
         sample_every: u64,
-        op_names: Arc<RwLock<Vec<String>>>,
+        op_names: crate::features::OpNames,
     ) -> std::io::Result<Self> {
         if let Some(dir) = &sink.dir {
             std::fs::create_dir_all(dir)?;
@@ -372,7 +375,7 @@ fn write_loop(
     sink: Sink,
     run_id: u64,
     sample_every: u64,
-    op_names: Arc<RwLock<Vec<String>>>,
+    op_names: crate::features::OpNames,
     origin: Arc<Origin>,
     live: &Live,
 ) -> WriterOutput {
@@ -481,7 +484,7 @@ mod parquet {
         _: &std::path::Path,
         _: u64,
         _: &[super::TokenRecord],
-        _: &[String],
+        _: &[crate::features::OpFeatures],
         _: u64,
         _: &super::Origin,
     ) -> Result<(), &'static str> {

@@ -5,10 +5,11 @@ use std::path::Path;
 use polars::prelude::*;
 
 use super::{Origin, TokenRecord};
+use crate::features::OpFeatures;
 use crate::features::TELEMETRY_SCHEMA_VERSION;
 
 /// The Parquet columns, in order (see ARCHITECTURE.md "Telemetry").
-pub const COLUMNS: [&str; 25] = [
+pub const COLUMNS: [&str; 30] = [
     "schema_version",
     "run_id",
     "token_id",
@@ -34,13 +35,18 @@ pub const COLUMNS: [&str; 25] = [
     "sample_every",
     "host",
     "worker",
+    "cost_names",
+    "cost_0",
+    "cost_1",
+    "cost_2",
+    "cost_3",
 ];
 
 /// Builds the segment's frame from records.
 pub fn records_to_frame(
     run_id: u64,
     records: &[TokenRecord],
-    op_names: &[String],
+    op_names: &[OpFeatures],
     sample_every: u64,
     origin: &Origin,
 ) -> PolarsResult<DataFrame> {
@@ -52,7 +58,16 @@ pub fn records_to_frame(
         Column::new(name.into(), values.collect::<Vec<T>>())
     }
     let r = records;
-    let op_name = |op: u32| op_names.get(op as usize).map(String::as_str).unwrap_or("?");
+    let op_name = |op: u32| op_names.get(op as usize).map_or("?", |o| o.name.as_str());
+    // Per operation: its cost features' names joined by commas (null without any).
+    let joined: Vec<Option<String>> =
+        op_names.iter().map(|o| (!o.cost.is_empty()).then(|| o.cost.join(","))).collect();
+    let has_cost = |op: u32| joined.get(op as usize).is_some_and(Option::is_some);
+    let cost = |k: usize| {
+        let values: Vec<Option<f64>> =
+            r.iter().map(|x| has_cost(x.op).then_some(x.cost[k])).collect();
+        Column::new(format!("cost_{k}").into(), values)
+    };
     let columns = vec![
         col("schema_version", r.iter().map(|_| TELEMETRY_SCHEMA_VERSION)),
         col("run_id", r.iter().map(|_| run_id)),
@@ -79,6 +94,16 @@ pub fn records_to_frame(
         col("sample_every", r.iter().map(|_| sample_every)),
         col("host", r.iter().map(|_| origin.host.as_str())),
         col("worker", r.iter().map(|_| origin.worker.get().map_or("", String::as_str))),
+        Column::new(
+            "cost_names".into(),
+            r.iter()
+                .map(|x| joined.get(x.op as usize).and_then(|j| j.as_deref()))
+                .collect::<Vec<Option<&str>>>(),
+        ),
+        cost(0),
+        cost(1),
+        cost(2),
+        cost(3),
     ];
     DataFrame::new(records.len(), columns)
 }
@@ -87,7 +112,7 @@ pub(super) fn write_segment(
     path: &Path,
     run_id: u64,
     records: &[TokenRecord],
-    op_names: &[String],
+    op_names: &[OpFeatures],
     sample_every: u64,
     origin: &Origin,
 ) -> PolarsResult<()> {

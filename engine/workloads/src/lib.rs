@@ -9,3 +9,4 @@ pub mod mixed;
 pub mod service;
 pub mod soak;
 pub mod sys;
+pub mod text;

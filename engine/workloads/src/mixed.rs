@@ -573,7 +573,7 @@ impl Router for OracleRouter {
         Placement { lanes, batch, class: None, predicted_ns, source: RouteSource::Heuristic }
     }
 
-    fn register_op(&self, op: u32, name: &str) {
+    fn register_op(&self, op: u32, name: &str, _cost_features: &[String]) {
         if let (Some(index), Some(slot)) =
             (OPS.iter().position(|n| *n == name), self.ops.get(op as usize))
         {

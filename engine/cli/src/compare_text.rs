@@ -1,0 +1,219 @@
+//! `compare text`: the content-driven stream under the tags, a model fitted on the size
+//! hint alone, a model fitted with the operations' cost features, and an oracle. Both
+//! models are fitted here, on a logged run of another seed's documents, the same way
+//! (one tree per operation), so the only difference is what the operations told them.
+
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value};
+use tokengate::model::Model;
+use tokengate::telemetry::RecordOutcome;
+use tokengate::{LearnedRouter, Router, StaticRouter};
+use tokengate_workloads::mixed::{Latency, RouterRun};
+use tokengate_workloads::text::{self, TextOracle, Told};
+use trainer::dataset::{Data, Row};
+use trainer::fit::{fit, FitOptions, Fitted};
+
+use crate::builder;
+use crate::compare::{engine_defaults, lane_settings, median, print_compare, range, CompareArgs};
+use crate::run::{light_lanes, text_plan};
+
+/// The two fitted models: size only, and with the cost features.
+struct Models {
+    size: Fitted,
+    features: Fitted,
+}
+
+/// Logs a run of `training` on a tag-routed engine, then fits both models on its rows.
+fn fit_models(args: &CompareArgs, training: &[text::TextCall], load: f64) -> Result<Models> {
+    let engine = builder(&args.engine)
+        .router(Arc::new(StaticRouter::new(args.engine.batch)))
+        .log_in_memory()
+        .build()
+        .context("building the logging engine")?;
+    let rate = text::rate_for(training, load, light_lanes(&engine));
+    let ops = text::TextOps::register(&engine, Told::Features)?;
+    let run = text::drive(&ops, training, rate);
+    drop(ops);
+    engine.shutdown();
+    if run.failures + run.lost > 0 {
+        bail!("the logging run lost {} and failed {} calls", run.lost, run.failures);
+    }
+    // A fresh engine numbers its operations in registration order: `text::OPS`'s.
+    let rows: Vec<Row> = engine
+        .take_records()
+        .into_iter()
+        .filter(|r| r.outcome == RecordOutcome::Completed)
+        .map(|r| Row { op: r.op, arg_size: r.arg_size, cost: r.cost, run_ns: r.run_ns })
+        .collect();
+    let ops: Vec<String> = text::OPS.iter().map(|s| s.to_string()).collect();
+    let options = FitOptions { per_operation: true, ..FitOptions::default() };
+    let features = Data {
+        ops: ops.clone(),
+        op_features: text::cost_feature_names(),
+        rows: rows.clone(),
+        ..Data::default()
+    };
+    let size_only = Data {
+        ops,
+        rows: rows.into_iter().map(|r| Row { cost: tokengate::features::NO_COST, ..r }).collect(),
+        ..Data::default()
+    };
+    Ok(Models {
+        size: fit(&size_only, &options).context("fitting the size-only model")?,
+        features: fit(&features, &options).context("fitting the model with features")?,
+    })
+}
+
+fn model_json(fitted: &Fitted) -> Value {
+    let per_op: serde_json::Map<String, Value> = fitted
+        .metrics
+        .per_op
+        .iter()
+        .map(|(name, right, total)| (name.clone(), json!(*right as f64 / *total as f64)))
+        .collect();
+    let importance: serde_json::Map<String, Value> = fitted
+        .metrics
+        .importance
+        .iter()
+        .map(|(op, inputs)| {
+            let inputs: serde_json::Map<String, Value> =
+                inputs.iter().map(|(name, share)| (name.clone(), json!(share))).collect();
+            (op.clone(), Value::Object(inputs))
+        })
+        .collect();
+    json!({
+        "accuracy": fitted.metrics.accuracy,
+        "per_op_accuracy": per_op,
+        "importance": importance,
+        "rows": fitted.header.training.rows,
+    })
+}
+
+pub(crate) fn compare_text(args: CompareArgs) -> Result<()> {
+    let calls = args.stream.text_calls()?;
+    let (seed, load) = (args.stream.seed(), args.stream.load);
+    // The models learn from other documents than the ones they are scored on.
+    let training = text_plan(calls, seed.wrapping_add(1_000), args.json);
+    let models = fit_models(&args, &training, load)?;
+    drop(training);
+    let plan = text_plan(calls, seed, args.json);
+    let size_model = Model::from_bytes(&models.size.bytes)?;
+    let feature_model = Model::from_bytes(&models.features.bytes)?;
+    let tags = StaticRouter::new(args.engine.batch);
+    let routers: Vec<(&str, Arc<dyn Router>, Told)> = vec![
+        ("tags", Arc::new(tags), Told::Size),
+        ("learned_size", Arc::new(LearnedRouter::new(size_model, tags)), Told::Size),
+        ("learned", Arc::new(LearnedRouter::new(feature_model, tags)), Told::Features),
+        ("oracle", Arc::new(TextOracle::new(&plan)), Told::Index),
+    ];
+    let cores = {
+        let probe = builder(&args.engine).build().context("building the engine")?;
+        let cores = light_lanes(&probe);
+        probe.shutdown();
+        cores
+    };
+    let rate = text::rate_for(&plan, load, cores);
+    let mut runs: Vec<Vec<RouterRun>> = vec![Vec::new(); routers.len()];
+    let mut digest = None;
+    // Interleaved repeats, so a slow patch of a shared machine hits every router alike.
+    for repeat in 0..args.repeat {
+        for ((name, router, told), runs) in routers.iter().zip(&mut runs) {
+            let engine = builder(&args.engine).router(Arc::clone(router));
+            let (run, run_digest) =
+                text::run_with(engine, &plan, rate, *told).map_err(|e| anyhow!("{name}: {e}"))?;
+            if run.failures > 0 {
+                bail!("{name}: {} calls failed or were lost", run.failures);
+            }
+            if *digest.get_or_insert(run_digest) != run_digest {
+                bail!("{name}: the results differ from the first run's");
+            }
+            runs.push(run);
+            if !args.json {
+                eprint!("\r{name} run {}/{}        ", repeat + 1, args.repeat);
+            }
+        }
+    }
+    if !args.json {
+        eprint!("\r{:40}\r", "");
+    }
+    let mut results = serde_json::Map::new();
+    for ((name, ..), runs) in routers.iter().zip(&runs) {
+        let makespans: Vec<f64> = runs.iter().map(|r| r.makespan.as_secs_f64()).collect();
+        let light: Vec<Latency> = runs.iter().map(text::light_latency).collect();
+        let p50s: Vec<f64> = light.iter().map(|l| l.p50_ms).collect();
+        let p99s: Vec<f64> = light.iter().map(|l| l.p99_ms).collect();
+        let (heavy, on_heavy) =
+            runs.iter().fold((0, 0), |(h, o), r| (h + r.heavy.0, o + r.heavy.1));
+        results.insert(
+            name.to_string(),
+            json!({
+                "makespan_s": median(&makespans),
+                "makespan_s_range": range(&makespans),
+                "light_p50_ms": median(&p50s),
+                "light_p99_ms": median(&p99s),
+                "light_p99_ms_range": range(&p99s),
+                "light_p99_ms_runs": p99s,
+                "light_tokens": light.first().map_or(0, |l| l.count),
+                "heavy_on_heavy_lane": if heavy == 0 { 0.0 } else { on_heavy as f64 / heavy as f64 },
+                "failed": 0,
+            }),
+        );
+    }
+    let heavy_share = plan.iter().filter(|c| c.truth() == tokengate::Weight::Heavy).count() as f64
+        / plan.len() as f64;
+    let report = json!({
+        "workload": "text",
+        "tokens": plan.len(),
+        "repeat": args.repeat,
+        "seed": seed,
+        "rate": rate.round(),
+        "load": load,
+        "heavy_share": heavy_share,
+        "mislabel_share": 0.0,
+        "engine_defaults": engine_defaults(&args.engine),
+        "lane_settings": lane_settings(&args.engine),
+        "model_version": format!(
+            "size {:08x}, features {:08x}",
+            Model::from_bytes(&models.size.bytes)?.version(),
+            Model::from_bytes(&models.features.bytes)?.version()
+        ),
+        "models": {
+            "learned_size": model_json(&models.size),
+            "learned": model_json(&models.features),
+        },
+        "routers": results,
+    });
+    if args.json {
+        println!("{report}");
+        return Ok(());
+    }
+    print_compare(&report);
+    for (name, key) in [("size only", "learned_size"), ("with cost features", "learned")] {
+        let model = &report["models"][key];
+        println!(
+            "model {name}: held-out accuracy {:.1}%",
+            model["accuracy"].as_f64().unwrap_or(f64::NAN) * 100.0
+        );
+        for (op, accuracy) in model["per_op_accuracy"].as_object().into_iter().flatten() {
+            let inputs = model["importance"][op]
+                .as_object()
+                .map(|inputs| {
+                    inputs
+                        .iter()
+                        .map(|(input, share)| {
+                            format!("{input} {:.2}", share.as_f64().unwrap_or(0.0))
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default();
+            println!(
+                "  {op:<10} {:>6.1}%  {inputs}",
+                accuracy.as_f64().unwrap_or(f64::NAN) * 100.0
+            );
+        }
+    }
+    Ok(())
+}
