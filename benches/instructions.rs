@@ -6,7 +6,9 @@
 //!   batches (run → resolve side), waited for after a drain;
 //! * `single`: `submit(x)` then a wait, one call at a time; the waiting itself is left
 //!   out (it is idle time, not cost): the submit, the lane's run and the taking of the
-//!   result (with the token's drop, which frees what the call allocated) are counted.
+//!   result (with the token's drop, which frees what the call allocated) are counted;
+//! * `features`: `bulk` on an operation that declares two cost features (computed per
+//!   call at submit, so each call is routed on its own): what cost features add.
 //!
 //! Counting is switched on only inside `submit_*` below and inside the lanes'
 //! `Job::run` (`--toggle-collect`), so idle lanes' spinning never counts.
@@ -35,10 +37,20 @@ fn take_single(token: tokengate::Token<u64>) -> Result<u64, tokengate::TokenErro
 }
 
 fn workload(mode: &str, n: u64) {
-    let engine = Engine::builder().build().unwrap();
-    let op = engine.register("inc", Weight::Light, |x: u64| x.wrapping_add(1)).unwrap();
+    // Routed by tags: the running averages (the default router) size batches by the
+    // first ones' timing, which would make the counts vary from run to run.
+    let tags = std::sync::Arc::new(tokengate::StaticRouter::new(128));
+    let engine = Engine::builder().router(tags).build().unwrap();
+    let op = match mode {
+        "features" => engine
+            .operation::<u64>("inc", Weight::Light)
+            .cost_features(["low_bits", "parity"], |&x| [(x & 0xff) as f64, (x & 1) as f64])
+            .register(|x: u64| x.wrapping_add(1))
+            .unwrap(),
+        _ => engine.register("inc", Weight::Light, |x: u64| x.wrapping_add(1)).unwrap(),
+    };
     match mode {
-        "bulk" => {
+        "bulk" | "features" => {
             let tokens = submit_bulk(&op, n);
             engine.shutdown();
             let sum: u64 = tokens.into_iter().map(|t| t.wait().unwrap()).sum();
@@ -88,7 +100,9 @@ fn main() {
         println!("instructions: SKIPPED, valgrind is not installed (apt-get install valgrind)");
         return;
     }
-    for (mode, n1, n2) in [("bulk", 20_000u64, 60_000u64), ("single", 2_000, 6_000)] {
+    let modes =
+        [("bulk", 20_000u64, 60_000u64), ("single", 2_000, 6_000), ("features", 20_000, 60_000)];
+    for (mode, n1, n2) in modes {
         let (Some(a), Some(b)) = (count(mode, n1), count(mode, n2)) else {
             println!("instructions/{mode}: could not read callgrind's output");
             continue;

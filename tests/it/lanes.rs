@@ -231,3 +231,39 @@ fn bad_options_are_clear_errors() {
         assert!(err.contains(names), "error {err:?} should name {names:?}");
     }
 }
+
+/// A bad control configuration used to fail `build()` after the lanes and the telemetry
+/// writer had started, leaving them running. Counted in a child process of its own, so
+/// other tests' threads do not interfere.
+#[test]
+fn a_failed_build_leaves_no_thread_behind() {
+    if crate::in_child("lanes::a_failed_build_leaves_no_thread_behind") {
+        return;
+    }
+    let threads = || std::fs::read_dir("/proc/self/task").unwrap().count();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let secret = "0123456789abcdef0123";
+    let before = threads();
+    let failing: Vec<(&str, tokengate::EngineBuilder)> = vec![
+        ("short secret", Engine::builder().control(taken.local_addr().unwrap(), "short", false)),
+        ("public address", Engine::builder().control("0.0.0.0:0".parse().unwrap(), secret, false)),
+        ("port in use", Engine::builder().control(taken.local_addr().unwrap(), secret, false)),
+        (
+            "port in use, with a log",
+            Engine::builder().log_in_memory().control(taken.local_addr().unwrap(), secret, false),
+        ),
+        ("missing model", Engine::builder().model("/nonexistent/model.bin")),
+        ("unwritable log dir", Engine::builder().log_dir("/proc/tokengate/logs")),
+        ("no workers", Engine::builder().workers(0)),
+    ];
+    for (what, builder) in failing {
+        let error = builder.build().expect_err(what);
+        assert_eq!(threads(), before, "{what} ({error}) left threads running");
+    }
+    // And a successful build's threads all end with it.
+    let engine = Engine::builder().pin(false).log_in_memory().build().unwrap();
+    assert!(threads() > before);
+    drop(engine);
+    eventually("the engine's threads end", || threads() == before);
+    std::thread::sleep(std::time::Duration::from_millis(10));
+}

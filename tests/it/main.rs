@@ -13,7 +13,7 @@ mod macros;
 mod model;
 mod nested;
 mod remote;
-mod seams;
+mod steering;
 mod telemetry;
 mod tokens;
 

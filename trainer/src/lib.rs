@@ -18,6 +18,8 @@
 #![warn(missing_docs, rust_2018_idioms)]
 
 pub mod adapt;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod dataset;
 mod error;
 pub mod eval;

@@ -21,7 +21,8 @@ pub(crate) struct CompareArgs {
     pub(crate) stream: StreamArgs,
     #[command(flatten)]
     pub(crate) engine: EngineArgs,
-    /// Cost model file (default: the shipped models/default.bin).
+    /// Cost model file (default: models/default.bin in the working directory if there is
+    /// one, else the shipped model built into this binary).
     #[arg(long)]
     model: Option<PathBuf>,
     /// Also run the adaptive router (always on for `drift`).
@@ -51,7 +52,7 @@ pub(crate) fn compare(args: CompareArgs) -> Result<()> {
     let plan = mixed::plan(&config);
     let shift = shift_of(&config);
     let model = load_model(args.model.as_deref())?
-        .context("compare needs a model: pass --model or restore models/default.bin")?;
+        .context("compare needs a model: pass --model (the built-in one was refused)")?;
     let model_version = model.version();
     let tags = StaticRouter::new(args.engine.batch);
     let oracle = Arc::new(OracleRouter::default());

@@ -255,7 +255,7 @@ fn print_watch(ops: &[OpSnapshot], dropped_events: u64) -> std::io::Result<()> {
         }
         writeln!(
             out,
-            "{:<16} {:>10} {:>8} {:>7} {:>7} {:>10} {:>7} {:>9} {:>8} {:>8} {:>11.0} {:>9.3} {:>9.3}  {}",
+            "{:<16} {:>10} {:>8} {:>7} {:>7} {:>10} {:>7} {:>9} {:>8} {:>8} {:>11} {:>9.3} {:>9.3}  {}",
             op.op,
             op.submitted,
             op.waiting,
@@ -266,7 +266,8 @@ fn print_watch(ops: &[OpSnapshot], dropped_events: u64) -> std::io::Result<()> {
             op.cancelled,
             op.timed_out,
             op.rejected,
-            op.throughput,
+            // A one-shot `stats` has no window to measure a rate over.
+            op.throughput.map_or("-".to_string(), |t| format!("{t:.0}")),
             op.p50_ms,
             op.p99_ms,
             marks.join(", ")

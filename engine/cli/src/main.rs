@@ -45,6 +45,9 @@ enum Command {
     Worker(remote::WorkerArgs),
     /// Benchmark tokengate beside its peers (`bench service`).
     Bench(bench::BenchArgs),
+    /// Fit, evaluate and inspect cost models: the `trainer` binary's commands
+    /// (`tokengate trainer fit --data DIR --out FILE`, `eval`, `inspect`).
+    Trainer(trainer::cli::Cli),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -121,6 +124,7 @@ fn main() -> std::process::ExitCode {
         Command::Ctl(args) => ctl::ctl(args),
         Command::Worker(args) => remote::worker(args),
         Command::Bench(args) => bench::bench(args),
+        Command::Trainer(cli) => trainer::cli::run(cli),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -131,32 +135,44 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// The shipped model: `models/default.bin` under the working directory, else the one
-/// in the source tree this binary was built from.
+/// The shipped model, built into the binary: `cargo install` gives a `tokengate` that
+/// routes by it from any directory.
+const SHIPPED_MODEL: &[u8] = include_bytes!("../../../models/default.bin");
+
+/// Where the default model comes from: `models/default.bin` under the working directory
+/// when there is one (a model the user fitted there), else the one built in.
 fn default_model_path() -> Option<PathBuf> {
     let local = PathBuf::from("models/default.bin");
-    if local.exists() {
-        return Some(local);
-    }
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default.bin");
-    shipped.exists().then_some(shipped)
+    local.exists().then_some(local)
 }
 
-/// Loads `--model` (an error if it fails) or the default (a warning if it fails).
+/// Loads `--model` (an error if it fails), else `models/default.bin` under the working
+/// directory (a warning if it fails), else the model built into the binary.
 fn load_model(explicit: Option<&Path>) -> Result<Option<Model>> {
     if let Some(path) = explicit {
         let model =
             Model::load(path).with_context(|| format!("loading the model {}", path.display()))?;
         return Ok(Some(model));
     }
-    let Some(path) = default_model_path() else {
-        tracing::warn!("no shipped model found (models/default.bin); routing by tags");
-        return Ok(None);
-    };
-    match Model::load(&path) {
-        Ok(model) => Ok(Some(model)),
+    if let Some(path) = default_model_path() {
+        match Model::load(&path) {
+            Ok(model) => return Ok(Some(model)),
+            Err(e) => tracing::warn!(
+                "{} refused ({e}); using the model built into this binary",
+                path.display()
+            ),
+        }
+    }
+    match Model::from_bytes(SHIPPED_MODEL) {
+        Ok(model) => {
+            tracing::info!(
+                "cost model: the shipped one, built in (version {:08x})",
+                model.version()
+            );
+            Ok(Some(model))
+        }
         Err(e) => {
-            tracing::warn!("default model {} refused ({e}); routing by tags", path.display());
+            tracing::warn!("the built-in model was refused ({e}); routing by tags");
             Ok(None)
         }
     }

@@ -76,7 +76,8 @@ pub(crate) struct RunArgs {
     /// Which router places tokens.
     #[arg(long, value_enum, default_value_t = RouterChoice::Model)]
     router: RouterChoice,
-    /// Cost model file (default: the shipped models/default.bin).
+    /// Cost model file (default: models/default.bin in the working directory if there is
+    /// one, else the shipped model built into this binary).
     #[arg(long)]
     model: Option<PathBuf>,
     /// Write one Parquet record per finished token into this directory.
@@ -119,7 +120,7 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
             bail!("--adapt re-fits the model: it needs --router model");
         }
         let model = load_model(args.model.as_deref())?.context(
-            "--adapt needs a starting model: pass --model or restore models/default.bin",
+            "--adapt needs a starting model: pass --model (the built-in one was refused)",
         )?;
         builder = builder.adapt(adaptation(model, args.engine.batch));
     } else {

@@ -112,3 +112,28 @@ fn the_service_bench_reports_every_executor_with_equal_results() {
     assert!(!bad.status.success());
     assert!(stderr(&bad).contains("--loads"), "{}", stderr(&bad));
 }
+
+/// From a directory with no `models/`, the binary routes by the model built into it,
+/// and `tokengate trainer` runs the trainer's commands (as after `cargo install`).
+#[test]
+fn the_shipped_model_and_the_trainer_travel_with_the_binary() {
+    let empty = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-empty-dir");
+    std::fs::create_dir_all(&empty).unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_tokengate"))
+        .args(["run", "leibniz", "--terms", "1000", "--json"])
+        .current_dir(&empty)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", stderr(&run));
+    let report: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    let router = report["router"].as_str().unwrap();
+    assert!(router.starts_with("model "), "routed by the built-in model: {router}");
+    assert!(stderr(&run).contains("built in"), "{}", stderr(&run));
+
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default.bin");
+    let inspect = tokengate(&["trainer", "inspect", "--model", model.to_str().unwrap()]);
+    assert!(inspect.status.success(), "{}", stderr(&inspect));
+    let out = String::from_utf8_lossy(&inspect.stdout);
+    assert!(out.contains("tokengate cost model") && out.contains("pi_term"), "{out}");
+}

@@ -113,6 +113,10 @@ fn assert_accounted(remote: &serde_json::Value) {
 }
 
 #[test]
+#[cfg_attr(
+    not(has_nats_server),
+    ignore = "nats-server is not installed (apt-get install -y nats-server)"
+)]
 fn the_only_worker_killed_mid_run_loses_nothing() {
     let Some(server) = start_server("only-killed") else { return };
     let mut only = worker(&server);
@@ -143,12 +147,20 @@ fn one_of_two(name: &str, fault: impl FnOnce(&Child)) -> Option<serde_json::Valu
 }
 
 #[test]
+#[cfg_attr(
+    not(has_nats_server),
+    ignore = "nats-server is not installed (apt-get install -y nats-server)"
+)]
 fn one_of_two_workers_killed_mid_run_loses_nothing() {
     let Some(remote) = one_of_two("one-killed", |w| signal(w, libc::SIGKILL)) else { return };
     assert_accounted(&remote);
 }
 
 #[test]
+#[cfg_attr(
+    not(has_nats_server),
+    ignore = "nats-server is not installed (apt-get install -y nats-server)"
+)]
 fn a_worker_hung_past_the_ack_wait_loses_nothing() {
     let hang = |w: &Child| {
         signal(w, libc::SIGSTOP);
@@ -160,6 +172,10 @@ fn a_worker_hung_past_the_ack_wait_loses_nothing() {
 }
 
 #[test]
+#[cfg_attr(
+    not(has_nats_server),
+    ignore = "nats-server is not installed (apt-get install -y nats-server)"
+)]
 fn workers_started_together_on_a_fresh_server_all_come_up() {
     for round in 0..10 {
         let Some(server) = start_server(&format!("race-{round}")) else { return };

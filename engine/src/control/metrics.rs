@@ -13,14 +13,14 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
-use super::state::{OpStats, LATENCY_BUCKETS};
+use super::state::{octave_counts, OpStats};
 use super::Controller;
 
 /// Latency buckets exported: upper bounds 2^10 ns (~1 µs) … 2^40 ns (~18 min); the
 /// engine's finer and coarser buckets fold into the first and into `+Inf`.
 const FIRST_BUCKET: usize = 10;
 const LAST_BUCKET: usize = 40;
-const _: () = assert!(LAST_BUCKET < LATENCY_BUCKETS);
+const _: () = assert!(LAST_BUCKET < 48);
 
 /// A registry (prefix `tokengate`) whose one collector reads `controller` per scrape.
 pub(super) fn registry(controller: Controller) -> Registry {
@@ -60,7 +60,7 @@ impl Collector for EngineCollector {
         }
 
         let help = "End-to-end latency, admission to resolution (each token timed at the end \
-                    of its batch; log2 buckets).";
+                    of its batch; power-of-two buckets here, 1/16-octave buckets on the dashboard).";
         let mut family = encoder.encode_descriptor(
             "op_latency",
             help,
@@ -68,7 +68,9 @@ impl Collector for EngineCollector {
             MetricType::Histogram,
         )?;
         for op in shared.ops() {
-            let (counts, sum_ns) = op.control().latency().read();
+            let (fine, sum_ns) = op.control().latency().read();
+            // Prometheus keeps power-of-two buckets; quantiles elsewhere read the fine ones.
+            let counts = octave_counts(&fine);
             let count: u64 = counts.iter().sum();
             let buckets: Vec<(f64, u64)> = (FIRST_BUCKET..=LAST_BUCKET)
                 .map(|k| {

@@ -176,7 +176,7 @@ impl Controller {
         ops.iter().map(|op| (op.name().to_string(), op.stats(), op.control().overrides())).collect()
     }
 
-    /// Every operation's live numbers, in registration order (`throughput` is 0: it
+    /// Every operation's live numbers, in registration order (`throughput` is `None`: it
     /// needs an earlier snapshot; the control port fills it per connection).
     pub fn snapshot(&self) -> Vec<OpSnapshot> {
         self.shared
@@ -200,7 +200,7 @@ impl Controller {
                     cancelled: stats.cancelled,
                     timed_out: stats.timed_out,
                     rejected: stats.rejected,
-                    throughput: 0.0,
+                    throughput: None,
                     p50_ms: p50 as f64 / 1e6,
                     p99_ms: p99 as f64 / 1e6,
                     overrides: control.overrides(),

@@ -285,11 +285,13 @@ pub struct OpSnapshot {
     pub timed_out: u64,
     /// Refused at admission.
     pub rejected: u64,
-    /// Tokens finished per second since this connection's previous snapshot (0 in the
-    /// first).
-    pub throughput: f64,
-    /// End-to-end latency, median (ms; log2 buckets, each token timed at the end of
-    /// its batch).
+    /// Tokens finished per second since this connection's previous snapshot (the
+    /// dashboard's: 250 ms before); `None` (JSON `null`) in a connection's first one,
+    /// which has no window to measure over.
+    pub throughput: Option<f64>,
+    /// End-to-end latency, median (ms; from 1/16-octave buckets, read at the bucket's
+    /// midpoint: within 3.2% of the exact median of the same tokens; each token timed
+    /// at the end of its batch).
     pub p50_ms: f64,
     /// End-to-end latency, 99th percentile (ms; as `p50_ms`).
     pub p99_ms: f64,

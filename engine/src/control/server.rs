@@ -41,21 +41,19 @@ pub const MAX_TCP_CONNECTIONS: usize = 64;
 /// The dashboard's session cookie (HttpOnly, SameSite=Strict, Path=/).
 pub const SESSION_COOKIE: &str = "tokengate_session";
 
-/// A fresh secret: 32 random bytes from the OS, hex-encoded.
+/// A fresh secret: 32 random bytes from the OS (`getrandom`), hex-encoded.
 pub fn generate_secret() -> std::io::Result<String> {
-    use std::io::Read;
     let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    getrandom::fill(&mut bytes).map_err(|e| std::io::Error::other(e.to_string()))?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Equal-length inputs are compared without an early exit, so timing does not reveal
-/// how much of a guess was right.
+/// Compares a presented secret with ours in constant time (`subtle`), so timing does
+/// not reveal how much of a guess was right (a length mismatch is refused at once: the
+/// length of our secrets is public).
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
 /// The secret a request presents: the `Authorization: Bearer` header, or else `?token=`.
@@ -78,9 +76,10 @@ fn session_cookie(headers: &HeaderMap) -> Option<&str> {
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find_map(|(name, value)| (name == SESSION_COOKIE).then_some(value))
+        .flat_map(cookie::Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|cookie| cookie.name() == SESSION_COOKIE)
+        .and_then(|cookie| cookie.value_raw())
 }
 
 /// Where and how the control port listens.
@@ -369,8 +368,12 @@ async fn root(State(server): State<Arc<Server>>, request: Request) -> Response {
     }
     if caller == Caller::Secret && query_token(&request).is_some() {
         // Trade the secret in the address bar for a cookie scripts cannot read.
-        let cookie =
-            format!("{SESSION_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/", server.session);
+        let cookie = cookie::Cookie::build((SESSION_COOKIE, server.session.as_str()))
+            .http_only(true)
+            .same_site(cookie::SameSite::Strict)
+            .path("/")
+            .build()
+            .to_string();
         return Response::builder()
             .status(StatusCode::SEE_OTHER)
             .header(header::LOCATION, "/")

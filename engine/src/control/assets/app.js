@@ -24,6 +24,7 @@ function cell(row, text, cls) {
 }
 
 function fmt(value, digits) {
+  if (value === null || value === undefined) return "–";
   if (typeof value !== "number") return String(value);
   return value.toLocaleString("en-US", { maximumFractionDigits: digits ?? 0 });
 }
@@ -122,6 +123,15 @@ function renderModel(model) {
   }));
 }
 
+function compact(value) {
+  if (value === null || value === undefined) return "";
+  const abs = Math.abs(value);
+  for (const [scale, suffix] of [[1e9, "G"], [1e6, "M"], [1e3, "k"]]) {
+    if (abs >= scale) return (value / scale).toLocaleString("en-US", { maximumFractionDigits: 1 }) + suffix;
+  }
+  return value.toLocaleString("en-US", { maximumFractionDigits: 3 });
+}
+
 function makeCharts() {
   if (typeof uPlot === "undefined") return null;
   const width = Math.min(560, Math.max(320, (window.innerWidth - 120) / 2));
@@ -129,7 +139,8 @@ function makeCharts() {
     width, height: 200,
     scales: { x: { time: true } },
     series: [{}, ...series],
-    axes: [{}, { size: 70 }],
+    // Compact values (19.1M, not 19,100,000) so the axis labels fit their gutter.
+    axes: [{}, { size: 60, values: (u, splits) => splits.map(compact) }],
   });
   return {
     throughput: new uPlot(opts([{ label: "tokens/s", stroke: "#1f77b4", width: 1.5 }]),
@@ -149,7 +160,9 @@ function record(ops, sets) {
     return set && set.tokens > 0 ? set.p99_ms : null;
   };
   history.t.push(Date.now() / 1000);
-  history.throughput.push(ops.reduce((sum, o) => sum + o.throughput, 0));
+  // The first update of a connection has no window, so no rate: a gap, not a false 0.
+  const rates = ops.map((o) => o.throughput).filter((t) => typeof t === "number");
+  history.throughput.push(rates.length ? rates.reduce((sum, t) => sum + t, 0) : null);
   history.light.push(p99Of("light"));
   history.heavy.push(p99Of("heavy"));
   history.remote.push(p99Of("remote"));
