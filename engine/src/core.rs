@@ -81,6 +81,17 @@ impl Shared {
     }
 
     /// Lists a remote-capable operation.
+    /// Drops the registries' handles on the operations, which hold this `Shared`
+    /// themselves: without it an engine's state, and every operation's, would outlive
+    /// the engine in a reference cycle (found by memcheck, `tests/memcheck.sh`). After
+    /// it, the control port and a worker see no operations; `Operation` handles still
+    /// held by the user keep their own state alive until dropped.
+    pub(crate) fn clear_registries(&self) {
+        let ops = std::mem::take(&mut *self.ops.write().unwrap_or_else(|e| e.into_inner()));
+        let served = std::mem::take(&mut *self.served.write().unwrap_or_else(|e| e.into_inner()));
+        drop((ops, served));
+    }
+
     pub(crate) fn add_served(&self, op: Arc<dyn RemoteServe>) {
         self.served.write().unwrap_or_else(|e| e.into_inner()).push(op);
     }

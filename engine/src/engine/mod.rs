@@ -333,6 +333,7 @@ impl Drop for Engine {
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
         }
+        self.shared.clear_registries();
     }
 }
 

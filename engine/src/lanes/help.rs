@@ -79,15 +79,15 @@ impl Lanes {
                 continue;
             }
             let bit = 1u64 << index;
-            self.idle.fetch_or(bit, Ordering::SeqCst);
+            self.idle.announce(bit);
             if !self.has_work(index) && !done() {
                 thread::park_timeout(HELP_PARK);
             }
-            let woken_for_work = self.idle.fetch_and(!bit, Ordering::SeqCst) & bit == 0;
+            let woken_for_work = !self.idle.retract(bit);
             if woken_for_work && done() && self.has_work(index) {
                 // A push woke this lane for work, but its wait is over: pass the wake on.
                 let queue = self.queue_index(self.lanes[index].set);
-                let idle = self.idle.load(Ordering::SeqCst);
+                let idle = self.idle.sleepers();
                 if idle != 0 {
                     self.wake_one(queue, idle);
                 }

@@ -18,17 +18,13 @@
 //! (`help.rs`); a lane keeps every batch it submits in its local queue, tagged with its
 //! set, where the other set's lanes steal it.
 //!
-//! # Sleeping without losing a wake-up
 //!
-//! An idle worker spins briefly, then sets its bit in `idle`, re-checks the queues and
-//! parks. A pusher pushes, issues a `SeqCst` fence, then reads `idle`; if a suitable
-//! worker's bit is set it clears it and unparks that thread. Either the worker's
-//! re-check sees the batch or the pusher sees the bit (the classic store-fence-load
-//! pairing on both sides). Parking also has a timeout, as a backstop.
+//! The sleep/wake protocol is in `idle.rs`; a lane's loop in `worker.rs`; the contract
+//! of a queued batch in `job.rs`.
 
-use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::thread::{self, JoinHandle, Thread};
+use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
 use crossbeam_deque::{Injector, Steal};
@@ -39,14 +35,19 @@ use crate::telemetry::Telemetry;
 
 mod ctx;
 mod help;
+mod idle;
+use idle::IdleSet;
+mod job;
 mod local;
 mod order;
 mod priority;
 mod steal;
 mod thread_life;
+mod worker;
 
 pub(crate) use ctx::LaneCtx;
 use ctx::Watch;
+pub(crate) use job::{BoxJob, Job, RunEnd};
 use local::LocalQueue;
 use order::LongQueue;
 pub(crate) use priority::lower_current;
@@ -62,79 +63,6 @@ const SPIN_CHECKS: u32 = 64;
 /// microseconds each), and yielding gives the core away to anyone runnable.
 const IDLE_YIELD: Duration = Duration::from_micros(100);
 const PARK_TIMEOUT: Duration = Duration::from_millis(20);
-
-/// A batch of tokens of one operation, type-erased for the queues. Queued behind an
-/// `Arc` so that a single call's chunk can be its own queue entry (see
-/// `op::run::Single`); a queue entry has one holder at a time, the only one that calls
-/// these methods (hence `Sync` is no promise of concurrent use).
-pub(crate) trait Job: Send + Sync {
-    /// Tokens in the batch.
-    fn len(&self) -> usize;
-
-    /// What the batch is predicted to take to run (ns): the sum of its tokens'
-    /// predicted costs.
-    fn predicted_ns(&self) -> u64;
-    /// Runs (or skips, if resolved elsewhere) every token of the batch and gives its
-    /// admission permits back.
-    fn run(self: Arc<Self>, lane: &LaneCtx) -> RunEnd;
-
-    /// Whether a thread outside the lanes may run it while it waits (no deadline, no
-    /// locality: nothing that needs a lane of its own).
-    fn may_run_outside(&self) -> bool;
-
-    /// Takes a running slot of the batch's operation and hands the batch back to run;
-    /// or, if the operation is paused (or at its throttle limit), sets the batch aside
-    /// (it keeps its permits) until it may run, and returns `None`.
-    fn start(self: Arc<Self>) -> Option<BoxJob>;
-
-    /// Cancels every token of the batch that has not started, and gives its permits
-    /// back (for batches set aside, on a `cancel` command).
-    fn cancel_all(self: Arc<Self>, by: crate::CancelSource);
-}
-
-/// How a batch left its lane.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum RunEnd {
-    /// Normally: the lane goes on.
-    Done,
-    /// The lane was replaced while this thread overran a deadline: the thread retires.
-    Retired,
-}
-
-/// A queued batch: the one handle on it (not `Clone`). A job has one holder at a time,
-/// and only the holder calls its methods; that is what lets a job read its contents
-/// without a lock (a single call's chunk, `op::run::Single`, is shared with its token).
-pub(crate) struct BoxJob(Arc<dyn Job>);
-
-impl BoxJob {
-    /// `job` must be its only queue handle: no other `BoxJob` made from a clone of it.
-    pub(crate) fn new(job: Arc<dyn Job>) -> Self {
-        BoxJob(job)
-    }
-
-    /// See [`Job::run`].
-    pub(crate) fn run(self, lane: &LaneCtx) -> RunEnd {
-        self.0.run(lane)
-    }
-
-    /// See [`Job::start`].
-    pub(crate) fn start(self) -> Option<BoxJob> {
-        self.0.start()
-    }
-
-    /// See [`Job::cancel_all`].
-    pub(crate) fn cancel_all(self, by: crate::CancelSource) {
-        self.0.cancel_all(by)
-    }
-}
-
-impl std::ops::Deref for BoxJob {
-    type Target = dyn Job + 'static;
-
-    fn deref(&self) -> &(dyn Job + 'static) {
-        &*self.0
-    }
-}
 
 /// How a lane was set up, as seen from inside its thread.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,7 +132,7 @@ pub(crate) struct Lanes {
     queues: [Injector<BoxJob>; 2],
     lanes: Box<[Lane]>,
     /// Bit i set: lane i is (about to be) parked.
-    idle: AtomicU64,
+    idle: IdleSet,
     /// Per queue: the lanes that serve it first.
     primary: [u64; 2],
     /// Per queue: every lane allowed to take from it.
@@ -306,7 +234,7 @@ impl Lanes {
             epoch: Instant::now(),
             queues: [Injector::new(), Injector::new()],
             lanes,
-            idle: AtomicU64::new(0),
+            idle: IdleSet::default(),
             primary,
             takers: [light_takers, heavy_takers],
             floating,
@@ -416,8 +344,7 @@ impl Lanes {
     fn push_shared(&self, queue: usize, job: BoxJob) {
         self.arriving(queue, &job);
         self.enqueue_shared(queue, job);
-        fence(Ordering::SeqCst);
-        let idle = self.idle.load(Ordering::SeqCst);
+        let idle = self.idle.sleepers();
         if idle != 0 {
             self.wake_one(queue, idle);
         }
@@ -442,8 +369,7 @@ impl Lanes {
                 self.enqueue_shared(queue, job)
             }
         }
-        fence(Ordering::SeqCst);
-        let idle = self.idle.load(Ordering::SeqCst);
+        let idle = self.idle.sleepers();
         if idle != 0 {
             self.wake_one(queue, idle);
         }
@@ -452,11 +378,8 @@ impl Lanes {
     /// Queues one batch that only lane `lane` may run, and wakes that lane if parked.
     pub(crate) fn push_to(&self, lane: usize, job: BoxJob) {
         self.lanes[lane].own.push(job);
-        fence(Ordering::SeqCst);
         let bit = 1u64 << lane;
-        if self.idle.load(Ordering::SeqCst) & bit != 0
-            && self.idle.fetch_and(!bit, Ordering::SeqCst) & bit != 0
-        {
+        if self.idle.sleepers() & bit != 0 && self.idle.claim(bit) & bit != 0 {
             self.lanes[lane].unpark();
         }
     }
@@ -468,50 +391,6 @@ impl Lanes {
             mask => mask,
         };
         (0..self.lanes.len()).filter(move |i| mask & (1 << i) != 0)
-    }
-
-    fn wake_one(&self, queue: usize, mut idle: u64) {
-        loop {
-            let candidates = match idle & self.primary[queue] {
-                0 if queue == LaneSet::Heavy.index() && !self.light_may_take_heavy() => 0,
-                0 => idle & self.takers[queue],
-                some => some,
-            };
-            if candidates == 0 {
-                return;
-            }
-            let bit = match self.local_lane(candidates) {
-                Some(bit) => bit,
-                None => 1u64 << candidates.trailing_zeros(),
-            };
-            // Claim the sleeper so the next push wakes a different one.
-            let before = self.idle.fetch_and(!bit, Ordering::SeqCst);
-            if before & bit != 0 {
-                self.lanes[bit.trailing_zeros() as usize].unpark();
-                return;
-            }
-            idle = before & !bit;
-        }
-    }
-
-    /// Under the preemptive split, the bit of the lane among `candidates` pinned to the
-    /// core this thread runs on, if any: waking it needs no interrupt to another core,
-    /// and preempts no heavy call (this core runs the pusher, not a heavy lane).
-    fn local_lane(&self, candidates: u64) -> Option<u64> {
-        if self.floating == 0 || candidates & !self.floating == 0 {
-            return None;
-        }
-        let cpu = current_cpu()?;
-        let index = self.lanes.iter().position(|lane| lane.core.is_some_and(|c| c.id == cpu))?;
-        let bit = 1u64 << index;
-        (candidates & bit != 0).then_some(bit)
-    }
-
-    fn wake_all(&self) {
-        self.idle.store(0, Ordering::SeqCst);
-        for lane in self.lanes.iter() {
-            lane.unpark();
-        }
     }
 
     pub(crate) fn begin_shutdown(&self) {
@@ -642,110 +521,6 @@ impl Lanes {
             || self.queue_has_work(own)
             || (self.may_take(lane, 1 - own) && self.queue_has_work(1 - own))
     }
-
-    /// Starts and runs one batch on `lane` (set aside instead, if its operation is paused
-    /// or throttled).
-    fn run_job(&self, index: usize, ctx: &LaneCtx, job: BoxJob) -> RunEnd {
-        let Some(job) = job.start() else { return RunEnd::Done };
-        // Counted before running, so the counts are complete by the time the batch's
-        // last token resolves.
-        let lane = &self.lanes[index];
-        lane.executed.fetch_add(job.len() as u64, Ordering::Relaxed);
-        lane.batches.fetch_add(1, Ordering::Relaxed);
-        job.run(ctx)
-    }
-
-    fn worker_loop(&self, index: usize, ctx: &LaneCtx) -> RunEnd {
-        let admission = &self.admission;
-        let bit = 1u64 << index;
-        let mut misses = 0u32;
-        let mut idle_since = std::time::Instant::now();
-        // The idle spell under way (across parks), for the lane's busy time.
-        let mut idle_from: Option<Instant> = None;
-        loop {
-            if let Some(job) = self.next_job(index, false) {
-                if let Some(from) = idle_from.take() {
-                    self.end_idle(index, from);
-                }
-                misses = 0;
-                // A call nested in a wait of this batch may have been the one replaced.
-                if self.run_job(index, ctx, job) == RunEnd::Retired || ctx.is_retired() {
-                    ctx.flush();
-                    return RunEnd::Retired;
-                }
-                continue;
-            }
-            if self.shutdown.load(Ordering::SeqCst) && admission.in_flight() == 0 {
-                break;
-            }
-            misses += 1;
-            if misses <= SPIN_CHECKS {
-                std::hint::spin_loop();
-                continue;
-            }
-            if misses == SPIN_CHECKS + 1 {
-                idle_since = std::time::Instant::now();
-                if idle_from.is_none() {
-                    idle_from = Some(idle_since);
-                    let since = nanos_since(self.epoch).max(1);
-                    self.lanes[index].idle_since.store(since, Ordering::Relaxed);
-                }
-            }
-            if idle_since.elapsed() < IDLE_YIELD && self.yields_when_idle(index) {
-                thread::yield_now();
-                continue;
-            }
-            ctx.flush();
-            self.idle.fetch_or(bit, Ordering::SeqCst);
-            if !self.has_work(index) && !self.shutdown.load(Ordering::SeqCst) {
-                thread::park_timeout(PARK_TIMEOUT);
-            }
-            self.idle.fetch_and(!bit, Ordering::SeqCst);
-            // After a park, yield for a while again before the next one.
-            misses = SPIN_CHECKS;
-        }
-        if let Some(from) = idle_from {
-            self.end_idle(index, from);
-        }
-        ctx.flush();
-        // Others may be parked waiting for the last batch this lane just finished.
-        self.wake_all();
-        RunEnd::Done
-    }
-
-    /// Whether an idle lane yields a while before it parks (so a caller that submits
-    /// call after call finds it awake). Not a floating lane (its core's owner is the
-    /// light lane), and not a light lane while heavy lanes have work: a yielding lane
-    /// still holds its core against idle-priority threads, which get it only once the
-    /// light lane parks.
-    fn yields_when_idle(&self, index: usize) -> bool {
-        let lane = &self.lanes[index];
-        if lane.floating {
-            return false;
-        }
-        let floating = self.floating;
-        floating == 0
-            || (self.idle.load(Ordering::Relaxed) & floating == floating
-                && self.shared_len(LaneSet::Heavy.index()) == 0)
-    }
-
-    fn end_idle(&self, index: usize, from: Instant) {
-        let lane = &self.lanes[index];
-        lane.idle_ns.fetch_add(from.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        lane.idle_since.store(0, Ordering::Relaxed);
-    }
-}
-
-/// The CPU the calling thread runs on (a vDSO call on Linux; none elsewhere).
-fn current_cpu() -> Option<usize> {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: `sched_getcpu` takes no arguments and only reads the CPU number.
-        let cpu = unsafe { libc::sched_getcpu() };
-        usize::try_from(cpu).ok()
-    }
-    #[cfg(not(target_os = "linux"))]
-    None
 }
 
 fn nanos_since(epoch: Instant) -> u64 {
@@ -780,7 +555,8 @@ mod tests {
             RunEnd::Done
         }
         fn start(self: Arc<Self>) -> Option<BoxJob> {
-            Some(BoxJob::new(self))
+            // SAFETY: `self` is the consumed handle's `Arc`.
+            Some(unsafe { BoxJob::new(self) })
         }
         fn may_run_outside(&self) -> bool {
             true
@@ -789,7 +565,8 @@ mod tests {
     }
 
     fn job(timed: Timed) -> BoxJob {
-        BoxJob::new(Arc::new(timed))
+        // SAFETY: a fresh job, one handle.
+        unsafe { BoxJob::new(Arc::new(timed)) }
     }
 
     /// A 1 ms batch that only says which one it is.

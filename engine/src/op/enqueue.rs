@@ -417,7 +417,8 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
         let bytes = self.op.bytes_of_all(items.as_ref());
         let head = self.head(set, bytes, cost, meta);
         let batch = Arc::new(Batch { head, chunk: Arc::clone(self.chunk), items });
-        self.push_job(home, set, BoxJob::new(batch));
+        // SAFETY: the batch was just made; this is its one handle.
+        self.push_job(home, set, unsafe { BoxJob::new(batch) });
     }
 
     /// Pushes a batch of one call: a single call's chunk itself, else a batch holding
@@ -438,7 +439,9 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
         let job = SingleJob { head, call: (index, arg) };
         // SAFETY: the chunk is not queued yet, and this thread queues it (below).
         unsafe { chunk.tail.put(job) };
-        self.push_job(home, set, BoxJob::new(chunk));
+        // SAFETY: a single call's chunk is queued once, here: this is its one handle
+        // (its token holds the chunk, never a `BoxJob`).
+        self.push_job(home, set, unsafe { BoxJob::new(chunk) });
     }
 
     /// A batch's description: this chunk's operation, attempt and admission time, and

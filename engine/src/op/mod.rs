@@ -13,9 +13,11 @@ mod builder;
 mod dedupe;
 mod enqueue;
 mod locality;
+mod record;
 mod remote;
 mod retry;
 mod run;
+mod single;
 mod state;
 
 pub use builder::{DedupeBuilder, OperationBuilder};

@@ -6,7 +6,6 @@
 //! branch: claim, call, resolve, and counters once per batch. The loop borrows the lane
 //! only through `&LaneCtx`, so a call may re-enter a lane's loop while it waits.
 
-use std::cell::UnsafeCell;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,13 +13,14 @@ use super::locality::HomeGuard;
 use super::state::{call, nanos, OpShared};
 use crate::admission::Permit;
 use crate::control::state::CANCELLING;
-use crate::core::Shared;
 use crate::error::{CancelSource, TokenError};
 use crate::lanes::{BoxJob, Job, LaneCtx, RunEnd};
-use crate::placement::{LaneSet, Placement, RouteSource, Weight};
-use crate::router::Features;
+use crate::placement::LaneSet;
 use crate::telemetry::{RecordOutcome, TokenRecord};
-use crate::token::{Chunk, ChunkOf, Outcome, Tail, TokenState};
+use crate::token::{Chunk, Outcome, TokenState};
+
+pub(super) use super::record::{BatchMeta, TokenMeta};
+pub(super) use super::single::{Single, SingleJob};
 
 /// A batch's tokens (slot index, argument): a `Vec`, or for a single call an array of
 /// one, which saves it the `Vec`'s allocation. Each is its own monomorphised run loop,
@@ -69,101 +69,6 @@ pub(super) struct BatchHead<A, R> {
     pub(super) cell: u8,
 }
 
-/// What telemetry needs from admission; built only when logging is on.
-pub(super) struct BatchMeta {
-    admitted_at: Instant,
-    queue_depth: u64,
-    lane_load: u64,
-    op_recent_ns: u64,
-    model_version: u32,
-    pub(super) tokens: Vec<TokenMeta>,
-}
-
-impl BatchMeta {
-    pub(super) fn new(
-        admitted_at: Instant,
-        features: &Features,
-        engine: &Shared,
-        set: LaneSet,
-    ) -> Self {
-        BatchMeta {
-            admitted_at,
-            queue_depth: features.queue_depth,
-            lane_load: engine.lanes.queued_batches(set) as u64,
-            op_recent_ns: features.op_recent_ns,
-            model_version: engine.router.model_version(),
-            tokens: Vec::new(),
-        }
-    }
-}
-
-impl BatchMeta {
-    /// The row of a call that ran on a remote worker, written by the submitter when
-    /// the answer came at `end`: `lane_set` remote, no local lane (`lane` u16::MAX,
-    /// `core` -1, `batch_id` 0), `run_ns` the worker's, and `queue_wait_ns` everything
-    /// else (publishing, the worker's queue, the answer): what the trainer fits the
-    /// remote overhead from.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn remote_record(
-        &self,
-        position: usize,
-        token_id: u64,
-        op: u32,
-        attempt: u8,
-        run_ns: u64,
-        end: Instant,
-        outcome: RecordOutcome,
-    ) -> TokenRecord {
-        let token = self.tokens.get(position).unwrap_or(&self.tokens[0]);
-        let end_to_end_ns = nanos(end.saturating_duration_since(self.admitted_at));
-        TokenRecord {
-            token_id,
-            op,
-            declared: token.declared,
-            route_source: token.source,
-            lane_set: LaneSet::Remote,
-            predicted_class: token.class,
-            model_version: self.model_version,
-            lane: u16::MAX,
-            core: -1,
-            batch_id: 0,
-            batch_size: 1,
-            arg_size: token.arg_size,
-            queue_depth: self.queue_depth,
-            lane_load: self.lane_load,
-            op_recent_ns: self.op_recent_ns,
-            queue_wait_ns: end_to_end_ns.saturating_sub(run_ns),
-            run_ns,
-            end_to_end_ns,
-            outcome,
-            attempt,
-            cost: token.cost,
-        }
-    }
-}
-
-pub(super) struct TokenMeta {
-    arg_size: u64,
-    cost: crate::features::CostInputs,
-    declared: Weight,
-    source: RouteSource,
-    class: Option<u8>,
-    lanes: LaneSet,
-}
-
-impl TokenMeta {
-    pub(super) fn new(features: &Features, placement: &Placement) -> Self {
-        TokenMeta {
-            arg_size: features.arg_size,
-            cost: features.cost,
-            declared: features.declared,
-            source: placement.source,
-            class: placement.class,
-            lanes: placement.lanes,
-        }
-    }
-}
-
 /// Per batch: what its tokens came to.
 #[derive(Default)]
 struct Tally {
@@ -203,7 +108,9 @@ impl<A: Send + 'static, R: Send + 'static, I: ItemList<A>> Job for Batch<A, R, I
     fn start(self: Arc<Self>) -> Option<BoxJob> {
         let (op, set) = (Arc::clone(&self.head.op), self.head.set);
         let aborting = op.engine.lanes.is_aborting();
-        op.control.start_batch(set, BoxJob::new(self), aborting)
+        // SAFETY: `self` is the `Arc` of the handle `start` consumed (`BoxJob::start`):
+        // the job's one handle again.
+        op.control.start_batch(set, unsafe { BoxJob::new(self) }, aborting)
     }
 
     fn cancel_all(self: Arc<Self>, by: CancelSource) {
@@ -222,7 +129,7 @@ impl<A: Send + 'static, R: Send + 'static, I: ItemList<A>> Batch<A, R, I> {
     }
 
     /// Cancels every token of the batch that has not started, and gives its permits back.
-    fn cancel(self, by: CancelSource) {
+    pub(super) fn cancel(self, by: CancelSource) {
         let Batch { head: BatchHead { op, bytes, .. }, chunk, items } = self;
         let items = items.as_ref();
         for (index, arg) in items.iter() {
@@ -236,7 +143,7 @@ impl<A: Send + 'static, R: Send + 'static, I: ItemList<A>> Batch<A, R, I> {
     }
 
     /// Runs (or skips) every token of the batch and gives its permits back.
-    fn run(self, lane: &LaneCtx) -> RunEnd {
+    pub(super) fn run(self, lane: &LaneCtx) -> RunEnd {
         let op = Arc::clone(&self.head.op);
         let (end, ended) = {
             let _slot = RunningSlot(&op);
@@ -250,109 +157,6 @@ impl<A: Send + 'static, R: Send + 'static, I: ItemList<A>> Batch<A, R, I> {
         // given back): a yield before that would leave its stats behind its results.
         lane.share_core(ended);
         end
-    }
-}
-
-/// A single call's batch, carried in its chunk's tail: the chunk is then both the
-/// token's handle and the lanes' queue entry, one allocation for the call (a `Batch`
-/// of its own would be a second). Empty until the call is queued, and again once a
-/// lane took it to run or cancel.
-pub(super) struct Single<A, R> {
-    job: UnsafeCell<Option<SingleJob<A, R>>>,
-}
-
-/// A [`Batch`] of one without its chunk: the chunk carries it.
-pub(super) struct SingleJob<A, R> {
-    pub(super) head: BatchHead<A, R>,
-    /// The call: its slot index and argument.
-    pub(super) call: (u32, A),
-}
-
-// SAFETY: the cell is written once by the submitting thread before the chunk is queued
-// (the queue's push publishes it), and then read and emptied only by the queue entry's
-// one holder; the token's handles never look at a chunk's tail.
-unsafe impl<A: Send, R: Send> Sync for Single<A, R> {}
-
-impl<A: Send + 'static, R: Send + 'static> Tail for Single<A, R> {}
-
-impl<A, R> Single<A, R> {
-    pub(super) fn empty() -> Self {
-        Single { job: UnsafeCell::new(None) }
-    }
-
-    /// Fills the cell.
-    ///
-    /// # Safety
-    /// Only before the chunk is queued, by the thread that queues it.
-    pub(super) unsafe fn put(&self, job: SingleJob<A, R>) {
-        // SAFETY: nobody else reads the cell before the chunk is queued.
-        unsafe { *self.job.get() = Some(job) };
-    }
-
-    /// # Safety
-    /// Only by the queue entry's holder.
-    unsafe fn job(&self) -> Option<&SingleJob<A, R>> {
-        // SAFETY: the holder is the only thread touching the cell.
-        unsafe { (*self.job.get()).as_ref() }
-    }
-
-    /// # Safety
-    /// Only by the queue entry's holder.
-    unsafe fn take(&self) -> Option<SingleJob<A, R>> {
-        // SAFETY: as for `job`.
-        unsafe { (*self.job.get()).take() }
-    }
-}
-
-impl<A: Send + 'static, R: Send + 'static> ChunkOf<R, Single<A, R>> {
-    /// The call as a batch of one, taken out of the tail (None if already taken).
-    fn batch(self: Arc<Self>) -> Option<Batch<A, R, One<A>>> {
-        // SAFETY: the caller holds the queue entry (run and cancel_all take it).
-        let SingleJob { head, call } = unsafe { self.tail.take() }?;
-        Some(Batch { head, chunk: self, items: [call] })
-    }
-}
-
-// The `&self` methods read the tail: the `Job` contract (one holder) makes that sound.
-impl<A: Send + 'static, R: Send + 'static> Job for ChunkOf<R, Single<A, R>> {
-    fn len(&self) -> usize {
-        // SAFETY: called by the queue entry's holder.
-        usize::from(unsafe { self.tail.job() }.is_some())
-    }
-
-    fn predicted_ns(&self) -> u64 {
-        // SAFETY: as above.
-        unsafe { self.tail.job() }.map_or(0, |job| job.head.predicted_ns)
-    }
-
-    fn may_run_outside(&self) -> bool {
-        // SAFETY: as above.
-        unsafe { self.tail.job() }.is_some_and(|job| job.head.op.may_run_outside())
-    }
-
-    fn start(self: Arc<Self>) -> Option<BoxJob> {
-        // SAFETY: as above.
-        let job = unsafe { self.tail.job() };
-        debug_assert!(job.is_some(), "a queued single call holds its call");
-        let (op, set) = job.map(|job| (Arc::clone(&job.head.op), job.head.set))?;
-        let aborting = op.engine.lanes.is_aborting();
-        op.control.start_batch(set, BoxJob::new(self), aborting)
-    }
-
-    fn cancel_all(self: Arc<Self>, by: CancelSource) {
-        let batch = self.batch();
-        debug_assert!(batch.is_some(), "a queued single call holds its call");
-        if let Some(batch) = batch {
-            batch.cancel(by);
-        }
-    }
-
-    fn run(self: Arc<Self>, lane: &LaneCtx) -> RunEnd {
-        // Started (`start` found the call), so the call is there: only this holder
-        // takes it.
-        let batch = self.batch();
-        debug_assert!(batch.is_some(), "a started single call holds its call");
-        batch.map_or(RunEnd::Done, |batch| batch.run(lane))
     }
 }
 
