@@ -77,7 +77,7 @@ fn count(mode: &str, n: u64) -> Option<u64> {
         .arg(format!("--callgrind-out-file={}", out.display()))
         .args(["--toggle-collect=*submit_bulk*", "--toggle-collect=*submit_single*"])
         .arg("--toggle-collect=*take_single*")
-        .arg("--toggle-collect=*as tokengate::lanes::Job>::run")
+        .arg("--toggle-collect=*as tokengate::lanes::*Job>::run")
         .arg(std::env::current_exe().ok()?)
         .args(["--workload", mode, &n.to_string()])
         .status()
