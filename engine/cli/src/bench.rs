@@ -18,6 +18,7 @@ use tokengate::model::Model;
 use tokengate::telemetry::RecordOutcome;
 use tokengate::{Engine, LaneSplit, LearnedRouter, Operation, StaticRouter, Weight};
 use tokengate_workloads::service::{self, Buffer, Call, Request};
+use tokengate_workloads::stats;
 use trainer::dataset::{Data, Row};
 use trainer::fit::{fit, FitOptions};
 
@@ -297,11 +298,7 @@ fn cpu_seconds() -> f64 {
 
 /// The `q` quantile of sorted nanoseconds, in ms (exact: nearest rank).
 fn quantile_ms(sorted: &[u64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1] as f64 / 1e6
+    stats::quantile(sorted, q).map_or(f64::NAN, |ns| ns as f64 / 1e6)
 }
 
 /// Mean wall time of `f` over `n` calls, in ns.
@@ -417,8 +414,7 @@ fn spread(values: impl Iterator<Item = f64>) -> Value {
         return Value::Null;
     }
     values.sort_by(f64::total_cmp);
-    let median = values[values.len() / 2];
-    json!({ "median": median, "min": values[0], "max": values[values.len() - 1] })
+    json!({ "median": stats::median(&values), "min": values[0], "max": values[values.len() - 1] })
 }
 
 fn cheap(round: &Round) -> &Vec<u64> {

@@ -209,13 +209,7 @@ fn recovery_s(run: &mixed::RouterRun, oracle: &mixed::RouterRun) -> Option<f64> 
 }
 
 pub(crate) fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    match sorted.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => sorted[n / 2],
-        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
-    }
+    tokengate_workloads::stats::median(values)
 }
 
 pub(crate) fn range(values: &[f64]) -> [f64; 2] {

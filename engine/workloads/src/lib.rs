@@ -8,5 +8,6 @@ pub mod leibniz;
 pub mod mixed;
 pub mod service;
 pub mod soak;
+pub mod stats;
 pub mod sys;
 pub mod text;

@@ -418,7 +418,7 @@ impl Latency {
             return Latency::default();
         }
         ns.sort_unstable();
-        let at = |q: f64| ns[((ns.len() - 1) as f64 * q).round() as usize] as f64 / 1e6;
+        let at = |q: f64| crate::stats::quantile(&ns, q).unwrap_or(0) as f64 / 1e6;
         Latency { count: ns.len(), p50_ms: at(0.50), p99_ms: at(0.99) }
     }
 }
