@@ -80,7 +80,6 @@ impl Shared {
         }
     }
 
-    /// Lists a remote-capable operation.
     /// Drops the registries' handles on the operations, which hold this `Shared`
     /// themselves: without it an engine's state, and every operation's, would outlive
     /// the engine in a reference cycle (found by memcheck, `tests/memcheck.sh`). After
@@ -92,6 +91,7 @@ impl Shared {
         drop((ops, served));
     }
 
+    /// Lists a remote-capable operation.
     pub(crate) fn add_served(&self, op: Arc<dyn RemoteServe>) {
         self.served.write().unwrap_or_else(|e| e.into_inner()).push(op);
     }

@@ -305,6 +305,16 @@ impl Model {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, ModelError> {
         let (header, tree, leaf_ns) = decode_all(bytes)?;
         let flat = FlatTree::compile(&tree, header.classes.len())?;
+        // A tree reads only the inputs its schema has (schema 1: the first two).
+        let inputs = header.feature_names.len();
+        if let Some(split) =
+            (0..flat.len()).filter_map(|i| flat.split(i)).find(|s| s.input >= inputs)
+        {
+            return Err(ModelError::Corrupt(format!(
+                "the tree splits on input {} of a schema with {inputs}",
+                split.input
+            )));
+        }
         if !leaf_ns.is_empty() && leaf_ns.len() != flat.len() {
             return Err(ModelError::Corrupt(format!(
                 "{} leaf runtimes for a tree of {} nodes",
@@ -447,6 +457,12 @@ fn decode_all(bytes: &[u8]) -> Result<Decoded, ModelError> {
         return Err(ModelError::Corrupt("header length mismatch".into()));
     }
     check_header(&header)?;
+    if header.feature_schema != schema {
+        return Err(ModelError::Corrupt(format!(
+            "the file says feature schema v{schema}, its header v{}",
+            header.feature_schema
+        )));
+    }
     let rest = &rest[header_len..];
     let (tree, used): (DecisionTree<f64, usize>, usize) =
         bincode::serde::decode_from_slice(rest, config)
@@ -601,6 +617,15 @@ mod tests {
         let mut schema = bytes.clone();
         schema[10..12].copy_from_slice(&(FEATURE_SCHEMA_VERSION + 1).to_le_bytes());
         assert!(matches!(Model::from_bytes(&schema), Err(ModelError::FeatureSchema { .. })));
+        // A prefix that disagrees with the header's schema.
+        let mut disagree = bytes.clone();
+        disagree[10..12].copy_from_slice(&1u16.to_le_bytes());
+        assert!(matches!(Model::from_bytes(&disagree), Err(ModelError::Corrupt(_))));
+        // The shipped tree reads only the first two inputs: as schema 1 it still loads.
+        let (mut header, tree) = decode(&bytes).unwrap();
+        header.feature_schema = 1;
+        header.feature_names.truncate(2);
+        assert!(Model::from_bytes(&encode(&header, &tree, &[]).unwrap()).is_ok());
         for cut in [PREFIX_LEN, bytes.len() / 2, bytes.len() - 1] {
             assert!(Model::from_bytes(&bytes[..cut]).is_err(), "truncated at {cut}");
         }
