@@ -88,24 +88,7 @@ pub(crate) fn compare(args: CompareArgs) -> Result<()> {
     let oracle_runs = runs.last().cloned().unwrap_or_default();
     let mut results = serde_json::Map::new();
     for ((name, _), runs) in routers.iter().zip(&runs) {
-        let makespans: Vec<f64> = runs.iter().map(|r| r.makespan.as_secs_f64()).collect();
-        let light: Vec<mixed::Latency> =
-            runs.iter().map(|r| mixed::Latency::of(r.light_ns.clone())).collect();
-        let p50s: Vec<f64> = light.iter().map(|l| l.p50_ms).collect();
-        let p99s: Vec<f64> = light.iter().map(|l| l.p99_ms).collect();
-        let (heavy, on_heavy) =
-            runs.iter().fold((0, 0), |(h, o), r| (h + r.heavy.0, o + r.heavy.1));
-        let mut result = json!({
-            "makespan_s": median(&makespans),
-            "makespan_s_range": range(&makespans),
-            "light_p50_ms": median(&p50s),
-            "light_p99_ms": median(&p99s),
-            "light_p99_ms_range": range(&p99s),
-            "light_p99_ms_runs": p99s,
-            "light_tokens": light.first().map_or(0, |l| l.count),
-            "heavy_on_heavy_lane": if heavy == 0 { 0.0 } else { on_heavy as f64 / heavy as f64 },
-            "failed": runs.iter().map(|r| r.failures).sum::<usize>(),
-        });
+        let mut result = router_summary(runs);
         if shift.is_some() {
             let after: Vec<f64> = runs.iter().map(after_shift_p99_ms).collect();
             result["light_p99_after_shift_ms"] = json!(median(&after));
@@ -150,6 +133,28 @@ pub(crate) fn compare(args: CompareArgs) -> Result<()> {
         print_compare(&report);
     }
     Ok(())
+}
+
+/// One router's figures over its runs: makespan and light latency (medians and ranges),
+/// the share of truly heavy calls that ran on a heavy lane, and failures.
+pub(crate) fn router_summary(runs: &[mixed::RouterRun]) -> Value {
+    let makespans: Vec<f64> = runs.iter().map(|r| r.makespan.as_secs_f64()).collect();
+    let light: Vec<mixed::Latency> =
+        runs.iter().map(|r| mixed::Latency::of(r.light_ns.clone())).collect();
+    let p50s: Vec<f64> = light.iter().map(|l| l.p50_ms).collect();
+    let p99s: Vec<f64> = light.iter().map(|l| l.p99_ms).collect();
+    let (heavy, on_heavy) = runs.iter().fold((0, 0), |(h, o), r| (h + r.heavy.0, o + r.heavy.1));
+    json!({
+        "makespan_s": median(&makespans),
+        "makespan_s_range": range(&makespans),
+        "light_p50_ms": median(&p50s),
+        "light_p99_ms": median(&p99s),
+        "light_p99_ms_range": range(&p99s),
+        "light_p99_ms_runs": p99s,
+        "light_tokens": light.first().map_or(0, |l| l.count),
+        "heavy_on_heavy_lane": if heavy == 0 { 0.0 } else { on_heavy as f64 / heavy as f64 },
+        "failed": runs.iter().map(|r| r.failures).sum::<usize>(),
+    })
 }
 
 /// p99 latency (ms) of the light tokens submitted after the shift.

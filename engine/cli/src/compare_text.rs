@@ -10,13 +10,13 @@ use serde_json::{json, Value};
 use tokengate::model::Model;
 use tokengate::telemetry::RecordOutcome;
 use tokengate::{LearnedRouter, Router, StaticRouter};
-use tokengate_workloads::mixed::{Latency, RouterRun};
+use tokengate_workloads::mixed::RouterRun;
 use tokengate_workloads::text::{self, TextOracle, Told};
 use trainer::dataset::{Data, Row};
 use trainer::fit::{fit, FitOptions, Fitted};
 
 use crate::builder;
-use crate::compare::{engine_defaults, lane_settings, median, print_compare, range, CompareArgs};
+use crate::compare::{engine_defaults, lane_settings, print_compare, router_summary, CompareArgs};
 use crate::run::{light_lanes, text_plan};
 
 /// The two fitted models: size only, and with the cost features.
@@ -140,26 +140,7 @@ pub(crate) fn compare_text(args: CompareArgs) -> Result<()> {
     }
     let mut results = serde_json::Map::new();
     for ((name, ..), runs) in routers.iter().zip(&runs) {
-        let makespans: Vec<f64> = runs.iter().map(|r| r.makespan.as_secs_f64()).collect();
-        let light: Vec<Latency> = runs.iter().map(text::light_latency).collect();
-        let p50s: Vec<f64> = light.iter().map(|l| l.p50_ms).collect();
-        let p99s: Vec<f64> = light.iter().map(|l| l.p99_ms).collect();
-        let (heavy, on_heavy) =
-            runs.iter().fold((0, 0), |(h, o), r| (h + r.heavy.0, o + r.heavy.1));
-        results.insert(
-            name.to_string(),
-            json!({
-                "makespan_s": median(&makespans),
-                "makespan_s_range": range(&makespans),
-                "light_p50_ms": median(&p50s),
-                "light_p99_ms": median(&p99s),
-                "light_p99_ms_range": range(&p99s),
-                "light_p99_ms_runs": p99s,
-                "light_tokens": light.first().map_or(0, |l| l.count),
-                "heavy_on_heavy_lane": if heavy == 0 { 0.0 } else { on_heavy as f64 / heavy as f64 },
-                "failed": 0,
-            }),
-        );
+        results.insert(name.to_string(), router_summary(runs));
     }
     let heavy_share = plan.iter().filter(|c| c.truth() == tokengate::Weight::Heavy).count() as f64
         / plan.len() as f64;

@@ -38,7 +38,7 @@ use tokengate::model::{policy_for, HEAVY_NS};
 use tokengate::{Engine, EngineBuilder, Operation, RegisterError, Token, Weight};
 use tokengate::{Features, Placement, RouteSource, Router};
 
-use crate::mixed::{digest_of, Latency, RouterRun, WAIT_BOUND};
+use crate::mixed::{digest_of, RouterRun, WAIT_BOUND};
 
 /// The operations, in index order.
 pub const OPS: [&str; 4] = ["grep", "gunzip", "json", "checksum"];
@@ -448,11 +448,6 @@ pub fn run_with(
         }
     }
     Ok((out, run.digest))
-}
-
-/// Light-call latency of a run (as [`Latency::of`]).
-pub fn light_latency(run: &RouterRun) -> Latency {
-    Latency::of(run.light_ns.clone())
 }
 
 /// Places each call by its measured run time, found by its plan index (the size hint
