@@ -454,6 +454,16 @@ pub struct RouterRun {
     pub failures: usize,
 }
 
+/// The indices of `engine`'s heavy lanes (as telemetry records name lanes).
+pub fn heavy_lanes(engine: &Engine) -> Vec<u16> {
+    engine
+        .lanes()
+        .iter()
+        .filter(|l| l.set == tokengate::LaneSet::Heavy)
+        .map(|l| l.index as u16)
+        .collect()
+}
+
 /// Builds an engine from `builder` (adding in-memory records), drives `plan` through
 /// it at `rate`, drains it, and scores the run.
 pub fn run_with(
@@ -471,12 +481,7 @@ pub fn run_with(
     let run = drive(&ops, plan, rate, shift);
     engine.shutdown();
     let records = engine.take_records();
-    let heavy_lanes: Vec<u16> = engine
-        .lanes()
-        .iter()
-        .filter(|l| l.set == tokengate::LaneSet::Heavy)
-        .map(|l| l.index as u16)
-        .collect();
+    let heavy_lanes = heavy_lanes(&engine);
     let truth: HashMap<u64, Weight> = run.truths.iter().copied().collect();
     let heavy: Vec<&TokenRecord> =
         records.iter().filter(|r| truth.get(&r.token_id) == Some(&Weight::Heavy)).collect();

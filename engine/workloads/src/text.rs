@@ -54,9 +54,16 @@ pub type Doc = Arc<[u8]>;
 
 /// The cost features each operation declares under [`Told::Features`], by operation.
 pub fn cost_feature_names() -> Vec<Vec<String>> {
-    let names: [&[&str]; 4] = [&["non_ascii"], &["isize", "ratio"], &["density", "values"], &[]];
+    let names: [&[&str]; 4] = [&GREP_FEATURES, &GUNZIP_FEATURES, &JSON_FEATURES, &[]];
     names.iter().map(|op| op.iter().map(|s| s.to_string()).collect()).collect()
 }
+
+/// `grep`'s cost features.
+const GREP_FEATURES: [&str; 1] = ["non_ascii"];
+/// `gunzip`'s cost features.
+const GUNZIP_FEATURES: [&str; 2] = ["isize", "ratio"];
+/// `json`'s cost features.
+const JSON_FEATURES: [&str; 2] = ["density", "values"];
 
 /// One planned call.
 #[derive(Debug, Clone)]
@@ -334,13 +341,13 @@ impl TextOps {
             };
             let builder = match (told, op) {
                 (Told::Features, 0) => {
-                    builder.cost_features(["non_ascii"], |(_, d)| [non_ascii(d)])
+                    builder.cost_features(GREP_FEATURES, |(_, d)| [non_ascii(d)])
                 }
-                (Told::Features, 1) => builder.cost_features(["isize", "ratio"], |(_, d)| {
+                (Told::Features, 1) => builder.cost_features(GUNZIP_FEATURES, |(_, d)| {
                     let isize = isize_of(d);
                     [isize, isize / d.len().max(1) as f64]
                 }),
-                (Told::Features, 2) => builder.cost_features(["density", "values"], |(_, d)| {
+                (Told::Features, 2) => builder.cost_features(JSON_FEATURES, |(_, d)| {
                     // Structural bytes per byte, and the values that makes in the whole
                     // document (parsing cost follows values more than bytes).
                     let [density, _] = json_shape(d);
@@ -418,12 +425,7 @@ pub fn run_with(
     let run = drive(&ops, plan, rate);
     engine.shutdown();
     let records = engine.take_records();
-    let heavy_lanes: Vec<u16> = engine
-        .lanes()
-        .iter()
-        .filter(|l| l.set == tokengate::LaneSet::Heavy)
-        .map(|l| l.index as u16)
-        .collect();
+    let heavy_lanes = crate::mixed::heavy_lanes(&engine);
     let latency: HashMap<u64, (u64, u16)> = records
         .iter()
         .filter(|r| r.outcome == tokengate::telemetry::RecordOutcome::Completed)
