@@ -39,7 +39,7 @@ fn take_single(token: tokengate::Token<u64>) -> Result<u64, tokengate::TokenErro
 fn workload(mode: &str, n: u64) {
     // Routed by tags: the running averages (the default router) size batches by the
     // first ones' timing, which would make the counts vary from run to run.
-    let tags = std::sync::Arc::new(tokengate::StaticRouter::new(128));
+    let tags = std::sync::Arc::new(tokengate::router::StaticRouter::new(128));
     let engine = Engine::builder().router(tags).build().unwrap();
     let op = match mode {
         "features" => engine

@@ -12,8 +12,9 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use tokengate::adapt::{Refit, Sample};
 use tokengate::features::{OpFeatures, NO_COST};
-use tokengate::{Refit, Sample, Weight};
+use tokengate::Weight;
 use trainer::adapt::TreeRefit;
 
 /// A splitmix64 stream: reproducible rows without a dependency.

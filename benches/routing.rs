@@ -6,7 +6,8 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tokengate::model::Model;
-use tokengate::{Features, LearnedRouter, Router, StaticRouter, Weight};
+use tokengate::router::{Features, LearnedRouter, Router, StaticRouter};
+use tokengate::Weight;
 
 fn features() -> Vec<Features> {
     (0..1024u64)
@@ -15,7 +16,7 @@ fn features() -> Vec<Features> {
 }
 
 /// Uses every part of a placement the lanes use, so none of it is optimised away.
-fn cost(p: tokengate::Placement) -> u64 {
+fn cost(p: tokengate::router::Placement) -> u64 {
     u64::from(p.batch) + p.predicted_ns + p.lanes as u64
 }
 

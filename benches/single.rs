@@ -54,7 +54,7 @@ fn single_call(c: &mut Criterion) {
         let mut x = 0u64;
         b.iter(|| x = inc.submit(x).wait().unwrap())
     });
-    let lanes: u64 = engine.lane_stats().iter().map(|l| l.tokens).sum();
+    let lanes: u64 = engine.stats().lanes.iter().map(|l| l.tokens).sum();
     assert_eq!(lanes, inc.stats().completed, "every call ran on a lane");
     group.finish();
 }

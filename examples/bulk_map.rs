@@ -14,7 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let inputs: Vec<String> =
         (0..100_000).map(|i| if i % 10_000 == 7 { "x".into() } else { i.to_string() }).collect();
     // Blocks until every call has resolved (the name says so: it waits).
-    let results = parse.map(inputs);
+    let results = parse.blocking_map(inputs);
     let (ok, failed): (Vec<_>, Vec<_>) = results.into_iter().partition(Result::is_ok);
     println!("{} parsed, {} failed", ok.len(), failed.len());
     if let Some(Err(TokenError::Failed(message))) = failed.first() {

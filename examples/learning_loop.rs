@@ -7,7 +7,8 @@
 
 use std::time::{Duration, Instant};
 
-use tokengate::{Engine, LaneSet, Operation, RouteSource, StaticRouter, Weight};
+use tokengate::router::{RouteSource, StaticRouter};
+use tokengate::{Engine, LaneSet, Operation, Weight};
 use trainer::{dataset, fit};
 
 /// A call's argument: its text, and whether it is the slow kind.

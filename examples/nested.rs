@@ -19,8 +19,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             return u64::from(n);
         }
         let fib = inner.get().expect("registered");
-        // Two children, awaited together: `join` waits on both tokens.
-        let (a, b) = tokengate::join(fib.submit(n - 1), fib.submit(n - 2));
+        // Two children, waited on together: `wait_both` blocks on both tokens.
+        let (a, b) = tokengate::wait_both(fib.submit(n - 1), fib.submit(n - 2));
         a.unwrap_or(0) + b.unwrap_or(0)
     })?;
     fib_handle.set(fib.clone()).ok();

@@ -7,8 +7,9 @@
 //! cargo run --release --example remote -- nats://127.0.0.1:4222 nats.token
 //! ```
 
+use tokengate::remote::RemotePlacement;
 use tokengate::remote::{RemoteConfig, Worker, WorkerConfig};
-use tokengate::{Engine, RemotePlacement, Weight};
+use tokengate::{Engine, Weight};
 
 fn square(x: u64) -> u64 {
     x * x
@@ -36,7 +37,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Calls go remote once the submitter has heard from a worker (its heartbeat, about
     // a second); until then they run here.
     let heard = std::time::Instant::now();
-    while engine.remote_stats().is_some_and(|r| r.workers == 0) {
+    while engine.stats().remote.is_some_and(|r| r.workers == 0) {
         if heard.elapsed() > std::time::Duration::from_secs(10) {
             return Err("no worker heard from in 10 s".into());
         }
@@ -45,7 +46,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let results: Vec<u64> =
         op.submit_many(0..1_000).into_iter().map(|t| t.wait().unwrap()).collect();
     assert_eq!(results[999], 998_001);
-    println!("1,000 calls answered; remote: {:?}", engine.remote_stats());
+    println!("1,000 calls answered; remote: {:?}", engine.stats().remote);
 
     engine.shutdown();
     let served = worker.stop();

@@ -109,6 +109,7 @@ const MIN_FIT_ROWS: usize = 1_000;
 
 /// What adaptation has done so far.
 #[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
 pub struct AdaptStatus {
     /// Whether re-fitting is on.
     pub enabled: bool,
@@ -327,7 +328,11 @@ impl Adapter {
         let (now, new, swapped) = {
             let _watch = self.watch.lock().unwrap_or_else(|e| e.into_inner());
             let current = self.config.router.current();
-            candidate.carry_moves(&current, self.config.router.op_ids().into_iter());
+            crate::router::carry_moves(
+                &candidate,
+                &current,
+                self.config.router.op_ids().into_iter(),
+            );
             let (now, new) = (score(&current, newest), score(&candidate, newest));
             let swapped = new.better_than(&now);
             if swapped {
@@ -469,8 +474,8 @@ mod tests {
     fn rows_of_an_operation_the_model_does_not_know_are_scored_where_their_tag_places_them() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/default.bin");
         let model = crate::model::Model::load(path).unwrap();
-        let router = crate::router::LearnedRouter::new(model, crate::StaticRouter::new(64));
-        crate::Router::register_op(&router, 0, "not_in_the_model", &[]);
+        let router = crate::router::LearnedRouter::new(model, crate::router::StaticRouter::new(64));
+        crate::router::Router::register_op(&router, 0, "not_in_the_model", &[]);
         let row = |declared, run_ns| super::Sample {
             op: 0,
             arg_size: 10,

@@ -68,13 +68,29 @@
 //!   through polars. Without it the engine has no polars in its tree and keeps
 //!   telemetry in memory only ([`EngineBuilder::log_in_memory`]).
 //!
-//! # The path of a token, module by module
+//! # Where things are
 //!
-//! `token` (slot state machine, handle) · `admission` (bounded permits) · `router`
-//! (placement: tags, model, running average) · `op` (admit → one enqueue path →
-//! one run loop; retries, dedupe, locality) · `lanes` (pinned threads, queues, wake-ups)
-//! · `telemetry` (records → Parquet) · [`control`] (overrides, the WebSocket port) ·
-//! `engine` (builder, lifecycle). Lower modules never import higher ones.
+//! The crate root holds the types every user names; the rest lives in a few modules:
+//! [`op`] (registration options: [`op::DedupeBuilder`], [`op::RemoteBuilder`],
+//! [`op::SizeHint`]), [`error`], [`router`] (placing calls: [`router::Router`] and the
+//! routers), [`lanes`] (the lanes as set up and their counters), [`control`] (manual
+//! control, the WebSocket port), [`telemetry`], [`model`], [`features`], [`adapt`]
+//! (online adaptation) and [`remote`] (remote lanes over NATS).
+//!
+//! # The path of a token, module by module (the layers)
+//!
+//! Lowest first; a module uses only modules before it in this list, which
+//! `tests/it/layers.rs` checks on every test run (it reads every `use` and path):
+//!
+//! `placement` (weights, lane sets) · `features` (the model's inputs) · `model` (the
+//! file, the flat tree) · `error` · `token` (slot state machine, handle) · `admission`
+//! (bounded permits) · `telemetry` (records → Parquet, latency histograms) · `lanes`
+//! (pinned threads, queues, wake-ups) · `router` (placement: tags, model, running
+//! averages) · `adapt` (re-fits) · `remote` (the link to remote workers and its seam
+//! traits) · `op` (admit → one enqueue path → one run loop; retries, dedupe, locality;
+//! each operation's control state; the engine-wide state operations share) · `control`
+//! (the controller, the WebSocket port, dashboard, `/metrics`) · `engine` (builder,
+//! lifecycle) · `remote_worker` (a process serving remote calls with an engine).
 //!
 //! See the README for the design, the CLI and the measured numbers.
 
@@ -84,35 +100,27 @@
 pub mod adapt;
 mod admission;
 pub mod control;
-mod core;
 mod engine;
-mod error;
+pub mod error;
 pub mod features;
-mod lanes;
+pub mod lanes;
 pub mod model;
-mod op;
+pub mod op;
 mod placement;
 pub mod remote;
-mod router;
+#[cfg(feature = "nats")]
+mod remote_worker;
+pub mod router;
 pub mod telemetry;
 mod token;
 
-pub use adapt::{AdaptStatus, Adaptation, Refit, Sample};
-pub use control::{ControlError, Controller, OpStats, Overrides};
-pub use core::Shutdown;
-pub use engine::{Engine, EngineBuilder, StopHandle};
-pub use error::{BuildError, CancelSource, RegisterError, RejectReason, TokenError};
-pub use lanes::{LaneInfo, LaneStats};
-pub use op::{
-    Context, DedupeBuilder, Operation, OperationBuilder, RemoteBuilder, RetryPolicy, SizeHint,
-};
-pub use placement::{LanePriority, LaneSet, LaneSplit, Placement, RouteSource, Weight};
-pub use remote::{RemotePlacement, RemoteStats};
-pub use router::{
-    AdaptiveRouter, EwmaRouter, Features, LearnedRouter, Router, StaticRouter, MAX_OPS,
-};
-pub use telemetry::{TelemetryStats, TokenRecord};
-pub use token::{join, Token, TokenState};
+pub use engine::{Engine, EngineBuilder, EngineStats, StopHandle};
+pub use error::{BuildError, RegisterError, TokenError};
+pub use op::{Context, Operation, OperationBuilder, RetryPolicy, Shutdown};
+pub use placement::{LaneSet, Weight};
+#[allow(deprecated)]
+pub use token::join;
+pub use token::{wait_both, Token, TokenState};
 
 #[cfg(feature = "macros")]
 pub use tokengate_macros::operation;

@@ -64,6 +64,7 @@ impl FromStr for Weight {
 /// keeps long work away from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum LaneSet {
     /// Lanes that serve light and medium work.
     Light,
@@ -229,6 +230,7 @@ impl RouteSource {
 
 /// Where and how a token runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Placement {
     /// The lane set whose queue receives it.
     pub lanes: LaneSet,
@@ -243,6 +245,19 @@ pub struct Placement {
     pub predicted_ns: u64,
     /// Who decided.
     pub source: RouteSource,
+}
+
+impl Placement {
+    /// A placement on `lanes` in batches of `batch` (at least 1), predicted to run
+    /// `predicted_ns` a token, decided by `source`; no cost class.
+    pub fn new(lanes: LaneSet, batch: u32, predicted_ns: u64, source: RouteSource) -> Self {
+        Placement { lanes, batch: batch.max(1), class: None, predicted_ns, source }
+    }
+
+    /// The same placement, with the model's cost class.
+    pub fn with_class(self, class: u8) -> Self {
+        Placement { class: Some(class), ..self }
+    }
 }
 
 #[cfg(test)]

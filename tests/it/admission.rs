@@ -3,7 +3,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use tokengate::{RejectReason, TokenError, TokenState, Weight};
+use tokengate::error::RejectReason;
+use tokengate::{TokenError, TokenState, Weight};
 
 use crate::{eventually, gate, one_lane};
 
@@ -15,7 +16,7 @@ fn full_engine_rejects_try_submit_and_blocks_submit_until_room() {
     let holding = hold.submit(());
     eventually("the gate runs", || holding.state() == TokenState::Running);
     let queued: Vec<_> = (0..3).map(|x| echo.submit(x)).collect();
-    assert_eq!(engine.in_flight(), 4);
+    assert_eq!(engine.stats().in_flight, 4);
 
     assert_eq!(
         echo.try_submit(9).unwrap_err(),
@@ -43,7 +44,7 @@ fn full_engine_rejects_try_submit_and_blocks_submit_until_room() {
     std::thread::sleep(std::time::Duration::from_millis(50));
     assert!(!admitted.load(Ordering::SeqCst), "submit waits while the engine is full");
     assert!(!waiting_async.is_finished(), "submit_async waits while the engine is full");
-    assert!(engine.in_flight() <= engine.capacity());
+    assert!(engine.stats().in_flight <= engine.stats().capacity);
 
     release.send(()).unwrap();
     assert_eq!(blocked.join().unwrap(), Ok(7));

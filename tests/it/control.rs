@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokengate::{Engine, LaneSet, RouteSource, Weight};
+use tokengate::router::RouteSource;
+use tokengate::{Engine, LaneSet, Weight};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -136,12 +137,12 @@ fn pause_stops_one_operation_while_others_run_and_resume_loses_nothing() {
     eventually("the pinned tokens ran", || b.stats().completed == 208);
     let reply = rt.block_on(cmd(&mut socket, json!({"id": 5, "cmd": "clear"})));
     assert_eq!(reply["ok"], json!(true));
-    assert_eq!(b.overrides(), tokengate::Overrides::default());
+    assert_eq!(b.overrides(), tokengate::control::Overrides::default());
 
     // Shutdown through the port drains.
     let reply = rt.block_on(cmd(&mut socket, json!({"id": 6, "cmd": "shutdown"})));
     assert_eq!(reply["ok"], json!(true));
-    eventually("the engine stops taking work", || engine.is_shutting_down());
+    eventually("the engine stops taking work", || engine.stats().shutting_down);
     engine.shutdown();
     let records = engine.take_records();
     let overridden: Vec<_> = records.iter().filter(|r| pinned.contains(&r.token_id)).collect();
@@ -334,7 +335,7 @@ fn cancel_and_throttle_take_effect_on_the_running_engine() {
     for token in waiting {
         assert_eq!(
             token.wait(),
-            Err(tokengate::TokenError::Cancelled { by: tokengate::CancelSource::Control })
+            Err(tokengate::TokenError::Cancelled { by: tokengate::error::CancelSource::Control })
         );
     }
     // Cancel one token by id.
@@ -372,7 +373,7 @@ fn model_and_adapt_commands_report_and_refuse_clearly() {
     let reply = rt.block_on(cmd(&mut socket, json!({"id": 1, "cmd": "model"})));
     assert_eq!(reply["ok"], json!(true), "{reply}");
     assert_eq!(reply["model"]["enabled"], json!(false));
-    assert_eq!(reply["model"]["model_version"], json!(engine.model_version()));
+    assert_eq!(reply["model"]["model_version"], json!(engine.stats().model_version));
     let reply = rt.block_on(cmd(&mut socket, json!({"id": 2, "cmd": "adapt", "on": true})));
     assert_eq!(reply["error"]["code"], json!("bad_value"), "{reply}");
     assert!(reply["error"]["message"].as_str().unwrap().contains("without adaptation"));

@@ -5,7 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use tokengate::{Engine, LaneSet, Operation, RegisterError, RouteSource, StaticRouter, Weight};
+use tokengate::router::{RouteSource, StaticRouter};
+use tokengate::{Engine, LaneSet, Operation, RegisterError, Weight};
 use trainer::{dataset, fit};
 
 /// (size, slow): the size says nothing; a slow call spins 400 µs, a fast one does not.

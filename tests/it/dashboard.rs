@@ -127,7 +127,7 @@ fn the_dashboard_needs_the_secret_and_trades_it_for_a_cookie() {
 fn metrics_parse_as_prometheus_text_and_count_what_ran() {
     let (engine, stop, feeder) = live_engine();
     let addr = engine.control_addr().unwrap();
-    crate::eventually("tokens ran", || engine.op_stats()[0].1.completed >= 10_000);
+    crate::eventually("tokens ran", || engine.stats().operations[0].1.completed >= 10_000);
     let bearer = format!("Bearer {SECRET}");
     let started = Instant::now();
     let (status, head, body) = get(addr, "/metrics", &[("Authorization", &bearer)]);
@@ -370,12 +370,12 @@ fn connections_beyond_the_cap_wait_until_one_closes() {
 fn lane_busy_time_counts_work_not_waiting_for_it() {
     let engine = Engine::builder().workers(1).pin(false).build().unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let idle = engine.lane_stats()[0].busy_ns;
+    let idle = engine.stats().lanes[0].busy_ns;
     assert!(idle < 100_000_000, "an idle lane counted {idle} ns busy in 300 ms");
     let spin = engine
         .register("spin", Weight::Light, |ms: u64| crate::spin_for(Duration::from_millis(ms)))
         .unwrap();
     spin.submit(300).wait().unwrap();
-    let busy = engine.lane_stats()[0].busy_ns - idle;
+    let busy = engine.stats().lanes[0].busy_ns - idle;
     assert!(busy >= 290_000_000, "a 300 ms call counted {busy} ns busy");
 }

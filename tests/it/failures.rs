@@ -6,10 +6,8 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use proptest::prelude::*;
-use tokengate::{
-    CancelSource, Context, Engine, RejectReason, RetryPolicy, Shutdown, TokenError, TokenState,
-    Weight,
-};
+use tokengate::error::{CancelSource, RejectReason};
+use tokengate::{Context, Engine, RetryPolicy, Shutdown, TokenError, TokenState, Weight};
 
 use crate::{eventually, gate, one_lane, single_lane};
 
@@ -35,7 +33,7 @@ fn a_call_past_its_deadline_times_out_and_its_lane_is_replaced() {
     assert!(!returned.load(Ordering::SeqCst));
     // The engine's only lane is stuck in that call, yet new work runs: it was replaced.
     assert_eq!(echo.submit(5).wait(), Ok(5));
-    assert_eq!(engine.stuck_workers(), 1);
+    assert_eq!(engine.stats().stuck_lanes, 1);
     release.send(()).unwrap();
     eventually("the stuck call returns", || returned.load(Ordering::SeqCst));
     let stats = stuck.stats();
@@ -67,7 +65,7 @@ fn retries_follow_the_policy_and_resolve_once() {
     // Routed by the tags: the running averages would move `flaky` (whose panics, with
     // their backtraces, run long) to the heavy lanes, which run at idle priority and
     // can wait for seconds while other tests keep both cores busy (seen once: 20 s).
-    let tags = Arc::new(tokengate::StaticRouter::new(128));
+    let tags = Arc::new(tokengate::router::StaticRouter::new(128));
     let engine = Engine::builder().pin(false).router(tags).log_in_memory().build().unwrap();
     let runs = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&runs);
@@ -335,7 +333,7 @@ fn duplicate_calls_in_flight_share_one_run() {
         stats.completed + stats.failed + stats.cancelled == 11
     });
     assert_eq!(fetch.stats().submitted, 11);
-    eventually("duplicates gave their permits back", || engine.in_flight() == 0);
+    eventually("duplicates gave their permits back", || engine.stats().in_flight == 0);
 }
 
 #[test]
@@ -351,7 +349,7 @@ fn admission_is_bounded_by_estimated_memory_too() {
         .register(|v: Vec<u8>| v.iter().map(|&b| u64::from(b)).sum::<u64>())
         .unwrap();
     let first = sum.submit(vec![1; 6_000]);
-    assert!(engine.memory_in_flight() >= 6_000);
+    assert!(engine.stats().memory_in_flight >= 6_000);
     assert_eq!(
         sum.try_submit(vec![1; 6_000]).unwrap_err(),
         TokenError::Rejected { reason: RejectReason::Overloaded },
@@ -363,7 +361,7 @@ fn admission_is_bounded_by_estimated_memory_too() {
     assert_eq!(small.wait(), Ok(100));
     // A call larger than the whole budget gets in once nothing else is held.
     assert_eq!(sum.submit(vec![1; 50_000]).wait(), Ok(50_000));
-    eventually("everything is given back", || engine.memory_in_flight() == 0);
+    eventually("everything is given back", || engine.stats().memory_in_flight == 0);
 }
 
 #[test]

@@ -2,7 +2,8 @@
 
 use std::sync::mpsc;
 
-use tokengate::{Engine, LanePriority, LaneSet, LaneSplit, Operation, TokenState, Weight};
+use tokengate::lanes::{LanePriority, LaneSplit};
+use tokengate::{Engine, LaneSet, Operation, TokenState, Weight};
 
 use crate::{eventually, gate};
 
@@ -160,18 +161,18 @@ fn heavy_lane_is_the_last_and_a_held_lane_leaves_work_to_the_other() {
     let holding = hold.submit(());
     eventually("the gate runs", || holding.state() == TokenState::Running);
     let echo = engine.register("echo", Weight::Light, |x: u32| x).unwrap();
-    let before = engine.lane_stats();
-    let callers_before = engine.caller_tokens();
+    let before = engine.stats().lanes;
+    let callers_before = engine.stats().caller_tokens;
     for token in echo.submit_many(0..10_000u32) {
         token.wait().unwrap();
     }
-    let after = engine.lane_stats();
+    let after = engine.stats().lanes;
     let mut deltas: Vec<u64> =
         after.iter().zip(&before).map(|(a, b)| a.tokens - b.tokens).collect();
     deltas.sort_unstable();
     // Whichever lane took the gate is stuck in it; the other ran every echo token, but
     // for those the waiting caller ran itself while the lane was backlogged.
-    let by_caller = engine.caller_tokens() - callers_before;
+    let by_caller = engine.stats().caller_tokens - callers_before;
     assert_eq!(deltas[0], 0);
     assert_eq!(deltas[1] + by_caller, 10_000);
     release.send(()).unwrap();

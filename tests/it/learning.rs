@@ -8,9 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use polars::prelude::{ParquetReader, SerReader};
+use tokengate::adapt::Adaptation;
+use tokengate::router::RouteSource;
+use tokengate::router::{AdaptiveRouter, StaticRouter};
 use tokengate::telemetry::{TokenRecord, COLUMNS};
-use tokengate::{Adaptation, AdaptiveRouter, StaticRouter};
-use tokengate::{Engine, EngineBuilder, LaneSet, RouteSource, Weight};
+use tokengate::{Engine, EngineBuilder, LaneSet, Weight};
 use tokengate_workloads::mixed::{self, MixedConfig, MixedOps};
 use trainer::{dataset, fit};
 
@@ -38,11 +40,11 @@ fn logged_runs_train_a_model_that_routes_mislabelled_heavy_work_to_the_heavy_lan
     let logs = dir.path().join("logs");
 
     // 1. Collect data with the tag router, logging every token to Parquet.
-    let tag_router = || std::sync::Arc::new(tokengate::StaticRouter::new(128));
+    let tag_router = || std::sync::Arc::new(tokengate::router::StaticRouter::new(128));
     let builder =
         Engine::builder().pin(false).workers(2).router(tag_router()).log_dir(&logs).log_in_memory();
     let (engine, records, _) = run_stream(builder, 1);
-    let stats = engine.telemetry_stats().unwrap();
+    let stats = engine.stats().telemetry.unwrap();
     assert_eq!((stats.recorded, stats.dropped), (3_000, 0));
     assert_eq!(stats.written, 3_000);
     assert!(stats.errors.is_empty(), "{:?}", stats.errors);
@@ -76,8 +78,8 @@ fn logged_runs_train_a_model_that_routes_mislabelled_heavy_work_to_the_heavy_lan
     let tags = Engine::builder().pin(false).workers(2).isolate_heavy(true).router(tag_router());
     let (learned_engine, learned_records, truths) = run_stream(learned.log_in_memory(), 2);
     let (tags_engine, tags_records, _) = run_stream(tags.log_in_memory(), 2);
-    assert_ne!(learned_engine.model_version(), 0);
-    assert_eq!(tags_engine.model_version(), 0);
+    assert_ne!(learned_engine.stats().model_version, 0);
+    assert_eq!(tags_engine.stats().model_version, 0);
 
     let heavy_lanes: Vec<usize> = learned_engine
         .lanes()
@@ -121,7 +123,7 @@ fn logging_accounts_for_every_token_written_or_dropped() {
     let pyramid = tokengate_workloads::leibniz::Pyramid::register(&engine).unwrap();
     let outcome = pyramid.run(&engine, 200_000, |_| {}).unwrap();
     engine.shutdown();
-    let stats = engine.telemetry_stats().unwrap();
+    let stats = engine.stats().telemetry.unwrap();
     // Workers never wait for the writer: whatever it could not take is counted, not lost.
     assert_eq!(stats.recorded + stats.dropped, outcome.tokens);
     assert_eq!(stats.written, stats.recorded);
@@ -163,23 +165,23 @@ fn adaptation_learns_an_unseen_operation_and_swaps_its_model_in() {
         .size_hint(|micros: &u64| *micros)
         .register(|micros: u64| crate::spin_for(Duration::from_micros(micros)))
         .unwrap();
-    let version = engine.model_version();
-    assert_eq!(engine.adapt_status().unwrap().swaps, 0);
+    let version = engine.stats().model_version;
+    assert_eq!(engine.stats().adaptation.unwrap().swaps, 0);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while engine.adapt_status().unwrap().swaps == 0 {
-        assert!(std::time::Instant::now() < deadline, "no swap: {:?}", engine.adapt_status());
+    while engine.stats().adaptation.unwrap().swaps == 0 {
+        assert!(std::time::Instant::now() < deadline, "no swap: {:?}", engine.stats().adaptation);
         let sizes = (0..200u64).map(|i| if i % 4 == 0 { 400 } else { 1 });
         spin.submit_many(sizes).into_iter().for_each(|t| t.wait().unwrap());
     }
     let status = engine.controller().model_status();
     assert!(status.enabled && status.swaps >= 1 && status.rows_seen > 0, "{status:?}");
-    assert_ne!(engine.model_version(), version, "a swap raises the model version");
+    assert_ne!(engine.stats().model_version, version, "a swap raises the model version");
     // From now on the model places the operation itself.
     spin.submit(1).wait().unwrap();
     engine.shutdown();
     let last = engine.take_records().into_iter().max_by_key(|r| r.token_id).unwrap();
     assert_eq!(last.route_source, RouteSource::Model);
-    assert_eq!(last.model_version, engine.model_version());
+    assert_eq!(last.model_version, engine.stats().model_version);
 }
 
 /// The cost watch: calls of a size the model places on the light lanes start running
@@ -201,8 +203,12 @@ fn the_cost_watch_moves_sizes_whose_calls_turned_heavy_before_any_refit() {
         })
         .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while engine.adapt_status().unwrap().cells_moved == 0 {
-        assert!(std::time::Instant::now() < deadline, "nothing moved: {:?}", engine.adapt_status());
+    while engine.stats().adaptation.unwrap().cells_moved == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing moved: {:?}",
+            engine.stats().adaptation
+        );
         assert_eq!(sort.submit(300).wait().unwrap(), 300);
         std::thread::sleep(Duration::from_millis(5));
     }

@@ -48,7 +48,7 @@ fn generated_operations_run_on_the_engine() {
     assert!((pi - std::f64::consts::PI).abs() < 1e-3, "{pi}");
 
     // The declared name and weight reach the engine (stats, control port).
-    let names: Vec<String> = engine.op_stats().into_iter().map(|(name, ..)| name).collect();
+    let names: Vec<String> = engine.stats().operations.into_iter().map(|(name, ..)| name).collect();
     assert_eq!(names, ["pi_term", "pi.partial"]);
     assert_eq!(pi_partial::NAME, "pi.partial");
     let again = engine.register(pi_term::NAME, Weight::Light, pi_term);

@@ -7,6 +7,7 @@ mod cost_features;
 mod dashboard;
 mod failures;
 mod lanes;
+mod layers;
 mod learning;
 mod leibniz;
 mod macros;
@@ -57,7 +58,7 @@ pub fn one_lane(capacity: usize) -> Engine {
 /// pinned split: the preemptive one adds heavy lanes beside each light lane), so that
 /// a held call holds the whole engine.
 pub fn single_lane() -> tokengate::EngineBuilder {
-    Engine::builder().workers(1).pin(false).split(tokengate::LaneSplit::Pinned)
+    Engine::builder().workers(1).pin(false).split(tokengate::lanes::LaneSplit::Pinned)
 }
 
 /// An operation that blocks its lane until the returned sender is sent to (or dropped).

@@ -5,8 +5,9 @@ use std::fs::File;
 use polars::prelude::*;
 use tokengate::features::{model_inputs, OpFeatures, MODEL_FEATURES, NO_COST};
 use tokengate::model::{self, Model, ModelError};
+use tokengate::router::RouteSource;
 use tokengate::telemetry::{records_to_frame, Origin, RecordOutcome, TokenRecord};
-use tokengate::{Engine, LaneSet, RouteSource, Weight};
+use tokengate::{Engine, LaneSet, Weight};
 use trainer::dataset::{self, Data, Row};
 use trainer::{fit, TrainError};
 
@@ -26,7 +27,7 @@ fn the_flat_tree_predicts_exactly_what_linfa_predicts() {
     let fitted = fit::fit(&synthetic(), &fit::FitOptions::default()).unwrap();
     assert_eq!(fitted.flat_mismatches, 0);
     assert!(fitted.metrics.accuracy > 0.95, "{}", fitted.metrics);
-    let (header, tree) = model::decode(&fitted.bytes).unwrap();
+    let (header, tree) = model::linfa::decode(&fitted.bytes).unwrap();
     let compiled = Model::from_bytes(&fitted.bytes).unwrap();
     assert_eq!(header.ops, vec!["a", "b"]);
     assert_eq!(header.feature_names, MODEL_FEATURES);

@@ -15,7 +15,7 @@ fn fib_engine(engine: &Engine) -> Operation<u32, u64> {
                 return u64::from(n);
             }
             let fib = inner.get().expect("registered");
-            let (a, b) = tokengate::join(fib.submit(n - 1), fib.submit(n - 2));
+            let (a, b) = tokengate::wait_both(fib.submit(n - 1), fib.submit(n - 2));
             a.unwrap() + b.unwrap()
         })
         .unwrap();
@@ -68,7 +68,7 @@ fn fan_out_inside_operations_on_one_and_two_lanes() {
         let child = engine.register("child", Weight::Light, |x: u64| x * 2).unwrap();
         let parent = engine
             .register("parent", Weight::Medium, move |n: u64| -> u64 {
-                child.map(0..n).into_iter().map(|r| r.unwrap()).sum()
+                child.blocking_map(0..n).into_iter().map(|r| r.unwrap()).sum()
             })
             .unwrap();
         let parents = parent.submit_many(std::iter::repeat_n(1_000, 16));
@@ -151,9 +151,9 @@ fn waiting_callers_help_only_a_backlog() {
     for x in 0..100 {
         assert_eq!(work.submit(x).wait(), Ok(x));
     }
-    assert_eq!(engine.caller_tokens(), 0, "single calls run on the lane");
+    assert_eq!(engine.stats().caller_tokens, 0, "single calls run on the lane");
     assert_eq!(off_lane.load(Ordering::SeqCst), 0);
-    assert_eq!(engine.lane_stats()[0].tokens, 100);
+    assert_eq!(engine.stats().lanes[0].tokens, 100);
     // Hold the only lane until the caller has helped (bounded: a broken engine fails).
     let seen = Arc::clone(&off_lane);
     let hold = engine
@@ -165,15 +165,15 @@ fn waiting_callers_help_only_a_backlog() {
         })
         .unwrap();
     let held = hold.submit(());
-    crate::eventually("the lane holds", || engine.lane_stats()[0].tokens == 101);
+    crate::eventually("the lane holds", || engine.stats().lanes[0].tokens == 101);
     let tokens = work.submit_many(0..400);
     let sum: u64 = tokens.into_iter().map(|t| t.wait().unwrap()).sum();
     held.wait().unwrap();
     assert_eq!(sum, (0..400).sum::<u64>());
-    let by_caller = engine.caller_tokens();
+    let by_caller = engine.stats().caller_tokens;
     assert!(by_caller > 0, "the caller helped with a backlog of 400 batches");
     assert_eq!(by_caller, off_lane.load(Ordering::SeqCst));
-    assert_eq!(engine.lane_stats()[0].tokens + by_caller, 501);
+    assert_eq!(engine.stats().lanes[0].tokens + by_caller, 501);
 }
 
 /// Deadlines and waits that help: a call that overruns while its lane helps another's
@@ -221,16 +221,16 @@ fn overruns_inside_nested_waits_still_resolve_and_drain() {
     //    the same thread, waits); once it returns, the parent sees the timeout and
     //    returns in time.
     let first = parent.submit((true, false));
-    crate::eventually("the child's lane is replaced", || engine.stuck_workers() >= 1);
+    crate::eventually("the child's lane is replaced", || engine.stats().stuck_lanes >= 1);
     release_child.send(()).unwrap();
     assert_eq!(first.wait(), Ok(false));
     // 2. The parent overruns after its child returned.
     assert_eq!(parent.submit((false, true)).wait(), Err(TokenError::TimedOut));
-    crate::eventually("the parent's lane is replaced", || engine.stuck_workers() >= 2);
+    crate::eventually("the parent's lane is replaced", || engine.stats().stuck_lanes >= 2);
     release_parent.send(()).unwrap();
     // 3. A parent that finishes in time.
     assert_eq!(parent.submit((false, false)).wait(), Ok(true));
-    assert_eq!(engine.stuck_workers(), 2);
+    assert_eq!(engine.stats().stuck_lanes, 2);
     let (done, finished) = mpsc::channel();
     std::thread::spawn(move || {
         engine.shutdown();
@@ -251,7 +251,7 @@ fn map_returns_every_result_in_order_across_chunks() {
             _ => Err(format!("{x} is odd")),
         })
         .unwrap();
-    let results = odd_fails.map(0..10_000);
+    let results = odd_fails.blocking_map(0..10_000);
     assert_eq!(results.len(), 10_000);
     for (x, result) in (0..10_000u64).zip(&results) {
         match x % 2 {
@@ -262,7 +262,21 @@ fn map_returns_every_result_in_order_across_chunks() {
     let stats = odd_fails.stats();
     assert_eq!((stats.completed, stats.failed), (5_000, 5_000));
     engine.shutdown();
-    let rejected = odd_fails.map(0..3);
+    let rejected = odd_fails.blocking_map(0..3);
     assert_eq!(rejected.len(), 3);
     assert!(rejected.iter().all(|r| matches!(r, Err(TokenError::Rejected { .. }))), "{rejected:?}");
+}
+
+/// The names renamed in 0.2 still compile, as deprecated aliases of the new ones.
+#[test]
+#[allow(deprecated)]
+fn renamed_items_keep_their_old_names() {
+    let engine = tokengate::Engine::builder().build().unwrap();
+    let square = engine.register("square", tokengate::Weight::Light, |x: u64| x * x).unwrap();
+    let (a, b) = tokengate::join(square.submit(2), square.submit(3));
+    assert_eq!((a.unwrap(), b.unwrap()), (4, 9));
+    let all: Vec<u64> = square.map(0..4).into_iter().map(|r| r.unwrap()).collect();
+    assert_eq!(all, [0, 1, 4, 9]);
+    assert_eq!(engine.in_flight(), engine.stats().in_flight);
+    assert_eq!(engine.stuck_workers(), engine.stats().stuck_lanes);
 }

@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use polars::prelude::{ParquetReader, SerReader};
+use tokengate::remote::RemotePlacement;
 use tokengate::remote::{RemoteConfig, Worker, WorkerConfig};
-use tokengate::{Engine, LaneSet, RemotePlacement};
+use tokengate::{Engine, LaneSet};
 use tokengate_workloads::mixed::{self, MixedConfig, MixedOps, StreamRun};
 
 /// A `nats-server -js` of this test's own; killed on drop.
@@ -139,7 +140,7 @@ fn worker(server: &NatsServer) -> (Engine, Worker) {
 
 fn wait_for_workers(engine: &Engine, n: u64) {
     crate::eventually("the workers' heartbeats are heard", || {
-        engine.remote_stats().is_some_and(|s| s.workers >= n)
+        engine.stats().remote.is_some_and(|s| s.workers >= n)
     });
 }
 
@@ -163,8 +164,8 @@ fn remote_results_equal_local_ones_and_each_token_resolves_once() {
     wait_for_workers(&submitter, 1);
     let remote = run(&submitter, &plan);
     // The link counts an answer just after it resolves the token.
-    crate::eventually("600 answers counted", || submitter.remote_stats().unwrap().resolved == 600);
-    let stats = submitter.remote_stats().unwrap();
+    crate::eventually("600 answers counted", || submitter.stats().remote.unwrap().resolved == 600);
+    let stats = submitter.stats().remote.unwrap();
     assert_eq!((remote.lost, remote.double_resolved, remote.failures), (0, 0, 0));
     assert_eq!(remote.digest, local.digest, "remote results differ from local ones");
     assert_eq!(stats.remote_tokens, 600, "{stats:?}");
@@ -266,13 +267,13 @@ fn placement_follows_policy_and_the_control_port_pin() {
     let plan = stream(200);
     let run = mixed::drive(&ops, &plan, 50_000.0, None);
     assert_eq!(run.lost, 0);
-    assert_eq!(submitter.remote_stats().unwrap().remote_tokens, 0);
+    assert_eq!(submitter.stats().remote.unwrap().remote_tokens, 0);
     // ...until the control port pins an operation to the remote set.
     submitter.controller().pin("primes", Some(LaneSet::Remote)).unwrap();
     let pinned = plan.iter().filter(|call| mixed::OPS[call.op] == "primes").count() as u64;
     let run = mixed::drive(&ops, &plan, 50_000.0, None);
     assert_eq!((run.lost, run.failures), (0, 0));
-    assert_eq!(submitter.remote_stats().unwrap().remote_tokens, pinned);
+    assert_eq!(submitter.stats().remote.unwrap().remote_tokens, pinned);
     // Paused, the pinned operation's calls wait on the local lanes, where pause holds,
     // and run there once resumed.
     let primes = ops.op("primes").unwrap();
@@ -284,7 +285,7 @@ fn placement_follows_policy_and_the_control_port_pin() {
     for token in held {
         token.wait().unwrap();
     }
-    assert_eq!(submitter.remote_stats().unwrap().remote_tokens, pinned, "none went remote");
+    assert_eq!(submitter.stats().remote.unwrap().remote_tokens, pinned, "none went remote");
 }
 
 #[test]
@@ -307,7 +308,7 @@ fn a_remote_pin_without_a_live_worker_runs_here_and_says_so() {
     let plan = stream(300);
     let run = mixed::drive(&ops, &plan, 50_000.0, None);
     assert_eq!((run.lost, run.failures, run.double_resolved), (0, 0, 0));
-    assert_eq!(submitter.remote_stats().unwrap().remote_tokens, 0);
+    assert_eq!(submitter.stats().remote.unwrap().remote_tokens, 0);
     let pinned = plan.iter().filter(|call| mixed::OPS[call.op] == "primes").count() as u64;
     let primes = ops.op("primes").unwrap();
     assert_eq!(primes.stats().pin_unmet, pinned, "every pinned call is counted as unmet");
@@ -316,9 +317,10 @@ fn a_remote_pin_without_a_live_worker_runs_here_and_says_so() {
     assert_eq!(row.pin_unmet, pinned, "and the control port's stats say so");
     submitter.shutdown();
     let records = submitter.take_records();
-    let unmet =
-        records.iter().filter(|r| r.route_source == tokengate::RouteSource::OverrideUnmet).count()
-            as u64;
+    let unmet = records
+        .iter()
+        .filter(|r| r.route_source == tokengate::router::RouteSource::OverrideUnmet)
+        .count() as u64;
     assert_eq!(unmet, pinned, "telemetry names the unmet pin on every pinned call's row");
 }
 
@@ -338,9 +340,9 @@ fn a_remote_tag_sends_an_operation_remote_where_the_tags_decide() {
         .preferred()
         .register(mixed::count_primes)
         .unwrap();
-    let results: Vec<u64> = tagged.map(0..50).into_iter().map(|r| r.unwrap()).collect();
+    let results: Vec<u64> = tagged.blocking_map(0..50).into_iter().map(|r| r.unwrap()).collect();
     assert_eq!(results, (0..50).map(mixed::count_primes).collect::<Vec<_>>());
-    assert_eq!(submitter.remote_stats().unwrap().remote_tokens, 50);
+    assert_eq!(submitter.stats().remote.unwrap().remote_tokens, 50);
     crate::eventually("the worker ran them", || worker.stats().completed == 50);
 }
 
@@ -386,7 +388,7 @@ fn a_failed_served_call_is_retried_by_redelivery_with_its_policy() {
         .remote()
         .register(|x: u64| x)
         .unwrap();
-    let results: Vec<u64> = flaky.map(0..5).into_iter().map(|r| r.unwrap()).collect();
+    let results: Vec<u64> = flaky.blocking_map(0..5).into_iter().map(|r| r.unwrap()).collect();
     // Each ran three times on the worker, never retried on its lanes: two naks, two
     // redeliveries, one answer.
     assert_eq!(results, (0..5).map(|x| x * 10 + 3).collect::<Vec<_>>());
@@ -396,7 +398,7 @@ fn a_failed_served_call_is_retried_by_redelivery_with_its_policy() {
     let stats = worker.stats();
     assert_eq!((stats.retried, stats.completed, stats.failed), (10, 5, 0), "{stats:?}");
     assert_eq!(stats.redelivered, 10, "{stats:?}");
-    assert_eq!(submitter.remote_stats().unwrap().remote_tokens, 5);
+    assert_eq!(submitter.stats().remote.unwrap().remote_tokens, 5);
     // The policy's last attempt is answered: the caller gets that failure.
     let fails = submitter
         .operation("always_fails", Weight::Light)
@@ -432,11 +434,13 @@ fn auto_spills_a_backlog_remote_only_for_tokens_predicted_to_be_long() {
 fn a_models_remote_overhead_sets_the_auto_threshold() {
     let Some(server) = NatsServer::start() else { return };
     let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/models/default.bin");
-    let (mut header, tree) = tokengate::model::decode(&std::fs::read(shipped).unwrap()).unwrap();
+    let (mut header, tree) =
+        tokengate::model::linfa::decode(&std::fs::read(shipped).unwrap()).unwrap();
     header.training.remote_overhead_ns = Some(1_000_000_000);
-    let bytes = tokengate::model::encode(&header, &tree, &[]).unwrap();
+    let bytes = tokengate::model::linfa::encode(&header, &tree, &[]).unwrap();
     let model = tokengate::model::Model::from_bytes(&bytes).unwrap();
-    let router = tokengate::LearnedRouter::new(model, tokengate::StaticRouter::new(128));
+    let router =
+        tokengate::router::LearnedRouter::new(model, tokengate::router::StaticRouter::new(128));
     auto_with_a_backlog(&server, Some(Arc::new(router)), false);
 }
 
@@ -445,7 +449,7 @@ fn a_models_remote_overhead_sets_the_auto_threshold() {
 /// the lane is still held) if `remote`, else stay; the short ones always stay.
 fn auto_with_a_backlog(
     server: &NatsServer,
-    router: Option<Arc<dyn tokengate::Router>>,
+    router: Option<Arc<dyn tokengate::router::Router>>,
     remote: bool,
 ) {
     let worker_engine = engine(None);
@@ -496,7 +500,7 @@ fn auto_with_a_backlog(
     for token in queued.into_iter().chain(shorts) {
         token.wait().unwrap();
     }
-    let sent = submitter.remote_stats().unwrap().remote_tokens;
+    let sent = submitter.stats().remote.unwrap().remote_tokens;
     assert_eq!(sent, if remote { 10 } else { 0 }, "long calls sent remote");
 }
 
@@ -510,9 +514,9 @@ fn an_operation_that_is_not_remote_capable_stays_local_even_when_pinned() {
     let submitter = engine(Some(server.config().placement(RemotePlacement::Remote)));
     let local = submitter.register("local_only", tokengate::Weight::Light, |x: u64| x + 1).unwrap();
     submitter.controller().pin("local_only", Some(LaneSet::Remote)).unwrap();
-    let sum: u64 = local.map(0..100).into_iter().map(|r| r.unwrap()).sum();
+    let sum: u64 = local.blocking_map(0..100).into_iter().map(|r| r.unwrap()).sum();
     assert_eq!(sum, (1..=100).sum::<u64>());
-    assert_eq!(submitter.remote_stats().unwrap().remote_tokens, 0);
+    assert_eq!(submitter.stats().remote.unwrap().remote_tokens, 0);
 }
 
 #[test]
@@ -530,7 +534,7 @@ fn a_worker_killed_mid_run_loses_nothing() {
     let remote = std::thread::scope(|scope| {
         let killer = scope.spawn(|| {
             crate::eventually("a third of the tokens resolved remotely", || {
-                submitter.remote_stats().unwrap().resolved >= 1_000
+                submitter.stats().remote.unwrap().resolved >= 1_000
             });
             workers[0].kill().expect("SIGKILL a worker");
         });
@@ -542,7 +546,7 @@ fn a_worker_killed_mid_run_loses_nothing() {
         let _ = worker.kill();
         let _ = worker.wait();
     }
-    let stats = submitter.remote_stats().unwrap();
+    let stats = submitter.stats().remote.unwrap();
     assert_eq!((remote.lost, remote.double_resolved, remote.failures), (0, 0, 0), "{stats:?}");
     assert_eq!(remote.digest, local.digest);
     assert_eq!(stats.pending, 0, "{stats:?}");
@@ -566,13 +570,13 @@ fn the_server_stopped_mid_run_ends_the_run_with_every_token_accounted_for() {
     let remote = std::thread::scope(|scope| {
         scope.spawn(|| {
             crate::eventually("some tokens resolved remotely", || {
-                submitter.remote_stats().unwrap().resolved >= 300
+                submitter.stats().remote.unwrap().resolved >= 300
             });
             server.stop();
         });
         run(&submitter, &plan)
     });
-    let stats = submitter.remote_stats().unwrap();
+    let stats = submitter.stats().remote.unwrap();
     assert!(started.elapsed() < Duration::from_secs(60), "{:?}", started.elapsed());
     assert_eq!((remote.lost, remote.double_resolved, remote.failures), (0, 0, 0), "{stats:?}");
     assert_eq!(remote.digest, local.digest);

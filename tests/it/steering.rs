@@ -4,9 +4,10 @@
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
-use tokengate::{
-    CancelSource, ControlError, Controller, Engine, LaneSet, RetryPolicy, RouteSource, Weight,
-};
+use tokengate::control::{ControlError, Controller};
+use tokengate::error::CancelSource;
+use tokengate::router::RouteSource;
+use tokengate::{Engine, LaneSet, RetryPolicy, Weight};
 
 use crate::{eventually, gate};
 

@@ -20,7 +20,7 @@ fn cancelled_timed_out_and_panicked_calls_are_rows_too() {
     let boom = engine.register("boom", Weight::Light, |_: ()| -> u8 { panic!("boom") }).unwrap();
     let fine = engine.register("fine", Weight::Light, |x: u8| x).unwrap();
     let holding = held.submit(());
-    crate::eventually("the gate runs", || engine.lane_stats()[0].tokens == 1);
+    crate::eventually("the gate runs", || engine.stats().lanes[0].tokens == 1);
     let cancelled = fine.submit(1);
     assert!(cancelled.cancel());
     release.send(()).unwrap();
@@ -85,7 +85,7 @@ fn a_full_log_directory_takes_no_more_rows_and_says_how_many() {
     let tokens = op.submit_many(0..1_000);
     tokens.into_iter().for_each(|t| drop(t.wait()));
     engine.shutdown();
-    let stats = engine.telemetry_stats().unwrap();
+    let stats = engine.stats().telemetry.unwrap();
     assert_eq!(stats.written, 0);
     assert!(stats.files.is_empty());
     assert_eq!(stats.over_cap + stats.dropped, 1_000, "{stats:?}");

@@ -3,7 +3,8 @@
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use tokengate::{CancelSource, Engine, RejectReason, TokenError, TokenState, Weight};
+use tokengate::error::{CancelSource, RejectReason};
+use tokengate::{Engine, TokenError, TokenState, Weight};
 
 use crate::{eventually, gate, one_lane};
 

@@ -3,7 +3,9 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use tokengate::{Adaptation, AdaptiveRouter, Engine, StaticRouter};
+//! use tokengate::Engine;
+//! use tokengate::adapt::Adaptation;
+//! use tokengate::router::{AdaptiveRouter, StaticRouter};
 //! let model = tokengate::model::Model::load("models/default.bin")?;
 //! let router = Arc::new(AdaptiveRouter::new(model, StaticRouter::new(128)));
 //! let engine = Engine::builder()
@@ -13,9 +15,9 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+use tokengate::adapt::{Refit, Sample};
 use tokengate::features::OpFeatures;
 use tokengate::model::Model;
-use tokengate::{Refit, Sample};
 
 use crate::dataset::{Data, Row};
 use crate::fit::{fit, FitOptions};

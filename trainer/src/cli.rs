@@ -144,7 +144,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Inspect { model, tikz } => {
             let bytes = read_file(&model)?;
-            let (header, tree) = tokengate::model::decode(&bytes)
+            let (header, tree) = tokengate::model::linfa::decode(&bytes)
                 .with_context(|| format!("decoding {}", model.display()))?;
             if tikz {
                 println!("{}", tree.export_to_tikz().with_legend());

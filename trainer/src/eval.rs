@@ -25,7 +25,7 @@ pub struct Evaluation {
 
 /// Scores the model in `bytes` on `data`, labelling rows with the model's own classes.
 pub fn evaluate(bytes: &[u8], data: &Data) -> Result<Evaluation, TrainError> {
-    let (header, tree) = model::decode(bytes)?;
+    let (header, tree) = model::linfa::decode(bytes)?;
     let compiled = Model::from_bytes(bytes)?;
     let edges: Vec<u64> = header.classes.iter().skip(1).map(|c| c.min_ns).collect();
     let mut feature_mismatch = Vec::new();

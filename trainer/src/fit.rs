@@ -155,7 +155,7 @@ pub fn fit(data: &Data, options: &FitOptions) -> Result<Fitted, TrainError> {
         op_importance: Vec::new(),
     };
     // Score through the engine's own inference path, then check linfa agrees with it.
-    let compiled = Model::from_bytes(&model::encode(&header, &tree, &[])?)?;
+    let compiled = Model::from_bytes(&model::linfa::encode(&header, &tree, &[])?)?;
     let leaf_ns = leaf_runtimes(&compiled, rows, train);
     let predicted: Vec<usize> =
         validation.iter().map(|&i| compiled.predict(&inputs_of(&rows[i]))).collect();
@@ -175,7 +175,7 @@ pub fn fit(data: &Data, options: &FitOptions) -> Result<Fitted, TrainError> {
     )
     .with_importance(&header);
     header.training.validation_accuracy = metrics.accuracy;
-    let bytes = model::encode(&header, &tree, &leaf_ns)?;
+    let bytes = model::linfa::encode(&header, &tree, &leaf_ns)?;
     Ok(Fitted { header, bytes, metrics, flat_mismatches })
 }
 
@@ -431,7 +431,7 @@ mod tests {
     fn features_split_on(options: &FitOptions) -> Vec<usize> {
         let fitted = fit(&data(), options).unwrap();
         assert_eq!(fitted.metrics.accuracy, 1.0);
-        let (_, tree) = model::decode(&fitted.bytes).unwrap();
+        let (_, tree) = model::linfa::decode(&fitted.bytes).unwrap();
         let mut features: Vec<usize> =
             tree.iter_nodes().filter(|n| !n.is_leaf()).map(|n| n.split().0).collect();
         features.sort_unstable();

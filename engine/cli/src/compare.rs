@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::{json, Value};
-use tokengate::{EwmaRouter, LearnedRouter, Router, StaticRouter};
+use tokengate::router::{EwmaRouter, LearnedRouter, Router, StaticRouter};
 use tokengate_workloads::mixed::{self, OracleRouter};
 
 use crate::run::{adaptation, shift_of, stream_config, workload_name, StreamArgs};

@@ -192,10 +192,11 @@ pub(crate) fn ctl(args: CtlArgs) -> Result<()> {
                     return Ok(());
                 }
                 ServerMessage::Reply(_) => {}
-                ServerMessage::Event(Event::Stats { ops, dropped_events, .. }) if watch => {
-                    if print_watch(&ops, dropped_events).is_err() {
-                        return Ok(()); // stdout closed (e.g. piped into `head`)
-                    }
+                // A watch prints each stats event; stdout closed (piped into `head`) ends it.
+                ServerMessage::Event(Event::Stats { ops, dropped_events, .. })
+                    if watch && print_watch(&ops, dropped_events).is_err() =>
+                {
+                    return Ok(());
                 }
                 ServerMessage::Event(Event::ModelSwapped { version }) if watch => {
                     eprintln!("model {version:08x} swapped in by online adaptation");
@@ -205,6 +206,8 @@ pub(crate) fn ctl(args: CtlArgs) -> Result<()> {
                     eprintln!("override by connection {by}: {cmd} {op}: {change:?}");
                 }
                 ServerMessage::Event(_) => {}
+                // Messages a newer engine may send that this build does not know.
+                _ => {}
             }
         }
         Ok(())

@@ -76,7 +76,7 @@ pub(crate) fn flood(args: FloodArgs) -> Result<()> {
         "submitted": report.submitted,
         "admitted": report.admitted,
         "rejected": report.submitted - report.admitted,
-        "capacity": engine.capacity(),
+        "capacity": engine.stats().capacity,
         "peak_rss_mib": report.peak_rss_mib,
         "wall_s": report.wall.as_secs_f64(),
     });
@@ -88,7 +88,7 @@ pub(crate) fn flood(args: FloodArgs) -> Result<()> {
             group(report.submitted),
             group(report.admitted),
             group(report.submitted - report.admitted),
-            group(engine.capacity() as u64),
+            group(engine.stats().capacity as u64),
             report.peak_rss_mib,
             report.wall.as_secs_f64()
         );

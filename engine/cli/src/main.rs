@@ -8,7 +8,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokengate::model::Model;
-use tokengate::{Engine, EngineBuilder, EwmaRouter, LearnedRouter, Router, StaticRouter};
+use tokengate::router::{EwmaRouter, LearnedRouter, Router, StaticRouter};
+use tokengate::{Engine, EngineBuilder};
 
 mod bench;
 mod compare;
@@ -91,7 +92,7 @@ struct EngineArgs {
     /// heavy lanes floating at idle priority; the default, but for `worker`) or
     /// `pinned` (the static split; the default for `worker`).
     #[arg(long, value_parser = parse_split)]
-    split: Option<tokengate::LaneSplit>,
+    split: Option<tokengate::lanes::LaneSplit>,
     /// Tokens per batch for light operations under the tag router.
     #[arg(long, default_value_t = 128)]
     batch: u32,
@@ -201,7 +202,7 @@ fn builder(args: &EngineArgs) -> EngineBuilder {
     builder
 }
 
-fn parse_split(s: &str) -> Result<tokengate::LaneSplit, String> {
+fn parse_split(s: &str) -> Result<tokengate::lanes::LaneSplit, String> {
     s.parse()
 }
 

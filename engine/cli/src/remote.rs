@@ -6,8 +6,9 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use serde_json::json;
+use tokengate::remote::RemotePlacement;
 use tokengate::remote::{RemoteConfig, Worker, WorkerConfig};
-use tokengate::{EngineBuilder, RemotePlacement};
+use tokengate::EngineBuilder;
 use tokengate_workloads::leibniz::Pyramid;
 use tokengate_workloads::mixed::MixedOps;
 
@@ -105,7 +106,7 @@ pub(crate) fn worker(args: WorkerArgs) -> Result<()> {
         // A worker serves other machines' calls, often beside other processes: its heavy
         // calls must not wait on every normal thread of the machine, as idle-priority
         // heavy lanes would (docs/lanes.md, "What SCHED_IDLE costs").
-        builder = builder.split(tokengate::LaneSplit::Pinned);
+        builder = builder.split(tokengate::lanes::LaneSplit::Pinned);
     }
     if let Some(dir) = &args.log {
         builder = builder.log_dir(dir);

@@ -6,10 +6,12 @@ use std::sync::Arc;
 use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
 use serde_json::{json, Value};
+use tokengate::adapt::Adaptation;
+use tokengate::lanes::LaneInfo;
 use tokengate::model::Model;
-use tokengate::{
-    Adaptation, AdaptiveRouter, Engine, LaneInfo, LaneSet, StaticRouter, TelemetryStats, Weight,
-};
+use tokengate::router::{AdaptiveRouter, StaticRouter};
+use tokengate::telemetry::TelemetryStats;
+use tokengate::{Engine, LaneSet, Weight};
 use tokengate_workloads::leibniz::{self, Pyramid};
 use tokengate_workloads::mixed::{self, MixedConfig, MixedOps};
 use tokengate_workloads::text;
@@ -150,10 +152,10 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
     };
     let (mut report, truths) = match outcome {
         Ok(outcome) => outcome,
-        Err(_) if engine.is_shutting_down() => {
+        Err(_) if engine.stats().shutting_down => {
             // Stopped on purpose (Ctrl-C or the control port): finish cleanly.
             engine.shutdown();
-            if let Some(stats) = engine.telemetry_stats() {
+            if let Some(stats) = engine.stats().telemetry {
                 tracing::info!("log: {} records in {} files", stats.written, stats.files.len());
             }
             tracing::warn!("stopped early: the engine was shut down before the workload finished");
@@ -162,9 +164,9 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
         Err(e) => return Err(e),
     };
     let lanes = engine.lanes();
-    let per_lane: Vec<u64> = engine.lane_stats().iter().map(|s| s.tokens).collect();
+    let per_lane: Vec<u64> = engine.stats().lanes.iter().map(|s| s.tokens).collect();
     engine.shutdown();
-    if let Some(remote) = engine.remote_stats() {
+    if let Some(remote) = engine.stats().remote {
         report["remote_tokens"] = json!(remote.remote_tokens);
         report["redelivered"] = json!(remote.redelivered);
         report["duplicate_results"] = json!(remote.duplicate_results);
@@ -177,9 +179,9 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
         report["light"] = latency_json(mixed::latency_of(&records, &truths, Weight::Light));
         report["heavy"] = latency_json(mixed::latency_of(&records, &truths, Weight::Heavy));
     }
-    report["router"] = json!(router_name(args.router, engine.model_version()));
+    report["router"] = json!(router_name(args.router, engine.stats().model_version));
     report["lanes"] = lanes_json(&lanes, &per_lane);
-    if let Some(stats) = engine.telemetry_stats().filter(|_| args.log.is_some()) {
+    if let Some(stats) = engine.stats().telemetry.filter(|_| args.log.is_some()) {
         report["telemetry"] = telemetry_json(&stats);
     }
     report["peak_rss_mib"] = json!(peak_rss_mib());
@@ -206,7 +208,7 @@ fn router_name(choice: RouterChoice, model_version: u32) -> String {
 
 fn run_leibniz(engine: &Engine, args: &RunArgs) -> Result<Value> {
     let pyramid = Pyramid::register(engine)?;
-    let by_callers = engine.caller_tokens();
+    let by_callers = engine.stats().caller_tokens;
     let bar = progress_bar(args.terms, args.json || args.terms < 1_000_000, "terms");
     let outcome = pyramid
         .run(engine, args.terms, |done| bar.set_position(done))
@@ -228,7 +230,7 @@ fn run_leibniz(engine: &Engine, args: &RunArgs) -> Result<Value> {
         "tokens_per_s": outcome.tokens_per_s(),
         "pi": outcome.pi.to_string(),
         "correct_digits": outcome.correct_digits(),
-        "caller_tokens": engine.caller_tokens() - by_callers,
+        "caller_tokens": engine.stats().caller_tokens - by_callers,
         "lane_tokens": outcome.per_lane,
         "lane_busy_share": outcome.lane_busy,
         "serial_wall_s": serial_s.map(|(wall, _)| wall),

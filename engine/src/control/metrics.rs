@@ -13,8 +13,9 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
-use super::state::{octave_counts, OpStats};
 use super::Controller;
+use crate::op::control::OpStats;
+use crate::telemetry::histogram::octave_counts;
 
 /// Latency buckets exported: upper bounds 2^10 ns (~1 µs) … 2^40 ns (~18 min); the
 /// engine's finer and coarser buckets fold into the first and into `+Inf`.

@@ -3,8 +3,9 @@
 //! that speaks it (`server.rs`, `session.rs`), the dashboard (`dashboard.rs`, `assets/`)
 //! and `/metrics` (`metrics.rs`).
 //!
-//! `state.rs` holds each operation's overrides and live counters; the lanes read them
-//! once per batch. Overrides beat the model, which beats the declared tags.
+//! Each operation's overrides and live counters live with the operation
+//! (`op/control.rs`); the lanes read them once per batch. Overrides beat the model,
+//! which beats the declared tags.
 
 use std::sync::Arc;
 
@@ -13,21 +14,21 @@ mod metrics;
 pub mod protocol;
 mod server;
 mod session;
-pub(crate) mod state;
 
+pub use crate::op::control::{OpStats, Overrides};
 pub(crate) use server::{bind, start, ControlConfig};
 pub use server::{
     generate_secret, MAX_CONNECTIONS, MAX_MESSAGE_BYTES, MAX_TCP_CONNECTIONS, SESSION_COOKIE,
 };
-pub use state::{OpStats, Overrides};
 
-use crate::core::{Shared, Shutdown};
 use crate::error::CancelSource;
+use crate::op::control::OpControl;
+use crate::op::{Shared, Shutdown};
 use crate::placement::LaneSet;
+use crate::telemetry::histogram::LATENCY_BUCKETS;
 use protocol::{
     ClassSnapshot, EngineSnapshot, LaneSnapshot, ModelSnapshot, OpSnapshot, RecentToken,
 };
-use state::OpControl;
 
 /// Manual control of a running engine: what the control port calls, available to Rust
 /// callers too (from [`Engine::controller`](crate::Engine::controller)). Cheap to clone.
@@ -279,7 +280,7 @@ impl Controller {
     }
 
     /// The latency histograms' counts by lane set (light, heavy, remote).
-    pub(crate) fn set_latency_counts(&self) -> [[u64; state::LATENCY_BUCKETS]; 3] {
+    pub(crate) fn set_latency_counts(&self) -> [[u64; LATENCY_BUCKETS]; 3] {
         std::array::from_fn(|set| self.shared.set_latency[set].read().0)
     }
 

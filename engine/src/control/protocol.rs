@@ -19,7 +19,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::control::state::Overrides;
+use crate::op::control::Overrides;
 use crate::placement::LaneSet;
 
 /// One request frame: an `id` (any JSON value, echoed) and a command.
@@ -44,6 +44,7 @@ impl Request {
 /// omitting it means every operation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Command {
     /// Admitted work of the operation (or all) waits, keeping its place and permits.
     Pause {
@@ -255,6 +256,7 @@ pub enum ErrorCode {
 
 /// Live numbers of one operation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct OpSnapshot {
     /// Its name.
     pub op: String,
@@ -301,6 +303,7 @@ pub struct OpSnapshot {
 
 /// The engine beside its operations: lanes and model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct EngineSnapshot {
     /// One entry per lane.
     pub lanes: Vec<LaneSnapshot>,
@@ -314,6 +317,7 @@ pub struct EngineSnapshot {
 
 /// End-to-end latency of the tokens one lane set resolved in a window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct SetLatency {
     /// The lane set.
     pub set: LaneSet,
@@ -326,6 +330,7 @@ pub struct SetLatency {
 
 /// Live numbers of one lane.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct LaneSnapshot {
     /// The lane's index.
     pub lane: usize,
@@ -345,6 +350,7 @@ pub struct LaneSnapshot {
 
 /// The model routing now, and how its recent predictions fared.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ModelSnapshot {
     /// Its version (0: routing without a model).
     pub version: u32,
@@ -360,6 +366,7 @@ pub struct ModelSnapshot {
 
 /// One cost class of the model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ClassSnapshot {
     /// Lowest runtime in the class (ns).
     pub min_ns: u64,
@@ -373,6 +380,7 @@ pub struct ClassSnapshot {
 
 /// One recent token: the class the model predicted and the class its run time fell in.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct RecentToken {
     /// The token's id.
     pub token: u64,
@@ -391,6 +399,7 @@ pub struct RecentToken {
 /// What an override event says changed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Change {
     /// `{"paused":true|false}`
     Paused(bool),
@@ -407,6 +416,7 @@ pub enum Change {
 /// A message the server sends without being asked.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Event {
     /// Periodic stats for a subscriber.
     Stats {
@@ -439,6 +449,7 @@ pub enum Event {
 /// Anything the server sends: an event or a reply.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
+#[non_exhaustive]
 pub enum ServerMessage {
     /// An event (has an `event` field).
     Event(Event),
@@ -469,6 +480,11 @@ pub fn parse_request(text: &str) -> Result<Request, Reply> {
     let cmd = cmd.to_string();
     serde_json::from_value(value)
         .map_err(|e| Reply::error(id, ErrorCode::BadRequest, format!("{cmd}: {e}")))
+}
+
+/// The JSON text of a protocol message.
+pub(crate) fn to_json(value: &impl serde::Serialize) -> String {
+    serde_json::to_string(value).expect("protocol types always serialise")
 }
 
 #[cfg(test)]

@@ -255,7 +255,7 @@ impl Server {
         let (overrides, _) = broadcast::channel(256);
         let swaps = overrides.clone();
         controller.on_model_swap(move |version| {
-            let _ = swaps.send(super::session::to_json(&Event::ModelSwapped { version }));
+            let _ = swaps.send(super::protocol::to_json(&Event::ModelSwapped { version }));
         });
         let metrics = super::metrics::registry(controller.clone());
         Ok(Server {
@@ -316,7 +316,7 @@ impl Server {
                         WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
                     let id = server.next_connection.fetch_add(1, Ordering::Relaxed);
                     tracing::info!("control connection {id} opened");
-                    server.session(socket, id).await;
+                    super::session::serve(&server.controller, &server.overrides, socket, id).await;
                     tracing::info!("control connection {id} closed");
                 }
                 Err(error) => tracing::debug!("a WebSocket upgrade failed: {error}"),

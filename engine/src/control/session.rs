@@ -14,15 +14,16 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use super::protocol::to_json;
 use super::protocol::{
     parse_request, Change, Command, EngineSnapshot, ErrorCode, Event, OpSnapshot, Reply,
     SetLatency, ShutdownMode,
 };
-use super::server::Server;
-use super::state::{quantile_of, LATENCY_BUCKETS};
 use super::ControlError;
-use crate::core::Shutdown;
+use super::Controller;
+use crate::op::Shutdown;
 use crate::placement::LaneSet;
+use crate::telemetry::histogram::{quantile_of, LATENCY_BUCKETS};
 
 const RATE_PER_S: f64 = 100.0;
 const BURST: f64 = 200.0;
@@ -44,8 +45,28 @@ struct Previous {
     sets: Option<[[u64; LATENCY_BUCKETS]; 3]>,
 }
 
-impl Server {
-    pub(super) async fn session<S>(&self, socket: WebSocketStream<S>, conn: u64)
+/// What a session needs of the server: the engine's controller, and the channel of
+/// override and model-swap events every subscriber hears.
+struct Session<'a> {
+    controller: &'a Controller,
+    overrides: &'a broadcast::Sender<String>,
+}
+
+/// Serves one authenticated WebSocket connection (`conn`: its number, for the
+/// logs) until it closes.
+pub(super) async fn serve<S>(
+    controller: &Controller,
+    overrides: &broadcast::Sender<String>,
+    socket: WebSocketStream<S>,
+    conn: u64,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    Session { controller, overrides }.run(socket, conn).await
+}
+
+impl Session<'_> {
+    async fn run<S>(&self, socket: WebSocketStream<S>, conn: u64)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -299,10 +320,6 @@ fn set_latency(
         .collect()
 }
 
-pub(super) fn to_json(value: &impl serde::Serialize) -> String {
-    serde_json::to_string(value).expect("protocol types always serialise")
-}
-
 fn close(code: CloseCode, reason: &str) -> Message {
     Message::Close(Some(CloseFrame {
         code,
@@ -316,7 +333,7 @@ mod tests {
 
     #[test]
     fn set_latency_is_the_window_between_two_reads() {
-        use super::super::state::bucket_of;
+        use crate::telemetry::histogram::bucket_of;
         let (fast, slow, heavy) = (bucket_of(1_000), bucket_of(1_000_000), bucket_of(30_000));
         let mut before = [[0u64; LATENCY_BUCKETS]; 3];
         before[0][fast] = 500; // light: 500 tokens of ~1 µs, before the window

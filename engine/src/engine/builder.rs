@@ -9,10 +9,10 @@ use super::Engine;
 use crate::adapt::{Adaptation, Adapter};
 use crate::admission::Admission;
 use crate::control::{ControlConfig, Controller};
-use crate::core::Shared;
 use crate::error::BuildError;
 use crate::lanes::{self, LaneConfig, Lanes, StealPolicy, LIGHT_BUDGET, MAX_LANES};
 use crate::model::Model;
+use crate::op::Shared;
 use crate::placement::LaneSplit;
 use crate::router::{EwmaRouter, LearnedRouter, Router, StaticRouter};
 use crate::telemetry::{Sink, Tap, Telemetry};
@@ -41,6 +41,14 @@ pub struct EngineBuilder {
     adapt: Option<Adaptation>,
     #[cfg(feature = "nats")]
     nats: Option<crate::remote::RemoteConfig>,
+}
+
+impl Engine {
+    /// A builder with the defaults: one light lane pinned per usable core, heavy lanes
+    /// floating over them at idle priority, routed by tags and running averages.
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder::default()
+    }
 }
 
 impl Default for EngineBuilder {
@@ -162,7 +170,7 @@ impl EngineBuilder {
     }
 
     /// Adapts the cost model while the engine runs: routes with `adaptation`'s
-    /// [`AdaptiveRouter`](crate::AdaptiveRouter) (replacing any other router) and
+    /// [`AdaptiveRouter`](crate::router::AdaptiveRouter) (replacing any other router) and
     /// re-fits its model on recent telemetry in a background thread, swapping in a
     /// candidate when it predicts the newest rows better. Turns telemetry on (add
     /// [`log_sample`](EngineBuilder::log_sample) to keep its cost down). See
@@ -217,7 +225,7 @@ impl EngineBuilder {
 
     /// Caps the Parquet a log directory holds (default 1 GiB; segments already in the
     /// directory count): past it the writer stops writing and counts the rows it did not
-    /// keep ([`TelemetryStats::over_cap`](crate::TelemetryStats::over_cap)). Logging
+    /// keep ([`TelemetryStats::over_cap`](crate::telemetry::TelemetryStats::over_cap)). Logging
     /// every token of a fast workload writes ~18 MB/s.
     pub fn log_max_bytes(mut self, bytes: u64) -> Self {
         self.log_max_bytes = bytes;
@@ -280,7 +288,7 @@ impl EngineBuilder {
         let adapter =
             self.adapt.clone().map(|adaptation| Adapter::new(adaptation, Arc::clone(&op_names)));
         let tap = adapter.clone().map(|adapter| {
-            Arc::new(move |rows: &[crate::TokenRecord]| adapter.observe(rows)) as Tap
+            Arc::new(move |rows: &[crate::telemetry::TokenRecord]| adapter.observe(rows)) as Tap
         });
         let telemetry = (self.log_dir.is_some() || self.log_memory || adapter.is_some())
             .then(|| {

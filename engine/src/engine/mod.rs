@@ -10,12 +10,47 @@ pub use builder::EngineBuilder;
 
 use crate::adapt::AdaptStatus;
 use crate::control::{ControlError, Controller, OpStats, Overrides};
-use crate::core::{Shared, Shutdown};
 use crate::error::RegisterError;
 use crate::lanes::{LaneInfo, LaneStats};
 use crate::op::{Operation, OperationBuilder};
+use crate::op::{Shared, Shutdown};
 use crate::placement::Weight;
 use crate::telemetry::{TelemetryStats, TokenRecord};
+
+/// A snapshot of an engine's counters, from [`Engine::stats`]: one read of each, so
+/// the fields are each current but not taken at one instant together.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct EngineStats {
+    /// The admission capacity (tokens).
+    pub capacity: usize,
+    /// Tokens admitted and not yet processed.
+    pub in_flight: usize,
+    /// Estimated bytes those tokens hold (see [`EngineBuilder::memory_capacity`]).
+    pub memory_in_flight: usize,
+    /// True once a shutdown has begun (new work is rejected).
+    pub shutting_down: bool,
+    /// The router's model fingerprint (0 when routing without a model).
+    pub model_version: u32,
+    /// Tokens and batches each lane has processed so far.
+    pub lanes: Vec<LaneStats>,
+    /// Tokens run by callers outside the lanes while they waited on a token and the
+    /// lanes were backlogged (not counted in `lanes`).
+    pub caller_tokens: u64,
+    /// Lanes replaced because a call overran its deadline (their old threads retire
+    /// when the call returns).
+    pub stuck_lanes: u64,
+    /// Every operation's name, counters and overrides, in registration order.
+    pub operations: Vec<(String, OpStats, Overrides)>,
+    /// What the telemetry has recorded, dropped and written so far (final after
+    /// [`Engine::shutdown`]); `None` when logging is off.
+    pub telemetry: Option<TelemetryStats>,
+    /// What online adaptation has done so far (`None` without
+    /// [`EngineBuilder::adapt`]).
+    pub adaptation: Option<AdaptStatus>,
+    /// What the link to remote workers has done, when the engine has one.
+    pub remote: Option<crate::remote::RemoteStats>,
+}
 
 /// Runs registered operations as tokens on core-pinned lanes.
 ///
@@ -39,11 +74,6 @@ impl Engine {
             control_addr: None,
             started: Instant::now(),
         }
-    }
-
-    /// A builder with the defaults: one pinned lane per usable core, one of them heavy.
-    pub fn builder() -> EngineBuilder {
-        EngineBuilder::default()
     }
 
     /// Registers an infallible function as an operation.
@@ -97,8 +127,39 @@ impl Engine {
         OperationBuilder::new(&self.shared, name, weight)
     }
 
+    /// A snapshot of the engine's counters: admission, lanes, operations, telemetry,
+    /// adaptation and the remote link.
+    ///
+    /// ```
+    /// # let engine = tokengate::Engine::builder().build()?;
+    /// let square = engine.register("square", tokengate::Weight::Light, |x: u64| x * x)?;
+    /// square.submit(3).wait()?;
+    /// let stats = engine.stats();
+    /// assert_eq!(stats.in_flight, 0);
+    /// assert_eq!(stats.operations[0].1.completed, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn stats(&self) -> EngineStats {
+        let shared = &self.shared;
+        EngineStats {
+            capacity: shared.admission.capacity(),
+            in_flight: shared.admission.in_flight(),
+            memory_in_flight: shared.admission.memory(),
+            shutting_down: shared.admission.is_closed(),
+            model_version: shared.router.model_version(),
+            lanes: shared.lanes.stats(),
+            caller_tokens: shared.lanes.by_callers(),
+            stuck_lanes: shared.lanes.replaced(),
+            operations: self.controller().op_stats(),
+            telemetry: shared.lanes.telemetry().map(|t| t.stats()),
+            adaptation: shared.adapter.as_ref().map(|a| a.status()),
+            remote: shared.remote.get().map(|link| link.stats()),
+        }
+    }
+
     /// What the telemetry has recorded, dropped and written so far (final after
     /// [`Engine::shutdown`]); `None` when logging is off.
+    #[deprecated(since = "0.2.0", note = "use `Engine::stats().telemetry`")]
     pub fn telemetry_stats(&self) -> Option<TelemetryStats> {
         self.shared.lanes.telemetry().map(|t| t.stats())
     }
@@ -109,6 +170,7 @@ impl Engine {
     }
 
     /// The router's model fingerprint (0 when routing without a model).
+    #[deprecated(since = "0.2.0", note = "use `Engine::stats().model_version`")]
     pub fn model_version(&self) -> u32 {
         self.shared.router.model_version()
     }
@@ -119,21 +181,25 @@ impl Engine {
     }
 
     /// Tokens and batches each lane has processed so far.
+    #[deprecated(since = "0.2.0", note = "use `Engine::stats().lanes`")]
     pub fn lane_stats(&self) -> Vec<LaneStats> {
         self.shared.lanes.stats()
     }
 
     /// The admission capacity.
+    #[deprecated(since = "0.2.0", note = "use `Engine::stats().capacity`")]
     pub fn capacity(&self) -> usize {
         self.shared.admission.capacity()
     }
 
     /// Tokens admitted and not yet processed.
+    #[deprecated(since = "0.2.0", note = "use `Engine::stats().in_flight`")]
     pub fn in_flight(&self) -> usize {
         self.shared.admission.in_flight()
     }
 
     /// Estimated bytes those tokens hold (see [`EngineBuilder::memory_capacity`]).
+    #[deprecated(since = "0.2.0", note = "use `Engine::stats().memory_in_flight`")]
     pub fn memory_in_flight(&self) -> usize {
         self.shared.admission.memory()
     }
@@ -196,12 +262,12 @@ impl Engine {
         } else {
             format!("{} pinned to cores {pinned:?}, the rest unpinned", pinned.len())
         };
-        let lowered = lanes.iter().find(|l| l.priority != crate::LanePriority::Normal);
+        let lowered = lanes.iter().find(|l| l.priority != crate::placement::LanePriority::Normal);
         let pinning = match lowered {
             Some(lane) => format!("{pinning}; heavy lanes at {} priority", lane.priority),
             None => pinning,
         };
-        let model = match self.model_version() {
+        let model = match self.stats().model_version {
             0 => "no model".to_string(),
             version => format!("model {version:08x}"),
         };
@@ -209,14 +275,15 @@ impl Engine {
         tracing::info!(
             "engine started: {} lanes ({heavy} heavy), {pinning}; {model}; capacity {}{control}",
             lanes.len(),
-            self.capacity()
+            self.stats().capacity
         );
     }
 
     fn log_stopped(&self) {
-        let tokens = self.lane_stats().iter().map(|s| s.tokens).sum::<u64>() + self.caller_tokens();
+        let tokens =
+            self.stats().lanes.iter().map(|s| s.tokens).sum::<u64>() + self.stats().caller_tokens;
         let secs = self.started.elapsed().as_secs_f64();
-        let telemetry = match self.telemetry_stats() {
+        let telemetry = match self.stats().telemetry {
             Some(t) if !t.files.is_empty() || t.dropped > 0 => format!(
                 "; telemetry: {} rows in {} segments, {} dropped",
                 t.written,
@@ -227,7 +294,7 @@ impl Engine {
         };
         tracing::info!(
             "engine stopped: {tokens} tokens in {secs:.3} s, {} stuck lanes replaced{telemetry}",
-            self.stuck_workers()
+            self.stats().stuck_lanes
         );
     }
 
@@ -254,6 +321,7 @@ impl Engine {
     }
 
     /// Every operation's counters and overrides, in registration order.
+    #[deprecated(since = "0.2.0", note = "use `Engine::stats().operations`")]
     pub fn op_stats(&self) -> Vec<(String, OpStats, Overrides)> {
         self.controller().op_stats()
     }
@@ -264,31 +332,36 @@ impl Engine {
     }
 
     /// True once a shutdown has begun (new work is rejected).
+    #[deprecated(since = "0.2.0", note = "use `Engine::stats().shutting_down`")]
     pub fn is_shutting_down(&self) -> bool {
         self.shared.admission.is_closed()
     }
 
     /// Lanes replaced because a call overran its deadline (their old threads retire
     /// when the call returns).
+    #[deprecated(since = "0.2.0", note = "use `Engine::stats().stuck_lanes`")]
     pub fn stuck_workers(&self) -> u64 {
         self.shared.lanes.replaced()
     }
 
     /// What online adaptation has done so far (`None` without
     /// [`EngineBuilder::adapt`]).
+    #[deprecated(since = "0.2.0", note = "use `Engine::stats().adaptation`")]
     pub fn adapt_status(&self) -> Option<AdaptStatus> {
         self.shared.adapter.as_ref().map(|a| a.status())
     }
 
     /// Tokens run by callers outside the lanes while they waited on a token and the
     /// lanes were backlogged (not counted in [`Engine::lane_stats`]).
+    #[deprecated(since = "0.2.0", note = "use `Engine::stats().caller_tokens`")]
     pub fn caller_tokens(&self) -> u64 {
         self.shared.lanes.by_callers()
     }
 
     /// What the link to remote workers has done, when the engine has one
     /// ([`EngineBuilder::nats`]).
-    pub fn remote_stats(&self) -> Option<crate::RemoteStats> {
+    #[deprecated(since = "0.2.0", note = "use `Engine::stats().remote`")]
+    pub fn remote_stats(&self) -> Option<crate::remote::RemoteStats> {
         self.shared.remote.get().map(|link| link.stats())
     }
 
@@ -302,7 +375,7 @@ impl Engine {
 
     /// The remote-capable operations, which a [`Worker`](crate::remote) serves.
     #[cfg_attr(not(feature = "nats"), allow(dead_code))]
-    pub(crate) fn served_ops(&self) -> Vec<std::sync::Arc<dyn crate::op::RemoteServe>> {
+    pub(crate) fn served_ops(&self) -> Vec<std::sync::Arc<dyn crate::remote::RemoteServe>> {
         self.shared.served()
     }
 }
@@ -341,8 +414,8 @@ impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
             .field("lanes", &self.shared.lanes.len())
-            .field("capacity", &self.capacity())
-            .field("in_flight", &self.in_flight())
+            .field("capacity", &self.stats().capacity)
+            .field("in_flight", &self.stats().in_flight)
             .field("router", &self.shared.router)
             .finish()
     }

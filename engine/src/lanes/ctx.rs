@@ -7,12 +7,11 @@
 
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crossbeam_channel::Sender;
 
-use super::Lanes;
 use crate::admission::{OpQueue, Permit};
 use crate::telemetry::{Telemetry, TokenRecord, FLUSH_ROWS};
 
@@ -30,9 +29,17 @@ pub(super) struct Watch {
     pub(super) row: Option<(TokenRecord, Instant)>,
 }
 
-/// A lane's own state, handed to each batch it runs.
+/// A lane's own state, handed to each batch it runs. It holds what a batch reaches of
+/// the lane set (the abort flag, the lane's deadline marks), not the set itself: the
+/// set holds batches, and a batch's `run` takes this.
 pub(crate) struct LaneCtx {
-    lanes: Arc<Lanes>,
+    /// The address of the lane set this context serves: who it is, for
+    /// [`LaneCtx::current_lane`].
+    set_id: usize,
+    /// The set's abort flag (an aborting shutdown).
+    abort: Arc<AtomicBool>,
+    /// The deadline marks of the calls running on this lane (nested ones stack up).
+    marks: Arc<Mutex<Vec<Watch>>>,
     pub(crate) index: u16,
     /// The pinned core, or -1.
     pub(crate) core: i32,
@@ -74,13 +81,23 @@ thread_local! {
 }
 
 impl LaneCtx {
-    pub(super) fn new(lanes: Arc<Lanes>, index: usize, core: i32, stuck: Arc<AtomicBool>) -> Self {
-        let telemetry =
-            lanes.telemetry.as_ref().and_then(|t| t.sender().map(|sender| (Arc::clone(t), sender)));
+    /// The context of lane `index` (pinned to `core`, or -1) of the lane set at
+    /// `set_id`, run by the thread whose stuck flag is `stuck`.
+    pub(super) fn new(
+        set_id: usize,
+        abort: Arc<AtomicBool>,
+        marks: Arc<Mutex<Vec<Watch>>>,
+        telemetry: Option<&Arc<Telemetry>>,
+        (index, core): (usize, i32),
+        stuck: Arc<AtomicBool>,
+    ) -> Self {
+        let telemetry = telemetry.and_then(|t| t.sender().map(|sender| (Arc::clone(t), sender)));
         let fresh = telemetry.as_ref().is_some_and(|(t, _)| t.fresh);
         let records = if telemetry.is_some() { Vec::with_capacity(FLUSH_ROWS) } else { Vec::new() };
         LaneCtx {
-            lanes,
+            set_id,
+            abort,
+            marks,
             index: index as u16,
             core,
             batches: Cell::new(0),
@@ -121,18 +138,15 @@ impl LaneCtx {
         f()
     }
 
-    /// The lane of `lanes` this thread serves now, if any (a retired thread serves none).
-    pub(super) fn current_lane(lanes: &Lanes) -> Option<usize> {
+    /// The lane of the set at `set_id` this thread serves now, if any (a retired thread
+    /// serves none).
+    pub(super) fn current_lane(set_id: usize) -> Option<usize> {
         CURRENT.with(|current| {
             // SAFETY: `CURRENT` is non-null only inside `enter`, which borrows the context
             // for its whole duration on this very thread.
             let ctx = unsafe { current.get().as_ref() }?;
-            (std::ptr::eq(&*ctx.lanes, lanes) && !ctx.is_retired()).then_some(ctx.index.into())
+            (ctx.set_id == set_id && !ctx.is_retired()).then_some(ctx.index.into())
         })
-    }
-
-    pub(super) fn lanes(&self) -> &Lanes {
-        &self.lanes
     }
 
     /// True once the lane was given to a replacement thread (see `stuck`).
@@ -158,7 +172,7 @@ impl LaneCtx {
 
     /// True once the engine is shutting down with `Abort`: queued work is cancelled.
     pub(crate) fn aborting(&self) -> bool {
-        self.lanes.is_aborting()
+        self.abort.load(Ordering::Relaxed)
     }
 
     /// Marks this lane as running `token_id` under a deadline. Marks stack up when a
@@ -170,18 +184,16 @@ impl LaneCtx {
         permit: Permit,
         row: Option<(TokenRecord, Instant)>,
     ) {
-        let lane = &self.lanes.lanes[usize::from(self.index)];
         let owner = Arc::clone(&self.stuck);
         let mark = Watch { token_id, queue: Arc::clone(queue), permit, owner, row };
-        lane.watch.lock().unwrap_or_else(|e| e.into_inner()).push(mark);
+        self.marks.lock().unwrap_or_else(|e| e.into_inner()).push(mark);
     }
 
     /// Clears this thread's mark for `token_id`. False if a deadline took it (the lane
     /// was replaced because of this call; the replacement then owns its permit and this
     /// thread must retire).
     pub(crate) fn unwatch(&self, token_id: u64) -> bool {
-        let lane = &self.lanes.lanes[usize::from(self.index)];
-        let mut marks = lane.watch.lock().unwrap_or_else(|e| e.into_inner());
+        let mut marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
         let mine =
             marks.iter().position(|w| w.token_id == token_id && Arc::ptr_eq(&w.owner, &self.stuck));
         mine.map(|at| marks.remove(at)).is_some()

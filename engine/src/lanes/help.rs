@@ -40,9 +40,16 @@ const HELP_PARK: Duration = Duration::from_millis(1);
 /// Nesting past which a waiting lane takes only its own newest local work.
 const MAX_DEPTH: u32 = 48;
 
-impl Helper for LaneCtx {
+/// A lane thread as the helper of the waits its calls make: its lane set and its
+/// context.
+pub(super) struct LaneHelper<'a> {
+    pub(super) lanes: &'a Lanes,
+    pub(super) ctx: &'a LaneCtx,
+}
+
+impl Helper for LaneHelper<'_> {
     fn help(&self, done: &dyn Fn() -> bool) {
-        self.lanes().help(self, done);
+        self.lanes.help(self.ctx, done);
     }
 }
 
@@ -126,7 +133,7 @@ impl Outside for Lanes {
         // channel open past its shutdown.
         let Some(me) = self.me.upgrade() else { return false };
         let stuck = Arc::clone(&self.outside_stuck);
-        let ctx = LaneCtx::new(me, usize::from(OUTSIDE_LANE), -1, stuck);
+        let ctx = me.context(usize::from(OUTSIDE_LANE), -1, stuck);
         let mut ran = false;
         while !done() && self.shared_len(light) >= backlog {
             let Some(job) = self.take_shared(light) else { break };

@@ -31,8 +31,6 @@ use std::sync::atomic::{fence, AtomicU64, Ordering};
 #[cfg(tokengate_loom)]
 use loom::sync::atomic::{fence, AtomicU64, Ordering};
 
-use super::{LaneSet, Lanes};
-
 /// The lanes that are (about to be) parked: bit i for lane i.
 #[derive(Debug)]
 pub(super) struct IdleSet(AtomicU64);
@@ -85,64 +83,6 @@ impl IdleSet {
     pub(super) fn clear(&self) {
         self.0.store(0, Ordering::SeqCst);
     }
-}
-
-impl Lanes {
-    pub(super) fn wake_one(&self, queue: usize, mut idle: u64) {
-        loop {
-            let candidates = match idle & self.primary[queue] {
-                0 if queue == LaneSet::Heavy.index() && !self.light_may_take_heavy() => 0,
-                0 => idle & self.takers[queue],
-                some => some,
-            };
-            if candidates == 0 {
-                return;
-            }
-            let bit = match self.local_lane(candidates) {
-                Some(bit) => bit,
-                None => 1u64 << candidates.trailing_zeros(),
-            };
-            // Claim the sleeper so the next push wakes a different one.
-            let before = self.idle.claim(bit);
-            if before & bit != 0 {
-                self.lanes[bit.trailing_zeros() as usize].unpark();
-                return;
-            }
-            idle = before & !bit;
-        }
-    }
-
-    /// Under the preemptive split, the bit of the lane among `candidates` pinned to the
-    /// core this thread runs on, if any: waking it needs no interrupt to another core,
-    /// and preempts no heavy call (this core runs the pusher, not a heavy lane).
-    pub(super) fn local_lane(&self, candidates: u64) -> Option<u64> {
-        if self.floating == 0 || candidates & !self.floating == 0 {
-            return None;
-        }
-        let cpu = current_cpu()?;
-        let index = self.lanes.iter().position(|lane| lane.core.is_some_and(|c| c.id == cpu))?;
-        let bit = 1u64 << index;
-        (candidates & bit != 0).then_some(bit)
-    }
-
-    pub(super) fn wake_all(&self) {
-        self.idle.clear();
-        for lane in self.lanes.iter() {
-            lane.unpark();
-        }
-    }
-}
-
-/// The CPU the calling thread runs on (a vDSO call on Linux; none elsewhere).
-fn current_cpu() -> Option<usize> {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: `sched_getcpu` takes no arguments and only reads the CPU number.
-        let cpu = unsafe { libc::sched_getcpu() };
-        usize::try_from(cpu).ok()
-    }
-    #[cfg(not(target_os = "linux"))]
-    None
 }
 
 /// The hand-off, model-checked (`RUSTFLAGS="--cfg tokengate_loom" cargo test -p tokengate

@@ -30,7 +30,7 @@ pub(crate) trait Job: Send + Sync {
 
     /// Cancels every token of the batch that has not started, and gives its permits
     /// back (for batches set aside, on a `cancel` command).
-    fn cancel_all(self: Arc<Self>, by: crate::CancelSource);
+    fn cancel_all(self: Arc<Self>, by: crate::error::CancelSource);
 }
 
 /// How a batch left its lane.
@@ -72,7 +72,7 @@ impl BoxJob {
     }
 
     /// See [`Job::cancel_all`].
-    pub(crate) fn cancel_all(self, by: crate::CancelSource) {
+    pub(crate) fn cancel_all(self, by: crate::error::CancelSource) {
         self.0.cancel_all(by)
     }
 }

@@ -1,4 +1,9 @@
-//! Lanes: worker threads fed by two shared queues — under the default preemptive split
+//! The lanes: the threads that run tokens. A user sees them as set up
+//! ([`LaneInfo`], from [`Engine::lanes`](crate::Engine::lanes)), as counted
+//! ([`LaneStats`], in [`EngineStats::lanes`](crate::EngineStats::lanes)) and as
+//! configured ([`LaneSplit`], [`LanePriority`], [`LaneSet`]).
+//!
+//! Inside: threads fed by two shared queues — under the default preemptive split
 //! one light lane pinned per usable core and heavy lanes floating over those cores at the
 //! lowest priority (`priority.rs`, docs/lanes.md); under the pinned split one lane per
 //! core, the last ones heavy.
@@ -30,7 +35,7 @@ use std::time::{Duration, Instant};
 use crossbeam_deque::{Injector, Steal};
 
 use crate::admission::Admission;
-use crate::placement::{LanePriority, LaneSet, LaneSplit};
+pub use crate::placement::{LanePriority, LaneSet, LaneSplit};
 use crate::telemetry::Telemetry;
 
 mod ctx;
@@ -43,6 +48,7 @@ mod order;
 mod priority;
 mod steal;
 mod thread_life;
+mod wake;
 mod worker;
 
 pub(crate) use ctx::LaneCtx;
@@ -100,7 +106,7 @@ struct Lane {
     thread: Mutex<Option<Thread>>,
     info: OnceLock<LaneInfo>,
     /// The deadline marks of the calls running on the lane (nested ones stack up).
-    watch: Mutex<Vec<Watch>>,
+    watch: Arc<Mutex<Vec<Watch>>>,
     /// Batches only this lane may run (locality).
     own: Injector<BoxJob>,
     /// Batches submitted from this lane's thread (see `local.rs`).
@@ -117,6 +123,7 @@ impl Lane {
 
 /// Counters of one lane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LaneStats {
     /// Tokens taken by this lane (run, or skipped because already resolved).
     pub tokens: u64,
@@ -150,7 +157,7 @@ pub(crate) struct Lanes {
     /// Arrivals of light work, for the cost-aware rule.
     arrivals: LightArrivals,
     shutdown: AtomicBool,
-    abort: AtomicBool,
+    abort: Arc<AtomicBool>,
     /// When the lanes started: the origin of each lane's busy time.
     epoch: Instant,
     telemetry: Option<Arc<Telemetry>>,
@@ -209,7 +216,7 @@ impl Lanes {
                 idle_since: AtomicU64::new(0),
                 thread: Mutex::new(None),
                 info: OnceLock::new(),
-                watch: Mutex::new(Vec::new()),
+                watch: Arc::default(),
                 own: Injector::new(),
                 local: LocalQueue::default(),
             })
@@ -244,7 +251,7 @@ impl Lanes {
             long: [LongQueue::light(), LongQueue::heavy()],
             arrivals: LightArrivals::default(),
             shutdown: AtomicBool::new(false),
-            abort: AtomicBool::new(false),
+            abort: Arc::new(AtomicBool::new(false)),
             telemetry: config.telemetry,
             admission: config.admission,
             pin: config.pin,
@@ -273,6 +280,19 @@ impl Lanes {
     }
 
     /// Cancels all queued work from now on (shutdown with `Abort`).
+    /// Who this lane set is (its address): what a lane's context remembers of it.
+    fn id(&self) -> usize {
+        self as *const Lanes as usize
+    }
+
+    /// The context of lane `index` (`OUTSIDE_LANE`: a thread outside the lanes helping
+    /// them), pinned to `core` (or -1), for the thread whose stuck flag is `stuck`.
+    fn context(&self, index: usize, core: i32, stuck: Arc<AtomicBool>) -> LaneCtx {
+        let marks = self.lanes.get(index).map_or_else(Arc::default, |lane| Arc::clone(&lane.watch));
+        let abort = Arc::clone(&self.abort);
+        LaneCtx::new(self.id(), abort, marks, self.telemetry.as_ref(), (index, core), stuck)
+    }
+
     pub(crate) fn begin_abort(&self) {
         self.abort.store(true, Ordering::SeqCst);
         self.wake_all();
@@ -355,7 +375,7 @@ impl Lanes {
     /// first for it, the oldest stealable by lanes that may take it).
     pub(crate) fn push(&self, set: LaneSet, job: BoxJob) {
         let queue = self.queue_index(set);
-        match LaneCtx::current_lane(self) {
+        match LaneCtx::current_lane(self.id()) {
             // Preemptive split: every lane keeps what it submits, so a wait finds its
             // children whatever their set (the other set's lanes steal them meanwhile).
             Some(lane) if self.takers[queue] & (1 << lane) != 0 || self.floating != 0 => {
@@ -561,7 +581,7 @@ mod tests {
         fn may_run_outside(&self) -> bool {
             true
         }
-        fn cancel_all(self: Arc<Self>, _: crate::CancelSource) {}
+        fn cancel_all(self: Arc<Self>, _: crate::error::CancelSource) {}
     }
 
     fn job(timed: Timed) -> BoxJob {
@@ -600,13 +620,31 @@ mod tests {
         lanes.push(LaneSet::Heavy, job(Timed(3, 300_000)));
         assert_eq!(next(&lanes, 1), Some(3), "the heavy lane too: short first");
         assert_eq!(next(&lanes, 1), Some(1), "then the long one");
+        // 16 × 3 ms: the slowdown the aging allows a 3 ms batch.
+        let aged = Duration::from_nanos(3_000_000 * order::AGING_SLOWDOWN);
         lanes.push(LaneSet::Heavy, job(Timed(4, 3_000_000)));
-        std::thread::sleep(order::HEAVY_MAX_AGE * 2);
+        std::thread::sleep(aged + Duration::from_millis(5));
         lanes.push(LaneSet::Heavy, job(Timed(5, 300_000)));
         assert_eq!(next(&lanes, 1), Some(4), "an aged long batch goes first");
         assert_eq!(next(&lanes, 1), Some(5));
         assert_eq!(lanes.queued_ns[1].load(Ordering::Relaxed), 0, "costs are given back");
         assert_eq!(lanes.long[1].queued_ns(), 0);
+    }
+
+    #[test]
+    fn long_heavy_batches_go_shortest_predicted_first_with_aging() {
+        let lanes = lanes(false, 1);
+        lanes.push(LaneSet::Heavy, job(Timed(1, 20_000_000)));
+        lanes.push(LaneSet::Heavy, job(Timed(2, 2_000_000)));
+        assert_eq!(next(&lanes, 1), Some(2), "the shorter prediction first");
+        assert_eq!(next(&lanes, 1), Some(1));
+        // A 3 ms batch that has waited over 16 ms has over 1 ms of credit: it goes
+        // before a fresh 2 ms one.
+        lanes.push(LaneSet::Heavy, job(Timed(3, 3_000_000)));
+        std::thread::sleep(Duration::from_millis(16 * 2));
+        lanes.push(LaneSet::Heavy, job(Timed(4, 2_000_000)));
+        assert_eq!(next(&lanes, 1), Some(3), "aged by its wait");
+        assert_eq!(next(&lanes, 1), Some(4));
     }
 
     fn lanes(isolate_heavy: bool, steal_backlog: usize) -> Arc<Lanes> {

@@ -1,5 +1,5 @@
 //! Thread priority and affinity for the preemptive split (see
-//! [`LaneSplit::Preemptive`](crate::LaneSplit)).
+//! [`LaneSplit::Preemptive`](crate::placement::LaneSplit)).
 //!
 //! Light lanes keep the OS's normal priority, one pinned to each core. Heavy lanes are
 //! allowed onto every core of the engine and run under Linux's `SCHED_IDLE`: the
@@ -13,7 +13,7 @@
 //! refuse `SCHED_IDLE`; the thread then asks for nice 19 (weighted about 1/70 of a normal
 //! thread by CFS, but not preempted at once), and where that is refused too it runs at
 //! normal priority and says so (once, as a warning, and in each lane's
-//! [`LaneInfo::priority`](crate::LaneInfo)). The calling thread is the only one
+//! [`LaneInfo::priority`](crate::lanes::LaneInfo)). The calling thread is the only one
 //! changed: the process's other threads keep their priority.
 
 use crate::placement::LanePriority;

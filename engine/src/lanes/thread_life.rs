@@ -6,7 +6,8 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
 
-use super::{priority, Lane, LaneCtx, LaneInfo, Lanes, RunEnd};
+use super::help::LaneHelper;
+use super::{priority, Lane, LaneInfo, Lanes, RunEnd};
 use crate::placement::LanePriority;
 use crate::token::with_helper;
 
@@ -142,11 +143,12 @@ fn lane_thread(
         let info = pin_current(index, lane, &lanes);
         let core = if info.pinned { info.core.map_or(-1, |c| c as i32) } else { -1 };
         let _ = lane.info.set(info);
-        let ctx = LaneCtx::new(Arc::clone(&lanes), index, core, Arc::clone(&stuck));
+        let ctx = lanes.context(index, core, Arc::clone(&stuck));
         if let Some(ready) = ready.take() {
             let _ = ready.send(());
         }
-        let end = ctx.enter(|| with_helper(&ctx, || lanes.worker_loop(index, &ctx)));
+        let helper = LaneHelper { lanes: &lanes, ctx: &ctx };
+        let end = ctx.enter(|| with_helper(&helper, || lanes.worker_loop(index, &ctx)));
         if end == RunEnd::Done {
             return;
         }

@@ -3,7 +3,8 @@
 
 use linfa_trees::{DecisionTree, TreeNode};
 
-use super::{ModelError, MAX_TREE_DEPTH};
+use super::error::ModelError;
+use super::format::MAX_TREE_DEPTH;
 use crate::features::MODEL_FEATURES;
 
 const LEAF: u32 = u32::MAX;
@@ -42,7 +43,10 @@ pub struct FlatTree {
 
 impl FlatTree {
     /// Compiles a linfa tree, checking every index it will follow.
-    pub fn compile(tree: &DecisionTree<f64, usize>, classes: usize) -> Result<Self, ModelError> {
+    pub(crate) fn compile(
+        tree: &DecisionTree<f64, usize>,
+        classes: usize,
+    ) -> Result<Self, ModelError> {
         let mut nodes = Vec::new();
         let depth = visit(tree.root_node(), 0, classes, &mut nodes)?;
         Ok(FlatTree { nodes: nodes.into_boxed_slice(), depth })

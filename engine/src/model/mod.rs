@@ -25,24 +25,14 @@ use serde::{Deserialize, Serialize};
 use crate::features::{FEATURE_SCHEMA_VERSION, MODEL_FEATURES, OLDEST_FEATURE_SCHEMA};
 use crate::placement::LaneSet;
 
+mod error;
 mod flat;
+mod format;
+pub use error::ModelError;
 pub use flat::{FlatTree, TreeSplit};
+use format::{DECODE_LIMIT, FORMAT_V2, FORMAT_V3, FORMAT_V4, MAGIC, PREFIX_LEN};
+pub use format::{FORMAT_VERSION, MAX_TREE_DEPTH};
 
-const MAGIC: &[u8; 8] = b"TKGMODEL";
-/// Version of the file layout (2: the training info records the fitted dispatch
-/// overhead; 3: and the fitted remote overhead; 4: and each leaf's mean runtime; 5: and
-/// each operation's cost-feature names). Files of versions 2 to 4 still load.
-pub const FORMAT_VERSION: u16 = 5;
-/// The layout before cost-feature names.
-const FORMAT_V4: u16 = 4;
-/// The oldest layout this build reads (no remote overhead; see [`HeaderV2`]).
-const FORMAT_V2: u16 = 2;
-/// The layout before leaf runtimes.
-const FORMAT_V3: u16 = 3;
-const PREFIX_LEN: usize = 16;
-const DECODE_LIMIT: usize = 64 << 20;
-/// Deepest tree the engine accepts (fits bound theirs far below this).
-pub const MAX_TREE_DEPTH: usize = 64;
 /// The longest leaf runtime a model file may state (a day): queues add predictions up,
 /// so an absurd one is refused as corruption rather than overflowing a sum.
 pub const MAX_LEAF_NS: u64 = 86_400 * 1_000_000_000;
@@ -237,42 +227,6 @@ pub fn policy_for(median_ns: u64) -> (LaneSet, u32) {
     (lanes, batch)
 }
 
-/// Why a model file could not be used.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ModelError {
-    /// The file could not be read or written.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: String,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// The file does not start with the model magic bytes.
-    #[error("not a tokengate model file (bad magic bytes)")]
-    NotAModel,
-    /// The file layout version is not one this build reads.
-    #[error(
-        "model format version {found} is not supported (this build reads 2 to {FORMAT_VERSION})"
-    )]
-    UnsupportedFormat {
-        /// Version in the file.
-        found: u16,
-    },
-    /// The model was fitted on another feature schema.
-    #[error("model was fitted on feature schema v{found}, this engine computes v{expected}: refit it with `trainer fit`")]
-    FeatureSchema {
-        /// Version in the file.
-        found: u16,
-        /// Version this build computes.
-        expected: u16,
-    },
-    /// The file is truncated or inconsistent.
-    #[error("corrupt model file: {0}")]
-    Corrupt(String),
-}
-
 /// A loaded, checked model, compiled for prediction.
 #[derive(Debug, Clone)]
 pub struct Model {
@@ -391,7 +345,8 @@ impl Model {
 
 /// Encodes a model file; `leaf_ns` is indexed like [`FlatTree`]'s nodes (see
 /// [`FlatTree::leaf`]), or empty.
-pub fn encode(
+#[cfg_attr(not(feature = "linfa"), allow(dead_code))]
+pub(crate) fn encode(
     header: &ModelHeader,
     tree: &DecisionTree<f64, usize>,
     leaf_ns: &[u64],
@@ -415,7 +370,8 @@ pub fn encode(
 
 /// Decodes and checks a model file's header and tree (the trainer's `eval` and
 /// `inspect` use the linfa tree itself).
-pub fn decode(bytes: &[u8]) -> Result<(ModelHeader, DecisionTree<f64, usize>), ModelError> {
+#[cfg_attr(not(feature = "linfa"), allow(dead_code))]
+pub(crate) fn decode(bytes: &[u8]) -> Result<(ModelHeader, DecisionTree<f64, usize>), ModelError> {
     decode_all(bytes).map(|(header, tree, _)| (header, tree))
 }
 
@@ -510,6 +466,40 @@ fn check_header(header: &ModelHeader) -> Result<(), ModelError> {
 
 fn fnv1a(bytes: &[u8]) -> u32 {
     bytes.iter().fold(0x811c_9dc5u32, |hash, &b| (hash ^ u32::from(b)).wrapping_mul(0x0100_0193))
+}
+
+/// The model file's linfa side, for a trainer (feature `linfa`): a model is a
+/// `linfa_trees::DecisionTree` behind a header, and these read and write that tree.
+/// Without the feature no linfa type appears in this crate's public API.
+#[cfg(feature = "linfa")]
+pub mod linfa {
+    use linfa_trees::DecisionTree;
+
+    use super::{FlatTree, ModelError, ModelHeader};
+
+    /// Encodes a model file; `leaf_ns` is indexed like [`FlatTree`]'s nodes (see
+    /// [`FlatTree::leaf`]), or empty.
+    pub fn encode(
+        header: &ModelHeader,
+        tree: &DecisionTree<f64, usize>,
+        leaf_ns: &[u64],
+    ) -> Result<Vec<u8>, ModelError> {
+        super::encode(header, tree, leaf_ns)
+    }
+
+    /// Decodes and checks a model file's header and tree.
+    pub fn decode(bytes: &[u8]) -> Result<(ModelHeader, DecisionTree<f64, usize>), ModelError> {
+        super::decode(bytes)
+    }
+
+    /// Compiles a linfa tree to the flat array the router walks, checking every index it
+    /// will follow (`classes`: the header's class count).
+    pub fn compile(
+        tree: &DecisionTree<f64, usize>,
+        classes: usize,
+    ) -> Result<FlatTree, ModelError> {
+        FlatTree::compile(tree, classes)
+    }
 }
 
 #[cfg(test)]

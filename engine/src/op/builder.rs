@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use super::dedupe::Dedupe;
 use super::retry::RetryPolicy;
+use super::shared::Shared;
 use super::state::{BoxFn, Context, OpOptions};
 use super::Operation;
-use crate::core::Shared;
 use crate::error::{RegisterError, TokenError};
 use crate::features::{MAX_COST_FEATURES, NO_COST};
 use crate::placement::Weight;
@@ -173,11 +173,11 @@ impl<'e, A: Send + 'static> OperationBuilder<'e, A> {
     /// assert_eq!(square.submit(7).wait()?, 49);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn remote(self) -> super::remote::RemoteBuilder<'e, A>
+    pub fn remote(self) -> RemoteBuilder<'e, A>
     where
         A: serde::Serialize + serde::de::DeserializeOwned,
     {
-        super::remote::RemoteBuilder { inner: self }
+        RemoteBuilder { inner: self }
     }
 
     /// Makes calls with equal `key(arg)` safe to repeat: while one is in flight, a
@@ -291,5 +291,18 @@ impl<'e, A: Send + 'static> DedupeBuilder<'e, A> {
 impl<'e, A> OperationBuilder<'e, A> {
     pub(crate) fn new(engine: &'e Arc<Shared>, name: &str, weight: Weight) -> Self {
         OperationBuilder { engine, name: name.to_string(), weight, options: OpOptions::default() }
+    }
+}
+
+/// Registers a remote-capable operation: made by
+/// [`OperationBuilder::remote`](crate::OperationBuilder::remote). Its argument and result
+/// must be serde-serializable; the registration methods mirror the local ones.
+pub struct RemoteBuilder<'e, A> {
+    pub(super) inner: OperationBuilder<'e, A>,
+}
+
+impl<A> std::fmt::Debug for RemoteBuilder<'_, A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteBuilder").field("operation", &self.inner).finish()
     }
 }

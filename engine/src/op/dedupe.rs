@@ -4,13 +4,12 @@
 use std::collections::hash_map::{Entry, HashMap};
 use std::sync::{Arc, Mutex};
 
-use super::state::OpShared;
-use crate::admission::Permit;
+use crate::admission::{Admission, OpQueue, Permit};
 use crate::error::TokenError;
 use crate::token::Chunk;
 
 pub(crate) struct Dedupe<A, R> {
-    pub(super) key: fn(&A) -> u64,
+    key: fn(&A) -> u64,
     copy: fn(&R) -> R,
     in_flight: Mutex<HashMap<u64, Flight<R>>>,
 }
@@ -54,31 +53,23 @@ impl<A, R> Dedupe<A, R> {
         }
     }
 
-    pub(super) fn copy_result(&self, result: &Result<R, TokenError>) -> Result<R, TokenError> {
-        match result {
-            Ok(value) => Ok((self.copy)(value)),
-            Err(error) => Err(error.clone()),
-        }
-    }
-}
-
-impl<A, R> OpShared<A, R> {
-    /// The dedupe key of `arg`, when the operation deduplicates.
-    pub(super) fn dedupe_key(&self, arg: &A) -> Option<u64> {
-        self.dedupe.as_ref().map(|d| (d.key)(arg))
+    /// The dedupe key of `arg`.
+    pub(super) fn key_of(&self, arg: &A) -> u64 {
+        (self.key)(arg)
     }
 
-    /// Ends the duplicate flight led by token `index` of `chunk` (if the operation
-    /// deduplicates), resolving every waiting duplicate with `result()`.
+    /// Ends the duplicate flight led by token `index` of `chunk`, resolving every
+    /// waiting duplicate with `result()` and giving their permits back.
     pub(super) fn land_flight(
         &self,
-        key: Option<u64>,
+        key: u64,
         chunk: &Chunk<R>,
         index: u32,
         result: impl Fn() -> Result<R, TokenError>,
+        admission: &Admission,
+        queue: &OpQueue,
     ) {
-        let (Some(dedupe), Some(key)) = (&self.dedupe, key) else { return };
-        let followers = dedupe.land(key, chunk.id_of(index));
+        let followers = self.land(key, chunk.id_of(index));
         if followers.is_empty() {
             return;
         }
@@ -87,6 +78,13 @@ impl<A, R> OpShared<A, R> {
             follower.resolve_follower(*slot, result());
             permit += Permit::new(1, *bytes);
         }
-        self.engine.admission.release(permit, &self.queue);
+        admission.release(permit, queue);
+    }
+
+    pub(super) fn copy_result(&self, result: &Result<R, TokenError>) -> Result<R, TokenError> {
+        match result {
+            Ok(value) => Ok((self.copy)(value)),
+            Err(error) => Err(error.clone()),
+        }
     }
 }

@@ -10,15 +10,18 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::remote::{PendingToken, RemoteToken};
-use super::run::{Batch, BatchHead, BatchMeta, ItemList, Items, Single, SingleJob, TokenMeta};
+use super::batch::{Batch, BatchHead, ItemList, Items};
+use super::control::Overrides;
+use super::record::{BatchMeta, TokenMeta};
+use super::remote_token::RemoteToken;
+use super::single::{Single, SingleJob};
 use super::state::{OpShared, NO_CELL};
 use crate::admission::Permit;
-use crate::control::state::Overrides;
 use crate::error::TokenError;
 use crate::lanes::BoxJob;
 use crate::model::DEFAULT_REMOTE_MIN_NS;
 use crate::placement::{LaneSet, Placement, RouteSource, Weight};
+use crate::remote::PendingToken;
 use crate::remote::{RemotePlacement, RemotePort};
 use crate::router::Features;
 use crate::token::{Chunk, ChunkOf};
@@ -377,6 +380,9 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
                         bytes,
                         admitted_at: self.admitted_at,
                         log: meta.as_ref().map(|meta| (Arc::clone(meta), position)),
+                        run_locally: |op, chunk, index, arg, attempt| {
+                            Enqueue::retry_local(op, chunk, index, arg, attempt)
+                        },
                     };
                     calls.push((payload, Box::new(token) as Box<dyn PendingToken>));
                 }

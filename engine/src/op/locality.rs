@@ -5,24 +5,27 @@
 //! (`Lanes::push_to`), one per batch.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 
-use super::state::OpShared;
+use crate::lanes::Lanes;
 use crate::placement::LaneSet;
 
 /// Key → (lane, calls in flight), and the next lane to hand out.
 #[derive(Default)]
-pub(crate) struct Homes {
+pub(crate) struct Homes(Mutex<HomeMap>);
+
+#[derive(Default)]
+struct HomeMap {
     by_key: HashMap<u64, (usize, usize)>,
     next: usize,
 }
 
-impl<A, R> OpShared<A, R> {
+impl Homes {
     /// The lane that runs calls with `key` (the one already running some, or the next
     /// lane of `set` in turn), counting one more call in flight there.
-    pub(super) fn enter_home(&self, key: u64, set: LaneSet) -> usize {
-        let lanes = &self.engine.lanes;
-        let mut homes = self.homes.lock().unwrap_or_else(|e| e.into_inner());
-        let Homes { by_key, next } = &mut *homes;
+    pub(super) fn enter(&self, key: u64, lanes: &Lanes, set: LaneSet) -> usize {
+        let mut homes = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let HomeMap { by_key, next } = &mut *homes;
         let home = by_key.entry(key).or_insert_with(|| {
             let choices: Vec<usize> = lanes.lanes_of(set).collect();
             *next += 1;
@@ -33,8 +36,8 @@ impl<A, R> OpShared<A, R> {
     }
 
     /// One call with `key` left its lane.
-    fn leave_home(&self, key: u64) {
-        let mut homes = self.homes.lock().unwrap_or_else(|e| e.into_inner());
+    fn leave(&self, key: u64) {
+        let mut homes = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(home) = homes.by_key.get_mut(&key) {
             home.1 -= 1;
             if home.1 == 0 {
@@ -46,21 +49,22 @@ impl<A, R> OpShared<A, R> {
 
 /// Counts a call out of its key's lane when its batch item is done, on every path out
 /// of the loop.
-pub(super) struct HomeGuard<'a, A, R> {
-    op: &'a OpShared<A, R>,
+pub(super) struct HomeGuard<'a> {
+    homes: &'a Homes,
     key: Option<u64>,
 }
 
-impl<'a, A, R> HomeGuard<'a, A, R> {
-    pub(super) fn new(op: &'a OpShared<A, R>, arg: &A) -> Self {
-        HomeGuard { op, key: op.options.locality.map(|key| key(arg)) }
+impl<'a> HomeGuard<'a> {
+    /// `key`: the call's locality key, if its operation has one.
+    pub(super) fn new(homes: &'a Homes, key: Option<u64>) -> Self {
+        HomeGuard { homes, key }
     }
 }
 
-impl<A, R> Drop for HomeGuard<'_, A, R> {
+impl Drop for HomeGuard<'_> {
     fn drop(&mut self) {
         if let Some(key) = self.key {
-            self.op.leave_home(key);
+            self.homes.leave(key);
         }
     }
 }

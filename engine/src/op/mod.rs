@@ -9,36 +9,40 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
+mod batch;
 mod builder;
+pub(crate) mod control;
 mod dedupe;
 mod enqueue;
 mod locality;
 mod record;
 mod remote;
+mod remote_token;
+mod requeue;
 mod retry;
 mod run;
+mod shared;
 mod single;
 mod state;
 
-pub use builder::{DedupeBuilder, OperationBuilder};
-#[cfg(feature = "nats")]
-pub(crate) use remote::CallError;
-pub use remote::RemoteBuilder;
-pub(crate) use remote::{PendingToken, RemoteServe};
+pub use builder::{DedupeBuilder, OperationBuilder, RemoteBuilder};
 pub use retry::RetryPolicy;
+pub(crate) use shared::Shared;
+pub use shared::Shutdown;
 pub use state::{Context, SizeHint};
 
 use dedupe::Dedupe;
 use enqueue::Enqueue;
-use run::Single;
+use single::Single;
 use state::{BoxFn, OpOptions, OpShared};
 
 use crate::admission::Permit;
-use crate::control::state::{OpControl, OpStats, Overrides};
-use crate::core::Shared;
 use crate::error::{RegisterError, RejectReason, TokenError};
 use crate::placement::Weight;
+use crate::remote::wire::Codec;
+use crate::remote::RemoteServe;
 use crate::token::{block_on, wait_slot, Chunk, Start, Token};
+use control::{OpControl, OpStats, Overrides};
 
 /// A registered function. Cheap to clone; every clone submits to the same engine.
 ///
@@ -73,7 +77,7 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
         options: OpOptions<A>,
         f: BoxFn<A, R>,
         dedupe: Option<Dedupe<A, R>>,
-        remote: Option<remote::Codec<A, R>>,
+        remote: Option<Codec<A, R>>,
     ) -> Result<Self, RegisterError> {
         let mut options = options;
         if let Some(invalid) = options.invalid.take() {
@@ -135,11 +139,28 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
         self.admit_one(admitted, arg)
     }
 
-    /// Submits one call, waiting asynchronously while the engine is at capacity.
+    /// Submits one call, waiting asynchronously while the engine is at capacity. The
+    /// token it gives is itself a future: `submit_async(x).await` is admission, a second
+    /// `.await` the result. [`Operation::call`] does both.
     pub async fn submit_async(&self, arg: A) -> Token<R> {
         let permit = Permit::new(1, self.inner.bytes_of(&arg));
         let admitted = self.inner.engine.admission.acquire(permit, &self.inner.queue).await;
         self.admit_one(admitted, arg)
+    }
+
+    /// Runs one call from async code and gives its result: waits asynchronously for
+    /// room, then for the call ([`Operation::submit_async`] and the token's `.await` in
+    /// one).
+    ///
+    /// ```
+    /// # let engine = tokengate::Engine::builder().build()?;
+    /// let square = engine.register("square", tokengate::Weight::Light, |x: u64| x * x)?;
+    /// let value = engine.block_on(square.call(12))?;
+    /// assert_eq!(value, 144);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub async fn call(&self, arg: A) -> Result<R, TokenError> {
+        self.submit_async(arg).await.await
     }
 
     /// Submits one call if there is room now; otherwise returns
@@ -163,7 +184,9 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
         self.submit_chunks(args.into_iter().map(|arg| (arg, weight)), true)
     }
 
-    /// Runs the operation on every argument and returns the results in order: a
+    /// Runs the operation on every argument, blocks this thread until every call has
+    /// resolved, and returns the results in order (the `blocking_` prefix as in tokio's
+    /// `blocking_recv`): a
     /// `submit_many` followed by a wait on each call, without a `Token` per call (one
     /// handle per chunk of calls instead). Inside another operation the waits run
     /// other queued work (these calls first), so fanning out never blocks a lane.
@@ -172,12 +195,12 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
     /// # let engine = tokengate::Engine::builder().build()?;
     /// let square = engine.register("square", tokengate::Weight::Light, |x: u64| x * x)?;
     /// let sum = engine.register("sum_of_squares", tokengate::Weight::Medium, move |n: u64| {
-    ///     square.map(0..n).into_iter().map(|r| r.unwrap()).sum::<u64>()
+    ///     square.blocking_map(0..n).into_iter().map(|r| r.unwrap()).sum::<u64>()
     /// })?;
     /// assert_eq!(sum.submit(10).wait()?, 285);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn map<I: IntoIterator<Item = A>>(&self, args: I) -> Vec<Result<R, TokenError>> {
+    pub fn blocking_map<I: IntoIterator<Item = A>>(&self, args: I) -> Vec<Result<R, TokenError>> {
         let weight = self.inner.weight;
         let args = args.into_iter().map(|arg| (arg, weight));
         let mut results = Vec::with_capacity(args.size_hint().0);
@@ -196,6 +219,15 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
             }
         }
         results
+    }
+
+    /// The old name of [`Operation::blocking_map`] (it blocks, unlike `Iterator::map`).
+    #[deprecated(
+        since = "0.2.0",
+        note = "renamed `blocking_map`: it blocks until every call resolves"
+    )]
+    pub fn map<I: IntoIterator<Item = A>>(&self, args: I) -> Vec<Result<R, TokenError>> {
+        self.blocking_map(args)
     }
 
     /// [`Operation::submit_many`] where each call declares its own weight (overriding
@@ -334,7 +366,7 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
         for (index, (arg, declared)) in items.enumerate() {
             let index = index as u32;
             if let Some(dedupe) = &op.dedupe {
-                if dedupe.join((dedupe.key)(&arg), &chunk, index, op.bytes_of(&arg)) {
+                if dedupe.join(dedupe.key_of(&arg), &chunk, index, op.bytes_of(&arg)) {
                     // A duplicate of a call in flight: it waits for that call's result
                     // (holding its permit until then) and is never queued.
                     continue;

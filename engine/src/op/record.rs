@@ -3,8 +3,8 @@
 
 use std::time::Instant;
 
+use super::shared::Shared;
 use super::state::nanos;
-use crate::core::Shared;
 use crate::placement::{LaneSet, Placement, RouteSource, Weight};
 use crate::router::Features;
 use crate::telemetry::{RecordOutcome, TokenRecord};

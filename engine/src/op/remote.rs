@@ -8,62 +8,19 @@
 //! the same in every build) but nothing crosses a wire.
 #![cfg_attr(not(feature = "nats"), allow(dead_code))]
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::builder::OperationBuilder;
-use super::enqueue::Enqueue;
-use super::run::BatchMeta;
-use super::state::{nanos, BoxFn, Context, OpShared};
+use super::builder::{OperationBuilder, RemoteBuilder};
+use super::state::{nanos, BoxFn, Context};
 use super::Operation;
 use crate::admission::Permit;
 use crate::error::{RegisterError, RejectReason, TokenError};
-use crate::placement::LaneSet;
-use crate::remote::wire::{self, WireOutcome};
-use crate::telemetry::RecordOutcome;
-use crate::token::{Chunk, Outcome, Start};
-
-/// How a remote-capable operation's arguments and results cross the wire (bincode).
-pub(crate) struct Codec<A, R> {
-    pub(crate) encode_arg: fn(&A) -> Result<Vec<u8>, String>,
-    pub(crate) decode_arg: fn(&[u8]) -> Result<A, String>,
-    pub(crate) encode_result: fn(&R) -> Result<Vec<u8>, String>,
-    pub(crate) decode_result: fn(&[u8]) -> Result<R, String>,
-}
-
-impl<A, R> Codec<A, R>
-where
-    A: Serialize + DeserializeOwned,
-    R: Serialize + DeserializeOwned,
-{
-    fn new() -> Self {
-        Codec {
-            encode_arg: wire::encode::<A>,
-            decode_arg: wire::decode::<A>,
-            encode_result: wire::encode::<R>,
-            decode_result: wire::decode::<R>,
-        }
-    }
-}
-
-/// Registers a remote-capable operation: made by
-/// [`OperationBuilder::remote`](crate::OperationBuilder::remote). Its argument and result
-/// must be serde-serializable; the registration methods mirror the local ones.
-pub struct RemoteBuilder<'e, A> {
-    pub(super) inner: OperationBuilder<'e, A>,
-}
-
-impl<A> std::fmt::Debug for RemoteBuilder<'_, A> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RemoteBuilder").field("operation", &self.inner).finish()
-    }
-}
+use crate::remote::wire::{self, Codec, WireOutcome};
+use crate::remote::{CallError, RemoteServe, Reply, ReplyFuture};
+use crate::token::Start;
 
 impl<A> RemoteBuilder<'_, A>
 where
@@ -121,141 +78,6 @@ where
         }
         Operation::register_full(engine, &name, weight, options, f, None, Some(Codec::new()))
     }
-}
-
-/// A token a remote worker is running: what the submitter keeps until the answer.
-pub(crate) trait PendingToken: Send {
-    /// The token's id (engine-wide) and the attempt that went remote.
-    fn key(&self) -> (u64, u8);
-    /// Resolves the token with a worker's answer. False if it had moved on (the
-    /// answer is a duplicate).
-    /// `run_ns`: the worker's run time of the call.
-    fn resolve(self: Box<Self>, outcome: WireOutcome, payload: &[u8], run_ns: u64) -> bool;
-    /// Runs the token on the local lanes instead: the remote attempt is abandoned and
-    /// a late answer to it counts as a duplicate.
-    fn fall_back(self: Box<Self>);
-}
-
-/// A remote token of operation `A → R`.
-pub(super) struct RemoteToken<A, R> {
-    pub(super) op: Arc<OpShared<A, R>>,
-    pub(super) chunk: Arc<Chunk<R>>,
-    pub(super) index: u32,
-    pub(super) attempt: u8,
-    /// Kept for a fall-back to the local lanes.
-    pub(super) arg: A,
-    pub(super) bytes: usize,
-    pub(super) admitted_at: Instant,
-    /// With logging on: what was known at admission, and the token's place among the
-    /// batch's, for its telemetry row.
-    pub(super) log: Option<(Arc<BatchMeta>, usize)>,
-}
-
-impl<A: Send + 'static, R: Send + 'static> PendingToken for RemoteToken<A, R> {
-    fn key(&self) -> (u64, u8) {
-        (self.chunk.id_of(self.index), self.attempt)
-    }
-
-    fn resolve(self: Box<Self>, outcome: WireOutcome, payload: &[u8], run_ns: u64) -> bool {
-        let RemoteToken { op, chunk, index, attempt, bytes, admitted_at, log, .. } = *self;
-        let message = || String::from_utf8_lossy(payload).into_owned();
-        let result = match outcome {
-            WireOutcome::Completed => {
-                let decode = op.remote.as_ref().expect("a remote token's op has a codec");
-                (decode.decode_result)(payload).map_err(|e| {
-                    TokenError::Failed(format!("remote result of {} undecodable: {e}", op.name))
-                })
-            }
-            WireOutcome::Failed => Err(TokenError::Failed(message())),
-            WireOutcome::Panicked => Err(TokenError::Panicked { message: message() }),
-            WireOutcome::TimedOut => Err(TokenError::TimedOut),
-            WireOutcome::BadArgument => Err(TokenError::Failed(format!(
-                "the remote worker refused the argument of {}: {}",
-                op.name,
-                message()
-            ))),
-        };
-        let row = match (&result, outcome) {
-            (Ok(_), _) => RecordOutcome::Completed,
-            (Err(_), WireOutcome::Panicked) => RecordOutcome::Panicked,
-            (Err(_), WireOutcome::TimedOut) => RecordOutcome::TimedOut,
-            (Err(_), _) => RecordOutcome::Failed,
-        };
-        let resolved = chunk.slot(index).finish(attempt, result);
-        if resolved != Outcome::Skipped {
-            let now = Instant::now();
-            let latency = nanos(now.saturating_duration_since(admitted_at));
-            op.control.latency().record(latency, 1);
-            op.engine.set_latency[LaneSet::Remote.index()].record(latency, 1);
-            let token_id = chunk.id_of(index);
-            let telemetry = op.engine.lanes.telemetry();
-            // Sampled like a lane's rows: one token id in `sample_every`.
-            let telemetry = telemetry.filter(|t| token_id % t.sample_every == 0);
-            if let (Some((meta, position)), Some(telemetry)) = (log, telemetry) {
-                let record =
-                    meta.remote_record(position, token_id, op.id, attempt, run_ns, now, row);
-                if let Some(sender) = telemetry.sender() {
-                    telemetry.submit(&sender, vec![record]);
-                }
-            }
-        }
-        match resolved {
-            Outcome::Completed => op.resolutions.completed.fetch_add(1, Relaxed),
-            Outcome::Failed => op.resolutions.failed.fetch_add(1, Relaxed),
-            Outcome::Skipped => op.counters.skipped.fetch_add(1, Relaxed),
-        };
-        op.engine.admission.release(Permit::new(1, bytes), &op.queue);
-        resolved != Outcome::Skipped
-    }
-
-    fn fall_back(self: Box<Self>) {
-        let RemoteToken { op, chunk, index, attempt, arg, bytes, .. } = *self;
-        if attempt == u8::MAX {
-            let error = "remote attempts exhausted (255)".to_string();
-            if chunk.slot(index).finish(attempt, Err(TokenError::Failed(error))) != Outcome::Skipped
-            {
-                op.resolutions.failed.fetch_add(1, Relaxed);
-            }
-            op.engine.admission.release(Permit::new(1, bytes), &op.queue);
-        } else if chunk.slot(index).retry(attempt) {
-            // The permit stays with the token: the local batch gives it back.
-            Enqueue::retry_local(&op, &chunk, index, arg, attempt + 1);
-        } else {
-            op.engine.admission.release(Permit::new(1, bytes), &op.queue);
-        }
-    }
-}
-
-/// The answer a worker sends for one call.
-pub(crate) struct Reply {
-    pub(crate) outcome: WireOutcome,
-    pub(crate) payload: Vec<u8>,
-    pub(crate) run_ns: u64,
-    /// The operation's retry policy wants another attempt: the worker naks the
-    /// message with this delay instead of answering.
-    pub(crate) retry_after: Option<Duration>,
-}
-
-/// Why a worker could not take a call.
-#[derive(Debug)]
-pub(crate) enum CallError {
-    /// The argument did not decode: a permanent failure, answered as such.
-    BadArgument(String),
-    /// The worker's engine has no room now, or is stopping: another worker (or this
-    /// one, later) should take it.
-    Rejected(RejectReason),
-}
-
-pub(crate) type ReplyFuture = Pin<Box<dyn Future<Output = Option<Reply>> + Send>>;
-
-/// A worker's side of a remote-capable operation.
-pub(crate) trait RemoteServe: Send + Sync {
-    fn name(&self) -> &str;
-    /// Decodes `arg` and submits it to the local lanes as attempt `delivery` (the
-    /// message's delivery count), which is not retried here. The future gives the
-    /// answer, or `None` if the local token was cancelled (the worker is shutting down:
-    /// the call should go to another worker).
-    fn call(&self, arg: &[u8], delivery: u64) -> Result<ReplyFuture, CallError>;
 }
 
 impl<A: Send + 'static, R: Send + 'static> RemoteServe for Operation<A, R> {

@@ -1,21 +1,14 @@
-//! Retries and deadlines: a failed or overrun attempt goes back through the one
-//! enqueue path (`enqueue.rs`) as the next attempt, so overrides apply to it exactly as
-//! to a first submit.
+//! The retry policy: which failures run again, after what backoff. Running them again
+//! is `requeue.rs`'s.
 
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
 use std::time::Duration;
 
-use super::enqueue::Enqueue;
-use super::state::OpShared;
-use crate::admission::Permit;
 use crate::error::TokenError;
-use crate::placement::LaneSet;
-use crate::token::{Chunk, Expired};
 
 /// When and how often a failed call is run again. The caller's token resolves once,
 /// with the last attempt's outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RetryPolicy {
     /// Attempts in all, the first included (2..=255 to retry at all).
     pub max_attempts: u8,
@@ -56,98 +49,34 @@ impl RetryPolicy {
     pub(super) fn delay(&self, failed_attempt: u8) -> Duration {
         self.backoff.saturating_mul(1 << failed_attempt.saturating_sub(1).min(16))
     }
-}
 
-impl<A: Send + 'static, R: Send + 'static> OpShared<A, R> {
     /// Whether a failure of `attempt` with `error` is run again.
     pub(super) fn retries(&self, attempt: u8, error: &TokenError) -> bool {
-        let Some(policy) = self.options.retry else { return false };
-        attempt < policy.max_attempts
+        attempt < self.max_attempts
             && match error {
-                TokenError::Panicked { .. } => policy.on_panic,
-                TokenError::Failed(_) => policy.on_error,
+                TokenError::Panicked { .. } => self.on_panic,
+                TokenError::Failed(_) => self.on_error,
                 _ => false,
             }
     }
 
+    /// Whether a time-out of `attempt` is run again.
+    pub(super) fn retries_timeout(&self, attempt: u8) -> bool {
+        self.on_timeout && attempt < self.max_attempts
+    }
+
     /// For a call served to a remote submitter whose `delivery`-th run failed with
-    /// `error`: the delay before the server should deliver it again, if the policy
+    /// `error`: the delay before the server should deliver it again, if this policy
     /// retries it (the delivery count is the attempt; a worker that died mid-call used
     /// one too).
     #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(super) fn redelivery_delay(&self, delivery: u8, error: &TokenError) -> Option<Duration> {
-        let policy = self.options.retry?;
         let retried = match error {
-            TokenError::Panicked { .. } => policy.on_panic,
-            TokenError::Failed(_) => policy.on_error,
-            TokenError::TimedOut => policy.on_timeout,
+            TokenError::Panicked { .. } => self.on_panic,
+            TokenError::Failed(_) => self.on_error,
+            TokenError::TimedOut => self.on_timeout,
             _ => false,
         };
-        (retried && delivery < policy.max_attempts).then(|| policy.delay(delivery))
-    }
-
-    fn retries_timeout(&self, attempt: u8) -> bool {
-        self.options.retry.is_some_and(|p| p.on_timeout && attempt < p.max_attempts)
-    }
-
-    /// A copy of the argument for the deadline, when a time-out would be retried.
-    pub(super) fn timeout_retry_arg(&self, arg: &A, attempt: u8) -> Option<A> {
-        self.retries_timeout(attempt).then(|| self.options.clone_arg.map(|clone| clone(arg)))?
-    }
-
-    /// Starts the deadline of `attempt` of token `index`, which a lane has just started
-    /// running: at it, the token times out (or moves to the next attempt) even if a
-    /// lane is still running it, and that lane is replaced so it keeps serving.
-    pub(super) fn arm_deadline(
-        self: &Arc<Self>,
-        chunk: &Arc<Chunk<R>>,
-        index: u32,
-        attempt: u8,
-        arg: Option<A>,
-    ) {
-        let Some(timeout) = self.options.timeout else { return };
-        let op = Arc::clone(self);
-        let chunk = Arc::downgrade(chunk);
-        self.engine.runtime.spawn(async move {
-            tokio::time::sleep(timeout).await;
-            let Some(chunk) = chunk.upgrade() else { return };
-            let retry = arg.is_some() && op.retries_timeout(attempt);
-            let expired = chunk.expire(index, attempt, retry);
-            if let Expired::TimedOut { running: true } | Expired::Retried { running: true } =
-                expired
-            {
-                op.engine.lanes.retire_stuck(chunk.id_of(index));
-            }
-            if let (Expired::Retried { .. }, Some(arg)) = (expired, arg) {
-                op.counters.retried.fetch_add(1, Relaxed);
-                op.requeue(chunk, index, arg, attempt + 1, Duration::ZERO);
-            }
-        });
-    }
-
-    /// Queues `attempt` of a token that already moved to it, after `delay`, through the
-    /// one enqueue path. Holds an admission permit meanwhile, so shutdown waits for it
-    /// (or cancels it, on abort).
-    pub(super) fn requeue(
-        self: &Arc<Self>,
-        chunk: Arc<Chunk<R>>,
-        index: u32,
-        arg: A,
-        attempt: u8,
-        delay: Duration,
-    ) {
-        self.engine.admission.force_acquire(Permit::new(1, self.bytes_of(&arg)), &self.queue);
-        // The running attempt still holds its key's lane: the retry keeps it, even
-        // across the backoff.
-        let home = self.options.locality.map(|key| self.enter_home(key(&arg), LaneSet::Light));
-        if delay.is_zero() {
-            Enqueue::retry(self, &chunk, index, arg, attempt, home);
-            return;
-        }
-        let op = Arc::clone(self);
-        self.engine.runtime.spawn(async move {
-            tokio::time::sleep(delay).await;
-            Enqueue::retry(&op, &chunk, index, arg, attempt, home);
-        });
+        (retried && delivery < self.max_attempts).then(|| self.delay(delivery))
     }
 }

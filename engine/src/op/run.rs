@@ -9,65 +9,17 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::locality::HomeGuard;
+use super::control::CANCELLING;
+use super::requeue::{arm_deadline, requeue};
 use super::state::{call, nanos, OpShared};
 use crate::admission::Permit;
-use crate::control::state::CANCELLING;
 use crate::error::{CancelSource, TokenError};
 use crate::lanes::{BoxJob, Job, LaneCtx, RunEnd};
-use crate::placement::LaneSet;
 use crate::telemetry::{RecordOutcome, TokenRecord};
 use crate::token::{Chunk, Outcome, TokenState};
 
-pub(super) use super::record::{BatchMeta, TokenMeta};
-pub(super) use super::single::{Single, SingleJob};
-
-/// A batch's tokens (slot index, argument): a `Vec`, or for a single call an array of
-/// one, which saves it the `Vec`'s allocation. Each is its own monomorphised run loop,
-/// so bulk batches pay nothing for the single calls' case (an inline first item in a
-/// `Vec`-like type cost bulk tokens ~20 instructions each).
-pub(super) type Items<A> = Vec<(u32, A)>;
-
-/// A batch of one call, held inline.
-pub(super) type One<A> = [(u32, A); 1];
-
-/// What a batch keeps its tokens in (see [`Items`]).
-pub(super) trait ItemList<A>:
-    AsRef<[(u32, A)]> + IntoIterator<Item = (u32, A)> + Send + 'static
-{
-}
-
-impl<A, T> ItemList<A> for T where
-    T: AsRef<[(u32, A)]> + IntoIterator<Item = (u32, A)> + Send + 'static
-{
-}
-
-/// Tokens of one operation queued together; one queue operation runs them all.
-pub(super) struct Batch<A, R, I = Items<A>> {
-    pub(super) head: BatchHead<A, R>,
-    pub(super) chunk: Arc<Chunk<R>>,
-    pub(super) items: I,
-}
-
-/// What a batch holds besides its chunk and its calls (a single call's chunk carries
-/// this and its call: see [`Single`]).
-pub(super) struct BatchHead<A, R> {
-    pub(super) op: Arc<OpShared<A, R>>,
-    pub(super) meta: Option<Box<BatchMeta>>,
-    /// The attempt every item of the batch is on.
-    pub(super) attempt: u8,
-    /// The items' estimated bytes, given back with their permits.
-    pub(super) bytes: usize,
-    /// The lane set it was queued for (where it goes back after a pause).
-    pub(super) set: LaneSet,
-    /// When it was admitted, for the latency histogram.
-    pub(super) admitted_at: Instant,
-    /// Its predicted runtime (ns), for the lanes' choice of what to run.
-    pub(super) predicted_ns: u64,
-    /// The size cell all its calls fell in (`state::NO_CELL`: none, or several), whose
-    /// running average its run updates.
-    pub(super) cell: u8,
-}
+use super::batch::{Batch, BatchHead, ItemList};
+use super::record::BatchMeta;
 
 /// Per batch: what its tokens came to.
 #[derive(Default)]
@@ -87,10 +39,6 @@ impl Tally {
         }
     }
 }
-
-// SAFETY: a queued batch has one holder at a time (the queue entry's owner), the only
-// thread that touches it; `Job: Sync` only lets the entry be an `Arc` (see `Job`).
-unsafe impl<A: Send, R: Send, I: Send> Sync for Batch<A, R, I> {}
 
 impl<A: Send + 'static, R: Send + 'static, I: ItemList<A>> Job for Batch<A, R, I> {
     fn len(&self) -> usize {
@@ -133,7 +81,7 @@ impl<A: Send + 'static, R: Send + 'static, I: ItemList<A>> Batch<A, R, I> {
         let Batch { head: BatchHead { op, bytes, .. }, chunk, items } = self;
         let items = items.as_ref();
         for (index, arg) in items.iter() {
-            let _home = HomeGuard::new(&op, arg);
+            let _home = op.home_guard(arg);
             chunk.cancel(*index, by);
             op.land_flight(op.dedupe_key(arg), &chunk, *index, || {
                 Err(TokenError::Cancelled { by })
@@ -283,7 +231,7 @@ impl<A: Send + 'static, R: Send + 'static> Attempt<'_, A, R> {
     ) -> Result<(RecordOutcome, bool), Skipped> {
         let Attempt { op, chunk, index, attempt, lane } = *self;
         let slot = chunk.slot(index);
-        let _home = HomeGuard::new(op, &arg);
+        let _home = op.home_guard(&arg);
         let key = op.dedupe_key(&arg);
         if !slot.claim(attempt) {
             tally.skipped += 1;
@@ -309,7 +257,7 @@ impl<A: Send + 'static, R: Send + 'static> Attempt<'_, A, R> {
         if timed {
             // The deadline runs from the start of this attempt.
             let again = retries_here.then(|| op.timeout_retry_arg(&arg, attempt)).flatten();
-            op.arm_deadline(chunk, index, attempt, again);
+            arm_deadline(op, chunk, index, attempt, again);
         }
         if timed {
             lane.watch(token_id, &op.queue, Permit::new(1, op.bytes_of(&arg)), row);
@@ -328,7 +276,7 @@ impl<A: Send + 'static, R: Send + 'static> Attempt<'_, A, R> {
             (Err(error), Some(again)) if op.retries(attempt, error) && slot.retry(attempt) => {
                 op.counters.retried.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let delay = op.options.retry.map_or(Duration::ZERO, |p| p.delay(attempt));
-                op.requeue(Arc::clone(chunk), index, again, attempt + 1, delay);
+                requeue(op, Arc::clone(chunk), index, again, attempt + 1, delay);
                 Outcome::Failed
             }
             _ => {

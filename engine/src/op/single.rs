@@ -13,7 +13,7 @@ use crate::error::CancelSource;
 use crate::lanes::{BoxJob, Job, LaneCtx, RunEnd};
 use crate::token::{ChunkOf, Tail};
 
-use super::run::{Batch, BatchHead, One};
+use super::batch::{Batch, BatchHead, One};
 
 /// A single call's batch, carried in its chunk's tail: the chunk is then both the
 /// token's handle and the lanes' queue entry, one allocation for the call (a `Batch`

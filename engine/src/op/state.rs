@@ -2,19 +2,20 @@
 
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::control::{OpControl, OpControlState, OpStats};
 use super::dedupe::Dedupe;
-use super::locality::Homes;
+use super::locality::{HomeGuard, Homes};
 use super::retry::RetryPolicy;
+use super::shared::Shared;
 use crate::admission::OpQueue;
-use crate::control::state::{OpControl, OpControlState, OpStats};
-use crate::core::Shared;
 use crate::error::TokenError;
 use crate::features::CostInputs;
 use crate::placement::{LaneSet, Weight};
-use crate::token::Resolutions;
+use crate::remote::wire::Codec;
+use crate::token::{Chunk, Resolutions};
 
 pub(crate) type BoxFn<A, R> = Box<dyn Fn(A, &Context<'_>) -> Result<R, TokenError> + Send + Sync>;
 
@@ -127,7 +128,7 @@ pub(crate) struct OpShared<A, R> {
     /// Manual overrides from the control port; they beat the router.
     pub(super) control: OpControlState,
     /// Locality: which lane runs each key in flight.
-    pub(super) homes: Mutex<Homes>,
+    pub(super) homes: Homes,
     /// Running average runtime per token (ns), updated once per batch.
     pub(super) recent_ns: AtomicU64,
     /// Per half-octave of the size hint: the running average runtime of calls of about
@@ -135,7 +136,7 @@ pub(crate) struct OpShared<A, R> {
     /// one cell. Empty for an operation without a size hint.
     pub(super) size_ns: Box<[AtomicU64]>,
     /// How calls cross the wire, for a remote-capable operation.
-    pub(super) remote: Option<super::remote::Codec<A, R>>,
+    pub(super) remote: Option<Codec<A, R>>,
 }
 
 /// A running average (ns) after one more sample, weighted `1 / weight` (0: none yet).
@@ -168,7 +169,7 @@ impl<A, R> OpShared<A, R> {
         options: OpOptions<A>,
         f: BoxFn<A, R>,
         dedupe: Option<Dedupe<A, R>>,
-        remote: Option<super::remote::Codec<A, R>>,
+        remote: Option<Codec<A, R>>,
     ) -> Self {
         let plain = options.timeout.is_none()
             && options.retry.is_none()
@@ -180,7 +181,7 @@ impl<A, R> OpShared<A, R> {
             plain,
             control: OpControlState::new(engine.paused_all()),
             fixed_bytes: std::mem::size_of::<A>() + crate::token::slot_size::<R>(),
-            homes: Mutex::new(Homes::default()),
+            homes: Homes::default(),
             engine,
             id,
             name: name.to_string(),
@@ -331,5 +332,61 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         message.clone()
     } else {
         "non-string panic payload".to_string()
+    }
+}
+
+/// The failure nets, as the enqueue path and the run loop ask for them: the policies
+/// (`retry.rs`, `dedupe.rs`, `locality.rs`) hold the rules, this the operation's
+/// choice of them.
+impl<A, R> OpShared<A, R> {
+    /// Whether a failure of `attempt` with `error` is run again.
+    pub(super) fn retries(&self, attempt: u8, error: &TokenError) -> bool {
+        self.options.retry.is_some_and(|p| p.retries(attempt, error))
+    }
+
+    /// Whether a time-out of `attempt` is run again.
+    pub(super) fn retries_timeout(&self, attempt: u8) -> bool {
+        self.options.retry.is_some_and(|p| p.retries_timeout(attempt))
+    }
+
+    /// For a call served to a remote submitter: the delay before its next delivery,
+    /// if the policy retries its failure.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    pub(super) fn redelivery_delay(&self, delivery: u8, error: &TokenError) -> Option<Duration> {
+        self.options.retry?.redelivery_delay(delivery, error)
+    }
+
+    /// A copy of the argument for the deadline, when a time-out would be retried.
+    pub(super) fn timeout_retry_arg(&self, arg: &A, attempt: u8) -> Option<A> {
+        self.retries_timeout(attempt).then(|| self.options.clone_arg.map(|clone| clone(arg)))?
+    }
+
+    /// The dedupe key of `arg`, when the operation deduplicates.
+    pub(super) fn dedupe_key(&self, arg: &A) -> Option<u64> {
+        self.dedupe.as_ref().map(|d| d.key_of(arg))
+    }
+
+    /// Ends the duplicate flight led by token `index` of `chunk` (if the operation
+    /// deduplicates), resolving every waiting duplicate with `result()`.
+    pub(super) fn land_flight(
+        &self,
+        key: Option<u64>,
+        chunk: &Chunk<R>,
+        index: u32,
+        result: impl Fn() -> Result<R, TokenError>,
+    ) {
+        if let (Some(dedupe), Some(key)) = (&self.dedupe, key) {
+            dedupe.land_flight(key, chunk, index, result, &self.engine.admission, &self.queue);
+        }
+    }
+
+    /// The lane that runs calls with locality key `key`, counting one more call there.
+    pub(super) fn enter_home(&self, key: u64, set: LaneSet) -> usize {
+        self.homes.enter(key, &self.engine.lanes, set)
+    }
+
+    /// The guard that counts a call with `arg` out of its key's lane when it is done.
+    pub(super) fn home_guard(&self, arg: &A) -> HomeGuard<'_> {
+        HomeGuard::new(&self.homes, self.options.locality.map(|key| key(arg)))
     }
 }

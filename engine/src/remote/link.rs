@@ -14,8 +14,8 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use super::wire::{self, Answer, Call, Heartbeat, WIRE_VERSION};
+use super::PendingToken;
 use super::{RemotePlacement, RemotePort, RemoteStats};
-use crate::op::PendingToken;
 
 /// How an engine reaches remote workers: the NATS server, its secret, and the rules
 /// for placing and giving up. Passed to [`EngineBuilder::nats`](crate::EngineBuilder::nats).
@@ -23,7 +23,7 @@ use crate::op::PendingToken;
 /// ```no_run
 /// use std::time::Duration;
 /// use tokengate::remote::RemoteConfig;
-/// use tokengate::RemotePlacement;
+/// use tokengate::remote::RemotePlacement;
 ///
 /// let nats = RemoteConfig::new("nats://127.0.0.1:4222")
 ///     .token_file("nats.token")?

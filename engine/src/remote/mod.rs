@@ -43,21 +43,21 @@
 
 use std::str::FromStr;
 
-use crate::op::PendingToken;
-
 pub(crate) mod wire;
 
 #[cfg(feature = "nats")]
-mod link;
-#[cfg(feature = "nats")]
-mod worker;
+pub(crate) mod link;
+mod seam;
 
 #[cfg(feature = "nats")]
 pub(crate) use link::Link;
 #[cfg(feature = "nats")]
 pub use link::RemoteConfig;
+// The worker process runs an engine, so it sits above it (`remote_worker.rs`); its
+// public names live here, beside the link's.
 #[cfg(feature = "nats")]
-pub use worker::{Worker, WorkerConfig, WorkerStats};
+pub use crate::remote_worker::{Worker, WorkerConfig, WorkerStats};
+pub(crate) use seam::{CallError, PendingToken, RemoteServe, Reply, ReplyFuture};
 
 /// When tokens of remote-capable operations go to remote workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -85,6 +85,7 @@ impl FromStr for RemotePlacement {
 
 /// What a submitter's link to remote workers has done.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[non_exhaustive]
 pub struct RemoteStats {
     /// Tokens published to remote workers (each attempt counts).
     pub remote_tokens: u64,
@@ -114,7 +115,7 @@ pub struct RemoteStats {
 /// Runs `future` to completion on `runtime`, from a thread of its own: the caller may
 /// itself be inside an async runtime, where blocking on another one panics.
 #[cfg(feature = "nats")]
-fn block_on_aside<F>(runtime: &tokio::runtime::Handle, future: F) -> F::Output
+pub(crate) fn block_on_aside<F>(runtime: &tokio::runtime::Handle, future: F) -> F::Output
 where
     F: std::future::Future + Send,
     F::Output: Send,

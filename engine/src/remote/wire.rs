@@ -3,6 +3,7 @@
 
 #![cfg_attr(not(feature = "nats"), allow(dead_code))]
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// The version of [`Call`] and [`Answer`]; a message of another version is refused.
@@ -103,6 +104,29 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, 
         return Err(format!("{} trailing bytes", bytes.len() - used));
     }
     Ok(value)
+}
+
+/// How a remote-capable operation's arguments and results cross the wire (bincode).
+pub(crate) struct Codec<A, R> {
+    pub(crate) encode_arg: fn(&A) -> Result<Vec<u8>, String>,
+    pub(crate) decode_arg: fn(&[u8]) -> Result<A, String>,
+    pub(crate) encode_result: fn(&R) -> Result<Vec<u8>, String>,
+    pub(crate) decode_result: fn(&[u8]) -> Result<R, String>,
+}
+
+impl<A, R> Codec<A, R>
+where
+    A: Serialize + DeserializeOwned,
+    R: Serialize + DeserializeOwned,
+{
+    pub(crate) fn new() -> Self {
+        Codec {
+            encode_arg: encode::<A>,
+            decode_arg: decode::<A>,
+            encode_result: encode::<R>,
+            decode_result: decode::<R>,
+        }
+    }
 }
 
 #[cfg(test)]

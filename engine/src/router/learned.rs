@@ -88,7 +88,7 @@ impl LearnedRouter {
 
     /// The class the watch moved cell `cell` to, if it did.
     #[inline]
-    fn moved_class(&self, cell: usize) -> Option<usize> {
+    pub(super) fn moved_class(&self, cell: usize) -> Option<usize> {
         match self.moved.get(cell)?.load(Ordering::Relaxed) {
             0 => None,
             moved => Some(usize::from(moved - 1)),
@@ -120,32 +120,6 @@ impl LearnedRouter {
     pub(crate) fn model_op(&self, op: u32) -> Option<u32> {
         let index = self.op_index.get(op as usize)?.load(Ordering::Relaxed);
         (index != UNKNOWN_OP).then_some(index)
-    }
-
-    /// Moves, in `self`, the cells that `old` has moved and `self`'s model places in
-    /// the other lane set: the watch's evidence is newer than any re-fit's rows. `ops`
-    /// are the engine's operation ids (cells are per model operation, and two models'
-    /// vocabularies may differ).
-    pub(crate) fn carry_moves(&self, old: &LearnedRouter, ops: impl Iterator<Item = u32>) {
-        for op in ops {
-            let (Some(from), Some(to)) = (old.model_op(op), self.model_op(op)) else {
-                continue;
-            };
-            for half_octave in 0..CELLS_PER_OP {
-                let old_cell = from as usize * CELLS_PER_OP + half_octave;
-                let Some(class) = old.moved_class(old_cell) else { continue };
-                let lanes = old.class_lanes(class);
-                let cell = to as usize * CELLS_PER_OP + half_octave;
-                let Some(spot) = self.cell_spot(to, cell) else { continue };
-                if self.class_lanes(self.spot_cost(spot).0) == lanes {
-                    continue;
-                }
-                let median = old.model.header().classes[class].median_ns;
-                if let Some(class) = super::watch::nearest_class(self, lanes, median) {
-                    self.move_cell(cell, Some(class));
-                }
-            }
-        }
     }
 
     /// The lane set of `class`.

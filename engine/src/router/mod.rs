@@ -18,7 +18,7 @@ mod watch;
 
 pub use adaptive::AdaptiveRouter;
 pub use learned::{LearnedRouter, MAX_OPS};
-pub(crate) use watch::CostWatch;
+pub(crate) use watch::{carry_moves, CostWatch};
 
 /// What a router sees about a token at admission.
 #[derive(Debug, Clone, Copy, PartialEq)]

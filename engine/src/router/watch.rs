@@ -9,7 +9,7 @@
 //! ones (a few hundred ms); the watch follows within about five of a cell's calls.
 //! It only moves cells between lane sets: the re-fit still draws new boundaries and
 //! classes. A re-fitted model takes over the moves its own tree does not make
-//! ([`LearnedRouter::carry_moves`]), and the watch's evidence starts afresh on it.
+//! ([`carry_moves`]), and the watch's evidence starts afresh on it.
 
 use crate::features::NO_COST;
 use std::collections::HashMap;
@@ -160,9 +160,39 @@ fn first_cell(index: u32) -> usize {
     index as usize * CELLS_PER_OP
 }
 
+/// Moves, in `new`, the cells that `old` has moved and `new`'s model places in the
+/// other lane set: the watch's evidence is newer than any re-fit's rows. `ops` are the
+/// engine's operation ids (cells are per model operation, and two models'
+/// vocabularies may differ).
+pub(crate) fn carry_moves(
+    new: &LearnedRouter,
+    old: &LearnedRouter,
+    ops: impl Iterator<Item = u32>,
+) {
+    for op in ops {
+        let (Some(from), Some(to)) = (old.model_op(op), new.model_op(op)) else {
+            continue;
+        };
+        for half_octave in 0..CELLS_PER_OP {
+            let old_cell = from as usize * CELLS_PER_OP + half_octave;
+            let Some(class) = old.moved_class(old_cell) else { continue };
+            let lanes = old.class_lanes(class);
+            let cell = to as usize * CELLS_PER_OP + half_octave;
+            let Some(spot) = new.cell_spot(to, cell) else { continue };
+            if new.class_lanes(new.spot_cost(spot).0) == lanes {
+                continue;
+            }
+            let median = old.model().header().classes[class].median_ns;
+            if let Some(class) = nearest_class(new, lanes, median) {
+                new.move_cell(cell, Some(class));
+            }
+        }
+    }
+}
+
 /// The class of lane set `lanes` whose runtime range holds `ns`, else the one whose
 /// median is nearest (in ratio).
-pub(super) fn nearest_class(router: &LearnedRouter, lanes: LaneSet, ns: u64) -> Option<usize> {
+fn nearest_class(router: &LearnedRouter, lanes: LaneSet, ns: u64) -> Option<usize> {
     let classes = &router.model().header().classes;
     let of_set = || (0..classes.len()).filter(|&c| router.class_lanes(c) == lanes);
     of_set().find(|&c| classes[c].min_ns <= ns && ns < classes[c].max_ns).or_else(|| {
@@ -294,7 +324,7 @@ mod tests {
         new.register_op(SORT, "sort", &[]);
         new.register_op(PI_TERM, "pi_term", &[]);
         assert_ne!(new.model_op(SORT), old.model_op(SORT));
-        new.carry_moves(&old, [SORT, PI_TERM].into_iter());
+        super::carry_moves(&new, &old, [SORT, PI_TERM].into_iter());
         let lanes_of = |op| new.route(&Features::new(op, Weight::Light, 300)).lanes;
         assert_eq!((lanes_of(SORT), lanes_of(PI_TERM)), (LaneSet::Heavy, LaneSet::Light));
         assert_eq!(new.moved_cells(), 1);
@@ -309,7 +339,7 @@ mod tests {
         // A cell "moved" to where the model already places it (sizes 0) is not carried.
         old.move_cell(old.model_op(SORT).unwrap() as usize * CELLS_PER_OP, Some(0));
         let new = router();
-        new.carry_moves(&old, [SORT, 7].into_iter());
+        super::carry_moves(&new, &old, [SORT, 7].into_iter());
         assert_eq!((lanes(&new, 300), lanes(&new, 0)), (LaneSet::Heavy, LaneSet::Light));
         assert_eq!(new.moved_cells(), 1);
         // Statistics of the old router are dropped for the new one: five calls again.

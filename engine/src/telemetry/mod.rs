@@ -24,6 +24,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 
 use crate::placement::{LaneSet, RouteSource, Weight};
 
+pub(crate) mod histogram;
+
 /// Records a lane collects before handing them to the writer.
 pub(crate) const FLUSH_ROWS: usize = 1_024;
 /// Buffers the channel holds before lanes start dropping.
@@ -111,6 +113,7 @@ pub struct TokenRecord {
 
 /// What the telemetry did over the engine's life, final after shutdown.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TelemetryStats {
     /// Records handed to the writer.
     pub recorded: u64,

@@ -179,8 +179,8 @@ impl<R> std::fmt::Debug for Token<R> {
     }
 }
 
-/// Waits for two tokens and returns both results: the way to fan out inside an
-/// operation. On a lane, the wait runs other queued work (these tokens' calls first, if
+/// Blocks until both tokens resolve and returns both results: the way to fan out
+/// inside an operation. On a lane, the wait runs other queued work (these tokens' calls first, if
 /// they were submitted from this lane), so recursion cannot deadlock.
 ///
 /// ```
@@ -195,18 +195,25 @@ impl<R> std::fmt::Debug for Token<R> {
 ///         return u64::from(n);
 ///     }
 ///     let fib = inner.get().expect("registered");
-///     let (a, b) = tokengate::join(fib.submit(n - 1), fib.submit(n - 2));
+///     let (a, b) = tokengate::wait_both(fib.submit(n - 1), fib.submit(n - 2));
 ///     a.unwrap() + b.unwrap()
 /// })?;
 /// me.set(fib.clone()).unwrap();
 /// assert_eq!(fib.submit(20).wait()?, 6_765);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub fn join<A, B>(a: Token<A>, b: Token<B>) -> (Result<A, TokenError>, Result<B, TokenError>) {
+pub fn wait_both<A, B>(a: Token<A>, b: Token<B>) -> (Result<A, TokenError>, Result<B, TokenError>) {
     // The second was submitted last: on a lane it is the newest local work, run first
     // by the first wait; waiting for it second then usually finds it done.
     let first = a.wait();
     (first, b.wait())
+}
+
+/// The old name of [`wait_both`] (rayon's `join` runs two closures; this waits on two
+/// tokens).
+#[deprecated(since = "0.2.0", note = "renamed `wait_both`: it blocks on two tokens")]
+pub fn join<A, B>(a: Token<A>, b: Token<B>) -> (Result<A, TokenError>, Result<B, TokenError>) {
+    wait_both(a, b)
 }
 
 /// Wakes the thread that waits, and counts the wakes (a helping lane checks the count

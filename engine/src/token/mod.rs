@@ -44,8 +44,10 @@ mod index;
 mod sync;
 
 pub(crate) use chunk::{Chunk, ChunkOf, Start, Tail};
+#[allow(deprecated)]
+pub use handle::join;
 pub(crate) use handle::{block_on, wait_slot, with_helper, Helper, Outside};
-pub use handle::{join, Token};
+pub use handle::{wait_both, Token};
 pub(crate) use index::{CancelById, TokenIndex};
 
 const QUEUED: u8 = 0;

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use rust_decimal::Decimal;
 
-use tokengate::{Engine, LaneStats, Operation, RegisterError, TokenError, Weight};
+use tokengate::lanes::LaneStats;
+use tokengate::{Engine, Operation, RegisterError, TokenError, Weight};
 
 /// Terms per chunk token.
 pub const CHUNK_TERMS: u64 = 1_000;
@@ -125,13 +126,15 @@ impl Pyramid {
         let done = Arc::clone(&summed);
         let chunks = engine.operation("pi_chunk", Weight::Medium).register_fallible(
             move |(start, end): (u64, u64)| {
-                let sum = sum_of(terms.map(start..end));
+                let sum = sum_of(terms.blocking_map(start..end));
                 done.fetch_add(end - start, Relaxed);
                 sum
             },
         )?;
         let partials = engine.operation("pi_partial", Weight::Medium).register_fallible(
-            move |(start, end): (u64, u64)| sum_of(chunks.map(ranges(start, end, CHUNK_TERMS))),
+            move |(start, end): (u64, u64)| {
+                sum_of(chunks.blocking_map(ranges(start, end, CHUNK_TERMS)))
+            },
         )?;
         let per_partial = CHUNK_TERMS * PARTIAL_CHUNKS as u64;
         let finish =
@@ -160,8 +163,8 @@ impl Pyramid {
         terms: u64,
         mut progress: impl FnMut(u64),
     ) -> Result<Outcome, TokenError> {
-        let lanes_before = engine.lane_stats();
-        let callers_before = engine.caller_tokens();
+        let lanes_before = engine.stats().lanes;
+        let callers_before = engine.stats().caller_tokens;
         let summed_before = self.summed.load(Relaxed);
         let started = Instant::now();
         let mut pending = self.finish.submit(terms);
@@ -174,7 +177,7 @@ impl Pyramid {
         };
         let wall = started.elapsed();
         progress(self.summed.load(Relaxed) - summed_before);
-        let lanes_after = engine.lane_stats();
+        let lanes_after = engine.stats().lanes;
         let per_lane = lane_delta(&lanes_before, &lanes_after);
         let lane_busy = lanes_after
             .iter()
@@ -183,7 +186,7 @@ impl Pyramid {
                 a.busy_ns.saturating_sub(b.busy_ns) as f64 / wall.as_nanos().max(1) as f64
             })
             .collect();
-        let by_callers = engine.caller_tokens() - callers_before;
+        let by_callers = engine.stats().caller_tokens - callers_before;
         Ok(Outcome { pi, tokens: token_count(terms), wall, per_lane, lane_busy, by_callers })
     }
 }

@@ -26,9 +26,9 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use tokengate::model::policy_for;
-use tokengate::TokenRecord;
+use tokengate::router::{Features, Placement, RouteSource, Router, MAX_OPS};
+use tokengate::telemetry::TokenRecord;
 use tokengate::{Engine, Operation, RegisterError, Token, Weight};
-use tokengate::{Features, Placement, RouteSource, Router, MAX_OPS};
 
 /// The operations, in vocabulary order.
 pub const OPS: [&str; 4] = ["primes", "sort", "hash", "text"];
@@ -575,7 +575,7 @@ impl Router for OracleRouter {
             };
         }
         let (lanes, batch) = policy_for(predicted_ns);
-        Placement { lanes, batch, class: None, predicted_ns, source: RouteSource::Heuristic }
+        Placement::new(lanes, batch, predicted_ns, RouteSource::Heuristic)
     }
 
     fn register_op(&self, op: u32, name: &str, _cost_features: &[String]) {

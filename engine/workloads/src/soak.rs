@@ -153,7 +153,7 @@ pub fn run(
     let mut rss = (0.0f64, 0.0f64);
     let mut next_sample = Duration::ZERO;
     let half = config.duration / 2;
-    while started.elapsed() < config.duration && !engine.is_shutting_down() {
+    while started.elapsed() < config.duration && !engine.stats().shutting_down {
         let calls: Vec<Call> = (0..256)
             .map(|_| {
                 let roll: f64 = rng.random();
@@ -212,7 +212,7 @@ pub fn run(
     let engine_resolved = stats.completed + stats.failed + stats.cancelled + stats.timed_out;
     let caller_resolved = report.completed + report.failed + report.cancelled + report.timed_out;
     report.double_resolved = engine_resolved.saturating_sub(caller_resolved);
-    report.stuck_workers = engine.stuck_workers();
+    report.stuck_workers = engine.stats().stuck_lanes;
     report.retried = stats.retried;
     report.peak_rss_mib = crate::sys::peak_rss_bytes().map_or(0.0, |b| b as f64 / (1 << 20) as f64);
     report.rss_halves_mib = rss;

@@ -35,8 +35,8 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use regex::Regex;
 use tokengate::model::{policy_for, HEAVY_NS};
+use tokengate::router::{Features, Placement, RouteSource, Router};
 use tokengate::{Engine, EngineBuilder, Operation, RegisterError, Token, Weight};
-use tokengate::{Features, Placement, RouteSource, Router};
 
 use crate::mixed::{digest_of, RouterRun, WAIT_BOUND};
 
@@ -472,7 +472,7 @@ impl Router for TextOracle {
         self.routed.fetch_add(1, Ordering::Relaxed);
         let predicted_ns = self.run_ns.get(features.arg_size as usize).copied().unwrap_or(HEAVY_NS);
         let (lanes, batch) = policy_for(predicted_ns.max(1));
-        Placement { lanes, batch, class: None, predicted_ns, source: RouteSource::Heuristic }
+        Placement::new(lanes, batch, predicted_ns, RouteSource::Heuristic)
     }
 }
 

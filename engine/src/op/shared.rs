@@ -1,5 +1,6 @@
 //! What every operation reaches of its engine: admission, lanes, router, the registry of
-//! operations, the token index and the engine's runtime.
+//! operations, the token index and the engine's runtime. It belongs to the operations'
+//! layer: the control port and the engine above reach the operations through it.
 //!
 //! Built by `engine::builder` once everything is validated; shared (`Arc`) by the
 //! engine, its operations, their batches and the controller.
@@ -8,15 +9,16 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
+use super::control::OpControl;
 use crate::adapt::Adapter;
 use crate::admission::Admission;
-use crate::control::state::{LatencyHistogram, OpControl};
 use crate::error::RegisterError;
 use crate::features::OpFeatures;
 use crate::lanes::Lanes;
-use crate::op::RemoteServe;
 use crate::remote::RemotePort;
+use crate::remote::RemoteServe;
 use crate::router::Router;
+use crate::telemetry::histogram::LatencyHistogram;
 use crate::token::{Outside, TokenIndex};
 
 pub(crate) struct Shared {

@@ -9,9 +9,9 @@ use async_nats::jetstream::{self, consumer, AckKind};
 use futures_util::StreamExt;
 use tokio::sync::{watch, Semaphore};
 
-use super::link::{hostname, subject_safe, unique, RemoteConfig};
-use super::wire::{self, Answer, Call, Heartbeat, WireOutcome, WIRE_VERSION};
-use crate::op::{CallError, RemoteServe};
+use crate::remote::link::{hostname, subject_safe, unique, RemoteConfig};
+use crate::remote::wire::{self, Answer, Call, Heartbeat, WireOutcome, WIRE_VERSION};
+use crate::remote::{block_on_aside, CallError, RemoteServe};
 use crate::Engine;
 
 /// How a worker serves: the server, its secret, the ack wait (from
@@ -46,6 +46,7 @@ impl WorkerConfig {
 
 /// What a worker has done.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct WorkerStats {
     /// Calls taken from the stream.
     pub received: u64,
@@ -125,7 +126,7 @@ impl Worker {
                 .into());
         }
         let runtime = engine.handle().clone();
-        let (client, js) = super::block_on_aside(&runtime, config.remote.connect())?;
+        let (client, js) = block_on_aside(&runtime, config.remote.connect())?;
         let host = hostname();
         let ctx = Arc::new(Ctx {
             id: format!("{}-{}-{:x}", subject_safe(&host), std::process::id(), unique()),
@@ -181,7 +182,7 @@ impl Worker {
         let all = u32::try_from(self.ctx.config.concurrency).unwrap_or(u32::MAX);
         let wait = self.ctx.config.remote.ack_wait;
         let (slots, client) = (Arc::clone(&self.ctx.slots), self.client.clone());
-        super::block_on_aside(&self.runtime, async {
+        block_on_aside(&self.runtime, async {
             let _ = tokio::time::timeout(wait, slots.acquire_many(all)).await;
             let _ = tokio::time::timeout(Duration::from_secs(5), client.flush()).await;
         });
