@@ -124,3 +124,8 @@ pub use token::{wait_both, Token, TokenState};
 
 #[cfg(feature = "macros")]
 pub use tokengate_macros::operation;
+
+/// The README's examples, compiled and run as doctests so that they cannot go stale.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+mod readme {}

@@ -134,6 +134,8 @@ impl Engine {
     /// # let engine = tokengate::Engine::builder().build()?;
     /// let square = engine.register("square", tokengate::Weight::Light, |x: u64| x * x)?;
     /// square.submit(3).wait()?;
+    /// // Counters are updated as batches end: exact once the engine has stopped.
+    /// engine.shutdown();
     /// let stats = engine.stats();
     /// assert_eq!(stats.in_flight, 0);
     /// assert_eq!(stats.operations[0].1.completed, 1);
