@@ -2,13 +2,15 @@
 
 use std::fmt;
 
+pub use crate::placement::ParseError;
+
 /// Why a token did not produce a value.
 ///
 /// Every token resolves exactly once, to `Ok(value)` or to one of these.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum TokenError {
-    /// The operation panicked; the worker caught the panic and kept serving.
+    /// The operation panicked; the lane caught the panic and kept serving.
     #[error("operation panicked: {message}")]
     Panicked {
         /// The panic payload, when it was a string.

@@ -49,13 +49,13 @@ impl fmt::Display for Weight {
 }
 
 impl FromStr for Weight {
-    type Err = String;
+    type Err = ParseError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "light" => Ok(Weight::Light),
             "medium" => Ok(Weight::Medium),
             "heavy" => Ok(Weight::Heavy),
-            other => Err(format!("unknown weight {other:?}: expected light, medium or heavy")),
+            other => Err(ParseError::new("weight", other, "light, medium or heavy")),
         }
     }
 }
@@ -106,13 +106,13 @@ impl fmt::Display for LaneSet {
 }
 
 impl FromStr for LaneSet {
-    type Err = String;
+    type Err = ParseError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "light" => Ok(LaneSet::Light),
             "heavy" => Ok(LaneSet::Heavy),
             "remote" => Ok(LaneSet::Remote),
-            other => Err(format!("unknown lane set {other:?}: expected light, heavy or remote")),
+            other => Err(ParseError::new("lane set", other, "light, heavy or remote")),
         }
     }
 }
@@ -157,12 +157,12 @@ impl fmt::Display for LaneSplit {
 }
 
 impl FromStr for LaneSplit {
-    type Err = String;
+    type Err = ParseError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "preemptive" => Ok(LaneSplit::Preemptive),
             "pinned" => Ok(LaneSplit::Pinned),
-            other => Err(format!("unknown lane split {other:?}: expected preemptive or pinned")),
+            other => Err(ParseError::new("lane split", other, "preemptive or pinned")),
         }
     }
 }
@@ -228,6 +228,26 @@ impl RouteSource {
     }
 }
 
+/// A name that is none of a type's values: what parsing a [`Weight`], a [`LaneSet`], a
+/// [`LaneSplit`] or a remote placement from text gives.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} {found:?}: expected {expected}")]
+#[non_exhaustive]
+pub struct ParseError {
+    /// What was parsed ("weight", "lane set", …).
+    pub what: &'static str,
+    /// The text given.
+    pub found: String,
+    /// The names accepted.
+    pub expected: &'static str,
+}
+
+impl ParseError {
+    pub(crate) fn new(what: &'static str, found: &str, expected: &'static str) -> Self {
+        ParseError { what, found: found.to_string(), expected }
+    }
+}
+
 /// Where and how a token runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -273,7 +293,7 @@ mod tests {
             assert_eq!(set.as_str().parse::<LaneSet>(), Ok(set));
             assert_eq!(set.index(), index);
         }
-        assert!("huge".parse::<Weight>().unwrap_err().contains("huge"));
-        assert!("elsewhere".parse::<LaneSet>().unwrap_err().contains("elsewhere"));
+        assert!("huge".parse::<Weight>().unwrap_err().to_string().contains("huge"));
+        assert!("elsewhere".parse::<LaneSet>().unwrap_err().to_string().contains("elsewhere"));
     }
 }

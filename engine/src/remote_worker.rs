@@ -109,6 +109,18 @@ pub struct Worker {
     runtime: tokio::runtime::Handle,
 }
 
+/// Why a [`Worker`] could not start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkerError {
+    /// The engine has no remote-capable operation to serve.
+    #[error("the engine has no remote-capable operation to serve (register one with .remote())")]
+    NothingToServe,
+    /// The NATS server could not be reached, or its stream not set up (the reason).
+    #[error("{0}")]
+    Connect(String),
+}
+
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Worker").field("id", &self.ctx.id).finish_non_exhaustive()
@@ -118,15 +130,14 @@ impl std::fmt::Debug for Worker {
 impl Worker {
     /// Connects and starts serving every remote-capable operation registered on
     /// `engine` so far, on the engine's runtime.
-    pub fn start(engine: &Engine, config: WorkerConfig) -> Result<Worker, String> {
+    pub fn start(engine: &Engine, config: WorkerConfig) -> Result<Worker, WorkerError> {
         let ops = engine.served_ops();
         if ops.is_empty() {
-            return Err("the engine has no remote-capable operation to serve \
-                        (register one with .remote())"
-                .into());
+            return Err(WorkerError::NothingToServe);
         }
         let runtime = engine.handle().clone();
-        let (client, js) = block_on_aside(&runtime, config.remote.connect())?;
+        let (client, js) =
+            block_on_aside(&runtime, config.remote.connect()).map_err(WorkerError::Connect)?;
         let host = hostname();
         let ctx = Arc::new(Ctx {
             id: format!("{}-{}-{:x}", subject_safe(&host), std::process::id(), unique()),

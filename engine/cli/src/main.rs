@@ -202,7 +202,7 @@ fn builder(args: &EngineArgs) -> EngineBuilder {
     builder
 }
 
-fn parse_split(s: &str) -> Result<tokengate::lanes::LaneSplit, String> {
+fn parse_split(s: &str) -> Result<tokengate::lanes::LaneSplit, tokengate::error::ParseError> {
     s.parse()
 }
 

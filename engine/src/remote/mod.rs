@@ -56,7 +56,7 @@ pub use link::RemoteConfig;
 // The worker process runs an engine, so it sits above it (`remote_worker.rs`); its
 // public names live here, beside the link's.
 #[cfg(feature = "nats")]
-pub use crate::remote_worker::{Worker, WorkerConfig, WorkerStats};
+pub use crate::remote_worker::{Worker, WorkerConfig, WorkerError, WorkerStats};
 pub(crate) use seam::{CallError, PendingToken, RemoteServe, Reply, ReplyFuture};
 
 /// When tokens of remote-capable operations go to remote workers.
@@ -72,13 +72,15 @@ pub enum RemotePlacement {
 }
 
 impl FromStr for RemotePlacement {
-    type Err = String;
+    type Err = crate::placement::ParseError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "auto" => Ok(RemotePlacement::Auto),
             "local" => Ok(RemotePlacement::Local),
             "remote" => Ok(RemotePlacement::Remote),
-            other => Err(format!("unknown placement {other:?}: expected auto, local or remote")),
+            other => {
+                Err(crate::placement::ParseError::new("placement", other, "auto, local or remote"))
+            }
         }
     }
 }

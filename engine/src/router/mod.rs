@@ -196,6 +196,6 @@ mod tests {
     #[test]
     fn weight_parses_and_rejects_unknown() {
         assert_eq!("heavy".parse::<Weight>(), Ok(Weight::Heavy));
-        assert!("huge".parse::<Weight>().unwrap_err().contains("huge"));
+        assert!("huge".parse::<Weight>().unwrap_err().to_string().contains("huge"));
     }
 }
