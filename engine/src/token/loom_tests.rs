@@ -26,7 +26,8 @@ fn short_path_worker(chunk: &Arc<Chunk<u32>>) -> loom::thread::JoinHandle<Outcom
     loom::thread::spawn(move || {
         let slot = chunk.slot(0);
         if slot.claim_to_write(1) {
-            slot.publish(1, Ok(7))
+            // SAFETY: `claim_to_write` moved the slot into WRITING for attempt 1.
+            unsafe { slot.publish(1, Ok(7)) }
         } else {
             Outcome::Skipped
         }

@@ -222,7 +222,8 @@ impl<R> Slot<R> {
         {
             return Err(result);
         }
-        self.publish(attempt, result);
+        // SAFETY: the CAS above moved the slot into WRITING for `attempt`.
+        unsafe { self.publish(attempt, result) };
         Ok(())
     }
 
@@ -239,12 +240,17 @@ impl<R> Slot<R> {
     /// Writes the result and resolves the token: the one way out of `WRITING`, for
     /// whoever won the CAS into it ([`Slot::claim_to_write`], `finish_and`,
     /// `resolve_from`).
+    ///
+    /// # Safety
+    /// The caller has moved this slot into `WRITING` for `attempt` (won the CAS into it)
+    /// and not published since: it is then the result cell's only writer, and no reader
+    /// looks at the cell before the terminal state this stores.
     #[inline]
-    pub(crate) fn publish(&self, attempt: u8, result: Result<R, TokenError>) -> Outcome {
+    pub(crate) unsafe fn publish(&self, attempt: u8, result: Result<R, TokenError>) -> Outcome {
         let outcome = if result.is_ok() { Outcome::Completed } else { Outcome::Failed };
         let terminal = terminal_code(&result);
-        // SAFETY: the caller won the CAS into WRITING, so it is the only writer, and no
-        // reader looks at `result` before the terminal state below.
+        // SAFETY: the caller won the CAS into WRITING (this fn's contract), so it is the
+        // only writer, and no reader looks at `result` before the terminal state below.
         unsafe { self.result.write(result) };
         // One swap publishes the result and tells whether anybody waits: a token whose
         // handle finds it resolved (most of a bulk submit's) never registered a waker,
@@ -279,7 +285,8 @@ impl<R> Slot<R> {
             return Outcome::Skipped;
         }
         first(&result);
-        self.publish(attempt, result)
+        // SAFETY: the advance above moved the slot into WRITING for `attempt`.
+        unsafe { self.publish(attempt, result) }
     }
 
     /// Resolves a token that was never queued to run (a duplicate of a call in flight)
