@@ -77,7 +77,10 @@ fn count(mode: &str, n: u64) -> Option<u64> {
         .arg(format!("--callgrind-out-file={}", out.display()))
         .args(["--toggle-collect=*submit_bulk*", "--toggle-collect=*submit_single*"])
         .arg("--toggle-collect=*take_single*")
+        // A job's run, however rustc names it: `<T as Job>::run` when the impl sits
+        // beside its type, `path::<impl Job for T>::run` when it does not.
         .arg("--toggle-collect=*as tokengate::lanes::*Job>::run")
+        .arg("--toggle-collect=*impl tokengate::lanes::job::Job for *>::run")
         .arg(std::env::current_exe().ok()?)
         .args(["--workload", mode, &n.to_string()])
         .status()
