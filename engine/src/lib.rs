@@ -103,6 +103,8 @@ pub mod control;
 mod engine;
 pub mod error;
 pub mod features;
+#[cfg(doctest)]
+mod guides;
 pub mod lanes;
 pub mod model;
 pub mod op;
