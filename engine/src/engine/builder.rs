@@ -162,8 +162,9 @@ impl EngineBuilder {
     /// cost-aware: a light lane takes a queued heavy batch only if its predicted runtime
     /// fits this budget (default 100 µs), or if light work is unlikely to arrive while
     /// it runs (fewer than 0.1 light arrivals expected, from the recent light arrival
-    /// rate). So a light lane may stay idle while heavy work waits; the README explains
-    /// why.
+    /// rate). So a light lane may stay idle while heavy work waits: a light call that
+    /// arrives behind a heavy one on a lane that runs calls to completion waits for all
+    /// of it (docs/lanes.md, "The pinned split").
     pub fn light_budget(mut self, budget: Duration) -> Self {
         self.light_budget = budget;
         self

@@ -354,7 +354,7 @@ impl Engine {
     }
 
     /// Tokens run by callers outside the lanes while they waited on a token and the
-    /// lanes were backlogged (not counted in [`Engine::lane_stats`]).
+    /// lanes were backlogged (not counted in [`EngineStats::lanes`]).
     #[deprecated(since = "0.2.0", note = "use `Engine::stats().caller_tokens`")]
     pub fn caller_tokens(&self) -> u64 {
         self.shared.lanes.by_callers()

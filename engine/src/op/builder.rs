@@ -117,7 +117,7 @@ impl<'e, A: Send + 'static> OperationBuilder<'e, A> {
     /// Each call resolves as [`TokenError::TimedOut`] once it has run for `timeout`,
     /// even if the function keeps running: the late result is discarded, and the lane
     /// stuck in it is replaced at once by a fresh thread on the same core (the stuck one
-    /// retires when the call returns; see [`Engine::stuck_workers`](crate::Engine::stuck_workers)). Waiting in the
+    /// retires when the call returns; see [`EngineStats::stuck_lanes`](crate::EngineStats::stuck_lanes)). Waiting in the
     /// queue does not count: admission bounds that. Timed calls run one per batch.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.options.timeout = Some(timeout);

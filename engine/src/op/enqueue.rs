@@ -254,8 +254,10 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
     /// Route → override → batch, for the current features.
     fn place(&self) -> Placement {
         let mut placement = self.op.engine.router.route(&self.features);
-        if placement.source == RouteSource::Tag && self.op.options.remote_preferred {
-            // The tag says remote (it only counts where a link exists).
+        if placement.source != RouteSource::Model && self.op.options.remote_preferred {
+            // The tag says remote, and no model decided otherwise: the running averages
+            // stand in for the tags, so they keep it remote too (it only counts where a
+            // link exists).
             placement.lanes = LaneSet::Remote;
         }
         placement.batch = placement.batch.min(self.spread);

@@ -26,9 +26,10 @@ impl<A> RemoteBuilder<'_, A>
 where
     A: Serialize + DeserializeOwned + Send + 'static,
 {
-    /// Tags the operation "remote": where the tags decide (no model, no override), its
-    /// tokens go to remote workers whenever the link can take them, whatever the
-    /// placement policy. A model's placement and the control port's pin still win.
+    /// Tags the operation "remote": unless a model places it (by tags or running
+    /// averages, the default), its tokens go to remote workers whenever the link can
+    /// take them, whatever the placement policy. A model's placement and the control
+    /// port's pin still win.
     pub fn preferred(mut self) -> Self {
         self.inner.options.remote_preferred = true;
         self

@@ -105,7 +105,7 @@ pub struct RemoteStats {
     pub bad_answers: u64,
     /// Tokens waiting for an answer now.
     pub pending: u64,
-    /// Workers heard from in the last three seconds.
+    /// Workers heard from within the link's `worker_grace` (default 3 s).
     pub workers: u64,
     /// Whether the link is up (connected, and not shut off after an outage).
     pub connected: bool,

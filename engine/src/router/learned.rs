@@ -32,7 +32,8 @@ fn cell(index: u32, log2_size: f64) -> usize {
 }
 
 /// Places each token by the class a fitted cost model predicts from its features;
-/// operations the model never saw fall back to their tags.
+/// operations the model never saw (or knows with other cost-feature names) are placed
+/// by the running averages of an [`EwmaRouter`] over the fallback's tags.
 #[derive(Debug)]
 pub struct LearnedRouter {
     model: Model,
@@ -67,7 +68,7 @@ impl LearnedRouter {
 
     /// Where a token of engine operation `op` with this size hint and these cost
     /// features is placed from: its leaf and its watch cell; `None` if the model does
-    /// not know the operation (its tokens are placed by tag).
+    /// not know the operation (its tokens are placed by the running averages).
     #[inline]
     pub(crate) fn spot(&self, op: u32, arg_size: u64, cost: &CostInputs) -> Option<Spot> {
         let index = self.model_op(op)?;
