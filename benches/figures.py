@@ -192,16 +192,21 @@ def render_faults():
         return None
     by = {}
     for line in text.splitlines():
+        # "<fault>   +  0.04 s  lost 0  twice 0  digest equal  remote …  overhead p50 9650 us"
         parts = line.split()
-        if len(parts) > 3 and parts[1].startswith("+"):
+        if len(parts) > 3 and parts[1] == "+":
             by.setdefault(parts[0], []).append(line)
-    lines = ["| fault | added wall time (runs) | lost | twice | digest |", "|---|---|---|---|---|"]
+    lines = ["| fault, 2 s into the run | added wall time (runs) | tokens fell back to local lanes "
+             "| lost | twice | digest | remote overhead p50 ms (runs) |",
+             "|---|---|---|---|---|---|---|"]
     for fault, runs in by.items():
-        added = ", ".join(r.split()[1] + " s" for r in runs)
+        added = ", ".join(f"+{float(r.split()[2]):.2f}" for r in runs) + " s"
+        fell = ", ".join(r.split("fell back ")[1].split()[0] for r in runs)
         lost = sum(int(r.split("lost ")[1].split()[0]) for r in runs)
         twice = sum(int(r.split("twice ")[1].split()[0]) for r in runs)
         digest = "equal" if all("digest equal" in r for r in runs) else "**DIFFERENT**"
-        lines.append(f"| {fault} | {added} | {lost} | {twice} | {digest} |")
+        overhead = ", ".join(f"{int(r.split('overhead p50 ')[1].split()[0]) / 1000:.1f}" for r in runs)
+        lines.append(f"| {fault} | {added} | {fell} | {lost} | {twice} | {digest} | {overhead} |")
     return "\n".join(lines)
 
 
