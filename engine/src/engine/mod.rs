@@ -269,7 +269,7 @@ impl Engine {
             Some(lane) => format!("{pinning}; heavy lanes at {} priority", lane.priority),
             None => pinning,
         };
-        let model = match self.stats().model_version {
+        let model = match self.shared.router.model_version() {
             0 => "no model".to_string(),
             version => format!("model {version:08x}"),
         };
@@ -277,15 +277,15 @@ impl Engine {
         tracing::info!(
             "engine started: {} lanes ({heavy} heavy), {pinning}; {model}; capacity {}{control}",
             lanes.len(),
-            self.stats().capacity
+            self.shared.admission.capacity()
         );
     }
 
     fn log_stopped(&self) {
-        let tokens =
-            self.stats().lanes.iter().map(|s| s.tokens).sum::<u64>() + self.stats().caller_tokens;
+        let stats = self.stats();
+        let tokens = stats.lanes.iter().map(|s| s.tokens).sum::<u64>() + stats.caller_tokens;
         let secs = self.started.elapsed().as_secs_f64();
-        let telemetry = match self.stats().telemetry {
+        let telemetry = match &stats.telemetry {
             Some(t) if !t.files.is_empty() || t.dropped > 0 => format!(
                 "; telemetry: {} rows in {} segments, {} dropped",
                 t.written,
@@ -296,7 +296,7 @@ impl Engine {
         };
         tracing::info!(
             "engine stopped: {tokens} tokens in {secs:.3} s, {} stuck lanes replaced{telemetry}",
-            self.stats().stuck_lanes
+            stats.stuck_lanes
         );
     }
 
@@ -416,8 +416,8 @@ impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
             .field("lanes", &self.shared.lanes.len())
-            .field("capacity", &self.stats().capacity)
-            .field("in_flight", &self.stats().in_flight)
+            .field("capacity", &self.shared.admission.capacity())
+            .field("in_flight", &self.shared.admission.in_flight())
             .field("router", &self.shared.router)
             .finish()
     }
