@@ -49,9 +49,13 @@ const OUTCOMES: [Outcome; 6] = [
 
 impl Collector for EngineCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let shared = &self.controller.shared;
-        let ops: Vec<_> =
-            shared.ops().iter().map(|op| (op.name().to_string(), op.stats())).collect();
+        let controller = &self.controller;
+        let ops: Vec<_> = controller
+            .registry
+            .ops()
+            .iter()
+            .map(|op| (op.name().to_string(), op.stats()))
+            .collect();
         for (name, help, value) in OUTCOMES {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             for (op, stats) in &ops {
@@ -68,7 +72,7 @@ impl Collector for EngineCollector {
             Some(&Unit::Seconds),
             MetricType::Histogram,
         )?;
-        for op in shared.ops() {
+        for op in controller.registry.ops() {
             let (fine, sum_ns) = op.control().latency().read();
             // Prometheus keeps power-of-two buckets; quantiles elsewhere read the fine ones.
             let counts = octave_counts(&fine);
@@ -91,8 +95,9 @@ impl Collector for EngineCollector {
             )?;
         }
 
-        let lanes = shared.lanes.stats();
-        let sets: Vec<_> = shared.lanes.infos().into_iter().map(|info| info.set.as_str()).collect();
+        let lanes = controller.lanes.stats();
+        let sets: Vec<_> =
+            controller.lanes.infos().into_iter().map(|info| info.set.as_str()).collect();
         let lane_labels = |index: usize| {
             [("lane", index.to_string()), ("set", sets.get(index).copied().unwrap_or("").into())]
         };
@@ -116,7 +121,7 @@ impl Collector for EngineCollector {
             ConstCounter::new(lane.tokens).encode(family.encode_family(&lane_labels(index))?)?;
         }
 
-        let telemetry = shared.lanes.telemetry();
+        let telemetry = controller.lanes.telemetry();
         let (recorded, dropped, written) = telemetry.map_or((0, 0, 0), |t| {
             let stats = t.stats();
             let written = t.live.written.load(std::sync::atomic::Ordering::Relaxed);

@@ -21,11 +21,15 @@ pub use server::{
     generate_secret, MAX_CONNECTIONS, MAX_MESSAGE_BYTES, MAX_TCP_CONNECTIONS, SESSION_COOKIE,
 };
 
+use crate::adapt::Adapter;
 use crate::error::CancelSource;
+use crate::lanes::Lanes;
 use crate::op::control::OpControl;
-use crate::op::{Shared, Shutdown};
+use crate::op::{OpEnv, Registry, SetLatency, Shutdown, Stopper};
 use crate::placement::LaneSet;
+use crate::router::Router;
 use crate::telemetry::histogram::LATENCY_BUCKETS;
+use crate::token::TokenIndex;
 use protocol::{
     ClassSnapshot, EngineSnapshot, LaneSnapshot, ModelSnapshot, OpSnapshot, RecentToken,
 };
@@ -45,7 +49,13 @@ use protocol::{
 /// ```
 #[derive(Clone)]
 pub struct Controller {
-    shared: Arc<Shared>,
+    registry: Arc<Registry>,
+    lanes: Arc<Lanes>,
+    router: Arc<dyn Router>,
+    tokens: Arc<TokenIndex>,
+    set_latency: SetLatency,
+    adapter: Option<Arc<Adapter>>,
+    stopper: Stopper,
 }
 
 impl std::fmt::Debug for Controller {
@@ -71,12 +81,26 @@ pub enum ControlError {
 }
 
 impl Controller {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        Controller { shared }
+    /// A controller of the operations in `registry`, which run in `env`.
+    pub(crate) fn new(
+        registry: Arc<Registry>,
+        env: &OpEnv,
+        adapter: Option<Arc<Adapter>>,
+        stopper: Stopper,
+    ) -> Self {
+        Controller {
+            registry,
+            lanes: Arc::clone(&env.lanes),
+            router: Arc::clone(&env.router),
+            tokens: Arc::clone(&env.tokens),
+            set_latency: Arc::clone(&env.set_latency),
+            adapter,
+            stopper,
+        }
     }
 
     fn op(&self, name: &str) -> Result<Arc<dyn OpControl>, ControlError> {
-        self.shared.op(name).ok_or_else(|| ControlError::UnknownOp(name.to_string()))
+        self.registry.op(name).ok_or_else(|| ControlError::UnknownOp(name.to_string()))
     }
 
     /// Pauses one operation (`Some(name)`) or all: admitted work of it waits, keeping
@@ -93,8 +117,8 @@ impl Controller {
 
     fn set_paused(&self, op: Option<&str>, paused: bool) -> Result<(), ControlError> {
         match op {
-            Some(name) => self.op(name)?.control().set_paused(paused, &self.shared.lanes),
-            None => self.shared.set_paused_all(paused),
+            Some(name) => self.op(name)?.control().set_paused(paused, &self.lanes),
+            None => self.registry.set_paused_all(paused, &self.lanes),
         }
         Ok(())
     }
@@ -123,7 +147,7 @@ impl Controller {
         if limit == Some(0) {
             return Err(ControlError::BadValue("throttle limit must be at least 1".into()));
         }
-        self.op(op)?.control().set_throttle(limit, &self.shared.lanes);
+        self.op(op)?.control().set_throttle(limit, &self.lanes);
         Ok(())
     }
 
@@ -132,7 +156,7 @@ impl Controller {
     /// it cancelled at once (the rest are cancelled as their lane reaches them).
     pub fn cancel_waiting(&self, op: &str) -> Result<u64, ControlError> {
         let op = self.op(op)?;
-        let before = self.shared.next_token_id.load(std::sync::atomic::Ordering::SeqCst);
+        let before = self.tokens.next_id();
         let held = op.control().cancel_before(before);
         let count = held.iter().map(|job| job.len() as u64).sum();
         for job in held {
@@ -145,7 +169,7 @@ impl Controller {
     /// resolves as `Cancelled { by: Control }`. Otherwise
     /// [`ControlError::NotWaiting`]: nothing is left pending.
     pub fn cancel_token(&self, id: u64) -> Result<(), ControlError> {
-        if self.shared.tokens.cancel(id, CancelSource::Control) {
+        if self.tokens.cancel(id, CancelSource::Control) {
             Ok(())
         } else {
             Err(ControlError::NotWaiting(id))
@@ -157,30 +181,30 @@ impl Controller {
         let ops = match op {
             Some(name) => vec![self.op(name)?],
             None => {
-                self.shared.set_paused_all(false);
-                self.shared.ops()
+                self.registry.set_paused_all(false, &self.lanes);
+                self.registry.ops()
             }
         };
         for op in ops {
             let control = op.control();
             control.set_pin(None);
             control.set_batch(None);
-            control.set_throttle(None, &self.shared.lanes);
-            control.set_paused(false, &self.shared.lanes);
+            control.set_throttle(None, &self.lanes);
+            control.set_paused(false, &self.lanes);
         }
         Ok(())
     }
 
     /// Every operation's counters and overrides, in registration order.
     pub fn op_stats(&self) -> Vec<(String, OpStats, Overrides)> {
-        let ops = self.shared.ops();
+        let ops = self.registry.ops();
         ops.iter().map(|op| (op.name().to_string(), op.stats(), op.control().overrides())).collect()
     }
 
     /// Every operation's live numbers, in registration order (`throughput` is `None`: it
     /// needs an earlier snapshot; the control port fills it per connection).
     pub fn snapshot(&self) -> Vec<OpSnapshot> {
-        self.shared
+        self.registry
             .ops()
             .iter()
             .map(|op| {
@@ -213,10 +237,10 @@ impl Controller {
     /// The model routing now and what adaptation has done: for an engine without
     /// adaptation, only `model_version` is set.
     pub fn model_status(&self) -> crate::adapt::AdaptStatus {
-        match &self.shared.adapter {
+        match &self.adapter {
             Some(adapter) => adapter.status(),
             None => crate::adapt::AdaptStatus {
-                model_version: self.shared.router.model_version(),
+                model_version: self.router.model_version(),
                 ..Default::default()
             },
         }
@@ -225,7 +249,7 @@ impl Controller {
     /// Lanes (busy share 0: it needs an earlier snapshot) and the model, with the
     /// newest tokens the telemetry saw: what the dashboard shows beside the operations.
     pub(crate) fn engine_snapshot(&self) -> EngineSnapshot {
-        let lanes = &self.shared.lanes;
+        let lanes = &self.lanes;
         let stats = lanes.stats();
         let lanes_now = lanes
             .infos()
@@ -241,11 +265,11 @@ impl Controller {
             })
             .collect();
         let status = self.model_status();
-        let classes = self.shared.router.classes();
+        let classes = self.router.classes();
         let class_of = |run_ns: u64| {
             classes.iter().position(|c| run_ns >= c.min_ns && run_ns < c.max_ns).map(|c| c as u8)
         };
-        let names = self.shared.op_names.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let names = self.registry.op_names();
         let recent = lanes
             .telemetry()
             .map(|t| t.live.recent.lock().unwrap_or_else(|e| e.into_inner()).clone())
@@ -281,17 +305,17 @@ impl Controller {
 
     /// The latency histograms' counts by lane set (light, heavy, remote).
     pub(crate) fn set_latency_counts(&self) -> [[u64; LATENCY_BUCKETS]; 3] {
-        std::array::from_fn(|set| self.shared.set_latency[set].read().0)
+        std::array::from_fn(|set| self.set_latency[set].read().0)
     }
 
     /// Each lane's time spent running batches so far (ns).
     pub(crate) fn lane_busy_ns(&self) -> Vec<u64> {
-        self.shared.lanes.stats().iter().map(|s| s.busy_ns).collect()
+        self.lanes.stats().iter().map(|s| s.busy_ns).collect()
     }
 
     /// Turns online re-fitting on or off.
     pub fn set_adapt(&self, on: bool) -> Result<(), ControlError> {
-        let adapter = self.shared.adapter.as_ref().ok_or_else(|| {
+        let adapter = self.adapter.as_ref().ok_or_else(|| {
             ControlError::BadValue("this engine was built without adaptation".into())
         })?;
         adapter.set_enabled(on);
@@ -300,7 +324,7 @@ impl Controller {
 
     /// Calls `f` with the new model version after every swap of online adaptation.
     pub(crate) fn on_model_swap(&self, f: impl Fn(u32) + Send + 'static) {
-        if let Some(adapter) = &self.shared.adapter {
+        if let Some(adapter) = &self.adapter {
             adapter.on_swap(f);
         }
     }
@@ -308,11 +332,11 @@ impl Controller {
     /// Starts a shutdown without waiting for it (see
     /// [`StopHandle::begin`](crate::StopHandle::begin)).
     pub fn shutdown(&self, mode: Shutdown) {
-        self.shared.begin_stop(mode);
+        self.stopper.begin(mode);
     }
 
     /// True once a shutdown has begun.
     pub fn is_shutting_down(&self) -> bool {
-        self.shared.admission.is_closed()
+        self.stopper.begun()
     }
 }

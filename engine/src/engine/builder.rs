@@ -8,11 +8,11 @@ use std::time::Duration;
 use super::Engine;
 use crate::adapt::{Adaptation, Adapter};
 use crate::admission::Admission;
-use crate::control::{ControlConfig, Controller};
+use crate::control::ControlConfig;
 use crate::error::BuildError;
 use crate::lanes::{self, LaneConfig, Lanes, StealPolicy, LIGHT_BUDGET, MAX_LANES};
 use crate::model::Model;
-use crate::op::Shared;
+use crate::op::{OpEnv, Registry};
 use crate::placement::LaneSplit;
 use crate::router::{EwmaRouter, LearnedRouter, Router, StaticRouter};
 use crate::telemetry::{Sink, Tap, Telemetry};
@@ -342,25 +342,27 @@ impl EngineBuilder {
             }
         }
         let chunk_len = valid.capacity.min(4096);
-        let shared = Arc::new(Shared::new(
+        let env = Arc::new(OpEnv::new(
             admission,
             lanes,
             router,
-            runtime.handle().clone(),
-            op_names,
+            Arc::default(),
             chunk_len,
-            adapter,
+            runtime.handle().clone(),
+            Arc::default(),
+            Arc::default(),
         ));
-        let mut engine = Engine::new(shared, runtime);
+        let registry = Arc::new(Registry::new(op_names));
+        let mut engine = Engine::new(env, registry, adapter, runtime);
         #[cfg(feature = "nats")]
         if let Some(config) = self.nats.clone() {
             // The engine's drop stops the lanes and the runtime if this fails.
             let link = crate::remote::Link::start(config, engine.handle())
                 .map_err(|e| BuildError::io("remote link", std::io::Error::other(e)))?;
-            let _ = engine.shared.remote.set(link);
+            let _ = engine.env.remote.set(link);
         }
         if let Some((listener, secret)) = control {
-            let controller = Controller::new(Arc::clone(&engine.shared));
+            let controller = engine.controller();
             let runtime = engine.runtime.as_ref().expect("runtime lives until drop");
             // The engine's drop stops the lanes and the runtime if this fails.
             let addr = crate::control::start(runtime, listener, controller, secret)

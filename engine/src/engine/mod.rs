@@ -9,11 +9,12 @@ mod builder;
 pub use builder::EngineBuilder;
 
 use crate::adapt::AdaptStatus;
+use crate::adapt::Adapter;
 use crate::control::{ControlError, Controller, OpStats, Overrides};
 use crate::error::RegisterError;
 use crate::lanes::{LaneInfo, LaneStats};
+use crate::op::{OpEnv, Registry, Shutdown, Stopper};
 use crate::op::{Operation, OperationBuilder};
-use crate::op::{Shared, Shutdown};
 use crate::placement::Weight;
 use crate::telemetry::{TelemetryStats, TokenRecord};
 
@@ -57,7 +58,11 @@ pub struct EngineStats {
 /// Dropping the engine drains it: everything admitted runs, new work is rejected,
 /// and the lane threads are joined.
 pub struct Engine {
-    pub(super) shared: Arc<Shared>,
+    /// What its operations' calls reach: admission, lanes, router, token index.
+    pub(super) env: Arc<OpEnv>,
+    /// Its operations by name.
+    registry: Arc<Registry>,
+    adapter: Option<Arc<Adapter>>,
     /// Set once the lanes have been joined.
     stopped: Mutex<bool>,
     pub(super) control_addr: Option<std::net::SocketAddr>,
@@ -66,9 +71,16 @@ pub struct Engine {
 }
 
 impl Engine {
-    fn new(shared: Arc<Shared>, runtime: tokio::runtime::Runtime) -> Self {
+    fn new(
+        env: Arc<OpEnv>,
+        registry: Arc<Registry>,
+        adapter: Option<Arc<Adapter>>,
+        runtime: tokio::runtime::Runtime,
+    ) -> Self {
         Engine {
-            shared,
+            env,
+            registry,
+            adapter,
             stopped: Mutex::new(false),
             runtime: Some(runtime),
             control_addr: None,
@@ -78,8 +90,9 @@ impl Engine {
 
     /// Registers an infallible function as an operation.
     ///
-    /// A panic inside `f` resolves that token as [`TokenError::Panicked`]; the lane
-    /// keeps serving. For options (a size hint for the router), use
+    /// A panic inside `f` resolves that token as
+    /// [`TokenError::Panicked`](crate::TokenError::Panicked); the lane keeps serving. For
+    /// options (a size hint for the router), use
     /// [`Engine::operation`].
     pub fn register<A, R, F>(
         &self,
@@ -96,7 +109,7 @@ impl Engine {
     }
 
     /// Registers a function that returns `Result`; an `Err(e)` resolves the token as
-    /// [`TokenError::Failed`] with `e.to_string()`.
+    /// [`TokenError::Failed`](crate::TokenError::Failed) with `e.to_string()`.
     pub fn register_fallible<A, R, E, F>(
         &self,
         name: &str,
@@ -124,7 +137,7 @@ impl Engine {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn operation<A>(&self, name: &str, weight: Weight) -> OperationBuilder<'_, A> {
-        OperationBuilder::new(&self.shared, name, weight)
+        OperationBuilder::new(&self.env, &self.registry, name, weight)
     }
 
     /// A snapshot of the engine's counters: admission, lanes, operations, telemetry,
@@ -142,20 +155,20 @@ impl Engine {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn stats(&self) -> EngineStats {
-        let shared = &self.shared;
+        let env = &self.env;
         EngineStats {
-            capacity: shared.admission.capacity(),
-            in_flight: shared.admission.in_flight(),
-            memory_in_flight: shared.admission.memory(),
-            shutting_down: shared.admission.is_closed(),
-            model_version: shared.router.model_version(),
-            lanes: shared.lanes.stats(),
-            caller_tokens: shared.lanes.by_callers(),
-            stuck_lanes: shared.lanes.replaced(),
+            capacity: env.admission.capacity(),
+            in_flight: env.admission.in_flight(),
+            memory_in_flight: env.admission.memory(),
+            shutting_down: env.admission.is_closed(),
+            model_version: env.router.model_version(),
+            lanes: env.lanes.stats(),
+            caller_tokens: env.lanes.by_callers(),
+            stuck_lanes: env.lanes.replaced(),
             operations: self.controller().op_stats(),
-            telemetry: shared.lanes.telemetry().map(|t| t.stats()),
-            adaptation: shared.adapter.as_ref().map(|a| a.status()),
-            remote: shared.remote.get().map(|link| link.stats()),
+            telemetry: env.lanes.telemetry().map(|t| t.stats()),
+            adaptation: self.adapter.as_ref().map(|a| a.status()),
+            remote: env.remote.get().map(|link| link.stats()),
         }
     }
 
@@ -163,47 +176,47 @@ impl Engine {
     /// [`Engine::shutdown`]); `None` when logging is off.
     #[deprecated(since = "0.2.0", note = "use `Engine::stats().telemetry`")]
     pub fn telemetry_stats(&self) -> Option<TelemetryStats> {
-        self.shared.lanes.telemetry().map(|t| t.stats())
+        self.env.lanes.telemetry().map(|t| t.stats())
     }
 
     /// The records kept by [`EngineBuilder::log_in_memory`], available after shutdown.
     pub fn take_records(&self) -> Vec<TokenRecord> {
-        self.shared.lanes.telemetry().map(|t| t.take_records()).unwrap_or_default()
+        self.env.lanes.telemetry().map(|t| t.take_records()).unwrap_or_default()
     }
 
     /// The router's model fingerprint (0 when routing without a model).
     #[deprecated(since = "0.2.0", note = "use `Engine::stats().model_version`")]
     pub fn model_version(&self) -> u32 {
-        self.shared.router.model_version()
+        self.env.router.model_version()
     }
 
     /// How each lane was set up (core, pinning, affinity mask read back in the thread).
     pub fn lanes(&self) -> Vec<LaneInfo> {
-        self.shared.lanes.infos()
+        self.env.lanes.infos()
     }
 
     /// Tokens and batches each lane has processed so far.
     #[deprecated(since = "0.2.0", note = "use `Engine::stats().lanes`")]
     pub fn lane_stats(&self) -> Vec<LaneStats> {
-        self.shared.lanes.stats()
+        self.env.lanes.stats()
     }
 
     /// The admission capacity.
     #[deprecated(since = "0.2.0", note = "use `Engine::stats().capacity`")]
     pub fn capacity(&self) -> usize {
-        self.shared.admission.capacity()
+        self.env.admission.capacity()
     }
 
     /// Tokens admitted and not yet processed.
     #[deprecated(since = "0.2.0", note = "use `Engine::stats().in_flight`")]
     pub fn in_flight(&self) -> usize {
-        self.shared.admission.in_flight()
+        self.env.admission.in_flight()
     }
 
     /// Estimated bytes those tokens hold (see [`EngineBuilder::memory_capacity`]).
     #[deprecated(since = "0.2.0", note = "use `Engine::stats().memory_in_flight`")]
     pub fn memory_in_flight(&self) -> usize {
-        self.shared.admission.memory()
+        self.env.admission.memory()
     }
 
     /// A handle to the engine's own tokio runtime (one thread), for async callers that
@@ -240,12 +253,12 @@ impl Engine {
             return;
         }
         self.stop_handle().begin(mode);
-        self.shared.lanes.join();
-        if let Some(adapter) = &self.shared.adapter {
+        self.env.lanes.join();
+        if let Some(adapter) = &self.adapter {
             adapter.stop();
         }
         // Every lane has flushed its records; let the writer finish the last segment.
-        if let Some(telemetry) = self.shared.lanes.telemetry() {
+        if let Some(telemetry) = self.env.lanes.telemetry() {
             telemetry.finish();
         }
         *stopped = true;
@@ -269,7 +282,7 @@ impl Engine {
             Some(lane) => format!("{pinning}; heavy lanes at {} priority", lane.priority),
             None => pinning,
         };
-        let model = match self.shared.router.model_version() {
+        let model = match self.env.router.model_version() {
             0 => "no model".to_string(),
             version => format!("model {version:08x}"),
         };
@@ -277,7 +290,7 @@ impl Engine {
         tracing::info!(
             "engine started: {} lanes ({heavy} heavy), {pinning}; {model}; capacity {}{control}",
             lanes.len(),
-            self.shared.admission.capacity()
+            self.env.admission.capacity()
         );
     }
 
@@ -300,16 +313,25 @@ impl Engine {
         );
     }
 
+    fn stopper(&self) -> Stopper {
+        Stopper {
+            admission: Arc::clone(&self.env.admission),
+            lanes: Arc::clone(&self.env.lanes),
+            remote: Arc::clone(&self.env.remote),
+            registry: Arc::clone(&self.registry),
+        }
+    }
+
     /// A handle that starts a shutdown from anywhere (a signal handler, another
     /// thread) without waiting for it; [`Engine::shutdown_with`] then completes it.
     pub fn stop_handle(&self) -> StopHandle {
-        StopHandle { shared: Arc::clone(&self.shared) }
+        StopHandle { stopper: self.stopper() }
     }
 
     /// A handle for manual control (pause, resume, pin, batch, stats) usable from any
     /// thread; the control port uses the same one.
     pub fn controller(&self) -> Controller {
-        Controller::new(Arc::clone(&self.shared))
+        Controller::new(Arc::clone(&self.registry), &self.env, self.adapter.clone(), self.stopper())
     }
 
     /// Pauses one operation (`Some(name)`) or all; see [`Controller::pause`].
@@ -336,41 +358,41 @@ impl Engine {
     /// True once a shutdown has begun (new work is rejected).
     #[deprecated(since = "0.2.0", note = "use `Engine::stats().shutting_down`")]
     pub fn is_shutting_down(&self) -> bool {
-        self.shared.admission.is_closed()
+        self.env.admission.is_closed()
     }
 
     /// Lanes replaced because a call overran its deadline (their old threads retire
     /// when the call returns).
     #[deprecated(since = "0.2.0", note = "use `Engine::stats().stuck_lanes`")]
     pub fn stuck_workers(&self) -> u64 {
-        self.shared.lanes.replaced()
+        self.env.lanes.replaced()
     }
 
     /// What online adaptation has done so far (`None` without
     /// [`EngineBuilder::adapt`]).
     #[deprecated(since = "0.2.0", note = "use `Engine::stats().adaptation`")]
     pub fn adapt_status(&self) -> Option<AdaptStatus> {
-        self.shared.adapter.as_ref().map(|a| a.status())
+        self.adapter.as_ref().map(|a| a.status())
     }
 
     /// Tokens run by callers outside the lanes while they waited on a token and the
     /// lanes were backlogged (not counted in [`EngineStats::lanes`]).
     #[deprecated(since = "0.2.0", note = "use `Engine::stats().caller_tokens`")]
     pub fn caller_tokens(&self) -> u64 {
-        self.shared.lanes.by_callers()
+        self.env.lanes.by_callers()
     }
 
     /// What the link to remote workers has done, when the engine has one
     /// ([`EngineBuilder::nats`]).
     #[deprecated(since = "0.2.0", note = "use `Engine::stats().remote`")]
     pub fn remote_stats(&self) -> Option<crate::remote::RemoteStats> {
-        self.shared.remote.get().map(|link| link.stats())
+        self.env.remote.get().map(|link| link.stats())
     }
 
     /// Marks this engine's telemetry rows as a remote worker's (column `worker`).
     #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn set_worker_id(&self, id: &str) {
-        if let Some(telemetry) = self.shared.lanes.telemetry() {
+        if let Some(telemetry) = self.env.lanes.telemetry() {
             let _ = telemetry.origin.worker.set(id.to_string());
         }
     }
@@ -378,21 +400,21 @@ impl Engine {
     /// The remote-capable operations, which a [`Worker`](crate::remote) serves.
     #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn served_ops(&self) -> Vec<std::sync::Arc<dyn crate::remote::RemoteServe>> {
-        self.shared.served()
+        self.registry.served()
     }
 }
 
 /// Starts a shutdown without waiting for it; from [`Engine::stop_handle`].
 #[derive(Clone)]
 pub struct StopHandle {
-    shared: Arc<Shared>,
+    stopper: Stopper,
 }
 
 impl StopHandle {
     /// Rejects new work from now on and, for [`Shutdown::Abort`], cancels queued work.
     /// Escalating a drain to an abort is allowed; the reverse is not.
     pub fn begin(&self, mode: Shutdown) {
-        self.shared.begin_stop(mode);
+        self.stopper.begin(mode);
     }
 }
 
@@ -408,17 +430,17 @@ impl Drop for Engine {
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
         }
-        self.shared.clear_registries();
+        self.registry.clear();
     }
 }
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
-            .field("lanes", &self.shared.lanes.len())
-            .field("capacity", &self.shared.admission.capacity())
-            .field("in_flight", &self.shared.admission.in_flight())
-            .field("router", &self.shared.router)
+            .field("lanes", &self.env.lanes.len())
+            .field("capacity", &self.env.admission.capacity())
+            .field("in_flight", &self.env.admission.in_flight())
+            .field("router", &self.env.router)
             .finish()
     }
 }

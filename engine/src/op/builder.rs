@@ -3,18 +3,24 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::control::OpControl;
 use super::dedupe::Dedupe;
+use super::env::OpEnv;
+use super::registry::Registry;
 use super::retry::RetryPolicy;
-use super::shared::Shared;
+use super::state::OpShared;
 use super::state::{BoxFn, Context, OpOptions};
 use super::Operation;
 use crate::error::{RegisterError, TokenError};
 use crate::features::{MAX_COST_FEATURES, NO_COST};
 use crate::placement::Weight;
+use crate::remote::wire::Codec;
+use crate::remote::RemoteServe;
 
 /// Registers one operation with options; from [`Engine::operation`](crate::Engine::operation).
 pub struct OperationBuilder<'e, A> {
-    pub(super) engine: &'e Arc<Shared>,
+    pub(super) env: &'e Arc<OpEnv>,
+    pub(super) registry: &'e Registry,
     pub(super) name: String,
     pub(super) weight: Weight,
     pub(super) options: OpOptions<A>,
@@ -154,7 +160,7 @@ impl<'e, A: Send + 'static> OperationBuilder<'e, A> {
         F: Fn(A) -> R + Send + Sync + 'static,
     {
         let f: BoxFn<A, R> = Box::new(move |a, _| Ok(f(a)));
-        Operation::register_full(self.engine, &self.name, self.weight, self.options, f, None, None)
+        self.register_full(f, None, None)
     }
 
     /// Makes the operation remote-capable: its tokens may run on workers on other
@@ -196,7 +202,7 @@ impl<'e, A: Send + 'static> OperationBuilder<'e, A> {
     {
         let f: BoxFn<A, R> =
             Box::new(move |a, _| f(a).map_err(|e| TokenError::Failed(e.to_string())));
-        Operation::register_full(self.engine, &self.name, self.weight, self.options, f, None, None)
+        self.register_full(f, None, None)
     }
 
     /// Registers a function that also receives its run's [`Context`], to notice a
@@ -222,7 +228,7 @@ impl<'e, A: Send + 'static> OperationBuilder<'e, A> {
         F: Fn(A, &Context<'_>) -> R + Send + Sync + 'static,
     {
         let f: BoxFn<A, R> = Box::new(move |a, cx| Ok(f(a, cx)));
-        Operation::register_full(self.engine, &self.name, self.weight, self.options, f, None, None)
+        self.register_full(f, None, None)
     }
 }
 
@@ -272,7 +278,7 @@ impl<'e, A: Send + 'static> DedupeBuilder<'e, A> {
             Box::new(move |a, _| f(a).map_err(|e| TokenError::Failed(e.to_string())));
         let op = self.inner;
         let dedupe = Some(Dedupe::new(self.key, R::clone));
-        Operation::register_full(op.engine, &op.name, op.weight, op.options, f, dedupe, None)
+        op.register_full(f, dedupe, None)
     }
 
     /// Registers a function that also receives its run's [`Context`].
@@ -284,13 +290,56 @@ impl<'e, A: Send + 'static> DedupeBuilder<'e, A> {
         let f: BoxFn<A, R> = Box::new(move |a, cx| Ok(f(a, cx)));
         let op = self.inner;
         let dedupe = Some(Dedupe::new(self.key, R::clone));
-        Operation::register_full(op.engine, &op.name, op.weight, op.options, f, dedupe, None)
+        op.register_full(f, dedupe, None)
+    }
+}
+
+impl<A: Send + 'static> OperationBuilder<'_, A> {
+    /// Registers `f` as what `builder` describes; `remote`: it may run on remote
+    /// workers, and this engine serves it when it is a worker.
+    pub(super) fn register_full<R: Send + 'static>(
+        self,
+        f: BoxFn<A, R>,
+        dedupe: Option<Dedupe<A, R>>,
+        remote: Option<Codec<A, R>>,
+    ) -> Result<Operation<A, R>, RegisterError> {
+        let OperationBuilder { env, registry, name, weight, mut options } = self;
+        let name = name.as_str();
+        if let Some(invalid) = options.invalid.take() {
+            return Err(invalid);
+        }
+        let id = registry.claim_name(name, &options.cost_names)?;
+        env.router.register_op(id, name, &options.cost_names);
+        let serves = remote.is_some();
+        let inner = Arc::new(OpShared::new(
+            Arc::clone(env),
+            registry.paused_all(),
+            id,
+            name,
+            weight,
+            options,
+            f,
+            dedupe,
+            remote,
+        ));
+        registry.add_op(Arc::clone(&inner) as Arc<dyn OpControl>, &env.lanes);
+        let op = Operation { inner };
+        if serves {
+            registry.add_served(Arc::new(op.clone()) as Arc<dyn RemoteServe>);
+        }
+        Ok(op)
     }
 }
 
 impl<'e, A> OperationBuilder<'e, A> {
-    pub(crate) fn new(engine: &'e Arc<Shared>, name: &str, weight: Weight) -> Self {
-        OperationBuilder { engine, name: name.to_string(), weight, options: OpOptions::default() }
+    pub(crate) fn new(
+        env: &'e Arc<OpEnv>,
+        registry: &'e Registry,
+        name: &str,
+        weight: Weight,
+    ) -> Self {
+        let options = OpOptions::default();
+        OperationBuilder { env, registry, name: name.to_string(), weight, options }
     }
 }
 

@@ -63,7 +63,7 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
         attempt: u8,
         held_home: Option<usize>,
     ) -> Self {
-        let engine = &op.engine;
+        let env = &op.env;
         let overrides = op.control.overrides();
         Enqueue {
             op,
@@ -74,7 +74,7 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
                 op: op.id,
                 declared: op.weight,
                 arg_size: 0,
-                queue_depth: engine.admission.in_flight() as u64,
+                queue_depth: env.admission.in_flight() as u64,
                 op_recent_ns: op.recent_ns.load(Relaxed),
                 size_recent_ns: 0,
                 cost: crate::features::NO_COST,
@@ -82,12 +82,12 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
             single: op.options.timeout.is_some()
                 || op.options.locality.is_some()
                 || overrides.throttle.is_some(),
-            logging: engine.lanes.telemetry().is_some(),
+            logging: env.lanes.telemetry().is_some(),
             admitted_at: Instant::now(),
             held_home,
-            pure: engine.router.is_pure(),
+            pure: env.router.is_pure(),
             last: None,
-            remote: engine
+            remote: env
                 .remote
                 .get()
                 .filter(|_| op.remote.is_some() && op.dedupe.is_none())
@@ -110,7 +110,7 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
     /// rest. This is what lets work that fans out — a token that submits 1,000
     /// children and waits for them — run on every lane, as rayon splits a `join`.
     pub(super) fn spread(&mut self, len: usize) {
-        let lanes = self.op.engine.lanes.len().max(1);
+        let lanes = self.op.env.lanes.len().max(1);
         self.spread = u32::try_from(len.div_ceil(lanes)).unwrap_or(u32::MAX).max(1);
     }
 
@@ -182,7 +182,7 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
             self.features.declared = declared;
             self.features.arg_size = arg_size;
             let meta = open.meta.get_or_insert_with(|| {
-                Box::new(BatchMeta::new(self.admitted_at, &self.features, &op.engine, set))
+                Box::new(BatchMeta::new(self.admitted_at, &self.features, &op.env, set))
             });
             meta.tokens.push(TokenMeta::new(&self.features, &placement));
         }
@@ -246,14 +246,14 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
     /// Telemetry's admission-time features of a batch on `set` whose every token got
     /// `placement` (one token description for the batch).
     fn batch_meta(&self, set: LaneSet, placement: &Placement) -> Box<BatchMeta> {
-        let mut meta = BatchMeta::new(self.admitted_at, &self.features, &self.op.engine, set);
+        let mut meta = BatchMeta::new(self.admitted_at, &self.features, &self.op.env, set);
         meta.tokens.push(TokenMeta::new(&self.features, placement));
         Box::new(meta)
     }
 
     /// Route → override → batch, for the current features.
     fn place(&self) -> Placement {
-        let mut placement = self.op.engine.router.route(&self.features);
+        let mut placement = self.op.env.router.route(&self.features);
         if placement.source != RouteSource::Model && self.op.options.remote_preferred {
             // The tag says remote, and no model decided otherwise: the running averages
             // stand in for the tags, so they keep it remote too (it only counts where a
@@ -316,7 +316,7 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
             // The prediction decides what is worth sending: a token must be expected to
             // run at least as long as a remote round trip costs.
             (set, RemotePlacement::Auto) => {
-                let router = &self.op.engine.router;
+                let router = &self.op.env.router;
                 placement.predicted_ns >= router.remote_min_ns().unwrap_or(DEFAULT_REMOTE_MIN_NS)
                     && port.available()
                     && self.backlogged(set)
@@ -338,7 +338,7 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
 
     /// At least two queued batches per lane of `set`.
     fn backlogged(&self, set: LaneSet) -> bool {
-        let lanes = &self.op.engine.lanes;
+        let lanes = &self.op.env.lanes;
         lanes.queued_batches(set) >= 2 * lanes.lanes_of(set).count().max(1)
     }
 
@@ -368,7 +368,7 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
             let slot = chunk.slot(index);
             if !slot.claim(attempt) {
                 // Cancelled before it left.
-                op.engine.admission.release(Permit::new(1, bytes), &op.queue);
+                op.env.admission.release(Permit::new(1, bytes), &op.queue);
                 continue;
             }
             match (codec.encode_arg)(&arg) {
@@ -392,7 +392,7 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
                     let error = format!("the argument of {} is not encodable: {e}", op.name);
                     slot.finish(attempt, Err(TokenError::Failed(error)));
                     op.resolutions.failed.fetch_add(1, Relaxed);
-                    op.engine.admission.release(Permit::new(1, bytes), &op.queue);
+                    op.env.admission.release(Permit::new(1, bytes), &op.queue);
                 }
             }
         }
@@ -485,8 +485,8 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
 
     fn push_job(&self, home: Option<usize>, set: LaneSet, job: BoxJob) {
         match home {
-            Some(lane) => self.op.engine.lanes.push_to(lane, job),
-            None => self.op.engine.lanes.push(set, job),
+            Some(lane) => self.op.env.lanes.push_to(lane, job),
+            None => self.op.env.lanes.push(set, job),
         }
     }
 }

@@ -4,7 +4,13 @@
 //! its slot; `enqueue.rs` routes it, applies overrides and batches it onto a lane's
 //! queue (first submits, retries and deadline re-queues alike); `run.rs` is the one run
 //! loop a lane executes; `retry.rs`, `dedupe.rs` and `locality.rs` hold the failure
-//! nets; `state.rs` the operation's shared state; `builder.rs` the registration options.
+//! nets; `state.rs` the operation's shared state; `builder.rs` the registration options
+//! and registration itself.
+//!
+//! What an operation holds of its engine is `env.rs` (`OpEnv`: admission, lanes,
+//! router, token index, runtime, remote link); the engine and its controller also hold
+//! the operations by name (`registry.rs`) and what a stop closes (`stop.rs`). No part
+//! gets the whole engine.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -14,33 +20,34 @@ mod builder;
 pub(crate) mod control;
 mod dedupe;
 mod enqueue;
+mod env;
 mod locality;
 mod record;
+mod registry;
 mod remote;
 mod remote_token;
 mod requeue;
 mod retry;
 mod run;
-mod shared;
 mod single;
 mod state;
+mod stop;
 
 pub use builder::{DedupeBuilder, OperationBuilder, RemoteBuilder};
+pub(crate) use env::{OpEnv, SetLatency};
+pub(crate) use registry::Registry;
 pub use retry::RetryPolicy;
-pub(crate) use shared::Shared;
-pub use shared::Shutdown;
 pub use state::{Context, SizeHint};
+pub use stop::Shutdown;
+pub(crate) use stop::Stopper;
 
-use dedupe::Dedupe;
 use enqueue::Enqueue;
 use single::Single;
-use state::{BoxFn, OpOptions, OpShared};
+use state::OpShared;
 
 use crate::admission::Permit;
-use crate::error::{RegisterError, RejectReason, TokenError};
+use crate::error::{RejectReason, TokenError};
 use crate::placement::Weight;
-use crate::remote::wire::Codec;
-use crate::remote::RemoteServe;
 use crate::token::{block_on, wait_slot, Chunk, Start, Token};
 use control::{OpControl, OpStats, Overrides};
 
@@ -68,42 +75,6 @@ impl<A, R> std::fmt::Debug for Operation<A, R> {
 }
 
 impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
-    /// Registers `f` on `engine` as operation `name`; `remote`: it may run on remote
-    /// workers, and this engine serves it when it is a worker.
-    pub(crate) fn register_full(
-        engine: &Arc<Shared>,
-        name: &str,
-        weight: Weight,
-        options: OpOptions<A>,
-        f: BoxFn<A, R>,
-        dedupe: Option<Dedupe<A, R>>,
-        remote: Option<Codec<A, R>>,
-    ) -> Result<Self, RegisterError> {
-        let mut options = options;
-        if let Some(invalid) = options.invalid.take() {
-            return Err(invalid);
-        }
-        let id = engine.claim_name(name, &options.cost_names)?;
-        engine.router.register_op(id, name, &options.cost_names);
-        let serves = remote.is_some();
-        let inner = Arc::new(OpShared::new(
-            Arc::clone(engine),
-            id,
-            name,
-            weight,
-            options,
-            f,
-            dedupe,
-            remote,
-        ));
-        engine.add_op(Arc::clone(&inner) as Arc<dyn OpControl>);
-        let op = Operation { inner };
-        if serves {
-            engine.add_served(Arc::new(op.clone()) as Arc<dyn RemoteServe>);
-        }
-        Ok(op)
-    }
-
     /// Whether calls may run on remote workers (registered with
     /// [`OperationBuilder::remote`]).
     pub fn is_remote_capable(&self) -> bool {
@@ -144,7 +115,7 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
     /// `.await` the result. [`Operation::call`] does both.
     pub async fn submit_async(&self, arg: A) -> Token<R> {
         let permit = Permit::new(1, self.inner.bytes_of(&arg));
-        let admitted = self.inner.engine.admission.acquire(permit, &self.inner.queue).await;
+        let admitted = self.inner.env.admission.acquire(permit, &self.inner.queue).await;
         self.admit_one(admitted, arg)
     }
 
@@ -167,7 +138,7 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
     /// `Err(TokenError::Rejected { reason })` (`Overloaded` or `ShuttingDown`).
     pub fn try_submit(&self, arg: A) -> Result<Token<R>, TokenError> {
         let permit = Permit::new(1, self.inner.bytes_of(&arg));
-        match self.inner.engine.admission.try_acquire(permit, &self.inner.queue) {
+        match self.inner.env.admission.try_acquire(permit, &self.inner.queue) {
             Ok(()) => Ok(self.admit_one(Ok(()), arg)),
             Err(reason) => {
                 self.inner.counters.rejected.fetch_add(1, Relaxed);
@@ -290,7 +261,7 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
             }
             let bytes = chunk.iter().map(|arg| self.inner.bytes_of(arg)).sum();
             let permit = Permit::new(chunk.len(), bytes);
-            let admitted = self.inner.engine.admission.acquire(permit, &self.inner.queue).await;
+            let admitted = self.inner.env.admission.acquire(permit, &self.inner.queue).await;
             let items = chunk.into_iter().map(|arg| (arg, weight));
             let len = items.len();
             let admitted = self.admit_chunk(admitted, len, items, true, Start::Submitted);
@@ -300,12 +271,12 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
 
     /// Tokens admitted together: bounded by the engine and by the operation's limit.
     fn chunk_len(&self) -> usize {
-        let engine = self.inner.engine.chunk_len;
-        self.inner.queue.limit().map_or(engine, |limit| engine.min(limit.max(1)))
+        let len = self.inner.env.chunk_len;
+        self.inner.queue.limit().map_or(len, |limit| len.min(limit.max(1)))
     }
 
     fn acquire_blocking(&self, permit: Permit) -> Result<(), RejectReason> {
-        let admission = &self.inner.engine.admission;
+        let admission = &self.inner.env.admission;
         let queue = &self.inner.queue;
         match admission.try_acquire(permit, queue) {
             Err(RejectReason::Overloaded) => block_on(admission.acquire(permit, queue)),
@@ -334,15 +305,15 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
         start: Start,
     ) -> Admitted<R> {
         let op = &self.inner;
-        let engine = &op.engine;
-        let base_id = engine.next_token_id.fetch_add(len as u64, Relaxed);
+        let env = &op.env;
+        let base_id = env.tokens.issue(len as u64);
         if let Err(reason) = admitted {
             op.counters.rejected.fetch_add(len as u64, Relaxed);
             return Err((base_id, reason));
         }
         op.counters.submitted.fetch_add(len as u64, Relaxed);
         let resolutions = Arc::clone(&op.resolutions);
-        let (tokens, outside) = (&engine.tokens, &engine.outside);
+        let (tokens, outside) = (&env.tokens, &env.outside);
         let (chunk, single) = if len == 1 {
             // A single call: its chunk carries its batch (one allocation for both).
             let single = Single::empty();

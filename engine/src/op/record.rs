@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use super::shared::Shared;
+use super::env::OpEnv;
 use super::state::nanos;
 use crate::placement::{LaneSet, Placement, RouteSource, Weight};
 use crate::router::Features;
@@ -23,15 +23,15 @@ impl BatchMeta {
     pub(super) fn new(
         admitted_at: Instant,
         features: &Features,
-        engine: &Shared,
+        env: &OpEnv,
         set: LaneSet,
     ) -> Self {
         BatchMeta {
             admitted_at,
             queue_depth: features.queue_depth,
-            lane_load: engine.lanes.queued_batches(set) as u64,
+            lane_load: env.lanes.queued_batches(set) as u64,
             op_recent_ns: features.op_recent_ns,
-            model_version: engine.router.model_version(),
+            model_version: env.router.model_version(),
             tokens: Vec::new(),
         }
     }

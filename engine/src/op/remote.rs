@@ -13,7 +13,7 @@ use std::time::Instant;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::builder::{OperationBuilder, RemoteBuilder};
+use super::builder::RemoteBuilder;
 use super::state::{nanos, BoxFn, Context};
 use super::Operation;
 use crate::admission::Permit;
@@ -69,7 +69,7 @@ where
     where
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        let OperationBuilder { engine, name, weight, options } = self.inner;
+        let name = &self.inner.name;
         // The name becomes a NATS subject token and a consumer name.
         if !name.chars().all(wire::name_char) {
             return Err(RegisterError::BadName(format!(
@@ -77,7 +77,7 @@ where
                  '_' and '-')"
             )));
         }
-        Operation::register_full(engine, &name, weight, options, f, None, Some(Codec::new()))
+        self.inner.register_full(f, None, Some(Codec::new()))
     }
 }
 
@@ -89,7 +89,7 @@ impl<A: Send + 'static, R: Send + 'static> RemoteServe for Operation<A, R> {
     fn call(&self, arg: &[u8], delivery: u64) -> Result<ReplyFuture, CallError> {
         let codec = self.inner.remote.as_ref().expect("served operations have a codec");
         let arg = (codec.decode_arg)(arg).map_err(CallError::BadArgument)?;
-        if self.inner.engine.admission.is_closed() {
+        if self.inner.env.admission.is_closed() {
             return Err(CallError::Rejected(RejectReason::ShuttingDown));
         }
         let encode = codec.encode_result;
@@ -100,7 +100,7 @@ impl<A: Send + 'static, R: Send + 'static> RemoteServe for Operation<A, R> {
             let started = Instant::now();
             let delivery = delivery.clamp(1, u64::from(u8::MAX)) as u8;
             let permit = Permit::new(1, op.inner.bytes_of(&arg));
-            let admitted = op.inner.engine.admission.acquire(permit, &op.inner.queue).await;
+            let admitted = op.inner.env.admission.acquire(permit, &op.inner.queue).await;
             let result = op.admit_one_at(admitted, arg, Start::Served { delivery }).await;
             let run_ns = nanos(started.elapsed());
             let retry_after =

@@ -73,9 +73,9 @@ impl<A: Send + 'static, R: Send + 'static> PendingToken for RemoteToken<A, R> {
             let now = Instant::now();
             let latency = nanos(now.saturating_duration_since(admitted_at));
             op.control.latency().record(latency, 1);
-            op.engine.set_latency[LaneSet::Remote.index()].record(latency, 1);
+            op.env.set_latency[LaneSet::Remote.index()].record(latency, 1);
             let token_id = chunk.id_of(index);
-            let telemetry = op.engine.lanes.telemetry();
+            let telemetry = op.env.lanes.telemetry();
             // Sampled like a lane's rows: one token id in `sample_every`.
             let telemetry = telemetry.filter(|t| token_id % t.sample_every == 0);
             if let (Some((meta, position)), Some(telemetry)) = (log, telemetry) {
@@ -91,7 +91,7 @@ impl<A: Send + 'static, R: Send + 'static> PendingToken for RemoteToken<A, R> {
             Outcome::Failed => op.resolutions.failed.fetch_add(1, Relaxed),
             Outcome::Skipped => op.counters.skipped.fetch_add(1, Relaxed),
         };
-        op.engine.admission.release(Permit::new(1, bytes), &op.queue);
+        op.env.admission.release(Permit::new(1, bytes), &op.queue);
         resolved != Outcome::Skipped
     }
 
@@ -103,12 +103,12 @@ impl<A: Send + 'static, R: Send + 'static> PendingToken for RemoteToken<A, R> {
             {
                 op.resolutions.failed.fetch_add(1, Relaxed);
             }
-            op.engine.admission.release(Permit::new(1, bytes), &op.queue);
+            op.env.admission.release(Permit::new(1, bytes), &op.queue);
         } else if chunk.slot(index).retry(attempt) {
             // The permit stays with the token: the local batch gives it back.
             run_locally(&op, &chunk, index, arg, attempt + 1);
         } else {
-            op.engine.admission.release(Permit::new(1, bytes), &op.queue);
+            op.env.admission.release(Permit::new(1, bytes), &op.queue);
         }
     }
 }

@@ -25,13 +25,13 @@ pub(super) fn arm_deadline<A: Send + 'static, R: Send + 'static>(
     let Some(timeout) = shared.options.timeout else { return };
     let op = Arc::clone(shared);
     let chunk = Arc::downgrade(chunk);
-    shared.engine.runtime.spawn(async move {
+    shared.env.runtime.spawn(async move {
         tokio::time::sleep(timeout).await;
         let Some(chunk) = chunk.upgrade() else { return };
         let retry = arg.is_some() && op.retries_timeout(attempt);
         let expired = chunk.expire(index, attempt, retry);
         if let Expired::TimedOut { running: true } | Expired::Retried { running: true } = expired {
-            op.engine.lanes.retire_stuck(chunk.id_of(index));
+            op.env.lanes.retire_stuck(chunk.id_of(index));
         }
         if let (Expired::Retried { .. }, Some(arg)) = (expired, arg) {
             op.counters.retried.fetch_add(1, Relaxed);
@@ -51,7 +51,7 @@ pub(super) fn requeue<A: Send + 'static, R: Send + 'static>(
     attempt: u8,
     delay: Duration,
 ) {
-    op.engine.admission.force_acquire(Permit::new(1, op.bytes_of(&arg)), &op.queue);
+    op.env.admission.force_acquire(Permit::new(1, op.bytes_of(&arg)), &op.queue);
     // The running attempt still holds its key's lane: the retry keeps it, even
     // across the backoff.
     let home = op.options.locality.map(|key| op.enter_home(key(&arg), LaneSet::Light));
@@ -60,7 +60,7 @@ pub(super) fn requeue<A: Send + 'static, R: Send + 'static>(
         return;
     }
     let op = Arc::clone(op);
-    op.engine.runtime.clone().spawn(async move {
+    op.env.runtime.clone().spawn(async move {
         tokio::time::sleep(delay).await;
         Enqueue::retry(&op, &chunk, index, arg, attempt, home);
     });

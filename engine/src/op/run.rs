@@ -55,7 +55,7 @@ impl<A: Send + 'static, R: Send + 'static, I: ItemList<A>> Job for Batch<A, R, I
 
     fn start(self: Arc<Self>) -> Option<BoxJob> {
         let (op, set) = (Arc::clone(&self.head.op), self.head.set);
-        let aborting = op.engine.lanes.is_aborting();
+        let aborting = op.env.lanes.is_aborting();
         // SAFETY: `self` is the `Arc` of the handle `start` consumed (`BoxJob::start`):
         // the job's one handle again.
         op.control.start_batch(set, unsafe { BoxJob::new(self) }, aborting)
@@ -87,7 +87,7 @@ impl<A: Send + 'static, R: Send + 'static, I: ItemList<A>> Batch<A, R, I> {
                 Err(TokenError::Cancelled { by })
             });
         }
-        op.engine.admission.release(Permit::new(items.len(), bytes), &op.queue);
+        op.env.admission.release(Permit::new(items.len(), bytes), &op.queue);
     }
 
     /// Runs (or skips) every token of the batch and gives its permits back.
@@ -204,7 +204,7 @@ impl<A: Send + 'static, R: Send + 'static, I: ItemList<A>> Batch<A, R, I> {
             [tally.completed, tally.failed, tally.skipped],
         );
         if end == RunEnd::Done {
-            op.engine.admission.release(permit, &op.queue);
+            op.env.admission.release(permit, &op.queue);
         }
         (end, ended)
     }
@@ -374,6 +374,6 @@ struct RunningSlot<'a, A, R>(&'a OpShared<A, R>);
 
 impl<A, R> Drop for RunningSlot<'_, A, R> {
     fn drop(&mut self) {
-        self.0.control.finish_batch(&self.0.engine.lanes);
+        self.0.control.finish_batch(&self.0.env.lanes);
     }
 }

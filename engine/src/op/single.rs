@@ -97,7 +97,7 @@ impl<A: Send + 'static, R: Send + 'static> Job for ChunkOf<R, Single<A, R>> {
         let job = unsafe { self.tail.job() };
         debug_assert!(job.is_some(), "a queued single call holds its call");
         let (op, set) = job.map(|job| (Arc::clone(&job.head.op), job.head.set))?;
-        let aborting = op.engine.lanes.is_aborting();
+        let aborting = op.env.lanes.is_aborting();
         // SAFETY: `self` is the `Arc` of the handle `start` consumed (`BoxJob::start`):
         // the job's one handle again.
         op.control.start_batch(set, unsafe { BoxJob::new(self) }, aborting)

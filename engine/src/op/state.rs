@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use super::control::{OpControl, OpControlState, OpStats};
 use super::dedupe::Dedupe;
+use super::env::OpEnv;
 use super::locality::{HomeGuard, Homes};
 use super::retry::RetryPolicy;
-use super::shared::Shared;
 use crate::admission::OpQueue;
 use crate::error::TokenError;
 use crate::features::CostInputs;
@@ -110,7 +110,7 @@ pub(super) struct OpCounters {
 }
 
 pub(crate) struct OpShared<A, R> {
-    pub(super) engine: Arc<Shared>,
+    pub(super) env: Arc<OpEnv>,
     pub(super) id: u32,
     pub(super) name: String,
     pub(super) weight: Weight,
@@ -162,7 +162,8 @@ pub(super) const NO_CELL: u8 = u8::MAX;
 impl<A, R> OpShared<A, R> {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
-        engine: Arc<Shared>,
+        env: Arc<OpEnv>,
+        paused: bool,
         id: u32,
         name: &str,
         weight: Weight,
@@ -179,10 +180,10 @@ impl<A, R> OpShared<A, R> {
             remote,
             dedupe,
             plain,
-            control: OpControlState::new(engine.paused_all()),
+            control: OpControlState::new(paused),
             fixed_bytes: std::mem::size_of::<A>() + crate::token::slot_size::<R>(),
             homes: Homes::default(),
-            engine,
+            env,
             id,
             name: name.to_string(),
             weight,
@@ -252,7 +253,7 @@ impl<A, R> OpShared<A, R> {
         if ran > 0 {
             let latency = nanos(now.saturating_duration_since(admitted_at));
             self.control.latency().record(latency, ran);
-            self.engine.set_latency[set.index()].record(latency, ran);
+            self.env.set_latency[set.index()].record(latency, ran);
         }
         if let Some(per_token) = nanos(now.saturating_duration_since(started)).checked_div(ran) {
             self.recent_ns
@@ -376,13 +377,13 @@ impl<A, R> OpShared<A, R> {
         result: impl Fn() -> Result<R, TokenError>,
     ) {
         if let (Some(dedupe), Some(key)) = (&self.dedupe, key) {
-            dedupe.land_flight(key, chunk, index, result, &self.engine.admission, &self.queue);
+            dedupe.land_flight(key, chunk, index, result, &self.env.admission, &self.queue);
         }
     }
 
     /// The lane that runs calls with locality key `key`, counting one more call there.
     pub(super) fn enter_home(&self, key: u64, set: LaneSet) -> usize {
-        self.homes.enter(key, &self.engine.lanes, set)
+        self.homes.enter(key, &self.env.lanes, set)
     }
 
     /// The guard that counts a call with `arg` out of its key's lane when it is done.

@@ -1,4 +1,8 @@
-//! Finding a waiting token by its id, for the control port's `cancel {token}`.
+//! Token ids, and finding a waiting token by its id, for the control port's
+//! `cancel {token}`.
+//!
+//! Ids are issued in ascending order, a chunk's worth at a time: a cancel of "everything
+//! admitted so far" is a cancel of every id below [`TokenIndex::next_id`].
 //!
 //! Every chunk of slots admitted by an operation is listed here under its first id
 //! until the chunk is dropped (its last token handle and batch are gone). A cancel looks
@@ -13,6 +17,7 @@
 //! engine's own sequential ids, never input, so there is no flooding to defend against,
 //! and SipHash cost a single call ~280 instructions of its ~2,000.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, Weak};
 
 use rustc_hash::FxHashMap as HashMap;
@@ -29,18 +34,33 @@ pub(crate) trait CancelById: Send + Sync {
 
 type Entry = (u32, Weak<dyn CancelById>);
 
-/// The chunks alive, by first id.
+/// The next id to issue, and the chunks alive by first id.
 pub(crate) struct TokenIndex {
+    next_id: AtomicU64,
     shards: Box<[Mutex<HashMap<u64, Entry>>]>,
 }
 
 impl Default for TokenIndex {
     fn default() -> Self {
-        TokenIndex { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::default())).collect() }
+        TokenIndex {
+            next_id: AtomicU64::new(1),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::default())).collect(),
+        }
     }
 }
 
 impl TokenIndex {
+    /// Reserves `len` consecutive ids and returns the first.
+    #[inline]
+    pub(crate) fn issue(&self, len: u64) -> u64 {
+        self.next_id.fetch_add(len, Ordering::Relaxed)
+    }
+
+    /// The id the next token will get: every token admitted so far has a smaller one.
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.load(Ordering::SeqCst)
+    }
+
     fn shard(&self, base_id: u64) -> &Mutex<HashMap<u64, Entry>> {
         // Chunks start at ids a chunk length apart (often a power of two): mix the bits.
         let mixed = base_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58;
