@@ -138,7 +138,6 @@ impl<A: Send + 'static, R: Send + 'static, I: ItemList<A>> Batch<A, R, I> {
         // What the batch's calls spent running other batches while they waited is not
         // their own cost (the running averages would call a recursion's parents heavy).
         let helped_at_start = lane.helped_ns();
-        let mut last = started;
         let mut tally = Tally::default();
         let mut end = RunEnd::Done;
         let slots = chunk.slots();
@@ -162,37 +161,42 @@ impl<A: Send + 'static, R: Send + 'static, I: ItemList<A>> Batch<A, R, I> {
                 continue;
             }
             let token = Attempt { op: &op, chunk: &chunk, index, attempt, lane };
-            // Logging every token costs one clock read each: a token's start is the
-            // previous one's end. Sampled logging reads the clock around each sample.
-            let sampled = log.as_ref().is_some_and(|l| l.sample_every != 1);
-            let start = if logged && sampled { Instant::now() } else { last };
+            // A logged call reads the clock just before and just after its function (in
+            // `Attempt::run`), two reads a token.
             let helped_before = lane.helped_ns();
             // A call under a deadline leaves its row with the watch, for a replacement
             // to write should it never return.
             let provisional = (logged && op.options.timeout.is_some()).then(|| {
                 let log = log.as_ref().expect("logged");
+                let start = Instant::now();
                 let times = Times { start, end: start, helped: 0 };
                 let timed_out = RecordOutcome::TimedOut;
                 let row = log.record(&op, &chunk, index, position, attempt, lane, times, timed_out);
                 (row, start)
             });
-            let (row, ran) = match token.run(arg, &mut tally, provisional) {
-                Ok((_, true)) => {
+            let (row, window) = match token.run(arg, &mut tally, provisional, logged) {
+                Ok((_, true, _)) => {
                     // Replaced at the deadline: the replacement wrote the row.
                     end = RunEnd::Retired;
                     continue;
                 }
-                Ok((row, false)) => (row, true),
+                Ok((row, false, window)) => (row, window),
                 // Cancelled while it waited: a row too, with no run time.
-                Err(Skipped::Cancelled) => (RecordOutcome::Cancelled, false),
+                Err(Skipped::Cancelled) => (RecordOutcome::Cancelled, None),
                 Err(Skipped::Other) => continue,
             };
             // Time this call spent running other batches while it waited is not its own.
             let helped = lane.helped_ns() - helped_before;
             let Some(log) = log.as_ref().filter(|_| logged) else { continue };
-            let now = Instant::now();
-            last = now;
-            let times = Times { start: if ran { start } else { now }, end: now, helped };
+            // A call that ran is timed from just before its function to just after it
+            // returned: claiming and resolving it, and the previous token's record
+            // (with, now and then, a buffer handed to the writer), are the loop's work,
+            // not the call's cost.
+            let (call_start, now) = window.unwrap_or_else(|| {
+                let now = Instant::now();
+                (now, now)
+            });
+            let times = Times { start: call_start, end: now, helped };
             lane.record(log.record(&op, &chunk, index, position, attempt, lane, times, row));
         }
         let helped = Duration::from_nanos(lane.helped_ns() - helped_at_start);
@@ -210,6 +214,9 @@ impl<A: Send + 'static, R: Send + 'static, I: ItemList<A>> Batch<A, R, I> {
     }
 }
 
+/// When a logged call's function was called and when it returned.
+type CallWindow = Option<(Instant, Instant)>;
+
 /// One token's attempt on the loop's full branch.
 struct Attempt<'a, A, R> {
     op: &'a Arc<OpShared<A, R>>,
@@ -221,8 +228,9 @@ struct Attempt<'a, A, R> {
 
 impl<A: Send + 'static, R: Send + 'static> Attempt<'_, A, R> {
     /// Claims, runs and resolves (or retries) the token. `Err` if it was not this
-    /// attempt's to run; else how the attempt ended and whether this lane thread was
-    /// replaced meanwhile (an overrun deadline: it must retire). Kept out of line: the
+    /// attempt's to run; else how the attempt ended, whether this lane thread was
+    /// replaced meanwhile (an overrun deadline: it must retire), and with `clock`, when
+    /// the function was called and when it returned. Kept out of line: the
     /// run loop's short branch is the hot one.
     #[inline(never)]
     fn run(
@@ -230,7 +238,8 @@ impl<A: Send + 'static, R: Send + 'static> Attempt<'_, A, R> {
         arg: A,
         tally: &mut Tally,
         row: Option<(TokenRecord, Instant)>,
-    ) -> Result<(RecordOutcome, bool), Skipped> {
+        clock: bool,
+    ) -> Result<(RecordOutcome, bool, CallWindow), Skipped> {
         let Attempt { op, chunk, index, attempt, lane } = *self;
         let slot = chunk.slot(index);
         let _home = op.home_guard(&arg);
@@ -264,7 +273,9 @@ impl<A: Send + 'static, R: Send + 'static> Attempt<'_, A, R> {
         if timed {
             lane.watch(token_id, &op.queue, Permit::new(1, op.bytes_of(&arg)), row);
         }
+        let called = clock.then(Instant::now);
         let result = call(&op.f, arg, attempt, &|| slot.is_running(attempt));
+        let window = called.map(|called| (called, Instant::now()));
         tally.ran += 1;
         // False: our deadline passed and this lane was replaced; the replacement took
         // over our permit and our place, and the late value is dropped.
@@ -298,7 +309,7 @@ impl<A: Send + 'static, R: Send + 'static> Attempt<'_, A, R> {
         };
         // Skipped here: a deadline resolved the attempt (or moved it on) while it ran.
         let row = if outcome == Outcome::Skipped { RecordOutcome::TimedOut } else { row };
-        Ok((row, retired))
+        Ok((row, retired, window))
     }
 }
 
