@@ -9,7 +9,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 use tokengate::model::Model;
 use tokengate::router::{LearnedRouter, Router, StaticRouter};
-use tokengate::telemetry::RecordOutcome;
+use tokengate::telemetry::{RecordOutcome, TokenRecord};
 use tokengate_workloads::mixed::RouterRun;
 use tokengate_workloads::text::{self, TextOracle, Told};
 use trainer::dataset::{Data, Row};
@@ -25,8 +25,102 @@ struct Models {
     features: Fitted,
 }
 
-/// Logs a run of `training` on a tag-routed engine, then fits both models on its rows.
-fn fit_models(args: &CompareArgs, training: &[text::TextCall], load: f64) -> Result<Models> {
+/// Logged runs of the training stream: the first is fitted on; the others only tell how
+/// often the same document's logged class repeats (see [`Labels`]).
+const LABEL_RUNS: usize = 5;
+
+/// How repeatable the labels are: each call's class by its logged run time, over
+/// [`LABEL_RUNS`] logged runs of the same documents on fresh engines.
+struct Labels {
+    all: Repeat,
+    /// By operation, in [`text::OPS`] order.
+    per_op: Vec<Repeat>,
+    documents: usize,
+}
+
+/// Label repeatability over some documents.
+#[derive(Default, Clone, Copy)]
+struct Repeat {
+    /// Pairs of runs of one document, and how many of them gave both runs one class.
+    pairs: u64,
+    agree: u64,
+    /// Each run's class predicted by the majority of the other runs' (a tie shares the
+    /// credit): what a predictor that knew every document's other measurements would
+    /// score against one run's labels — an estimate, from below, of the accuracy any
+    /// model can reach against labels this noisy.
+    scored: u64,
+    credit: f64,
+}
+
+impl Repeat {
+    fn add(&mut self, labels: &[usize]) {
+        for (i, a) in labels.iter().enumerate() {
+            for b in &labels[i + 1..] {
+                self.pairs += 1;
+                self.agree += u64::from(a == b);
+            }
+            let mut votes = [0u32; 8];
+            for (j, other) in labels.iter().enumerate() {
+                if j != i {
+                    votes[(*other).min(7)] += 1;
+                }
+            }
+            let top = *votes.iter().max().unwrap_or(&0);
+            let tied = votes.iter().filter(|&&v| v == top).count() as f64;
+            self.scored += 1;
+            if votes[(*a).min(7)] == top {
+                self.credit += 1.0 / tied;
+            }
+        }
+    }
+
+    fn json(&self) -> Value {
+        let share = |n: f64, d: u64| if d == 0 { f64::NAN } else { n / d as f64 };
+        json!({
+            "agreement": share(self.agree as f64, self.pairs),
+            "ceiling": share(self.credit, self.scored),
+        })
+    }
+}
+
+impl Labels {
+    /// `classes[run][document]`, for documents logged (completed) in every run;
+    /// `ops[document]`: its operation.
+    fn of(classes: &[Vec<Option<usize>>], ops: &[usize]) -> Labels {
+        let documents = classes.first().map_or(0, Vec::len);
+        let mut all = Repeat::default();
+        let mut per_op = vec![Repeat::default(); text::OPS.len()];
+        for (doc, &op) in ops.iter().enumerate().take(documents) {
+            let Some(labels) = classes.iter().map(|run| run[doc]).collect::<Option<Vec<_>>>()
+            else {
+                continue;
+            };
+            all.add(&labels);
+            if let Some(repeat) = per_op.get_mut(op) {
+                repeat.add(&labels);
+            }
+        }
+        Labels { all, per_op, documents }
+    }
+
+    fn json(&self) -> Value {
+        let per_op: serde_json::Map<String, Value> =
+            text::OPS.iter().zip(&self.per_op).map(|(op, r)| (op.to_string(), r.json())).collect();
+        let mut value = self.all.json();
+        value["runs"] = json!(LABEL_RUNS);
+        value["documents"] = json!(self.documents);
+        value["per_op"] = Value::Object(per_op);
+        value
+    }
+}
+
+/// Logs one run of `training` on a tag-routed engine: its completed rows, and each
+/// document's class by its logged run time (plan order; `None`: not completed).
+fn log_training(
+    args: &CompareArgs,
+    training: &[text::TextCall],
+    load: f64,
+) -> Result<(Vec<Row>, Vec<Option<usize>>)> {
     let engine = builder(&args.engine)
         .router(Arc::new(StaticRouter::new(args.engine.batch)))
         .log_in_memory()
@@ -40,13 +134,42 @@ fn fit_models(args: &CompareArgs, training: &[text::TextCall], load: f64) -> Res
     if run.failures + run.lost > 0 {
         bail!("the logging run lost {} and failed {} calls", run.lost, run.failures);
     }
-    // A fresh engine numbers its operations in registration order: `text::OPS`'s.
-    let rows: Vec<Row> = engine
+    let edges = tokengate::features::class_edges_ns(FitOptions::default().classes);
+    let records: std::collections::HashMap<u64, TokenRecord> = engine
         .take_records()
         .into_iter()
         .filter(|r| r.outcome == RecordOutcome::Completed)
+        .map(|r| (r.token_id, r))
+        .collect();
+    let classes = run
+        .ids
+        .iter()
+        .map(|id| records.get(id).map(|r| tokengate::features::class_of(r.run_ns, &edges)))
+        .collect();
+    // A fresh engine numbers its operations in registration order: `text::OPS`'s.
+    let rows = run
+        .ids
+        .iter()
+        .filter_map(|id| records.get(id))
         .map(|r| Row { op: r.op, arg_size: r.arg_size, cost: r.cost, run_ns: r.run_ns })
         .collect();
+    Ok((rows, classes))
+}
+
+/// Logs [`LABEL_RUNS`] runs of `training` on a tag-routed engine, fits both models on
+/// the first one's rows, and measures how repeatable the labels are.
+fn fit_models(
+    args: &CompareArgs,
+    training: &[text::TextCall],
+    load: f64,
+) -> Result<(Models, Labels)> {
+    let (rows, first) = log_training(args, training, load)?;
+    let mut classes = vec![first];
+    for _ in 1..LABEL_RUNS {
+        classes.push(log_training(args, training, load)?.1);
+    }
+    let ops: Vec<usize> = training.iter().map(|call| call.op).collect();
+    let labels = Labels::of(&classes, &ops);
     let ops: Vec<String> = text::OPS.iter().map(|s| s.to_string()).collect();
     let options = FitOptions { per_operation: true, ..FitOptions::default() };
     let features = Data {
@@ -60,10 +183,11 @@ fn fit_models(args: &CompareArgs, training: &[text::TextCall], load: f64) -> Res
         rows: rows.into_iter().map(|r| Row { cost: tokengate::features::NO_COST, ..r }).collect(),
         ..Data::default()
     };
-    Ok(Models {
+    let models = Models {
         size: fit(&size_only, &options).context("fitting the size-only model")?,
         features: fit(&features, &options).context("fitting the model with features")?,
-    })
+    };
+    Ok((models, labels))
 }
 
 fn model_json(fitted: &Fitted) -> Value {
@@ -96,7 +220,7 @@ pub(crate) fn compare_text(args: CompareArgs) -> Result<()> {
     let (seed, load) = (args.stream.seed(), args.stream.load);
     // The models learn from other documents than the ones they are scored on.
     let training = text_plan(calls, seed.wrapping_add(1_000), args.json);
-    let models = fit_models(&args, &training, load)?;
+    let (models, labels) = fit_models(&args, &training, load)?;
     drop(training);
     let plan = text_plan(calls, seed, args.json);
     let size_model = Model::from_bytes(&models.size.bytes)?;
@@ -164,6 +288,7 @@ pub(crate) fn compare_text(args: CompareArgs) -> Result<()> {
             "learned_size": model_json(&models.size),
             "learned": model_json(&models.features),
         },
+        "labels": labels.json(),
         "routers": results,
     });
     if args.json {
@@ -171,12 +296,18 @@ pub(crate) fn compare_text(args: CompareArgs) -> Result<()> {
         return Ok(());
     }
     print_compare(&report);
+    let labels = &report["labels"];
+    let pct = |v: &Value| v.as_f64().unwrap_or(f64::NAN) * 100.0;
+    println!(
+        "labels: the same document's logged class repeats in {:.1}% of pairs of {} logged \
+         runs; predicting one run's class from the others' scores {:.1}% (a model's ceiling)",
+        pct(&labels["agreement"]),
+        LABEL_RUNS,
+        pct(&labels["ceiling"])
+    );
     for (name, key) in [("size only", "learned_size"), ("with cost features", "learned")] {
         let model = &report["models"][key];
-        println!(
-            "model {name}: held-out accuracy {:.1}%",
-            model["accuracy"].as_f64().unwrap_or(f64::NAN) * 100.0
-        );
+        println!("model {name}: held-out accuracy {:.1}%", pct(&model["accuracy"]));
         for (op, accuracy) in model["per_op_accuracy"].as_object().into_iter().flatten() {
             let inputs = model["importance"][op]
                 .as_object()
@@ -191,8 +322,9 @@ pub(crate) fn compare_text(args: CompareArgs) -> Result<()> {
                 })
                 .unwrap_or_default();
             println!(
-                "  {op:<10} {:>6.1}%  {inputs}",
-                accuracy.as_f64().unwrap_or(f64::NAN) * 100.0
+                "  {op:<10} {:>6.1}% (ceiling {:.1}%)  {inputs}",
+                pct(accuracy),
+                pct(&labels["per_op"][op]["ceiling"])
             );
         }
     }
