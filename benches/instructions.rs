@@ -8,7 +8,9 @@
 //!   out (it is idle time, not cost): the submit, the lane's run and the taking of the
 //!   result (with the token's drop, which frees what the call allocated) are counted;
 //! * `features`: `bulk` on an operation that declares two cost features (computed per
-//!   call at submit, so each call is routed on its own): what cost features add.
+//!   call at submit, so each call is routed on its own): what cost features add;
+//! * `logged`: `bulk` with every token logged (in memory): what telemetry adds on the
+//!   lanes (the clock reads and the row; the writer thread is not counted).
 //!
 //! Counting is switched on only inside `submit_*` below and inside the lanes'
 //! `Job::run` (`--toggle-collect`), so idle lanes' spinning never counts.
@@ -40,7 +42,9 @@ fn workload(mode: &str, n: u64) {
     // Routed by tags: the running averages (the default router) size batches by the
     // first ones' timing, which would make the counts vary from run to run.
     let tags = std::sync::Arc::new(tokengate::router::StaticRouter::new(128));
-    let engine = Engine::builder().router(tags).build().unwrap();
+    let builder = Engine::builder().router(tags);
+    let builder = if mode == "logged" { builder.log_in_memory() } else { builder };
+    let engine = builder.build().unwrap();
     let op = match mode {
         "features" => engine
             .operation::<u64>("inc", Weight::Light)
@@ -50,7 +54,7 @@ fn workload(mode: &str, n: u64) {
         _ => engine.register("inc", Weight::Light, |x: u64| x.wrapping_add(1)).unwrap(),
     };
     match mode {
-        "bulk" | "features" => {
+        "bulk" | "features" | "logged" => {
             let tokens = submit_bulk(&op, n);
             engine.shutdown();
             let sum: u64 = tokens.into_iter().map(|t| t.wait().unwrap()).sum();
@@ -103,8 +107,12 @@ fn main() {
         println!("instructions: SKIPPED, valgrind is not installed (apt-get install valgrind)");
         return;
     }
-    let modes =
-        [("bulk", 20_000u64, 60_000u64), ("single", 2_000, 6_000), ("features", 20_000, 60_000)];
+    let modes = [
+        ("bulk", 20_000u64, 60_000u64),
+        ("single", 2_000, 6_000),
+        ("features", 20_000, 60_000),
+        ("logged", 20_000, 60_000),
+    ];
     for (mode, n1, n2) in modes {
         let (Some(a), Some(b)) = (count(mode, n1), count(mode, n2)) else {
             println!("instructions/{mode}: could not read callgrind's output");

@@ -100,6 +100,8 @@ impl Labels {
                 repeat.add(&labels);
             }
         }
+        // Documents logged in every run (a call that did not complete in one is left out).
+        let documents = (all.scored / LABEL_RUNS as u64) as usize;
         Labels { all, per_op, documents }
     }
 
@@ -300,7 +302,8 @@ pub(crate) fn compare_text(args: CompareArgs) -> Result<()> {
     let pct = |v: &Value| v.as_f64().unwrap_or(f64::NAN) * 100.0;
     println!(
         "labels: the same document's logged class repeats in {:.1}% of pairs of {} logged \
-         runs; predicting one run's class from the others' scores {:.1}% (a model's ceiling)",
+         runs; predicting one run's class from the others' scores {:.1}% (about the best a \
+         model can expect against them)",
         pct(&labels["agreement"]),
         LABEL_RUNS,
         pct(&labels["ceiling"])

@@ -311,17 +311,8 @@ impl<A: Send + 'static> OperationBuilder<'_, A> {
         let id = registry.claim_name(name, &options.cost_names)?;
         env.router.register_op(id, name, &options.cost_names);
         let serves = remote.is_some();
-        let inner = Arc::new(OpShared::new(
-            Arc::clone(env),
-            registry.paused_all(),
-            id,
-            name,
-            weight,
-            options,
-            f,
-            dedupe,
-            remote,
-        ));
+        let inner =
+            Arc::new(OpShared::new(Arc::clone(env), id, name, weight, options, f, dedupe, remote));
         registry.add_op(Arc::clone(&inner) as Arc<dyn OpControl>, &env.lanes);
         let op = Operation { inner };
         if serves {

@@ -56,7 +56,8 @@ impl Registry {
     }
 
     /// Lists a registered operation for manual control; it starts paused if every
-    /// operation is.
+    /// operation is. Decided here, under the registry's lock, not when the operation
+    /// was built: a resume-all in between would miss an operation built paused.
     pub(crate) fn add_op(&self, op: Arc<dyn OpControl>, lanes: &Lanes) {
         let mut ops = self.ops.write().unwrap_or_else(|e| e.into_inner());
         // Under the registry's lock, so a concurrent pause-all either sees this
@@ -103,12 +104,13 @@ impl Registry {
     }
 
     /// Drops the registry's handles on the operations when the engine is dropped, so
-    /// that a `Controller` kept past the engine holds no operation (and no lanes,
-    /// through their environment) alive. There is no cycle to break: operations hold
-    /// their [`OpEnv`](super::OpEnv), which does not hold the registry (when one state
-    /// held both, it was a cycle, found by memcheck, `tests/memcheck.sh`). After it,
-    /// the control port and a worker see no operations; `Operation` handles still held
-    /// by the user keep their own state alive until dropped.
+    /// that a `Controller` kept past the engine holds no operation (nor its closure)
+    /// alive. Operations hold their [`OpEnv`](super::OpEnv), which does not hold the
+    /// registry (when one state held both, it was a cycle, found by memcheck,
+    /// `tests/memcheck.sh`); the control port's tasks reach both, and end with the
+    /// engine's runtime. After it, the control port and a worker see no operations;
+    /// `Operation` handles still held by the user keep their own state alive until
+    /// dropped.
     pub(crate) fn clear(&self) {
         let ops = std::mem::take(&mut *self.ops.write().unwrap_or_else(|e| e.into_inner()));
         let served = std::mem::take(&mut *self.served.write().unwrap_or_else(|e| e.into_inner()));

@@ -163,7 +163,6 @@ impl<A, R> OpShared<A, R> {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         env: Arc<OpEnv>,
-        paused: bool,
         id: u32,
         name: &str,
         weight: Weight,
@@ -180,7 +179,7 @@ impl<A, R> OpShared<A, R> {
             remote,
             dedupe,
             plain,
-            control: OpControlState::new(paused),
+            control: OpControlState::new(false),
             fixed_bytes: std::mem::size_of::<A>() + crate::token::slot_size::<R>(),
             homes: Homes::default(),
             env,

@@ -98,9 +98,10 @@ pub struct TokenRecord {
     pub op_recent_ns: u64,
     /// Admission → start (ns).
     pub queue_wait_ns: u64,
-    /// Start → finish on the lane (ns).
+    /// The call's own run time on the lane (ns): from just before its function to just
+    /// after it returned, less any time the call spent helping run other batches.
     pub run_ns: u64,
-    /// Admission → resolved (ns).
+    /// Admission → the call's return (ns).
     pub end_to_end_ns: u64,
     /// How it ended.
     pub outcome: RecordOutcome,
