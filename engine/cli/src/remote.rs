@@ -38,7 +38,7 @@ pub(crate) struct NatsArgs {
     #[arg(long, value_enum, requires = "nats")]
     placement: Option<PlacementArg>,
     /// Seconds without a remote result before a token runs here instead (at most 75: a
-    /// run waits 90 s after its last submit before it counts a token lost).
+    /// run counts a token lost once the engine has finished no token for 90 s).
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=75))]
     result_timeout_s: u64,
 }

@@ -69,6 +69,11 @@ const SPIN_CHECKS: u32 = 64;
 /// microseconds each), and yielding gives the core away to anyone runnable.
 const IDLE_YIELD: Duration = Duration::from_micros(100);
 const PARK_TIMEOUT: Duration = Duration::from_millis(20);
+/// While a shutdown drains, an idle lane parks for this long between looks at whether the
+/// last token in flight has resolved (it may resolve off the lanes, with no wake-up).
+/// It parks rather than spins: a spinning light lane holds its core against the
+/// idle-priority heavy lanes running the very calls the drain waits for.
+const DRAIN_POLL: Duration = Duration::from_millis(1);
 
 /// How a lane was set up, as seen from inside its thread.
 #[derive(Debug, Clone, PartialEq, Eq)]

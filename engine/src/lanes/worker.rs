@@ -5,7 +5,9 @@ use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::Instant;
 
-use super::{nanos_since, BoxJob, LaneCtx, Lanes, RunEnd, IDLE_YIELD, PARK_TIMEOUT, SPIN_CHECKS};
+use super::{
+    nanos_since, BoxJob, LaneCtx, Lanes, RunEnd, DRAIN_POLL, IDLE_YIELD, PARK_TIMEOUT, SPIN_CHECKS,
+};
 use crate::placement::LaneSet;
 
 impl Lanes {
@@ -63,8 +65,9 @@ impl Lanes {
             }
             ctx.flush();
             self.idle.announce(bit);
-            if !self.has_work(index) && !self.shutdown.load(Ordering::SeqCst) {
-                thread::park_timeout(PARK_TIMEOUT);
+            if !self.has_work(index) {
+                let draining = self.shutdown.load(Ordering::SeqCst);
+                thread::park_timeout(if draining { DRAIN_POLL } else { PARK_TIMEOUT });
             }
             self.idle.retract(bit);
             // After a park, yield for a while again before the next one.

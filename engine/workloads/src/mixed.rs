@@ -246,6 +246,11 @@ pub struct MixedOps {
 }
 
 impl MixedOps {
+    /// Tokens of these operations that have reached a terminal state.
+    fn finished(&self) -> u64 {
+        self.ops.iter().map(|op| op.stats().finished()).sum()
+    }
+
     /// Registers `primes`, `sort`, `hash` and `text`, each with its size as the hint,
     /// remote-capable (a `tokengate worker` serves them; the drift shift is this
     /// engine's own, so a `drift` stream's remote tokens do not drift).
@@ -302,17 +307,53 @@ pub struct StreamRun {
     /// An order-independent digest of every (operation, argument, result): equal for
     /// the same plan wherever its tokens ran.
     pub digest: u64,
-    /// Tokens whose result did not come within [`WAIT_BOUND`] of the last submit.
+    /// Tokens still unresolved once the engine had resolved none for [`WAIT_BOUND`].
     pub lost: usize,
     /// Tokens whose id got more than one result (the driver's own per-id tally).
     pub double_resolved: usize,
 }
 
-/// How long the driver waits, after its last submit, for the results still missing:
-/// longer than any of the engine's own bounds on a token at their CLI defaults and
-/// limits (a remote result timeout of at most 75 s, `run --result-timeout-s`, plus the
-/// link's outage and worker graces), so a token counted lost truly never resolved.
+/// How long the driver waits for the results still missing while the engine resolves
+/// nothing at all (no token of the stream's operations finishes): longer than any of the
+/// engine's own bounds on a token at their CLI defaults and limits (a remote result
+/// timeout of at most 75 s, `run --result-timeout-s`, plus the link's outage and worker
+/// graces), so a token counted lost truly never resolved. The clock restarts whenever a
+/// token finishes: on a machine whose other programs keep every core busy a backlog may
+/// take longer than this to drain, and slow is not lost.
 pub const WAIT_BOUND: Duration = Duration::from_secs(90);
+
+/// When the driver gives up on the tokens still waiting: [`WAIT_BOUND`] after the last
+/// time it saw the engine finish a token.
+struct Stall<'a> {
+    ops: &'a MixedOps,
+    finished: u64,
+    give_up: Instant,
+}
+
+impl<'a> Stall<'a> {
+    fn new(ops: &'a MixedOps) -> Self {
+        Stall { ops, finished: ops.finished(), give_up: Instant::now() + WAIT_BOUND }
+    }
+
+    /// Waits for `token` until the engine has finished nothing for [`WAIT_BOUND`]
+    /// (looking every second).
+    fn wait(&mut self, mut token: Token<u64>) -> Option<Result<u64, tokengate::TokenError>> {
+        loop {
+            let left = self.give_up.saturating_duration_since(Instant::now());
+            match token.wait_timeout(left.min(Duration::from_secs(1))) {
+                Ok(result) => return Some(result),
+                Err(waiting) => token = waiting,
+            }
+            let finished = self.ops.finished();
+            if finished != self.finished {
+                self.finished = finished;
+                self.give_up = Instant::now() + WAIT_BOUND;
+            } else if left.is_zero() {
+                return None;
+            }
+        }
+    }
+}
 
 /// One (operation, argument, result) folded into a digest: summed (wrapping), so the
 /// order of results does not matter.
@@ -368,7 +409,7 @@ pub fn drive(ops: &MixedOps, plan: &[Planned], rate: f64, shift: Option<usize>) 
     let (mut digest, mut lost) = (0u64, 0);
     let mut results_by_id: HashMap<u64, u32> = HashMap::with_capacity(tokens.len());
     let base = plan.as_ptr() as usize;
-    let give_up = Instant::now() + WAIT_BOUND;
+    let mut stall = Stall::new(ops);
     for (token, call) in tokens {
         truths.push((token.id(), call.truth));
         declared.push(call.declared);
@@ -376,13 +417,13 @@ pub fn drive(ops: &MixedOps, plan: &[Planned], rate: f64, shift: Option<usize>) 
         let index = (call as *const Planned as usize - base) / std::mem::size_of::<Planned>();
         submitted_s.push((index / per_wave) as f64 / 1e3);
         let id = token.id();
-        match token.wait_timeout(give_up.saturating_duration_since(Instant::now())) {
-            Ok(result) => {
+        match stall.wait(token) {
+            Some(result) => {
                 *results_by_id.entry(id).or_default() += 1;
                 failures += usize::from(result.is_err());
                 digest = digest.wrapping_add(digest_of(call.op, call.size, &result));
             }
-            Err(_still_waiting) => lost += 1,
+            None => lost += 1,
         }
     }
     let double_resolved = results_by_id.values().filter(|&&n| n > 1).count();
