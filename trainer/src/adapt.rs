@@ -1,4 +1,4 @@
-//! The re-fit that online adaptation runs: the trainer's own [`fit`](crate::fit::fit)
+//! The re-fit that online adaptation runs: the trainer's own [`fit`]
 //! on the engine's recent samples.
 //!
 //! ```no_run

@@ -149,7 +149,7 @@ const SHIFTED_SORT_NS: (f64, f64) = (250_000.0, 330_000.0);
 static SORT_NS_PER_ELEMENT: OnceLock<f64> = OnceLock::new();
 
 /// Measures how fast this machine sorts (the fastest of a few sorts of 24,000 numbers,
-/// about 5 ms in all): the shifted sizes are chosen to cost [`SHIFTED_SORT_NS`] here.
+/// about 5 ms in all): the shifted sizes are chosen to cost `SHIFTED_SORT_NS` here.
 pub fn calibrate_drift() -> f64 {
     *SORT_NS_PER_ELEMENT.get_or_init(|| {
         const SIZE: u64 = 24_000;
@@ -247,7 +247,7 @@ pub struct MixedOps {
 
 impl MixedOps {
     /// Tokens of these operations that have reached a terminal state.
-    fn finished(&self) -> u64 {
+    pub(crate) fn finished(&self) -> u64 {
         self.ops.iter().map(|op| op.stats().finished()).sum()
     }
 
@@ -322,31 +322,36 @@ pub struct StreamRun {
 /// take longer than this to drain, and slow is not lost.
 pub const WAIT_BOUND: Duration = Duration::from_secs(90);
 
-/// When the driver gives up on the tokens still waiting: [`WAIT_BOUND`] after the last
-/// time it saw the engine finish a token.
-struct Stall<'a> {
-    ops: &'a MixedOps,
-    finished: u64,
+/// When a driver gives up on the tokens still waiting: [`WAIT_BOUND`] after the last
+/// time it saw the engine finish a token (`finished` counts the stream's operations'
+/// finished tokens).
+pub(crate) struct Stall<F: Fn() -> u64> {
+    finished: F,
+    seen: u64,
     give_up: Instant,
 }
 
-impl<'a> Stall<'a> {
-    fn new(ops: &'a MixedOps) -> Self {
-        Stall { ops, finished: ops.finished(), give_up: Instant::now() + WAIT_BOUND }
+impl<F: Fn() -> u64> Stall<F> {
+    pub(crate) fn new(finished: F) -> Self {
+        let seen = finished();
+        Stall { finished, seen, give_up: Instant::now() + WAIT_BOUND }
     }
 
     /// Waits for `token` until the engine has finished nothing for [`WAIT_BOUND`]
-    /// (looking every second).
-    fn wait(&mut self, mut token: Token<u64>) -> Option<Result<u64, tokengate::TokenError>> {
+    /// (looking every second); `None`: lost.
+    pub(crate) fn wait(
+        &mut self,
+        mut token: Token<u64>,
+    ) -> Option<Result<u64, tokengate::TokenError>> {
         loop {
             let left = self.give_up.saturating_duration_since(Instant::now());
             match token.wait_timeout(left.min(Duration::from_secs(1))) {
                 Ok(result) => return Some(result),
                 Err(waiting) => token = waiting,
             }
-            let finished = self.ops.finished();
-            if finished != self.finished {
-                self.finished = finished;
+            let finished = (self.finished)();
+            if finished != self.seen {
+                self.seen = finished;
                 self.give_up = Instant::now() + WAIT_BOUND;
             } else if left.is_zero() {
                 return None;
@@ -409,7 +414,7 @@ pub fn drive(ops: &MixedOps, plan: &[Planned], rate: f64, shift: Option<usize>) 
     let (mut digest, mut lost) = (0u64, 0);
     let mut results_by_id: HashMap<u64, u32> = HashMap::with_capacity(tokens.len());
     let base = plan.as_ptr() as usize;
-    let mut stall = Stall::new(ops);
+    let mut stall = Stall::new(|| ops.finished());
     for (token, call) in tokens {
         truths.push((token.id(), call.truth));
         declared.push(call.declared);

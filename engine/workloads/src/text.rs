@@ -12,10 +12,12 @@
 //!   of non-ASCII bytes in the first 512.
 //! * `gunzip`: inflates a gzip member (`flate2`). Its cost follows the *decompressed*
 //!   length, which for repetitive data is up to ~60× the compressed one. Cost feature:
-//!   `isize`, the decompressed length the gzip trailer states (its last four bytes).
+//!   `isize`, the decompressed length the gzip trailer states (its last four bytes), and
+//!   `ratio`, that over the compressed length.
 //! * `json`: parses a document into a `serde_json::Value`. Long strings parse fast per
 //!   byte, deeply nested small values slowly. Cost features: `density` (structural bytes
-//!   per byte) and `depth` (deepest nesting), both over the first 1 KiB.
+//!   per byte over the first 1 KiB) and `values` (that density times the length: about
+//!   the values in the whole document).
 //! * `checksum`: FNV-1a over the bytes: cost follows length alone (no cost feature; the
 //!   size hint is enough).
 //!
@@ -38,7 +40,7 @@ use tokengate::model::{policy_for, HEAVY_NS};
 use tokengate::router::{Features, Placement, RouteSource, Router};
 use tokengate::{Engine, EngineBuilder, Operation, RegisterError, Token, Weight};
 
-use crate::mixed::{digest_of, RouterRun, WAIT_BOUND};
+use crate::mixed::{digest_of, RouterRun, Stall};
 
 /// The operations, in index order.
 pub const OPS: [&str; 4] = ["grep", "gunzip", "json", "checksum"];
@@ -378,17 +380,17 @@ pub fn drive(ops: &TextOps, plan: &[TextCall], rate: f64) -> TextRun {
             tokens.push(ops.ops[call.op].submit((index, Arc::clone(&call.doc))));
         }
     }
-    let give_up = Instant::now() + WAIT_BOUND;
+    let mut stall = Stall::new(|| ops.ops.iter().map(|op| op.stats().finished()).sum());
     let (mut failures, mut lost, mut digest) = (0, 0, 0u64);
     let mut ids = Vec::with_capacity(tokens.len());
     for (token, call) in tokens.into_iter().zip(plan) {
         ids.push(token.id());
-        match token.wait_timeout(give_up.saturating_duration_since(Instant::now())) {
-            Ok(result) => {
+        match stall.wait(token) {
+            Some(result) => {
                 failures += usize::from(result.is_err());
                 digest = digest.wrapping_add(digest_of(call.op, call.doc.len() as u64, &result));
             }
-            Err(_) => lost += 1,
+            None => lost += 1,
         }
     }
     let due_s = (0..plan.len()).map(|i| (i / per_wave) as f64 / 1e3).collect();
@@ -406,7 +408,8 @@ pub struct TextRun {
     pub makespan: Duration,
     /// Calls that did not complete (should be 0).
     pub failures: usize,
-    /// Calls with no result within [`WAIT_BOUND`].
+    /// Calls still unresolved once the engine had finished none for
+    /// [`WAIT_BOUND`](crate::mixed::WAIT_BOUND).
     pub lost: usize,
     /// Order-independent digest of every (operation, length, result).
     pub digest: u64,
