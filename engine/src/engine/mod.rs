@@ -383,7 +383,7 @@ impl Engine {
     }
 
     /// What the link to remote workers has done, when the engine has one
-    /// ([`EngineBuilder::nats`]).
+    /// (`EngineBuilder::nats`, feature `nats`).
     #[deprecated(since = "0.2.0", note = "use `Engine::stats().remote`")]
     pub fn remote_stats(&self) -> Option<crate::remote::RemoteStats> {
         self.env.remote.get().map(|link| link.stats())

@@ -2,13 +2,12 @@
 //! over NATS JetStream.
 //!
 //! # How it works
-//! - **Submitter.** An engine built with [`EngineBuilder::nats`](crate::EngineBuilder::nats)
-//!   keeps a link to a NATS server. A token placed on [`LaneSet::Remote`] is claimed
+//! - **Submitter.** An engine built with `EngineBuilder::nats` (feature `nats`) keeps a link to a NATS server. A token placed on [`LaneSet::Remote`] is claimed
 //!   (like a lane claims it), its argument encoded, and published to the work-queue
 //!   stream `TOKENGATE_CALLS` on subject `tokengate.tokens.<op>` with the message id
 //!   `<submitter>.<token>.<attempt>` (a re-publish within two minutes is dropped by the
 //!   server). The token waits in the link's pending table, holding its admission permit.
-//! - **Worker.** [`Worker`] (the `tokengate worker` command) binds one durable pull
+//! - **Worker.** `Worker` (feature `nats`; the `tokengate worker` command) binds one durable pull
 //!   consumer per remote-capable operation (`tg-<op>`, shared by every worker: each call
 //!   goes to one of them), runs each call on its own pinned lanes through the same
 //!   operation, publishes the answer to `tokengate.results.<submitter>` (stream
