@@ -169,8 +169,7 @@ fn run(server: Option<&Server>) -> Logged {
     Logged::spawn(command, "the run")
 }
 
-/// A remote run started once every one of `workers` serves, waited on until it has
-/// heard them all.
+/// A remote run, waited on until it has heard `workers` workers.
 fn remote_run(server: &Server, workers: usize) -> Logged {
     let mut submitter = run(Some(server));
     submitter.wait_for("remote worker joined", workers, "the run");

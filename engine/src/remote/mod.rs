@@ -2,20 +2,21 @@
 //! over NATS JetStream.
 //!
 //! # How it works
-//! - **Submitter.** An engine built with `EngineBuilder::nats` (feature `nats`) keeps a link to a NATS server. A token placed on [`LaneSet::Remote`] is claimed
-//!   (like a lane claims it), its argument encoded, and published to the work-queue
+//! - **Submitter.** An engine built with `EngineBuilder::nats` (feature `nats`) keeps a
+//!   link to a NATS server. A token placed on [`LaneSet::Remote`] is claimed (like a
+//!   lane claims it), its argument encoded, and published to the work-queue
 //!   stream `TOKENGATE_CALLS` on subject `tokengate.tokens.<op>` with the message id
 //!   `<submitter>.<token>.<attempt>` (a re-publish within two minutes is dropped by the
 //!   server). The token waits in the link's pending table, holding its admission permit.
-//! - **Worker.** `Worker` (feature `nats`; the `tokengate worker` command) binds one durable pull
-//!   consumer per remote-capable operation (`tg-<op>`, shared by every worker: each call
-//!   goes to one of them), runs each call on its own pinned lanes through the same
-//!   operation, publishes the answer to `tokengate.results.<submitter>` (stream
-//!   `TOKENGATE_ANSWERS`), and only then acks the call. A long call sends
-//!   "in progress" every third of the ack wait so it is not redelivered; a call the
-//!   worker has no room for (or is stopping) is nak'ed with a delay, for another worker;
-//!   a call that failed, panicked or timed out is answered as such and terminated;
-//!   a message that does not decode is terminated and counted.
+//! - **Worker.** `Worker` (feature `nats`; the `tokengate worker` command) binds one
+//!   durable pull consumer per remote-capable operation (`tg-<op>`, shared by every
+//!   worker: each call goes to one of them), runs each call on its own pinned lanes
+//!   through the same operation, publishes the answer to
+//!   `tokengate.results.<submitter>` (stream `TOKENGATE_ANSWERS`), and only then acks
+//!   the call. A long call sends "in progress" every third of the ack wait so it is not
+//!   redelivered; a call the worker has no room for (or is stopping) is nak'ed with a
+//!   delay, for another worker; a call that failed, panicked or timed out is answered
+//!   as such and terminated; a message that does not decode is terminated and counted.
 //! - **Exactly once to the caller.** Delivery is at-least-once (a worker killed or hung
 //!   before its ack has its calls redelivered to another worker after the ack wait,
 //!   2 s by default, while a live worker reports progress on every call it holds), so

@@ -11,3 +11,4 @@ pub mod soak;
 pub mod stats;
 pub mod sys;
 pub mod text;
+pub mod wait;

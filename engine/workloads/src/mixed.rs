@@ -30,6 +30,8 @@ use tokengate::router::{Features, Placement, RouteSource, Router, MAX_OPS};
 use tokengate::telemetry::TokenRecord;
 use tokengate::{Engine, Operation, RegisterError, Token, Weight};
 
+use crate::wait::Stall;
+
 /// The operations, in vocabulary order.
 pub const OPS: [&str; 4] = ["primes", "sort", "hash", "text"];
 
@@ -246,11 +248,6 @@ pub struct MixedOps {
 }
 
 impl MixedOps {
-    /// Tokens of these operations that have reached a terminal state.
-    pub(crate) fn finished(&self) -> u64 {
-        self.ops.iter().map(|op| op.stats().finished()).sum()
-    }
-
     /// Registers `primes`, `sort`, `hash` and `text`, each with its size as the hint,
     /// remote-capable (a `tokengate worker` serves them; the drift shift is this
     /// engine's own, so a `drift` stream's remote tokens do not drift).
@@ -307,57 +304,11 @@ pub struct StreamRun {
     /// An order-independent digest of every (operation, argument, result): equal for
     /// the same plan wherever its tokens ran.
     pub digest: u64,
-    /// Tokens still unresolved once the engine had resolved none for [`WAIT_BOUND`].
+    /// Tokens still unresolved once the engine had finished none for
+    /// [`WAIT_BOUND`](crate::wait::WAIT_BOUND).
     pub lost: usize,
     /// Tokens whose id got more than one result (the driver's own per-id tally).
     pub double_resolved: usize,
-}
-
-/// How long the driver waits for the results still missing while the engine resolves
-/// nothing at all (no token of the stream's operations finishes): longer than any of the
-/// engine's own bounds on a token at their CLI defaults and limits (a remote result
-/// timeout of at most 75 s, `run --result-timeout-s`, plus the link's outage and worker
-/// graces), so a token counted lost truly never resolved. The clock restarts whenever a
-/// token finishes: on a machine whose other programs keep every core busy a backlog may
-/// take longer than this to drain, and slow is not lost.
-pub const WAIT_BOUND: Duration = Duration::from_secs(90);
-
-/// When a driver gives up on the tokens still waiting: [`WAIT_BOUND`] after the last
-/// time it saw the engine finish a token (`finished` counts the stream's operations'
-/// finished tokens).
-pub(crate) struct Stall<F: Fn() -> u64> {
-    finished: F,
-    seen: u64,
-    give_up: Instant,
-}
-
-impl<F: Fn() -> u64> Stall<F> {
-    pub(crate) fn new(finished: F) -> Self {
-        let seen = finished();
-        Stall { finished, seen, give_up: Instant::now() + WAIT_BOUND }
-    }
-
-    /// Waits for `token` until the engine has finished nothing for [`WAIT_BOUND`]
-    /// (looking every second); `None`: lost.
-    pub(crate) fn wait(
-        &mut self,
-        mut token: Token<u64>,
-    ) -> Option<Result<u64, tokengate::TokenError>> {
-        loop {
-            let left = self.give_up.saturating_duration_since(Instant::now());
-            match token.wait_timeout(left.min(Duration::from_secs(1))) {
-                Ok(result) => return Some(result),
-                Err(waiting) => token = waiting,
-            }
-            let finished = (self.finished)();
-            if finished != self.seen {
-                self.seen = finished;
-                self.give_up = Instant::now() + WAIT_BOUND;
-            } else if left.is_zero() {
-                return None;
-            }
-        }
-    }
 }
 
 /// One (operation, argument, result) folded into a digest: summed (wrapping), so the
@@ -414,7 +365,7 @@ pub fn drive(ops: &MixedOps, plan: &[Planned], rate: f64, shift: Option<usize>) 
     let (mut digest, mut lost) = (0u64, 0);
     let mut results_by_id: HashMap<u64, u32> = HashMap::with_capacity(tokens.len());
     let base = plan.as_ptr() as usize;
-    let mut stall = Stall::new(|| ops.finished());
+    let mut stall = Stall::new(&ops.ops);
     for (token, call) in tokens {
         truths.push((token.id(), call.truth));
         declared.push(call.declared);

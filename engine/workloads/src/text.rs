@@ -40,7 +40,8 @@ use tokengate::model::{policy_for, HEAVY_NS};
 use tokengate::router::{Features, Placement, RouteSource, Router};
 use tokengate::{Engine, EngineBuilder, Operation, RegisterError, Token, Weight};
 
-use crate::mixed::{digest_of, RouterRun, Stall};
+use crate::mixed::{digest_of, RouterRun};
+use crate::wait::Stall;
 
 /// The operations, in index order.
 pub const OPS: [&str; 4] = ["grep", "gunzip", "json", "checksum"];
@@ -380,7 +381,7 @@ pub fn drive(ops: &TextOps, plan: &[TextCall], rate: f64) -> TextRun {
             tokens.push(ops.ops[call.op].submit((index, Arc::clone(&call.doc))));
         }
     }
-    let mut stall = Stall::new(|| ops.ops.iter().map(|op| op.stats().finished()).sum());
+    let mut stall = Stall::new(&ops.ops);
     let (mut failures, mut lost, mut digest) = (0, 0, 0u64);
     let mut ids = Vec::with_capacity(tokens.len());
     for (token, call) in tokens.into_iter().zip(plan) {
@@ -409,7 +410,7 @@ pub struct TextRun {
     /// Calls that did not complete (should be 0).
     pub failures: usize,
     /// Calls still unresolved once the engine had finished none for
-    /// [`WAIT_BOUND`](crate::mixed::WAIT_BOUND).
+    /// [`WAIT_BOUND`](crate::wait::WAIT_BOUND).
     pub lost: usize,
     /// Order-independent digest of every (operation, length, result).
     pub digest: u64,
