@@ -14,7 +14,7 @@ made from them; the prose around the tables is written by hand. Needs only pytho
 
 Sections and their measurements (2-core machine: expect about an hour for all):
   service       tokengate bench service at 40, 66 and 80% load, 3 rounds   (~12 min)
-  text          tokengate compare text --repeat 5                           (~4 min)
+  text          tokengate compare text --repeat 5, then 8 more fits             (~7 min)
   drift         tokengate compare drift --repeat 5, seeds 1, 11, 7          (~15 min)
   leibniz       tokengate run leibniz --terms 60000000, 5 runs              (~1 min)
   instructions  cargo bench --bench instructions, 3 runs                    (~5 min)
@@ -69,10 +69,10 @@ def run_service():
 def run_text():
     main = sh([TOKENGATE, "-q", "compare", "text", "--repeat", "5", "--json"])
     save("text.json", main)
-    # Each `compare text` fits its models once: four more fits give the accuracy's spread.
+    # Each `compare text` fits its models once: eight more fits give the accuracy's spread.
     fits = [json.loads(main)] + [
         json.loads(sh([TOKENGATE, "-q", "compare", "text", "--repeat", "1", "--json"]))
-        for _ in range(4)]
+        for _ in range(8)]
     save("text-fits.json", json.dumps([{"models": f["models"], "labels": f["labels"]} for f in fits]))
 
 
