@@ -69,6 +69,10 @@ pub(crate) fn compare(args: CompareArgs) -> Result<()> {
     // Interleaved repeats, so a slow patch of a shared machine hits every router alike.
     for repeat in 0..args.repeat {
         for ((name, router), runs) in routers.iter().zip(&mut runs) {
+            // Before the run, so that its engine's log lines follow their router's name.
+            if !args.json {
+                eprint!("\r{name} run {}/{}   ", repeat + 1, args.repeat);
+            }
             let builder = match router {
                 Some(router) => builder(&args.engine).router(Arc::clone(router)),
                 None => builder(&args.engine).adapt(adaptation(model.clone(), args.engine.batch)),
@@ -77,9 +81,6 @@ pub(crate) fn compare(args: CompareArgs) -> Result<()> {
             let run = mixed::run_with(builder, &plan, config.rate, shift, follow)
                 .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
             runs.push(run);
-            if !args.json {
-                eprint!("\r{name} run {}/{}   ", repeat + 1, args.repeat);
-            }
         }
     }
     if !args.json {
