@@ -15,7 +15,7 @@ made from them; the prose around the tables is written by hand. Needs only pytho
 Sections and their measurements (2-core machine: expect about an hour for all):
   service       tokengate bench service at 40, 66 and 80% load, 3 rounds   (~12 min)
   text          tokengate compare text --repeat 5, then 8 more fits             (~7 min)
-  drift         tokengate compare drift --repeat 5, seeds 1, 11, 7          (~15 min)
+  drift         tokengate compare drift --repeat 5, seeds 1, 11, 7, 2, 5, 42 (~15 min)
   leibniz       tokengate run leibniz --terms 60000000, 5 runs              (~1 min)
   instructions  cargo bench --bench instructions, 3 runs                    (~5 min)
   faults        tests/bench/remote_faults.sh 3                              (~8 min)
@@ -30,7 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benches", "results")
 DOC = os.path.join(ROOT, "docs", "benchmarks.md")
 TOKENGATE = os.path.join(ROOT, "target", "release", "tokengate")
-DRIFT_SEEDS = [1, 11, 7]
+DRIFT_SEEDS = [1, 11, 7, 2, 5, 42]
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
