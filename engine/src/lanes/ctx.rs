@@ -55,7 +55,8 @@ pub(crate) struct LaneCtx {
     /// Nanoseconds this thread has spent running other batches inside waits, so a
     /// waiting call's own run time can leave them out.
     helped_ns: Cell<u64>,
-    /// When the lane last offered its core to other threads (see [`LaneCtx::share_core`]).
+    /// When the lane last offered its core to other threads, or last came out of an idle
+    /// spell (see [`LaneCtx::share_core`]).
     yielded_at: Cell<Instant>,
     /// Whether records are handed on by age too ([`FLUSH_AGE`]): when online adaptation
     /// reads them.
@@ -113,17 +114,31 @@ impl LaneCtx {
     }
 
     /// Called after each batch with the time it ended: once a millisecond of batches
-    /// has passed, yields the core (`sched_yield`). Lanes that never idle otherwise hold
-    /// their cores for the scheduler's whole slice (a few ms), and a thread that wakes
-    /// meanwhile — the control port answering `/metrics`, a caller's thread, the
-    /// trainer's re-fit — waits that long. With nobody waiting for the core the yield
-    /// returns at once (a syscall per millisecond).
+    /// without an idle spell has passed, yields the core (`sched_yield`). Lanes that
+    /// never idle otherwise hold their cores for the scheduler's whole slice (a few
+    /// ms), and a thread that wakes meanwhile — the control port answering `/metrics`,
+    /// a caller's thread, the trainer's re-fit — waits that long. With nobody waiting
+    /// for the core the yield returns at once (a syscall per millisecond).
+    ///
+    /// The millisecond counts from the end of the lane's last idle spell
+    /// ([`LaneCtx::busy_from`]), not from its last yield: a light lane that wakes for one
+    /// batch must not yield after it, since on Linux's EEVDF scheduler a yield hands the
+    /// core to a runnable idle-priority heavy lane until the core's next scheduling
+    /// event, commonly a millisecond or more, while the light lane's next batches wait
+    /// (docs/lanes.md, "What SCHED_IDLE costs").
     #[inline]
     pub(crate) fn share_core(&self, now: Instant) {
         if now.saturating_duration_since(self.yielded_at.get()) >= SHARE_CORE_EVERY {
             std::thread::yield_now();
             self.yielded_at.set(Instant::now());
         }
+    }
+
+    /// The lane is busy again after an idle spell: its next yield is a millisecond of
+    /// batches from `now`.
+    #[inline]
+    pub(super) fn busy_from(&self, now: Instant) {
+        self.yielded_at.set(now);
     }
 
     /// Runs `f` with this context as the thread's current lane.

@@ -379,8 +379,20 @@ impl Lanes {
     /// submitted from a lane that may run it goes to that lane's local queue (newest
     /// first for it, the oldest stealable by lanes that may take it).
     pub(crate) fn push(&self, set: LaneSet, job: BoxJob) {
+        let deferred = self.push_deferring(set, job);
+        if deferred != 0 {
+            self.wake_deferred(deferred);
+        }
+    }
+
+    /// [`Lanes::push`], but a wake-up of the lane pinned to the caller's own core is left
+    /// to the caller, returned as a queue bit for [`Lanes::wake_deferred`] once it has
+    /// pushed the rest of its submit (see [`Lanes::wake_one_or_defer`]). Only a thread
+    /// that is not a lane defers.
+    pub(crate) fn push_deferring(&self, set: LaneSet, job: BoxJob) -> u8 {
         let queue = self.queue_index(set);
-        match LaneCtx::current_lane(self.id()) {
+        let from_lane = LaneCtx::current_lane(self.id());
+        match from_lane {
             // Preemptive split: every lane keeps what it submits, so a wait finds its
             // children whatever their set (the other set's lanes steal them meanwhile).
             Some(lane) if self.takers[queue] & (1 << lane) != 0 || self.floating != 0 => {
@@ -396,8 +408,9 @@ impl Lanes {
         }
         let idle = self.idle.sleepers();
         if idle != 0 {
-            self.wake_one(queue, idle);
+            return self.wake_one_or_defer(queue, idle, from_lane.is_none());
         }
+        0
     }
 
     /// Queues one batch that only lane `lane` may run, and wakes that lane if parked.

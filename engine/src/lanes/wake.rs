@@ -3,11 +3,22 @@
 
 use super::{LaneSet, Lanes};
 
-/// A push's wake-up policy: a lane of the queue's own set first, the one pinned to the
-/// pusher's core when there is one; a lane of the other set only where it may take the
-/// queue's work.
+/// A push's wake-up policy: a lane of the queue's own set first, one pinned to a core
+/// other than the pusher's when there is one; a lane of the other set only where it may
+/// take the queue's work.
 impl Lanes {
-    pub(super) fn wake_one(&self, queue: usize, mut idle: u64) {
+    pub(super) fn wake_one(&self, queue: usize, idle: u64) {
+        self.wake_one_or_defer(queue, idle, false);
+    }
+
+    /// Wakes a sleeper for `queue`, as [`Lanes::wake_one`]; but with `defer_local`, when
+    /// the only suitable sleeper is the lane pinned to the caller's own core, wakes
+    /// nobody and returns `queue`'s bit: the caller wakes it once it has pushed all it
+    /// is pushing ([`Lanes::wake_deferred`]). Woken at once, that lane would preempt
+    /// the pusher mid-submit, and the pusher, once preempted, can lose its core to an
+    /// idle-priority heavy lane until the core's next scheduling event (about a
+    /// millisecond; docs/lanes.md, "What SCHED_IDLE costs").
+    pub(super) fn wake_one_or_defer(&self, queue: usize, mut idle: u64, defer_local: bool) -> u8 {
         loop {
             let candidates = match idle & self.primary[queue] {
                 0 if queue == LaneSet::Heavy.index() && !self.light_may_take_heavy() => 0,
@@ -15,25 +26,43 @@ impl Lanes {
                 some => some,
             };
             if candidates == 0 {
-                return;
+                return 0;
             }
             let bit = match self.local_lane(candidates) {
-                Some(bit) => bit,
+                Some(local) if candidates != local => {
+                    1u64 << (candidates & !local).trailing_zeros()
+                }
+                Some(_) if defer_local => return 1 << queue,
+                Some(local) => local,
                 None => 1u64 << candidates.trailing_zeros(),
             };
             // Claim the sleeper so the next push wakes a different one.
             let before = self.idle.claim(bit);
             if before & bit != 0 {
                 self.lanes[bit.trailing_zeros() as usize].unpark();
-                return;
+                return 0;
             }
             idle = before & !bit;
         }
     }
 
+    /// The wake-ups [`Lanes::wake_one_or_defer`] deferred (a bit per queue): one sleeper
+    /// for each, if any is still asleep.
+    pub(crate) fn wake_deferred(&self, queues: u8) {
+        for queue in 0..2 {
+            if queues & (1 << queue) != 0 {
+                let idle = self.idle.sleepers();
+                if idle != 0 {
+                    self.wake_one(queue, idle);
+                }
+            }
+        }
+    }
+
     /// Under the preemptive split, the bit of the lane among `candidates` pinned to the
-    /// core this thread runs on, if any: waking it needs no interrupt to another core,
-    /// and preempts no heavy call (this core runs the pusher, not a heavy lane).
+    /// core this thread runs on, if any: the lane a push wakes last, since it can only
+    /// run by preempting the pusher (a lane on another core preempts at most an
+    /// idle-priority heavy lane there).
     pub(super) fn local_lane(&self, candidates: u64) -> Option<u64> {
         if self.floating == 0 || candidates & !self.floating == 0 {
             return None;

@@ -33,7 +33,7 @@ impl Lanes {
         loop {
             if let Some(job) = self.next_job(index, false) {
                 if let Some(from) = idle_from.take() {
-                    self.end_idle(index, from);
+                    ctx.busy_from(self.end_idle(index, from));
                 }
                 misses = 0;
                 // A call nested in a wait of this batch may have been the one replaced.
@@ -98,9 +98,13 @@ impl Lanes {
                 && self.shared_len(LaneSet::Heavy.index()) == 0)
     }
 
-    pub(super) fn end_idle(&self, index: usize, from: Instant) {
+    /// Ends the idle spell begun at `from`; returns when it ended.
+    pub(super) fn end_idle(&self, index: usize, from: Instant) -> Instant {
         let lane = &self.lanes[index];
-        lane.idle_ns.fetch_add(from.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        let now = Instant::now();
+        let idle = now.saturating_duration_since(from);
+        lane.idle_ns.fetch_add(idle.as_nanos() as u64, Ordering::Relaxed);
         lane.idle_since.store(0, Ordering::Relaxed);
+        now
     }
 }

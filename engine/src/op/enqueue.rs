@@ -54,6 +54,17 @@ pub(super) struct Enqueue<'a, A, R> {
     /// A single call's chunk, which carries its own batch (see [`Single`]): queued
     /// as itself, without a batch allocation of its own.
     inline: Option<Arc<ChunkOf<R, Single<A, R>>>>,
+    /// Wake-ups of the lane on this thread's own core, left until every batch is
+    /// pushed (a bit per lane queue; see `Lanes::push_deferring`).
+    deferred_wakes: u8,
+}
+
+impl<A, R> Drop for Enqueue<'_, A, R> {
+    fn drop(&mut self) {
+        if self.deferred_wakes != 0 {
+            self.op.env.lanes.wake_deferred(self.deferred_wakes);
+        }
+    }
 }
 
 impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
@@ -97,6 +108,7 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
             spread: u32::MAX,
             open: [Open::new(), Open::new(), Open::new()],
             inline: None,
+            deferred_wakes: 0,
         }
     }
 
@@ -483,10 +495,10 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
         }
     }
 
-    fn push_job(&self, home: Option<usize>, set: LaneSet, job: BoxJob) {
+    fn push_job(&mut self, home: Option<usize>, set: LaneSet, job: BoxJob) {
         match home {
             Some(lane) => self.op.env.lanes.push_to(lane, job),
-            None => self.op.env.lanes.push(set, job),
+            None => self.deferred_wakes |= self.op.env.lanes.push_deferring(set, job),
         }
     }
 }
