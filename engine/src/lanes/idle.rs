@@ -24,6 +24,12 @@
 //! but not what loom models (it treats `SeqCst` accesses as `AcqRel`, and found the
 //! lost wake-up in that weaker model). Parking in the engine also has a timeout, as a
 //! backstop only.
+//!
+//! A pusher may put its wake-up off until the end of its submit (`wake.rs`, the lane on
+//! its own core): it then reads the sleepers again, after another fence, and claims
+//! and unparks as above. The argument is unchanged, with the read later: a lane whose
+//! bit is gone by then was claimed by another pusher or woke by itself, and either way
+//! looks at the queues, where the batch has been since before the first read.
 
 #[cfg(not(tokengate_loom))]
 use std::sync::atomic::{fence, AtomicU64, Ordering};

@@ -49,6 +49,7 @@ mod priority;
 mod steal;
 mod thread_life;
 mod wake;
+pub(crate) use wake::DEFERS;
 mod worker;
 
 pub(crate) use ctx::LaneCtx;
@@ -379,17 +380,18 @@ impl Lanes {
     /// submitted from a lane that may run it goes to that lane's local queue (newest
     /// first for it, the oldest stealable by lanes that may take it).
     pub(crate) fn push(&self, set: LaneSet, job: BoxJob) {
-        let deferred = self.push_deferring(set, job);
+        let deferred = self.push_deferring(set, job, DEFERS);
         if deferred != 0 {
             self.wake_deferred(deferred);
         }
     }
 
     /// [`Lanes::push`], but a wake-up of the lane pinned to the caller's own core is left
-    /// to the caller, returned as a queue bit for [`Lanes::wake_deferred`] once it has
+    /// to the caller: `deferred` is what it has put off so far (`DEFERS` at first), and
+    /// the return value is that set updated, for [`Lanes::wake_deferred`] once it has
     /// pushed the rest of its submit (see [`Lanes::wake_one_or_defer`]). Only a thread
     /// that is not a lane defers.
-    pub(crate) fn push_deferring(&self, set: LaneSet, job: BoxJob) -> u8 {
+    pub(crate) fn push_deferring(&self, set: LaneSet, job: BoxJob, deferred: u8) -> u8 {
         let queue = self.queue_index(set);
         let from_lane = LaneCtx::current_lane(self.id());
         match from_lane {
@@ -407,10 +409,11 @@ impl Lanes {
             }
         }
         let idle = self.idle.sleepers();
+        let deferred = if from_lane.is_none() { deferred } else { 0 };
         if idle != 0 {
-            return self.wake_one_or_defer(queue, idle, from_lane.is_none());
+            return self.wake_one_or_defer(queue, idle, deferred);
         }
-        0
+        deferred & !DEFERS
     }
 
     /// Queues one batch that only lane `lane` may run, and wakes that lane if parked.

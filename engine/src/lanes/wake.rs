@@ -3,22 +3,29 @@
 
 use super::{LaneSet, Lanes};
 
-/// A push's wake-up policy: a lane of the queue's own set first, one pinned to a core
-/// other than the pusher's when there is one; a lane of the other set only where it may
-/// take the queue's work.
+/// A deferring caller's `deferred` set before it has deferred anything (a bit no queue
+/// uses).
+pub(crate) const DEFERS: u8 = 0x80;
+
+/// A push's wake-up policy: a lane of the queue's own set first, the one pinned to the
+/// pusher's core when there is one (woken once the pusher's submit is all pushed); a
+/// lane of the other set only where it may take the queue's work.
 impl Lanes {
     pub(super) fn wake_one(&self, queue: usize, idle: u64) {
-        self.wake_one_or_defer(queue, idle, false);
+        self.wake_one_or_defer(queue, idle, 0);
     }
 
-    /// Wakes a sleeper for `queue`, as [`Lanes::wake_one`]; but with `defer_local`, when
-    /// the only suitable sleeper is the lane pinned to the caller's own core, wakes
-    /// nobody and returns `queue`'s bit: the caller wakes it once it has pushed all it
-    /// is pushing ([`Lanes::wake_deferred`]). Woken at once, that lane would preempt
-    /// the pusher mid-submit, and the pusher, once preempted, can lose its core to an
-    /// idle-priority heavy lane until the core's next scheduling event (about a
-    /// millisecond; docs/lanes.md, "What SCHED_IDLE costs").
-    pub(super) fn wake_one_or_defer(&self, queue: usize, mut idle: u64, defer_local: bool) -> u8 {
+    /// Wakes a sleeper for `queue`, as [`Lanes::wake_one`]; but a caller that defers
+    /// (`deferred`: the queues whose wake-up it already put off, or `DEFERS` for none
+    /// yet), when the sleeper it would wake is the lane pinned to its own core, wakes
+    /// nobody and returns `queue`'s bit: it wakes that lane once it has pushed all it is
+    /// pushing ([`Lanes::wake_deferred`]), and its next pushes to `queue` wake the other
+    /// sleepers. Woken at once, that lane would preempt the pusher mid-submit, and the
+    /// pusher, once preempted, can lose its core to an idle-priority heavy lane until
+    /// the core's next scheduling event (about a millisecond; docs/lanes.md, "What
+    /// `SCHED_IDLE` costs"). Returns the caller's deferred queues.
+    pub(super) fn wake_one_or_defer(&self, queue: usize, mut idle: u64, deferred: u8) -> u8 {
+        let keep = deferred & !DEFERS;
         loop {
             let candidates = match idle & self.primary[queue] {
                 0 if queue == LaneSet::Heavy.index() && !self.light_may_take_heavy() => 0,
@@ -26,13 +33,14 @@ impl Lanes {
                 some => some,
             };
             if candidates == 0 {
-                return 0;
+                return keep;
             }
             let bit = match self.local_lane(candidates) {
-                Some(local) if candidates != local => {
-                    1u64 << (candidates & !local).trailing_zeros()
-                }
-                Some(_) if defer_local => return 1 << queue,
+                Some(local) if keep & (1 << queue) != 0 => match candidates & !local {
+                    0 => return keep,
+                    others => 1u64 << others.trailing_zeros(),
+                },
+                Some(_) if deferred != 0 => return keep | 1 << queue,
                 Some(local) => local,
                 None => 1u64 << candidates.trailing_zeros(),
             };
@@ -40,7 +48,7 @@ impl Lanes {
             let before = self.idle.claim(bit);
             if before & bit != 0 {
                 self.lanes[bit.trailing_zeros() as usize].unpark();
-                return 0;
+                return keep;
             }
             idle = before & !bit;
         }
@@ -60,9 +68,9 @@ impl Lanes {
     }
 
     /// Under the preemptive split, the bit of the lane among `candidates` pinned to the
-    /// core this thread runs on, if any: the lane a push wakes last, since it can only
-    /// run by preempting the pusher (a lane on another core preempts at most an
-    /// idle-priority heavy lane there).
+    /// core this thread runs on, if any: waking it needs no interrupt to another core,
+    /// and preempts no heavy call (this core runs the pusher, not a heavy lane). A
+    /// submit wakes it only once all its batches are pushed (`wake_one_or_defer`).
     pub(super) fn local_lane(&self, candidates: u64) -> Option<u64> {
         if self.floating == 0 || candidates & !self.floating == 0 {
             return None;
