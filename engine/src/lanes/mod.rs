@@ -49,7 +49,6 @@ mod priority;
 mod steal;
 mod thread_life;
 mod wake;
-pub(crate) use wake::DEFERS;
 mod worker;
 
 pub(crate) use ctx::LaneCtx;
@@ -64,6 +63,9 @@ pub(crate) use thread_life::spawn_workers;
 
 /// The most lanes one engine runs (one bit each in the idle mask).
 pub(crate) const MAX_LANES: usize = 64;
+/// A submit's set of put-off wake-ups before it has put any off (a bit no queue uses;
+/// see `wake.rs`).
+pub(crate) const DEFERS: u8 = 0x80;
 const SPIN_CHECKS: u32 = 64;
 /// After its spins, an idle lane yields for this long before it parks: a caller that
 /// submits one call after another finds it awake (a park and its wake-up cost several

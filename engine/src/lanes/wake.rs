@@ -1,11 +1,7 @@
 //! Which sleeping lane a push wakes (the sleep/wake protocol itself, and the set of
 //! sleepers, are `idle.rs`'s).
 
-use super::{LaneSet, Lanes};
-
-/// A deferring caller's `deferred` set before it has deferred anything (a bit no queue
-/// uses).
-pub(crate) const DEFERS: u8 = 0x80;
+use super::{LaneSet, Lanes, DEFERS};
 
 /// A push's wake-up policy: a lane of the queue's own set first, the one pinned to the
 /// pusher's core when there is one (woken once the pusher's submit is all pushed); a
