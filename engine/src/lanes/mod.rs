@@ -63,9 +63,6 @@ pub(crate) use thread_life::spawn_workers;
 
 /// The most lanes one engine runs (one bit each in the idle mask).
 pub(crate) const MAX_LANES: usize = 64;
-/// A submit's set of put-off wake-ups before it has put any off (a bit no queue uses;
-/// see `wake.rs`).
-pub(crate) const DEFERS: u8 = 0x80;
 const SPIN_CHECKS: u32 = 64;
 /// After its spins, an idle lane yields for this long before it parks: a caller that
 /// submits one call after another finds it awake (a park and its wake-up cost several
@@ -382,18 +379,18 @@ impl Lanes {
     /// submitted from a lane that may run it goes to that lane's local queue (newest
     /// first for it, the oldest stealable by lanes that may take it).
     pub(crate) fn push(&self, set: LaneSet, job: BoxJob) {
-        let deferred = self.push_deferring(set, job, DEFERS);
-        if deferred != 0 {
-            self.wake_deferred(deferred);
-        }
+        self.push_waking(set, job, None);
     }
 
     /// [`Lanes::push`], but a wake-up of the lane pinned to the caller's own core is left
-    /// to the caller: `deferred` is what it has put off so far (`DEFERS` at first), and
-    /// the return value is that set updated, for [`Lanes::wake_deferred`] once it has
-    /// pushed the rest of its submit (see [`Lanes::wake_one_or_defer`]). Only a thread
-    /// that is not a lane defers.
-    pub(crate) fn push_deferring(&self, set: LaneSet, job: BoxJob, deferred: u8) -> u8 {
+    /// to the caller: marked in `deferred` (a bit per queue), for
+    /// [`Lanes::wake_deferred`] once it has pushed the rest of its submit (see
+    /// [`Lanes::wake_one_or_defer`]). Only a thread that is not a lane defers.
+    pub(crate) fn push_deferring(&self, set: LaneSet, job: BoxJob, deferred: &mut u8) {
+        self.push_waking(set, job, Some(deferred));
+    }
+
+    fn push_waking(&self, set: LaneSet, job: BoxJob, deferred: Option<&mut u8>) {
         let queue = self.queue_index(set);
         let from_lane = LaneCtx::current_lane(self.id());
         match from_lane {
@@ -411,11 +408,9 @@ impl Lanes {
             }
         }
         let idle = self.idle.sleepers();
-        let deferred = if from_lane.is_none() { deferred } else { 0 };
         if idle != 0 {
-            return self.wake_one_or_defer(queue, idle, deferred);
+            self.wake_one_or_defer(queue, idle, deferred.filter(|_| from_lane.is_none()));
         }
-        deferred & !DEFERS
     }
 
     /// Queues one batch that only lane `lane` may run, and wakes that lane if parked.

@@ -18,7 +18,7 @@ use super::single::{Single, SingleJob};
 use super::state::{OpShared, NO_CELL};
 use crate::admission::Permit;
 use crate::error::TokenError;
-use crate::lanes::{BoxJob, DEFERS};
+use crate::lanes::BoxJob;
 use crate::model::DEFAULT_REMOTE_MIN_NS;
 use crate::placement::{LaneSet, Placement, RouteSource, Weight};
 use crate::remote::PendingToken;
@@ -498,10 +498,7 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
     fn push_job(&mut self, home: Option<usize>, set: LaneSet, job: BoxJob) {
         match home {
             Some(lane) => self.op.env.lanes.push_to(lane, job),
-            None => {
-                self.deferred_wakes =
-                    self.op.env.lanes.push_deferring(set, job, self.deferred_wakes | DEFERS)
-            }
+            None => self.op.env.lanes.push_deferring(set, job, &mut self.deferred_wakes),
         }
     }
 }
