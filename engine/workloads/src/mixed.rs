@@ -162,7 +162,8 @@ fn shifted_sort_time(n: u64) -> Duration {
 
 /// A light `sort` size `n` after the shift: sorts `SHIFTED_SORT_CHUNK + n` numbers over
 /// and over until [`shifted_sort_time`] has passed since it started (real sorting, its
-/// cost fixed in time rather than in numbers), and returns one sort's value.
+/// cost fixed in wall time rather than in numbers: a call preempted meanwhile sorts
+/// less, as the engine's `run_ns` is wall time too), and returns one sort's value.
 ///
 /// Sizes calibrated once to cost that (this stream's first design) cost 185–250 µs in
 /// some runs — under the heavy threshold, where the adaptive router rightly kept
@@ -603,7 +604,7 @@ mod tests {
             assert_eq!(x.truth != y.truth, swapped, "{x:?} → {y:?}");
         }
         // The drifting costs really change: a light size of `sort` now runs 250–330 µs
-        // (at least; a busy machine stretches it), and its value is one sort's.
+        // (at least: its last sort ends past it), and its value is one sort's.
         let (low, high) = BANDS[1][0];
         for (n, at_least) in [(low, 250), (high, 330)] {
             let started = Instant::now();
