@@ -165,11 +165,10 @@ fn shifted_sort_time(n: u64) -> Duration {
 /// cost fixed in wall time rather than in numbers: a call preempted meanwhile sorts
 /// less, as the engine's `run_ns` is wall time too), and returns one sort's value.
 ///
-/// Sizes calibrated once to cost that (this stream's first design) cost 185–250 µs in
-/// some runs — under the heavy threshold, where the adaptive router rightly kept
-/// them on the light lanes while the stream's truth called them heavy — because this
-/// shared machine sorts 40% faster or slower from one second to the next (measured:
-/// the fastest of 8 sorts of 24,000 numbers took 14.5 or 20–22 ns a number).
+/// Not a number of values sized by a timing taken once: a shared machine sorts 40%
+/// faster or slower from one second to the next, and a size timed in a slow spell then
+/// runs under the heavy threshold in a fast one, where the stream's truth would still
+/// call it heavy (docs/benchmarks.md, "Online adaptation").
 fn shifted_sort(n: u64) -> u64 {
     let started = Instant::now();
     let time = shifted_sort_time(n);
