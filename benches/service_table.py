@@ -21,23 +21,27 @@ def main(path):
         f"{report['expensive_mean_ms']:.2f} ms; {report['rounds']} interleaved rounds of "
         f"{report['secs']:g} s after a {report['warmup_s']:g} s warm-up; seed {report['seed']}; "
         "median (min–max) over the rounds; ratios are per round, to `spawn_blocking` in the "
-        "same round; every round's results checked equal across executors.\n"
+        "same round; every round's results checked equal across executors. Longest cheap "
+        "stall: the longest span of a round in which a cheap call waited and none finished; "
+        "dispatcher late: the latest a request was handed to the runtime after its scheduled "
+        "arrival (a stall on the generator's side, charged to the executor by the latencies).\n"
     )
     for load in report["loads"]:
         print(f"**{load['load'] * 100:.0f}% of both cores busy** ({load['rate_per_s']:.0f} requests/s)\n")
         print(
             "| executor | cheap p50 ms | cheap p99 ms | cheap p99.9 ms | expensive p50 ms | "
             "expensive p99 ms | cheap p99 ÷ spawn_blocking | expensive p50 ÷ spawn_blocking | "
-            "requests/s | CPU (cores) |"
+            "requests/s | CPU (cores) | longest cheap stall ms | dispatcher late ms |"
         )
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for row in load["executors"]:
             print(
                 f"| {row['executor']} | {cell(row['cheap_p50_ms'], 3)} | {cell(row['cheap_p99_ms'])} | "
                 f"{cell(row['cheap_p999_ms'])} | {cell(row['expensive_p50_ms'])} | "
                 f"{cell(row['expensive_p99_ms'], 1)} | {cell(row['cheap_p99_vs_spawn_blocking'])} | "
                 f"{cell(row['expensive_p50_vs_spawn_blocking'])} | "
-                f"{row['throughput_per_s']['median']:.0f} | {row['cpu_cores']['median']:.2f} |"
+                f"{row['throughput_per_s']['median']:.0f} | {row['cpu_cores']['median']:.2f} | "
+                f"{cell(row.get('cheap_stall_max_ms'), 1)} | {cell(row.get('dispatch_late_max_ms'), 1)} |"
             )
         print()
 

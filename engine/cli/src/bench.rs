@@ -222,7 +222,7 @@ fn fit_model(
 }
 
 /// One executor's round: latencies (ns) of the measured cheap and expensive calls, the
-/// results' digest, and the CPU the process used.
+/// results' digest, the CPU the process used, and two figures that tell a stall's side.
 struct Round {
     cheap: Vec<u64>,
     expensive: Vec<u64>,
@@ -230,6 +230,13 @@ struct Round {
     cpu_cores: f64,
     wall_s: f64,
     lost: usize,
+    /// The longest span (ns) of the measured part in which a cheap call was waiting and
+    /// no cheap call finished: a stall of whatever serves them.
+    cheap_stall_ns: u64,
+    /// The latest (ns) the dispatcher handed a measured request to the runtime after its
+    /// scheduled arrival: a stall on the generator's side (its sleep overslept, or its
+    /// `spawn` waited), which the latencies charge to the executor.
+    dispatch_late_ns: u64,
 }
 
 fn run_round(
@@ -241,6 +248,7 @@ fn run_round(
     let (tx, rx) = mpsc::channel::<(usize, u64, Result<u64>)>();
     let cpu_before = cpu_seconds();
     let start = Instant::now();
+    let mut dispatch_late_ns = 0;
     for (index, request) in requests.iter().enumerate() {
         let scheduled = start + Duration::from_nanos(request.at_ns);
         let ahead = scheduled.saturating_duration_since(Instant::now());
@@ -254,6 +262,10 @@ fn run_round(
             let latency = Instant::now().saturating_duration_since(scheduled).as_nanos() as u64;
             let _ = tx.send((index, latency, result));
         });
+        if request.at_ns >= warmup_ns {
+            let late = Instant::now().saturating_duration_since(scheduled).as_nanos() as u64;
+            dispatch_late_ns = dispatch_late_ns.max(late);
+        }
     }
     drop(tx);
     let mut results = vec![None; requests.len()];
@@ -265,8 +277,18 @@ fn run_round(
     }
     let wall_s = start.elapsed().as_secs_f64();
     let cpu_cores = (cpu_seconds() - cpu_before) / wall_s;
-    let mut round =
-        Round { cheap: Vec::new(), expensive: Vec::new(), digest: 0, cpu_cores, wall_s, lost: 0 };
+    let mut round = Round {
+        cheap: Vec::new(),
+        expensive: Vec::new(),
+        digest: 0,
+        cpu_cores,
+        wall_s,
+        lost: 0,
+        cheap_stall_ns: 0,
+        dispatch_late_ns,
+    };
+    // (finished, arrived) of each measured cheap call, ns from the start.
+    let mut cheap_spans = Vec::new();
     for (request, result) in requests.iter().zip(results) {
         let Some((latency, value)) = result else {
             round.lost += 1;
@@ -277,13 +299,34 @@ fn run_round(
             continue;
         }
         match request.call {
-            Call::Cheap(_) => round.cheap.push(latency),
+            Call::Cheap(_) => {
+                round.cheap.push(latency);
+                cheap_spans.push((request.at_ns + latency, request.at_ns));
+            }
             Call::Expensive(_) => round.expensive.push(latency),
         }
     }
+    round.cheap_stall_ns = longest_stall(&mut cheap_spans);
     round.cheap.sort_unstable();
     round.expensive.sort_unstable();
     round
+}
+
+/// The longest span in which at least one of `calls` (finished, arrived) had arrived
+/// and not finished, and none finished.
+fn longest_stall(calls: &mut [(u64, u64)]) -> u64 {
+    calls.sort_unstable();
+    let (mut longest, mut first_arrival_after) = (0, u64::MAX);
+    // From the last call back: the earliest arrival among the calls finishing at or
+    // after each one; the span before a finish with none in between starts at the later
+    // of the previous finish and that arrival.
+    for at in (0..calls.len()).rev() {
+        let (finished, arrived) = calls[at];
+        first_arrival_after = first_arrival_after.min(arrived);
+        let previous = if at == 0 { 0 } else { calls[at - 1].0 };
+        longest = longest.max(finished.saturating_sub(previous.max(first_arrival_after)));
+    }
+    longest
 }
 
 /// The process's CPU time so far (user + system), in seconds.
@@ -378,12 +421,15 @@ fn service_bench(args: ServiceArgs) -> Result<()> {
                 drop(exec);
                 drop(engine);
                 eprintln!(
-                    "load {load:.2} round {} {:<24} cheap p99 {:>8.3} ms  expensive p50 {:>8.3} ms  cpu {:.2}",
+                    "load {load:.2} round {} {:<24} cheap p99 {:>8.3} ms  expensive p50 {:>8.3} ms  \
+                     cpu {:.2}  cheap stall {:.1} ms  dispatch late {:.1} ms",
                     round + 1,
                     executor.name(),
                     quantile_ms(&result.cheap, 0.99),
                     quantile_ms(&result.expensive, 0.5),
                     result.cpu_cores,
+                    result.cheap_stall_ns as f64 / 1e6,
+                    result.dispatch_late_ns as f64 / 1e6,
                 );
                 rounds[at].push(result);
             }
@@ -483,6 +529,8 @@ fn load_report(
                     })),
                     "cpu_cores": spread(results.iter().map(|r| r.cpu_cores)),
                     "wall_s": spread(results.iter().map(|r| r.wall_s)),
+                    "cheap_stall_max_ms": spread(results.iter().map(|r| r.cheap_stall_ns as f64 / 1e6)),
+                    "dispatch_late_max_ms": spread(results.iter().map(|r| r.dispatch_late_ns as f64 / 1e6)),
                 })
             })
             .collect();
@@ -545,5 +593,21 @@ fn print_report(report: &Value) {
                 cell(&row["expensive_p99_ms"]),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::longest_stall;
+
+    #[test]
+    fn a_stall_is_a_span_with_a_call_waiting_and_none_finishing() {
+        // (finished, arrived): one waits 10..40 while another finished at 20.
+        assert_eq!(longest_stall(&mut [(40, 10), (20, 15)]), 20);
+        // Idle time between calls is no stall.
+        assert_eq!(longest_stall(&mut [(12, 10), (105, 100)]), 5);
+        // Overlapping waits with no finish between count from the earliest arrival.
+        assert_eq!(longest_stall(&mut [(90, 50), (91, 30), (5, 1)]), 60);
+        assert_eq!(longest_stall(&mut []), 0);
     }
 }
