@@ -24,7 +24,9 @@ def main(path):
         "same round; every round's results checked equal across executors. Longest cheap "
         "stall: the longest span of a round in which a cheap call waited and none finished; "
         "dispatcher late: the latest a request was handed to the runtime after its scheduled "
-        "arrival (a stall on the generator's side, charged to the executor by the latencies).\n"
+        "arrival (latencies count from the arrival, so a late dispatcher shows as a cheap "
+        "stall too: a stall about as long as the lateness was the generator's, a much "
+        "longer one the executor's).\n"
     )
     for load in report["loads"]:
         print(f"**{load['load'] * 100:.0f}% of both cores busy** ({load['rate_per_s']:.0f} requests/s)\n")

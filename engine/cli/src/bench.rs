@@ -231,11 +231,13 @@ struct Round {
     wall_s: f64,
     lost: usize,
     /// The longest span (ns) of the measured part in which a cheap call was waiting and
-    /// no cheap call finished: a stall of whatever serves them.
+    /// no cheap call finished (finishes of warm-up calls are not counted). A late
+    /// dispatcher shows here too, as latencies count from the scheduled arrival.
     cheap_stall_ns: u64,
     /// The latest (ns) the dispatcher handed a measured request to the runtime after its
-    /// scheduled arrival: a stall on the generator's side (its sleep overslept, or its
-    /// `spawn` waited), which the latencies charge to the executor.
+    /// scheduled arrival (its sleep overslept, or its `spawn` waited). The dispatcher
+    /// shares the cores, so the executor's load can make it late too; a stall about as
+    /// long as this lateness was the generator's, one much longer the executor's.
     dispatch_late_ns: u64,
 }
 
@@ -529,8 +531,10 @@ fn load_report(
                     })),
                     "cpu_cores": spread(results.iter().map(|r| r.cpu_cores)),
                     "wall_s": spread(results.iter().map(|r| r.wall_s)),
-                    "cheap_stall_max_ms": spread(results.iter().map(|r| r.cheap_stall_ns as f64 / 1e6)),
-                    "dispatch_late_max_ms": spread(results.iter().map(|r| r.dispatch_late_ns as f64 / 1e6)),
+                    "cheap_stall_max_ms":
+                        spread(results.iter().map(|r| r.cheap_stall_ns as f64 / 1e6)),
+                    "dispatch_late_max_ms":
+                        spread(results.iter().map(|r| r.dispatch_late_ns as f64 / 1e6)),
                 })
             })
             .collect();
