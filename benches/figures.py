@@ -156,28 +156,31 @@ def render_text():
 
 
 def render_drift():
+    reports = [(seed, json.loads(text)["routers"]) for seed in DRIFT_SEEDS
+               if (text := load(f"drift-{seed}.json")) is not None]
+    if not reports:
+        return None
+    # Reports from before the freeze watch have no column for it.
+    watched = all("freeze_after_shift_ms_runs" in r["adaptive"] for _, r in reports)
     rows = []
-    for seed in DRIFT_SEEDS:
-        text = load(f"drift-{seed}.json")
-        if text is None:
-            continue
-        r = json.loads(text)["routers"]
+    for seed, r in reports:
         a, l, o = r["adaptive"], r["learned"], r["oracle"]
         runs = ", ".join("never" if x is None else f"{x:g}" for x in a["recovery_s_runs"])
         rec = "never" if a["recovery_s"] is None else f"{a['recovery_s']:g}"
         lo, hi = a["light_p99_after_shift_ms_range"]
+        froze = (" " + ", ".join(f"{x:.0f}" for x in a["freeze_after_shift_ms_runs"]) + " |"
+                 if watched else "")
         rows.append(
             f"| {seed} | {a['recovered_runs']} of {len(a['recovery_s_runs'])} | {rec} ({runs}) | "
             f"{a['light_p99_after_shift_ms']:.2f} ({lo:.2f}–{hi:.2f}) | "
             f"{l['light_p99_after_shift_ms']:.2f} | {o['light_p99_after_shift_ms']:.2f} | "
             f"{a['light_p99_after_shift_ms'] / l['light_p99_after_shift_ms']:.2f} | "
-            f"{a['light_p99_after_shift_ms'] / o['light_p99_after_shift_ms']:.2f} |")
-    if not rows:
-        return None
+            f"{a['light_p99_after_shift_ms'] / o['light_p99_after_shift_ms']:.2f} |{froze}")
     return "\n".join([
         "| seed | runs recovered | `recovery_s` (per run) | after-shift light p99 ms, adaptive (range) "
-        "| static learned | oracle | adaptive ÷ learned | adaptive ÷ oracle |",
-        "|---|---|---|---|---|---|---|---|"] + rows)
+        "| static learned | oracle | adaptive ÷ learned | adaptive ÷ oracle |"
+        + (" machine froze after the shift, adaptive, ms (per run) |" if watched else ""),
+        "|---|---|---|---|---|---|---|---|" + ("---|" if watched else "")] + rows)
 
 
 def render_leibniz():

@@ -26,16 +26,29 @@ def main(path):
         "dispatcher late: the latest a request was handed to the runtime after its scheduled "
         "arrival (latencies count from the arrival, so a late dispatcher shows as a cheap "
         "stall too: a stall about as long as the lateness was the generator's, a much "
-        "longer one the executor's).\n"
+        "longer one the executor's)"
+        + (
+            "; machine froze: the longest span of a round in which nothing in the machine "
+            "ran (a watch thread at real-time priority woke 10 ms or more late; 0: none), "
+            "a stall no executor can help."
+            if report.get("freeze_watch") == "realtime"
+            else "."
+            if "freeze_watch" not in report
+            else "; machine froze: the longest a watch thread at normal priority (real-time "
+            "was refused) woke late by 10 ms or more: a frozen machine or a busy core."
+        )
+        + "\n"
     )
+    froze = "freeze_watch" in report
     for load in report["loads"]:
         print(f"**{load['load'] * 100:.0f}% of both cores busy** ({load['rate_per_s']:.0f} requests/s)\n")
         print(
             "| executor | cheap p50 ms | cheap p99 ms | cheap p99.9 ms | expensive p50 ms | "
             "expensive p99 ms | cheap p99 ÷ spawn_blocking | expensive p50 ÷ spawn_blocking | "
             "requests/s | CPU (cores) | longest cheap stall ms | dispatcher late ms |"
+            + (" machine froze ms |" if froze else "")
         )
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if froze else ""))
         for row in load["executors"]:
             print(
                 f"| {row['executor']} | {cell(row['cheap_p50_ms'], 3)} | {cell(row['cheap_p99_ms'])} | "
@@ -44,6 +57,7 @@ def main(path):
                 f"{cell(row['expensive_p50_vs_spawn_blocking'])} | "
                 f"{row['throughput_per_s']['median']:.0f} | {row['cpu_cores']['median']:.2f} | "
                 f"{cell(row.get('cheap_stall_max_ms'), 1)} | {cell(row.get('dispatch_late_max_ms'), 1)} |"
+                + (f" {cell(row.get('freeze_max_ms'), 0)} |" if froze else "")
             )
         print()
 

@@ -19,6 +19,7 @@ use tokengate::model::Model;
 use tokengate::router::{LearnedRouter, StaticRouter};
 use tokengate::telemetry::RecordOutcome;
 use tokengate::{Engine, Operation, Weight};
+use tokengate_workloads::freeze::FreezeWatch;
 use tokengate_workloads::service::{self, Buffer, Call, Request};
 use tokengate_workloads::stats;
 use trainer::dataset::{Data, Row};
@@ -239,6 +240,13 @@ struct Round {
     /// shares the cores, so the executor's load can make it late too; a stall about as
     /// long as this lateness was the generator's, one much longer the executor's.
     dispatch_late_ns: u64,
+    /// The longest freeze of the whole machine in the measured part (ms; 0: none of
+    /// 10 ms or more; see `tokengate_workloads::freeze`): a stall this long was
+    /// neither the generator's nor the executor's.
+    freeze_ms: f64,
+    /// Whether the freeze watch ran at real-time priority (else a "freeze" may also be
+    /// a busy core).
+    freeze_realtime: bool,
 }
 
 fn run_round(
@@ -249,6 +257,7 @@ fn run_round(
 ) -> Round {
     let (tx, rx) = mpsc::channel::<(usize, u64, Result<u64>)>();
     let cpu_before = cpu_seconds();
+    let watch = FreezeWatch::start();
     let start = Instant::now();
     let mut dispatch_late_ns = 0;
     for (index, request) in requests.iter().enumerate() {
@@ -278,6 +287,8 @@ fn run_round(
         results[index] = result.ok().map(|value| (latency, value));
     }
     let wall_s = start.elapsed().as_secs_f64();
+    let freezes = watch.stop();
+    let freeze_ms = freezes.longest_ms(warmup_ns as f64 / 1e9, f64::INFINITY);
     let cpu_cores = (cpu_seconds() - cpu_before) / wall_s;
     let mut round = Round {
         cheap: Vec::new(),
@@ -288,6 +299,8 @@ fn run_round(
         lost: 0,
         cheap_stall_ns: 0,
         dispatch_late_ns,
+        freeze_ms,
+        freeze_realtime: freezes.realtime,
     };
     // (finished, arrived) of each measured cheap call, ns from the start.
     let mut cheap_spans = Vec::new();
@@ -397,6 +410,7 @@ fn service_bench(args: ServiceArgs) -> Result<()> {
     let rayon =
         Arc::new(rayon::ThreadPoolBuilder::new().num_threads(cores).build().context("rayon pool")?);
     let mut loads = Vec::new();
+    let mut freeze_realtime = true;
     for &load in &args.loads {
         let rate = load * cores as f64 * 1e9 / mean_ns;
         let requests = service::stream(args.seed, rate, args.warmup + args.secs, base_len);
@@ -424,7 +438,7 @@ fn service_bench(args: ServiceArgs) -> Result<()> {
                 drop(engine);
                 eprintln!(
                     "load {load:.2} round {} {:<24} cheap p99 {:>8.3} ms  expensive p50 {:>8.3} ms  \
-                     cpu {:.2}  cheap stall {:.1} ms  dispatch late {:.1} ms",
+                     cpu {:.2}  cheap stall {:.1} ms  dispatch late {:.1} ms  machine froze {:.0} ms",
                     round + 1,
                     executor.name(),
                     quantile_ms(&result.cheap, 0.99),
@@ -432,7 +446,9 @@ fn service_bench(args: ServiceArgs) -> Result<()> {
                     result.cpu_cores,
                     result.cheap_stall_ns as f64 / 1e6,
                     result.dispatch_late_ns as f64 / 1e6,
+                    result.freeze_ms,
                 );
+                freeze_realtime &= result.freeze_realtime;
                 rounds[at].push(result);
             }
         }
@@ -445,6 +461,7 @@ fn service_bench(args: ServiceArgs) -> Result<()> {
         "secs": args.secs,
         "warmup_s": args.warmup,
         "seed": args.seed,
+        "freeze_watch": if freeze_realtime { "realtime" } else { "normal" },
         "cheap_us": cheap_ns / 1e3,
         "expensive_mean_ms": expensive_ns / 1e6,
         "loads": loads,
@@ -535,6 +552,7 @@ fn load_report(
                         spread(results.iter().map(|r| r.cheap_stall_ns as f64 / 1e6)),
                     "dispatch_late_max_ms":
                         spread(results.iter().map(|r| r.dispatch_late_ns as f64 / 1e6)),
+                    "freeze_max_ms": spread(results.iter().map(|r| r.freeze_ms)),
                 })
             })
             .collect();

@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::{json, Value};
 use tokengate::router::{EwmaRouter, LearnedRouter, Router, StaticRouter};
+use tokengate_workloads::freeze;
 use tokengate_workloads::mixed::{self, OracleRouter};
 
 use crate::run::{adaptation, shift_of, stream_config, workload_name, StreamArgs};
@@ -106,6 +107,12 @@ pub(crate) fn compare(args: CompareArgs) -> Result<()> {
                 result["recovery_s"] = if middle.is_finite() { json!(middle) } else { Value::Null };
                 result["recovered_runs"] = json!(recovered);
                 result["recovery_s_runs"] = json!(recoveries);
+                // A freeze of the machine after the shift holds every router's calls;
+                // the oracle's run is another run, which it may have spared.
+                result["freeze_after_shift_ms_runs"] = json!(runs
+                    .iter()
+                    .map(|r| r.freezes.longest_ms(r.shift_s.unwrap_or(0.0), f64::INFINITY))
+                    .collect::<Vec<_>>());
                 result["rolling_p99_ms_runs"] = json!(runs
                     .iter()
                     .zip(&oracle_runs)
@@ -126,6 +133,7 @@ pub(crate) fn compare(args: CompareArgs) -> Result<()> {
         "engine_defaults": engine_defaults(&args.engine),
         "lane_settings": lane_settings(&args.engine),
         "model_version": format!("{model_version:08x}"),
+        "freeze_watch": freeze_watch(&runs),
         "routers": results,
     });
     if args.json {
@@ -155,7 +163,19 @@ pub(crate) fn router_summary(runs: &[mixed::RouterRun]) -> Value {
         "light_tokens": light.first().map_or(0, |l| l.count),
         "heavy_on_heavy_lane": if heavy == 0 { 0.0 } else { on_heavy as f64 / heavy as f64 },
         "failed": runs.iter().map(|r| r.failures).sum::<usize>(),
+        // The longest freeze of the whole machine in each run (0: none; see `freeze`).
+        "freeze_max_ms_runs": runs.iter().map(|r| r.freezes.longest_all_ms()).collect::<Vec<_>>(),
     })
+}
+
+/// How the runs' freeze watch ran: `realtime` (a freeze is the machine's) or `normal`
+/// (real-time priority refused: a freeze may also be a busy core).
+pub(crate) fn freeze_watch(runs: &[Vec<mixed::RouterRun>]) -> &'static str {
+    if runs.iter().flatten().all(|r| r.freezes.realtime) {
+        "realtime"
+    } else {
+        "normal"
+    }
 }
 
 /// p99 latency (ms) of the light tokens submitted after the shift.
@@ -287,6 +307,28 @@ pub(crate) fn print_compare(report: &Value) {
             f("light_p99_ms"),
             span("light_p99_ms_range"),
             f("heavy_on_heavy_lane") * 100.0,
+        );
+    }
+    let freezes: Vec<f64> = report["routers"]
+        .as_object()
+        .into_iter()
+        .flat_map(|routers| routers.values())
+        .flat_map(|r| r["freeze_max_ms_runs"].as_array().cloned().unwrap_or_default())
+        .filter_map(|ms| ms.as_f64())
+        .collect();
+    let frozen = freezes.iter().filter(|&&ms| ms > 0.0).count();
+    if frozen > 0 {
+        let min = freeze::FREEZE_MIN.as_millis();
+        let what = if report["freeze_watch"] == json!("realtime") {
+            format!("the machine froze (nothing ran for {min} ms or more)")
+        } else {
+            format!("the freeze watch (normal priority: real-time refused) woke {min} ms late")
+        };
+        println!(
+            "{what} in {frozen} of {} runs, at most {:.0} ms: those runs' tails are the \
+             machine's as much as the router's",
+            freezes.len(),
+            freezes.iter().copied().fold(0.0, f64::max)
         );
     }
 }

@@ -292,6 +292,7 @@ pub(crate) fn compare_text(args: CompareArgs) -> Result<()> {
             "learned": model_json(&models.features),
         },
         "labels": labels.json(),
+        "freeze_watch": crate::compare::freeze_watch(&runs),
         "routers": results,
     });
     if args.json {

@@ -107,7 +107,10 @@ fn the_service_bench_reports_every_executor_with_equal_results() {
     for executor in load["executors"].as_array().unwrap() {
         assert!(executor["cheap_p99_ms"]["median"].as_f64().unwrap() > 0.0, "{executor}");
         assert!(executor["throughput_per_s"]["median"].as_f64().unwrap() > 0.0, "{executor}");
+        // Every round says how long the machine itself froze (0: not at all).
+        assert!(executor["freeze_max_ms"]["median"].as_f64().unwrap() >= 0.0, "{executor}");
     }
+    assert!(["realtime", "normal"].contains(&report["freeze_watch"].as_str().unwrap()));
     let bad = tokengate(&["bench", "service", "--loads", "7"]);
     assert!(!bad.status.success());
     assert!(stderr(&bad).contains("--loads"), "{}", stderr(&bad));

@@ -4,6 +4,7 @@
 
 #![warn(missing_docs, rust_2018_idioms)]
 
+pub mod freeze;
 pub mod leibniz;
 pub mod mixed;
 pub mod service;

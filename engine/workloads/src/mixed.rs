@@ -449,6 +449,8 @@ pub struct RouterRun {
     pub heavy: (usize, usize),
     /// Tokens that did not complete (should be 0).
     pub failures: usize,
+    /// Freezes of the whole machine during the run (times since its start).
+    pub freezes: crate::freeze::Freezes,
 }
 
 /// The indices of `engine`'s heavy lanes (as telemetry records name lanes).
@@ -475,7 +477,9 @@ pub fn run_with(
     if let Some(oracle) = oracle {
         oracle.follow(ops.shift_flag());
     }
+    let watch = crate::freeze::FreezeWatch::start();
     let run = drive(&ops, plan, rate, shift);
+    let freezes = watch.stop();
     engine.shutdown();
     let records = engine.take_records();
     let heavy_lanes = heavy_lanes(&engine);
@@ -502,6 +506,7 @@ pub fn run_with(
         shift_s: run.shift_s,
         heavy: (heavy.len(), on_heavy),
         failures: run.failures,
+        freezes,
     })
 }
 

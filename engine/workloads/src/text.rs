@@ -426,7 +426,9 @@ pub fn run_with(
 ) -> Result<(RouterRun, u64), Box<dyn std::error::Error + Send + Sync>> {
     let engine = builder.log_in_memory().build()?;
     let ops = TextOps::register(&engine, told)?;
+    let watch = crate::freeze::FreezeWatch::start();
     let run = drive(&ops, plan, rate);
+    let freezes = watch.stop();
     engine.shutdown();
     let records = engine.take_records();
     let heavy_lanes = crate::mixed::heavy_lanes(&engine);
@@ -438,6 +440,7 @@ pub fn run_with(
     let mut out = RouterRun {
         makespan: run.makespan,
         failures: run.failures + run.lost,
+        freezes,
         ..RouterRun::default()
     };
     for ((id, call), due) in run.ids.iter().zip(plan).zip(&run.due_s) {
