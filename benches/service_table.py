@@ -27,16 +27,15 @@ def main(path):
         "arrival (latencies count from the arrival, so a late dispatcher shows as a cheap "
         "stall too: a stall about as long as the lateness was the generator's, a much "
         "longer one the executor's)"
-        + (
-            "; machine froze: the longest span of a round in which nothing in the machine "
-            "ran (a watch thread at real-time priority woke 10 ms or more late; 0: none), "
-            "a stall no executor can help."
-            if report.get("freeze_watch") == "realtime"
-            else "."
-            if "freeze_watch" not in report
-            else "; machine froze: the longest a watch thread at normal priority (real-time "
-            "was refused) woke late by 10 ms or more: a frozen machine or a busy core."
-        )
+        + {
+            None: ".",
+            "realtime": "; machine froze: the longest span of a round in which nothing in the "
+            "machine ran, at least (a watch thread at real-time priority woke 10 ms or more "
+            "late; 0: none seen), a stall no executor can help.",
+            "normal": "; machine froze: the longest a watch thread at normal priority "
+            "(real-time was refused) woke 10 ms or more late: a frozen machine or a busy core.",
+            "none": "; machine froze: not watched (the watch thread did not start).",
+        }[report.get("freeze_watch")]
         + "\n"
     )
     froze = "freeze_watch" in report

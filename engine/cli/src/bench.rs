@@ -240,13 +240,12 @@ struct Round {
     /// shares the cores, so the executor's load can make it late too; a stall about as
     /// long as this lateness was the generator's, one much longer the executor's.
     dispatch_late_ns: u64,
-    /// The longest freeze of the whole machine in the measured part (ms; 0: none of
-    /// 10 ms or more; see `tokengate_workloads::freeze`): a stall this long was
-    /// neither the generator's nor the executor's.
+    /// The longest freeze of the whole machine in the measured part (ms, at least; 0:
+    /// none seen; see `tokengate_workloads::freeze`): a stall this long was neither the
+    /// generator's nor the executor's.
     freeze_ms: f64,
-    /// Whether the freeze watch ran at real-time priority (else a "freeze" may also be
-    /// a busy core).
-    freeze_realtime: bool,
+    /// How the freeze watch ran (see `compare::freeze_watch`).
+    freeze_watch: &'static str,
 }
 
 fn run_round(
@@ -300,7 +299,11 @@ fn run_round(
         cheap_stall_ns: 0,
         dispatch_late_ns,
         freeze_ms,
-        freeze_realtime: freezes.realtime,
+        freeze_watch: match (freezes.watched, freezes.realtime) {
+            (false, _) => "none",
+            (true, true) => "realtime",
+            (true, false) => "normal",
+        },
     };
     // (finished, arrived) of each measured cheap call, ns from the start.
     let mut cheap_spans = Vec::new();
@@ -410,7 +413,8 @@ fn service_bench(args: ServiceArgs) -> Result<()> {
     let rayon =
         Arc::new(rayon::ThreadPoolBuilder::new().num_threads(cores).build().context("rayon pool")?);
     let mut loads = Vec::new();
-    let mut freeze_realtime = true;
+    // The weakest watch of any round: none, then normal, then realtime.
+    let mut freeze_watch = "realtime";
     for &load in &args.loads {
         let rate = load * cores as f64 * 1e9 / mean_ns;
         let requests = service::stream(args.seed, rate, args.warmup + args.secs, base_len);
@@ -448,7 +452,9 @@ fn service_bench(args: ServiceArgs) -> Result<()> {
                     result.dispatch_late_ns as f64 / 1e6,
                     result.freeze_ms,
                 );
-                freeze_realtime &= result.freeze_realtime;
+                if freeze_watch != "none" && result.freeze_watch != "realtime" {
+                    freeze_watch = result.freeze_watch;
+                }
                 rounds[at].push(result);
             }
         }
@@ -461,7 +467,7 @@ fn service_bench(args: ServiceArgs) -> Result<()> {
         "secs": args.secs,
         "warmup_s": args.warmup,
         "seed": args.seed,
-        "freeze_watch": if freeze_realtime { "realtime" } else { "normal" },
+        "freeze_watch": freeze_watch,
         "cheap_us": cheap_ns / 1e3,
         "expensive_mean_ms": expensive_ns / 1e6,
         "loads": loads,

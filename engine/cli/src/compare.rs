@@ -168,10 +168,14 @@ pub(crate) fn router_summary(runs: &[mixed::RouterRun]) -> Value {
     })
 }
 
-/// How the runs' freeze watch ran: `realtime` (a freeze is the machine's) or `normal`
-/// (real-time priority refused: a freeze may also be a busy core).
+/// How the runs' freeze watch ran: `realtime` (a freeze is the machine's), `normal`
+/// (real-time priority refused: a freeze may also be a busy core) or `none` (its thread
+/// did not start in some run: no freeze was seen there because none was looked for).
 pub(crate) fn freeze_watch(runs: &[Vec<mixed::RouterRun>]) -> &'static str {
-    if runs.iter().flatten().all(|r| r.freezes.realtime) {
+    let mut runs = runs.iter().flatten();
+    if !runs.clone().all(|r| r.freezes.watched) {
+        "none"
+    } else if runs.all(|r| r.freezes.realtime) {
         "realtime"
     } else {
         "normal"

@@ -1,13 +1,15 @@
 //! Freezes of the whole machine, told apart from the engine's own stalls.
 //!
 //! A virtual machine's host can stop every virtual CPU at once. On this project's 2-core
-//! machine that happens for 15–70 ms about once a minute or two, and the guest's steal
+//! machine that happens for 15–70 ms about once every 100–200 s, and the guest's steal
 //! counter does not count it. Inside the guest it looks like a stall of the engine:
 //! every queue grows, no lane runs, and the calls that arrive meanwhile all wait it out.
 //! A [`FreezeWatch`] is a thread that sleeps [`PERIOD`] at a time at real-time priority
 //! (`SCHED_FIFO`), which preempts every other thread of the guest the moment it wakes:
 //! a wake-up [`FREEZE_MIN`] or more late means nothing in the machine ran (or the kernel
-//! held interrupts off on every core). Where real-time priority is refused (not root,
+//! held interrupts off on every core). A freeze of F ms falls within one sleep or across
+//! two and shows as F − 10 to F ms late: every freeze of 20 ms or more is seen, one of
+//! 10–20 ms only sometimes, and the length reported is up to [`PERIOD`] short. Where real-time priority is refused (not root,
 //! not Linux) it runs at normal priority, and a late wake-up may then also be a busy
 //! core; [`Freezes::realtime`] says which.
 //!
@@ -28,9 +30,10 @@ pub const FREEZE_MIN: Duration = Duration::from_millis(10);
 /// One freeze: when it began (seconds after the watch started) and how long it lasted.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Freeze {
-    /// Seconds after [`FreezeWatch::start`] that the machine was last seen running.
+    /// Seconds after [`FreezeWatch::start`] that the machine was last seen running
+    /// (the freeze began at most [`PERIOD`] later).
     pub at_s: f64,
-    /// How long nothing ran, in ms (the lateness beyond [`PERIOD`]).
+    /// How long nothing ran, at least, in ms (the lateness beyond [`PERIOD`]).
     pub ms: f64,
 }
 
@@ -39,17 +42,21 @@ pub struct Freeze {
 pub struct Freezes {
     /// Every freeze, in time order.
     pub list: Vec<Freeze>,
+    /// Whether a watch ran at all (its thread may fail to start).
+    pub watched: bool,
     /// Whether the watch ran at real-time priority (a late wake-up is then the
     /// machine's, not a busy core's).
     pub realtime: bool,
 }
 
 impl Freezes {
-    /// The longest freeze beginning in `[from_s, to_s)`, in ms (0 if none).
+    /// The longest freeze that overlaps `[from_s, to_s)`, in ms (0 if none): one that
+    /// began before `from_s` and ran into it counts.
     pub fn longest_ms(&self, from_s: f64, to_s: f64) -> f64 {
+        let period_s = PERIOD.as_secs_f64();
         self.list
             .iter()
-            .filter(|f| f.at_s >= from_s && f.at_s < to_s)
+            .filter(|f| f.at_s + period_s + f.ms / 1e3 > from_s && f.at_s < to_s)
             .map(|f| f.ms)
             .fold(0.0, f64::max)
     }
@@ -94,7 +101,7 @@ impl Drop for FreezeWatch {
 }
 
 fn watch(started: Instant, stop: &AtomicBool) -> Freezes {
-    let mut seen = Freezes { list: Vec::new(), realtime: realtime() };
+    let mut seen = Freezes { list: Vec::new(), watched: true, realtime: realtime() };
     let mut last = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(PERIOD);
@@ -136,13 +143,17 @@ mod tests {
     #[test]
     fn longest_counts_only_the_window() {
         let seen = Freezes {
-            list: vec![Freeze { at_s: 0.5, ms: 20.0 }, Freeze { at_s: 2.0, ms: 7.0 }],
+            list: vec![Freeze { at_s: 0.5, ms: 20.0 }, Freeze { at_s: 2.0, ms: 12.0 }],
+            watched: true,
             realtime: true,
         };
-        assert_eq!(seen.longest_ms(1.0, 3.0), 7.0);
+        assert_eq!(seen.longest_ms(1.0, 3.0), 12.0);
         assert_eq!(seen.longest_ms(0.0, 1.0), 20.0);
         assert_eq!(seen.longest_ms(3.0, 4.0), 0.0);
         assert_eq!(seen.longest_all_ms(), 20.0);
+        // Begun before the window (0.5 s + 10 ms + 20 ms), running into it.
+        assert_eq!(seen.longest_ms(0.52, 1.0), 20.0);
+        assert_eq!(seen.longest_ms(0.54, 1.0), 0.0);
     }
 
     #[test]
@@ -150,7 +161,7 @@ mod tests {
         let started = Instant::now();
         let last = started + Duration::from_secs(1);
         let freeze = freeze_between(started, last, last + PERIOD + Duration::from_millis(10));
-        let freeze = freeze.expect("12 ms between looks is a freeze");
+        let freeze = freeze.expect("20 ms between looks is a freeze");
         assert_eq!(freeze.at_s, 1.0);
         assert!((freeze.ms - 10.0).abs() < 1e-9);
         assert_eq!(freeze_between(started, last, last + PERIOD + Duration::from_millis(4)), None);
