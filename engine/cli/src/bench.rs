@@ -19,7 +19,7 @@ use tokengate::model::Model;
 use tokengate::router::{LearnedRouter, StaticRouter};
 use tokengate::telemetry::RecordOutcome;
 use tokengate::{Engine, Operation, Weight};
-use tokengate_workloads::freeze::FreezeWatch;
+use tokengate_workloads::freeze::{FreezeWatch, Watch};
 use tokengate_workloads::service::{self, Buffer, Call, Request};
 use tokengate_workloads::stats;
 use trainer::dataset::{Data, Row};
@@ -244,8 +244,8 @@ struct Round {
     /// none seen; see `tokengate_workloads::freeze`): a stall this long was neither the
     /// generator's nor the executor's.
     freeze_ms: f64,
-    /// How the freeze watch ran (see `compare::freeze_watch`).
-    freeze_watch: &'static str,
+    /// How the freeze watch ran.
+    freeze_watch: Watch,
 }
 
 fn run_round(
@@ -299,11 +299,7 @@ fn run_round(
         cheap_stall_ns: 0,
         dispatch_late_ns,
         freeze_ms,
-        freeze_watch: match (freezes.watched, freezes.realtime) {
-            (false, _) => "none",
-            (true, true) => "realtime",
-            (true, false) => "normal",
-        },
+        freeze_watch: freezes.watch(),
     };
     // (finished, arrived) of each measured cheap call, ns from the start.
     let mut cheap_spans = Vec::new();
@@ -413,8 +409,8 @@ fn service_bench(args: ServiceArgs) -> Result<()> {
     let rayon =
         Arc::new(rayon::ThreadPoolBuilder::new().num_threads(cores).build().context("rayon pool")?);
     let mut loads = Vec::new();
-    // The weakest watch of any round: none, then normal, then realtime.
-    let mut freeze_watch = "realtime";
+    // The weakest watch of any round.
+    let mut freeze_watch = Watch::Realtime;
     for &load in &args.loads {
         let rate = load * cores as f64 * 1e9 / mean_ns;
         let requests = service::stream(args.seed, rate, args.warmup + args.secs, base_len);
@@ -452,9 +448,7 @@ fn service_bench(args: ServiceArgs) -> Result<()> {
                     result.dispatch_late_ns as f64 / 1e6,
                     result.freeze_ms,
                 );
-                if freeze_watch != "none" && result.freeze_watch != "realtime" {
-                    freeze_watch = result.freeze_watch;
-                }
+                freeze_watch = freeze_watch.min(result.freeze_watch);
                 rounds[at].push(result);
             }
         }
@@ -467,7 +461,7 @@ fn service_bench(args: ServiceArgs) -> Result<()> {
         "secs": args.secs,
         "warmup_s": args.warmup,
         "seed": args.seed,
-        "freeze_watch": freeze_watch,
+        "freeze_watch": freeze_watch.name(),
         "cheap_us": cheap_ns / 1e3,
         "expensive_mean_ms": expensive_ns / 1e6,
         "loads": loads,

@@ -168,18 +168,9 @@ pub(crate) fn router_summary(runs: &[mixed::RouterRun]) -> Value {
     })
 }
 
-/// How the runs' freeze watch ran: `realtime` (a freeze is the machine's), `normal`
-/// (real-time priority refused: a freeze may also be a busy core) or `none` (its thread
-/// did not start in some run: no freeze was seen there because none was looked for).
+/// How the runs' freeze watch ran, the weakest of any run (`freeze::Watch`).
 pub(crate) fn freeze_watch(runs: &[Vec<mixed::RouterRun>]) -> &'static str {
-    let mut runs = runs.iter().flatten();
-    if !runs.clone().all(|r| r.freezes.watched) {
-        "none"
-    } else if runs.all(|r| r.freezes.realtime) {
-        "realtime"
-    } else {
-        "normal"
-    }
+    runs.iter().flatten().map(|r| r.freezes.watch()).min().unwrap_or(freeze::Watch::None).name()
 }
 
 /// p99 latency (ms) of the light tokens submitted after the shift.

@@ -12,6 +12,7 @@ use tokengate::model::Model;
 use tokengate::router::{AdaptiveRouter, StaticRouter};
 use tokengate::telemetry::TelemetryStats;
 use tokengate::{Engine, LaneSet, Weight};
+use tokengate_workloads::freeze::FreezeWatch;
 use tokengate_workloads::leibniz::{self, Pyramid};
 use tokengate_workloads::mixed::{self, MixedConfig, MixedOps};
 use tokengate_workloads::text;
@@ -283,7 +284,9 @@ fn run_stream(engine: &Engine, args: &RunArgs) -> Result<(Value, Vec<(u64, Weigh
     let config = stream_config(args.workload, &args.stream)?;
     let ops = MixedOps::register(engine)?;
     let plan = mixed::plan(&config);
+    let watch = FreezeWatch::start();
     let run = mixed::drive(&ops, &plan, config.rate, shift_of(&config));
+    let freezes = watch.stop();
     let report = json!({
         "workload": workload_name(args.workload),
         "tokens": plan.len(),
@@ -296,6 +299,8 @@ fn run_stream(engine: &Engine, args: &RunArgs) -> Result<(Value, Vec<(u64, Weigh
         "lost": run.lost,
         "double_resolved": run.double_resolved,
         "result_digest": format!("{:016x}", run.digest),
+        "freeze_max_ms": freezes.longest_all_ms(),
+        "freeze_watch": freezes.watch().name(),
     });
     Ok((report, run.truths))
 }
@@ -325,7 +330,9 @@ fn run_text(engine: &Engine, args: &RunArgs) -> Result<(Value, Vec<(u64, Weight)
     let plan = text_plan(calls, args.stream.seed, args.json);
     let rate = text::rate_for(&plan, args.stream.load, light_lanes(engine));
     let ops = text::TextOps::register(engine, text::Told::Features)?;
+    let watch = FreezeWatch::start();
     let run = text::drive(&ops, &plan, rate);
+    let freezes = watch.stop();
     let truths = run.ids.iter().zip(&plan).map(|(id, call)| (*id, call.truth())).collect();
     let report = json!({
         "workload": "text",
@@ -338,6 +345,8 @@ fn run_text(engine: &Engine, args: &RunArgs) -> Result<(Value, Vec<(u64, Weight)
         "failed": run.failures,
         "lost": run.lost,
         "result_digest": format!("{:016x}", run.digest),
+        "freeze_max_ms": freezes.longest_all_ms(),
+        "freeze_watch": freezes.watch().name(),
     });
     Ok((report, truths))
 }
@@ -390,6 +399,15 @@ fn print_report(report: &Value, lanes: &[LaneInfo], per_lane: &[u64]) {
         if let Some(l) = report.get(kind) {
             let ms = |k: &str| l[k].as_f64().unwrap_or(f64::NAN);
             println!("{kind:<9} p50 {:.3} ms  p99 {:.3} ms", ms("p50_ms"), ms("p99_ms"));
+        }
+    }
+    if let Some(ms) = report["freeze_max_ms"].as_f64().filter(|&ms| ms > 0.0) {
+        if report["freeze_watch"] == json!("realtime") {
+            println!(
+                "machine   froze {ms:.0} ms or more (nothing ran); the tails above include it"
+            );
+        } else {
+            println!("machine   the freeze watch (normal priority) woke {ms:.0} ms late");
         }
     }
     for (lane, tokens) in lanes.iter().zip(per_lane) {

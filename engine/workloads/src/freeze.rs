@@ -49,7 +49,38 @@ pub struct Freezes {
     pub realtime: bool,
 }
 
+/// How a watch ran, weakest first (so the weakest of several is their `min`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Watch {
+    /// Its thread did not start: no freeze was seen because none was looked for.
+    None,
+    /// At normal priority (real-time refused): a late wake-up is a freeze or a busy core.
+    Normal,
+    /// At real-time priority: a late wake-up is the machine's.
+    Realtime,
+}
+
+impl Watch {
+    /// `none`, `normal` or `realtime`, as reports name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Watch::None => "none",
+            Watch::Normal => "normal",
+            Watch::Realtime => "realtime",
+        }
+    }
+}
+
 impl Freezes {
+    /// How the watch ran.
+    pub fn watch(&self) -> Watch {
+        match (self.watched, self.realtime) {
+            (false, _) => Watch::None,
+            (true, false) => Watch::Normal,
+            (true, true) => Watch::Realtime,
+        }
+    }
+
     /// The longest freeze that overlaps `[from_s, to_s)`, in ms (0 if none): one that
     /// began before `from_s` and ran into it counts.
     pub fn longest_ms(&self, from_s: f64, to_s: f64) -> f64 {
@@ -165,6 +196,15 @@ mod tests {
         assert_eq!(freeze.at_s, 1.0);
         assert!((freeze.ms - 10.0).abs() < 1e-9);
         assert_eq!(freeze_between(started, last, last + PERIOD + Duration::from_millis(4)), None);
+    }
+
+    #[test]
+    fn the_weakest_watch_is_the_least() {
+        let runs = [Watch::Realtime, Watch::Normal, Watch::Realtime];
+        assert_eq!(runs.into_iter().min(), Some(Watch::Normal));
+        assert_eq!([Watch::Normal, Watch::None].into_iter().min(), Some(Watch::None));
+        let unwatched = Freezes::default();
+        assert_eq!(unwatched.watch(), Watch::None);
     }
 
     #[test]
