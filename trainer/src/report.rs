@@ -96,7 +96,9 @@ impl fmt::Display for Metrics {
             }
             writeln!(f)?;
         }
-        writeln!(f, "per operation (held-out accuracy; importance: each input's share of the splits' weighted impurity decrease on its rows)")?;
+        // "held-out" only where the rows were (`trainer fit` prefixes the whole report);
+        // `trainer eval` scores whatever rows it is given.
+        writeln!(f, "per operation (accuracy on these rows; importance: each input's share of the splits' weighted impurity decrease on its training rows)")?;
         for (name, right, total) in &self.per_op {
             let share = *right as f64 / *total as f64 * 100.0;
             write!(f, "  {name:<16} {share:>6.2}%  ({right}/{total})")?;
