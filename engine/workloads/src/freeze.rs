@@ -9,9 +9,9 @@
 //! a wake-up [`FREEZE_MIN`] or more late means nothing in the machine ran (or the kernel
 //! held interrupts off on every core). A freeze of F ms falls within one sleep or across
 //! two and shows as F − 10 to F ms late: every freeze of 20 ms or more is seen, one of
-//! 10–20 ms only sometimes, and the length reported is up to [`PERIOD`] short. Where real-time priority is refused (not root,
-//! not Linux) it runs at normal priority, and a late wake-up may then also be a busy
-//! core; [`Freezes::realtime`] says which.
+//! 10–20 ms only sometimes, and the length reported is up to [`PERIOD`] short. Where
+//! real-time priority is refused (not root, not Linux) it runs at normal priority, and
+//! a late wake-up may then also be a busy core; [`Freezes::realtime`] says which.
 //!
 //! Its cost to what it watches: one wake-up of a few microseconds every 10 ms. (Every
 //! 2 ms, it kept the virtual CPUs awake often enough to lower `compare mixed`'s light
