@@ -76,7 +76,9 @@ fn pinned_lanes_run_on_exactly_one_core_each() {
 
 #[test]
 fn preemptive_split_pins_light_lanes_and_floats_heavy_ones_at_idle_priority() {
-    let engine = Engine::builder().pin(true).build().unwrap();
+    // Isolated: beside a busy test process the heavy probe's lane may be starved, and a
+    // rescue would run the probe on a light lane (see the test after this one).
+    let engine = Engine::builder().pin(true).isolate_heavy(true).build().unwrap();
     let lanes = engine.lanes();
     let light: Vec<_> = lanes.iter().filter(|l| l.set == LaneSet::Light).collect();
     let heavy: Vec<_> = lanes.iter().filter(|l| l.set == LaneSet::Heavy).collect();
@@ -107,6 +109,43 @@ fn preemptive_split_pins_light_lanes_and_floats_heavy_ones_at_idle_priority() {
     let (policy, seen) = light_op.submit(0).wait().unwrap();
     assert_eq!(policy, libc::SCHED_OTHER);
     assert_eq!(seen.len(), 1);
+}
+
+/// Threads that are not the engine's keep every core busy: the `SCHED_IDLE` heavy lanes
+/// would get about 0.3% of a core (these 200 calls of 2 ms would take minutes), so the
+/// guard has the light lanes take heavy work until the strangers stop.
+#[test]
+fn heavy_work_starved_by_other_threads_is_rescued() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let engine = Engine::builder().workers(2).pin(false).build().unwrap();
+    let on_light_lane = |_: u32| {
+        crate::spin_for(std::time::Duration::from_millis(2));
+        // SAFETY: a plain query of the calling thread.
+        unsafe { libc::sched_getscheduler(0) == libc::SCHED_OTHER }
+    };
+    let heavy = engine.register("starved", Weight::Heavy, on_light_lane).unwrap();
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let strangers: Vec<_> = (0..cores)
+        .map(|_| {
+            let stop = std::sync::Arc::clone(&stop);
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    let on_light: Vec<bool> =
+        heavy.submit_many(0..200u32).into_iter().map(|t| t.wait().unwrap()).collect();
+    stop.store(true, Ordering::Relaxed);
+    strangers.into_iter().for_each(|t| t.join().unwrap());
+    engine.shutdown();
+    let stats = engine.stats();
+    assert!(stats.rescues >= 1, "the starvation was seen");
+    let rescued = on_light.iter().filter(|&&light| light).count();
+    assert!(rescued > 0, "light lanes ran some of the heavy calls");
+    assert_eq!(stats.operations[0].1.completed, 200);
 }
 
 #[test]

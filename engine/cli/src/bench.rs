@@ -246,6 +246,9 @@ struct Round {
     freeze_ms: f64,
     /// How the freeze watch ran.
     freeze_watch: Watch,
+    /// Times the engine found its heavy lanes starved by other threads and had its light
+    /// lanes take heavy work (`EngineStats::rescues`; 0 for the baselines).
+    rescues: u64,
 }
 
 fn run_round(
@@ -300,6 +303,7 @@ fn run_round(
         dispatch_late_ns,
         freeze_ms,
         freeze_watch: freezes.watch(),
+        rescues: 0,
     };
     // (finished, arrived) of each measured cheap call, ns from the start.
     let mut cheap_spans = Vec::new();
@@ -433,12 +437,14 @@ fn service_bench(args: ServiceArgs) -> Result<()> {
                     None if executor == Executor::Rayon => (None, Exec::Rayon(Arc::clone(&rayon))),
                     None => (None, Exec::Blocking),
                 };
-                let result = run_round(&runtime, &exec, &requests, warmup_ns);
+                let mut result = run_round(&runtime, &exec, &requests, warmup_ns);
+                result.rescues = engine.as_ref().map_or(0, |engine| engine.stats().rescues);
                 drop(exec);
                 drop(engine);
                 eprintln!(
                     "load {load:.2} round {} {:<24} cheap p99 {:>8.3} ms  expensive p50 {:>8.3} ms  \
-                     cpu {:.2}  cheap stall {:.1} ms  dispatch late {:.1} ms  machine froze {:.0} ms",
+                     cpu {:.2}  cheap stall {:.1} ms  dispatch late {:.1} ms  machine froze {:.0} ms  \
+                     rescues {}",
                     round + 1,
                     executor.name(),
                     quantile_ms(&result.cheap, 0.99),
@@ -447,6 +453,7 @@ fn service_bench(args: ServiceArgs) -> Result<()> {
                     result.cheap_stall_ns as f64 / 1e6,
                     result.dispatch_late_ns as f64 / 1e6,
                     result.freeze_ms,
+                    result.rescues,
                 );
                 freeze_watch = freeze_watch.min(result.freeze_watch);
                 rounds[at].push(result);
@@ -553,6 +560,7 @@ fn load_report(
                     "dispatch_late_max_ms":
                         spread(results.iter().map(|r| r.dispatch_late_ns as f64 / 1e6)),
                     "freeze_max_ms": spread(results.iter().map(|r| r.freeze_ms)),
+                    "rescues": results.iter().map(|r| r.rescues).sum::<u64>(),
                 })
             })
             .collect();

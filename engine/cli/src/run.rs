@@ -182,6 +182,7 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
     }
     report["router"] = json!(router_name(args.router, engine.stats().model_version));
     report["lanes"] = lanes_json(&lanes, &per_lane);
+    report["rescues"] = json!(engine.stats().rescues);
     if let Some(stats) = engine.stats().telemetry.filter(|_| args.log.is_some()) {
         report["telemetry"] = telemetry_json(&stats);
     }
@@ -412,6 +413,12 @@ fn print_report(report: &Value, lanes: &[LaneInfo], per_lane: &[u64]) {
     }
     for (lane, tokens) in lanes.iter().zip(per_lane) {
         println!("lane {:<4} {}  {}", lane.index, describe(lane), group(*tokens));
+    }
+    if let Some(n) = report["rescues"].as_u64().filter(|&n| n > 0) {
+        println!(
+            "rescues   {n}: other threads starved the heavy lanes, and the light lanes took \
+             heavy work meanwhile (docs/lanes.md)"
+        );
     }
     if let Some(t) = report.get("telemetry") {
         println!(

@@ -334,6 +334,9 @@ impl EngineBuilder {
         });
         lanes::spawn_workers(&lanes)
             .map_err(|e| stop_telemetry(BuildError::io("starting the lane threads", e)))?;
+        if lanes.wants_guard() {
+            runtime.spawn(guard(Arc::downgrade(&lanes)));
+        }
         if let Some(adapter) = &adapter {
             if let Err(e) = adapter.start() {
                 lanes.begin_shutdown();
@@ -503,4 +506,22 @@ struct ValidConfig {
     float_cores: Vec<usize>,
     capacity: usize,
     steal: StealPolicy,
+}
+
+/// Watches for heavy lanes starved by other threads (`lanes/rescue.rs`) until the lanes
+/// shut down.
+async fn guard(lanes: std::sync::Weak<Lanes>) {
+    let mut guard = match lanes.upgrade() {
+        Some(lanes) => lanes.guard(),
+        None => return,
+    };
+    let mut every = tokio::time::interval(lanes::GUARD_PERIOD);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(lanes) = lanes.upgrade() else { return };
+        if lanes.is_shutting_down() || !lanes.guard_look(&mut guard) {
+            return;
+        }
+    }
 }

@@ -41,6 +41,10 @@ pub struct EngineStats {
     /// Lanes replaced because a call overran its deadline (their old threads retire
     /// when the call returns).
     pub stuck_lanes: u64,
+    /// Times the heavy lanes were found starved by threads that are not the engine's
+    /// (another process, the caller's own) and the light lanes took heavy work until it
+    /// passed (docs/lanes.md, "Starved by strangers"). Always 0 under the pinned split.
+    pub rescues: u64,
     /// Every operation's name, counters and overrides, in registration order.
     pub operations: Vec<(String, OpStats, Overrides)>,
     /// What the telemetry has recorded, dropped and written so far (final after
@@ -165,6 +169,7 @@ impl Engine {
             lanes: env.lanes.stats(),
             caller_tokens: env.lanes.by_callers(),
             stuck_lanes: env.lanes.replaced(),
+            rescues: env.lanes.rescues(),
             operations: self.controller().op_stats(),
             telemetry: env.lanes.telemetry().map(|t| t.stats()),
             adaptation: self.adapter.as_ref().map(|a| a.status()),
@@ -307,8 +312,13 @@ impl Engine {
             ),
             _ => String::new(),
         };
+        let rescues = match stats.rescues {
+            0 => String::new(),
+            n => format!(", heavy lanes starved by other threads {n} times (rescued)"),
+        };
         tracing::info!(
-            "engine stopped: {tokens} tokens in {secs:.3} s, {} stuck lanes replaced{telemetry}",
+            "engine stopped: {tokens} tokens in {secs:.3} s, {} stuck lanes \
+             replaced{rescues}{telemetry}",
             stats.stuck_lanes
         );
     }

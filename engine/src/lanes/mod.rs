@@ -27,7 +27,7 @@
 //! The sleep/wake protocol is in `idle.rs`; a lane's loop in `worker.rs`; the contract
 //! of a queued batch in `job.rs`.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
@@ -46,6 +46,7 @@ mod job;
 mod local;
 mod order;
 mod priority;
+mod rescue;
 mod steal;
 mod thread_life;
 mod wake;
@@ -57,6 +58,7 @@ pub(crate) use job::{BoxJob, Job, RunEnd};
 use local::LocalQueue;
 use order::LongQueue;
 pub(crate) use priority::lower_current;
+pub(crate) use rescue::PERIOD as GUARD_PERIOD;
 use steal::LightArrivals;
 pub(crate) use steal::{StealPolicy, LIGHT_BUDGET};
 pub(crate) use thread_life::spawn_workers;
@@ -109,6 +111,8 @@ struct Lane {
     idle_since: AtomicU64,
     /// The thread serving the lane now (a replacement takes over the slot).
     thread: Mutex<Option<Thread>>,
+    /// That thread's id (`rescue.rs`; 0 until it starts).
+    tid: AtomicI32,
     info: OnceLock<LaneInfo>,
     /// The deadline marks of the calls running on the lane (nested ones stack up).
     watch: Arc<Mutex<Vec<Watch>>>,
@@ -151,6 +155,11 @@ pub(crate) struct Lanes {
     takers: [u64; 2],
     /// The floating lanes (heavy lanes of a preemptive split).
     floating: u64,
+    /// Other threads starve the floating lanes: light lanes take heavy work, floating
+    /// lanes take none (`rescue.rs`).
+    rescue: AtomicBool,
+    /// Rescues begun.
+    rescues: AtomicU64,
     /// Heavy batches go to the light queue when there is no heavy lane.
     has_heavy: bool,
     /// When light lanes take heavy batches (`steal.rs`).
@@ -220,6 +229,7 @@ impl Lanes {
                 idle_ns: AtomicU64::new(0),
                 idle_since: AtomicU64::new(0),
                 thread: Mutex::new(None),
+                tid: AtomicI32::new(0),
                 info: OnceLock::new(),
                 watch: Arc::default(),
                 own: Injector::new(),
@@ -250,6 +260,8 @@ impl Lanes {
             primary,
             takers: [light_takers, heavy_takers],
             floating,
+            rescue: AtomicBool::new(false),
+            rescues: AtomicU64::new(0),
             has_heavy: config.heavy_lanes > 0,
             steal: config.steal,
             queued_ns: Default::default(),
@@ -470,8 +482,26 @@ impl Lanes {
     /// Whether `lane` may take from `queue` now: its own set's queue always; the other
     /// set's if allowed, and heavy work on a light lane only as the steal policy says
     /// (`steal.rs`).
+    /// Every lane allowed to take from `queue` now: during a rescue (`rescue.rs`) the
+    /// light lanes may take heavy work too.
+    #[inline]
+    fn takers(&self, queue: usize) -> u64 {
+        let rescue = queue == LaneSet::Heavy.index() && self.floating != 0 && self.rescuing();
+        self.takers[queue] | if rescue { self.primary[LaneSet::Light.index()] } else { 0 }
+    }
+
+    /// The lanes that serve `queue` first now: none of the heavy lanes during a rescue.
+    fn serving(&self, queue: usize) -> u64 {
+        let rescue = queue == LaneSet::Heavy.index() && self.floating != 0 && self.rescuing();
+        if rescue {
+            0
+        } else {
+            self.primary[queue]
+        }
+    }
+
     fn may_take(&self, lane: usize, queue: usize) -> bool {
-        if self.takers[queue] & (1 << lane) == 0 {
+        if self.takers(queue) & (1 << lane) == 0 {
             return false;
         }
         let stealing_heavy =
@@ -515,12 +545,16 @@ impl Lanes {
         if let Some(job) = steal(&this.own) {
             return Some(job);
         }
+        if this.floating && !waiting && self.rescuing() {
+            // Starved by other threads: the light lanes take this work (`rescue.rs`).
+            return None;
+        }
         let own = self.queue_index(this.set);
         if let Some(job) = self.take_shared(own).or_else(|| self.steal_local(lane, own)) {
             return Some(job);
         }
         let other = 1 - own;
-        if self.takers[other] & (1 << lane) == 0 {
+        if self.takers(other) & (1 << lane) == 0 {
             return None;
         }
         if other == LaneSet::Heavy.index() && self.primary[other] & (1 << lane) == 0 {
@@ -551,7 +585,11 @@ impl Lanes {
     }
 
     fn has_work(&self, lane: usize) -> bool {
-        let own = self.queue_index(self.lanes[lane].set);
+        let this = &self.lanes[lane];
+        if this.floating && self.rescuing() {
+            return !this.own.is_empty() || this.local.has(self.queue_index(this.set));
+        }
+        let own = self.queue_index(this.set);
         // (A lane's own local batches count only under the pinned split, where it takes
         // them whatever their set; otherwise they count with their set's queue.)
         !self.lanes[lane].own.is_empty()

@@ -140,6 +140,7 @@ fn lane_thread(
     loop {
         let lane = &lanes.lanes[index];
         *lane.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread::current());
+        lane.tid.store(super::rescue::current_tid(), Ordering::Relaxed);
         let info = pin_current(index, lane, &lanes);
         let core = if info.pinned { info.core.map_or(-1, |c| c as i32) } else { -1 };
         let _ = lane.info.set(info);

@@ -27,9 +27,9 @@ impl Lanes {
         mut deferred: Option<&mut u8>,
     ) {
         loop {
-            let candidates = match idle & self.primary[queue] {
+            let candidates = match idle & self.serving(queue) {
                 0 if queue == LaneSet::Heavy.index() && !self.light_may_take_heavy() => 0,
-                0 => idle & self.takers[queue],
+                0 => idle & self.takers(queue),
                 some => some,
             };
             if candidates == 0 {

@@ -1,0 +1,219 @@
+//! The rescue: heavy work starved by threads that are not the engine's.
+//!
+//! Under the preemptive split the heavy lanes run at `SCHED_IDLE`, on the time no normal
+//! thread wants (`priority.rs`). Beside the engine's own light lanes that is the point.
+//! Beside anything else that keeps the cores busy (another process, the caller's own
+//! threads) it starves them: a `SCHED_IDLE` thread gets about 0.3% of a core beside a
+//! busy normal one, and an unprivileged thread cannot climb back (Linux lets a thread
+//! leave `SCHED_IDLE` only where `RLIMIT_NICE` allows nice 0, which by default it does
+//! not). Measured: `run drift` beside two busy shell loops did not finish until they
+//! ended, 100 s later (its heavy p99 99.6 s; 5.0 s alone).
+//!
+//! So a guard (a task on the engine's runtime) looks every [`PERIOD`]. It reads each
+//! lane thread's time on a CPU and time runnable but kept waiting (the kernel's
+//! `schedstat`), and how busy the engine's cores were (`/proc/stat`); what the cores
+//! spent beyond the lanes' own time went to *strangers*. When a heavy lane was kept
+//! waiting for half the period or more (it had work: a lane without work sleeps, and a
+//! call blocked on I/O or a lock is not runnable) and strangers took half a core or
+//! more, the heavy lanes are starved: the guard starts a *rescue*. While it lasts, the light lanes take heavy work as under the pinned split
+//! (the cost-aware rule of `steal.rs`: a batch they take must be worth the light
+//! latency it costs), at their normal priority, and the heavy lanes take no new work
+//! (they would only capture calls they cannot run). The rescue ends once strangers take
+//! less than a quarter of a core over a period; then the heavy lanes take over again.
+//!
+//! Nothing on a token's path reads more than one relaxed flag for this, and only when a
+//! lane found no work of its own set. Linux only (elsewhere there is no `SCHED_IDLE`).
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::{Lanes, StealPolicy};
+
+/// How often the guard looks.
+pub(crate) const PERIOD: Duration = Duration::from_millis(200);
+
+/// The calling thread's id (0 where there is none to read).
+pub(super) fn current_tid() -> i32 {
+    #[cfg(target_os = "linux")]
+    // SAFETY: `gettid` takes no arguments and cannot fail.
+    unsafe {
+        return libc::syscall(libc::SYS_gettid) as i32;
+    }
+    #[allow(unreachable_code)]
+    0
+}
+
+/// Thread `tid`'s time on a CPU and time runnable but waiting for one (ns, since it
+/// started), from `/proc/self/task/<tid>/schedstat`; none once it has exited.
+fn run_and_wait_ns(tid: i32) -> Option<(u64, u64)> {
+    if tid == 0 {
+        return None;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
+    let mut fields = stat.split_ascii_whitespace().map(str::parse::<u64>);
+    Some((fields.next()?.ok()?, fields.next()?.ok()?))
+}
+
+/// The busy time (ns) of `cores` (all when empty) since boot, from `/proc/stat`: user,
+/// nice, system, irq and softirq time.
+fn cores_busy_ns(cores: &[usize]) -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    // SAFETY: `sysconf` only reads a configuration value.
+    let ticks = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?.max(1);
+    let mut busy = 0u64;
+    let mut seen = false;
+    for line in stat.lines() {
+        let Some(rest) = line.strip_prefix("cpu") else { continue };
+        let mut fields = rest.split_ascii_whitespace();
+        let Some(Ok(cpu)) = fields.next().map(str::parse::<usize>) else { continue };
+        if !cores.is_empty() && !cores.contains(&cpu) {
+            continue;
+        }
+        let values: Vec<u64> = fields.take(7).filter_map(|f| f.parse().ok()).collect();
+        let [user, nice, system, _idle, _iowait, irq, softirq] = values[..] else { continue };
+        busy += user + nice + system + irq + softirq;
+        seen = true;
+    }
+    seen.then(|| busy.saturating_mul(1_000_000_000 / ticks))
+}
+
+/// One look: when, the cores' busy time, and each lane's thread with its (run, wait)
+/// times.
+struct Sample {
+    at: Instant,
+    busy_ns: u64,
+    lanes: Vec<(i32, Option<(u64, u64)>)>,
+}
+
+/// What the guard remembers between looks.
+pub(crate) struct Guard {
+    cores: Vec<usize>,
+    last: Option<Sample>,
+}
+
+impl Guard {
+    /// A guard over `cores` (empty: every core the process may use).
+    pub(crate) fn new(cores: &[usize]) -> Guard {
+        let cores = if cores.is_empty() {
+            core_affinity::get_core_ids()
+                .map(|ids| ids.into_iter().map(|id| id.id).collect())
+                .unwrap_or_default()
+        } else {
+            cores.to_vec()
+        };
+        Guard { cores, last: None }
+    }
+}
+
+impl Lanes {
+    /// Whether light lanes take heavy work for starved heavy lanes now.
+    #[inline]
+    pub(super) fn rescuing(&self) -> bool {
+        self.rescue.load(Ordering::Relaxed)
+    }
+
+    /// Rescues begun so far.
+    pub(crate) fn rescues(&self) -> u64 {
+        self.rescues.load(Ordering::Relaxed)
+    }
+
+    /// Whether this engine needs a guard: heavy lanes at idle priority, and light lanes
+    /// that may take heavy work (not with `isolate_heavy`).
+    pub(crate) fn wants_guard(&self) -> bool {
+        cfg!(target_os = "linux") && self.floating != 0 && self.steal != StealPolicy::Isolate
+    }
+
+    /// Whether the lanes are stopping (the guard then ends).
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.shutdown.load(Ordering::Relaxed)
+    }
+
+    /// The cores the guard watches.
+    pub(crate) fn guard(&self) -> Guard {
+        Guard::new(&self.float_cores)
+    }
+
+    /// One look of the guard (see the module docs). Returns false once it cannot see
+    /// (no `/proc/stat`): the guard then stops.
+    pub(crate) fn guard_look(&self, guard: &mut Guard) -> bool {
+        let Some(busy_ns) = cores_busy_ns(&guard.cores) else { return false };
+        let lanes = self
+            .lanes
+            .iter()
+            .map(|lane| {
+                let tid = lane.tid.load(Ordering::Relaxed);
+                (tid, run_and_wait_ns(tid))
+            })
+            .collect();
+        let now = Sample { at: Instant::now(), busy_ns, lanes };
+        let Some(last) = guard.last.replace(now) else { return true };
+        let now = guard.last.as_ref().expect("just stored");
+        let window = now.at.saturating_duration_since(last.at).as_nanos() as u64;
+        // The lanes' own CPU time, and the longest a heavy lane waited runnable.
+        let (mut ours, mut heavy_wait) = (0u64, 0u64);
+        for (index, (&(tid, times), &(was_tid, was))) in
+            now.lanes.iter().zip(&last.lanes).enumerate()
+        {
+            // A replaced thread counts from the next look.
+            let Some(((run, wait), (was_run, was_wait))) = times.zip(was) else { continue };
+            if tid != was_tid {
+                continue;
+            }
+            ours += run.saturating_sub(was_run);
+            if self.lanes[index].floating {
+                heavy_wait = heavy_wait.max(wait.saturating_sub(was_wait));
+            }
+        }
+        let strangers = now.busy_ns.saturating_sub(last.busy_ns).saturating_sub(ours);
+        let share = strangers as f64 / window.max(1) as f64;
+        if !self.rescuing() {
+            if heavy_wait >= window / 2 && strangers >= window / 2 {
+                self.rescue.store(true, Ordering::SeqCst);
+                let begun = self.rescues.fetch_add(1, Ordering::Relaxed) + 1;
+                if begun.is_power_of_two() {
+                    tracing::warn!(
+                        "heavy lanes starved: other threads took {share:.1} cores; light lanes \
+                         take heavy work until they stop ({begun} rescues so far)"
+                    );
+                } else {
+                    tracing::debug!("heavy lanes starved ({share:.1} cores taken): rescue");
+                }
+                self.wake_all();
+            }
+        } else if strangers < window / 4 {
+            self.rescue.store(false, Ordering::SeqCst);
+            tracing::debug!("rescue over ({share:.2} cores taken by others)");
+            self.wake_all();
+        }
+        true
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thread_reads_its_own_run_and_wait_times() {
+        let tid = current_tid();
+        let (run, _) = run_and_wait_ns(tid).expect("own schedstat reads");
+        let spin = Instant::now();
+        while spin.elapsed() < Duration::from_millis(20) {
+            std::hint::spin_loop();
+        }
+        let (later, _) = run_and_wait_ns(tid).unwrap();
+        assert!(later > run, "a spinning thread's run time grows");
+        let gone = std::thread::spawn(current_tid).join().unwrap();
+        assert_ne!(gone, tid);
+        assert_eq!(run_and_wait_ns(gone), None, "an exited thread reads as none");
+        assert_eq!(run_and_wait_ns(0), None);
+    }
+
+    #[test]
+    fn the_cores_busy_time_reads_per_core() {
+        let all = cores_busy_ns(&[]).expect("/proc/stat");
+        let first = cores_busy_ns(&[0]).expect("core 0");
+        assert!(first <= all);
+        assert_eq!(cores_busy_ns(&[usize::MAX]), None, "no such core");
+    }
+}
