@@ -19,12 +19,14 @@ Sections and their measurements (2-core machine: expect about an hour for all):
   leibniz       tokengate run leibniz --terms 60000000, 5 runs              (~1 min)
   instructions  cargo bench --bench instructions, 3 runs                    (~5 min)
   faults        tests/bench/remote_faults.sh 3                              (~8 min)
+  strangers     tokengate run drift beside busy loops on every core, 3 rounds (~3 min)
 """
 import json
 import os
 import statistics
 import subprocess
 import sys
+import threading
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benches", "results")
@@ -91,6 +93,39 @@ def run_leibniz():
 def run_instructions():
     outs = [sh(["cargo", "bench", "--bench", "instructions"]) for _ in range(3)]
     save("instructions.txt", "\n".join(outs))
+
+
+# Busy loops at normal priority on every core, for at most this long (a run whose heavy
+# lanes get no rescue waits for them to end).
+STRANGER_SECS = 30
+STRANGER_RUNS = [
+    ("alone, defaults", [], False),
+    ("beside busy loops, defaults (rescue)", [], True),
+    ("beside busy loops, `--isolate-heavy` (no rescue)", ["--isolate-heavy"], True),
+    ("beside busy loops, `--split pinned`", ["--split", "pinned"], True),
+]
+
+
+def run_strangers():
+    cores = len(os.sched_getaffinity(0))
+    rounds = []
+    for _ in range(3):
+        for name, flags, busy in STRANGER_RUNS:
+            # The shell runs the loop itself: killing it ends the loop.
+            loops = [subprocess.Popen(["sh", "-c", "while :; do :; done"])
+                     for _ in range(cores if busy else 0)]
+            timers = [threading.Timer(STRANGER_SECS, loop.kill) for loop in loops]
+            for timer in timers:
+                timer.start()
+            try:
+                out = json.loads(sh([TOKENGATE, "-q", "run", "drift", "--json", *flags]))
+            finally:
+                for timer, loop in zip(timers, loops):
+                    timer.cancel()
+                    loop.kill()
+                    loop.wait()
+            rounds.append({"run": name, "loops": len(loops), "report": out})
+    save("strangers.json", json.dumps({"stranger_secs": STRANGER_SECS, "rounds": rounds}))
 
 
 def run_faults():
@@ -234,6 +269,25 @@ def render_faults():
     return "\n".join(lines)
 
 
+def render_strangers():
+    text = load("strangers.json")
+    if text is None:
+        return None
+    data = json.loads(text)
+    lines = [f"`run drift` (40,000 calls at 8,000/s, the shipped model), 3 interleaved rounds; "
+             f"busy loops: one `sh` loop per core at normal priority, ended after "
+             f"{data['stranger_secs']} s at the latest; medians (range).", "",
+             "| run | wall s | light p99 ms | heavy p50 ms | heavy p99 ms | rescues |",
+             "|---|---|---|---|---|---|"]
+    for name, _, _ in STRANGER_RUNS:
+        reports = [r["report"] for r in data["rounds"] if r["run"] == name]
+        col = lambda f, d=2: spread([f(r) for r in reports], d)
+        lines.append(f"| {name} | {col(lambda r: r['wall_s'], 1)} | {col(lambda r: r['light']['p99_ms'])} "
+                     f"| {col(lambda r: r['heavy']['p50_ms'])} | {col(lambda r: r['heavy']['p99_ms'], 0)} "
+                     f"| {', '.join(str(r.get('rescues', 0)) for r in reports)} |")
+    return "\n".join(lines)
+
+
 SECTIONS = {
     "service": (run_service, render_service),
     "text": (run_text, render_text),
@@ -241,6 +295,7 @@ SECTIONS = {
     "leibniz": (run_leibniz, render_leibniz),
     "instructions": (run_instructions, render_instructions),
     "faults": (run_faults, render_faults),
+    "strangers": (run_strangers, render_strangers),
 }
 
 

@@ -138,6 +138,12 @@ impl Collector for EngineCollector {
                 "Size cells moved between lane sets by online adaptation's cost watch.",
                 status.cell_moves,
             ),
+            (
+                "lane_rescues",
+                "Times other threads starved the idle-priority heavy lanes and the light lanes \
+                 took heavy work until it passed.",
+                controller.lanes.rescues(),
+            ),
         ];
         for (name, help, value) in counters {
             let metric = ConstCounter::new(value);

@@ -142,9 +142,12 @@ impl EngineBuilder {
         self
     }
 
-    /// Pinned split only: when true, light lanes never run heavy work, even when idle.
-    /// Overrides the default cost-aware rule (see [`EngineBuilder::light_budget`]). (Under
-    /// the preemptive split light lanes never take heavy work outside a wait.)
+    /// When true, light lanes never run heavy work, even when idle. Under the pinned
+    /// split it overrides the default cost-aware rule (see
+    /// [`EngineBuilder::light_budget`]). Under the preemptive split, where light lanes take
+    /// heavy work only while other threads starve the heavy lanes (a *rescue*,
+    /// [`EngineStats::rescues`](crate::EngineStats::rescues)), it turns the rescue off:
+    /// heavy work then waits for whatever keeps the cores busy.
     pub fn isolate_heavy(mut self, isolate: bool) -> Self {
         self.isolate_heavy = isolate;
         self

@@ -20,8 +20,9 @@
 //! empty it may take from the other set's: heavy lanes always help with light work,
 //! light lanes take heavy work as the steal policy says (`steal.rs`). Under the
 //! preemptive split neither set takes the other's work except while it waits
-//! (`help.rs`); a lane keeps every batch it submits in its local queue, tagged with its
-//! set, where the other set's lanes steal it.
+//! (`help.rs`), or while other threads starve the heavy lanes (`rescue.rs`); a lane
+//! keeps every batch it submits in its local queue, tagged with its set, where the
+//! other set's lanes steal it.
 //!
 //!
 //! The sleep/wake protocol is in `idle.rs`; a lane's loop in `worker.rs`; the contract
@@ -479,27 +480,35 @@ impl Lanes {
             .collect()
     }
 
-    /// Whether `lane` may take from `queue` now: its own set's queue always; the other
-    /// set's if allowed, and heavy work on a light lane only as the steal policy says
-    /// (`steal.rs`).
-    /// Every lane allowed to take from `queue` now: during a rescue (`rescue.rs`) the
-    /// light lanes may take heavy work too.
+    /// Every lane allowed to take from `queue` now. During a rescue (`rescue.rs`) the
+    /// light lanes may take heavy work too, and a wake-up for it goes to them first.
     #[inline]
     fn takers(&self, queue: usize) -> u64 {
-        let rescue = queue == LaneSet::Heavy.index() && self.floating != 0 && self.rescuing();
-        self.takers[queue] | if rescue { self.primary[LaneSet::Light.index()] } else { 0 }
+        if self.rescuing_queue(queue) {
+            self.primary[LaneSet::Light.index()] | (self.takers[queue] & !self.floating)
+        } else {
+            self.takers[queue]
+        }
     }
 
-    /// The lanes that serve `queue` first now: none of the heavy lanes during a rescue.
+    /// The lanes that serve `queue` first now: during a rescue, not the heavy lanes.
     fn serving(&self, queue: usize) -> u64 {
-        let rescue = queue == LaneSet::Heavy.index() && self.floating != 0 && self.rescuing();
-        if rescue {
+        if self.rescuing_queue(queue) {
             0
         } else {
             self.primary[queue]
         }
     }
 
+    /// Whether `queue` is the heavy queue of a preemptive split during a rescue.
+    #[inline]
+    fn rescuing_queue(&self, queue: usize) -> bool {
+        queue == LaneSet::Heavy.index() && self.floating != 0 && self.rescuing()
+    }
+
+    /// Whether `lane` may take from `queue` now: its own set's queue always; the other
+    /// set's if allowed, and heavy work on a light lane only as the steal policy says
+    /// (`steal.rs`).
     fn may_take(&self, lane: usize, queue: usize) -> bool {
         if self.takers(queue) & (1 << lane) == 0 {
             return false;
@@ -510,8 +519,18 @@ impl Lanes {
     }
 
     fn light_may_take_heavy(&self) -> bool {
-        let (short, long) = self.heavy_parts_to_take();
+        let (short, long) = self.light_parts_to_take();
         short || long
+    }
+
+    /// [`Lanes::heavy_parts_to_take`], except during a rescue, when a light lane takes
+    /// any heavy work it finds (the heavy lanes, starved, would not run it).
+    fn light_parts_to_take(&self) -> (bool, bool) {
+        if self.rescuing_queue(LaneSet::Heavy.index()) {
+            (true, true)
+        } else {
+            self.heavy_parts_to_take()
+        }
     }
 
     /// Whether a light lane may take from the short and from the long part of the heavy
@@ -560,7 +579,7 @@ impl Lanes {
         if other == LaneSet::Heavy.index() && self.primary[other] & (1 << lane) == 0 {
             // A light lane helping with heavy work: only the parts the policy allows (a
             // lane's local heavy batches are of any length: only with the long part).
-            let (short, long) = self.heavy_parts_to_take();
+            let (short, long) = self.light_parts_to_take();
             if !(short || long) {
                 return None;
             }

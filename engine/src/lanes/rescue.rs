@@ -12,25 +12,39 @@
 //! So a guard (a task on the engine's runtime) looks every [`PERIOD`]. It reads each
 //! lane thread's time on a CPU and time runnable but kept waiting (the kernel's
 //! `schedstat`), and how busy the engine's cores were (`/proc/stat`); what the cores
-//! spent beyond the lanes' own time went to *strangers*. When a heavy lane was kept
-//! waiting for half the period or more (it had work: a lane without work sleeps, and a
-//! call blocked on I/O or a lock is not runnable) and strangers took half a core or
-//! more, the heavy lanes are starved: the guard starts a *rescue*. While it lasts, the light lanes take heavy work as under the pinned split
-//! (the cost-aware rule of `steal.rs`: a batch they take must be worth the light
-//! latency it costs), at their normal priority, and the heavy lanes take no new work
-//! (they would only capture calls they cannot run). The rescue ends once strangers take
-//! less than a quarter of a core over a period; then the heavy lanes take over again.
+//! spent beyond the lanes' own time went to *strangers*: other processes, the caller's
+//! threads, and the engine's own runtime and telemetry threads (small beside busy
+//! lanes). When a heavy lane was kept waiting for half a period or more (it had work:
+//! a lane without work sleeps, and a call blocked on I/O or a lock is not runnable) and
+//! strangers took half a core or more, the heavy lanes are starved: the guard starts a
+//! *rescue*.
 //!
-//! Nothing on a token's path reads more than one relaxed flag for this, and only when a
-//! lane found no work of its own set. Linux only (elsewhere there is no `SCHED_IDLE`).
+//! While it lasts the heavy lanes count as absent, as with `heavy_lanes(0)`: they take
+//! no new work from the queues (they would only capture calls they cannot run), and a
+//! light lane that finds no light work takes heavy work, at its normal priority. Light
+//! work still goes first on every light lane, but a light call may now wait behind a
+//! heavy one. It ends once strangers take less than a quarter of a core over a period;
+//! then the heavy lanes take over again. It stays on through a shutdown's drain.
+//!
+//! A rescue begins only after [`STARVED_LOOKS`] periods in a row looked starved, so one
+//! busy moment (or `/proc/stat`'s 10-ms ticks) does not set it off; one set off in error
+//! ends at the next look.
+//!
+//! On a token's path this costs a relaxed load of a read-mostly flag: where a light lane
+//! found no work of its own set, where a heavy lane looks for its next batch, and where a
+//! push finds lanes asleep. Linux only (elsewhere there is no `SCHED_IDLE`).
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::{Lanes, StealPolicy};
+use super::{LanePriority, Lanes, StealPolicy};
 
 /// How often the guard looks.
 pub(crate) const PERIOD: Duration = Duration::from_millis(200);
+
+/// Periods in a row that must look starved before a rescue begins (one can be a
+/// coincidence: `/proc/stat` counts in 10 ms ticks, and a busy moment of the caller's).
+const STARVED_LOOKS: u32 = 2;
 
 /// The calling thread's id (0 where there is none to read).
 pub(super) fn current_tid() -> i32 {
@@ -46,7 +60,7 @@ pub(super) fn current_tid() -> i32 {
 /// Thread `tid`'s time on a CPU and time runnable but waiting for one (ns, since it
 /// started), from `/proc/self/task/<tid>/schedstat`; none once it has exited.
 fn run_and_wait_ns(tid: i32) -> Option<(u64, u64)> {
-    if tid == 0 {
+    if tid == 0 || cfg!(not(target_os = "linux")) {
         return None;
     }
     let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
@@ -58,8 +72,11 @@ fn run_and_wait_ns(tid: i32) -> Option<(u64, u64)> {
 /// nice, system, irq and softirq time.
 fn cores_busy_ns(cores: &[usize]) -> Option<u64> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    #[cfg(target_os = "linux")]
     // SAFETY: `sysconf` only reads a configuration value.
     let ticks = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?.max(1);
+    #[cfg(not(target_os = "linux"))]
+    let ticks = 100u64;
     let mut busy = 0u64;
     let mut seen = false;
     for line in stat.lines() {
@@ -89,6 +106,8 @@ struct Sample {
 pub(crate) struct Guard {
     cores: Vec<usize>,
     last: Option<Sample>,
+    /// Periods in a row that looked starved.
+    starved: u32,
 }
 
 impl Guard {
@@ -101,7 +120,7 @@ impl Guard {
         } else {
             cores.to_vec()
         };
-        Guard { cores, last: None }
+        Guard { cores, last: None, starved: 0 }
     }
 }
 
@@ -117,10 +136,14 @@ impl Lanes {
         self.rescues.load(Ordering::Relaxed)
     }
 
-    /// Whether this engine needs a guard: heavy lanes at idle priority, and light lanes
-    /// that may take heavy work (not with `isolate_heavy`).
+    /// Whether this engine needs a guard: heavy lanes that got a lowered priority, and
+    /// light lanes that may take heavy work (not with `isolate_heavy`).
     pub(crate) fn wants_guard(&self) -> bool {
-        cfg!(target_os = "linux") && self.floating != 0 && self.steal != StealPolicy::Isolate
+        let lowered = self.lanes.iter().any(|lane| {
+            let priority = lane.info.get().map(|info| info.priority);
+            lane.floating && matches!(priority, Some(LanePriority::Idle | LanePriority::Nice(_)))
+        });
+        cfg!(target_os = "linux") && lowered && self.steal != StealPolicy::Isolate
     }
 
     /// Whether the lanes are stopping (the guard then ends).
@@ -167,7 +190,10 @@ impl Lanes {
         let strangers = now.busy_ns.saturating_sub(last.busy_ns).saturating_sub(ours);
         let share = strangers as f64 / window.max(1) as f64;
         if !self.rescuing() {
-            if heavy_wait >= window / 2 && strangers >= window / 2 {
+            let starved = heavy_wait >= window / 2 && strangers >= window / 2;
+            guard.starved = if starved { guard.starved + 1 } else { 0 };
+            if guard.starved >= STARVED_LOOKS {
+                guard.starved = 0;
                 self.rescue.store(true, Ordering::SeqCst);
                 let begun = self.rescues.fetch_add(1, Ordering::Relaxed) + 1;
                 if begun.is_power_of_two() {
