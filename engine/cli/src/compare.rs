@@ -70,10 +70,7 @@ pub(crate) fn compare(args: CompareArgs) -> Result<()> {
     // Interleaved repeats, so a slow patch of a shared machine hits every router alike.
     for repeat in 0..args.repeat {
         for ((name, router), runs) in routers.iter().zip(&mut runs) {
-            // Before the run, so that its engine's log lines follow their router's name.
-            if !args.json {
-                eprint!("\r{name} run {}/{}   ", repeat + 1, args.repeat);
-            }
+            run_progress(args.json, name, repeat, args.repeat);
             let builder = match router {
                 Some(router) => builder(&args.engine).router(Arc::clone(router)),
                 None => builder(&args.engine).adapt(adaptation(model.clone(), args.engine.batch)),
@@ -83,9 +80,6 @@ pub(crate) fn compare(args: CompareArgs) -> Result<()> {
                 .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
             runs.push(run);
         }
-    }
-    if !args.json {
-        eprint!("\r{:30}\r", "");
     }
     let oracle_runs = runs.last().cloned().unwrap_or_default();
     let mut results = serde_json::Map::new();
@@ -325,5 +319,13 @@ pub(crate) fn print_compare(report: &Value) {
             freezes.len(),
             freezes.iter().copied().fold(0.0, f64::max)
         );
+    }
+}
+
+/// Which run starts, one line on stderr (not with `--json` or `-q`): before the run, so
+/// its engine's log lines follow their router's name.
+pub(crate) fn run_progress(json: bool, name: &str, repeat: u64, repeats: u64) {
+    if !json && !crate::logging::quiet() {
+        eprintln!("{name}: run {} of {repeats}", repeat + 1);
     }
 }

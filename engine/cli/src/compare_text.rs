@@ -246,10 +246,7 @@ pub(crate) fn compare_text(args: CompareArgs) -> Result<()> {
     // Interleaved repeats, so a slow patch of a shared machine hits every router alike.
     for repeat in 0..args.repeat {
         for ((name, router, told), runs) in routers.iter().zip(&mut runs) {
-            // Before the run, so that its engine's log lines follow their router's name.
-            if !args.json {
-                eprint!("\r{name} run {}/{}        ", repeat + 1, args.repeat);
-            }
+            crate::compare::run_progress(args.json, name, repeat, args.repeat);
             let engine = builder(&args.engine).router(Arc::clone(router));
             let (run, run_digest) =
                 text::run_with(engine, &plan, rate, *told).map_err(|e| anyhow!("{name}: {e}"))?;
@@ -261,9 +258,6 @@ pub(crate) fn compare_text(args: CompareArgs) -> Result<()> {
             }
             runs.push(run);
         }
-    }
-    if !args.json {
-        eprint!("\r{:40}\r", "");
     }
     let mut results = serde_json::Map::new();
     for ((name, ..), runs) in routers.iter().zip(&runs) {

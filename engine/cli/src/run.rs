@@ -12,7 +12,6 @@ use tokengate::model::Model;
 use tokengate::router::{AdaptiveRouter, StaticRouter};
 use tokengate::telemetry::TelemetryStats;
 use tokengate::{Engine, LaneSet, Weight};
-use tokengate_workloads::freeze::FreezeWatch;
 use tokengate_workloads::leibniz::{self, Pyramid};
 use tokengate_workloads::mixed::{self, MixedConfig, MixedOps};
 use tokengate_workloads::text;
@@ -285,9 +284,8 @@ fn run_stream(engine: &Engine, args: &RunArgs) -> Result<(Value, Vec<(u64, Weigh
     let config = stream_config(args.workload, &args.stream)?;
     let ops = MixedOps::register(engine)?;
     let plan = mixed::plan(&config);
-    let watch = FreezeWatch::start();
     let run = mixed::drive(&ops, &plan, config.rate, shift_of(&config));
-    let freezes = watch.stop();
+    let freezes = &run.freezes;
     let report = json!({
         "workload": workload_name(args.workload),
         "tokens": plan.len(),
@@ -331,9 +329,8 @@ fn run_text(engine: &Engine, args: &RunArgs) -> Result<(Value, Vec<(u64, Weight)
     let plan = text_plan(calls, args.stream.seed, args.json);
     let rate = text::rate_for(&plan, args.stream.load, light_lanes(engine));
     let ops = text::TextOps::register(engine, text::Told::Features)?;
-    let watch = FreezeWatch::start();
     let run = text::drive(&ops, &plan, rate);
-    let freezes = watch.stop();
+    let freezes = &run.freezes;
     let truths = run.ids.iter().zip(&plan).map(|(id, call)| (*id, call.truth())).collect();
     let report = json!({
         "workload": "text",

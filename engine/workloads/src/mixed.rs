@@ -312,6 +312,8 @@ pub struct StreamRun {
     pub lost: usize,
     /// Tokens whose id got more than one result (the driver's own per-id tally).
     pub double_resolved: usize,
+    /// Freezes of the whole machine during the run (times since its start).
+    pub freezes: crate::freeze::Freezes,
 }
 
 /// One (operation, argument, result) folded into a digest: summed (wrapping), so the
@@ -334,6 +336,7 @@ pub fn digest_of(op: usize, size: u64, result: &Result<u64, tokengate::TokenErro
 /// wave is submitted.
 pub fn drive(ops: &MixedOps, plan: &[Planned], rate: f64, shift: Option<usize>) -> StreamRun {
     let per_wave = ((rate / 1_000.0).round() as usize).max(1);
+    let watch = crate::freeze::FreezeWatch::start();
     let started = Instant::now();
     let mut tokens: Vec<(Token<u64>, &Planned)> = Vec::with_capacity(plan.len());
     let mut by_op: Vec<Vec<(u64, Weight)>> = vec![Vec::new(); OPS.len()];
@@ -384,8 +387,10 @@ pub fn drive(ops: &MixedOps, plan: &[Planned], rate: f64, shift: Option<usize>) 
     }
     let double_resolved = results_by_id.values().filter(|&&n| n > 1).count();
     let shift_s = shift.map(|at| (at / per_wave) as f64 / 1e3);
+    let makespan = started.elapsed();
     StreamRun {
-        makespan: started.elapsed(),
+        makespan,
+        freezes: watch.stop(),
         truths,
         declared,
         submitted_s,
@@ -477,9 +482,7 @@ pub fn run_with(
     if let Some(oracle) = oracle {
         oracle.follow(ops.shift_flag());
     }
-    let watch = crate::freeze::FreezeWatch::start();
     let run = drive(&ops, plan, rate, shift);
-    let freezes = watch.stop();
     engine.shutdown();
     let records = engine.take_records();
     let heavy_lanes = heavy_lanes(&engine);
@@ -506,7 +509,7 @@ pub fn run_with(
         shift_s: run.shift_s,
         heavy: (heavy.len(), on_heavy),
         failures: run.failures,
-        freezes,
+        freezes: run.freezes,
     })
 }
 

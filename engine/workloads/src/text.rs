@@ -369,6 +369,7 @@ impl TextOps {
 /// failures and the results' digest.
 pub fn drive(ops: &TextOps, plan: &[TextCall], rate: f64) -> TextRun {
     let per_wave = ((rate / 1_000.0).round() as usize).max(1);
+    let watch = crate::freeze::FreezeWatch::start();
     let started = Instant::now();
     let mut tokens: Vec<Token<u64>> = Vec::with_capacity(plan.len());
     for (wave, calls) in plan.chunks(per_wave).enumerate() {
@@ -395,7 +396,8 @@ pub fn drive(ops: &TextOps, plan: &[TextCall], rate: f64) -> TextRun {
         }
     }
     let due_s = (0..plan.len()).map(|i| (i / per_wave) as f64 / 1e3).collect();
-    TextRun { ids, due_s, makespan: started.elapsed(), failures, lost, digest }
+    let makespan = started.elapsed();
+    TextRun { ids, due_s, makespan, failures, lost, digest, freezes: watch.stop() }
 }
 
 /// One pass of the stream.
@@ -414,6 +416,8 @@ pub struct TextRun {
     pub lost: usize,
     /// Order-independent digest of every (operation, length, result).
     pub digest: u64,
+    /// Freezes of the whole machine during the run (times since its start).
+    pub freezes: crate::freeze::Freezes,
 }
 
 /// Builds an engine from `builder` (adding in-memory records), registers the operations
@@ -426,9 +430,7 @@ pub fn run_with(
 ) -> Result<(RouterRun, u64), Box<dyn std::error::Error + Send + Sync>> {
     let engine = builder.log_in_memory().build()?;
     let ops = TextOps::register(&engine, told)?;
-    let watch = crate::freeze::FreezeWatch::start();
     let run = drive(&ops, plan, rate);
-    let freezes = watch.stop();
     engine.shutdown();
     let records = engine.take_records();
     let heavy_lanes = crate::mixed::heavy_lanes(&engine);
@@ -440,7 +442,7 @@ pub fn run_with(
     let mut out = RouterRun {
         makespan: run.makespan,
         failures: run.failures + run.lost,
-        freezes,
+        freezes: run.freezes.clone(),
         ..RouterRun::default()
     };
     for ((id, call), due) in run.ids.iter().zip(plan).zip(&run.due_s) {
