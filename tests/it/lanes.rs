@@ -147,6 +147,25 @@ fn heavy_work_starved_by_other_threads_is_rescued() {
         .collect();
     let on_light: Vec<bool> =
         heavy.submit_many(0..200u32).into_iter().map(|t| t.wait().unwrap()).collect();
+    // Still starved: heavy calls that wait on heavy children finish too (a heavy lane
+    // that waits runs only its own children, and the light lanes take the rest).
+    let tree = std::sync::Arc::new(std::sync::OnceLock::<Operation<u32, u32>>::new());
+    let inner = std::sync::Arc::clone(&tree);
+    let parent = engine
+        .register("tree", Weight::Heavy, move |depth: u32| -> u32 {
+            crate::spin_for(std::time::Duration::from_micros(500));
+            if depth == 0 {
+                return 1;
+            }
+            let op = inner.get().expect("registered");
+            let (a, b) = tokengate::wait_both(op.submit(depth - 1), op.submit(depth - 1));
+            a.unwrap() + b.unwrap()
+        })
+        .unwrap();
+    let _ = tree.set(parent.clone());
+    let leaves: Vec<u32> =
+        parent.submit_many([4u32; 8]).into_iter().map(|t| t.wait().unwrap()).collect();
+    assert_eq!(leaves, vec![16; 8]);
     stop.store(true, Ordering::Relaxed);
     strangers.into_iter().for_each(|t| t.join().unwrap());
     engine.shutdown();

@@ -564,8 +564,10 @@ impl Lanes {
         if let Some(job) = steal(&this.own) {
             return Some(job);
         }
-        if this.floating && !waiting && self.rescuing() {
-            // Starved by other threads: the light lanes take this work (`rescue.rs`).
+        if this.floating && self.rescuing() {
+            // Starved by other threads: the light lanes take this work (`rescue.rs`). A
+            // waiting heavy lane too runs only its own children: the light lanes take
+            // its other waiting work, so nothing it waits on needs it.
             return None;
         }
         let own = self.queue_index(this.set);
