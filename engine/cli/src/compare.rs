@@ -159,6 +159,8 @@ pub(crate) fn router_summary(runs: &[mixed::RouterRun]) -> Value {
         "failed": runs.iter().map(|r| r.failures).sum::<usize>(),
         // The longest freeze of the whole machine in each run (0: none; see `freeze`).
         "freeze_max_ms_runs": runs.iter().map(|r| r.freezes.longest_all_ms()).collect::<Vec<_>>(),
+        // Rescues of heavy lanes starved by other threads, per run (docs/lanes.md).
+        "rescues_runs": runs.iter().map(|r| r.rescues).collect::<Vec<_>>(),
     })
 }
 
@@ -318,6 +320,22 @@ pub(crate) fn print_compare(report: &Value) {
              machine's as much as the router's",
             freezes.len(),
             freezes.iter().copied().fold(0.0, f64::max)
+        );
+    }
+    let rescued: Vec<String> = report["routers"]
+        .as_object()
+        .into_iter()
+        .flat_map(|routers| routers.iter())
+        .filter_map(|(name, r)| {
+            let n: u64 = r["rescues_runs"].as_array()?.iter().filter_map(|n| n.as_u64()).sum();
+            (n > 0).then(|| format!("{name} {n}"))
+        })
+        .collect();
+    if !rescued.is_empty() {
+        println!(
+            "other threads starved the heavy lanes (rescues: {}): the machine was busy with \
+             more than this run",
+            rescued.join(", ")
         );
     }
 }

@@ -456,6 +456,8 @@ pub struct RouterRun {
     pub failures: usize,
     /// Freezes of the whole machine during the run (times since its start).
     pub freezes: crate::freeze::Freezes,
+    /// Rescues of heavy lanes starved by other threads (`EngineStats::rescues`).
+    pub rescues: u64,
 }
 
 /// The indices of `engine`'s heavy lanes (as telemetry records name lanes).
@@ -510,6 +512,7 @@ pub fn run_with(
         heavy: (heavy.len(), on_heavy),
         failures: run.failures,
         freezes: run.freezes,
+        rescues: engine.stats().rescues,
     })
 }
 

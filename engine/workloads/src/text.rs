@@ -443,6 +443,7 @@ pub fn run_with(
         makespan: run.makespan,
         failures: run.failures + run.lost,
         freezes: run.freezes.clone(),
+        rescues: engine.stats().rescues,
         ..RouterRun::default()
     };
     for ((id, call), due) in run.ids.iter().zip(plan).zip(&run.due_s) {
