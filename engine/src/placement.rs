@@ -129,8 +129,10 @@ pub enum LaneSplit {
     /// One light lane pinned to each core at normal priority; the heavy lanes are
     /// threads allowed onto every core of the engine at the kernel's lowest priority
     /// (`SCHED_IDLE` on Linux, nice 19 where that is refused): the kernel preempts a
-    /// heavy call the moment a light lane wakes. Light lanes never take heavy work,
-    /// heavy lanes never take light work.
+    /// heavy call the moment a light lane wakes. Outside a wait (a nested call) light
+    /// lanes never take heavy work and heavy lanes never take light work, except that
+    /// while other threads starve the heavy lanes the light lanes take heavy work (a
+    /// rescue, [`EngineStats::rescues`](crate::EngineStats::rescues)).
     #[default]
     Preemptive,
     /// Every lane pinned to its own core at normal priority; `heavy_lanes` of the cores

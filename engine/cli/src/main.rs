@@ -99,8 +99,8 @@ struct EngineArgs {
     /// Do not pin lanes to cores.
     #[arg(long)]
     no_pin: bool,
-    /// Light lanes never run heavy work (the pinned split; the preemptive split never
-    /// lets them).
+    /// Light lanes never run heavy work outside a wait (the pinned split); under the
+    /// preemptive split, no rescue of heavy lanes that other threads starve.
     #[arg(long)]
     isolate_heavy: bool,
     /// Pinned split: light lanes take heavy work whenever this many heavy batches wait,

@@ -142,10 +142,11 @@ impl EngineBuilder {
         self
     }
 
-    /// When true, light lanes never run heavy work, even when idle. Under the pinned
-    /// split it overrides the default cost-aware rule (see
-    /// [`EngineBuilder::light_budget`]). Under the preemptive split, where light lanes take
-    /// heavy work only while other threads starve the heavy lanes (a *rescue*,
+    /// When true, light lanes never run heavy work, even when idle (a lane waiting on a
+    /// token still runs what it finds queued). Under the pinned split it overrides the
+    /// default cost-aware rule (see [`EngineBuilder::light_budget`]). Under the
+    /// preemptive split, where light lanes take heavy work outside a wait only while
+    /// other threads starve the heavy lanes (a *rescue*,
     /// [`EngineStats::rescues`](crate::EngineStats::rescues)), it turns the rescue off:
     /// heavy work then waits for whatever keeps the cores busy.
     pub fn isolate_heavy(mut self, isolate: bool) -> Self {

@@ -109,13 +109,17 @@ impl Lanes {
 
 impl Lanes {
     /// A waiting lane's last resort: work of the set it does not serve. Under the
-    /// preemptive split neither set takes the other's work in its loop, so a light call
-    /// waiting on a heavy child whose heavy lane waits on a light grandchild would wait
-    /// for ever if neither could run the other's work while waiting. A lane that is
-    /// waiting holds its core anyway.
+    /// preemptive split neither set takes the other's work in its loop (except light
+    /// lanes during a rescue), so a light call waiting on a heavy child whose heavy lane
+    /// waits on a light grandchild would wait for ever if neither could run the other's
+    /// work while waiting. A lane that is waiting holds its core anyway.
     fn other_set_job(&self, index: usize) -> Option<BoxJob> {
         if !self.lanes[index].floating && self.floating == 0 {
             return None; // Pinned split: `next_job` already took what the lane may.
+        }
+        if self.lanes[index].floating && self.rescuing() {
+            // Starved (`rescue.rs`): the light lanes run everything queued meanwhile.
+            return None;
         }
         let other = 1 - self.queue_index(self.lanes[index].set);
         self.take_shared(other).or_else(|| self.steal_local(index, other))

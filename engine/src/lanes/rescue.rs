@@ -23,8 +23,10 @@
 //! no new work from the queues (they would only capture calls they cannot run), and a
 //! light lane that finds no light work takes heavy work, at its normal priority. Light
 //! work still goes first on every light lane, but a light call may now wait behind a
-//! heavy one. It ends once strangers take less than a quarter of a core over a period;
-//! then the heavy lanes take over again. It stays on through a shutdown's drain.
+//! heavy one. (A heavy lane still runs its own children while it waits, and the calls
+//! bound to it by locality, which no other lane may run: those crawl.) It ends once
+//! strangers take less than a quarter of a core over a period; then the heavy lanes take
+//! over again. It stays on through a shutdown's drain.
 //!
 //! A rescue begins only after [`STARVED_LOOKS`] periods in a row looked starved, so one
 //! busy moment (or `/proc/stat`'s 10-ms ticks) does not set it off; one set off in error
