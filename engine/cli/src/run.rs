@@ -166,7 +166,8 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
     let lanes = engine.lanes();
     let per_lane: Vec<u64> = engine.stats().lanes.iter().map(|s| s.tokens).collect();
     engine.shutdown();
-    if let Some(remote) = engine.stats().remote {
+    let stats = engine.stats();
+    if let Some(remote) = stats.remote {
         report["remote_tokens"] = json!(remote.remote_tokens);
         report["redelivered"] = json!(remote.redelivered);
         report["duplicate_results"] = json!(remote.duplicate_results);
@@ -179,11 +180,11 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
         report["light"] = latency_json(mixed::latency_of(&records, &truths, Weight::Light));
         report["heavy"] = latency_json(mixed::latency_of(&records, &truths, Weight::Heavy));
     }
-    report["router"] = json!(router_name(args.router, engine.stats().model_version));
+    report["router"] = json!(router_name(args.router, stats.model_version));
     report["lanes"] = lanes_json(&lanes, &per_lane);
-    report["rescues"] = json!(engine.stats().rescues);
-    if let Some(stats) = engine.stats().telemetry.filter(|_| args.log.is_some()) {
-        report["telemetry"] = telemetry_json(&stats);
+    report["rescues"] = json!(stats.rescues);
+    if let Some(telemetry) = stats.telemetry.filter(|_| args.log.is_some()) {
+        report["telemetry"] = telemetry_json(&telemetry);
     }
     report["peak_rss_mib"] = json!(peak_rss_mib());
     if args.json {

@@ -29,7 +29,7 @@ pub(crate) fn lower_current(nice: i8) -> LanePriority {
         if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) == 0 {
             return LanePriority::Idle;
         }
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        let tid = current_tid() as libc::id_t;
         if libc::setpriority(libc::PRIO_PROCESS, tid, libc::c_int::from(nice)) == 0 {
             return LanePriority::Nice(nice);
         }
@@ -53,6 +53,24 @@ pub(crate) fn normal_current() -> LanePriority {
         }
     }
     LanePriority::Normal
+}
+
+/// The calling thread's id (0 where there is none to read).
+pub(super) fn current_tid() -> i32 {
+    #[cfg(target_os = "linux")]
+    // SAFETY: `gettid` takes no arguments and cannot fail.
+    let tid = unsafe { libc::syscall(libc::SYS_gettid) as i32 };
+    #[cfg(not(target_os = "linux"))]
+    let tid = 0;
+    tid
+}
+
+/// The cores in the calling thread's affinity mask (the process's, for a thread that
+/// has not pinned itself).
+pub(super) fn current_affinity() -> Vec<usize> {
+    core_affinity::get_core_ids()
+        .map(|ids| ids.into_iter().map(|id| id.id).collect())
+        .unwrap_or_default()
 }
 
 /// Allows the calling thread onto `cores` (all of them; none: leaves the mask as it is).

@@ -39,6 +39,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use super::priority::current_affinity;
 use super::{LanePriority, Lanes, StealPolicy};
 
 /// How often the guard looks.
@@ -47,17 +48,6 @@ pub(crate) const PERIOD: Duration = Duration::from_millis(200);
 /// Periods in a row that must look starved before a rescue begins (one can be a
 /// coincidence: `/proc/stat` counts in 10 ms ticks, and a busy moment of the caller's).
 const STARVED_LOOKS: u32 = 2;
-
-/// The calling thread's id (0 where there is none to read).
-pub(super) fn current_tid() -> i32 {
-    #[cfg(target_os = "linux")]
-    // SAFETY: `gettid` takes no arguments and cannot fail.
-    unsafe {
-        return libc::syscall(libc::SYS_gettid) as i32;
-    }
-    #[allow(unreachable_code)]
-    0
-}
 
 /// Thread `tid`'s time on a CPU and time runnable but waiting for one (ns, since it
 /// started), from `/proc/self/task/<tid>/schedstat`; none once it has exited.
@@ -115,13 +105,7 @@ pub(crate) struct Guard {
 impl Guard {
     /// A guard over `cores` (empty: every core the process may use).
     pub(crate) fn new(cores: &[usize]) -> Guard {
-        let cores = if cores.is_empty() {
-            core_affinity::get_core_ids()
-                .map(|ids| ids.into_iter().map(|id| id.id).collect())
-                .unwrap_or_default()
-        } else {
-            cores.to_vec()
-        };
+        let cores = if cores.is_empty() { current_affinity() } else { cores.to_vec() };
         Guard { cores, last: None, starved: 0 }
     }
 }
@@ -223,6 +207,7 @@ mod tests {
 
     #[test]
     fn a_thread_reads_its_own_run_and_wait_times() {
+        use crate::lanes::priority::current_tid;
         let tid = current_tid();
         let (run, _) = run_and_wait_ns(tid).expect("own schedstat reads");
         let spin = Instant::now();

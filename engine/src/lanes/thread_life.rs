@@ -140,7 +140,7 @@ fn lane_thread(
     loop {
         let lane = &lanes.lanes[index];
         *lane.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread::current());
-        lane.tid.store(super::rescue::current_tid(), Ordering::Relaxed);
+        lane.tid.store(priority::current_tid(), Ordering::Relaxed);
         let info = pin_current(index, lane, &lanes);
         let core = if info.pinned { info.core.map_or(-1, |c| c as i32) } else { -1 };
         let _ = lane.info.set(info);
@@ -205,9 +205,7 @@ fn pin_current(index: usize, lane: &Lane, lanes: &Lanes) -> LaneInfo {
             );
         });
     }
-    let affinity: Vec<usize> = core_affinity::get_core_ids()
-        .map(|ids| ids.into_iter().map(|id| id.id).collect())
-        .unwrap_or_default();
+    let affinity = priority::current_affinity();
     match lane.core {
         Some(core) if pinned => {
             tracing::debug!("lane {index} ({}) pinned to core {}", lane.set, core.id)

@@ -442,7 +442,7 @@ pub fn run_with(
     let mut out = RouterRun {
         makespan: run.makespan,
         failures: run.failures + run.lost,
-        freezes: run.freezes.clone(),
+        freezes: run.freezes,
         rescues: engine.stats().rescues,
         ..RouterRun::default()
     };
