@@ -49,6 +49,7 @@ mod order;
 mod priority;
 mod rescue;
 mod steal;
+mod take;
 mod thread_life;
 mod wake;
 mod worker;
