@@ -425,9 +425,15 @@ fn print_report(report: &Value, lanes: &[LaneInfo], per_lane: &[u64]) {
         );
     }
     if let Some(digest) = report["result_digest"].as_str() {
+        // The text stream awaits each handle once, so it has no count of calls
+        // resolved twice to give.
+        let twice = match report["double_resolved"].as_u64() {
+            Some(n) => format!(" {n} resolved twice,"),
+            None => String::new(),
+        };
         println!(
-            "results   digest {digest}, {} lost, {} resolved twice, {} failed",
-            report["lost"], report["double_resolved"], report["failed"]
+            "results   digest {digest}, {} lost,{twice} {} failed",
+            report["lost"], report["failed"]
         );
     }
     if let Some(r) = report.get("remote") {
