@@ -11,7 +11,7 @@
 //! `waiters`. All four are `SeqCst`, so either the waiter sees the freed room or the
 //! releaser sees the waiter and notifies it.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 
 use tokio::sync::Notify;
 
@@ -85,6 +85,8 @@ pub(crate) struct Admission {
     waiters: AtomicUsize,
     closed: AtomicBool,
     notify: Notify,
+    /// Releases so far: a waiter that sees it stand still knows nothing is finishing.
+    released: AtomicU64,
 }
 
 impl Admission {
@@ -97,6 +99,7 @@ impl Admission {
             waiters: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             notify: Notify::new(),
+            released: AtomicU64::new(0),
         }
     }
 
@@ -195,6 +198,12 @@ impl Admission {
         }
     }
 
+    /// Permits given back so far (a count of releases): a waiter that sees it stand
+    /// still knows that nothing is finishing.
+    pub(crate) fn released(&self) -> u64 {
+        self.released.load(Relaxed)
+    }
+
     /// Takes a permit even past the bounds or after close: for retries of tokens that
     /// were already admitted (bounded by their attempt limits).
     pub(crate) fn force_acquire(&self, permit: Permit, op: &OpQueue) {
@@ -208,6 +217,7 @@ impl Admission {
         op.give_back(permit.tokens);
         self.memory.fetch_sub(permit.bytes, SeqCst);
         self.in_flight.fetch_sub(permit.tokens, SeqCst);
+        self.released.fetch_add(1, Relaxed);
         if self.waiters.load(SeqCst) > 0 {
             self.notify.notify_waiters();
         }

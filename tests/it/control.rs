@@ -86,6 +86,18 @@ fn the_handshake_needs_the_secret() {
     });
     let public = Engine::builder().control("0.0.0.0:0".parse().unwrap(), SECRET, false).build();
     assert!(public.unwrap_err().to_string().contains("not a loopback address"));
+    // Secrets count characters, and must fit in an `Authorization` header.
+    let local = || Engine::builder().control("127.0.0.1:0".parse().unwrap(), "x", false);
+    for (secret, refused) in [
+        ("é".repeat(9), "at least 16 characters"),
+        (format!("{SECRET}\r\n"), "spaces or control characters"),
+        ("sixteen chars ok".to_string(), "spaces or control characters"),
+    ] {
+        let built = local().control("127.0.0.1:0".parse().unwrap(), secret, false).build();
+        assert!(built.unwrap_err().to_string().contains(refused), "{refused}");
+    }
+    let unicode = local().control("127.0.0.1:0".parse().unwrap(), "é".repeat(16), false).build();
+    assert!(unicode.is_ok(), "16 characters are enough, whatever their bytes");
 }
 
 #[test]
@@ -183,6 +195,8 @@ fn bad_input_gets_a_clear_answer_and_the_engine_keeps_running() {
             let reply =
                 cmd(&mut socket, json!({"id": 1, "cmd": "batch", "op": "echo", "size": 0})).await;
             assert_eq!(code(&reply), "bad_value");
+            let reply = cmd(&mut socket, json!({"id": 1, "cmd": "subscribe", "interval_ms": 1}));
+            assert_eq!(code(&reply.await), "bad_value", "a value out of range, as for batch");
             assert_eq!(
                 code(&ask(&mut socket, Message::binary(vec![1, 2, 3])).await),
                 "binary_frame"

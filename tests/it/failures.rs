@@ -398,3 +398,102 @@ fn locality_keeps_a_key_on_one_lane_while_it_is_in_flight() {
     let lanes: std::collections::HashSet<_> = seen.iter().map(|(_, t)| *t).collect();
     assert_eq!(lanes.len(), 2, "keys are spread over the lanes");
 }
+
+/// A hook of the user's (size hint, cost features, dedupe or locality key, a router)
+/// that panics fails its own call as `Panicked`; the submit goes on, its permit comes
+/// back, and the engine still shuts down.
+#[test]
+fn a_panicking_hook_fails_its_call_and_leaks_no_permit() {
+    use tokengate::router::{Features, Placement, RouteSource, Router};
+    use tokengate::LaneSet;
+
+    #[derive(Debug)]
+    struct PanicsOnThree;
+    impl Router for PanicsOnThree {
+        fn route(&self, features: &Features) -> Placement {
+            assert_ne!(features.arg_size, 3, "router boom");
+            Placement::new(LaneSet::Light, 1, 0, RouteSource::Heuristic)
+        }
+    }
+    let quiet = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let engine = Engine::builder().capacity(4).pin(false).build().unwrap();
+    let three = |x: &u32| {
+        assert_ne!(*x, 3, "hook boom");
+        u64::from(*x)
+    };
+    let ops = [
+        engine.operation("size", Weight::Light).size_hint(three).register(|x: u32| x),
+        engine
+            .operation("cost", Weight::Light)
+            .cost_features(["x"], move |x: &u32| [three(x) as f64])
+            .register(|x: u32| x),
+        engine.operation("dedupe", Weight::Light).dedupe(three).register(|x: u32| x),
+        engine.operation("home", Weight::Light).locality(three).register(|x: u32| x),
+    ]
+    .map(Result::unwrap);
+    let routed = Engine::builder().capacity(4).pin(false).router(Arc::new(PanicsOnThree));
+    let routed = routed.build().unwrap();
+    let sized = routed.operation("routed", Weight::Light).size_hint(|x: &u32| u64::from(*x));
+    let sized = sized.register(|x: u32| x).unwrap();
+    for op in ops.iter().chain([&sized]) {
+        let panicked = |r: Result<u32, TokenError>| matches!(r, Err(TokenError::Panicked { .. }));
+        assert!(panicked(op.submit(3).wait()), "{}: the call fails", op.name());
+        let results: Vec<_> =
+            op.submit_many([1, 3, 2, 3, 4]).into_iter().map(|t| t.wait()).collect();
+        assert_eq!(results.iter().filter(|r| panicked((*r).clone())).count(), 2, "{}", op.name());
+        assert_eq!(results[0], Ok(1));
+        assert_eq!(results[4], Ok(4));
+        // Every permit came back: a full engine's worth of calls still gets in.
+        let more: Vec<_> = op.submit_many(10..18).into_iter().map(|t| t.wait()).collect();
+        assert_eq!(more, (10..18).map(Ok).collect::<Vec<_>>(), "{}", op.name());
+    }
+    std::panic::set_hook(quiet);
+    assert_eq!(engine.stats().in_flight, 0);
+    engine.shutdown_with(Shutdown::Abort);
+    routed.shutdown();
+}
+
+/// A retry waiting out a long backoff does not hold up an abort, a drain or a cancel.
+#[test]
+fn a_retry_waiting_out_its_backoff_does_not_hold_up_a_shutdown() {
+    for mode in [Shutdown::Abort, Shutdown::Drain] {
+        let engine = Engine::builder().pin(false).build().unwrap();
+        let tries = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&tries);
+        let flaky = engine
+            .operation("flaky", Weight::Light)
+            .retry(RetryPolicy::new(2).backoff(Duration::from_secs(3600)))
+            .register_fallible(move |x: u32| match counted.fetch_add(1, Ordering::SeqCst) {
+                0 => Err("the first attempt fails"),
+                _ => Ok(x),
+            })
+            .unwrap();
+        let token = flaky.submit(7);
+        eventually("the first attempt failed", || tries.load(Ordering::SeqCst) == 1);
+        let (done, stopped) = mpsc::channel();
+        std::thread::spawn(move || {
+            engine.shutdown_with(mode);
+            done.send(()).unwrap();
+        });
+        stopped.recv_timeout(Duration::from_secs(20)).expect("the shutdown ends");
+        let expected = match mode {
+            Shutdown::Abort => Err(TokenError::Cancelled { by: CancelSource::Shutdown }),
+            // A drain runs the retry at once instead of waiting out the backoff.
+            _ => Ok(7),
+        };
+        assert_eq!(token.wait(), expected, "{mode:?}");
+    }
+    // A cancel during the backoff resolves the token and gives its permit back.
+    let engine = Engine::builder().capacity(1).pin(false).build().unwrap();
+    let failing = engine
+        .operation("failing", Weight::Light)
+        .retry(RetryPolicy::new(2).backoff(Duration::from_secs(3600)))
+        .register_fallible(|_: u32| Err::<u32, _>("always"))
+        .unwrap();
+    let token = failing.submit(1);
+    eventually("the first attempt failed", || failing.stats().retried == 1);
+    assert!(token.cancel());
+    assert_eq!(token.wait(), Err(TokenError::Cancelled { by: CancelSource::Caller }));
+    eventually("the permit came back", || engine.stats().in_flight == 0);
+}

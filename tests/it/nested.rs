@@ -60,6 +60,29 @@ fn deep_chains_finish_on_one_and_two_lanes() {
     }
 }
 
+/// A chain of waiting calls deeper than the engine's capacity (every permit held by a
+/// waiting parent) and deeper than a default thread's stack holds: it finishes, on one
+/// lane, where it once stalled for good or overflowed the lane's stack.
+#[test]
+fn a_chain_deeper_than_the_capacity_and_a_default_stack_finishes() {
+    let engine = crate::single_lane().capacity(16).build().unwrap();
+    let me: Arc<OnceLock<Operation<u32, u32>>> = Arc::new(OnceLock::new());
+    let inner = Arc::clone(&me);
+    let chain = engine
+        .register("chain", Weight::Light, move |depth: u32| -> u32 {
+            if depth == 0 {
+                return 0;
+            }
+            1 + inner.get().unwrap().submit(depth - 1).wait().unwrap()
+        })
+        .unwrap();
+    me.set(chain.clone()).unwrap();
+    let token = chain.submit(3_000);
+    let result = token.wait_timeout(Duration::from_secs(60)).map_err(|_| "unresolved after 60 s");
+    assert_eq!(result, Ok(Ok(3_000)));
+    crate::eventually("every permit came back", || engine.stats().in_flight == 0);
+}
+
 /// Sixteen parents each fan out to 1,000 children through `map`.
 #[test]
 fn fan_out_inside_operations_on_one_and_two_lanes() {

@@ -93,8 +93,14 @@ pub(crate) struct ControlConfig {
 /// Checks the configuration and binds the port, before the engine starts any thread
 /// (so a bad address or secret fails `build()` with nothing to clean up).
 pub(crate) fn bind(config: &ControlConfig) -> Result<std::net::TcpListener, crate::BuildError> {
-    if config.secret.len() < 16 {
+    if config.secret.chars().count() < 16 {
         return Err(crate::BuildError::invalid("control secret must be at least 16 characters"));
+    }
+    if config.secret.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        // It travels in an `Authorization` header, where these cannot.
+        return Err(crate::BuildError::invalid(
+            "control secret must not contain spaces or control characters",
+        ));
     }
     if !config.addr.ip().is_loopback() {
         if !config.public {

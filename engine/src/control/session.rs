@@ -223,7 +223,7 @@ impl Session<'_> {
                 let ms = interval_ms.unwrap_or(500);
                 if !(50..=60_000).contains(&ms) {
                     let message = "\"interval_ms\" must be 50..=60000";
-                    return Reply::error(id, ErrorCode::BadRequest, message);
+                    return Reply::error(id, ErrorCode::BadValue, message);
                 }
                 let period = Duration::from_millis(ms);
                 *ticker = Some(Some(Subscription { period, engine: *engine }));

@@ -112,6 +112,20 @@ pub(crate) fn spawn_workers(lanes: &Arc<Lanes>) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A lane thread's stack (reserved; the kernel gives it pages as they are touched).
+/// A call that waits on its children runs them on the same stack (`help.rs`), so
+/// nesting depth costs stack: 16 MiB holds about 8,000 levels of a plain recursion in a
+/// release build, eight times a default thread's. `RUST_MIN_STACK` may ask for more.
+const LANE_STACK_BYTES: usize = 16 << 20;
+
+fn lane_stack_bytes() -> usize {
+    static BYTES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BYTES.get_or_init(|| {
+        let asked = std::env::var("RUST_MIN_STACK").ok().and_then(|v| v.parse().ok());
+        asked.unwrap_or(0).max(LANE_STACK_BYTES)
+    })
+}
+
 /// Starts a thread that serves lane `index` (at start, or to replace a stuck one).
 fn spawn_lane(
     lanes: &Arc<Lanes>,
@@ -123,6 +137,7 @@ fn spawn_lane(
         let (lanes, stuck) = (Arc::clone(lanes), Arc::clone(&stuck));
         thread::Builder::new()
             .name(format!("tokengate-lane-{index}"))
+            .stack_size(lane_stack_bytes())
             .spawn(move || lane_thread(lanes, index, ready, stuck))?
     };
     lanes.handles.lock().unwrap_or_else(|e| e.into_inner()).push((stuck, handle));

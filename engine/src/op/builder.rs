@@ -18,6 +18,12 @@ use crate::remote::wire::Codec;
 use crate::remote::RemoteServe;
 
 /// Registers one operation with options; from [`Engine::operation`](crate::Engine::operation).
+///
+/// The hooks given here (size hint, cost features, locality and dedupe keys, argument
+/// bytes) run on the submitting thread, and may run more than once per call: keep them
+/// cheap and pure functions of the argument. One that panics fails its own call as
+/// [`TokenError::Panicked`] (naming the hook) before it is queued; the rest of the
+/// submit goes on. (`arg_bytes` runs before admission: its panic reaches the caller.)
 pub struct OperationBuilder<'e, A> {
     pub(super) env: &'e Arc<OpEnv>,
     pub(super) registry: &'e Registry,

@@ -6,6 +6,7 @@
 //! with `route_source = override`), calls that must run alone get batches of one, and
 //! each full batch is one queue push.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,7 +16,7 @@ use super::control::Overrides;
 use super::record::{BatchMeta, TokenMeta};
 use super::remote_token::RemoteToken;
 use super::single::{Single, SingleJob};
-use super::state::{OpShared, NO_CELL};
+use super::state::{panic_message, OpShared, NO_CELL};
 use crate::admission::Permit;
 use crate::error::TokenError;
 use crate::lanes::BoxJob;
@@ -25,6 +26,9 @@ use crate::remote::PendingToken;
 use crate::remote::{RemotePlacement, RemotePort};
 use crate::router::Features;
 use crate::token::{Chunk, ChunkOf};
+
+/// What a panic left: its payload.
+pub(super) type Panic = Box<dyn std::any::Any + Send>;
 
 /// Tokens of one chunk on their way into the lanes' queues.
 pub(super) struct Enqueue<'a, A, R> {
@@ -164,25 +168,34 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
     /// once full. `remaining` (this one included) sizes the batch's allocation.
     pub(super) fn push(&mut self, index: u32, arg: A, declared: Weight, remaining: usize) {
         let op = self.op;
-        let arg_size = op.options.size_hint.as_ref().map_or(0, |hint| hint(&arg));
-        if let Some(cost) = &op.options.cost {
-            // Not remembered in `last`: an operation with cost features routes each call.
-            self.features.cost = cost(&arg);
-        }
-        let cell = op.size_cell(arg_size);
-        let placement = match self.last {
-            // A pure router gives equal features the same placement: route once per run.
-            Some((d, size, placement)) if d == declared && size == arg_size => placement,
-            _ => {
-                self.features.declared = declared;
-                self.features.arg_size = arg_size;
-                self.features.size_recent_ns = op.size_recent_ns(cell);
-                let placement = self.place();
-                if self.pure && op.options.cost.is_none() {
-                    self.last = Some((declared, arg_size, placement));
-                }
-                placement
+        // The size hint, the cost features and the router are the user's code: a panic
+        // in one fails this call (`hook_panicked`), never the submit.
+        let routed = catch_unwind(AssertUnwindSafe(|| {
+            let arg_size = op.options.size_hint.as_ref().map_or(0, |hint| hint(&arg));
+            if let Some(cost) = &op.options.cost {
+                // Not remembered in `last`: an operation with cost features routes each call.
+                self.features.cost = cost(&arg);
             }
+            let cell = op.size_cell(arg_size);
+            let placement = match self.last {
+                // A pure router gives equal features the same placement: route once per run.
+                Some((d, size, placement)) if d == declared && size == arg_size => placement,
+                _ => {
+                    self.features.declared = declared;
+                    self.features.arg_size = arg_size;
+                    self.features.size_recent_ns = op.size_recent_ns(cell);
+                    let placement = self.place();
+                    if self.pure && op.options.cost.is_none() {
+                        self.last = Some((declared, arg_size, placement));
+                    }
+                    placement
+                }
+            };
+            (arg_size, cell, placement)
+        }));
+        let (arg_size, cell, placement) = match routed {
+            Ok(routed) => routed,
+            Err(payload) => return self.hook_panicked([(index, arg)], "routing", payload),
         };
         let set = placement.lanes;
         if placement.batch == 1 && !self.open[set.index()].items.is_empty() {
@@ -224,7 +237,11 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
     pub(super) fn push_all(&mut self, mut items: impl Iterator<Item = (u32, A)>, len: usize) {
         self.features.declared = self.op.weight;
         self.features.arg_size = 0;
-        let placement = self.place();
+        let placement = match catch_unwind(AssertUnwindSafe(|| self.place())) {
+            Ok(placement) => placement,
+            // A router of the user's that panicked: these calls fail, the submit does not.
+            Err(payload) => return self.hook_panicked(items, "routing", payload),
+        };
         let (set, batch) = (placement.lanes, placement.batch.max(1) as usize);
         if len == 1 && set != LaneSet::Remote {
             // A single call: its batch holds it inline (no item list to allocate), and
@@ -433,7 +450,10 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
         cost: (u64, u8),
         meta: Option<Box<BatchMeta>>,
     ) {
-        let home = self.home(items.as_ref().first().map(|(_, arg)| arg), set);
+        let home = match self.home(items.as_ref().first().map(|(_, arg)| arg), set) {
+            Ok(home) => home,
+            Err(payload) => return self.hook_panicked(items, "its locality key", payload),
+        };
         let bytes = self.op.bytes_of_all(items.as_ref());
         let head = self.head(set, bytes, cost, meta);
         let batch = Arc::new(Batch { head, chunk: Arc::clone(self.chunk), items });
@@ -454,7 +474,10 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
         let Some(chunk) = self.inline.take() else {
             return self.queue(set, [(index, arg)], cost, meta);
         };
-        let home = self.home(Some(&arg), set);
+        let home = match self.home(Some(&arg), set) {
+            Ok(home) => home,
+            Err(payload) => return self.hook_panicked([(index, arg)], "its locality key", payload),
+        };
         let head = self.head(set, self.op.bytes_of(&arg), cost, meta);
         let job = SingleJob { head, call: (index, arg) };
         // SAFETY: the chunk is not queued yet, and this thread queues it (below).
@@ -486,12 +509,46 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
     }
 
     /// The lane a batch whose first call is `first` must run on, if any (a retry's
-    /// held home, or its locality key's).
-    fn home(&mut self, first: Option<&A>, set: LaneSet) -> Option<usize> {
+    /// held home, or its locality key's); `Err` if the key (the user's code) panicked.
+    fn home(&mut self, first: Option<&A>, set: LaneSet) -> Result<Option<usize>, Panic> {
         match (self.held_home.take(), self.op.options.locality, first) {
-            (Some(lane), _, _) => Some(lane),
-            (None, Some(key), Some(arg)) => Some(self.op.enter_home(key(arg), set)),
-            _ => None,
+            (Some(lane), _, _) => Ok(Some(lane)),
+            (None, Some(key), Some(arg)) => {
+                let key = catch_unwind(AssertUnwindSafe(|| key(arg)))?;
+                Ok(Some(self.op.enter_home(key, set)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Fails `items`, whose routing ran the user's code (`what`) and panicked: each
+    /// resolves as `Panicked` and gives its permit back, never queued, so the submit
+    /// goes on and nothing is left holding a permit. (A duplicate flight it leads is
+    /// landed with the same error.)
+    #[cold]
+    pub(super) fn hook_panicked(
+        &mut self,
+        items: impl IntoIterator<Item = (u32, A)>,
+        what: &str,
+        payload: Panic,
+    ) {
+        let (op, chunk, attempt) = (self.op, self.chunk, self.attempt);
+        let message = format!(
+            "{what} for a call of `{}` panicked before it ran: {}",
+            op.name,
+            panic_message(&*payload)
+        );
+        for (index, arg) in items {
+            let bytes = op.bytes_of(&arg);
+            let slot = chunk.slot(index);
+            if slot.claim(attempt) {
+                let error = || Err(TokenError::Panicked { message: message.clone() });
+                // The key ran once already for this call (it joined its flight).
+                let key = catch_unwind(AssertUnwindSafe(|| op.dedupe_key(&arg))).ok().flatten();
+                slot.finish_and(attempt, error(), |_| op.land_flight(key, chunk, index, error));
+                op.resolutions.failed.fetch_add(1, Relaxed);
+            }
+            op.env.admission.release(Permit::new(1, bytes), &op.queue);
         }
     }
 

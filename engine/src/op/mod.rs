@@ -12,8 +12,11 @@
 //! the operations by name (`registry.rs`) and what a stop closes (`stop.rs`). No part
 //! gets the whole engine.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 mod batch;
 mod builder;
@@ -48,7 +51,7 @@ use state::OpShared;
 use crate::admission::Permit;
 use crate::error::{RejectReason, TokenError};
 use crate::placement::Weight;
-use crate::token::{block_on, wait_slot, Chunk, Start, Token};
+use crate::token::{block_on, on_lane, wait_slot, Chunk, Start, Token};
 use control::{OpControl, OpStats, Overrides};
 
 /// A registered function. Cheap to clone; every clone submits to the same engine.
@@ -279,9 +282,57 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
         let admission = &self.inner.env.admission;
         let queue = &self.inner.queue;
         match admission.try_acquire(permit, queue) {
+            Err(RejectReason::Overloaded) if on_lane() => self.acquire_nested(permit),
             Err(RejectReason::Overloaded) => block_on(admission.acquire(permit, queue)),
             other => other,
         }
+    }
+
+    /// Takes a permit for a submit made inside a running call, on a lane thread, while
+    /// the gate is full: the lane runs other queued work meanwhile (`block_on`), but
+    /// does not wait for ever. If no permit anywhere comes back for [`NESTED_STALL`],
+    /// every permit is held by a call that waits (a recursion deeper than the capacity)
+    /// and none ever will be, so the permit is taken past the bound. Fails only on
+    /// shutdown.
+    #[cold]
+    fn acquire_nested(&self, permit: Permit) -> Result<(), RejectReason> {
+        let admission = &self.inner.env.admission;
+        let queue = &self.inner.queue;
+        let mut seen = admission.released();
+        if STALLED_AT.get() == Some(seen) {
+            // This lane found the gate stalled, and nothing has finished since: a
+            // recursion past the capacity takes each further level at once.
+            admission.force_acquire(permit, queue);
+            return Ok(());
+        }
+        let mut since = Instant::now();
+        block_on(std::future::poll_fn(|_| {
+            match admission.try_acquire(permit, queue) {
+                Err(RejectReason::Overloaded) => {}
+                other => return Poll::Ready(other),
+            }
+            // No waker: the lane's wait polls again after each batch it runs, or after
+            // a short park when there is none.
+            let released = admission.released();
+            if released != seen {
+                (seen, since) = (released, Instant::now());
+            } else if since.elapsed() >= NESTED_STALL {
+                admission.force_acquire(permit, queue);
+                STALLED_AT.set(Some(released));
+                if admission.is_closed() {
+                    admission.release(permit, queue);
+                    return Poll::Ready(Err(RejectReason::ShuttingDown));
+                }
+                tracing::debug!(
+                    "{}: a call inside a call took {} permits past the capacity (every \
+                     permit was held by a waiting call)",
+                    self.inner.name,
+                    permit.tokens
+                );
+                return Poll::Ready(Ok(()));
+            }
+            Poll::Pending
+        }))
     }
 
     fn admit_one(&self, admitted: Result<(), RejectReason>, arg: A) -> Token<R> {
@@ -337,7 +388,14 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
         for (index, (arg, declared)) in items.enumerate() {
             let index = index as u32;
             if let Some(dedupe) = &op.dedupe {
-                if dedupe.join(dedupe.key_of(&arg), &chunk, index, op.bytes_of(&arg)) {
+                let key = match catch_unwind(AssertUnwindSafe(|| dedupe.key_of(&arg))) {
+                    Ok(key) => key,
+                    Err(payload) => {
+                        enqueue.hook_panicked([(index, arg)], "its dedupe key", payload);
+                        continue;
+                    }
+                };
+                if dedupe.join(key, &chunk, index, op.bytes_of(&arg)) {
                     // A duplicate of a call in flight: it waits for that call's result
                     // (holding its permit until then) and is never queued.
                     continue;
@@ -348,6 +406,15 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
         enqueue.finish();
         Ok(chunk)
     }
+}
+
+/// How long a submit inside a running call waits for room while no permit anywhere
+/// comes back before it takes one past the capacity (`Operation::acquire_nested`).
+const NESTED_STALL: Duration = Duration::from_millis(50);
+
+thread_local! {
+    /// The engine's count of releases when this lane last found its gate stalled.
+    static STALLED_AT: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
 }
 
 /// A chunk of admitted calls, or why none was admitted (and the first of the ids they

@@ -23,7 +23,8 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// Up to `max_attempts` attempts on any failure, without backoff.
+    /// Up to `max_attempts` attempts on any failure, without backoff (0 and 1 both
+    /// mean a single attempt).
     pub fn new(max_attempts: u8) -> Self {
         RetryPolicy {
             max_attempts,

@@ -321,6 +321,11 @@ pub(crate) fn with_helper<T>(helper: &dyn Helper, f: impl FnOnce() -> T) -> T {
 /// Runs a future to completion on the calling thread. On a lane it runs other queued
 /// work while the future is pending (a lane never sits blocked while work waits); on
 /// any other thread it parks between polls.
+/// Whether this thread is a lane's (a blocking wait here runs other queued work).
+pub(crate) fn on_lane() -> bool {
+    HELPER.with(Cell::get).is_some()
+}
+
 pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
     let mut future = std::pin::pin!(future);
     THREAD_WAKER.with(|thread_waker| {

@@ -46,7 +46,7 @@ mod sync;
 pub(crate) use chunk::{Chunk, ChunkOf, Start, Tail};
 #[allow(deprecated)]
 pub use handle::join;
-pub(crate) use handle::{block_on, wait_slot, with_helper, Helper, Outside};
+pub(crate) use handle::{block_on, on_lane, wait_slot, with_helper, Helper, Outside};
 pub use handle::{wait_both, Token};
 pub(crate) use index::{CancelById, TokenIndex};
 
