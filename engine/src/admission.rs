@@ -11,11 +11,27 @@
 //! `waiters`. All four are `SeqCst`, so either the waiter sees the freed room or the
 //! releaser sees the waiter and notifies it.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 
 use tokio::sync::Notify;
 
 use crate::error::RejectReason;
+
+/// One waiter counted in `Admission::waiters` while it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn count(waiters: &'a AtomicUsize) -> Self {
+        waiters.fetch_add(1, SeqCst);
+        Waiting(waiters)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, SeqCst);
+    }
+}
 
 /// A per-operation limit on admitted-but-unprocessed tokens, so one flooding
 /// operation cannot take all of the engine's capacity.
@@ -85,8 +101,12 @@ pub(crate) struct Admission {
     waiters: AtomicUsize,
     closed: AtomicBool,
     notify: Notify,
-    /// Releases so far: a waiter that sees it stand still knows nothing is finishing.
-    released: AtomicU64,
+    /// Permits held by batches one of whose calls is blocked in a wait on a lane (it
+    /// waits for a token, or for room): work that cannot finish before something else
+    /// does.
+    held_by_waits: AtomicUsize,
+    /// Notified once, at close.
+    closing: Notify,
 }
 
 impl Admission {
@@ -99,7 +119,8 @@ impl Admission {
             waiters: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             notify: Notify::new(),
-            released: AtomicU64::new(0),
+            held_by_waits: AtomicUsize::new(0),
+            closing: Notify::new(),
         }
     }
 
@@ -187,21 +208,42 @@ impl Admission {
             let notified = self.notify.notified();
             let mut notified = std::pin::pin!(notified);
             notified.as_mut().enable();
-            self.waiters.fetch_add(1, SeqCst);
+            // Counted out on every way out, a drop of this future included.
+            let _waiting = Waiting::count(&self.waiters);
             let retry = self.try_acquire(permit, op);
             if !matches!(retry, Err(RejectReason::Overloaded)) {
-                self.waiters.fetch_sub(1, SeqCst);
                 return retry;
             }
             notified.await;
-            self.waiters.fetch_sub(1, SeqCst);
         }
     }
 
-    /// Permits given back so far (a count of releases): a waiter that sees it stand
-    /// still knows that nothing is finishing.
-    pub(crate) fn released(&self) -> u64 {
-        self.released.load(Relaxed)
+    /// A call of a batch holding `held` permits blocks in a wait on a lane.
+    pub(crate) fn wait_begins(&self, held: usize) {
+        self.held_by_waits.fetch_add(held, SeqCst);
+    }
+
+    /// That wait is over.
+    pub(crate) fn wait_ends(&self, held: usize) {
+        self.held_by_waits.fetch_sub(held, SeqCst);
+    }
+
+    /// Whether every permit taken is held by a batch whose call waits: nothing admitted
+    /// can finish until something more is admitted (a recursion deeper than the
+    /// capacity), so a wait for room would be for ever. Paused, queued, running and
+    /// remote work all hold permits that count against this.
+    pub(crate) fn all_held_by_waits(&self) -> bool {
+        self.in_flight.load(SeqCst) <= self.held_by_waits.load(SeqCst)
+    }
+
+    /// Resolves once the gate has closed (a shutdown began).
+    pub(crate) async fn closed(&self) {
+        let notified = self.closing.notified();
+        let mut notified = std::pin::pin!(notified);
+        notified.as_mut().enable();
+        if !self.is_closed() {
+            notified.await;
+        }
     }
 
     /// Takes a permit even past the bounds or after close: for retries of tokens that
@@ -217,7 +259,6 @@ impl Admission {
         op.give_back(permit.tokens);
         self.memory.fetch_sub(permit.bytes, SeqCst);
         self.in_flight.fetch_sub(permit.tokens, SeqCst);
-        self.released.fetch_add(1, Relaxed);
         if self.waiters.load(SeqCst) > 0 {
             self.notify.notify_waiters();
         }
@@ -227,6 +268,7 @@ impl Admission {
     pub(crate) fn close(&self) {
         self.closed.store(true, SeqCst);
         self.notify.notify_waiters();
+        self.closing.notify_waiters();
     }
 }
 

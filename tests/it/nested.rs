@@ -303,3 +303,26 @@ fn renamed_items_keep_their_old_names() {
     assert_eq!(engine.in_flight(), engine.stats().in_flight);
     assert_eq!(engine.stuck_workers(), engine.stats().stuck_lanes);
 }
+
+/// A submit inside a running call waits for room while other work holds the permits
+/// (here a paused operation's calls): only waiting calls holding every permit let it
+/// past the capacity.
+#[test]
+fn a_call_submitting_into_a_full_gate_of_paused_work_waits_within_the_capacity() {
+    let engine = Engine::builder().capacity(8).pin(false).build().unwrap();
+    let child = engine.register("child", Weight::Light, |x: u32| x).unwrap();
+    engine.pause(Some("child")).unwrap();
+    let parent = engine
+        .register("parent", Weight::Light, move |n: u32| -> u32 {
+            let tokens: Vec<_> = (0..n).map(|x| child.submit(x)).collect();
+            tokens.into_iter().map(|t| t.wait().unwrap()).sum()
+        })
+        .unwrap();
+    let token = parent.submit(20);
+    crate::eventually("the gate fills", || engine.stats().in_flight == 8);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(engine.stats().in_flight, 8, "nothing was admitted past the capacity");
+    engine.resume(Some("child")).unwrap();
+    let result = token.wait_timeout(Duration::from_secs(20)).map_err(|_| "unresolved");
+    assert_eq!(result, Ok(Ok((0..20).sum())));
+}

@@ -52,6 +52,9 @@ pub(crate) struct LaneCtx {
     stuck: Arc<AtomicBool>,
     /// Batches this thread is running inside waits, nested.
     depth: Cell<u32>,
+    /// The tokens (permits) of the batch this thread is running, innermost: what a
+    /// wait of one of its calls holds.
+    batch_tokens: Cell<usize>,
     /// Nanoseconds this thread has spent running other batches inside waits, so a
     /// waiting call's own run time can leave them out.
     helped_ns: Cell<u64>,
@@ -106,6 +109,7 @@ impl LaneCtx {
             telemetry,
             stuck,
             depth: Cell::new(0),
+            batch_tokens: Cell::new(0),
             helped_ns: Cell::new(0),
             yielded_at: Cell::new(Instant::now()),
             fresh,
@@ -172,6 +176,24 @@ impl LaneCtx {
     /// How deeply this thread is nested in batches run inside waits.
     pub(super) fn depth(&self) -> &Cell<u32> {
         &self.depth
+    }
+
+    /// The permits of the batch this thread runs (innermost), for the span of `f`.
+    #[inline]
+    pub(crate) fn running_batch<T>(&self, tokens: usize, f: impl FnOnce() -> T) -> T {
+        struct Restore<'a>(&'a Cell<usize>, usize);
+        impl Drop for Restore<'_> {
+            fn drop(&mut self) {
+                self.0.set(self.1);
+            }
+        }
+        let _outer = Restore(&self.batch_tokens, self.batch_tokens.replace(tokens));
+        f()
+    }
+
+    /// The permits the batch this thread runs holds (0 outside a batch).
+    pub(super) fn batch_tokens(&self) -> usize {
+        self.batch_tokens.get()
     }
 
     /// Adds time spent running other work inside a wait.

@@ -51,6 +51,16 @@ impl Helper for LaneHelper<'_> {
     fn help(&self, done: &dyn Fn() -> bool) {
         self.lanes.help(self.ctx, done);
     }
+
+    fn wait_begins(&self) -> usize {
+        let held = self.ctx.batch_tokens();
+        self.lanes.admission.wait_begins(held);
+        held
+    }
+
+    fn wait_ends(&self, held: usize) {
+        self.lanes.admission.wait_ends(held);
+    }
 }
 
 impl Lanes {

@@ -25,7 +25,7 @@ use crate::placement::{LaneSet, Placement, RouteSource, Weight};
 use crate::remote::PendingToken;
 use crate::remote::{RemotePlacement, RemotePort};
 use crate::router::Features;
-use crate::token::{Chunk, ChunkOf};
+use crate::token::{Chunk, ChunkOf, Outcome};
 
 /// What a panic left: its payload.
 pub(super) type Panic = Box<dyn std::any::Any + Send>;
@@ -538,15 +538,21 @@ impl<'a, A: Send + 'static, R: Send + 'static> Enqueue<'a, A, R> {
             op.name,
             panic_message(&*payload)
         );
+        let error = || Err(TokenError::Panicked { message: message.clone() });
         for (index, arg) in items {
             let bytes = op.bytes_of(&arg);
             let slot = chunk.slot(index);
-            if slot.claim(attempt) {
-                let error = || Err(TokenError::Panicked { message: message.clone() });
-                // The key ran once already for this call (it joined its flight).
-                let key = catch_unwind(AssertUnwindSafe(|| op.dedupe_key(&arg))).ok().flatten();
-                slot.finish_and(attempt, error(), |_| op.land_flight(key, chunk, index, error));
+            if slot.claim(attempt) && slot.finish(attempt, error()) != Outcome::Skipped {
                 op.resolutions.failed.fetch_add(1, Relaxed);
+            }
+            // Never queued, so no lane lands its duplicate flight (if it leads one), even
+            // when it was cancelled meanwhile: it is landed here. (Its key ran once
+            // already, when it joined the flight.)
+            let key = catch_unwind(AssertUnwindSafe(|| op.dedupe_key(&arg))).ok().flatten();
+            op.land_flight(key, chunk, index, error);
+            if self.held_home.take().is_some() {
+                // A retry that kept its key's lane through its backoff leaves it.
+                let _ = catch_unwind(AssertUnwindSafe(|| drop(op.home_guard(&arg))));
             }
             op.env.admission.release(Permit::new(1, bytes), &op.queue);
         }

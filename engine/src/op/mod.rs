@@ -16,7 +16,6 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::{Duration, Instant};
 
 mod batch;
 mod builder;
@@ -289,49 +288,36 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
     }
 
     /// Takes a permit for a submit made inside a running call, on a lane thread, while
-    /// the gate is full: the lane runs other queued work meanwhile (`block_on`), but
-    /// does not wait for ever. If no permit anywhere comes back for [`NESTED_STALL`],
-    /// every permit is held by a call that waits (a recursion deeper than the capacity)
-    /// and none ever will be, so the permit is taken past the bound. Fails only on
-    /// shutdown.
+    /// the gate is full: waits for room as any submit does (the lane runs other queued
+    /// work meanwhile: `block_on`), except when every permit taken is held by a batch
+    /// whose call waits (`Admission::all_held_by_waits`: a recursion deeper than the
+    /// capacity), when no room would ever come: the permit is then taken past the
+    /// bounds. Fails only on shutdown.
     #[cold]
     fn acquire_nested(&self, permit: Permit) -> Result<(), RejectReason> {
         let admission = &self.inner.env.admission;
         let queue = &self.inner.queue;
-        let mut seen = admission.released();
-        if STALLED_AT.get() == Some(seen) {
-            // This lane found the gate stalled, and nothing has finished since: a
-            // recursion past the capacity takes each further level at once.
+        let mut room = std::pin::pin!(admission.acquire(permit, queue));
+        block_on(std::future::poll_fn(|cx| {
+            if let Poll::Ready(admitted) = std::future::Future::poll(room.as_mut(), cx) {
+                return Poll::Ready(admitted);
+            }
+            // Polled again on each release (the gate's notice wakes this thread) and
+            // after each spell of the lane's with nothing to run.
+            if !admission.all_held_by_waits() {
+                return Poll::Pending;
+            }
             admission.force_acquire(permit, queue);
-            return Ok(());
-        }
-        let mut since = Instant::now();
-        block_on(std::future::poll_fn(|_| {
-            match admission.try_acquire(permit, queue) {
-                Err(RejectReason::Overloaded) => {}
-                other => return Poll::Ready(other),
+            if admission.is_closed() {
+                admission.release(permit, queue);
+                return Poll::Ready(Err(RejectReason::ShuttingDown));
             }
-            // No waker: the lane's wait polls again after each batch it runs, or after
-            // a short park when there is none.
-            let released = admission.released();
-            if released != seen {
-                (seen, since) = (released, Instant::now());
-            } else if since.elapsed() >= NESTED_STALL {
-                admission.force_acquire(permit, queue);
-                STALLED_AT.set(Some(released));
-                if admission.is_closed() {
-                    admission.release(permit, queue);
-                    return Poll::Ready(Err(RejectReason::ShuttingDown));
-                }
-                tracing::debug!(
-                    "{}: a call inside a call took {} permits past the capacity (every \
-                     permit was held by a waiting call)",
-                    self.inner.name,
-                    permit.tokens
-                );
-                return Poll::Ready(Ok(()));
-            }
-            Poll::Pending
+            tracing::debug!(
+                "{}: a call inside a call was admitted past the bounds (every permit was \
+                 held by a waiting call)",
+                self.inner.name
+            );
+            Poll::Ready(Ok(()))
         }))
     }
 
@@ -406,15 +392,6 @@ impl<A: Send + 'static, R: Send + 'static> Operation<A, R> {
         enqueue.finish();
         Ok(chunk)
     }
-}
-
-/// How long a submit inside a running call waits for room while no permit anywhere
-/// comes back before it takes one past the capacity (`Operation::acquire_nested`).
-const NESTED_STALL: Duration = Duration::from_millis(50);
-
-thread_local! {
-    /// The engine's count of releases when this lane last found its gate stalled.
-    static STALLED_AT: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
 }
 
 /// A chunk of admitted calls, or why none was admitted (and the first of the ids they

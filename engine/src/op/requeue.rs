@@ -40,15 +40,11 @@ pub(super) fn arm_deadline<A: Send + 'static, R: Send + 'static>(
     });
 }
 
-/// How often a retry waiting out its backoff looks whether its token was cancelled or
-/// the engine is stopping.
-const BACKOFF_LOOK: Duration = Duration::from_millis(50);
-
 /// Queues `attempt` of a token that already moved to it, after `delay`, through the
-/// one enqueue path. Holds an admission permit meanwhile, so shutdown waits for it.
-/// The backoff ends early (within [`BACKOFF_LOOK`]) once the token is cancelled or the
-/// engine stops: the attempt is then queued at once, and the lane that takes it skips a
-/// cancelled token, cancels it on abort, or runs it on a drain, giving the permit back.
+/// one enqueue path. Holds an admission permit meanwhile, so shutdown waits for it;
+/// a shutdown ends the backoff at once, and the lane that takes the attempt then cancels
+/// it (abort) or runs it (drain). A token cancelled during its backoff is resolved at
+/// once; its attempt, skipped by the lane, gives the permit back when the backoff ends.
 pub(super) fn requeue<A: Send + 'static, R: Send + 'static>(
     op: &Arc<OpShared<A, R>>,
     chunk: Arc<Chunk<R>>,
@@ -67,14 +63,9 @@ pub(super) fn requeue<A: Send + 'static, R: Send + 'static>(
     }
     let op = Arc::clone(op);
     op.env.runtime.clone().spawn(async move {
-        let start = tokio::time::Instant::now();
-        loop {
-            let left = delay.saturating_sub(start.elapsed());
-            if left.is_zero() || chunk.slot(index).is_resolved() || op.env.lanes.is_shutting_down()
-            {
-                break;
-            }
-            tokio::time::sleep(left.min(BACKOFF_LOOK)).await;
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = op.env.admission.closed() => {}
         }
         Enqueue::retry(&op, &chunk, index, arg, attempt, home);
     });

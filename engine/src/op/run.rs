@@ -99,7 +99,8 @@ impl<A: Send + 'static, R: Send + 'static, I: ItemList<A>> Batch<A, R, I> {
                 self.cancel(CancelSource::Shutdown);
                 return RunEnd::Done;
             }
-            self.run_items(lane)
+            let tokens = self.items.as_ref().len();
+            lane.running_batch(tokens, || self.run_items(lane))
         };
         // Only once the batch is wholly done (counted, its running slot and permits
         // given back): a yield before that would leave its stats behind its results.

@@ -247,6 +247,11 @@ thread_local! {
 pub(crate) trait Helper {
     /// Runs other work until `done()` or until there is none for a short while.
     fn help(&self, done: &dyn Fn() -> bool);
+    /// A blocking wait begins on this thread (its running batch now holds its permits
+    /// while it waits): see `Admission::all_held_by_waits`.
+    fn wait_begins(&self) -> usize;
+    /// The wait that began with `wait_begins` (which returned `held`) is over.
+    fn wait_ends(&self, held: usize);
 }
 
 /// The engine's lanes as seen by a thread outside them that waits on a token.
@@ -318,19 +323,27 @@ pub(crate) fn with_helper<T>(helper: &dyn Helper, f: impl FnOnce() -> T) -> T {
     f()
 }
 
-/// Runs a future to completion on the calling thread. On a lane it runs other queued
-/// work while the future is pending (a lane never sits blocked while work waits); on
-/// any other thread it parks between polls.
 /// Whether this thread is a lane's (a blocking wait here runs other queued work).
 pub(crate) fn on_lane() -> bool {
     HELPER.with(Cell::get).is_some()
 }
 
+/// Runs a future to completion on the calling thread. On a lane it runs other queued
+/// work while the future is pending (a lane never sits blocked while work waits); on
+/// any other thread it parks between polls.
 pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
     let mut future = std::pin::pin!(future);
+    /// Ends a lane's wait on every way out.
+    struct Waiting<'a>(&'a dyn Helper, usize);
+    impl Drop for Waiting<'_> {
+        fn drop(&mut self) {
+            self.0.wait_ends(self.1);
+        }
+    }
     THREAD_WAKER.with(|thread_waker| {
         let waker = Waker::from(Arc::clone(thread_waker));
         let mut cx = Context::from_waker(&waker);
+        let mut waiting = None;
         loop {
             let seen = thread_waker.wakes.load(Ordering::Acquire);
             if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
@@ -341,6 +354,9 @@ pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
                     // SAFETY: set by `with_helper` for the duration of a borrow that is
                     // still live on this thread's stack (see there).
                     let helper = unsafe { &*helper };
+                    if waiting.is_none() {
+                        waiting = Some(Waiting(helper, helper.wait_begins()));
+                    }
                     helper.help(&|| thread_waker.wakes.load(Ordering::Acquire) != seen);
                 }
                 None => thread::park(),
