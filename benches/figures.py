@@ -19,7 +19,8 @@ Sections and their measurements (2-core machine: expect about an hour for all):
   leibniz       tokengate run leibniz --terms 60000000, 5 runs              (~1 min)
   instructions  cargo bench --bench instructions, 3 runs                    (~5 min)
   faults        tests/bench/remote_faults.sh 3                              (~8 min)
-  strangers     tokengate run drift beside busy loops on every core, 3 rounds (~3 min)
+  strangers     tokengate run drift beside busy loops on every core, 3 rounds (~4 min)
+  streams       tokengate compare mixed and mislabeled --repeat 5             (~4 min)
 """
 import json
 import os
@@ -128,6 +129,14 @@ def run_strangers():
     save("strangers.json", json.dumps({"stranger_secs": STRANGER_SECS, "rounds": rounds}))
 
 
+STREAMS = ["mixed", "mislabeled"]
+
+
+def run_streams():
+    for stream in STREAMS:
+        save(f"{stream}.json", sh([TOKENGATE, "-q", "compare", stream, "--repeat", "5", "--json"]))
+
+
 def run_faults():
     save("faults.txt", sh(["bash", "tests/bench/remote_faults.sh", "3"]))
 
@@ -187,6 +196,17 @@ def render_text():
                   f"the labels' own repeatability ({runs} logged runs of the training documents): "
                   f"pairs agreeing {pct(agree)}, **ceiling {pct(ceiling)}** (each run's class predicted "
                   f"by the other runs' majority); accuracy ÷ ceiling {spread(share, 3)}."]
+        lines += ["", f"Per operation over the {len(fits)} fits, median (range) in %, and each input's "
+                  "share of the row-weighted Gini decrease in the first fit's tree "
+                  "(`trainer inspect` prints the same):", "",
+                  "| operation | size only | with features | label ceiling | importance with features |",
+                  "|---|---|---|---|---|"]
+        for op in sorted(fits[0]["models"]["learned"]["per_op_accuracy"]):
+            per = lambda key: pct([f["models"][key]["per_op_accuracy"][op] for f in fits])
+            ceil = pct([f["labels"]["per_op"][op]["ceiling"] for f in fits])
+            imp = sorted(fits[0]["models"]["learned"]["importance"][op].items(), key=lambda kv: -kv[1])
+            imp = ", ".join(f"{name} {share:.2f}" for name, share in imp)
+            lines.append(f"| `{op}` | {per('learned_size')} | {per('learned')} | {ceil} | {imp} |")
     return "\n".join(lines)
 
 
@@ -288,6 +308,30 @@ def render_strangers():
     return "\n".join(lines)
 
 
+def render_streams():
+    reports = [(stream, json.loads(text)) for stream in STREAMS
+               if (text := load(f"{stream}.json")) is not None]
+    if not reports:
+        return None
+    first = reports[0][1]
+    lines = [f"{first['tokens']:,} calls at {first['rate']:,.0f} calls/s, seed {first['seed']}, "
+             f"{first['repeat']} interleaved runs per router, model {first['model_version']}; "
+             "medians (range).", "",
+             "| stream | router | light p99 ms | light p50 ms | makespan s | heavy calls on a heavy lane "
+             "| runs the machine froze in | rescues |",
+             "|---|---|---|---|---|---|---|---|"]
+    for stream, r in reports:
+        for name in [n for n in ("tags", "ewma", "learned", "oracle") if n in r["routers"]]:
+            x = r["routers"][name]
+            lo, hi = x["makespan_s_range"]
+            froze = sum(1 for ms in x["freeze_max_ms_runs"] if ms > 0)
+            lines.append(f"| {stream} | {name} | {spread(x['light_p99_ms_runs'])} | "
+                         f"{x['light_p50_ms']:.3f} | {x['makespan_s']:.3f} ({lo:.3f}–{hi:.3f}) | "
+                         f"{x['heavy_on_heavy_lane'] * 100:.0f}% | {froze} of {len(x['freeze_max_ms_runs'])} | "
+                         f"{sum(x.get('rescues_runs', []))} |")
+    return "\n".join(lines)
+
+
 SECTIONS = {
     "service": (run_service, render_service),
     "text": (run_text, render_text),
@@ -296,6 +340,7 @@ SECTIONS = {
     "instructions": (run_instructions, render_instructions),
     "faults": (run_faults, render_faults),
     "strangers": (run_strangers, render_strangers),
+    "streams": (run_streams, render_streams),
 }
 
 
