@@ -64,7 +64,8 @@ def spread(values, digits=2):
 # ---- measuring ---------------------------------------------------------------------------
 
 def run_service():
-    out = sh([TOKENGATE, "-q", "bench", "service", "--loads", "0.4,0.66,0.8", "--rounds", "3",
+    # Not `-q`: each round's line on stderr (its stall, lateness, freeze, rescues) stays in the log.
+    out = sh([TOKENGATE, "bench", "service", "--loads", "0.4,0.66,0.8", "--rounds", "3",
               "--secs", "6", "--warmup", "2", "--json"])
     save("service.json", out)
 

@@ -130,6 +130,14 @@ pub fn run(cli: Cli) -> Result<()> {
             let data = read(&data)?;
             let evaluation = eval::evaluate(&bytes, &data)
                 .with_context(|| format!("evaluating {}", model.display()))?;
+            if evaluation.metrics.rows == 0 {
+                bail!(
+                    "none of the {} rows is of an operation {} places (unknown to it, or \
+                     logged with other cost features): nothing to score",
+                    evaluation.unknown_op_rows,
+                    model.display()
+                );
+            }
             println!("{}", evaluation.metrics);
             if evaluation.unknown_op_rows > 0 {
                 println!(

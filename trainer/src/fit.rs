@@ -207,6 +207,9 @@ fn check(options: &FitOptions) -> Result<(), TrainError> {
     if !(2..=8).contains(&options.classes) {
         return Err(TrainError::Invalid(format!("classes must be 2..=8, got {}", options.classes)));
     }
+    if options.min_leaf_rows == 0 {
+        return Err(TrainError::Invalid("the fewest rows in a leaf must be at least 1".into()));
+    }
     if let Some(edges) = &options.edges_ns {
         if edges.is_empty() || edges.len() > 7 || edges.windows(2).any(|w| w[0] >= w[1]) {
             return Err(TrainError::Invalid(format!(

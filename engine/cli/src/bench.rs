@@ -39,7 +39,8 @@ enum Bench {
 
 #[derive(Args)]
 pub struct ServiceArgs {
-    /// Loads to run at: the share of all cores the stream keeps busy (0–1).
+    /// Loads to run at: the share of all cores the stream keeps busy (0.01–1.5; above 1
+    /// the stream asks for more than the cores can give).
     #[arg(long, value_delimiter = ',', default_values_t = [0.4, 0.66, 0.8])]
     loads: Vec<f64>,
     /// Interleaved rounds per executor and load.
@@ -388,6 +389,15 @@ fn calibrate(expensive_ms: f64) -> (u32, f64, f64) {
     (base_len, cheap_ns, expensive_ns)
 }
 
+/// A line of progress on stderr, unless `-q`.
+macro_rules! progress {
+    ($($arg:tt)*) => {
+        if !crate::logging::quiet() {
+            eprintln!($($arg)*);
+        }
+    };
+}
+
 fn service_bench(args: ServiceArgs) -> Result<()> {
     if args.loads.iter().any(|&load| !(0.01..=1.5).contains(&load)) {
         bail!("--loads: each load must be between 0.01 and 1.5 (a share of all cores)");
@@ -400,7 +410,7 @@ fn service_bench(args: ServiceArgs) -> Result<()> {
     let (base_len, cheap_ns, expensive_ns) = calibrate(args.expensive_ms);
     let share = service::EXPENSIVE_SHARE;
     let mean_ns = (1.0 - share) * cheap_ns + share * expensive_ns;
-    eprintln!(
+    progress!(
         "calibrated: cheap {:.1} µs, expensive mean {:.2} ms (base length {base_len}); {cores} cores",
         cheap_ns / 1e3,
         expensive_ns / 1e6
@@ -423,7 +433,7 @@ fn service_bench(args: ServiceArgs) -> Result<()> {
             true => {
                 let (bytes, accuracy) =
                     fit_model(&runtime, rate, 4.0, args.seed.wrapping_add(1000), base_len)?;
-                eprintln!("load {load:.2}: fitted a model, held-out accuracy {accuracy:.3}");
+                progress!("load {load:.2}: fitted a model, held-out accuracy {accuracy:.3}");
                 Some(bytes)
             }
             false => None,
@@ -441,7 +451,7 @@ fn service_bench(args: ServiceArgs) -> Result<()> {
                 result.rescues = engine.as_ref().map_or(0, |engine| engine.stats().rescues);
                 drop(exec);
                 drop(engine);
-                eprintln!(
+                progress!(
                     "load {load:.2} round {} {:<24} cheap p99 {:>8.3} ms  expensive p50 {:>8.3} ms  \
                      cpu {:.2}  cheap stall {:.1} ms  dispatch late {:.1} ms  machine froze {:.0} ms  \
                      rescues {}",

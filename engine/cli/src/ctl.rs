@@ -179,7 +179,16 @@ pub(crate) fn ctl(args: CtlArgs) -> Result<()> {
             .with_context(|| format!("connecting to the control port {}", args.connect))?;
         socket.send(Message::text(message)).await?;
         while let Some(frame) = socket.next().await {
-            let frame = frame.with_context(|| format!("reading from {}", args.connect))?;
+            let frame = match frame {
+                Ok(frame) => frame,
+                // The engine stopped (its run ended) while a watch was open: that ends
+                // the watch, it is not an error.
+                Err(e) if watch && is_closed(&e) => {
+                    eprintln!("the engine closed the connection (it stopped)");
+                    return Ok(());
+                }
+                Err(e) => return Err(e).with_context(|| format!("reading from {}", args.connect)),
+            };
             let Ok(text) = frame.to_text() else { continue };
             let message: ServerMessage = serde_json::from_str(text)
                 .with_context(|| format!("the engine sent an unreadable frame: {text}"))?;
@@ -212,6 +221,18 @@ pub(crate) fn ctl(args: CtlArgs) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// Whether a read failed because the other side went away.
+fn is_closed(error: &tokio_tungstenite::tungstenite::Error) -> bool {
+    use tokio_tungstenite::tungstenite::error::{Error, ProtocolError};
+    matches!(
+        error,
+        Error::ConnectionClosed
+            | Error::AlreadyClosed
+            | Error::Io(_)
+            | Error::Protocol(ProtocolError::ResetWithoutClosingHandshake)
+    )
 }
 
 /// One screen of `ctl watch`: every stats field of every operation.

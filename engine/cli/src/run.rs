@@ -42,7 +42,7 @@ pub(crate) struct StreamArgs {
     mislabel_share: f64,
     /// `text` only: the share of all cores the stream keeps busy (its rate follows from
     /// each call's cost, measured before the run; `--rate` does not apply).
-    #[arg(long, default_value_t = 0.6)]
+    #[arg(long, default_value_t = 0.6, allow_hyphen_values = true)]
     pub(crate) load: f64,
 }
 
@@ -150,18 +150,20 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
         Workload::Mixed | Workload::Mislabeled | Workload::Drift => run_stream(&engine, &args),
         Workload::Text => run_text(&engine, &args),
     };
+    // A run stopped from outside (Ctrl-C, `ctl shutdown`) ends early, whatever it was
+    // doing: a stream stops submitting once its calls are rejected.
+    let stopped = engine.stats().shutting_down;
     let (mut report, truths) = match outcome {
-        Ok(outcome) => outcome,
-        Err(_) if engine.stats().shutting_down => {
-            // Stopped on purpose (Ctrl-C or the control port): finish cleanly.
+        Ok(outcome) if !stopped => outcome,
+        Err(e) if !stopped => return Err(e),
+        _ => {
             engine.shutdown();
-            if let Some(stats) = engine.stats().telemetry {
+            if let Some(stats) = engine.stats().telemetry.filter(|t| !t.files.is_empty()) {
                 tracing::info!("log: {} records in {} files", stats.written, stats.files.len());
             }
             tracing::warn!("stopped early: the engine was shut down before the workload finished");
             std::process::exit(130);
         }
-        Err(e) => return Err(e),
     };
     let lanes = engine.lanes();
     let per_lane: Vec<u64> = engine.stats().lanes.iter().map(|s| s.tokens).collect();
@@ -241,6 +243,10 @@ fn run_leibniz(engine: &Engine, args: &RunArgs) -> Result<Value> {
 }
 
 pub(crate) fn stream_config(workload: Workload, stream: &StreamArgs) -> Result<MixedConfig> {
+    if !(stream.load > 0.0 && stream.load <= 1.0) {
+        // Only `text` uses it, but a value no stream could use is an error everywhere.
+        bail!("--load must be in (0, 1], got {}", stream.load);
+    }
     if !(0.0..=1.0).contains(&stream.mislabel_share) {
         bail!("--mislabel-share must be between 0 and 1, got {}", stream.mislabel_share);
     }

@@ -140,3 +140,54 @@ fn the_shipped_model_and_the_trainer_travel_with_the_binary() {
     let out = String::from_utf8_lossy(&inspect.stdout);
     assert!(out.contains("tokengate cost model") && out.contains("pi_term"), "{out}");
 }
+
+/// Bad input to a command is one line naming the problem and a failure exit, never a
+/// panic, and a stream stopped from the control port ends the run early (exit 130).
+#[test]
+fn bad_input_fails_in_one_line_and_a_stopped_stream_ends_early() {
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/../../datasets");
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-bad-input.bin");
+    let out = out.to_str().unwrap();
+    for (args, says) in [
+        (
+            vec!["trainer", "fit", "--data", data, "--out", out, "--min-leaf-rows", "0"],
+            "at least 1",
+        ),
+        (vec!["run", "mixed", "--load", "5"], "--load must be in (0, 1]"),
+        (vec!["run", "text", "--load", "-0.5"], "--load must be in (0, 1]"),
+    ] {
+        let output = tokengate(&args);
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(says) && !err.contains("panicked"), "{args:?}: {err}");
+    }
+
+    // A stream of 200,000 calls (25 s) stopped from the control port after a second.
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-stopped-stream");
+    std::fs::create_dir_all(&dir).unwrap();
+    let token = dir.join("token");
+    let _ = std::fs::remove_file(&token);
+    let port = "127.0.0.1:7459";
+    let token = token.to_str().unwrap();
+    let mut run = Command::new(env!("CARGO_BIN_EXE_tokengate"))
+        .args(["-q", "run", "mixed", "--tokens", "200000", "--control", port])
+        .args(["--control-token-file", token])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let stopped = loop {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let ctl = tokengate(&["ctl", "--connect", port, "--token-file", token, "shutdown"]);
+        if ctl.status.success() || started.elapsed().as_secs() > 20 {
+            break ctl;
+        }
+    };
+    assert!(stopped.status.success(), "{}", stderr(&stopped));
+    let asked = std::time::Instant::now();
+    let status = run.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "the run ends early, as stopped");
+    // The stream had over 20 s of submitting left when the port first answered.
+    let after = asked.elapsed().as_secs_f64();
+    assert!(after < 10.0, "the run ended {after:.1} s after the shutdown, not at once");
+}

@@ -171,8 +171,12 @@ impl Router for LearnedRouter {
     }
 
     fn register_op(&self, op: u32, name: &str, cost_features: &[String]) {
-        let (Some(slot), Some(index)) = (self.op_index.get(op as usize), self.model.op_index(name))
-        else {
+        let Some(slot) = self.op_index.get(op as usize) else { return };
+        let Some(index) = self.model.op_index(name) else {
+            tracing::info!(
+                "the cost model {:08x} does not know operation {name:?}: its running averages                  place it until a model fitted on its logs is loaded",
+                self.model.version()
+            );
             return;
         };
         let fitted = self.model.header().cost_features(index as usize);

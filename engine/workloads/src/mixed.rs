@@ -29,7 +29,7 @@ use rand::{Rng, SeedableRng};
 use tokengate::model::policy_for;
 use tokengate::router::{Features, Placement, RouteSource, Router, MAX_OPS};
 use tokengate::telemetry::TokenRecord;
-use tokengate::{Engine, Operation, RegisterError, Token, Weight};
+use tokengate::{Engine, Operation, RegisterError, Token, TokenState, Weight};
 
 use crate::wait::Stall;
 
@@ -359,6 +359,11 @@ pub fn drive(ops: &MixedOps, plan: &[Planned], rate: f64, shift: Option<usize>) 
             }
             let submitted = ops.ops[op].submit_many_tagged(args.drain(..));
             tokens.extend(submitted.into_iter().zip(calls.drain(..)));
+        }
+        if tokens.last().is_some_and(|(token, _)| token.state() == TokenState::Rejected) {
+            // The engine is shutting down (a full gate makes a submit wait, not fail):
+            // the rest of the stream would only be rejected too.
+            break;
         }
     }
     let mut truths = Vec::with_capacity(tokens.len());

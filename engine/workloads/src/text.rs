@@ -38,7 +38,7 @@ use rand::{Rng, SeedableRng};
 use regex::Regex;
 use tokengate::model::{policy_for, HEAVY_NS};
 use tokengate::router::{Features, Placement, RouteSource, Router};
-use tokengate::{Engine, EngineBuilder, Operation, RegisterError, Token, Weight};
+use tokengate::{Engine, EngineBuilder, Operation, RegisterError, Token, TokenState, Weight};
 
 use crate::mixed::{digest_of, RouterRun};
 use crate::wait::Stall;
@@ -380,6 +380,9 @@ pub fn drive(ops: &TextOps, plan: &[TextCall], rate: f64) -> TextRun {
         for (k, call) in calls.iter().enumerate() {
             let index = (wave * per_wave + k) as u64;
             tokens.push(ops.ops[call.op].submit((index, Arc::clone(&call.doc))));
+        }
+        if tokens.last().is_some_and(|token| token.state() == TokenState::Rejected) {
+            break; // shutting down: the rest would be rejected too
         }
     }
     let mut stall = Stall::new(&ops.ops);
