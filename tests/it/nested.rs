@@ -23,6 +23,22 @@ fn fib_engine(engine: &Engine) -> Operation<u32, u64> {
     fib
 }
 
+/// `chain(n)`: a call that submits `chain(n - 1)` and waits for it (n deep).
+fn chain_engine(engine: &Engine) -> Operation<u32, u32> {
+    let me: Arc<OnceLock<Operation<u32, u32>>> = Arc::new(OnceLock::new());
+    let inner = Arc::clone(&me);
+    let chain = engine
+        .register("chain", Weight::Light, move |depth: u32| -> u32 {
+            if depth == 0 {
+                return 0;
+            }
+            1 + inner.get().unwrap().submit(depth - 1).wait().unwrap()
+        })
+        .unwrap();
+    me.set(chain.clone()).unwrap();
+    chain
+}
+
 #[test]
 fn recursive_fib_finishes_on_the_default_engine() {
     let engine = Engine::builder().build().unwrap();
@@ -45,17 +61,7 @@ fn recursion_runs_on_a_single_lane_without_overflowing_its_stack() {
 fn deep_chains_finish_on_one_and_two_lanes() {
     for workers in [1, 2] {
         let engine = Engine::builder().workers(workers).pin(false).build().unwrap();
-        let me: Arc<OnceLock<Operation<u32, u32>>> = Arc::new(OnceLock::new());
-        let inner = Arc::clone(&me);
-        let chain = engine
-            .register("chain", Weight::Light, move |depth: u32| -> u32 {
-                if depth == 0 {
-                    return 0;
-                }
-                1 + inner.get().unwrap().submit(depth - 1).wait().unwrap()
-            })
-            .unwrap();
-        me.set(chain.clone()).unwrap();
+        let chain = chain_engine(&engine);
         assert_eq!(chain.submit(200).wait(), Ok(200), "{workers} lanes");
     }
 }
@@ -66,17 +72,7 @@ fn deep_chains_finish_on_one_and_two_lanes() {
 #[test]
 fn a_chain_deeper_than_the_capacity_and_a_default_stack_finishes() {
     let engine = crate::single_lane().capacity(16).build().unwrap();
-    let me: Arc<OnceLock<Operation<u32, u32>>> = Arc::new(OnceLock::new());
-    let inner = Arc::clone(&me);
-    let chain = engine
-        .register("chain", Weight::Light, move |depth: u32| -> u32 {
-            if depth == 0 {
-                return 0;
-            }
-            1 + inner.get().unwrap().submit(depth - 1).wait().unwrap()
-        })
-        .unwrap();
-    me.set(chain.clone()).unwrap();
+    let chain = chain_engine(&engine);
     let token = chain.submit(3_000);
     let result = token.wait_timeout(Duration::from_secs(60)).map_err(|_| "unresolved after 60 s");
     assert_eq!(result, Ok(Ok(3_000)));
