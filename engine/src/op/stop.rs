@@ -31,13 +31,15 @@ impl Stopper {
     /// Rejects new work from now on and, for [`Shutdown::Abort`], cancels queued work.
     /// Escalating a drain to an abort is allowed; the reverse is not.
     pub(crate) fn begin(&self, mode: Shutdown) {
-        self.admission.close();
         if mode == Shutdown::Abort {
+            // Before the gate closes: closing wakes the retries waiting out a backoff,
+            // which an abort must find aborting (they are cancelled, not run).
             self.lanes.begin_abort();
             if let Some(remote) = self.remote.get() {
                 remote.close();
             }
         }
+        self.admission.close();
         // Paused work is admitted work: a drain runs it, an abort cancels it.
         self.registry.set_paused_all(false, &self.lanes);
         self.lanes.begin_shutdown();
