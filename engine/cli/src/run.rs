@@ -53,10 +53,16 @@ impl StreamArgs {
         if calls == 0 {
             bail!("--tokens must be at least 1");
         }
+        self.check_load()?;
+        Ok(calls)
+    }
+
+    /// `--load` is `text`'s, but a value no stream could use is an error for every stream.
+    fn check_load(&self) -> Result<()> {
         if !(self.load > 0.0 && self.load <= 1.0) {
             bail!("--load must be in (0, 1], got {}", self.load);
         }
-        Ok(calls)
+        Ok(())
     }
 
     pub(crate) fn seed(&self) -> u64 {
@@ -243,10 +249,7 @@ fn run_leibniz(engine: &Engine, args: &RunArgs) -> Result<Value> {
 }
 
 pub(crate) fn stream_config(workload: Workload, stream: &StreamArgs) -> Result<MixedConfig> {
-    if !(stream.load > 0.0 && stream.load <= 1.0) {
-        // Only `text` uses it, but a value no stream could use is an error everywhere.
-        bail!("--load must be in (0, 1], got {}", stream.load);
-    }
+    stream.check_load()?;
     if !(0.0..=1.0).contains(&stream.mislabel_share) {
         bail!("--mislabel-share must be between 0 and 1, got {}", stream.mislabel_share);
     }

@@ -174,7 +174,8 @@ impl Router for LearnedRouter {
         let Some(slot) = self.op_index.get(op as usize) else { return };
         let Some(index) = self.model.op_index(name) else {
             tracing::info!(
-                "the cost model {:08x} does not know operation {name:?}: its running averages                  place it until a model fitted on its logs is loaded",
+                "the cost model {:08x} does not know operation {name:?}: its running averages \
+                 place it until a model fitted on its logs is loaded",
                 self.model.version()
             );
             return;
